@@ -1,0 +1,75 @@
+"""Columnar event batches: what the decode step produces and the shards consume."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EventColumns:
+    """Decoded, valid events as parallel numpy columns (one row per event).
+
+    ``client_key`` is the stable 64-bit hash of ``client_id``; ``journey``/``step`` are catalog
+    codes or -1; ``type_code`` 0 means a type the catalog does not name; ``raw`` keeps the
+    original message bytes and ``offset`` its position in the source partition.
+    """
+
+    client_key: np.ndarray  # uint64
+    client_id: np.ndarray  # numpy str_ (U)
+    ts: np.ndarray  # int64 epoch ms
+    channel: np.ndarray  # int8
+    type_code: np.ndarray  # int32
+    journey: np.ndarray  # int16
+    step: np.ndarray  # int16
+    flags: np.ndarray  # int8
+    raw: np.ndarray  # object (bytes)
+    offset: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, index: np.ndarray | slice) -> "EventColumns":
+        """Rows at ``index`` (an index array, a boolean mask or a slice)."""
+        return EventColumns(
+            self.client_key[index],
+            self.client_id[index],
+            self.ts[index],
+            self.channel[index],
+            self.type_code[index],
+            self.journey[index],
+            self.step[index],
+            self.flags[index],
+            self.raw[index],
+            self.offset[index],
+        )
+
+    @staticmethod
+    def empty() -> "EventColumns":
+        """A batch with no rows."""
+        return EventColumns(
+            np.empty(0, np.uint64),
+            np.empty(0, "U1"),
+            np.empty(0, np.int64),
+            np.empty(0, np.int8),
+            np.empty(0, np.int32),
+            np.empty(0, np.int16),
+            np.empty(0, np.int16),
+            np.empty(0, np.int8),
+            np.empty(0, object),
+            np.empty(0, np.int64),
+        )
+
+    @staticmethod
+    def concat(parts: list["EventColumns"]) -> "EventColumns":
+        """Rows of every part, in order."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return EventColumns.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return EventColumns(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS)
+        )
+
+
+_FIELDS = tuple(EventColumns.__dataclass_fields__)

@@ -1,0 +1,13 @@
+"""Errors raised by the ato package."""
+
+
+class AtoError(Exception):
+    """Base class of every error ato-stream raises on purpose."""
+
+
+class CatalogError(AtoError):
+    """The journey catalog is invalid; the message names file, journey and field."""
+
+
+class ConfigError(AtoError):
+    """A setting is invalid; the message names the key."""

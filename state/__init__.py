@@ -1,0 +1,1 @@
+"""Shard stores: columnar journey state per shard, numba kernels and their Python twins."""

@@ -1,0 +1,84 @@
+"""Stable 64-bit client hashes (FNV-1a over code points) and shard assignment.
+
+Stable across processes and restarts (unlike Python's ``hash``), so a client always lands in
+the same shard whichever worker decodes its events. Each kernel has a ``*_py`` twin.
+"""
+
+import numpy as np
+from numba import njit
+
+FNV_OFFSET = 14695981039346656037
+FNV_PRIME = 1099511628211
+MASK64 = (1 << 64) - 1
+
+_OFFSET = np.uint64(FNV_OFFSET)
+_PRIME = np.uint64(FNV_PRIME)
+
+
+@njit(cache=True, nogil=True)
+def mix64(x: np.uint64) -> np.uint64:
+    """splitmix64 finalizer: spreads keys over hash-table buckets and shards."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def mix64_py(x: int) -> int:
+    """Plain-Python twin of :func:`mix64`."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+@njit(cache=True, nogil=True)
+def hash_codepoints(codepoints: np.ndarray) -> np.ndarray:
+    """FNV-1a of each row of a ``uint32[n, width]`` view of a numpy ``U`` array.
+
+    A row ends at its first zero (numpy pads shorter strings with zeros).
+    """
+    n, width = codepoints.shape
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        h = _OFFSET
+        for k in range(width):
+            cp = codepoints[i, k]
+            if cp == 0:
+                break
+            h = (h ^ np.uint64(cp)) * _PRIME
+        out[i] = h
+    return out
+
+
+def hash_client_id_py(client_id: str) -> int:
+    """Plain-Python twin of :func:`hash_codepoints` for one id."""
+    h = FNV_OFFSET
+    for ch in client_id:
+        h = ((h ^ ord(ch)) * FNV_PRIME) & MASK64
+    return h
+
+
+def hash_client_ids(ids: np.ndarray) -> np.ndarray:
+    """Hash a numpy ``U`` array of client ids to ``uint64``."""
+    if ids.dtype.kind != "U":
+        msg = f"client ids must be a numpy str_ array, got dtype {ids.dtype}"
+        raise TypeError(msg)
+    if len(ids) == 0:
+        return np.empty(0, dtype=np.uint64)
+    width = ids.dtype.itemsize // 4
+    view = np.ascontiguousarray(ids).view(np.uint32).reshape(len(ids), width)
+    return hash_codepoints(view)
+
+
+@njit(cache=True, nogil=True)
+def shard_of(hashes: np.ndarray, n_shards: int) -> np.ndarray:
+    """Shard index of each client hash."""
+    out = np.empty(len(hashes), dtype=np.int32)
+    n = np.uint64(n_shards)
+    for i in range(len(hashes)):
+        out[i] = np.int32(mix64(hashes[i]) % n)
+    return out
+
+
+def shard_of_py(client_hash: int, n_shards: int) -> int:
+    """Plain-Python twin of :func:`shard_of` for one hash."""
+    return mix64_py(client_hash) % n_shards

@@ -1,0 +1,496 @@
+"""numba kernels of the shard store: index, apply a batch of events, expire deadlines.
+
+Semantics (the twin in ``state/twins.py`` implements the same in plain Python):
+
+* An instance is one client's run through one journey, keyed by (client, journey).
+* A *progress* event (one mapped to a step) starts an instance or moves it to that step
+  (back-steps allowed and counted) and sets ``deadline = ts + timeout(step)``; a terminal
+  step closes the instance.
+* An event that maps to no step is attributed to the journey it names, else to the
+  client's instance that last progressed; it counts in the features, and an abandon signal
+  of that journey shortens the deadline to ``min(deadline, ts + grace)``.
+* The instance must progress strictly before its deadline. When an event at ``ts >=
+  deadline`` arrives, or the watermark reaches the deadline, the instance stalls once: a stall
+  record is emitted, ``attempt`` grows, and the deadline becomes ``deadline + close_after``;
+  progress before then resumes it, otherwise it is closed.
+
+Events must be given in the order the caller sorted them (event time, see
+``state.shard_store.order_events``).
+"""
+
+import numpy as np
+from numba import njit
+
+from state.hashing import mix64
+from state.layout import (
+    C_LAST_INST,
+    C_LAST_TS,
+    C_OPEN,
+    F_CALLS,
+    F_SESSIONS,
+    I_ABANDONED,
+    I_ATTEMPT,
+    I_BACK,
+    I_CLIENT,
+    I_ERRORS,
+    I_EVENTS,
+    I_JOURNEY,
+    I_LAST_CHANNEL,
+    I_LAST_TYPE,
+    I_STALLED,
+    I_STEP,
+    I_SWITCHES,
+    K_ABANDON_SIGNALS,
+    K_ADVANCED,
+    K_CLOSED,
+    K_COMPLETED,
+    K_EVENTS,
+    K_FAILED,
+    K_RESUMED,
+    K_STALLED,
+    K_STARTED,
+    M_C_FREE,
+    M_I_FREE,
+    M_NEXT_CLIENT_EXPIRY,
+    M_NEXT_DEADLINE,
+    NO_DEADLINE,
+    O_ABANDONED,
+    O_ATTEMPT,
+    O_BACK,
+    O_CLIENT,
+    O_DEADLINE,
+    O_ENTERED,
+    O_ERRORS,
+    O_EVENTS,
+    O_JOURNEY,
+    O_LAST_CHANNEL,
+    O_LAST_TYPE,
+    O_PROGRESS,
+    O_START,
+    O_STEP,
+    O_SWITCHES,
+    OF_CALLS,
+    OF_SESSIONS,
+    T_DEADLINE,
+    T_ENTERED,
+    T_PROGRESS,
+    T_START,
+)
+
+FLAG_ERROR = 1
+FLAG_CALL = 2
+FLAG_SESSION = 4
+TERMINAL_SUCCESS = 1
+
+
+# ---------------------------------------------------------------- open-addressing index
+# Linear probing over power-of-two tables; ``vals < 0`` marks an empty bucket; deletion
+# shifts later entries back so no tombstones accumulate.
+
+
+@njit(cache=True, nogil=True)
+def ht_find(keys: np.ndarray, vals: np.ndarray, key: np.uint64) -> int:
+    """Slot stored under ``key``, or -1."""
+    mask = len(keys) - 1
+    i = np.int64(mix64(key) & np.uint64(mask))
+    while True:
+        v = vals[i]
+        if v < 0:
+            return -1
+        if keys[i] == key:
+            return int(v)
+        i = (i + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def ht_insert(keys: np.ndarray, vals: np.ndarray, key: np.uint64, val: int) -> None:
+    """Store ``val`` under ``key`` (which must be absent)."""
+    mask = len(keys) - 1
+    i = np.int64(mix64(key) & np.uint64(mask))
+    while vals[i] >= 0:
+        i = (i + 1) & mask
+    keys[i] = key
+    vals[i] = val
+
+
+@njit(cache=True, nogil=True)
+def ht_delete(keys: np.ndarray, vals: np.ndarray, key: np.uint64) -> None:
+    """Remove ``key`` (which must be present), shifting its probe run back."""
+    mask = len(keys) - 1
+    i = np.int64(mix64(key) & np.uint64(mask))
+    while keys[i] != key or vals[i] < 0:
+        i = (i + 1) & mask
+    j = i
+    while True:
+        j = (j + 1) & mask
+        if vals[j] < 0:
+            break
+        home = np.int64(mix64(keys[j]) & np.uint64(mask))
+        # keep keys[j] where it is if its home lies cyclically in (i, j]
+        if i <= j:
+            stays = i < home <= j
+        else:
+            stays = home > i or home <= j
+        if not stays:
+            keys[i] = keys[j]
+            vals[i] = vals[j]
+            i = j
+    vals[i] = -1
+
+
+@njit(cache=True, nogil=True)
+def ht_rebuild(keys: np.ndarray, vals: np.ndarray, slot_keys: np.ndarray, used: np.ndarray) -> None:
+    """Fill an empty table with ``slot_keys[s] -> s`` for every used slot."""
+    vals[:] = -1
+    for s in range(len(slot_keys)):
+        if used[s]:
+            ht_insert(keys, vals, slot_keys[s], s)
+
+
+@njit(cache=True, nogil=True)
+def instance_key(client_slot: int, journey: int) -> np.uint64:
+    """Index key of the (client slot, journey) instance."""
+    return (np.uint64(client_slot + 1) << np.uint64(10)) | np.uint64(journey)
+
+
+# ---------------------------------------------------------------- instance life cycle
+
+
+@njit(cache=True, nogil=True)
+def _emit_stall(
+    slot: int,
+    deadline: int,
+    half_life_ms: float,
+    cts: np.ndarray,
+    cf: np.ndarray,
+    it: np.ndarray,
+    ii: np.ndarray,
+    out_i: np.ndarray,
+    out_f: np.ndarray,
+    n_out: int,
+) -> None:
+    client = ii[I_CLIENT, slot]
+    out_i[O_CLIENT, n_out] = client
+    out_i[O_JOURNEY, n_out] = ii[I_JOURNEY, slot]
+    out_i[O_STEP, n_out] = ii[I_STEP, slot]
+    out_i[O_START, n_out] = it[T_START, slot]
+    out_i[O_DEADLINE, n_out] = deadline
+    out_i[O_ENTERED, n_out] = it[T_ENTERED, slot]
+    out_i[O_PROGRESS, n_out] = it[T_PROGRESS, slot]
+    out_i[O_LAST_TYPE, n_out] = ii[I_LAST_TYPE, slot]
+    out_i[O_LAST_CHANNEL, n_out] = ii[I_LAST_CHANNEL, slot]
+    out_i[O_EVENTS, n_out] = ii[I_EVENTS, slot]
+    out_i[O_ERRORS, n_out] = ii[I_ERRORS, slot]
+    out_i[O_BACK, n_out] = ii[I_BACK, slot]
+    out_i[O_SWITCHES, n_out] = ii[I_SWITCHES, slot]
+    out_i[O_ATTEMPT, n_out] = ii[I_ATTEMPT, slot]
+    out_i[O_ABANDONED, n_out] = ii[I_ABANDONED, slot]
+    age = deadline - cts[C_LAST_TS, client]
+    decay = 2.0 ** (-age / half_life_ms) if age > 0 else 1.0
+    out_f[OF_CALLS, n_out] = cf[F_CALLS, client] * decay
+    out_f[OF_SESSIONS, n_out] = cf[F_SESSIONS, client] * decay
+
+
+@njit(cache=True, nogil=True)
+def _close(
+    slot: int,
+    client_ttl_ms: int,
+    cts: np.ndarray,
+    ci: np.ndarray,
+    i_hk: np.ndarray,
+    i_hv: np.ndarray,
+    it: np.ndarray,
+    ii: np.ndarray,
+    i_free: np.ndarray,
+    meta: np.ndarray,
+) -> None:
+    client = ii[I_CLIENT, slot]
+    ht_delete(i_hk, i_hv, instance_key(client, ii[I_JOURNEY, slot]))
+    ii[I_CLIENT, slot] = -1
+    it[T_DEADLINE, slot] = NO_DEADLINE
+    i_free[meta[M_I_FREE]] = slot
+    meta[M_I_FREE] += 1
+    ci[C_OPEN, client] -= 1
+    if ci[C_LAST_INST, client] == slot:
+        ci[C_LAST_INST, client] = -1
+    if ci[C_OPEN, client] == 0:
+        expiry = cts[C_LAST_TS, client] + client_ttl_ms
+        if expiry < meta[M_NEXT_CLIENT_EXPIRY]:
+            meta[M_NEXT_CLIENT_EXPIRY] = expiry
+
+
+@njit(cache=True, nogil=True)
+def _settle(
+    slot: int,
+    now: int,
+    close_after: np.ndarray,
+    half_life_ms: float,
+    client_ttl_ms: int,
+    cts: np.ndarray,
+    cf: np.ndarray,
+    ci: np.ndarray,
+    i_hk: np.ndarray,
+    i_hv: np.ndarray,
+    it: np.ndarray,
+    ii: np.ndarray,
+    i_free: np.ndarray,
+    meta: np.ndarray,
+    counters: np.ndarray,
+    out_i: np.ndarray,
+    out_f: np.ndarray,
+    n_out: int,
+) -> tuple[int, bool]:
+    """Apply what the passage of time to ``now`` does to an instance whose deadline passed.
+
+    Returns the new number of stall records and whether the instance was closed.
+    """
+    deadline = it[T_DEADLINE, slot]
+    if ii[I_STALLED, slot] == 0:
+        ii[I_ATTEMPT, slot] += 1
+        ii[I_STALLED, slot] = 1
+        _emit_stall(slot, deadline, half_life_ms, cts, cf, it, ii, out_i, out_f, n_out)
+        n_out += 1
+        counters[K_STALLED] += 1
+        deadline = deadline + close_after[ii[I_JOURNEY, slot]]
+        it[T_DEADLINE, slot] = deadline
+        if deadline < meta[M_NEXT_DEADLINE]:
+            meta[M_NEXT_DEADLINE] = deadline
+    if deadline <= now:
+        _close(slot, client_ttl_ms, cts, ci, i_hk, i_hv, it, ii, i_free, meta)
+        counters[K_CLOSED] += 1
+        return n_out, True
+    return n_out, False
+
+
+@njit(cache=True, nogil=True)
+def apply_events(
+    e_ckey: np.ndarray,
+    e_ts: np.ndarray,
+    e_channel: np.ndarray,
+    e_type: np.ndarray,
+    e_journey: np.ndarray,
+    e_step: np.ndarray,
+    e_flags: np.ndarray,
+    step_timeout: np.ndarray,
+    step_terminal: np.ndarray,
+    abandon_grace: np.ndarray,
+    close_after: np.ndarray,
+    half_life_ms: float,
+    client_ttl_ms: int,
+    c_hk: np.ndarray,
+    c_hv: np.ndarray,
+    ckey: np.ndarray,
+    cts: np.ndarray,
+    cf: np.ndarray,
+    ci: np.ndarray,
+    c_free: np.ndarray,
+    i_hk: np.ndarray,
+    i_hv: np.ndarray,
+    it: np.ndarray,
+    ii: np.ndarray,
+    i_free: np.ndarray,
+    meta: np.ndarray,
+    counters: np.ndarray,
+    e_cslot: np.ndarray,
+    e_new: np.ndarray,
+    out_i: np.ndarray,
+    out_f: np.ndarray,
+) -> int:
+    """Apply sorted events; return the number of stall records written to ``out_*``.
+
+    The caller guarantees enough free client and instance slots (one of each per event) and
+    ``out_*`` with room for one record per event.
+    """
+    n_out = 0
+    for e in range(len(e_ts)):
+        t = e_ts[e]
+        counters[K_EVENTS] += 1
+        cs = ht_find(c_hk, c_hv, e_ckey[e])
+        e_new[e] = cs < 0
+        if cs < 0:
+            meta[M_C_FREE] -= 1
+            cs = int(c_free[meta[M_C_FREE]])
+            ht_insert(c_hk, c_hv, e_ckey[e], cs)
+            ckey[cs] = e_ckey[e]
+            cts[C_LAST_TS, cs] = t
+            cf[F_CALLS, cs] = 0.0
+            cf[F_SESSIONS, cs] = 0.0
+            ci[C_LAST_INST, cs] = -1
+            ci[C_OPEN, cs] = 0
+            if t + client_ttl_ms < meta[M_NEXT_CLIENT_EXPIRY]:
+                meta[M_NEXT_CLIENT_EXPIRY] = t + client_ttl_ms
+        e_cslot[e] = cs
+
+        j = e_journey[e]
+        s = e_step[e]
+        if j >= 0:
+            target = ht_find(i_hk, i_hv, instance_key(cs, j))
+        else:
+            target = int(ci[C_LAST_INST, cs])
+        if target >= 0 and it[T_DEADLINE, target] <= t:
+            n_out, closed = _settle(
+                target, t, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
+                i_hk, i_hv, it, ii, i_free, meta, counters, out_i, out_f, n_out,
+            )  # fmt: skip
+            if closed:
+                target = -1
+
+        age = t - cts[C_LAST_TS, cs]
+        if age > 0:
+            decay = 2.0 ** (-age / half_life_ms)
+            cf[F_CALLS, cs] *= decay
+            cf[F_SESSIONS, cs] *= decay
+            cts[C_LAST_TS, cs] = t
+        flags = e_flags[e]
+        if flags & FLAG_CALL:
+            cf[F_CALLS, cs] += 1.0
+        if flags & FLAG_SESSION:
+            cf[F_SESSIONS, cs] += 1.0
+
+        if s >= 0:
+            terminal = step_terminal[j, s]
+            if target < 0:
+                if terminal != 0:
+                    continue  # a terminal event with nothing open: nothing to track
+                meta[M_I_FREE] -= 1
+                target = int(i_free[meta[M_I_FREE]])
+                ht_insert(i_hk, i_hv, instance_key(cs, j), target)
+                ii[I_CLIENT, target] = cs
+                ii[I_JOURNEY, target] = j
+                ii[I_STEP, target] = s
+                ii[I_EVENTS, target] = 0
+                ii[I_ERRORS, target] = 0
+                ii[I_BACK, target] = 0
+                ii[I_SWITCHES, target] = 0
+                ii[I_ATTEMPT, target] = 0
+                ii[I_STALLED, target] = 0
+                ii[I_LAST_CHANNEL, target] = e_channel[e]
+                it[T_START, target] = t
+                it[T_ENTERED, target] = t
+                ci[C_OPEN, cs] += 1
+                counters[K_STARTED] += 1
+            else:
+                counters[K_ADVANCED] += 1
+                previous = ii[I_STEP, target]
+                if s < previous:
+                    ii[I_BACK, target] += 1
+                if s != previous:
+                    it[T_ENTERED, target] = t
+                if ii[I_STALLED, target] == 1:
+                    ii[I_STALLED, target] = 0
+                    counters[K_RESUMED] += 1
+            _attribute(target, e_type[e], e_channel[e], flags, ii)
+            ii[I_STEP, target] = s
+            ii[I_ABANDONED, target] = 0
+            it[T_PROGRESS, target] = t
+            ci[C_LAST_INST, cs] = target
+            if terminal != 0:
+                counters[K_COMPLETED if terminal == TERMINAL_SUCCESS else K_FAILED] += 1
+                _close(target, client_ttl_ms, cts, ci, i_hk, i_hv, it, ii, i_free, meta)
+            else:
+                deadline = t + step_timeout[j, s]
+                it[T_DEADLINE, target] = deadline
+                if deadline < meta[M_NEXT_DEADLINE]:
+                    meta[M_NEXT_DEADLINE] = deadline
+        elif target >= 0:
+            _attribute(target, e_type[e], e_channel[e], flags, ii)
+            grace = abandon_grace[ii[I_JOURNEY, target], e_type[e]]
+            if grace >= 0 and ii[I_STALLED, target] == 0:
+                counters[K_ABANDON_SIGNALS] += 1
+                deadline = t + grace
+                if deadline < it[T_DEADLINE, target]:
+                    it[T_DEADLINE, target] = deadline
+                    ii[I_ABANDONED, target] = 1
+                    if deadline < meta[M_NEXT_DEADLINE]:
+                        meta[M_NEXT_DEADLINE] = deadline
+    return n_out
+
+
+@njit(cache=True, nogil=True)
+def _attribute(slot: int, type_code: int, channel: int, flags: int, ii: np.ndarray) -> None:
+    if ii[I_EVENTS, slot] > 0 and ii[I_LAST_CHANNEL, slot] != channel:
+        ii[I_SWITCHES, slot] += 1
+    ii[I_EVENTS, slot] += 1
+    if flags & FLAG_ERROR:
+        ii[I_ERRORS, slot] += 1
+    ii[I_LAST_TYPE, slot] = type_code
+    ii[I_LAST_CHANNEL, slot] = channel
+
+
+@njit(cache=True, nogil=True)
+def expire_instances(
+    watermark: int,
+    start: int,
+    close_after: np.ndarray,
+    half_life_ms: float,
+    client_ttl_ms: int,
+    cts: np.ndarray,
+    cf: np.ndarray,
+    ci: np.ndarray,
+    i_hk: np.ndarray,
+    i_hv: np.ndarray,
+    it: np.ndarray,
+    ii: np.ndarray,
+    i_free: np.ndarray,
+    meta: np.ndarray,
+    counters: np.ndarray,
+    out_i: np.ndarray,
+    out_f: np.ndarray,
+) -> tuple[int, int, int]:
+    """Settle every instance from slot ``start`` on whose deadline is at or before ``watermark``.
+
+    Stops early when ``out_*`` is full. Returns (records written, next slot to scan, smallest
+    deadline left among the slots scanned).
+    """
+    cap = it.shape[1]
+    room = out_i.shape[1]
+    n_out = 0
+    smallest = NO_DEADLINE
+    for slot in range(start, cap):
+        deadline = it[T_DEADLINE, slot]
+        if deadline <= watermark:
+            if n_out >= room:
+                return n_out, slot, smallest
+            n_out, _closed = _settle(
+                slot, watermark, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
+                i_hk, i_hv, it, ii, i_free, meta, counters, out_i, out_f, n_out,
+            )  # fmt: skip
+            deadline = it[T_DEADLINE, slot]
+        if deadline < smallest:
+            smallest = deadline
+    return n_out, cap, smallest
+
+
+@njit(cache=True, nogil=True)
+def expire_clients(
+    watermark: int,
+    client_ttl_ms: int,
+    c_hk: np.ndarray,
+    c_hv: np.ndarray,
+    ckey: np.ndarray,
+    cts: np.ndarray,
+    ci: np.ndarray,
+    c_free: np.ndarray,
+    meta: np.ndarray,
+) -> int:
+    """Free clients with no open instance idle since ``watermark - client_ttl_ms``.
+
+    Returns how many were freed and sets the next client-expiry bound.
+    """
+    freed = 0
+    smallest = NO_DEADLINE
+    for cs in range(len(ckey)):
+        if ci[C_OPEN, cs] != 0:
+            continue
+        expiry = cts[C_LAST_TS, cs] + client_ttl_ms
+        if expiry <= watermark:
+            ht_delete(c_hk, c_hv, ckey[cs])
+            ci[C_OPEN, cs] = -1
+            ci[C_LAST_INST, cs] = -1
+            c_free[meta[M_C_FREE]] = cs
+            meta[M_C_FREE] += 1
+            freed += 1
+        elif expiry < smallest:
+            smallest = expiry
+    meta[M_NEXT_CLIENT_EXPIRY] = smallest
+    return freed

@@ -1,0 +1,89 @@
+"""Column layout of a shard store: row indices of its 2-D arrays and of the stall records.
+
+Each 2-D array is ``[field, slot]`` so one field over all slots is contiguous (the deadline
+scan reads one row). Kernels, twins and the Python wrapper share these names.
+"""
+
+import numpy as np
+
+NO_DEADLINE = np.iinfo(np.int64).max
+
+# Instance timestamps, int64 [4, cap].
+T_START = 0  # event time of the instance's first event
+T_PROGRESS = 1  # event time of its last progress event
+T_ENTERED = 2  # event time it entered its current step
+T_DEADLINE = 3  # stall deadline; after a stall, the close deadline; NO_DEADLINE when free
+N_TIMES = 4
+
+# Instance integers, int32 [12, cap].
+I_CLIENT = 0  # client slot, -1 when the instance slot is free
+I_JOURNEY = 1
+I_STEP = 2
+I_LAST_TYPE = 3  # type code of the last event attributed to the instance
+I_LAST_CHANNEL = 4
+I_EVENTS = 5  # events attributed to the instance
+I_ERRORS = 6
+I_BACK = 7  # back-steps (moved to an earlier step)
+I_SWITCHES = 8  # channel switches between consecutive events
+I_ATTEMPT = 9  # stalls so far
+I_STALLED = 10  # 1 after a stall until the client progresses again
+I_ABANDONED = 11  # 1 when an abandon signal shortened the current deadline
+N_INTS = 12
+
+# Client columns.
+C_LAST_TS = 0  # int64 [1, cap]: event time of the client's last event
+F_CALLS = 0  # float64 [2, cap]: decayed count of calls
+F_SESSIONS = 1  # decayed count of app sessions
+C_LAST_INST = 0  # int32 [2, cap]: the instance that last progressed, -1 if none
+C_OPEN = 1  # open instances; -1 when the client slot is free
+
+# meta int64 [5]
+M_C_FREE = 0  # free client slots on the stack
+M_I_FREE = 1  # free instance slots on the stack
+M_NEXT_DEADLINE = 2  # lower bound of all instance deadlines
+M_NEXT_CLIENT_EXPIRY = 3  # lower bound of idle-client expiry times
+N_META = 4
+
+# counters int64 [9]
+K_EVENTS = 0
+K_STARTED = 1
+K_ADVANCED = 2  # progress events on an open instance
+K_COMPLETED = 3
+K_FAILED = 4
+K_STALLED = 5
+K_RESUMED = 6  # progress after a stall
+K_CLOSED = 7  # stalled instances closed without progress (close_after passed)
+K_ABANDON_SIGNALS = 8
+N_COUNTERS = 9
+COUNTER_NAMES = (
+    "events",
+    "started",
+    "advanced",
+    "completed",
+    "failed",
+    "stalled",
+    "resumed",
+    "closed",
+    "abandon_signals",
+)
+
+# A stall record, int64 [15, n] + float64 [2, n].
+O_CLIENT = 0  # client slot (kernels) or client hash (twins); the wrapper reports both
+O_JOURNEY = 1
+O_STEP = 2
+O_START = 3
+O_DEADLINE = 4
+O_ENTERED = 5
+O_PROGRESS = 6
+O_LAST_TYPE = 7
+O_LAST_CHANNEL = 8
+O_EVENTS = 9
+O_ERRORS = 10
+O_BACK = 11
+O_SWITCHES = 12
+O_ATTEMPT = 13
+O_ABANDONED = 14
+N_OUT = 15
+OF_CALLS = 0
+OF_SESSIONS = 1
+N_OUT_F = 2

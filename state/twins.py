@@ -1,0 +1,199 @@
+"""Plain-Python twin of ``state/kernels.py``: the same semantics over dicts, one event at a time.
+
+It is the readable statement of what the kernels do and the reference their parity tests
+compare against (``tests/state/test_kernel_parity.py``). Stall records are tuples in the
+order of ``state.layout.O_*`` then ``OF_*``, with the client hash in place of the slot.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ato.catalog import FLAG_CALL, FLAG_ERROR, FLAG_SESSION, TERMINAL_SUCCESS, CatalogTables
+from state.layout import COUNTER_NAMES
+
+StallRecord = tuple[int, ...]
+
+
+@dataclass
+class PyClient:
+    """A client's features."""
+
+    last_ts: int
+    calls: float = 0.0
+    sessions: float = 0.0
+    last_instance: tuple[int, int] | None = None
+    open: int = 0
+
+
+@dataclass
+class PyInstance:
+    """One open journey instance."""
+
+    client: int
+    journey: int
+    step: int
+    start: int
+    progress: int
+    entered: int
+    deadline: int
+    last_type: int
+    last_channel: int
+    events: int = 0
+    errors: int = 0
+    back: int = 0
+    switches: int = 0
+    attempt: int = 0
+    stalled: int = 0
+    abandoned: int = 0
+
+
+@dataclass
+class PyShard:
+    """Journey state of one shard, in dicts."""
+
+    tables: CatalogTables
+    half_life_ms: float
+    client_ttl_ms: int
+    clients: dict[int, PyClient] = field(default_factory=dict)
+    instances: dict[tuple[int, int], PyInstance] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
+
+    def apply(
+        self,
+        ckey: np.ndarray,
+        ts: np.ndarray,
+        channel: np.ndarray,
+        type_code: np.ndarray,
+        journey: np.ndarray,
+        step: np.ndarray,
+        flags: np.ndarray,
+    ) -> list[StallRecord]:
+        """Apply events in the given order; return the stall records they caused."""
+        out: list[StallRecord] = []
+        for e in range(len(ts)):
+            self.apply_one(
+                int(ckey[e]), int(ts[e]), int(channel[e]), int(type_code[e]),
+                int(journey[e]), int(step[e]), int(flags[e]), out,
+            )  # fmt: skip
+        return out
+
+    def apply_one(
+        self, key: int, t: int, ch: int, tc: int, j: int, s: int, fl: int, out: list[StallRecord]
+    ) -> None:
+        """Apply one event."""
+        self.counters["events"] += 1
+        client = self.clients.get(key)
+        if client is None:
+            client = self.clients[key] = PyClient(last_ts=t)
+        ik = (key, j) if j >= 0 else client.last_instance
+        inst = self.instances.get(ik) if ik is not None else None
+        if inst is not None and inst.deadline <= t and self._settle(inst, t, out):
+            inst = None
+
+        if t > client.last_ts:
+            decay = 2.0 ** (-(t - client.last_ts) / self.half_life_ms)
+            client.calls *= decay
+            client.sessions *= decay
+            client.last_ts = t
+        if fl & FLAG_CALL:
+            client.calls += 1.0
+        if fl & FLAG_SESSION:
+            client.sessions += 1.0
+
+        if s >= 0:
+            terminal = int(self.tables.step_terminal[j, s])
+            if inst is None:
+                if terminal:
+                    return
+                inst = PyInstance(key, j, s, t, t, t, 0, 0, ch)
+                self.instances[(key, j)] = inst
+                client.open += 1
+                self.counters["started"] += 1
+            else:
+                self.counters["advanced"] += 1
+                if s < inst.step:
+                    inst.back += 1
+                if s != inst.step:
+                    inst.entered = t
+                if inst.stalled:
+                    inst.stalled = 0
+                    self.counters["resumed"] += 1
+            self._attribute(inst, tc, ch, fl)
+            inst.step = s
+            inst.abandoned = 0
+            inst.progress = t
+            client.last_instance = (key, j)
+            if terminal:
+                self.counters["completed" if terminal == TERMINAL_SUCCESS else "failed"] += 1
+                self._close(inst)
+            else:
+                inst.deadline = t + int(self.tables.step_timeout[j, s])
+        elif inst is not None:
+            self._attribute(inst, tc, ch, fl)
+            grace = int(self.tables.abandon_grace[inst.journey, tc])
+            if grace >= 0 and not inst.stalled:
+                self.counters["abandon_signals"] += 1
+                if t + grace < inst.deadline:
+                    inst.deadline = t + grace
+                    inst.abandoned = 1
+
+    def expire(self, watermark: int) -> list[StallRecord]:
+        """Settle every instance whose deadline is at or before ``watermark``."""
+        out: list[StallRecord] = []
+        for inst in list(self.instances.values()):
+            if inst.deadline <= watermark:
+                self._settle(inst, watermark, out)
+        return out
+
+    def expire_clients(self, watermark: int) -> int:
+        """Forget clients with nothing open, idle for the client TTL."""
+        idle = [
+            k
+            for k, c in self.clients.items()
+            if c.open == 0 and c.last_ts + self.client_ttl_ms <= watermark
+        ]
+        for k in idle:
+            del self.clients[k]
+        return len(idle)
+
+    @staticmethod
+    def _attribute(inst: PyInstance, tc: int, ch: int, fl: int) -> None:
+        if inst.events > 0 and inst.last_channel != ch:
+            inst.switches += 1
+        inst.events += 1
+        if fl & FLAG_ERROR:
+            inst.errors += 1
+        inst.last_type = tc
+        inst.last_channel = ch
+
+    def _settle(self, inst: PyInstance, now: int, out: list[StallRecord]) -> bool:
+        if not inst.stalled:
+            inst.attempt += 1
+            inst.stalled = 1
+            out.append(self._record(inst))
+            self.counters["stalled"] += 1
+            inst.deadline += int(self.tables.close_after[inst.journey])
+        if inst.deadline <= now:
+            self._close(inst)
+            self.counters["closed"] += 1
+            return True
+        return False
+
+    def _close(self, inst: PyInstance) -> None:
+        del self.instances[(inst.client, inst.journey)]
+        client = self.clients[inst.client]
+        client.open -= 1
+        if client.last_instance == (inst.client, inst.journey):
+            client.last_instance = None
+
+    def _record(self, inst: PyInstance) -> StallRecord:
+        client = self.clients[inst.client]
+        age = inst.deadline - client.last_ts
+        decay = 2.0 ** (-age / self.half_life_ms) if age > 0 else 1.0
+        return (
+            inst.client, inst.journey, inst.step, inst.start, inst.deadline, inst.entered,
+            inst.progress, inst.last_type, inst.last_channel, inst.events, inst.errors,
+            inst.back, inst.switches, inst.attempt, inst.abandoned,
+            client.calls * decay, client.sessions * decay,
+        )  # fmt: skip
