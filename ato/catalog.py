@@ -279,12 +279,14 @@ def _parse_journey(raw: object, index: int, source: str) -> Journey:
                 )
             seen_types[event_type] = step.name
     if not any(s.terminal == "success" for s in steps):
-        raise check.fail("steps", "at least one step needs terminal = \"success\"")
+        raise check.fail("steps", 'at least one step needs terminal = "success"')
     if steps[0].terminal is not None:
         raise check.fail("steps", "the first step cannot be terminal")
     for signal in abandon:
         if signal in seen_types:
-            raise check.fail("abandon", f"{signal!r} is also a step event of {seen_types[signal]!r}")
+            raise check.fail(
+                "abandon", f"{signal!r} is also a step event of {seen_types[signal]!r}"
+            )
     return Journey(name, title, index, priority, tiers, close_after, abandon, steps)
 
 

@@ -215,8 +215,7 @@ def _close(
         ci[C_LAST_INST, client] = -1
     if ci[C_OPEN, client] == 0:
         expiry = cts[C_LAST_TS, client] + client_ttl_ms
-        if expiry < meta[M_NEXT_CLIENT_EXPIRY]:
-            meta[M_NEXT_CLIENT_EXPIRY] = expiry
+        meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], expiry)
 
 
 @njit(cache=True, nogil=True)
@@ -253,8 +252,7 @@ def _settle(
         counters[K_STALLED] += 1
         deadline = deadline + close_after[ii[I_JOURNEY, slot]]
         it[T_DEADLINE, slot] = deadline
-        if deadline < meta[M_NEXT_DEADLINE]:
-            meta[M_NEXT_DEADLINE] = deadline
+        meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
     if deadline <= now:
         _close(slot, client_ttl_ms, cts, ci, i_hk, i_hv, it, ii, i_free, meta)
         counters[K_CLOSED] += 1
@@ -317,8 +315,7 @@ def apply_events(
             cf[F_SESSIONS, cs] = 0.0
             ci[C_LAST_INST, cs] = -1
             ci[C_OPEN, cs] = 0
-            if t + client_ttl_ms < meta[M_NEXT_CLIENT_EXPIRY]:
-                meta[M_NEXT_CLIENT_EXPIRY] = t + client_ttl_ms
+            meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
         e_cslot[e] = cs
 
         j = e_journey[e]
@@ -390,8 +387,7 @@ def apply_events(
             else:
                 deadline = t + step_timeout[j, s]
                 it[T_DEADLINE, target] = deadline
-                if deadline < meta[M_NEXT_DEADLINE]:
-                    meta[M_NEXT_DEADLINE] = deadline
+                meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
         elif target >= 0:
             _attribute(target, e_type[e], e_channel[e], flags, ii)
             grace = abandon_grace[ii[I_JOURNEY, target], e_type[e]]
@@ -401,8 +397,7 @@ def apply_events(
                 if deadline < it[T_DEADLINE, target]:
                     it[T_DEADLINE, target] = deadline
                     ii[I_ABANDONED, target] = 1
-                    if deadline < meta[M_NEXT_DEADLINE]:
-                        meta[M_NEXT_DEADLINE] = deadline
+                    meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
     return n_out
 
 
@@ -456,8 +451,7 @@ def expire_instances(
                 i_hk, i_hv, it, ii, i_free, meta, counters, out_i, out_f, n_out,
             )  # fmt: skip
             deadline = it[T_DEADLINE, slot]
-        if deadline < smallest:
-            smallest = deadline
+        smallest = min(smallest, deadline)
     return n_out, cap, smallest
 
 

@@ -10,9 +10,15 @@ from state import kernels
 from state.base import ShardStore, Stalls
 from state.layout import (
     C_LAST_INST,
+    C_LAST_TS,
+    C_OPEN,
+    COUNTER_NAMES,
+    F_CALLS,
+    F_SESSIONS,
     I_ABANDONED,
     I_ATTEMPT,
     I_BACK,
+    I_CLIENT,
     I_ERRORS,
     I_EVENTS,
     I_JOURNEY,
@@ -21,15 +27,6 @@ from state.layout import (
     I_STALLED,
     I_STEP,
     I_SWITCHES,
-    T_ENTERED,
-    T_PROGRESS,
-    T_START,
-    C_LAST_TS,
-    C_OPEN,
-    COUNTER_NAMES,
-    F_CALLS,
-    F_SESSIONS,
-    I_CLIENT,
     M_C_FREE,
     M_I_FREE,
     M_NEXT_CLIENT_EXPIRY,
@@ -43,6 +40,9 @@ from state.layout import (
     NO_DEADLINE,
     O_CLIENT,
     T_DEADLINE,
+    T_ENTERED,
+    T_PROGRESS,
+    T_START,
 )
 
 INITIAL_CAPACITY = 1024

@@ -1,0 +1,222 @@
+"""Seeded, deterministic ATO traffic with its ground truth.
+
+Clients of the eight segments run journeys from the catalog across channels: most steps in the
+app, a share with noise events (page views, AI chat), some that stall at a chosen step
+(sometimes after an abandon signal), some of those resuming later through the remote-agent or
+branch channel (a hand-off). Every gap between progress events is below the step timeout
+except at the chosen stall, so the catalog's timeouts define exactly which instances stall;
+the generator records those stalls (``TruthStall``) and their deadlines.
+
+Events of a partition arrive in event-time order shuffled by up to ``disorder_ms``.
+"""
+
+import random
+from dataclasses import dataclass, field
+
+import orjson
+
+from ato.catalog import Catalog, Journey, Step
+from ato.config import GeneratorSettings
+
+SEGMENTS: tuple[str, ...] = (
+    "executive",
+    "ultra_high_net_worth",
+    "small_business_owner",
+    "wealth_white_collar",
+    "savvy_regular",
+    "senior",
+    "young_trendsetter",
+    "car_owner",
+)
+SEGMENT_WEIGHTS = (3, 1, 8, 14, 30, 16, 20, 8)
+# journeys a segment favours (weight x3); others keep weight 1
+SEGMENT_FAVOURITES: dict[str, tuple[str, ...]] = {
+    "executive": ("wealth_purchase", "large_transfer"),
+    "ultra_high_net_worth": ("insurance_trust", "wealth_purchase"),
+    "small_business_owner": ("loan_application", "large_transfer"),
+    "wealth_white_collar": ("wealth_purchase", "risk_assessment"),
+    "savvy_regular": ("card_activation", "open_account"),
+    "senior": ("pension_account", "card_activation"),
+    "young_trendsetter": ("credit_limit_increase", "open_account"),
+    "car_owner": ("loan_application", "card_activation"),
+}
+
+
+@dataclass(frozen=True)
+class TruthStall:
+    """A stall the generator made: the engine should raise exactly this intervention."""
+
+    client_id: str
+    journey: str
+    step: str
+    instance_start: int
+    attempt: int
+    deadline: int
+
+
+@dataclass
+class GeneratedTraffic:
+    """Encoded events per partition (arrival order) and the stalls they contain."""
+
+    partitions: dict[str, list[bytes]]
+    arrival_ts: dict[str, list[int]]
+    stalls: list[TruthStall]
+    end_ts: int
+    clients: dict[str, str] = field(default_factory=dict)  # client id -> segment
+
+    @property
+    def n_events(self) -> int:
+        """Events over all partitions."""
+        return sum(len(v) for v in self.partitions.values())
+
+    def detectable_stalls(self) -> list[TruthStall]:
+        """Stalls whose deadline is at or before the last event time (what a run can see)."""
+        return [s for s in self.stalls if s.deadline <= self.end_ts]
+
+
+class _Instance:
+    """Builds the events of one journey instance."""
+
+    def __init__(self, gen: "_Generator", client: str, segment: str, journey: Journey, t: int):
+        self.gen = gen
+        self.client = client
+        self.segment = segment
+        self.journey = journey
+        self.start = t
+        self.seq = 0
+
+    def emit(self, t: int, channel: str, event_type: str, journey: bool = True) -> None:
+        self.seq += 1
+        doc: dict[str, object] = {
+            "event_id": f"{self.client}-{self.journey.index}-{self.seq}",
+            "client_id": self.client,
+            "ts": t,
+            "channel": channel,
+            "type": event_type,
+        }
+        if journey:
+            doc["journey"] = self.journey.name
+        doc["session_id"] = f"{self.client}-s{self.journey.index}"
+        doc["attrs"] = {"segment": self.segment}
+        self.gen.events.append((t, self.client, orjson.dumps(doc)))
+
+    def run(self) -> None:
+        rng = self.gen.rng
+        steps = [s for s in self.journey.steps if s.terminal is None]
+        success = next(s for s in self.journey.steps if s.terminal == "success")
+        stall_at = rng.randrange(len(steps)) if rng.random() < self.gen.cfg.stall_share else -1
+        t = self.start
+        channel = "app"
+        self.emit(t, channel, steps[0].on[0])
+        for i, step in enumerate(steps):
+            after = steps[i + 1] if i + 1 < len(steps) else success
+            deadline = t + step.timeout_ms
+            if i != stall_at:
+                gap = int(step.timeout_ms * rng.uniform(0.05, 0.7))
+                if rng.random() < 0.3:
+                    noise = "ai_chat_message" if rng.random() < 0.3 else "page_view"
+                    self.emit(t + gap // 2, "ai" if noise == "ai_chat_message" else channel, noise)
+                t += gap
+                self.emit(t, channel, _event_type(after))
+                continue
+            deadline = self._maybe_abandon(step, t, deadline)
+            self.gen.stalls.append(
+                TruthStall(self.client, self.journey.name, step.name, self.start, 1, deadline)
+            )
+            if rng.random() >= self.gen.cfg.resume_share:
+                return
+            # hand-off: the client comes back through an agent call or a branch visit
+            t = deadline + 1 + int((self.journey.close_after_ms - 2) * rng.uniform(0.05, 0.9))
+            channel = "call" if rng.random() < 0.7 else "branch"
+            if channel == "call":
+                self.emit(t - 1, "call", "call_started", journey=False)
+            self.emit(t, channel, _event_type(after))
+
+    def _maybe_abandon(self, step: Step, t: int, deadline: int) -> int:
+        rng = self.gen.rng
+        if not self.journey.abandon_ms or rng.random() >= 0.5:
+            return deadline
+        signal = rng.choice(sorted(self.journey.abandon_ms))
+        at = t + max(1, int(step.timeout_ms * rng.uniform(0.05, 0.4)))
+        channel = "call" if signal == "ivr_hangup" else "app"
+        self.emit(at, channel, signal)
+        return min(deadline, at + self.journey.abandon_ms[signal])
+
+
+def _event_type(step: Step) -> str:
+    return step.on[0]
+
+
+class _Generator:
+    def __init__(self, catalog: Catalog, cfg: GeneratorSettings, start_ms: int) -> None:
+        self.catalog = catalog
+        self.cfg = cfg
+        self.start_ms = start_ms
+        self.rng = random.Random(cfg.seed)
+        self.events: list[tuple[int, str, bytes]] = []
+        self.stalls: list[TruthStall] = []
+        self.weights = {
+            seg: [3 if j.name in SEGMENT_FAVOURITES.get(seg, ()) else 1 for j in catalog.journeys]
+            for seg in SEGMENTS
+        }
+
+    def run(self) -> GeneratedTraffic:
+        cfg, rng = self.cfg, self.rng
+        span_ms = cfg.span_s * 1000
+        clients: dict[str, str] = {}
+        for c in range(cfg.clients):
+            client = f"C{cfg.seed:02d}{c:09d}"
+            segment = rng.choices(SEGMENTS, SEGMENT_WEIGHTS)[0]
+            clients[client] = segment
+            n = min(_poisson(rng, cfg.journeys_per_client), len(self.catalog.journeys))
+            chosen: set[int] = set()
+            while len(chosen) < n:
+                chosen.add(rng.choices(range(len(self.catalog.journeys)), self.weights[segment])[0])
+            if rng.random() < 0.2:
+                self._background_call(client, rng.randrange(span_ms))
+            for j in sorted(chosen):
+                start = self.start_ms + int(rng.random() * span_ms * 0.8)
+                _Instance(self, client, segment, self.catalog.journeys[j], start).run()
+        return self._partition(clients)
+
+    def _background_call(self, client: str, offset: int) -> None:
+        doc = {
+            "event_id": f"{client}-call-{offset}",
+            "client_id": client,
+            "ts": self.start_ms + offset,
+            "channel": "call",
+            "type": "call_started",
+        }
+        self.events.append((self.start_ms + offset, client, orjson.dumps(doc)))
+
+    def _partition(self, clients: dict[str, str]) -> GeneratedTraffic:
+        cfg, rng = self.cfg, self.rng
+        names = [f"gen-{p}" for p in range(cfg.partitions)]
+        client_part = {c: names[i % cfg.partitions] for i, c in enumerate(clients)}
+        keyed: dict[str, list[tuple[float, int, bytes]]] = {n: [] for n in names}
+        for ts, client, line in self.events:
+            keyed[client_part[client]].append((ts + rng.random() * cfg.disorder_ms, ts, line))
+        partitions: dict[str, list[bytes]] = {}
+        arrival: dict[str, list[int]] = {}
+        for name, rows in keyed.items():
+            rows.sort(key=lambda r: r[0])
+            partitions[name] = [r[2] for r in rows]
+            arrival[name] = [r[1] for r in rows]
+        end_ts = max((ts for ts, _, _ in self.events), default=self.start_ms)
+        return GeneratedTraffic(partitions, arrival, self.stalls, end_ts, clients)
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """Journeys per client: at least one, Poisson-distributed extra ones around ``mean``."""
+    extra, limit, p = 0, pow(2.718281828459045, -(mean - 1)), rng.random()
+    while p > limit:
+        extra += 1
+        p *= rng.random()
+    return 1 + extra
+
+
+def generate(
+    catalog: Catalog, cfg: GeneratorSettings, start_ms: int | None = None
+) -> GeneratedTraffic:
+    """Generate traffic; the same catalog, settings and start give the same bytes."""
+    return _Generator(catalog, cfg, cfg.start_ms if start_ms is None else start_ms).run()

@@ -1,0 +1,136 @@
+"""Run the journey flow on the embedded inputs and outputs, and summarise it."""
+
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import cluster_main, run_main
+
+from ato.catalog import Catalog, load_catalog
+from ato.config import Settings
+from ato.generator import GeneratedTraffic, generate
+from flows.journeys import FlowSinks, build_flow
+from operators.decode import wall_ms
+from operators.interventions import intervention_id
+from sinks.jsonl import JsonLinesSink
+from sinks.progress import ProgressSink, RunStats
+from sources.generator import GeneratorSource
+from sources.jsonl import JsonLinesSource
+
+INTERVENTIONS_FILE = "interventions.jsonl"
+DEAD_LETTERS_FILE = "dead_letters.jsonl"
+LATE_FILE = "late_events.jsonl"
+
+
+@dataclass
+class RunResult:
+    """What a run did, for the closing summary."""
+
+    stats: RunStats
+    seconds: float
+    out_dir: Path
+    intervention_ids: set[str]
+    truth_ids: set[str] | None
+
+    def summary(self) -> dict[str, Any]:
+        """Figures of the run (JSON-ready)."""
+        s = self.stats
+        out: dict[str, Any] = {
+            "events": s.events_in,
+            "seconds": round(self.seconds, 2),
+            "events_per_s": round(s.events_in / self.seconds) if self.seconds else 0,
+            "interventions": len(self.intervention_ids),
+            "dead_letters": s.dead_letters,
+            "late_events": s.late,
+            "open_instances": sum(s.open_instances.values()),
+            "state_mb": round(sum(s.state_bytes.values()) / 1e6, 1),
+            "outputs": str(self.out_dir),
+        }
+        if self.truth_ids is not None:
+            hits = len(self.intervention_ids & self.truth_ids)
+            found = len(self.intervention_ids)
+            out["truth_stalls"] = len(self.truth_ids)
+            out["precision"] = round(hits / found, 6) if found else 1.0
+            out["recall"] = round(hits / len(self.truth_ids), 6) if self.truth_ids else 1.0
+        return out
+
+
+def truth_ids(traffic: GeneratedTraffic) -> set[str]:
+    """Intervention ids the generator's detectable stalls should produce."""
+    return {
+        intervention_id(t.client_id, t.journey, t.instance_start, t.step, t.attempt)
+        for t in traffic.detectable_stalls()
+    }
+
+
+def read_ids(path: Path) -> set[str]:
+    """Intervention ids in a JSON-lines file."""
+    if not path.exists():
+        return set()
+    with path.open("rb") as f:
+        return {orjson.loads(line)["intervention_id"] for line in f if line.strip()}
+
+
+def run(
+    settings: Settings,
+    inputs: list[Path] | None = None,
+    traffic: GeneratedTraffic | None = None,
+    recovery_dir: Path | None = None,
+    progress: TextIO | None = sys.stderr,
+    catalog: Catalog | None = None,
+) -> RunResult:
+    """Run the journey flow on files (``inputs``) or generated traffic, to JSON-lines files."""
+    catalog = catalog if catalog is not None else load_catalog(settings.catalog)
+    engine = settings.engine
+    live = engine.clock == "live"
+    if inputs:
+        source: Any = JsonLinesSource(inputs, engine.batch_size)
+    else:
+        if traffic is None:
+            start = wall_ms() if live else None
+            traffic = generate(catalog, settings.generator, start_ms=start)
+        source = GeneratorSource(traffic, engine.batch_size, settings.generator.rate, live)
+    out = settings.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stats = RunStats()
+    sinks = FlowSinks(
+        interventions=JsonLinesSink(out / INTERVENTIONS_FILE),
+        dead_letters=JsonLinesSink(out / DEAD_LETTERS_FILE),
+        late=JsonLinesSink(out / LATE_FILE),
+        progress=ProgressSink(stats, progress),
+    )
+    flow = build_flow(source, sinks, settings, catalog)
+    recovery = None
+    if recovery_dir is not None:
+        if not recovery_dir.exists():
+            recovery_dir.mkdir(parents=True)
+            init_db_dir(recovery_dir, 1)
+        recovery = RecoveryConfig(str(recovery_dir))
+    epoch = timedelta(seconds=engine.epoch_interval_s)
+    started = time.perf_counter()
+    if settings.workers == 1:
+        run_main(flow, epoch_interval=epoch, recovery_config=recovery)
+    else:
+        cluster_main(
+            flow,
+            [],
+            0,
+            epoch_interval=epoch,
+            recovery_config=recovery,
+            worker_count_per_proc=settings.workers,
+        )
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        print(stats.line(), file=progress, flush=True)
+    return RunResult(
+        stats,
+        seconds,
+        out,
+        read_ids(out / INTERVENTIONS_FILE),
+        truth_ids(traffic) if traffic is not None else None,
+    )

@@ -1,0 +1,1 @@
+"""Dataflow definitions."""

@@ -1,0 +1,131 @@
+"""The journey flow: decode -> shard routing -> stateful shard step -> outputs.
+
+Items on the hot path are batches: a source yields :class:`~operators.batches.RawBatch`, the
+decode step turns each into columns, the router cuts it into one piece per shard, and each
+shard applies its piece with numba kernels. Outputs: interventions, dead letters, late events
+(as JSON-lines bytes, keyed for single-writer sinks) and progress items.
+"""
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+import orjson
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from ato.catalog import CHANNELS, Catalog, load_catalog
+from ato.columns import EventColumns
+from ato.config import Settings
+from operators.batches import DecodedBatch, RawBatch, ShardOutput
+from operators.decode import Decoder, wall_ms
+from operators.route import Router
+from operators.shard_step import ShardContext, ShardLogic
+
+OUTPUT_KEY = "out"  # single-writer sinks: every output line under one key
+
+
+@dataclass(frozen=True)
+class FlowSinks:
+    """Where the flow's outputs go. Lines are ``(key, bytes)``; progress items are dicts."""
+
+    interventions: Sink[tuple[str, bytes]]
+    dead_letters: Sink[tuple[str, bytes]]
+    late: Sink[tuple[str, bytes]]
+    progress: Sink[dict[str, Any]]
+
+
+def build_flow(
+    source: Source[RawBatch],
+    sinks: FlowSinks,
+    config: Settings,
+    catalog: Catalog | None = None,
+    partitions: list[str] | None = None,
+    now_ms: Callable[[], int] = wall_ms,
+) -> Dataflow:
+    """Assemble the journey flow.
+
+    ``partitions`` names the input partitions the watermark waits for (default: the
+    source's ``input_partitions()`` if it has one).
+    """
+    catalog = catalog if catalog is not None else load_catalog(config.catalog)
+    if partitions is None:
+        lister = getattr(source, "input_partitions", None)
+        partitions = list(lister()) if lister is not None else []
+    engine = config.engine
+    decoder = Decoder(catalog, engine, now_ms)
+    router = Router(engine.shards)
+    ctx = ShardContext(catalog, engine, partitions, now_ms)
+
+    flow = Dataflow("journeys")
+    raw = op.input("input", flow, source)
+    decoded = op.map("decode", raw, decoder)
+    op.output(
+        "dead_letters", op.flat_map("dead_letter_lines", decoded, _dead_lines), sinks.dead_letters
+    )
+    keyed = op.flat_map("route", decoded, router)
+    shard_out = op.stateful_batch("shards", keyed, lambda resume: ShardLogic(ctx, resume))
+    outputs = op.map("shard_outputs", shard_out, lambda key_out: key_out[1])
+    op.output(
+        "interventions",
+        op.flat_map("intervention_lines", outputs, _intervention_lines),
+        sinks.interventions,
+    )
+    op.output("late", op.flat_map("late_lines", outputs, _late_lines), sinks.late)
+    progress = op.merge(
+        "progress",
+        op.map("decode_progress", decoded, _decode_progress),
+        op.map("shard_progress", outputs, _shard_progress),
+    )
+    op.output("progress_out", progress, sinks.progress)
+    return flow
+
+
+def _dead_lines(batch: DecodedBatch) -> list[tuple[str, bytes]]:
+    return [(OUTPUT_KEY, orjson.dumps(d.to_doc()) + b"\n") for d in batch.dead]
+
+
+def _intervention_lines(out: ShardOutput) -> list[tuple[str, bytes]]:
+    return [(OUTPUT_KEY, orjson.dumps(doc) + b"\n") for doc in out.interventions]
+
+
+def _late_lines(out: ShardOutput) -> list[tuple[str, bytes]]:
+    late = out.late
+    if late is None:
+        return []
+    return [(OUTPUT_KEY, orjson.dumps(doc) + b"\n") for doc in late_docs(late, out.watermark)]
+
+
+def late_docs(late: EventColumns, watermark: int) -> list[dict[str, Any]]:
+    """Late events as documents: where they came from, their time, and the original bytes."""
+    return [
+        {
+            "reason": "late",
+            "client_id": str(late.client_id[i]),
+            "ts": int(late.ts[i]),
+            "channel": CHANNELS[int(late.channel[i])],
+            "watermark_after": watermark,
+            "offset": int(late.offset[i]),
+            "raw_b64": base64.b64encode(late.raw[i]).decode("ascii"),
+        }
+        for i in range(len(late))
+    ]
+
+
+def _decode_progress(batch: DecodedBatch) -> dict[str, Any]:
+    return {"in": batch.n_in, "dead": len(batch.dead), "max_ts": batch.max_ts}
+
+
+def _shard_progress(out: ShardOutput) -> dict[str, Any]:
+    return {
+        "shard": out.shard,
+        "applied": out.applied,
+        "late": out.late_count,
+        "interventions": len(out.interventions),
+        "watermark": out.watermark,
+        "open": out.open_instances,
+        "bytes": out.state_bytes,
+    }

@@ -1,0 +1,93 @@
+"""Items that travel through the journey flow: raw batches in, decoded batches, shard inputs."""
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ato.columns import EventColumns
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """Raw messages read together from one input partition.
+
+    ``first_offset`` is the source position of ``messages[0]`` (line number, Kafka offset);
+    message ``i`` sits at ``first_offset + i`` unless ``offsets`` lists them explicitly.
+    """
+
+    partition: str
+    messages: list[bytes]
+    first_offset: int = 0
+    read_wall_ms: int = 0
+    offsets: list[int] | None = None
+
+    def offset_array(self) -> np.ndarray:
+        """Source offset of every message."""
+        if self.offsets is not None:
+            return np.asarray(self.offsets, dtype=np.int64)
+        return np.arange(self.first_offset, self.first_offset + len(self.messages), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that could not be used, with why and where it came from."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    partition: str
+    offset: int
+
+    def to_doc(self) -> dict[str, Any]:
+        """JSON-ready document; the original bytes travel base64-encoded."""
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "partition": self.partition,
+            "offset": self.offset,
+            "raw_b64": base64.b64encode(self.raw).decode("ascii"),
+        }
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """Valid events of one raw batch as columns, and its dead letters."""
+
+    partition: str
+    events: EventColumns
+    dead: list[DeadLetter]
+    max_ts: int | None  # greatest event time among the valid events
+    read_wall_ms: int
+    n_in: int
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    """The part of one decoded batch that belongs to one shard.
+
+    Every shard receives one per decoded batch, empty or not, so that each shard learns every
+    partition's progress (``max_ts``) for its watermark.
+    """
+
+    shard: str
+    partition: str
+    events: EventColumns
+    max_ts: int | None
+    read_wall_ms: int
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    """What a shard step emits after one call: interventions, late events, and its stats."""
+
+    shard: str
+    interventions: list[dict[str, Any]] = field(default_factory=list)
+    late: EventColumns | None = None
+    late_count: int = 0
+    applied: int = 0
+    watermark: int = 0
+    pending: int = 0
+    open_instances: int = 0
+    state_bytes: int = 0

@@ -1,0 +1,249 @@
+"""Decode step: a batch of raw JSON messages in, numpy event columns and dead letters out.
+
+The fast path decodes the whole batch with one ``orjson.loads`` call over the messages joined
+into a JSON array and extracts each field with one list comprehension. Any message that
+breaks it sends the batch down the slow path, which checks each message alone and
+dead-letters the bad ones with a reason; the rest go through the fast extraction again.
+Value rules (known channel, journey and step, sane timestamp) are vectorised masks.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ato.catalog import CHANNELS, Catalog
+from ato.columns import EventColumns
+from ato.config import EngineSettings
+from operators.batches import DeadLetter, DecodedBatch, RawBatch
+from state.hashing import hash_client_ids
+
+REQUIRED_FIELDS: tuple[tuple[str, type], ...] = (
+    ("event_id", str),
+    ("client_id", str),
+    ("ts", int),
+    ("channel", str),
+    ("type", str),
+)
+OPTIONAL_TEXT_FIELDS = ("journey", "step", "session_id")
+
+# reasons written on dead letters
+OVERSIZED = "oversized"
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+MISSING_FIELD = "missing_field"
+BAD_TYPE = "bad_type"
+BAD_VALUE = "bad_value"
+ABSURD_TS = "absurd_ts"
+UNKNOWN_CHANNEL = "unknown_channel"
+UNKNOWN_JOURNEY = "unknown_journey"
+UNKNOWN_STEP = "unknown_step"
+
+
+class _SlowPath(Exception):
+    """The fast path met something it does not handle."""
+
+
+def wall_ms() -> int:
+    """Wall clock in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class Decoder:
+    """Turns :class:`RawBatch` into :class:`DecodedBatch` for one catalog and settings."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: EngineSettings,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.now_ms = now_ms
+        self.channel_codes = {name: code for code, name in enumerate(CHANNELS)}
+        self.type_codes = catalog.type_codes
+        self.journey_codes: dict[Any, int] = {None: -1, **catalog.journey_codes}
+        self.step_codes: dict[Any, int] = {None: -1, **catalog.step_name_codes}
+
+    def __call__(self, batch: RawBatch) -> DecodedBatch:
+        """Decode one batch (the flow's map step)."""
+        return self.decode(batch)
+
+    def decode(self, batch: RawBatch) -> DecodedBatch:
+        """Decode every message of ``batch``; never raises on bad input."""
+        messages = batch.messages
+        offsets = batch.offset_array()
+        dead: list[DeadLetter] = []
+        try:
+            if messages and max(map(len, messages)) > self.settings.max_message_bytes:
+                raise _SlowPath
+            docs = orjson.loads(b"[" + b",".join(messages) + b"]")
+            if len(docs) != len(messages):
+                raise _SlowPath
+            raw = _object_array(messages)
+            columns = self._columns(docs, raw, offsets)
+        except (orjson.JSONDecodeError, _SlowPath, KeyError, TypeError):
+            docs, keep = self._check_each(batch, offsets, dead)
+            raw = _object_array([messages[i] for i in keep])
+            columns = self._columns(docs, raw, offsets[keep])
+        events = self._check_values(columns, batch.partition, dead)
+        max_ts = int(events.ts.max()) if len(events) else None
+        return DecodedBatch(
+            batch.partition, events, dead, max_ts, batch.read_wall_ms, len(messages)
+        )
+
+    # ------------------------------------------------------------------ fast extraction
+
+    def _columns(self, docs: list[Any], raw: np.ndarray, offsets: np.ndarray) -> EventColumns:
+        """Columns of ``docs``; raises on anything the per-message check would reject."""
+        n = len(docs)
+        if n == 0:
+            return EventColumns.empty()
+        if set(map(type, docs)) != {dict}:
+            raise _SlowPath
+        client_ids = [d["client_id"] for d in docs]
+        event_ids = [d["event_id"] for d in docs]
+        types = [d["type"] for d in docs]
+        if not _all_str(client_ids) or not _all_str(event_ids) or not _all_str(types):
+            raise _SlowPath
+        if min(map(len, client_ids)) == 0 or min(map(len, event_ids)) == 0:
+            raise _SlowPath
+        ids = np.array(client_ids)
+        if ids.dtype.itemsize // 4 > self.settings.max_client_id_len:
+            raise _SlowPath
+        ts = np.array([d["ts"] for d in docs])
+        if ts.dtype.kind != "i":
+            raise _SlowPath
+        channel_codes, type_codes = self.channel_codes, self.type_codes
+        journey_codes, step_codes = self.journey_codes, self.step_codes
+        channel = np.array([channel_codes.get(d["channel"], -1) for d in docs], dtype=np.int8)
+        type_code = np.array([type_codes.get(t, 0) for t in types], dtype=np.int32)
+        journey = np.array([journey_codes.get(d.get("journey"), -2) for d in docs], np.int16)
+        step = np.array([step_codes.get(d.get("step"), -2) for d in docs], dtype=np.int16)
+        return EventColumns(
+            hash_client_ids(ids),
+            ids,
+            ts.astype(np.int64, copy=False),
+            channel,
+            type_code,
+            journey,
+            step,
+            self.catalog.tables.type_flags[type_code],
+            raw,
+            offsets,
+        )
+
+    # ------------------------------------------------------------------ slow path
+
+    def _check_each(
+        self, batch: RawBatch, offsets: np.ndarray, dead: list[DeadLetter]
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """Check each message alone; dead-letter the bad ones; return the good docs."""
+        docs: list[dict[str, Any]] = []
+        keep: list[int] = []
+        for i, message in enumerate(batch.messages):
+            doc, reason, detail = self._check_one(message)
+            if reason:
+                dead.append(DeadLetter(reason, detail, message, batch.partition, int(offsets[i])))
+            else:
+                docs.append(doc)
+                keep.append(i)
+        return docs, keep
+
+    def _check_one(self, message: bytes) -> tuple[Any, str, str]:
+        if not isinstance(message, bytes | bytearray | memoryview):
+            return None, BAD_TYPE, f"message is {type(message).__name__}, not bytes"
+        if len(message) > self.settings.max_message_bytes:
+            limit = self.settings.max_message_bytes
+            return None, OVERSIZED, f"{len(message)} bytes > {limit}"
+        try:
+            doc = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            return None, NOT_JSON, str(exc)
+        if not isinstance(doc, dict):
+            return None, NOT_OBJECT, f"top level is {type(doc).__name__}"
+        for name, kind in REQUIRED_FIELDS:
+            if name not in doc:
+                return None, MISSING_FIELD, name
+            value = doc[name]
+            if type(value) is not kind:
+                return None, BAD_TYPE, f"{name} is {type(value).__name__}, not {kind.__name__}"
+            if kind is str and not value:
+                return None, BAD_VALUE, f"{name} is empty"
+        for name in OPTIONAL_TEXT_FIELDS:
+            value = doc.get(name)
+            if value is not None and type(value) is not str:
+                return None, BAD_TYPE, f"{name} is {type(value).__name__}, not str"
+        if not -(2**63) <= doc["ts"] < 2**63:
+            return None, ABSURD_TS, "ts does not fit in 64 bits"
+        if len(doc["client_id"]) > self.settings.max_client_id_len:
+            limit = self.settings.max_client_id_len
+            return None, BAD_VALUE, f"client_id longer than {limit} characters"
+        return doc, "", ""
+
+    # ------------------------------------------------------------------ value rules
+
+    def _check_values(
+        self, cols: EventColumns, partition: str, dead: list[DeadLetter]
+    ) -> EventColumns:
+        """Dead-letter events with bad values; resolve journey and step codes."""
+        if len(cols) == 0:
+            return cols
+        tables = self.catalog.tables
+        journey = cols.journey.copy()
+        step = np.full(len(cols), -1, dtype=np.int16)
+        explicit = (cols.journey >= 0) & (cols.step >= 0)
+        step[explicit] = tables.step_by_name[cols.journey[explicit], cols.step[explicit]]
+        by_type_in_journey = (cols.journey >= 0) & (cols.step == -1)
+        step[by_type_in_journey] = tables.type_step_in_journey[
+            cols.journey[by_type_in_journey], cols.type_code[by_type_in_journey]
+        ]
+        no_journey = cols.journey == -1
+        journey[no_journey] = tables.type_journey[cols.type_code[no_journey]]
+        step[no_journey] = tables.type_step[cols.type_code[no_journey]]
+
+        now = self.now_ms()
+        rules = (
+            (
+                cols.ts < self.settings.min_event_ts_ms,
+                ABSURD_TS,
+                "ts before engine.min_event_ts_ms",
+            ),
+            (cols.ts > now + self.settings.max_future_ms, ABSURD_TS, "ts too far in the future"),
+            (cols.channel < 0, UNKNOWN_CHANNEL, f"channel must be one of {', '.join(CHANNELS)}"),
+            (cols.journey == -2, UNKNOWN_JOURNEY, "journey not in the catalog"),
+            (cols.step == -2, UNKNOWN_STEP, "step not in the catalog"),
+            (explicit & (step < 0), UNKNOWN_STEP, "step not in this journey"),
+            ((cols.journey == -1) & (cols.step >= 0), UNKNOWN_STEP, "step given without journey"),
+        )
+        bad = np.zeros(len(cols), dtype=np.bool_)
+        for mask, reason, detail in rules:
+            for i in np.flatnonzero(mask & ~bad):
+                dead.append(DeadLetter(reason, detail, cols.raw[i], partition, int(cols.offset[i])))
+            bad |= mask
+        resolved = EventColumns(
+            cols.client_key,
+            cols.client_id,
+            cols.ts,
+            cols.channel,
+            cols.type_code,
+            journey,
+            step,
+            cols.flags,
+            cols.raw,
+            cols.offset,
+        )
+        return resolved.take(~bad) if bad.any() else resolved
+
+
+def _all_str(values: list[Any]) -> bool:
+    return set(map(type, values)) == {str}
+
+
+def _object_array(items: list[bytes]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out

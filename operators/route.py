@@ -1,0 +1,40 @@
+"""Shard routing: split a decoded batch into one :class:`ShardInput` per shard."""
+
+import numpy as np
+
+from operators.batches import DecodedBatch, ShardInput
+from state.hashing import shard_of
+
+
+def shard_key(shard: int) -> str:
+    """The Bytewax key of a shard."""
+    return f"shard-{shard:04d}"
+
+
+class Router:
+    """Splits batches by ``mix64(client hash) % shards``; every shard gets an item per batch."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.keys = [shard_key(s) for s in range(shards)]
+
+    def __call__(self, batch: DecodedBatch) -> list[tuple[str, ShardInput]]:
+        """The flow's flat-map step."""
+        events = batch.events
+        if len(events) == 0:
+            parts = [events] * self.shards
+        else:
+            shard = shard_of(events.client_key, self.shards)
+            order = np.argsort(shard, kind="stable")
+            ordered = events.take(order)
+            bounds = np.searchsorted(shard[order], np.arange(self.shards + 1))
+            parts = [ordered.take(slice(bounds[s], bounds[s + 1])) for s in range(self.shards)]
+        return [
+            (
+                self.keys[s],
+                ShardInput(
+                    self.keys[s], batch.partition, parts[s], batch.max_ts, batch.read_wall_ms
+                ),
+            )
+            for s in range(self.shards)
+        ]

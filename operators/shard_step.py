@@ -1,0 +1,139 @@
+"""The stateful shard step: watermark, event-time ordering, journey state, stall emission.
+
+One :class:`ShardLogic` per shard key. Events wait in ``pending`` until the watermark passes
+them, are then applied in event-time order, and deadlines at or before the watermark are
+expired; so the result does not depend on arrival order within the allowed lateness.
+Events behind the watermark on arrival are late: counted, and routed per
+``engine.late_events``. Bytewax's own timers are only used as a wall-clock tick to notice
+idle inputs; all deadlines are event time, kept inside the shard store.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from ato.catalog import Catalog
+from ato.columns import EventColumns
+from ato.config import EngineSettings
+from operators.batches import ShardInput, ShardOutput
+from operators.decode import wall_ms
+from operators.interventions import build_interventions
+from operators.watermark import WatermarkTracker
+from state.base import Stalls
+from state.shard_store import NumbaShardStore, order_events
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """What every shard of a flow shares."""
+
+    catalog: Catalog
+    settings: EngineSettings
+    partitions: list[str]
+    now_ms: Callable[[], int] = wall_ms
+
+
+class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
+    """Journey state of one shard inside a Bytewax ``stateful_batch`` step."""
+
+    def __init__(self, ctx: ShardContext, resume: dict[str, Any] | None) -> None:
+        self.shard = resume["shard"] if resume is not None else ""  # known from the first item
+        self.ctx = ctx
+        now = ctx.now_ms()
+        s = ctx.settings
+        self.tracker = WatermarkTracker(
+            ctx.partitions, s.allowed_lateness_ms, s.idle_timeout_ms, s.clock == "live", now
+        )
+        self.pending: list[EventColumns] = []
+        if resume is None:
+            self.store = NumbaShardStore(ctx.catalog)
+        else:
+            self.store = NumbaShardStore.restore(ctx.catalog, resume["store"])
+            self.tracker.restore(resume["watermark"], now)
+            self.pending = [resume["pending"]]
+
+    # ------------------------------------------------------------------ Bytewax hooks
+
+    def on_batch(self, values: list[ShardInput]) -> tuple[list[ShardOutput], bool]:
+        """Take sub-batches from any partitions, then advance to the new watermark."""
+        now = self.ctx.now_ms()
+        late_parts: list[EventColumns] = []
+        for item in values:
+            self.shard = item.shard
+            events = item.events
+            if len(events):
+                late = events.ts < self.tracker.current
+                if late.any():
+                    late_parts.append(events.take(late))
+                    events = events.take(~late)
+                self.pending.append(events)
+            self.tracker.observe(item.partition, item.max_ts, now)
+        return self._advance(self.tracker.advance(now), late_parts, final=False), self.RETAIN
+
+    def on_notify(self) -> tuple[list[ShardOutput], bool]:
+        """Wall-clock tick: idle inputs may let the watermark move."""
+        before = self.tracker.current
+        after = self.tracker.advance(self.ctx.now_ms())
+        if after == before:
+            return [], self.RETAIN
+        return self._advance(after, [], final=False), self.RETAIN
+
+    def on_eof(self) -> tuple[list[ShardOutput], bool]:
+        """Input ended: apply everything pending and expire up to the last event time."""
+        return self._advance(self.tracker.final(), [], final=True), self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """Next wall-clock tick."""
+        return datetime.now(UTC) + timedelta(milliseconds=self.ctx.settings.tick_ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Copies of the store, the watermark state and the pending events."""
+        return {
+            "shard": self.shard,
+            "store": self.store.snapshot(),
+            "watermark": self.tracker.snapshot(),
+            "pending": EventColumns.concat(self.pending),
+        }
+
+    # ------------------------------------------------------------------ work
+
+    def _advance(
+        self, watermark: int, late_parts: list[EventColumns], final: bool
+    ) -> list[ShardOutput]:
+        pending = EventColumns.concat(self.pending)
+        if final:
+            ready, rest = pending, EventColumns.empty()
+        else:
+            is_ready = pending.ts < watermark
+            ready, rest = pending.take(is_ready), pending.take(~is_ready)
+        self.pending = [rest] if len(rest) else []
+        stalls: list[Stalls] = []
+        if len(ready):
+            stalls.append(self.store.apply(ready.take(order_events(ready))))
+        stalls.append(self.store.expire(watermark))
+        late = EventColumns.concat(late_parts)
+        found = [s for s in stalls if len(s)]
+        if not found and not len(ready) and not len(late) and not final:
+            return []
+        interventions = []
+        emitted_at = self.ctx.now_ms()
+        for part in found:
+            interventions.extend(build_interventions(part, self.ctx.catalog, emitted_at))
+        sizes = self.store.sizes()
+        keep_late = self.ctx.settings.late_events == "output" and len(late) > 0
+        return [
+            ShardOutput(
+                shard=self.shard,
+                interventions=interventions,
+                late=late if keep_late else None,
+                late_count=len(late),
+                applied=len(ready),
+                watermark=watermark,
+                pending=len(rest),
+                open_instances=sizes["instances"],
+                state_bytes=sizes["bytes"],
+            )
+        ]

@@ -1,0 +1,88 @@
+"""Event-time watermark over input partitions (BRIEF §3).
+
+``watermark = min over active partitions of (partition max event time - allowed lateness)``.
+A partition that has sent nothing for ``idle_timeout_ms`` of wall clock stops holding the
+watermark back; one that has never sent anything holds it until it has been idle that long.
+When every partition is idle, a live clock lets the watermark follow the wall clock (minus
+the lateness); a replay clock keeps it where it is. The watermark never goes back.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+MIN_WATERMARK = -(2**62)
+
+
+@dataclass
+class _Partition:
+    max_ts: int | None
+    last_seen_wall_ms: int
+
+
+class WatermarkTracker:
+    """Tracks per-partition event time and derives the watermark; the clock is passed in."""
+
+    def __init__(
+        self,
+        partitions: list[str],
+        allowed_lateness_ms: int,
+        idle_timeout_ms: int,
+        live: bool,
+        now_ms: int,
+    ) -> None:
+        self.lateness = allowed_lateness_ms
+        self.idle_timeout = idle_timeout_ms
+        self.live = live
+        self.parts = {p: _Partition(None, now_ms) for p in partitions}
+        self.current = MIN_WATERMARK
+
+    def observe(self, partition: str, max_ts: int | None, now_ms: int) -> None:
+        """Record that ``partition`` delivered a batch whose greatest event time is ``max_ts``."""
+        part = self.parts.get(partition)
+        if part is None:
+            part = self.parts[partition] = _Partition(None, now_ms)
+        part.last_seen_wall_ms = now_ms
+        if max_ts is not None and (part.max_ts is None or max_ts > part.max_ts):
+            part.max_ts = max_ts
+
+    def advance(self, now_ms: int) -> int:
+        """Recompute the watermark at wall time ``now_ms`` and return it."""
+        active = [
+            p for p in self.parts.values() if now_ms - p.last_seen_wall_ms < self.idle_timeout
+        ]
+        if active:
+            if all(p.max_ts is not None for p in active):
+                candidate = min(p.max_ts for p in active if p.max_ts is not None) - self.lateness
+            else:
+                candidate = MIN_WATERMARK
+        elif self.live:
+            candidate = now_ms - self.lateness
+        else:
+            candidate = self.current
+        self.current = max(self.current, candidate)
+        return self.current
+
+    def is_late(self, ts: int) -> bool:
+        """Whether an event at ``ts`` is behind the watermark."""
+        return ts < self.current
+
+    def final(self) -> int:
+        """The watermark once every input has ended: the greatest event time seen."""
+        seen = [p.max_ts for p in self.parts.values() if p.max_ts is not None]
+        self.current = max([self.current, *seen])
+        return self.current
+
+    def max_event_ts(self) -> int | None:
+        """Greatest event time seen on any partition."""
+        seen = [p.max_ts for p in self.parts.values() if p.max_ts is not None]
+        return max(seen) if seen else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Picklable state; wall-clock idleness is not kept across restarts."""
+        return {"current": self.current, "max_ts": {k: p.max_ts for k, p in self.parts.items()}}
+
+    def restore(self, snap: dict[str, Any], now_ms: int) -> None:
+        """Resume from :meth:`snapshot`; every partition gets a fresh idle window."""
+        self.current = snap["current"]
+        for name, max_ts in snap["max_ts"].items():
+            self.parts[name] = _Partition(max_ts, now_ms)

@@ -1,0 +1,96 @@
+"""Run progress: counters fed by the flow, a progress line on the terminal, a final summary."""
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+
+@dataclass
+class RunStats:
+    """Counters of one process's run; sinks on every worker thread add to it."""
+
+    events_in: int = 0
+    dead_letters: int = 0
+    applied: int = 0
+    late: int = 0
+    interventions: int = 0
+    max_event_ts: int | None = None
+    watermarks: dict[str, int] = field(default_factory=dict)
+    open_instances: dict[str, int] = field(default_factory=dict)
+    state_bytes: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, item: dict[str, Any]) -> None:
+        """Add one progress item (from the decode step or a shard step)."""
+        with self.lock:
+            self.events_in += item.get("in", 0)
+            self.dead_letters += item.get("dead", 0)
+            self.applied += item.get("applied", 0)
+            self.late += item.get("late", 0)
+            self.interventions += item.get("interventions", 0)
+            ts = item.get("max_ts")
+            if ts is not None and (self.max_event_ts is None or ts > self.max_event_ts):
+                self.max_event_ts = ts
+            shard = item.get("shard")
+            if shard is not None:
+                self.watermarks[shard] = item["watermark"]
+                self.open_instances[shard] = item["open"]
+                self.state_bytes[shard] = item["bytes"]
+
+    def watermark(self) -> int | None:
+        """The slowest shard's watermark."""
+        return min(self.watermarks.values()) if self.watermarks else None
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.perf_counter() - self.started
+
+    def line(self) -> str:
+        """One progress line."""
+        elapsed = max(self.elapsed(), 1e-9)
+        wm = self.watermark()
+        if wm is not None and self.max_event_ts is not None and wm > 0:
+            lag = f"{max(self.max_event_ts - wm, 0) / 1000:.1f}s"
+        else:
+            lag = "-"
+        return (
+            f"[{elapsed:6.1f}s] events {self.events_in:,} ({self.events_in / elapsed:,.0f}/s)"
+            f" | interventions {self.interventions:,} | dead letters {self.dead_letters:,}"
+            f" | late {self.late:,} | watermark lag {lag}"
+            f" | open {sum(self.open_instances.values()):,}"
+            f" | state {sum(self.state_bytes.values()) / 1e6:,.1f} MB"
+        )
+
+
+class _ProgressPartition(StatelessSinkPartition[dict[str, Any]]):
+    def __init__(self, stats: RunStats, out: TextIO | None, every_s: float) -> None:
+        self.stats = stats
+        self.out = out
+        self.every_s = every_s
+        self.last = time.perf_counter()
+
+    def write_batch(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            self.stats.add(item)
+        now = time.perf_counter()
+        if self.out is not None and now - self.last >= self.every_s:
+            self.last = now
+            print(self.stats.line(), file=self.out, flush=True)
+
+
+class ProgressSink(DynamicSink[dict[str, Any]]):
+    """Adds progress items into ``stats``; prints a line every ``every_s`` seconds if ``out``."""
+
+    def __init__(self, stats: RunStats, out: TextIO | None = sys.stderr, every_s: float = 1.0):
+        self.stats = stats
+        self.out = out
+        self.every_s = every_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProgressPartition:
+        """One partition per worker, all adding into the same stats."""
+        return _ProgressPartition(self.stats, self.out, self.every_s)

@@ -1,0 +1,1 @@
+"""Embedded inputs: the traffic generator and JSON-lines files, yielding raw batches."""

@@ -1,0 +1,316 @@
+"""The numba shard store against its plain-Python twin, and the kernels' hash index."""
+
+import math
+import pickle
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ato.catalog import load_catalog
+from ato.columns import EventColumns
+from state import kernels
+from state.base import Stalls
+from state.hashing import hash_client_id_py, hash_client_ids, mix64_py
+from state.layout import O_CLIENT
+from state.shard_store import NumbaShardStore, order_events
+from state.twins import PyShard, StallRecord
+
+CATALOG = load_catalog()
+TABLES = CATALOG.tables
+T0 = 1_700_000_000_000
+DAY = 86_400_000
+SETTINGS = settings(deadline=None, max_examples=60)  # the first call compiles
+
+# A few journeys with short timeouts, abandon signals, back-steps and a failure terminal.
+JOURNEYS = [
+    CATALOG.journey_codes[name]
+    for name in ("open_account", "wealth_purchase", "loan_application", "large_transfer")
+]
+_STEP_TYPES = [
+    CATALOG.type_codes[t] for j in JOURNEYS for s in CATALOG.journeys[j].steps for t in s.on
+]
+_OTHER_TYPES = [
+    CATALOG.type_codes[t]
+    for t in (
+        "app_backgrounded", "face_verify_failed", "payment_failed", "otp_failed", "ivr_hangup",
+        "upload_failed", "error", "call_started", "ivr_started", "app_session_start", "page_view",
+        "card_delivered",  # a step of a journey outside JOURNEYS
+    )
+]  # fmt: skip
+TYPES = _STEP_TYPES * 2 + _OTHER_TYPES + [0]  # progress twice as likely; 0 = unknown type
+GAPS = [0, 0, 1, 1_000, 30_000, 45_000, 60_000, 90_000, 120_000, 300_000, 600_000, 3_600_000]
+BATCH_GAPS = [1, 1_000, 60_000, 600_000, 3_600_000, DAY, 2 * DAY, 3 * DAY + 1, 8 * DAY, 15 * DAY]
+LAGS = [0, 1, 1_000, 60_000, 3_600_000, DAY]
+
+# client, type code, journey the event names (-1: none), channel, ms after the previous event
+EVENT = st.tuples(
+    st.integers(0, 3),
+    st.sampled_from(TYPES),
+    st.sampled_from([-1, -1, *JOURNEYS]),
+    st.integers(0, 3),
+    st.sampled_from(GAPS),
+)
+# events, gap to the next batch, watermark lag behind the next batch, expire calls after it
+BATCH = st.tuples(
+    st.lists(EVENT, max_size=12),
+    st.sampled_from(BATCH_GAPS),
+    st.sampled_from(LAGS),
+    st.integers(0, 2),
+)
+SCENARIO = st.lists(BATCH, min_size=1, max_size=6)
+
+Step = tuple[EventColumns, list[int]]
+
+
+def decode(type_code: int, named: int) -> tuple[int, int, int]:
+    """(journey, step, flags) the way the decode step maps a type and an optional journey."""
+    if named >= 0:
+        journey, step = named, int(TABLES.type_step_in_journey[named, type_code])
+    else:
+        journey, step = int(TABLES.type_journey[type_code]), int(TABLES.type_step[type_code])
+    return journey, step, int(TABLES.type_flags[type_code])
+
+
+def columns(rows: list[tuple[str, int, int, int, int, int, int]]) -> EventColumns:
+    """Ordered columns from (client id, ts, channel, type, journey, step, flags) rows."""
+    ids = np.array([r[0] for r in rows] or [""], dtype=str)[: len(rows)]
+    cols = EventColumns(
+        hash_client_ids(ids),
+        ids,
+        np.array([r[1] for r in rows], np.int64),
+        np.array([r[2] for r in rows], np.int8),
+        np.array([r[3] for r in rows], np.int32),
+        np.array([r[4] for r in rows], np.int16),
+        np.array([r[5] for r in rows], np.int16),
+        np.array([r[6] for r in rows], np.int8),
+        np.array([b""] * len(rows), object),
+        np.arange(len(rows), dtype=np.int64),
+    )
+    return cols.take(order_events(cols))
+
+
+def build(scenario: list[Any]) -> list[Step]:
+    """Event batches with event times, each followed by its (nondecreasing) watermarks."""
+    now, watermark, steps = T0, T0 - 1, []
+    for events, gap, lag, n_expire in scenario:
+        rows = []
+        for client, type_code, named, channel, dt in events:
+            now += dt
+            rows.append((f"c{client}", now, channel, type_code, *decode(type_code, named)))
+        now += gap  # the next batch starts at or after ``now``
+        watermark = max(watermark, now - 1 - lag)
+        steps.append((columns(rows), [watermark] * n_expire))
+    return steps
+
+
+def new_twin() -> PyShard:
+    return PyShard(TABLES, float(CATALOG.decay_half_life_ms), CATALOG.client_idle_ttl_ms)
+
+
+def twin_apply(twin: PyShard, cols: EventColumns) -> list[StallRecord]:
+    c = cols
+    return twin.apply(c.client_key, c.ts, c.channel, c.type_code, c.journey, c.step, c.flags)
+
+
+def twin_expire(twin: PyShard, watermark: int) -> list[StallRecord]:
+    twin.expire_clients(watermark)  # the store forgets idle clients first, too
+    return twin.expire(watermark)
+
+
+def store_records(stalls: Stalls) -> list[StallRecord]:
+    """The store's stall records in the twin's form (client hash in place of the slot)."""
+    records = []
+    for k in range(len(stalls)):
+        key = int(stalls.client_key[k])
+        assert hash_client_id_py(stalls.client_id[k]) == key
+        ints = stalls.ints[O_CLIENT + 1 :, k].tolist()
+        records.append((key, *ints, *stalls.floats[:, k].tolist()))
+    return records
+
+
+def assert_same_stalls(stalls: Stalls, expected: list[StallRecord]) -> None:
+    got = sorted(store_records(stalls))
+    want = sorted(expected)
+    assert [r[:-2] for r in got] == [r[:-2] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert math.isclose(g[-2], w[-2], rel_tol=1e-9), (g, w)
+        assert math.isclose(g[-1], w[-1], rel_tol=1e-9), (g, w)
+
+
+def twin_instances(twin: PyShard) -> dict[tuple[int, int], dict[str, Any]]:
+    """The twin's open instances in the shape of ``NumbaShardStore.open_instances``."""
+    out = {}
+    for (key, journey), inst in twin.instances.items():
+        client = twin.clients[key]
+        fields = dict(vars(inst))
+        fields["client_key"] = fields.pop("client")
+        fields.update(
+            calls=client.calls,
+            sessions=client.sessions,
+            client_last_ts=client.last_ts,
+            last_instance=client.last_instance == (key, journey),
+        )
+        out[(key, journey)] = fields
+    return out
+
+
+def assert_same_state(store: NumbaShardStore, twin: PyShard) -> None:
+    assert store.counters() == twin.counters
+    assert store.known_clients() == set(twin.clients)
+    got = {(f["client_key"], f["journey"]): f for f in store.open_instances().values()}
+    want = twin_instances(twin)
+    assert got.keys() == want.keys()
+    for key, expected in want.items():
+        for name, value in expected.items():
+            if isinstance(value, float):
+                assert math.isclose(got[key][name], value, rel_tol=1e-9), (key, name)
+            else:
+                assert got[key][name] == value, (key, name)
+
+
+def run_in_parallel(steps: list[Step], store: NumbaShardStore, twin: PyShard) -> None:
+    for cols, watermarks in steps:
+        assert_same_stalls(store.apply(cols), twin_apply(twin, cols))
+        for watermark in watermarks:
+            assert_same_stalls(store.expire(watermark), twin_expire(twin, watermark))
+        assert_same_state(store, twin)
+
+
+@SETTINGS
+@given(scenario=SCENARIO, capacity=st.sampled_from([1, 2, 1024]))
+def test_store_matches_twin(scenario: list[Any], capacity: int) -> None:
+    """Stalls, counters and open instances agree after every batch and expiry."""
+    run_in_parallel(build(scenario), NumbaShardStore(CATALOG, capacity), new_twin())
+
+
+def test_scenario_reaches_every_outcome() -> None:
+    """A fixed run touches the paths the property test relies on (guards the generator)."""
+    j = CATALOG.journey_codes["large_transfer"]
+    start, payee, otp = (
+        CATALOG.type_codes[t] for t in ("transfer_start", "payee_added", "otp_sent")
+    )
+    done, hangup = CATALOG.type_codes["transfer_completed"], CATALOG.type_codes["ivr_hangup"]
+    rows = [
+        ("a", T0, 0, start, *decode(start, -1)),
+        ("a", T0 + 1_000, 1, hangup, *decode(hangup, -1)),  # abandon: deadline T0 + 61s
+        ("b", T0, 0, start, *decode(start, -1)),
+        ("b", T0 + 10, 0, payee, *decode(payee, j)),
+        ("b", T0 + 20, 2, otp, *decode(otp, -1)),
+        ("b", T0 + 30, 2, done, *decode(done, -1)),
+        ("c", T0, 0, start, *decode(start, -1)),
+    ]
+    store, twin = NumbaShardStore(CATALOG, 1), new_twin()
+    run_in_parallel([(columns(rows), [T0 + 61_000, T0 + 3 * DAY])], store, twin)
+    counts = store.counters()
+    assert counts["completed"] == 1 and counts["abandon_signals"] == 1
+    assert counts["stalled"] == 2 and counts["closed"] == 2
+    assert counts["started"] == 3
+    assert store.known_clients() == set(hash_client_ids(np.array(["a", "c"])).tolist())
+
+
+def test_growth_from_capacity_one() -> None:
+    """Many clients in a store created with room for one; state survives every rehash."""
+    start = CATALOG.type_codes["acct_open_start"]
+    upload = CATALOG.type_codes["id_card_uploaded"]
+    store, twin = NumbaShardStore(CATALOG, capacity=1), new_twin()
+    steps = []
+    for wave in range(5):
+        t = T0 + wave * 60_000
+        rows = [(f"w{wave}-{i}", t, i % 4, start, *decode(start, -1)) for i in range(3**wave + 50)]
+        rows += [(f"w0-{i}", t + 1, 1, upload, *decode(upload, -1)) for i in range(0, 50, 3)]
+        steps.append((columns(rows), [t + 30_000]))
+    run_in_parallel(steps, store, twin)
+    n_clients = sum(3**wave + 50 for wave in range(5))
+    assert store.sizes()["clients"] == n_clients == len(twin.clients)
+    assert store.client_cap >= n_clients and store.client_cap & (store.client_cap - 1) == 0
+    assert store.sizes()["instances"] == len(twin.instances) == n_clients
+    run_in_parallel([(columns([]), [T0 + 20 * DAY, T0 + 30 * DAY])], store, twin)
+    assert store.sizes()["instances"] == store.sizes()["clients"] == 0
+
+
+def _outputs(store: NumbaShardStore, steps: list[Step]) -> list[Stalls]:
+    out = []
+    for cols, watermarks in steps:
+        out.append(store.apply(cols))
+        out.extend(store.expire(w) for w in watermarks)
+    return out
+
+
+@SETTINGS
+@given(scenario=SCENARIO, split=st.integers(0, 6))
+def test_snapshot_restore_continues_identically(scenario: list[Any], split: int) -> None:
+    """A restored (pickled) snapshot continues exactly like the store it was taken from."""
+    steps = build(scenario)
+    split = min(split, len(steps))
+    live = NumbaShardStore(CATALOG, capacity=2)
+    _outputs(live, steps[:split])
+    snap = pickle.dumps(live.snapshot())
+    live_out = _outputs(live, steps[split:])  # mutates live after the snapshot was taken
+    restored = NumbaShardStore.restore(CATALOG, pickle.loads(snap))
+    restored_out = _outputs(restored, steps[split:])
+    for a, b in zip(live_out, restored_out, strict=True):
+        assert a.client_id == b.client_id
+        np.testing.assert_array_equal(a.client_key, b.client_key)
+        np.testing.assert_array_equal(a.ints, b.ints)
+        np.testing.assert_array_equal(a.floats, b.floats)
+    assert restored.counters() == live.counters()
+    assert restored.open_instances() == live.open_instances()
+    assert restored.sizes() == live.sizes()
+
+
+# ---------------------------------------------------------------- the hash index
+
+KEY_POOL = [*range(24), 2**63, 2**64 - 1, 0xAF63DC4C8601EC8C, *(mix64_py(k) for k in range(13))]
+
+
+def assert_index_matches(
+    keys: np.ndarray, vals: np.ndarray, ref: dict[int, int], probe: list[int]
+) -> None:
+    assert int((vals >= 0).sum()) == len(ref)
+    for key in probe:
+        assert kernels.ht_find(keys, vals, np.uint64(key)) == ref.get(key, -1), key
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    size=st.sampled_from([8, 16]),
+    ops=st.lists(st.tuples(st.booleans(), st.sampled_from(KEY_POOL)), max_size=120),
+)
+def test_hash_index_matches_dict(size: int, ops: list[tuple[bool, int]]) -> None:
+    """Random inserts and deletes on a tiny table, where probe runs collide and wrap."""
+    keys, vals = np.zeros(size, np.uint64), np.full(size, -1, np.int64)
+    ref: dict[int, int] = {}
+    for n, (insert, key) in enumerate(ops):
+        if insert and key not in ref and len(ref) < size - 1:
+            kernels.ht_insert(keys, vals, np.uint64(key), n)
+            ref[key] = n
+        elif not insert and key in ref:
+            kernels.ht_delete(keys, vals, np.uint64(key))
+            del ref[key]
+        assert_index_matches(keys, vals, ref, KEY_POOL)
+
+
+def test_delete_inside_wrapping_probe_run() -> None:
+    """Deleting the head of a run that wraps past the end keeps every later key reachable."""
+    size = 8
+    home = {k: mix64_py(k) & (size - 1) for k in range(10_000)}
+    at_end = [k for k in home if home[k] == size - 1][:3]
+    at_zero = [k for k in home if home[k] == 0][:1]
+    keys, vals = np.zeros(size, np.uint64), np.full(size, -1, np.int64)
+    ref = {}
+    for n, key in enumerate(at_end + at_zero):  # occupies buckets 7, 0, 1, 2
+        kernels.ht_insert(keys, vals, np.uint64(key), n)
+        ref[key] = n
+    assert sorted(np.flatnonzero(vals >= 0).tolist()) == [0, 1, 2, 7]
+    for key in (at_end[0], at_zero[0], at_end[1]):
+        kernels.ht_delete(keys, vals, np.uint64(key))
+        del ref[key]
+        assert_index_matches(keys, vals, ref, at_end + at_zero)
+
+
+def test_instance_key_is_unique_per_slot_and_journey() -> None:
+    """Distinct (client slot, journey) pairs never share an index key."""
+    pairs = [(slot, journey) for slot in (0, 1, 2, 1000, 2**20) for journey in (0, 1, 1021)]
+    assert len({int(kernels.instance_key(s, j)) for s, j in pairs}) == len(pairs)
