@@ -9,9 +9,9 @@ Semantics (the twin in ``state/twins.py`` implements the same in plain Python):
 * An event that maps to no step is attributed to the journey it names, else to the
   client's instance that last progressed; it counts in the features, and an abandon signal
   of that journey shortens the deadline to ``min(deadline, ts + grace)``.
-* The instance must progress strictly before its deadline. When an event at ``ts >=
-  deadline`` arrives, or the watermark reaches the deadline, the instance stalls once: a stall
-  record is emitted, ``attempt`` grows, and the deadline becomes ``deadline + close_after``;
+* The instance must progress strictly before its deadline. When any event of the client at
+  ``ts >= deadline`` arrives (before that event counts anywhere), or the watermark reaches the
+  deadline, the instance stalls once: a stall record is emitted, ``attempt`` grows, and the deadline becomes ``deadline + close_after``;
   progress before then resumes it, otherwise it is closed.
 
 Events must be given in the order the caller sorted them (event time, see
@@ -25,6 +25,7 @@ from state.hashing import mix64
 from state.layout import (
     C_LAST_INST,
     C_LAST_TS,
+    C_MIN_DEADLINE,
     C_OPEN,
     F_CALLS,
     F_SESSIONS,
@@ -293,14 +294,19 @@ def apply_events(
     e_new: np.ndarray,
     out_i: np.ndarray,
     out_f: np.ndarray,
-) -> int:
-    """Apply sorted events; return the number of stall records written to ``out_*``.
+    start: int,
+) -> tuple[int, int]:
+    """Apply sorted events from index ``start``; return (stall records written, next event).
 
-    The caller guarantees enough free client and instance slots (one of each per event) and
-    ``out_*`` with room for one record per event.
+    Stops early when ``out_*`` might not hold the stalls of the next event (one per journey).
+    The caller guarantees enough free client and instance slots (one of each per event).
     """
     n_out = 0
-    for e in range(len(e_ts)):
+    n_journeys = step_timeout.shape[0]
+    room = out_i.shape[1]
+    for e in range(start, len(e_ts)):
+        if n_out + n_journeys > room:
+            return n_out, e
         t = e_ts[e]
         counters[K_EVENTS] += 1
         cs = ht_find(c_hk, c_hv, e_ckey[e])
@@ -315,8 +321,27 @@ def apply_events(
             cf[F_SESSIONS, cs] = 0.0
             ci[C_LAST_INST, cs] = -1
             ci[C_OPEN, cs] = 0
+            cts[C_MIN_DEADLINE, cs] = NO_DEADLINE
             meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
         e_cslot[e] = cs
+
+        if cts[C_MIN_DEADLINE, cs] <= t:
+            # time passes to t for this client first: its instances whose deadline passed
+            # stall (or close) before the event counts in any feature
+            smallest = NO_DEADLINE
+            for jj in range(n_journeys):
+                slot = ht_find(i_hk, i_hv, instance_key(cs, jj))
+                if slot < 0:
+                    continue
+                if it[T_DEADLINE, slot] <= t:
+                    n_out, closed = _settle(
+                        slot, t, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
+                        i_hk, i_hv, it, ii, i_free, meta, counters, out_i, out_f, n_out,
+                    )  # fmt: skip
+                    if closed:
+                        continue
+                smallest = min(smallest, it[T_DEADLINE, slot])
+            cts[C_MIN_DEADLINE, cs] = smallest
 
         j = e_journey[e]
         s = e_step[e]
@@ -324,13 +349,6 @@ def apply_events(
             target = ht_find(i_hk, i_hv, instance_key(cs, j))
         else:
             target = int(ci[C_LAST_INST, cs])
-        if target >= 0 and it[T_DEADLINE, target] <= t:
-            n_out, closed = _settle(
-                target, t, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
-                i_hk, i_hv, it, ii, i_free, meta, counters, out_i, out_f, n_out,
-            )  # fmt: skip
-            if closed:
-                target = -1
 
         age = t - cts[C_LAST_TS, cs]
         if age > 0:
@@ -388,6 +406,7 @@ def apply_events(
                 deadline = t + step_timeout[j, s]
                 it[T_DEADLINE, target] = deadline
                 meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
+                cts[C_MIN_DEADLINE, cs] = min(cts[C_MIN_DEADLINE, cs], deadline)
         elif target >= 0:
             _attribute(target, e_type[e], e_channel[e], flags, ii)
             grace = abandon_grace[ii[I_JOURNEY, target], e_type[e]]
@@ -398,7 +417,8 @@ def apply_events(
                     it[T_DEADLINE, target] = deadline
                     ii[I_ABANDONED, target] = 1
                     meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
-    return n_out
+                    cts[C_MIN_DEADLINE, cs] = min(cts[C_MIN_DEADLINE, cs], deadline)
+    return n_out, len(e_ts)
 
 
 @njit(cache=True, nogil=True)

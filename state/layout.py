@@ -31,7 +31,8 @@ I_ABANDONED = 11  # 1 when an abandon signal shortened the current deadline
 N_INTS = 12
 
 # Client columns.
-C_LAST_TS = 0  # int64 [1, cap]: event time of the client's last event
+C_LAST_TS = 0  # int64 [2, cap]: event time of the client's last event
+C_MIN_DEADLINE = 1  # lower bound of the deadlines of the client's open instances
 F_CALLS = 0  # float64 [2, cap]: decayed count of calls
 F_SESSIONS = 1  # decayed count of app sessions
 C_LAST_INST = 0  # int32 [2, cap]: the instance that last progressed, -1 if none

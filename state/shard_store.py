@@ -46,7 +46,7 @@ from state.layout import (
 )
 
 INITIAL_CAPACITY = 1024
-EXPIRE_CHUNK = 65_536  # most stall records one expire kernel call writes
+EXPIRE_CHUNK = 4_096  # most stall records one expire kernel call writes
 
 _ARRAY_FIELDS = (
     "ckey", "cts", "cf", "ci", "c_free", "c_hk", "c_hv",
@@ -85,7 +85,7 @@ class NumbaShardStore(ShardStore):
         self.client_cap = 0
         self.inst_cap = 0
         self.ckey = np.empty(0, np.uint64)
-        self.cts = np.empty((1, 0), np.int64)
+        self.cts = np.empty((2, 0), np.int64)
         self.cf = np.empty((2, 0), np.float64)
         self.ci = np.empty((2, 0), np.int32)
         self.c_free = np.empty(0, np.int32)
@@ -97,6 +97,10 @@ class NumbaShardStore(ShardStore):
         self.meta[M_NEXT_DEADLINE] = NO_DEADLINE
         self.meta[M_NEXT_CLIENT_EXPIRY] = NO_DEADLINE
         self.counters_ = np.zeros(N_COUNTERS, np.int64)
+        self._expire_out = (
+            np.empty((N_OUT, EXPIRE_CHUNK), np.int64),
+            np.empty((N_OUT_F, EXPIRE_CHUNK), np.float64),
+        )
         self._grow_clients(capacity)
         self._grow_instances(capacity)
 
@@ -106,7 +110,7 @@ class NumbaShardStore(ShardStore):
         old = self.client_cap
         grow = new_cap - old
         self.ckey = np.concatenate([self.ckey, np.zeros(grow, np.uint64)])
-        self.cts = np.concatenate([self.cts, np.zeros((1, grow), np.int64)], axis=1)
+        self.cts = np.concatenate([self.cts, np.zeros((2, grow), np.int64)], axis=1)
         self.cf = np.concatenate([self.cf, np.zeros((2, grow), np.float64)], axis=1)
         fresh = np.full((2, grow), -1, np.int32)  # C_OPEN = -1: free slot
         self.ci = np.concatenate([self.ci, fresh], axis=1)
@@ -166,20 +170,26 @@ class NumbaShardStore(ShardStore):
         t = self.tables
         e_cslot = np.empty(n, np.int32)
         e_new = np.empty(n, np.bool_)
-        out_i = np.empty((N_OUT, n), np.int64)
-        out_f = np.empty((N_OUT_F, n), np.float64)
-        n_out = kernels.apply_events(
-            events.client_key, events.ts, events.channel, events.type_code, events.journey,
-            events.step, events.flags, t.step_timeout, t.step_terminal, t.abandon_grace,
-            t.close_after, self.half_life_ms, self.client_ttl_ms,
-            self.c_hk, self.c_hv, self.ckey, self.cts, self.cf, self.ci, self.c_free,
-            self.i_hk, self.i_hv, self.it, self.ii, self.i_free, self.meta, self.counters_,
-            e_cslot, e_new, out_i, out_f,
-        )  # fmt: skip
+        room = n + t.step_timeout.shape[0]
+        parts_i, parts_f = [], []
+        start = 0
+        while start < n:
+            out_i = np.empty((N_OUT, room), np.int64)
+            out_f = np.empty((N_OUT_F, room), np.float64)
+            n_out, start = kernels.apply_events(
+                events.client_key, events.ts, events.channel, events.type_code, events.journey,
+                events.step, events.flags, t.step_timeout, t.step_terminal, t.abandon_grace,
+                t.close_after, self.half_life_ms, self.client_ttl_ms,
+                self.c_hk, self.c_hv, self.ckey, self.cts, self.cf, self.ci, self.c_free,
+                self.i_hk, self.i_hv, self.it, self.ii, self.i_free, self.meta, self.counters_,
+                e_cslot, e_new, out_i, out_f, start,
+            )  # fmt: skip
+            parts_i.append(out_i[:, :n_out])
+            parts_f.append(out_f[:, :n_out])
         new = np.flatnonzero(e_new)
         if len(new):
             self.client_ids[e_cslot[new]] = events.client_id[new]
-        return self._stalls(out_i[:, :n_out], out_f[:, :n_out])
+        return self._stalls(np.concatenate(parts_i, axis=1), np.concatenate(parts_f, axis=1))
 
     def expire(self, watermark: int) -> Stalls:
         """Settle instances with deadline <= ``watermark``; forget long-idle clients."""
@@ -194,17 +204,16 @@ class NumbaShardStore(ShardStore):
         start, smallest = 0, NO_DEADLINE
         # Deadlines set while scanning (close deadlines) lower the bound again below.
         self.meta[M_NEXT_DEADLINE] = NO_DEADLINE
+        out_i, out_f = self._expire_out
         while start < self.inst_cap:
-            out_i = np.empty((N_OUT, EXPIRE_CHUNK), np.int64)
-            out_f = np.empty((N_OUT_F, EXPIRE_CHUNK), np.float64)
             n_out, start, part_smallest = kernels.expire_instances(
                 watermark, start, self.tables.close_after, self.half_life_ms,
                 self.client_ttl_ms, self.cts, self.cf, self.ci, self.i_hk, self.i_hv,
                 self.it, self.ii, self.i_free, self.meta, self.counters_, out_i, out_f,
             )  # fmt: skip
             smallest = min(smallest, part_smallest)
-            parts_i.append(out_i[:, :n_out])
-            parts_f.append(out_f[:, :n_out])
+            parts_i.append(out_i[:, :n_out].copy())
+            parts_f.append(out_f[:, :n_out].copy())
         self.meta[M_NEXT_DEADLINE] = min(int(self.meta[M_NEXT_DEADLINE]), smallest)
         return self._stalls(np.concatenate(parts_i, axis=1), np.concatenate(parts_f, axis=1))
 

@@ -86,10 +86,12 @@ class PyShard:
         client = self.clients.get(key)
         if client is None:
             client = self.clients[key] = PyClient(last_ts=t)
+        for jj in range(self.tables.step_timeout.shape[0]):  # time passes to t first
+            other = self.instances.get((key, jj))
+            if other is not None and other.deadline <= t:
+                self._settle(other, t, out)
         ik = (key, j) if j >= 0 else client.last_instance
         inst = self.instances.get(ik) if ik is not None else None
-        if inst is not None and inst.deadline <= t and self._settle(inst, t, out):
-            inst = None
 
         if t > client.last_ts:
             decay = 2.0 ** (-(t - client.last_ts) / self.half_life_ms)
