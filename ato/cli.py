@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         f" | shards {settings.engine.shards} | out {settings.out_dir}",
         file=sys.stderr,
     )
-    result = run(settings, inputs=args.input, recovery_dir=args.recovery_dir)
+    result = run(settings, inputs=args.input, recovery_dir=args.recovery_dir, progress=sys.stderr)
     summary = result.summary()
     print("summary:")
     for key, value in summary.items():

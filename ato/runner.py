@@ -1,6 +1,5 @@
 """Run the journey flow on the embedded inputs and outputs, and summarise it."""
 
-import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -81,7 +80,7 @@ def run(
     inputs: list[Path] | None = None,
     traffic: GeneratedTraffic | None = None,
     recovery_dir: Path | None = None,
-    progress: TextIO | None = sys.stderr,
+    progress: TextIO | None = None,
     catalog: Catalog | None = None,
 ) -> RunResult:
     """Run the journey flow on files (``inputs``) or generated traffic, to JSON-lines files."""

@@ -1,6 +1,5 @@
 """Run progress: counters fed by the flow, a progress line on the terminal, a final summary."""
 
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -86,7 +85,7 @@ class _ProgressPartition(StatelessSinkPartition[dict[str, Any]]):
 class ProgressSink(DynamicSink[dict[str, Any]]):
     """Adds progress items into ``stats``; prints a line every ``every_s`` seconds if ``out``."""
 
-    def __init__(self, stats: RunStats, out: TextIO | None = sys.stderr, every_s: float = 1.0):
+    def __init__(self, stats: RunStats, out: TextIO | None = None, every_s: float = 1.0):
         self.stats = stats
         self.out = out
         self.every_s = every_s

@@ -11,8 +11,9 @@ Semantics (the twin in ``state/twins.py`` implements the same in plain Python):
   of that journey shortens the deadline to ``min(deadline, ts + grace)``.
 * The instance must progress strictly before its deadline. When any event of the client at
   ``ts >= deadline`` arrives (before that event counts anywhere), or the watermark reaches the
-  deadline, the instance stalls once: a stall record is emitted, ``attempt`` grows, and the deadline becomes ``deadline + close_after``;
-  progress before then resumes it, otherwise it is closed.
+  deadline, the instance stalls once: a stall record is emitted, ``attempt`` grows, and the
+  deadline becomes ``deadline + close_after``; progress before then resumes it, otherwise it
+  is closed.
 
 Events must be given in the order the caller sorted them (event time, see
 ``state.shard_store.order_events``).

@@ -254,7 +254,7 @@ class NumbaShardStore(ShardStore):
                 "client_last_ts": int(self.cts[C_LAST_TS, client]),
                 "last_instance": bool(self.ci[C_LAST_INST, client] == slot),
             }
-            out[(str(self.client_ids[client]), fields["journey"])] = fields
+            out[(str(self.client_ids[client]), int(self.ii[I_JOURNEY, slot]))] = fields
         return out
 
     def known_clients(self) -> set[int]:

@@ -12,7 +12,7 @@ import numpy as np
 from ato.catalog import FLAG_CALL, FLAG_ERROR, FLAG_SESSION, TERMINAL_SUCCESS, CatalogTables
 from state.layout import COUNTER_NAMES
 
-StallRecord = tuple[int, ...]
+StallRecord = tuple[int | float, ...]  # ints per state.layout.O_*, then the two floats
 
 
 @dataclass

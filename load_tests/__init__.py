@@ -1,0 +1,1 @@
+"""Benchmarks and the capacity harness (figures printed, never asserted)."""

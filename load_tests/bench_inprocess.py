@@ -1,0 +1,200 @@
+"""In-process benchmark of the journey flow (no Kafka).
+
+    python -m load_tests.bench_inprocess [--clients 1000000] [--repeat 3] [--naive-events 1000000]
+
+Generates (once, cached under ``.bench-cache/``) single-event JSON messages from the built-in
+generator, then in one run measures, each ``--repeat`` times (medians reported):
+
+* ``events_per_s``: the whole journey flow from raw bytes (decode, route, shards, outputs),
+* ``state_events_per_s``: the stages after decode alone (route, shard step) on pre-decoded
+  batches,
+* ``decode_events_per_s``: the decode step alone, and ``orjson_events_per_s``: bare
+  ``orjson.loads`` of every message (the decoder's ceiling),
+* ``naive_events_per_s``: the naive Bytewax design (``load_tests/naive.py``) on the first
+  ``--naive-events`` of the same messages.
+
+The last line printed is JSON.
+"""
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import orjson
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSource, run_main
+
+from ato.catalog import Catalog, load_catalog
+from ato.config import GeneratorSettings, Settings
+from ato.generator import generate
+from flows.journeys import FlowSinks, build_flow
+from load_tests.naive import build_naive_flow
+from operators.batches import DecodedBatch, RawBatch
+from operators.decode import Decoder
+from operators.route import Router
+from operators.shard_step import ShardContext, ShardLogic
+from sinks.progress import ProgressSink, RunStats
+
+CACHE = Path(".bench-cache")
+
+
+class CountSink(DynamicSink[Any]):
+    """Counts items; keeps nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> "_CountPart":
+        """One counter per worker."""
+        return _CountPart(self)
+
+
+class _CountPart(StatelessSinkPartition[Any]):
+    def __init__(self, sink: CountSink) -> None:
+        self.sink = sink
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.sink.count += len(items)
+
+
+def load_messages(clients: int, seed: int) -> tuple[dict[str, list[bytes]], int]:
+    """Generated messages per partition, cached on disk; also the number of clients."""
+    path = CACHE / f"events-{clients}-{seed}.jsonl"
+    if not path.exists():
+        CACHE.mkdir(exist_ok=True)
+        t0 = time.perf_counter()
+        print(f"generating traffic for {clients:,} clients (cached in {path}) ...", file=sys.stderr)
+        cfg = GeneratorSettings(clients=clients, seed=seed, journeys_per_client=1.2, partitions=4)
+        traffic = generate(load_catalog(), cfg)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            for name, lines in traffic.partitions.items():
+                f.write(name.encode() + b"\t" + str(len(lines)).encode() + b"\n")
+                f.write(b"\n".join(lines) + b"\n")
+        tmp.rename(path)
+        print(f"  generated in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    parts: dict[str, list[bytes]] = {}
+    with path.open("rb") as f:
+        while header := f.readline():
+            name, count = header.decode().rstrip("\n").split("\t")
+            parts[name] = [f.readline().rstrip(b"\n") for _ in range(int(count))]
+    return parts, clients
+
+
+def raw_batches(parts: dict[str, list[bytes]], size: int) -> list[RawBatch]:
+    """Round-robin batches over the partitions, as a source would deliver them."""
+    out = []
+    longest = max(len(v) for v in parts.values())
+    for start in range(0, longest, size):
+        for name, lines in parts.items():
+            if start < len(lines):
+                out.append(RawBatch(name, lines[start : start + size], start))
+    return out
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds ``fn`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_full(
+    batches: list[RawBatch], partitions: list[str], settings: Settings, catalog: Catalog
+) -> float:
+    """Whole flow from raw bytes."""
+    sink = CountSink()
+    sinks = FlowSinks(sink, CountSink(), CountSink(), ProgressSink(RunStats(), None))
+    flow = build_flow(TestingSource(batches), sinks, settings, catalog, partitions=partitions)
+    seconds = timed(lambda: run_main(flow, epoch_interval=timedelta(seconds=10)))
+    print(f"  full flow: {seconds:.2f}s, {sink.count:,} interventions", file=sys.stderr)
+    return seconds
+
+
+def run_state_only(
+    decoded: list[DecodedBatch], partitions: list[str], settings: Settings, catalog: Catalog
+) -> float:
+    """Route and shard step on pre-decoded batches."""
+    ctx = ShardContext(catalog, settings.engine, partitions)
+    flow = Dataflow("state_only")
+    batches = op.input("input", flow, TestingSource(decoded))
+    keyed = op.flat_map("route", batches, Router(settings.engine.shards))
+    out = op.stateful_batch("shards", keyed, lambda resume: ShardLogic(ctx, resume))
+    sink = CountSink()
+    op.output("out", op.flat_map("interventions", out, lambda kv: kv[1].interventions), sink)
+    return timed(lambda: run_main(flow, epoch_interval=timedelta(seconds=10)))
+
+
+def run_naive(messages: list[bytes], catalog: Catalog) -> float:
+    """The naive design on ``messages``."""
+    sink = CountSink()
+    flow = build_naive_flow(TestingSource(messages, batch_size=1000), sink, catalog)
+    return timed(lambda: run_main(flow, epoch_interval=timedelta(seconds=10)))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; print and return its figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--clients", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--naive-events", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+
+    catalog = load_catalog()
+    settings = Settings().with_overrides("engine", batch_size=args.batch_size)
+    parts, clients = load_messages(args.clients, args.seed)
+    partitions = list(parts)
+    batches = raw_batches(parts, args.batch_size)
+    messages = [m for b in batches for m in b.messages]
+    n = len(messages)
+    print(f"{n:,} events, {clients:,} clients, {len(batches)} batches", file=sys.stderr)
+    decoder = Decoder(catalog, settings.engine)
+    decoded = [decoder(b) for b in batches]  # also warms the JIT caches
+    gc.collect()
+    gc.freeze()  # the input data is long-lived: keep it out of every collection
+    run_state_only(decoded[: len(partitions) * 2], partitions, settings, catalog)
+
+    figures: dict[str, list[float]] = {"full": [], "state": [], "decode": [], "orjson": []}
+    for i in range(args.repeat):
+        print(f"round {i + 1}/{args.repeat}", file=sys.stderr)
+        figures["orjson"].append(timed(lambda: [orjson.loads(m) for m in messages]))
+        figures["decode"].append(timed(lambda: [decoder(b) for b in batches]))
+        figures["state"].append(run_state_only(decoded, partitions, settings, catalog))
+        figures["full"].append(run_full(batches, partitions, settings, catalog))
+    naive_messages = messages[: args.naive_events]
+    naive = [run_naive(naive_messages, catalog) for _ in range(max(1, args.repeat // 2))]
+
+    def rate(seconds: list[float], count: int = n) -> float:
+        return round(count / statistics.median(seconds))
+
+    result = {
+        "events": n,
+        "clients": clients,
+        "events_per_s": rate(figures["full"]),
+        "naive_events_per_s": rate(naive, len(naive_messages)),
+        "ratio": round(rate(figures["full"]) / rate(naive, len(naive_messages)), 2),
+        "state_events_per_s": rate(figures["state"]),
+        "decode_events_per_s": rate(figures["decode"]),
+        "orjson_events_per_s": rate(figures["orjson"]),
+        "workers": 1,
+        "repeats": args.repeat,
+        "naive_events": len(naive_messages),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    print(orjson.dumps(result).decode())
+    return result
+
+
+if __name__ == "__main__":
+    main()

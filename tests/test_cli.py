@@ -1,0 +1,47 @@
+"""`ato run` end to end on a small generated population and on a JSON-lines file."""
+
+from pathlib import Path
+
+import orjson
+
+from ato.cli import main
+
+
+def test_ato_run_generator_reports_perfect_detection(tmp_path: Path, capsys) -> None:
+    code = main(["run", "--clients", "800", "--out", str(tmp_path), "--span-s", "86400"])
+    assert code == 0
+    summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["events"] > 1000
+    assert summary["interventions"] == summary["truth_stalls"] > 0
+    assert summary["precision"] == 1.0 and summary["recall"] == 1.0
+    lines = (tmp_path / "interventions.jsonl").read_bytes().splitlines()
+    assert len(lines) == summary["interventions"]
+
+
+def test_ato_run_file_input_dead_letters_bad_lines(tmp_path: Path, capsys) -> None:
+    good = {
+        "event_id": "e1",
+        "client_id": "C1",
+        "ts": 1_767_600_000_000,
+        "channel": "app",
+        "type": "order_confirm_viewed",
+        "journey": "wealth_purchase",
+    }
+    later = dict(good, event_id="e2", type="page_view", ts=good["ts"] + 3_600_000)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(orjson.dumps(good) + b"\nnot json\n" + orjson.dumps(later) + b"\n")
+    code = main(["run", "--input", str(events), "--out", str(tmp_path / "out")])
+    assert code == 0
+    summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["events"] == 3 and summary["dead_letters"] == 1
+    dead = orjson.loads((tmp_path / "out" / "dead_letters.jsonl").read_bytes())
+    assert dead["reason"] == "not_json" and dead["offset"] > 0
+    [intervention] = (tmp_path / "out" / "interventions.jsonl").read_bytes().splitlines()
+    assert orjson.loads(intervention)["step"] == "confirm"
+
+
+def test_bad_catalog_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("version = 1\n[[journeys]]\nname = 'x'\n")
+    assert main(["run", "--catalog", str(bad), "--out", str(tmp_path)]) == 2
+    assert "bad.toml" in capsys.readouterr().err
