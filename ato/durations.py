@@ -3,6 +3,7 @@
 import re
 
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+MAX_SECONDS = 100 * 365 * 86_400  # beyond this a duration is a typo (and overflows int64 ms)
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 
 
@@ -16,14 +17,18 @@ def parse_duration_ms(value: object) -> int:
         msg = f"expected a duration, got {value!r}"
         raise ValueError(msg)
     if isinstance(value, int | float):
-        if value < 0:
-            msg = f"duration must not be negative, got {value!r}"
+        if not 0 <= value <= MAX_SECONDS:  # also rejects NaN and infinities
+            msg = f"duration must be between 0 and {MAX_SECONDS} seconds, got {value!r}"
             raise ValueError(msg)
         return int(round(value * 1000))
     if isinstance(value, str):
         match = _PATTERN.match(value)
         if match:
-            return int(round(float(match.group(1)) * _UNITS_MS[match.group(2)]))
+            ms = int(round(float(match.group(1)) * _UNITS_MS[match.group(2)]))
+            if ms > MAX_SECONDS * 1000:
+                msg = f"duration longer than {MAX_SECONDS} seconds (100 years): {value!r}"
+                raise ValueError(msg)
+            return ms
     msg = f"expected a duration like '90s', '10m', '2h', '3d' or seconds, got {value!r}"
     raise ValueError(msg)
 
