@@ -177,7 +177,8 @@ class Decoder:
             if name not in doc:
                 return None, MISSING_FIELD, name
             value = doc[name]
-            if name == "ts" and type(value) is float and not -(2**63) <= value < 2**63:
+            if name == "ts" and type(value) is float and not -(2**63) < value < 2**63:
+                # orjson reads integers beyond 64 bits as floats
                 return None, ABSURD_TS, "ts does not fit in 64 bits"
             if type(value) is not kind:
                 return None, BAD_TYPE, f"{name} is {type(value).__name__}, not {kind.__name__}"

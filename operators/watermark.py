@@ -1,8 +1,8 @@
 """Event-time watermark over input partitions (BRIEF §3).
 
 ``watermark = min over active partitions of (partition max event time - allowed lateness)``.
-A partition that has sent nothing for ``idle_timeout_ms`` of wall clock stops holding the
-watermark back; one that has never sent anything holds it until it has been idle that long.
+A partition that has sent no valid event for ``idle_timeout_ms`` of wall clock stops holding
+the watermark back (a partition sending only bad messages cannot hold it forever); one that has never sent anything holds it until it has been idle that long.
 When every partition is idle, a live clock lets the watermark follow the wall clock (minus
 the lateness); a replay clock keeps it where it is. The watermark never goes back.
 """
@@ -41,8 +41,10 @@ class WatermarkTracker:
         part = self.parts.get(partition)
         if part is None:
             part = self.parts[partition] = _Partition(None, now_ms)
+        if max_ts is None:
+            return  # a batch without valid events is no sign of event-time progress
         part.last_seen_wall_ms = now_ms
-        if max_ts is not None and (part.max_ts is None or max_ts > part.max_ts):
+        if part.max_ts is None or max_ts > part.max_ts:
             part.max_ts = max_ts
 
     def advance(self, now_ms: int) -> int:

@@ -1,0 +1,187 @@
+"""Event-time watermark over input partitions, driven by an explicit wall clock (BRIEF §3)."""
+
+import pickle
+
+from operators.watermark import MIN_WATERMARK, WatermarkTracker
+
+T0 = 1_767_600_000_000  # event time
+W0 = 5_000_000  # wall clock at construction
+LATE = 500
+IDLE = 10_000
+
+
+def tracker(partitions: tuple[str, ...] = ("p0", "p1"), live: bool = False) -> WatermarkTracker:
+    return WatermarkTracker(list(partitions), LATE, IDLE, live, W0)
+
+
+def test_single_partition_subtracts_lateness() -> None:
+    """Watermark = partition max event time - allowed lateness."""
+    wm = tracker(("p0",))
+    wm.observe("p0", T0, W0 + 1)
+    assert wm.advance(W0 + 1) == T0 - LATE
+
+
+def test_minimum_over_partitions() -> None:
+    """The slowest active partition sets the watermark."""
+    wm = tracker()
+    wm.observe("p0", T0 + 9_000, W0)
+    wm.observe("p1", T0 + 2_000, W0)
+    assert wm.advance(W0) == T0 + 2_000 - LATE
+    wm.observe("p1", T0 + 20_000, W0 + 1)
+    assert wm.advance(W0 + 1) == T0 + 9_000 - LATE
+
+
+def test_silent_partition_holds_until_idle_timeout() -> None:
+    """A partition that never sent anything holds the watermark at MIN until it is idle."""
+    wm = tracker()
+    wm.observe("p0", T0, W0 + 100)
+    assert wm.advance(W0 + 100) == MIN_WATERMARK
+    assert wm.advance(W0 + IDLE - 1) == MIN_WATERMARK
+    wm.observe("p0", T0, W0 + IDLE)
+    assert wm.advance(W0 + IDLE) == T0 - LATE
+
+
+def test_idle_partition_released_then_holds_again_without_going_back() -> None:
+    """An idle partition stops holding; when it speaks again it holds, but never lowers it."""
+    wm = tracker()
+    wm.observe("p0", T0, W0)
+    wm.observe("p1", T0, W0)
+    assert wm.advance(W0) == T0 - LATE
+    wm.observe("p0", T0 + 50_000, W0 + IDLE)
+    assert wm.advance(W0 + IDLE) == T0 + 50_000 - LATE  # p1 silent for IDLE: released
+    wm.observe("p1", T0 + 1_000, W0 + IDLE + 1)  # p1 resumes, far behind
+    assert wm.advance(W0 + IDLE + 1) == T0 + 50_000 - LATE  # never goes back
+    wm.observe("p0", T0 + 90_000, W0 + IDLE + 2)
+    assert wm.advance(W0 + IDLE + 2) == T0 + 50_000 - LATE  # p1 holds it again
+    wm.observe("p1", T0 + 70_000, W0 + IDLE + 3)
+    assert wm.advance(W0 + IDLE + 3) == T0 + 70_000 - LATE
+
+
+def test_all_idle_live_follows_wall_clock() -> None:
+    """Live clock and every partition idle: watermark = wall clock - lateness."""
+    wm = tracker(live=True)
+    wm.observe("p0", 1_000, W0)
+    wm.observe("p1", 2_000, W0)
+    assert wm.advance(W0) == 1_000 - LATE
+    assert wm.advance(W0 + IDLE - 1) == 1_000 - LATE
+    assert wm.advance(W0 + IDLE) == W0 + IDLE - LATE
+    assert wm.advance(W0 + IDLE + 777) == W0 + IDLE + 777 - LATE
+
+
+def test_all_idle_replay_stays_put() -> None:
+    """Replay clock: idleness alone never moves the watermark."""
+    wm = tracker(live=False)
+    wm.observe("p0", T0, W0)
+    wm.observe("p1", T0 + 5, W0)
+    assert wm.advance(W0) == T0 - LATE
+    assert wm.advance(W0 + 10 * IDLE) == T0 - LATE
+    assert wm.advance(W0 + 100 * IDLE) == T0 - LATE
+
+
+def test_never_seen_partitions_replay_stay_at_min() -> None:
+    """Nothing ever arrived and all idle in replay: the watermark stays at MIN."""
+    wm = tracker(live=False)
+    assert wm.advance(W0 + 10 * IDLE) == MIN_WATERMARK
+
+
+def test_out_of_order_batches_keep_the_max() -> None:
+    """A batch with older events does not lower a partition's max event time."""
+    wm = tracker(("p0",))
+    wm.observe("p0", T0 + 3_000, W0)
+    wm.observe("p0", T0 + 1_000, W0 + 1)
+    assert wm.advance(W0 + 1) == T0 + 3_000 - LATE
+    wm.observe("p0", None, W0 + 2)  # a batch with no valid event
+    assert wm.advance(W0 + 2) == T0 + 3_000 - LATE
+
+
+def test_equal_timestamps() -> None:
+    """Partitions at the same event time give that time minus lateness."""
+    wm = tracker()
+    wm.observe("p0", T0, W0)
+    wm.observe("p1", T0, W0)
+    wm.observe("p0", T0, W0 + 1)
+    assert wm.advance(W0 + 1) == T0 - LATE
+
+
+def test_zero_lateness() -> None:
+    """With no allowed lateness the watermark is the minimum max event time itself."""
+    wm = WatermarkTracker(["p0"], 0, IDLE, False, W0)
+    wm.observe("p0", T0, W0)
+    assert wm.advance(W0) == T0
+
+
+def test_unknown_partition_joins() -> None:
+    """A partition not named at construction joins when it first delivers."""
+    wm = tracker(("p0",))
+    wm.observe("p0", T0 + 10_000, W0)
+    wm.observe("p9", T0, W0)
+    assert wm.advance(W0) == T0 - LATE
+
+
+def test_final_is_greatest_event_time() -> None:
+    """At end of input the watermark jumps to the greatest event time on any partition."""
+    wm = tracker(("p0", "p1", "never"))
+    wm.observe("p0", T0 + 4_000, W0)
+    wm.observe("p1", T0 + 9_000, W0)
+    assert wm.advance(W0) == MIN_WATERMARK
+    assert wm.max_event_ts() == T0 + 9_000
+    assert wm.final() == T0 + 9_000
+    assert wm.current == T0 + 9_000
+
+
+def test_final_without_events_keeps_current() -> None:
+    """No events at all: final() returns the current watermark."""
+    wm = tracker()
+    assert wm.max_event_ts() is None
+    assert wm.final() == MIN_WATERMARK
+
+
+def test_snapshot_restore_round_trip() -> None:
+    """A restored tracker has the same watermark and per-partition progress."""
+    wm = tracker()
+    wm.observe("p0", T0 + 8_000, W0)
+    wm.observe("p1", T0 + 3_000, W0)
+    wm.advance(W0)
+    snap = pickle.loads(pickle.dumps(wm.snapshot()))
+    back = tracker()
+    back.restore(snap, W0 + 100 * IDLE)  # a restart much later in wall time
+    assert back.current == wm.current == T0 + 3_000 - LATE
+    assert back.max_event_ts() == T0 + 8_000
+    # every partition got a fresh idle window, so p1 still holds the watermark
+    back.observe("p0", T0 + 20_000, W0 + 100 * IDLE + 1)
+    assert back.advance(W0 + 100 * IDLE + 1) == T0 + 3_000 - LATE
+    back.observe("p1", T0 + 15_000, W0 + 100 * IDLE + 2)
+    assert back.advance(W0 + 100 * IDLE + 2) == T0 + 15_000 - LATE
+
+
+def test_snapshot_is_a_copy() -> None:
+    """Later observations do not change an earlier snapshot."""
+    wm = tracker(("p0",))
+    wm.observe("p0", T0, W0)
+    wm.advance(W0)
+    snap = wm.snapshot()
+    wm.observe("p0", T0 + 1_000, W0)
+    wm.advance(W0)
+    assert snap == {"current": T0 - LATE, "max_ts": {"p0": T0}}
+
+
+def test_is_late_at_the_boundary() -> None:
+    """An event exactly at the watermark is on time; one millisecond earlier is late."""
+    wm = tracker(("p0",))
+    assert not wm.is_late(-(2**61))  # nothing is late before any progress
+    wm.observe("p0", T0, W0)
+    w = wm.advance(W0)
+    assert not wm.is_late(w)
+    assert wm.is_late(w - 1)
+    assert not wm.is_late(T0)
+
+
+def test_partition_with_only_bad_messages_goes_idle() -> None:
+    """Batches without valid events (max_ts None) do not keep a partition active."""
+    wm = tracker()
+    wm.observe("p0", T0, W0)
+    for k in range(1, 12):
+        wm.observe("p1", None, W0 + k * 1_000)  # all dead letters
+        wm.observe("p0", T0 + k, W0 + k * 1_000)
+    assert wm.advance(W0 + IDLE - 1) == MIN_WATERMARK
+    assert wm.advance(W0 + IDLE + 1_000) == T0 + 11 - LATE
