@@ -10,6 +10,7 @@ the generator records those stalls (``TruthStall``) and their deadlines.
 Events of a partition arrive in event-time order shuffled by up to ``disorder_ms``.
 """
 
+import gc
 import random
 from dataclasses import dataclass, field
 
@@ -219,4 +220,10 @@ def generate(
     catalog: Catalog, cfg: GeneratorSettings, start_ms: int | None = None
 ) -> GeneratedTraffic:
     """Generate traffic; the same catalog, settings and start give the same bytes."""
-    return _Generator(catalog, cfg, cfg.start_ms if start_ms is None else start_ms).run()
+    enabled = gc.isenabled()
+    gc.disable()  # millions of long-lived tuples: cyclic collections would rescan them all
+    try:
+        return _Generator(catalog, cfg, cfg.start_ms if start_ms is None else start_ms).run()
+    finally:
+        if enabled:
+            gc.enable()

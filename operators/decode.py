@@ -9,6 +9,8 @@ Value rules (known channel, journey and step, sane timestamp) are vectorised mas
 
 import time
 from collections.abc import Callable
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -101,20 +103,16 @@ class Decoder:
         n = len(docs)
         if n == 0:
             return EventColumns.empty()
-        if set(map(type, docs)) != {dict}:
-            raise _SlowPath
-        client_ids = [d["client_id"] for d in docs]
-        event_ids = [d["event_id"] for d in docs]
-        types = [d["type"] for d in docs]
-        channels = [d["channel"] for d in docs]
-        ts_values = [d["ts"] for d in docs]
+        # KeyError (missing field) or TypeError (not an object) sends the batch to the slow path
+        client_ids, event_ids, types, channels, ts_values = zip(*map(_REQUIRED, docs), strict=True)
+        optional = [(d.get("journey"), d.get("step"), d.get("session_id")) for d in docs]
+        journeys, steps, sessions = zip(*optional, strict=True)
         if not all(map(_all_str, (client_ids, event_ids, types, channels))):
             raise _SlowPath
         if set(map(type, ts_values)) != {int}:
             raise _SlowPath  # bool is no int here, nor float
-        for name in OPTIONAL_TEXT_FIELDS:
-            if not set(map(type, [d.get(name) for d in docs])) <= _TEXT_OR_NONE:
-                raise _SlowPath
+        if not all(set(map(type, col)) <= _TEXT_OR_NONE for col in (journeys, steps, sessions)):
+            raise _SlowPath
         if min(map(len, client_ids)) == 0 or min(map(len, event_ids)) == 0:
             raise _SlowPath
         if "\x00" in "".join(client_ids):
@@ -127,10 +125,10 @@ class Decoder:
             raise _SlowPath
         channel_codes, type_codes = self.channel_codes, self.type_codes
         journey_codes, step_codes = self.journey_codes, self.step_codes
-        channel = np.array([channel_codes.get(c, -1) for c in channels], dtype=np.int8)
-        type_code = np.array([type_codes.get(t, 0) for t in types], dtype=np.int32)
-        journey = np.array([journey_codes.get(d.get("journey"), -2) for d in docs], np.int16)
-        step = np.array([step_codes.get(d.get("step"), -2) for d in docs], dtype=np.int16)
+        channel = np.fromiter(map(channel_codes.get, channels, repeat(-1)), np.int8, n)
+        type_code = np.fromiter(map(type_codes.get, types, repeat(0)), np.int32, n)
+        journey = np.fromiter(map(journey_codes.get, journeys, repeat(-2)), np.int16, n)
+        step = np.fromiter(map(step_codes.get, steps, repeat(-2)), np.int16, n)
         return EventColumns(
             hash_client_ids(ids),
             ids,
@@ -253,6 +251,7 @@ class Decoder:
 
 
 _TEXT_OR_NONE = {str, type(None)}
+_REQUIRED = itemgetter("client_id", "event_id", "type", "channel", "ts")
 
 
 def _all_str(values: list[Any]) -> bool:

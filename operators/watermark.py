@@ -2,9 +2,10 @@
 
 ``watermark = min over active partitions of (partition max event time - allowed lateness)``.
 A partition that has sent no valid event for ``idle_timeout_ms`` of wall clock stops holding
-the watermark back (a partition sending only bad messages cannot hold it forever); one that has never sent anything holds it until it has been idle that long.
-When every partition is idle, a live clock lets the watermark follow the wall clock (minus
-the lateness); a replay clock keeps it where it is. The watermark never goes back.
+the watermark back (a partition sending only bad messages cannot hold it forever); one that
+has never sent anything holds it until it has been idle that long. When every partition is
+idle, a live clock lets the watermark follow the wall clock (minus the lateness); a replay
+clock keeps it where it is. The watermark never goes back.
 """
 
 from dataclasses import dataclass
