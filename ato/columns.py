@@ -1,5 +1,7 @@
 """Columnar event batches: what the decode step produces and the shards consume."""
 
+import dataclasses
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +13,8 @@ class EventColumns:
 
     ``client_key`` is the stable 64-bit hash of ``client_id``; ``journey``/``step`` are catalog
     codes or -1; ``type_code`` 0 means a type the catalog does not name; ``raw`` keeps the
-    original message bytes and ``offset`` its position in the source partition.
+    original message bytes (None once no step needs them) and ``offset`` its position in the
+    source partition.
     """
 
     client_key: np.ndarray  # uint64
@@ -22,7 +25,7 @@ class EventColumns:
     journey: np.ndarray  # int16
     step: np.ndarray  # int16
     flags: np.ndarray  # int8
-    raw: np.ndarray  # object (bytes)
+    raw: np.ndarray | None  # object (bytes)
     offset: np.ndarray  # int64
 
     def __len__(self) -> int:
@@ -39,9 +42,13 @@ class EventColumns:
             self.journey[index],
             self.step[index],
             self.flags[index],
-            self.raw[index],
+            None if self.raw is None else self.raw[index],
             self.offset[index],
         )
+
+    def without_raw(self) -> "EventColumns":
+        """The same rows without the original bytes (cheaper to move and sort)."""
+        return dataclasses.replace(self, raw=None)
 
     @staticmethod
     def empty() -> "EventColumns":
@@ -67,9 +74,12 @@ class EventColumns:
             return EventColumns.empty()
         if len(parts) == 1:
             return parts[0]
-        return EventColumns(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS)
-        )
+        columns: dict[str, Any] = {}
+        for name in _FIELDS:
+            values = [getattr(p, name) for p in parts]
+            has_all = all(v is not None for v in values)
+            columns[name] = np.concatenate(values) if has_all else None
+        return EventColumns(**columns)
 
 
 _FIELDS = tuple(EventColumns.__dataclass_fields__)

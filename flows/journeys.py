@@ -109,7 +109,7 @@ def late_docs(late: EventColumns, watermark: int) -> list[dict[str, Any]]:
             "channel": CHANNELS[int(late.channel[i])],
             "watermark_after": watermark,
             "offset": int(late.offset[i]),
-            "raw_b64": base64.b64encode(late.raw[i]).decode("ascii"),
+            "raw_b64": None if late.raw is None else base64.b64encode(late.raw[i]).decode("ascii"),
         }
         for i in range(len(late))
     ]

@@ -8,7 +8,7 @@ Value rules (known channel, journey and step, sane timestamp) are vectorised mas
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -231,9 +231,11 @@ class Decoder:
             ((cols.journey == -1) & (cols.step >= 0), UNKNOWN_STEP, "step given without journey"),
         )
         bad = np.zeros(len(cols), dtype=np.bool_)
+        raw = cols.raw
+        assert raw is not None  # decode output always carries the original bytes
         for mask, reason, detail in rules:
             for i in np.flatnonzero(mask & ~bad):
-                dead.append(DeadLetter(reason, detail, cols.raw[i], partition, int(cols.offset[i])))
+                dead.append(DeadLetter(reason, detail, raw[i], partition, int(cols.offset[i])))
             bad |= mask
         resolved = EventColumns(
             cols.client_key,
@@ -254,7 +256,7 @@ _TEXT_OR_NONE = {str, type(None)}
 _REQUIRED = itemgetter("client_id", "event_id", "type", "channel", "ts")
 
 
-def _all_str(values: list[Any]) -> bool:
+def _all_str(values: Sequence[Any]) -> bool:
     return set(map(type, values)) == {str}
 
 

@@ -7,6 +7,8 @@ import hashlib
 import uuid
 from typing import Any
 
+import numpy as np
+
 from ato.catalog import CHANNELS, Catalog
 from state.base import Stalls
 from state.layout import (
@@ -69,58 +71,158 @@ def priority(
     return int(max(0, min(100, round(score))))
 
 
-def build_interventions(
-    stalls: Stalls, catalog: Catalog, emitted_at_ms: int
-) -> list[dict[str, Any]]:
-    """One intervention document per stall record, ordered by deadline then id."""
-    rows = stalls.ints.tolist()
-    calls = [round(x, 4) for x in stalls.floats[OF_CALLS].tolist()]
-    sessions = [round(x, 4) for x in stalls.floats[OF_SESSIONS].tolist()]
-    journeys, type_names = catalog.journeys, catalog.type_names
-    docs = []
-    for i, client_id in enumerate(stalls.client_id):
-        journey = journeys[rows[O_JOURNEY][i]]
-        step = journey.steps[rows[O_STEP][i]]
-        attempt = rows[O_ATTEMPT][i]
-        start = rows[O_START][i]
-        deadline = rows[O_DEADLINE][i]
-        abandoned = bool(rows[O_ABANDONED][i])
-        errors, back, switches = rows[O_ERRORS][i], rows[O_BACK][i], rows[O_SWITCHES][i]
-        docs.append(
+def intervention_ids(
+    client_ids: list[str],
+    journeys: list[str],
+    starts: list[int],
+    steps: list[str],
+    attempts: list[int],
+) -> list[str]:
+    """:func:`intervention_id` of many rows; hashing per row, the UUID formatting vectorised."""
+    names = [
+        f"{c}\x1f{j}\x1f{t}\x1f{s}\x1f{a}".encode()
+        for c, j, t, s, a in zip(client_ids, journeys, starts, steps, attempts, strict=True)
+    ]
+    if not names:
+        return []
+    sha1, ns = hashlib.sha1, _NAMESPACE_BYTES
+    digests = b"".join([sha1(ns + name, usedforsecurity=False).digest() for name in names])
+    raw = np.frombuffer(digests, np.uint8).reshape(len(names), 20)[:, :16].copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    hexed = _HEX_DIGITS[raw].reshape(len(names), 32)
+    out = np.full((len(names), 36), ord("-"), np.uint8)
+    for dst, src in ((0, 0), (9, 8), (14, 12), (19, 16), (24, 20)):
+        width = {0: 8, 9: 4, 14: 4, 19: 4, 24: 12}[dst]
+        out[:, dst : dst + width] = hexed[:, src : src + width]
+    return out.view("S36").ravel().astype("U36").tolist()
+
+
+_HEX_DIGITS = np.array(
+    [[ord(f"{b:02x}"[0]), ord(f"{b:02x}"[1])] for b in range(256)], dtype=np.uint8
+)
+
+
+def priorities(
+    journey_priority: np.ndarray,
+    errors: np.ndarray,
+    back_steps: np.ndarray,
+    switches: np.ndarray,
+    recent_calls: np.ndarray,
+    abandoned: np.ndarray,
+    attempt: np.ndarray,
+) -> np.ndarray:
+    """:func:`priority` over arrays."""
+    score = (
+        journey_priority
+        + 6 * np.minimum(errors, 3)
+        + 4 * np.minimum(back_steps, 3)
+        + 4 * np.minimum(switches, 3)
+        + 8 * np.minimum(recent_calls, 2.0)
+        + 8 * (abandoned != 0)
+        + 10 * (attempt - 1)
+    )
+    return np.clip(np.round(score), 0, 100).astype(np.int64)
+
+
+class InterventionBuilder:
+    """Turns stall records into intervention documents for one catalog."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        journeys = catalog.journeys
+        width = max(len(j.steps) for j in journeys)
+        self.journey_names = np.array([j.name for j in journeys], dtype=object)
+        self.step_names = np.array(
+            [[j.steps[min(s, len(j.steps) - 1)].name for s in range(width)] for j in journeys],
+            dtype=object,
+        )
+        self.base_priority = np.array([j.priority for j in journeys], dtype=np.int64)
+        self.tiers = np.array(
+            [[j.tiers[min(a, len(j.tiers) - 1)] for a in range(3)] for j in journeys], dtype=object
+        )
+        self.type_names = np.array(catalog.type_names, dtype=object)
+        self.channels = np.array(CHANNELS, dtype=object)
+
+    def build(self, stalls: Stalls, emitted_at_ms: int) -> list[dict[str, Any]]:
+        """One document per stall record, ordered by deadline then id."""
+        if len(stalls) == 0:
+            return []
+        ints = stalls.ints
+        j, s, attempt = ints[O_JOURNEY], ints[O_STEP], ints[O_ATTEMPT]
+        start, deadline = ints[O_START], ints[O_DEADLINE]
+        calls = np.round(stalls.floats[OF_CALLS], 4)
+        sessions = np.round(stalls.floats[OF_SESSIONS], 4)
+        journey = self.journey_names[j].tolist()
+        step = self.step_names[j, s].tolist()
+        starts, attempts = start.tolist(), attempt.tolist()
+        prio = priorities(
+            self.base_priority[j], ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES], calls,
+            ints[O_ABANDONED], attempt,
+        )  # fmt: skip
+        columns = zip(
+            intervention_ids(stalls.client_id, journey, starts, step, attempts),
+            stalls.client_id,
+            journey,
+            step,
+            s.tolist(),
+            attempts,
+            self.tiers[j, np.minimum(attempt, 3) - 1].tolist(),
+            prio.tolist(),
+            np.where(ints[O_ABANDONED] != 0, "abandon_signal", "step_timeout").tolist(),
+            starts,
+            deadline.tolist(),
+            ints[O_PROGRESS].tolist(),
+            self.type_names[ints[O_LAST_TYPE]].tolist(),
+            self.channels[ints[O_LAST_CHANNEL]].tolist(),
+            ints[O_EVENTS].tolist(),
+            ints[O_ERRORS].tolist(),
+            ints[O_BACK].tolist(),
+            ints[O_SWITCHES].tolist(),
+            (deadline - ints[O_ENTERED]).tolist(),
+            (deadline - start).tolist(),
+            calls.tolist(),
+            sessions.tolist(),
+            strict=True,
+        )
+        docs = [
             {
                 "schema": SCHEMA,
-                "intervention_id": intervention_id(
-                    client_id, journey.name, start, step.name, attempt
-                ),
-                "client_id": client_id,
-                "journey": journey.name,
-                "step": step.name,
-                "step_index": step.index,
-                "attempt": attempt,
-                "tier": journey.tiers[min(attempt, len(journey.tiers)) - 1],
-                "priority": priority(
-                    journey.priority, errors, back, switches, calls[i], abandoned, attempt
-                ),
-                "reason": "abandon_signal" if abandoned else "step_timeout",
-                "instance_start_ts": start,
-                "deadline_ts": deadline,
-                "last_progress_ts": rows[O_PROGRESS][i],
-                "last_event": {
-                    "type": type_names[rows[O_LAST_TYPE][i]],
-                    "channel": CHANNELS[rows[O_LAST_CHANNEL][i]],
-                },
+                "intervention_id": iid,
+                "client_id": client,
+                "journey": jname,
+                "step": sname,
+                "step_index": sindex,
+                "attempt": att,
+                "tier": tier,
+                "priority": pr,
+                "reason": reason,
+                "instance_start_ts": st,
+                "deadline_ts": dl,
+                "last_progress_ts": prog,
+                "last_event": {"type": ltype, "channel": lchannel},
                 "features": {
-                    "events": rows[O_EVENTS][i],
+                    "events": events,
                     "errors": errors,
                     "back_steps": back,
                     "channel_switches": switches,
-                    "time_on_step_ms": deadline - rows[O_ENTERED][i],
-                    "elapsed_ms": deadline - start,
-                    "recent_calls": calls[i],
-                    "recent_app_sessions": sessions[i],
+                    "time_on_step_ms": on_step,
+                    "elapsed_ms": elapsed,
+                    "recent_calls": rc,
+                    "recent_app_sessions": rs,
                 },
                 "emitted_at_ms": emitted_at_ms,
             }
-        )
-    docs.sort(key=lambda d: (d["deadline_ts"], d["intervention_id"]))
-    return docs
+            for (
+                iid, client, jname, sname, sindex, att, tier, pr, reason, st, dl, prog, ltype,
+                lchannel, events, errors, back, switches, on_step, elapsed, rc, rs,
+            ) in columns
+        ]  # fmt: skip
+        docs.sort(key=lambda d: (d["deadline_ts"], d["intervention_id"]))
+        return docs
+
+
+def build_interventions(
+    stalls: Stalls, catalog: Catalog, emitted_at_ms: int
+) -> list[dict[str, Any]]:
+    """One intervention document per stall record (see :class:`InterventionBuilder`)."""
+    return InterventionBuilder(catalog).build(stalls, emitted_at_ms)

@@ -20,7 +20,7 @@ from ato.columns import EventColumns
 from ato.config import EngineSettings
 from operators.batches import ShardInput, ShardOutput
 from operators.decode import wall_ms
-from operators.interventions import build_interventions
+from operators.interventions import InterventionBuilder
 from operators.watermark import WatermarkTracker
 from state.base import Stalls
 from state.shard_store import NumbaShardStore, order_events
@@ -42,6 +42,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
     def __init__(self, ctx: ShardContext, resume: dict[str, Any] | None) -> None:
         self.shard = resume["shard"] if resume is not None else ""  # known from the first item
         self.ctx = ctx
+        self.builder = InterventionBuilder(ctx.catalog)
         now = ctx.now_ms()
         s = ctx.settings
         self.tracker = WatermarkTracker(
@@ -69,7 +70,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
                 if late.any():
                     late_parts.append(events.take(late))
                     events = events.take(~late)
-                self.pending.append(events)
+                self.pending.append(events.without_raw())
             self.tracker.observe(item.partition, item.max_ts, now)
         return self._advance(self.tracker.advance(now), late_parts, final=False), self.RETAIN
 
@@ -121,7 +122,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         interventions = []
         emitted_at = self.ctx.now_ms()
         for part in found:
-            interventions.extend(build_interventions(part, self.ctx.catalog, emitted_at))
+            interventions.extend(self.builder.build(part, emitted_at))
         sizes = self.store.sizes()
         keep_late = self.ctx.settings.late_events == "output" and len(late) > 0
         return [
