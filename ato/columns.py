@@ -1,8 +1,8 @@
 """Columnar event batches: what the decode step produces and the shards consume."""
 
 import dataclasses
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 

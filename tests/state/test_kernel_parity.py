@@ -1,16 +1,18 @@
 """The numba shard store against its plain-Python twin, and the kernels' hash index."""
 
+import itertools
 import math
 import pickle
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ato.catalog import load_catalog
 from ato.columns import EventColumns
-from state import kernels
+from state import kernels, shard_store
 from state.base import Stalls
 from state.hashing import hash_client_id_py, hash_client_ids, mix64_py
 from state.layout import O_CLIENT
@@ -25,42 +27,39 @@ SETTINGS = settings(deadline=None, max_examples=60)  # the first call compiles
 
 # A few journeys with short timeouts, abandon signals, back-steps and a failure terminal.
 JOURNEYS = [
-    CATALOG.journey_codes[name]
-    for name in ("open_account", "wealth_purchase", "loan_application", "large_transfer")
+    CATALOG.journey_codes[name] for name in ("open_account", "loan_application", "large_transfer")
 ]
 _STEP_TYPES = [
     CATALOG.type_codes[t] for j in JOURNEYS for s in CATALOG.journeys[j].steps for t in s.on
 ]
+_ABANDON_TYPES = [
+    CATALOG.type_codes[t]
+    for t in (
+        "app_backgrounded", "face_verify_failed", "otp_failed", "ivr_hangup", "upload_failed",
+    )
+]  # fmt: skip
 _OTHER_TYPES = [
     CATALOG.type_codes[t]
     for t in (
-        "app_backgrounded", "face_verify_failed", "payment_failed", "otp_failed", "ivr_hangup",
-        "upload_failed", "error", "call_started", "ivr_started", "app_session_start", "page_view",
+        "error", "call_started", "ivr_started", "app_session_start", "page_view",
+        "payment_failed",  # an abandon signal of a journey outside JOURNEYS
         "card_delivered",  # a step of a journey outside JOURNEYS
     )
 ]  # fmt: skip
-TYPES = _STEP_TYPES * 2 + _OTHER_TYPES + [0]  # progress twice as likely; 0 = unknown type
-GAPS = [0, 0, 1, 1_000, 30_000, 45_000, 60_000, 90_000, 120_000, 300_000, 600_000, 3_600_000]
+TYPES = _STEP_TYPES * 3 + _ABANDON_TYPES * 3 + _OTHER_TYPES + [0]  # 0: a type not in the catalog
+GAPS = [0, 0, 1, 1_000, 1_000, 5_000, 30_000, 45_000, 60_000, 90_000, 300_000, 3_600_000]
 BATCH_GAPS = [1, 1_000, 60_000, 600_000, 3_600_000, DAY, 2 * DAY, 3 * DAY + 1, 8 * DAY, 15 * DAY]
 LAGS = [0, 1, 1_000, 60_000, 3_600_000, DAY]
 
 # client, type code, journey the event names (-1: none), channel, ms after the previous event
+# or None: exactly at the deadline of an open instance, whose client and journey it then names
 EVENT = st.tuples(
-    st.integers(0, 3),
+    st.integers(0, 2),
     st.sampled_from(TYPES),
     st.sampled_from([-1, -1, *JOURNEYS]),
     st.integers(0, 3),
-    st.sampled_from(GAPS),
+    st.sampled_from([*GAPS, None, None]),
 )
-# events, gap to the next batch, watermark lag behind the next batch, expire calls after it
-BATCH = st.tuples(
-    st.lists(EVENT, max_size=12),
-    st.sampled_from(BATCH_GAPS),
-    st.sampled_from(LAGS),
-    st.integers(0, 2),
-)
-SCENARIO = st.lists(BATCH, min_size=1, max_size=6)
-
 Step = tuple[EventColumns, list[int]]
 
 
@@ -91,17 +90,45 @@ def columns(rows: list[tuple[str, int, int, int, int, int, int]]) -> EventColumn
     return cols.take(order_events(cols))
 
 
-def build(scenario: list[Any]) -> list[Step]:
-    """Event batches with event times, each followed by its (nondecreasing) watermarks."""
+@st.composite
+def scenarios(draw: st.DrawFn) -> list[Step]:
+    """Event batches, each followed by its watermarks (nondecreasing, below the next batch).
+
+    A twin run alongside tells pending deadlines and client expiries, so that events and
+    watermarks land exactly on them as well as between them.
+    """
+    oracle, ids = new_twin(), dict[int, str]()
     now, watermark, steps = T0, T0 - 1, []
-    for events, gap, lag, n_expire in scenario:
+    for _ in range(draw(st.integers(1, 6))):
+        due = sorted((i.deadline, i.client, i.journey) for i in oracle.instances.values())
         rows = []
-        for client, type_code, named, channel, dt in events:
-            now += dt
-            rows.append((f"c{client}", now, channel, type_code, *decode(type_code, named)))
-        now += gap  # the next batch starts at or after ``now``
-        watermark = max(watermark, now - 1 - lag)
-        steps.append((columns(rows), [watermark] * n_expire))
+        for client, type_code, named, channel, dt in draw(st.lists(EVENT, max_size=16)):
+            client_id, journey = f"c{client}", named
+            if dt is not None:
+                now += dt
+            elif later := [d for d in due if d[0] >= now]:
+                now, key, journey = draw(st.sampled_from(later))
+                client_id = ids[key]
+            rows.append((client_id, now, channel, type_code, *decode(type_code, journey)))
+        cols = columns(rows)
+        ids.update(zip(cols.client_key.tolist(), cols.client_id.tolist(), strict=True))
+        twin_apply(oracle, cols)
+        now += draw(st.sampled_from(BATCH_GAPS))
+        watermarks = []
+        for _ in range(draw(st.integers(0, 2))):
+            ttl = oracle.client_ttl_ms
+            expiries = [c.last_ts + ttl for c in oracle.clients.values() if c.open == 0]
+            due_times = [i.deadline for i in oracle.instances.values()] + expiries
+            exact = sorted({d for d in due_times if d >= watermark})
+            lag = draw(st.sampled_from([*LAGS, None]))
+            if lag is None and exact:
+                watermark = draw(st.sampled_from(exact))
+            else:
+                watermark = max(watermark, now - 1 - (lag or 0))
+            now = max(now, watermark + 1)  # the next batch is not late
+            twin_expire(oracle, watermark)
+            watermarks.append(watermark)
+        steps.append((cols, watermarks))
     return steps
 
 
@@ -179,35 +206,38 @@ def run_in_parallel(steps: list[Step], store: NumbaShardStore, twin: PyShard) ->
 
 
 @SETTINGS
-@given(scenario=SCENARIO, capacity=st.sampled_from([1, 2, 1024]))
-def test_store_matches_twin(scenario: list[Any], capacity: int) -> None:
+@given(steps=scenarios(), capacity=st.sampled_from([1, 2, 1024]))
+def test_store_matches_twin(steps: list[Step], capacity: int) -> None:
     """Stalls, counters and open instances agree after every batch and expiry."""
-    run_in_parallel(build(scenario), NumbaShardStore(CATALOG, capacity), new_twin())
+    run_in_parallel(steps, NumbaShardStore(CATALOG, capacity), new_twin())
 
 
 def test_scenario_reaches_every_outcome() -> None:
-    """A fixed run touches the paths the property test relies on (guards the generator)."""
+    """A fixed run through completion, abandon signals, stalls at an event and at the
+    watermark exactly on the deadline, closing and forgetting clients."""
     j = CATALOG.journey_codes["large_transfer"]
-    start, payee, otp = (
-        CATALOG.type_codes[t] for t in ("transfer_start", "payee_added", "otp_sent")
-    )
-    done, hangup = CATALOG.type_codes["transfer_completed"], CATALOG.type_codes["ivr_hangup"]
+    codes = CATALOG.type_codes
+    start, payee, otp = codes["transfer_start"], codes["payee_added"], codes["otp_sent"]
+    done, hangup = codes["transfer_completed"], codes["ivr_hangup"]
+    acct, away, view = codes["acct_open_start"], codes["app_backgrounded"], codes["page_view"]
     rows = [
         ("a", T0, 0, start, *decode(start, -1)),
         ("a", T0 + 1_000, 1, hangup, *decode(hangup, -1)),  # abandon: deadline T0 + 61s
         ("b", T0, 0, start, *decode(start, -1)),
         ("b", T0 + 10, 0, payee, *decode(payee, j)),
-        ("b", T0 + 20, 2, otp, *decode(otp, -1)),
-        ("b", T0 + 30, 2, done, *decode(done, -1)),
+        ("b", T0 + 2_000, 2, otp, *decode(otp, -1)),  # deadline T0 + 62s
+        ("b", T0 + 2_030, 2, done, *decode(done, -1)),
         ("c", T0, 0, start, *decode(start, -1)),
+        ("d", T0, 0, acct, *decode(acct, -1)),
+        ("d", T0 + 1_000, 0, away, *decode(away, -1)),  # abandon: deadline T0 + 121s
+        ("d", T0 + 121_000, 0, view, *decode(view, -1)),  # stalls d before it counts
     ]
     store, twin = NumbaShardStore(CATALOG, 1), new_twin()
     run_in_parallel([(columns(rows), [T0 + 61_000, T0 + 3 * DAY])], store, twin)
     counts = store.counters()
-    assert counts["completed"] == 1 and counts["abandon_signals"] == 1
-    assert counts["stalled"] == 2 and counts["closed"] == 2
-    assert counts["started"] == 3
-    assert store.known_clients() == set(hash_client_ids(np.array(["a", "c"])).tolist())
+    assert (counts["started"], counts["completed"], counts["abandon_signals"]) == (4, 1, 2)
+    assert (counts["stalled"], counts["closed"]) == (3, 2)  # d closes only after 3 days
+    assert store.known_clients() == set(hash_client_ids(np.array(["a", "c", "d"])).tolist())
 
 
 def test_growth_from_capacity_one() -> None:
@@ -230,6 +260,48 @@ def test_growth_from_capacity_one() -> None:
     assert store.sizes()["instances"] == store.sizes()["clients"] == 0
 
 
+def test_expire_in_chunks() -> None:
+    """More stalls at once than one expire kernel call holds: every one is reported once."""
+    start = CATALOG.type_codes["acct_open_start"]
+    n = shard_store.EXPIRE_CHUNK + 7
+    rows = [(f"x{i}", T0 + i % 3, 0, start, *decode(start, -1)) for i in range(n)]
+    store, twin = NumbaShardStore(CATALOG), new_twin()
+    run_in_parallel([(columns(rows), [])], store, twin)
+    stalls = store.expire(T0 + DAY)
+    assert_same_stalls(stalls, twin_expire(twin, T0 + DAY))
+    assert len(set(stalls.client_key.tolist())) == len(stalls) == n
+    assert_same_state(store, twin)
+
+
+def test_batch_with_more_stalls_than_events() -> None:
+    """One late event per client settles all its journeys: the apply kernel works in chunks."""
+    firsts = [(j.index, CATALOG.type_codes[j.steps[0].on[0]]) for j in CATALOG.journeys]
+    page_view = CATALOG.type_codes["page_view"]
+    opened = [(f"m{c}", T0, 0, t, *decode(t, -1)) for c in range(5) for _, t in firsts]
+    late = [(f"m{c}", T0 + 3_600_000, 1, page_view, *decode(page_view, -1)) for c in range(5)]
+    store, twin = NumbaShardStore(CATALOG), new_twin()
+    run_in_parallel([(columns(opened), []), (columns(late), [])], store, twin)
+    overdue = sum(j.steps[0].timeout_ms <= 3_600_000 for j in CATALOG.journeys)
+    assert store.counters()["stalled"] == 5 * overdue > len(late) + len(CATALOG.journeys)
+
+
+def test_closed_instance_slot_reused_by_another_client() -> None:
+    """A client's event after its instance closed does not touch the slot's next owner."""
+    codes = CATALOG.type_codes
+    start, opened = codes["acct_open_start"], codes["account_opened"]
+    transfer, page_view = codes["transfer_start"], codes["page_view"]
+    rows = [
+        ("a", T0, 0, start, *decode(start, -1)),
+        ("a", T0 + 1, 0, opened, *decode(opened, -1)),  # completes; slot freed
+        ("b", T0 + 2, 0, transfer, *decode(transfer, -1)),  # takes the freed slot
+        ("a", T0 + 3, 1, page_view, *decode(page_view, -1)),  # a has nothing open
+    ]
+    store, twin = NumbaShardStore(CATALOG, capacity=1), new_twin()
+    run_in_parallel([(columns(rows), [])], store, twin)
+    (b,) = store.open_instances().values()
+    assert (b["events"], b["switches"], b["last_type"]) == (1, 0, transfer)
+
+
 def _outputs(store: NumbaShardStore, steps: list[Step]) -> list[Stalls]:
     out = []
     for cols, watermarks in steps:
@@ -239,10 +311,9 @@ def _outputs(store: NumbaShardStore, steps: list[Step]) -> list[Stalls]:
 
 
 @SETTINGS
-@given(scenario=SCENARIO, split=st.integers(0, 6))
-def test_snapshot_restore_continues_identically(scenario: list[Any], split: int) -> None:
+@given(steps=scenarios(), split=st.integers(0, 6))
+def test_snapshot_restore_continues_identically(steps: list[Step], split: int) -> None:
     """A restored (pickled) snapshot continues exactly like the store it was taken from."""
-    steps = build(scenario)
     split = min(split, len(steps))
     live = NumbaShardStore(CATALOG, capacity=2)
     _outputs(live, steps[:split])
@@ -292,22 +363,23 @@ def test_hash_index_matches_dict(size: int, ops: list[tuple[bool, int]]) -> None
         assert_index_matches(keys, vals, ref, KEY_POOL)
 
 
-def test_delete_inside_wrapping_probe_run() -> None:
-    """Deleting the head of a run that wraps past the end keeps every later key reachable."""
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+def test_delete_inside_wrapping_probe_run(order: tuple[int, ...]) -> None:
+    """Every deletion from a probe run that wraps past the end of the table, whichever order
+    filled it (keys at their own home bucket, keys displaced across the end)."""
     size = 8
     home = {k: mix64_py(k) & (size - 1) for k in range(10_000)}
     at_end = [k for k in home if home[k] == size - 1][:3]
     at_zero = [k for k in home if home[k] == 0][:1]
-    keys, vals = np.zeros(size, np.uint64), np.full(size, -1, np.int64)
-    ref = {}
-    for n, key in enumerate(at_end + at_zero):  # occupies buckets 7, 0, 1, 2
-        kernels.ht_insert(keys, vals, np.uint64(key), n)
-        ref[key] = n
-    assert sorted(np.flatnonzero(vals >= 0).tolist()) == [0, 1, 2, 7]
-    for key in (at_end[0], at_zero[0], at_end[1]):
-        kernels.ht_delete(keys, vals, np.uint64(key))
-        del ref[key]
-        assert_index_matches(keys, vals, ref, at_end + at_zero)
+    pool = [(at_end + at_zero)[i] for i in order]
+    for victim in pool:
+        keys, vals = np.zeros(size, np.uint64), np.full(size, -1, np.int64)
+        for n, key in enumerate(pool):
+            kernels.ht_insert(keys, vals, np.uint64(key), n)
+        assert sorted(np.flatnonzero(vals >= 0).tolist()) == [0, 1, 2, 7]
+        kernels.ht_delete(keys, vals, np.uint64(victim))
+        ref = {key: n for n, key in enumerate(pool) if key != victim}
+        assert_index_matches(keys, vals, ref, pool)
 
 
 def test_instance_key_is_unique_per_slot_and_journey() -> None:
