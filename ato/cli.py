@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--workers", type=int, help="Bytewax worker threads (default: 1)")
     run.add_argument("--shards", type=int, help="state shards (default: 16)")
-    run.add_argument("--batch-size", type=int, help="messages per source batch (default: 10000)")
+    run.add_argument("--batch-size", type=int, help="messages per source batch (default: 50000)")
     run.add_argument("--lateness-ms", type=int, help="allowed lateness in ms (default: 500)")
     run.add_argument("--clients", type=int, help="generated clients (default: 100000)")
     run.add_argument(

@@ -23,7 +23,7 @@ class EngineSettings:
     """How the journey flow batches, keys and times its work."""
 
     shards: int = _knob(16, "Clients hash into this many state shards (fixed; >= workers).")
-    batch_size: int = _knob(10_000, "Most raw messages a source hands over as one batch.")
+    batch_size: int = _knob(50_000, "Most raw messages a source hands over as one batch.")
     allowed_lateness_ms: int = _knob(
         500, "Watermark = per-partition max event time minus this (ms)."
     )
