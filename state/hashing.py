@@ -34,17 +34,18 @@ def mix64_py(x: int) -> int:
 def hash_codepoints(codepoints: np.ndarray) -> np.ndarray:
     """FNV-1a of each row of a ``uint32[n, width]`` view of a numpy ``U`` array.
 
-    A row ends at its first zero (numpy pads shorter strings with zeros).
+    A row ends after its last non-zero code point (numpy pads shorter strings with zeros, and
+    keeps only embedded NULs, which are hashed like any other character).
     """
     n, width = codepoints.shape
     out = np.empty(n, dtype=np.uint64)
     for i in range(n):
+        end = width
+        while end > 0 and codepoints[i, end - 1] == 0:
+            end -= 1
         h = _OFFSET
-        for k in range(width):
-            cp = codepoints[i, k]
-            if cp == 0:
-                break
-            h = (h ^ np.uint64(cp)) * _PRIME
+        for k in range(end):
+            h = (h ^ np.uint64(codepoints[i, k])) * _PRIME
         out[i] = h
     return out
 

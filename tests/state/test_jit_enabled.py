@@ -1,0 +1,77 @@
+"""The kernels really run compiled: these tests fail under NUMBA_DISABLE_JIT=1."""
+
+import numpy as np
+from numba.core import config
+from numba.core.registry import CPUDispatcher
+
+from ato.catalog import load_catalog
+from ato.columns import EventColumns
+from state import hashing, kernels
+from state.shard_store import NumbaShardStore
+
+# Kernels called from Python; each gets a compiled signature once used.
+ENTRY_POINTS = {
+    kernels: (
+        "ht_find",
+        "ht_insert",
+        "ht_delete",
+        "ht_rebuild",
+        "instance_key",
+        "apply_events",
+        "expire_instances",
+        "expire_clients",
+    ),
+    hashing: ("mix64", "hash_codepoints", "shard_of"),
+}
+# Called only from other kernels; numba links them into their callers, and when the callers
+# come from the on-disk cache the helpers themselves are never compiled, so only their type
+# is checked.
+HELPERS = {kernels: ("_emit_stall", "_close", "_settle", "_attribute")}
+
+
+def exercise_entry_points() -> None:
+    """Call every entry point at least once, directly or through the shard store."""
+    catalog = load_catalog()
+    step_type = catalog.type_codes["acct_open_start"]
+    ids = np.array(["c1", "c2"])
+    events = EventColumns(
+        hashing.hash_client_ids(ids),
+        ids,
+        np.array([0, 0], np.int64),
+        np.zeros(2, np.int8),
+        np.array([step_type, 0], np.int32),
+        np.array([0, -1], np.int16),
+        np.array([0, -1], np.int16),
+        np.zeros(2, np.int8),
+        np.array([b"", b""], object),
+        np.arange(2, dtype=np.int64),
+    )
+    store = NumbaShardStore(catalog, capacity=1)  # the second client forces a rehash
+    store.apply(events)
+    assert len(store.expire(100 * 86_400_000)) == 1  # stalls, closes, forgets "c2"
+    assert len(store.expire(200 * 86_400_000)) == 0  # forgets "c1"
+    keys, vals = np.zeros(8, np.uint64), np.full(8, -1, np.int64)
+    kernels.ht_insert(keys, vals, np.uint64(5), 1)
+    assert kernels.ht_find(keys, vals, np.uint64(5)) == 1
+    kernels.ht_delete(keys, vals, np.uint64(5))
+    kernels.instance_key(1, 2)
+    hashing.mix64(np.uint64(1))
+    hashing.shard_of(np.array([1, 2], np.uint64), 4)
+
+
+def test_jit_is_enabled() -> None:
+    disabled = config.DISABLE_JIT  # type: ignore[attr-defined]  # set at import from the env
+    assert not disabled, "NUMBA_DISABLE_JIT is set: kernels run as Python"
+
+
+def test_every_kernel_is_a_compiled_dispatcher() -> None:
+    exercise_entry_points()
+    for module, names in ENTRY_POINTS.items():
+        for name in names:
+            kernel = getattr(module, name)
+            assert isinstance(kernel, CPUDispatcher), f"{module.__name__}.{name} is not njit"
+            assert len(kernel.signatures) > 0, f"{module.__name__}.{name} never compiled"
+    for module, names in HELPERS.items():
+        for name in names:
+            helper = getattr(module, name)
+            assert isinstance(helper, CPUDispatcher), f"{module.__name__}.{name} is not njit"
