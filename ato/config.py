@@ -12,6 +12,7 @@ from ato.exceptions import ConfigError
 
 CLOCKS = ("replay", "live")
 LATE_POLICIES = ("output", "count")
+DECODERS = ("scan", "orjson")
 
 
 def _knob(default: Any, doc: str) -> Any:
@@ -37,6 +38,9 @@ class EngineSettings:
     late_events: str = _knob(
         "output", "output: late events go to the late output; count: only counted."
     )
+    decoder: str = _knob(
+        "scan", "scan: numba scanner, orjson for the rest; orjson: orjson for every message."
+    )
     max_message_bytes: int = _knob(65_536, "Larger messages are dead-lettered as oversized.")
     max_client_id_len: int = _knob(64, "Longer client ids are dead-lettered.")
     min_event_ts_ms: int = _knob(
@@ -61,6 +65,9 @@ class EngineSettings:
                 raise ConfigError(msg)
         if self.clock not in CLOCKS:
             msg = f"engine.clock: expected one of {CLOCKS}, got {self.clock!r}"
+            raise ConfigError(msg)
+        if self.decoder not in DECODERS:
+            msg = f"engine.decoder: expected one of {DECODERS}, got {self.decoder!r}"
             raise ConfigError(msg)
         if self.late_events not in LATE_POLICIES:
             msg = f"engine.late_events: expected one of {LATE_POLICIES}, got {self.late_events!r}"

@@ -7,6 +7,7 @@ dead-letters the bad ones with a reason; the rest go through the fast extraction
 Value rules (known channel, journey and step, sane timestamp) are vectorised masks.
 """
 
+import dataclasses
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ import orjson
 from ato.catalog import CHANNELS, Catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
+from operators import scan
 from operators.batches import DeadLetter, DecodedBatch, RawBatch
 from state.hashing import hash_client_ids
 
@@ -73,6 +75,10 @@ class Decoder:
         self.type_codes = catalog.type_codes
         self.journey_codes: dict[Any, int] = {None: -1, **catalog.journey_codes}
         self.step_codes: dict[Any, int] = {None: -1, **catalog.step_name_codes}
+        self.scan_types = scan.Vocabulary(catalog.type_codes, default=0, absent=0)
+        self.scan_channels = scan.Vocabulary(self.channel_codes, default=-1, absent=-1)
+        self.scan_journeys = scan.Vocabulary(catalog.journey_codes, default=-2, absent=-1)
+        self.scan_steps = scan.Vocabulary(catalog.step_name_codes, default=-2, absent=-1)
 
     def __call__(self, batch: RawBatch) -> DecodedBatch:
         """Decode one batch (the flow's map step)."""
@@ -94,6 +100,8 @@ class Decoder:
                 gc.enable()
 
     def _decode(self, batch: RawBatch) -> DecodedBatch:
+        if self.settings.decoder == "scan" and batch.messages:
+            return self._decode_scanned(batch)
         messages = batch.messages
         offsets = batch.offset_array()
         dead: list[DeadLetter] = []
@@ -110,6 +118,69 @@ class Decoder:
         max_ts = int(events.ts.max()) if len(events) else None
         return DecodedBatch(
             batch.partition, events, dead, max_ts, batch.read_wall_ms, len(messages)
+        )
+
+    def _decode_scanned(self, batch: RawBatch) -> DecodedBatch:
+        """numba scan for the common shape; the orjson path for every other message."""
+        messages = batch.messages
+        offsets = batch.offset_array()
+        n = len(messages)
+        lengths = np.fromiter(map(len, messages), np.int64, n)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        buf = np.frombuffer(b"".join(messages), np.uint8)
+        status, ts, span_start, span_len, hashes = scan.scan_events(
+            buf, starts, ends, self.settings.max_client_id_len
+        )
+        ok = (status == scan.OK) & (lengths <= self.settings.max_message_bytes)
+        rows = np.flatnonzero(ok)
+        dead: list[DeadLetter] = []
+        parts = []
+        if len(rows):
+            columns = self._scanned_columns(buf, rows, ts, span_start, span_len, hashes)
+            kept = messages if len(rows) == n else [messages[i] for i in rows.tolist()]
+            raw = _object_array(kept)
+            columns = dataclasses.replace(columns, raw=raw, offset=offsets[rows])
+            parts.append(self._check_values(columns, batch.partition, dead))
+        others = np.flatnonzero(~ok)
+        for start in range(0, len(others), DECODE_CHUNK):
+            chunk = others[start : start + DECODE_CHUNK]
+            subset = [messages[i] for i in chunk.tolist()]
+            parts.append(self._decode_chunk(subset, offsets[chunk], batch.partition, dead))
+        events = EventColumns.concat(parts)
+        if len(others) and len(rows):
+            events = events.take(np.argsort(events.offset, kind="stable"))
+            dead.sort(key=lambda d: d.offset)
+        max_ts = int(events.ts.max()) if len(events) else None
+        return DecodedBatch(batch.partition, events, dead, max_ts, batch.read_wall_ms, n)
+
+    def _scanned_columns(
+        self,
+        buf: np.ndarray,
+        rows: np.ndarray,
+        ts: np.ndarray,
+        span_start: np.ndarray,
+        span_len: np.ndarray,
+        hashes: np.ndarray,
+    ) -> EventColumns:
+        def codes(vocabulary: scan.Vocabulary, field: int) -> np.ndarray:
+            return vocabulary.lookup(buf, span_start[field], span_len[field], rows)
+
+        type_code = codes(self.scan_types, scan.F_TYPE).astype(np.int32)
+        channel = codes(self.scan_channels, scan.F_CHANNEL)
+        journey = codes(self.scan_journeys, scan.F_JOURNEY)
+        step = codes(self.scan_steps, scan.F_STEP)
+        return EventColumns(
+            hashes[rows],
+            scan.gather_text(buf, span_start[scan.F_CLIENT], span_len[scan.F_CLIENT], rows),
+            ts[rows],
+            channel.astype(np.int8),
+            type_code,
+            journey.astype(np.int16),
+            step.astype(np.int16),
+            self.catalog.tables.type_flags[type_code],
+            None,
+            np.empty(0, np.int64),
         )
 
     def _decode_chunk(
@@ -146,6 +217,8 @@ class Decoder:
         if not all(set(map(type, col)) <= _TEXT_OR_NONE for col in (journeys, steps, sessions)):
             raise _SlowPath
         if min(map(len, client_ids)) == 0 or min(map(len, event_ids)) == 0:
+            raise _SlowPath
+        if min(map(len, types)) == 0 or min(map(len, channels)) == 0:
             raise _SlowPath
         if "\x00" in "".join(client_ids):
             raise _SlowPath  # numpy str_ arrays would drop a trailing NUL

@@ -6,6 +6,10 @@ from numba.core.registry import CPUDispatcher
 
 from ato.catalog import load_catalog
 from ato.columns import EventColumns
+from ato.config import EngineSettings
+from operators import scan
+from operators.batches import RawBatch
+from operators.decode import Decoder
 from state import hashing, kernels
 from state.shard_store import NumbaShardStore
 
@@ -22,11 +26,15 @@ ENTRY_POINTS = {
         "expire_clients",
     ),
     hashing: ("mix64", "hash_codepoints", "shard_of"),
+    scan: ("scan_events", "gather", "_lookup"),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
 # is checked.
-HELPERS = {kernels: ("_emit_stall", "_close", "_settle", "_attribute")}
+HELPERS = {
+    kernels: ("_emit_stall", "_close", "_settle", "_attribute"),
+    scan: ("_ws", "_string", "_integer", "_literal", "_scalar", "_container", "_scan_one"),
+}
 
 
 def exercise_entry_points() -> None:
@@ -57,6 +65,10 @@ def exercise_entry_points() -> None:
     kernels.instance_key(1, 2)
     hashing.mix64(np.uint64(1))
     hashing.shard_of(np.array([1, 2], np.uint64), 4)
+    decoded = Decoder(catalog, EngineSettings(decoder="scan"))(
+        RawBatch("p", [b'{"event_id":"e","client_id":"c","ts":1,"channel":"app","type":"x"}'])
+    )
+    assert len(decoded.dead) == 1  # ts 1 is absurd, but the message was scanned
 
 
 def test_jit_is_enabled() -> None:

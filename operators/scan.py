@@ -1,0 +1,558 @@
+"""A numba scanner for the common shape of input events, without building Python objects.
+
+It accepts a strict subset of JSON: one top-level object; strings of printable ASCII without
+escapes; integers without fraction or exponent; ``true``, ``false``, ``null``; nested objects
+and arrays up to ``MAX_DEPTH``; ASCII white space. Within that subset every value means exactly
+what orjson would make of it, so a message the scanner accepts (status ``OK``) decodes to the
+same event; anything else (escapes, non-ASCII, floats, bad syntax, missing or mistyped
+fields) gets status ``FALLBACK`` and goes through the orjson path, which also names the reason
+of a bad message. ``scan_events_py`` is the plain-Python twin of ``scan_events``.
+"""
+
+import numpy as np
+from numba import njit
+
+OK = 0
+FALLBACK = 1
+MAX_DEPTH = 64
+
+# field rows of the span outputs
+F_CLIENT = 0
+F_TYPE = 1
+F_CHANNEL = 2
+F_JOURNEY = 3
+F_STEP = 4
+N_SPANS = 5
+
+_KEYS = (
+    b"client_id",  # 0
+    b"type",  # 1
+    b"channel",  # 2
+    b"journey",  # 3
+    b"step",  # 4
+    b"event_id",  # 5
+    b"ts",  # 6
+    b"session_id",  # 7
+)
+_K_EVENT_ID = 5
+_K_TS = 6
+_K_SESSION = 7
+KEY_BYTES = np.frombuffer(b"".join(_KEYS), dtype=np.uint8)
+KEY_STARTS = np.cumsum([0] + [len(k) for k in _KEYS[:-1]]).astype(np.int64)
+KEY_LENS = np.array([len(k) for k in _KEYS], dtype=np.int64)
+
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
+
+# value kinds
+V_BAD = 0
+V_STRING = 1
+V_INT = 2
+V_NULL = 3
+V_OTHER = 4  # true, false, object, array
+
+
+@njit(cache=True, nogil=True)
+def _ws(buf: np.ndarray, i: int, end: int) -> int:
+    while i < end:
+        c = buf[i]
+        if c != 32 and c != 9 and c != 10 and c != 13:
+            break
+        i += 1
+    return i
+
+
+@njit(cache=True, nogil=True)
+def _string(buf: np.ndarray, i: int, end: int) -> int:
+    """``buf[i]`` is a quote; return the index after the closing quote, or -1."""
+    i += 1
+    while i < end:
+        c = buf[i]
+        if c == 34:
+            return i + 1
+        if c < 32 or c > 126 or c == 92:
+            return -1
+        i += 1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _integer(buf: np.ndarray, i: int, end: int) -> int:
+    """Index after a JSON integer at ``i`` (no fraction, no exponent), or -1."""
+    if i < end and buf[i] == 45:
+        i += 1
+    if i >= end or buf[i] < 48 or buf[i] > 57:
+        return -1
+    if buf[i] == 48:
+        i += 1
+    else:
+        while i < end and 48 <= buf[i] <= 57:
+            i += 1
+    if i < end and (buf[i] == 46 or buf[i] == 101 or buf[i] == 69):
+        return -1  # a float: orjson's business
+    return i
+
+
+@njit(cache=True, nogil=True)
+def _literal(buf: np.ndarray, i: int, end: int, word: np.ndarray) -> int:
+    if i + len(word) > end:
+        return -1
+    for k in range(len(word)):
+        if buf[i + k] != word[k]:
+            return -1
+    return i + len(word)
+
+
+_TRUE = np.frombuffer(b"true", dtype=np.uint8)
+_FALSE = np.frombuffer(b"false", dtype=np.uint8)
+_NULL = np.frombuffer(b"null", dtype=np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _scalar(buf: np.ndarray, i: int, end: int) -> tuple[int, int]:
+    """(index after a scalar value at ``i``, kind), or (-1, V_BAD)."""
+    c = buf[i]
+    if c == 34:
+        j = _string(buf, i, end)
+        return j, V_STRING if j >= 0 else V_BAD
+    if c == 45 or 48 <= c <= 57:
+        j = _integer(buf, i, end)
+        return j, V_INT if j >= 0 else V_BAD
+    if c == 116:
+        j = _literal(buf, i, end, _TRUE)
+    elif c == 102:
+        j = _literal(buf, i, end, _FALSE)
+    elif c == 110:
+        j = _literal(buf, i, end, _NULL)
+        return j, V_NULL if j >= 0 else V_BAD
+    else:
+        return -1, V_BAD
+    return j, V_OTHER if j >= 0 else V_BAD
+
+
+@njit(cache=True, nogil=True)
+def _container(buf: np.ndarray, i: int, end: int) -> int:
+    """``buf[i]`` opens an object or array; index after its close, or -1."""
+    stack = np.empty(MAX_DEPTH, dtype=np.uint8)  # 123 object, 91 array
+    depth = 0
+    stack[0] = buf[i]
+    depth = 1
+    i += 1
+    first = True
+    while True:
+        i = _ws(buf, i, end)
+        if i >= end:
+            return -1
+        c = buf[i]
+        top = stack[depth - 1]
+        if first and ((top == 123 and c == 125) or (top == 91 and c == 93)):
+            depth -= 1
+            i += 1
+            if depth == 0:
+                return i
+            first = False
+        else:
+            if top == 123:
+                if c != 34:
+                    return -1
+                i = _string(buf, i, end)
+                if i < 0:
+                    return -1
+                i = _ws(buf, i, end)
+                if i >= end or buf[i] != 58:
+                    return -1
+                i = _ws(buf, i + 1, end)
+                if i >= end:
+                    return -1
+                c = buf[i]
+            if c == 123 or c == 91:
+                if depth >= MAX_DEPTH:
+                    return -1
+                stack[depth] = c
+                depth += 1
+                i += 1
+                first = True
+                continue
+            i, kind = _scalar(buf, i, end)
+            if kind == V_BAD:
+                return -1
+            first = False
+        # after a value (or a closed container): comma or close
+        while True:
+            i = _ws(buf, i, end)
+            if i >= end:
+                return -1
+            c = buf[i]
+            top = stack[depth - 1]
+            if c == 44:
+                i += 1
+                break
+            if (top == 123 and c == 125) or (top == 91 and c == 93):
+                depth -= 1
+                i += 1
+                if depth == 0:
+                    return i
+                continue
+            return -1
+
+
+@njit(cache=True, nogil=True)
+def _key_index(buf: np.ndarray, start: int, length: int) -> int:
+    for k in range(len(KEY_LENS)):
+        if KEY_LENS[k] != length:
+            continue
+        same = True
+        base = KEY_STARTS[k]
+        for m in range(length):
+            if buf[start + m] != KEY_BYTES[base + m]:
+                same = False
+                break
+        if same:
+            return k
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _scan_one(
+    buf: np.ndarray,
+    i: int,
+    end: int,
+    row: int,
+    span_start: np.ndarray,
+    span_len: np.ndarray,
+    ts: np.ndarray,
+) -> int:
+    """Scan message ``row``; fill its spans and ts; return OK or FALLBACK."""
+    for f in range(N_SPANS):
+        span_len[f, row] = -1
+    seen_event_id = False
+    seen_ts = False
+    i = _ws(buf, i, end)
+    if i >= end or buf[i] != 123:
+        return FALLBACK
+    i = _ws(buf, i + 1, end)
+    if i < end and buf[i] == 125:
+        return FALLBACK  # {}: required fields missing
+    while True:
+        if i >= end or buf[i] != 34:
+            return FALLBACK
+        key_end = _string(buf, i, end)
+        if key_end < 0:
+            return FALLBACK
+        key = _key_index(buf, i + 1, key_end - i - 2)
+        i = _ws(buf, key_end, end)
+        if i >= end or buf[i] != 58:
+            return FALLBACK
+        i = _ws(buf, i + 1, end)
+        if i >= end:
+            return FALLBACK
+        c = buf[i]
+        value_start = i
+        if c == 123 or c == 91:
+            i = _container(buf, i, end)
+            kind = V_OTHER if i >= 0 else V_BAD
+        else:
+            i, kind = _scalar(buf, i, end)
+        if kind == V_BAD:
+            return FALLBACK
+        if 0 <= key < N_SPANS:
+            if kind == V_STRING:
+                span_start[key, row] = value_start + 1
+                span_len[key, row] = i - value_start - 2
+            elif kind == V_NULL and key >= F_JOURNEY:
+                span_len[key, row] = -1
+            else:
+                return FALLBACK
+        elif key == _K_EVENT_ID:
+            if kind != V_STRING or i - value_start - 2 == 0:
+                return FALLBACK
+            seen_event_id = True
+        elif key == _K_TS:
+            digits = i - value_start - (1 if buf[value_start] == 45 else 0)
+            if kind != V_INT or digits > 18:
+                return FALLBACK
+            value = np.int64(0)
+            for m in range(value_start + (1 if buf[value_start] == 45 else 0), i):
+                value = value * 10 + np.int64(buf[m] - 48)
+            ts[row] = -value if buf[value_start] == 45 else value
+            seen_ts = True
+        elif key == _K_SESSION:
+            if kind != V_STRING and kind != V_NULL:
+                return FALLBACK
+        i = _ws(buf, i, end)
+        if i >= end:
+            return FALLBACK
+        if buf[i] == 44:
+            i = _ws(buf, i + 1, end)
+            continue
+        if buf[i] != 125:
+            return FALLBACK
+        i = _ws(buf, i + 1, end)
+        if i != end:
+            return FALLBACK
+        break
+    for f in (F_CLIENT, F_TYPE, F_CHANNEL):
+        if span_len[f, row] <= 0:
+            return FALLBACK  # missing, or empty: the orjson path names the problem
+    if not seen_event_id or not seen_ts:
+        return FALLBACK
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def scan_events(
+    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_client_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scan every message ``buf[starts[i]:ends[i]]``.
+
+    Returns (status int8[n], ts int64[n], span_start int64[5, n], span_len int64[5, n],
+    client hash uint64[n]); spans index ``buf`` and have length -1 when absent or null.
+    """
+    n = len(starts)
+    status = np.empty(n, dtype=np.int8)
+    ts = np.zeros(n, dtype=np.int64)
+    span_start = np.zeros((N_SPANS, n), dtype=np.int64)
+    span_len = np.zeros((N_SPANS, n), dtype=np.int64)
+    hashes = np.zeros(n, dtype=np.uint64)
+    for row in range(n):
+        s = _scan_one(buf, starts[row], ends[row], row, span_start, span_len, ts)
+        if s == OK and span_len[F_CLIENT, row] > max_client_len:
+            s = FALLBACK
+        status[row] = s
+        if s == OK:
+            h = _FNV_OFFSET
+            base = span_start[F_CLIENT, row]
+            for m in range(span_len[F_CLIENT, row]):
+                h = (h ^ np.uint64(buf[base + m])) * _FNV_PRIME
+            hashes[row] = h
+    return status, ts, span_start, span_len, hashes
+
+
+@njit(cache=True, nogil=True)
+def gather(
+    buf: np.ndarray, span_start: np.ndarray, span_len: np.ndarray, rows: np.ndarray, width: int
+) -> np.ndarray:
+    """Bytes of the spans of ``rows`` as a zero-padded ``uint8[len(rows), width]`` matrix."""
+    out = np.zeros((len(rows), width), dtype=np.uint8)
+    for k in range(len(rows)):
+        r = rows[k]
+        base = span_start[r]
+        for m in range(span_len[r]):
+            out[k, m] = buf[base + m]
+    return out
+
+
+def gather_text(
+    buf: np.ndarray, span_start: np.ndarray, span_len: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """The spans of ``rows`` as a numpy ``U`` array (ASCII only, as the scanner guarantees)."""
+    width = max(int(span_len[rows].max()) if len(rows) else 1, 1)
+    matrix = gather(buf, span_start, span_len, rows, width)
+    return matrix.view(f"S{width}").ravel().astype(f"U{width}")
+
+
+class Vocabulary:
+    """Text -> code table the kernels can probe: FNV-1a buckets, verified byte by byte."""
+
+    def __init__(self, codes: dict[str, int], default: int, absent: int) -> None:
+        words = [w.encode("ascii") for w in codes if w.isascii()]
+        size = 1 << max(4, (4 * max(len(words), 1)).bit_length())
+        self.slots = np.full(size, -1, dtype=np.int64)  # index into words, -1 empty
+        self.codes = np.array([codes[w.decode()] for w in words], dtype=np.int64)
+        self.starts = np.cumsum([0] + [len(w) for w in words[:-1]]).astype(np.int64)
+        self.lens = np.array([len(w) for w in words], dtype=np.int64)
+        self.bytes = np.frombuffer(b"".join(words) or b"\0", dtype=np.uint8)
+        self.default = default
+        self.absent = absent
+        for k, word in enumerate(words):
+            i = _fnv_py(word) & (size - 1)
+            while self.slots[i] >= 0:
+                i = (i + 1) & (size - 1)
+            self.slots[i] = k
+
+    def lookup(
+        self, buf: np.ndarray, span_start: np.ndarray, span_len: np.ndarray, rows: np.ndarray
+    ) -> np.ndarray:
+        """Code of each span of ``rows``; ``default`` if unknown, ``absent`` if length -1."""
+        return _lookup(
+            buf, span_start, span_len, rows, self.slots, self.codes, self.bytes, self.starts,
+            self.lens, self.default, self.absent,
+        )  # fmt: skip
+
+
+def _fnv_py(word: bytes) -> int:
+    h = int(_FNV_OFFSET)
+    for b in word:
+        h = ((h ^ b) * int(_FNV_PRIME)) & ((1 << 64) - 1)
+    return h
+
+
+@njit(cache=True, nogil=True)
+def _lookup(
+    buf: np.ndarray,
+    span_start: np.ndarray,
+    span_len: np.ndarray,
+    rows: np.ndarray,
+    slots: np.ndarray,
+    codes: np.ndarray,
+    words: np.ndarray,
+    word_starts: np.ndarray,
+    word_lens: np.ndarray,
+    default: int,
+    absent: int,
+) -> np.ndarray:
+    out = np.empty(len(rows), dtype=np.int64)
+    mask = len(slots) - 1
+    for k in range(len(rows)):
+        r = rows[k]
+        length = span_len[r]
+        if length < 0:
+            out[k] = absent
+            continue
+        base = span_start[r]
+        h = _FNV_OFFSET
+        for m in range(length):
+            h = (h ^ np.uint64(buf[base + m])) * _FNV_PRIME
+        i = np.int64(h & np.uint64(mask))
+        code = default
+        while slots[i] >= 0:
+            w = slots[i]
+            if word_lens[w] == length:
+                same = True
+                for m in range(length):
+                    if words[word_starts[w] + m] != buf[base + m]:
+                        same = False
+                        break
+                if same:
+                    code = codes[w]
+                    break
+            i = (i + 1) & mask
+        out[k] = code
+    return out
+
+
+# ---------------------------------------------------------------- plain-Python twin
+
+
+def scan_events_py(
+    messages: list[bytes], max_client_len: int
+) -> list[tuple[int, int, dict[int, str | None], int]]:
+    """Twin of :func:`scan_events` on one message each: (status, ts, spans as text, hash).
+
+    Same subset, written as a straightforward recursive reader over the decoded text.
+    """
+    return [_scan_one_py(m, max_client_len) for m in messages]
+
+
+class _Reject(Exception):
+    pass
+
+
+def _scan_one_py(
+    message: bytes, max_client_len: int
+) -> tuple[int, int, dict[int, str | None], int]:
+    try:
+        text = message.decode("ascii")
+    except UnicodeDecodeError:
+        return FALLBACK, 0, {}, 0
+    try:
+        value, pos = _value_py(text, _ws_py(text, 0), 0)
+    except _Reject:
+        return FALLBACK, 0, {}, 0
+    if _ws_py(text, pos) != len(text) or not isinstance(value, dict):
+        return FALLBACK, 0, {}, 0
+    spans: dict[int, str | None] = {}
+    for f, name in enumerate(("client_id", "type", "channel", "journey", "step")):
+        v = value.get(name)
+        if name in value and not isinstance(v, str) and not (v is None and f >= F_JOURNEY):
+            return FALLBACK, 0, {}, 0
+        spans[f] = v
+    event_id, ts, session = value.get("event_id"), value.get("ts"), value.get("session_id")
+    ok = (
+        isinstance(event_id, str)
+        and event_id
+        and type(ts) is int
+        and len(str(abs(ts))) <= 18
+        and (session is None or isinstance(session, str))
+        and all(spans[f] for f in (F_CLIENT, F_TYPE, F_CHANNEL))
+        and len(spans[F_CLIENT] or "") <= max_client_len
+    )
+    if not ok or not isinstance(ts, int):
+        return FALLBACK, 0, {}, 0
+    h = int(_FNV_OFFSET)
+    for ch in spans[F_CLIENT] or "":
+        h = ((h ^ ord(ch)) * int(_FNV_PRIME)) & ((1 << 64) - 1)
+    return OK, int(ts), spans, h
+
+
+_WS = " \t\n\r"
+
+
+def _ws_py(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WS:
+        i += 1
+    return i
+
+
+def _value_py(text: str, i: int, depth: int) -> tuple[object, int]:
+    if i >= len(text):
+        raise _Reject
+    c = text[i]
+    if c == "{" or c == "[":
+        if depth >= MAX_DEPTH:
+            raise _Reject
+        return _container_py(text, i, depth + 1)
+    if c == '"':
+        j = i + 1
+        while j < len(text) and text[j] != '"':
+            if not 32 <= ord(text[j]) <= 126 or text[j] == "\\":
+                raise _Reject
+            j += 1
+        if j >= len(text):
+            raise _Reject
+        return text[i + 1 : j], j + 1
+    for word, value in (("true", True), ("false", False), ("null", None)):
+        if text.startswith(word, i):
+            return value, i + len(word)
+    j = i + 1 if c == "-" else i
+    k = j
+    while k < len(text) and text[k].isdigit() and text[k].isascii():
+        k += 1
+    digits = text[j:k]
+    if not digits or (len(digits) > 1 and digits[0] == "0"):
+        raise _Reject
+    if k < len(text) and text[k] in ".eE":
+        raise _Reject
+    return int(text[i:k]), k
+
+
+def _container_py(text: str, i: int, depth: int) -> tuple[object, int]:
+    is_object = text[i] == "{"
+    close = "}" if is_object else "]"
+    out_obj: dict[str, object] = {}
+    out_arr: list[object] = []
+    i = _ws_py(text, i + 1)
+    if i < len(text) and text[i] == close:
+        return (out_obj if is_object else out_arr), i + 1
+    while True:
+        if is_object:
+            key, i = _value_py(text, i, depth)
+            if not isinstance(key, str) or text[i - 1] != '"':
+                raise _Reject
+            i = _ws_py(text, i)
+            if i >= len(text) or text[i] != ":":
+                raise _Reject
+            value, i = _value_py(text, _ws_py(text, i + 1), depth)
+            out_obj[key] = value
+        else:
+            value, i = _value_py(text, i, depth)
+            out_arr.append(value)
+        i = _ws_py(text, i)
+        if i >= len(text):
+            raise _Reject
+        if text[i] == ",":
+            i = _ws_py(text, i + 1)
+            continue
+        if text[i] == close:
+            return (out_obj if is_object else out_arr), i + 1
+        raise _Reject
