@@ -71,8 +71,9 @@ class WatermarkTracker:
 
     def final(self) -> int:
         """The watermark once every input has ended: the greatest event time seen."""
-        seen = [p.max_ts for p in self.parts.values() if p.max_ts is not None]
-        self.current = max([self.current, *seen])
+        greatest = self.max_event_ts()
+        if greatest is not None:
+            self.current = max(self.current, greatest)
         return self.current
 
     def max_event_ts(self) -> int | None:
