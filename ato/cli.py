@@ -37,7 +37,13 @@ def _run(args: argparse.Namespace) -> int:
         f" | shards {settings.engine.shards} | out {settings.out_dir}",
         file=sys.stderr,
     )
-    result = run(settings, inputs=args.input, recovery_dir=args.recovery_dir, progress=sys.stderr)
+    result = run(
+        settings,
+        inputs=args.input,
+        recovery_dir=args.recovery_dir,
+        progress=sys.stderr,
+        duration_s=args.duration_s,
+    )
     summary = result.summary()
     print("summary:")
     for key, value in summary.items():
@@ -69,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, help="generator seed (default: 7)")
     run.add_argument("--rate", type=float, help="pace the generator at events/s (default: unpaced)")
+    run.add_argument(
+        "--duration-s",
+        type=float,
+        help="stop the generator after this many wall-clock seconds (default: run to its end)",
+    )
     run.add_argument(
         "--recovery-dir", type=Path, help="Bytewax recovery directory (resume after a crash)"
     )

@@ -82,8 +82,14 @@ def run(
     recovery_dir: Path | None = None,
     progress: TextIO | None = None,
     catalog: Catalog | None = None,
+    duration_s: float | None = None,
 ) -> RunResult:
-    """Run the journey flow on files (``inputs``) or generated traffic, to JSON-lines files."""
+    """Run the journey flow on files (``inputs``) or generated traffic, to JSON-lines files.
+
+    ``duration_s`` stops the generator after that much wall-clock time (for live runs, whose
+    traffic lasts as long as its journeys: minutes to days); precision and recall are then not
+    reported, as the ground truth assumes the whole traffic.
+    """
     catalog = catalog if catalog is not None else load_catalog(settings.catalog)
     engine = settings.engine
     live = engine.clock == "live"
@@ -93,7 +99,9 @@ def run(
         if traffic is None:
             start = wall_ms() if live else None
             traffic = generate(catalog, settings.generator, start_ms=start)
-        source = GeneratorSource(traffic, engine.batch_size, settings.generator.rate, live)
+        source = GeneratorSource(
+            traffic, engine.batch_size, settings.generator.rate, live, duration_s
+        )
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
     stats = RunStats()
@@ -131,5 +139,6 @@ def run(
         seconds,
         out,
         read_ids(out / INTERVENTIONS_FILE),
-        truth_ids(traffic) if traffic is not None else None,
+        # ground truth only holds for traffic served to its end
+        truth_ids(traffic) if traffic is not None and not getattr(source, "cut", None) else None,
     )

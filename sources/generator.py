@@ -25,6 +25,8 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         rate_per_partition: float,
         live: bool,
         position: int,
+        stop_at: float | None,
+        cut: set[str],
     ) -> None:
         self.name = name
         self.lines = lines
@@ -33,12 +35,17 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         self.rate = rate_per_partition
         self.live = live
         self.position = position
+        self.stop_at = stop_at
+        self.cut = cut
         self.started = time.monotonic()
         self.start_position = position
         self.awake: datetime | None = None
 
     def next_batch(self) -> list[RawBatch]:
         if self.position >= len(self.lines):
+            raise StopIteration
+        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+            self.cut.add(self.name)  # --duration ran out before the traffic did
             raise StopIteration
         end = min(self.position + self.batch_size, len(self.lines))
         if self.live:
@@ -61,6 +68,9 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         return [batch]
 
     def next_awake(self) -> datetime | None:
+        if self.awake is not None and self.stop_at is not None:
+            until_stop = timedelta(seconds=max(self.stop_at - time.monotonic(), 0.0))
+            return min(self.awake, datetime.now(UTC) + until_stop)
         return self.awake
 
     def snapshot(self) -> int:
@@ -71,12 +81,20 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
     """Serves :class:`GeneratedTraffic` as raw batches."""
 
     def __init__(
-        self, traffic: GeneratedTraffic, batch_size: int, rate: float = 0.0, live: bool = False
+        self,
+        traffic: GeneratedTraffic,
+        batch_size: int,
+        rate: float = 0.0,
+        live: bool = False,
+        duration_s: float | None = None,
     ) -> None:
         self.traffic = traffic
         self.batch_size = batch_size
         self.rate = rate
         self.live = live
+        self.duration_s = duration_s
+        self.stop_at: float | None = None
+        self.cut: set[str] = set()  # partitions stopped by the duration before their end
 
     def list_parts(self) -> list[str]:
         """Generator partitions."""
@@ -90,6 +108,8 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _GeneratorPartition:
         """Serve one partition from its snapshotted position."""
+        if self.duration_s is not None and self.stop_at is None:
+            self.stop_at = time.monotonic() + self.duration_s
         return _GeneratorPartition(
             for_part,
             self.traffic.partitions[for_part],
@@ -98,4 +118,6 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
             self.rate / max(len(self.traffic.partitions), 1),
             self.live,
             resume_state or 0,
+            self.stop_at,
+            self.cut,
         )

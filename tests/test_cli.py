@@ -45,3 +45,16 @@ def test_bad_catalog_is_a_clear_error(tmp_path: Path, capsys) -> None:
     bad.write_text("version = 1\n[[journeys]]\nname = 'x'\n")
     assert main(["run", "--catalog", str(bad), "--out", str(tmp_path)]) == 2
     assert "bad.toml" in capsys.readouterr().err
+
+
+def test_live_clock_run_stops_after_its_duration(tmp_path: Path, capsys) -> None:
+    """Live traffic lasts as long as its journeys; --duration-s bounds the run."""
+    code = main(
+        ["run", "--clock", "live", "--clients", "200", "--span-s", "5", "--duration-s", "3",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["events"] > 0
+    assert summary["seconds"] < 20
+    assert "precision" not in summary  # the ground truth assumes the whole traffic
