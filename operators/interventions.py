@@ -220,9 +220,3 @@ class InterventionBuilder:
         docs.sort(key=lambda d: (d["deadline_ts"], d["intervention_id"]))
         return docs
 
-
-def build_interventions(
-    stalls: Stalls, catalog: Catalog, emitted_at_ms: int
-) -> list[dict[str, Any]]:
-    """One intervention document per stall record (see :class:`InterventionBuilder`)."""
-    return InterventionBuilder(catalog).build(stalls, emitted_at_ms)
