@@ -7,7 +7,6 @@ dead-letters the bad ones with a reason; the rest go through the fast extraction
 Value rules (known channel, journey and step, sane timestamp) are vectorised masks.
 """
 
-import dataclasses
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -100,87 +99,56 @@ class Decoder:
                 gc.enable()
 
     def _decode(self, batch: RawBatch) -> DecodedBatch:
-        if self.settings.decoder == "scan" and batch.messages:
-            return self._decode_scanned(batch)
-        messages = batch.messages
-        offsets = batch.offset_array()
-        dead: list[DeadLetter] = []
-        parts = [
-            self._decode_chunk(
-                messages[start : start + DECODE_CHUNK],
-                offsets[start : start + DECODE_CHUNK],
-                batch.partition,
-                dead,
-            )
-            for start in range(0, len(messages), DECODE_CHUNK)
-        ]
-        events = EventColumns.concat(parts)
-        max_ts = int(events.ts.max()) if len(events) else None
-        return DecodedBatch(
-            batch.partition, events, dead, max_ts, batch.read_wall_ms, len(messages)
-        )
-
-    def _decode_scanned(self, batch: RawBatch) -> DecodedBatch:
-        """numba scan for the common shape; the orjson path for every other message."""
+        """The numba scan takes the messages it accepts; orjson decodes all the others."""
         messages = batch.messages
         offsets = batch.offset_array()
         n = len(messages)
-        lengths = np.fromiter(map(len, messages), np.int64, n)
-        ends = np.cumsum(lengths)
-        starts = ends - lengths
-        buf = np.frombuffer(b"".join(messages), np.uint8)
-        status, ts, span_start, span_len, hashes = scan.scan_events(
-            buf, starts, ends, self.settings.max_client_id_len
-        )
-        ok = (status == scan.OK) & (lengths <= self.settings.max_message_bytes)
-        rows = np.flatnonzero(ok)
         dead: list[DeadLetter] = []
         parts = []
-        if len(rows):
-            columns = self._scanned_columns(buf, rows, ts, span_start, span_len, hashes)
-            kept = messages if len(rows) == n else [messages[i] for i in rows.tolist()]
-            raw = _object_array(kept)
-            columns = dataclasses.replace(columns, raw=raw, offset=offsets[rows])
+        if self.settings.decoder == "scan" and n:
+            rows, columns = self._scan(messages, offsets)
             parts.append(self._check_values(columns, batch.partition, dead))
-        others = np.flatnonzero(~ok)
+            others = np.setdiff1d(np.arange(n), rows, assume_unique=True)
+        else:
+            rows, others = np.empty(0, np.int64), np.arange(n)
         for start in range(0, len(others), DECODE_CHUNK):
             chunk = others[start : start + DECODE_CHUNK]
             subset = [messages[i] for i in chunk.tolist()]
             parts.append(self._decode_chunk(subset, offsets[chunk], batch.partition, dead))
         events = EventColumns.concat(parts)
-        if len(others) and len(rows):
+        if len(others) and len(rows):  # put the two kinds back in input order
             events = events.take(np.argsort(events.offset, kind="stable"))
             dead.sort(key=lambda d: d.offset)
         max_ts = int(events.ts.max()) if len(events) else None
         return DecodedBatch(batch.partition, events, dead, max_ts, batch.read_wall_ms, n)
 
-    def _scanned_columns(
-        self,
-        buf: np.ndarray,
-        rows: np.ndarray,
-        ts: np.ndarray,
-        span_start: np.ndarray,
-        span_len: np.ndarray,
-        hashes: np.ndarray,
-    ) -> EventColumns:
+    def _scan(self, messages: list[bytes], offsets: np.ndarray) -> tuple[np.ndarray, EventColumns]:
+        """Rows the numba scanner accepts, and their columns (before the value rules)."""
+        n = len(messages)
+        lengths = np.fromiter(map(len, messages), np.int64, n)
+        ends = np.cumsum(lengths)
+        buf = np.frombuffer(b"".join(messages), np.uint8)
+        status, ts, span_start, span_len, hashes = scan.scan_events(
+            buf, ends - lengths, ends, self.settings.max_client_id_len
+        )
+        rows = np.flatnonzero((status == scan.OK) & (lengths <= self.settings.max_message_bytes))
+
         def codes(vocabulary: scan.Vocabulary, field: int) -> np.ndarray:
             return vocabulary.lookup(buf, span_start[field], span_len[field], rows)
 
         type_code = codes(self.scan_types, scan.F_TYPE).astype(np.int32)
-        channel = codes(self.scan_channels, scan.F_CHANNEL)
-        journey = codes(self.scan_journeys, scan.F_JOURNEY)
-        step = codes(self.scan_steps, scan.F_STEP)
-        return EventColumns(
+        kept = messages if len(rows) == n else [messages[i] for i in rows.tolist()]
+        return rows, EventColumns(
             hashes[rows],
             scan.gather_text(buf, span_start[scan.F_CLIENT], span_len[scan.F_CLIENT], rows),
             ts[rows],
-            channel.astype(np.int8),
+            codes(self.scan_channels, scan.F_CHANNEL).astype(np.int8),
             type_code,
-            journey.astype(np.int16),
-            step.astype(np.int16),
+            codes(self.scan_journeys, scan.F_JOURNEY).astype(np.int16),
+            codes(self.scan_steps, scan.F_STEP).astype(np.int16),
             self.catalog.tables.type_flags[type_code],
-            None,
-            np.empty(0, np.int64),
+            _object_array(kept),
+            offsets[rows],
         )
 
     def _decode_chunk(

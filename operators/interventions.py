@@ -219,4 +219,3 @@ class InterventionBuilder:
         ]  # fmt: skip
         docs.sort(key=lambda d: (d["deadline_ts"], d["intervention_id"]))
         return docs
-
