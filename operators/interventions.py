@@ -92,9 +92,8 @@ def intervention_ids(
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
     hexed = _HEX_DIGITS[raw].reshape(len(names), 32)
     out = np.full((len(names), 36), ord("-"), np.uint8)
-    for dst, src in ((0, 0), (9, 8), (14, 12), (19, 16), (24, 20)):
-        width = {0: 8, 9: 4, 14: 4, 19: 4, 24: 12}[dst]
-        out[:, dst : dst + width] = hexed[:, src : src + width]
+    for dst, src, width in ((0, 0, 8), (9, 8, 4), (14, 12, 4), (19, 16, 4), (24, 20, 12)):
+        out[:, dst : dst + width] = hexed[:, src : src + width]  # 8-4-4-4-12 groups
     return out.view("S36").ravel().astype("U36").tolist()
 
 
