@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ato.columns import EventColumns
 
@@ -79,11 +80,57 @@ class ShardInput:
 
 
 @dataclass(frozen=True)
+class InterventionBatch:
+    """Intervention documents, encoded: one JSON line each, in one block of bytes.
+
+    ``ids`` and ``client_ids`` name the documents in line order; a sink producing one message
+    per document takes its key and value from here without decoding the JSON.
+    """
+
+    ids: list[str]
+    client_ids: list[str]
+    lines: bytes  # every document as one JSON line, each ending in a newline
+    ends: np.ndarray  # int64: where each line ends in ``lines`` (after its newline)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def values(self) -> list[bytes]:
+        """Each document's JSON, without the newline."""
+        ends = self.ends.tolist()
+        starts = [0, *ends][:-1]
+        return [self.lines[a : b - 1] for a, b in zip(starts, ends, strict=True)]
+
+    def docs(self) -> list[dict[str, Any]]:
+        """The documents, decoded (for tests and inspection; the flow never needs this)."""
+        return [orjson.loads(v) for v in self.values()]
+
+    @staticmethod
+    def empty() -> "InterventionBatch":
+        """No interventions."""
+        return InterventionBatch([], [], b"", np.empty(0, np.int64))
+
+    @staticmethod
+    def concat(parts: "list[InterventionBatch]") -> "InterventionBatch":
+        """The documents of ``parts``, in order."""
+        parts = [p for p in parts if len(p)]
+        if len(parts) <= 1:
+            return parts[0] if parts else InterventionBatch.empty()
+        shifts = np.cumsum([0] + [len(p.lines) for p in parts[:-1]])
+        return InterventionBatch(
+            [i for p in parts for i in p.ids],
+            [c for p in parts for c in p.client_ids],
+            b"".join(p.lines for p in parts),
+            np.concatenate([p.ends + shift for p, shift in zip(parts, shifts, strict=True)]),
+        )
+
+
+@dataclass(frozen=True)
 class ShardOutput:
     """What a shard step emits after one call: interventions, late events, and its stats."""
 
     shard: str
-    interventions: list[dict[str, Any]] = field(default_factory=list)
+    interventions: InterventionBatch = field(default_factory=InterventionBatch.empty)
     late: EventColumns | None = None
     late_count: int = 0
     applied: int = 0

@@ -8,8 +8,20 @@ import uuid
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ato.catalog import CHANNELS, Catalog
+from operators.batches import InterventionBatch
+from operators.render import (
+    FIXED4,
+    INT,
+    SPAN,
+    TEXT,
+    Template,
+    Vocabulary,
+    json_string_spans,
+    render,
+)
 from state.base import Stalls
 from state.layout import (
     O_ABANDONED,
@@ -78,23 +90,38 @@ def intervention_ids(
     steps: list[str],
     attempts: list[int],
 ) -> list[str]:
-    """:func:`intervention_id` of many rows; hashing per row, the UUID formatting vectorised."""
+    """:func:`intervention_id` of many rows."""
+    chars = intervention_id_chars(client_ids, journeys, starts, steps, attempts)
+    return chars.view("S36").ravel().astype("U36").tolist()
+
+
+def intervention_id_chars(
+    client_ids: list[str],
+    journeys: list[str],
+    starts: list[int],
+    steps: list[str],
+    attempts: list[int],
+) -> np.ndarray:
+    """:func:`intervention_id` of many rows as ASCII, uint8 ``[n, 36]``.
+
+    Hashing is per row; the UUID formatting is vectorised.
+    """
     names = [
         f"{c}\x1f{j}\x1f{t}\x1f{s}\x1f{a}".encode()
         for c, j, t, s, a in zip(client_ids, journeys, starts, steps, attempts, strict=True)
     ]
+    out = np.full((len(names), 36), ord("-"), np.uint8)
     if not names:
-        return []
+        return out
     sha1, ns = hashlib.sha1, _NAMESPACE_BYTES
     digests = b"".join([sha1(ns + name, usedforsecurity=False).digest() for name in names])
     raw = np.frombuffer(digests, np.uint8).reshape(len(names), 20)[:, :16].copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
     hexed = _HEX_DIGITS[raw].reshape(len(names), 32)
-    out = np.full((len(names), 36), ord("-"), np.uint8)
     for dst, src, width in ((0, 0, 8), (9, 8, 4), (14, 12, 4), (19, 16, 4), (24, 20, 12)):
         out[:, dst : dst + width] = hexed[:, src : src + width]  # 8-4-4-4-12 groups
-    return out.view("S36").ravel().astype("U36").tolist()
+    return out
 
 
 _HEX_DIGITS = np.array(
@@ -124,8 +151,46 @@ def priorities(
     return np.clip(np.round(score), 0, 100).astype(np.int64)
 
 
+# One line per intervention; hole indices refer to the rows InterventionBuilder prepares.
+_TEMPLATE = Template.compile(
+    [
+        '{"schema":' + orjson.dumps(SCHEMA).decode() + ',"intervention_id":', (SPAN, 0),
+        ',"client_id":', (SPAN, 1),
+        ',"journey":', (TEXT, 0),
+        ',"step":', (TEXT, 1),
+        ',"step_index":', (INT, 0),
+        ',"attempt":', (INT, 1),
+        ',"tier":', (TEXT, 2),
+        ',"priority":', (INT, 2),
+        ',"reason":', (TEXT, 3),
+        ',"instance_start_ts":', (INT, 3),
+        ',"deadline_ts":', (INT, 4),
+        ',"last_progress_ts":', (INT, 5),
+        ',"last_event":{"type":', (TEXT, 4),
+        ',"channel":', (TEXT, 5),
+        '},"features":{"events":', (INT, 6),
+        ',"errors":', (INT, 7),
+        ',"back_steps":', (INT, 8),
+        ',"channel_switches":', (INT, 9),
+        ',"time_on_step_ms":', (INT, 10),
+        ',"elapsed_ms":', (INT, 11),
+        ',"recent_calls":', (FIXED4, 0),
+        ',"recent_app_sessions":', (FIXED4, 1),
+        '},"emitted_at_ms":', (INT, 12),
+        "}",
+    ]
+)  # fmt: skip
+_REASONS = ("step_timeout", "abandon_signal")
+_ID_WIDTH = 38  # a quoted UUID
+
+
 class InterventionBuilder:
-    """Turns stall records into intervention documents for one catalog."""
+    """Turns stall records into intervention documents for one catalog.
+
+    :meth:`build` renders the documents as JSON lines with a numba kernel;
+    :meth:`build_docs` builds the same documents as dicts, plainly: it is the definition
+    the rendering is tested against.
+    """
 
     def __init__(self, catalog: Catalog) -> None:
         journeys = catalog.journeys
@@ -141,9 +206,75 @@ class InterventionBuilder:
         )
         self.type_names = np.array(catalog.type_names, dtype=object)
         self.channels = np.array(CHANNELS, dtype=object)
+        # one vocabulary of every name a document holds; sections start at these codes
+        sections = [
+            self.journey_names.ravel(), self.step_names.ravel(), self.tiers.ravel(),
+            np.array(_REASONS, dtype=object), self.type_names, self.channels,
+        ]  # fmt: skip
+        self.vocabulary = Vocabulary.of([orjson.dumps(str(n)) for sec in sections for n in sec])
+        bases = np.cumsum([0] + [len(sec) for sec in sections])
+        self.base_journey, self.base_step, self.base_tier = bases[0], bases[1], bases[2]
+        self.base_reason, self.base_type, self.base_channel = bases[3], bases[4], bases[5]
+        self.width = width
 
-    def build(self, stalls: Stalls, emitted_at_ms: int) -> list[dict[str, Any]]:
+    def build(self, stalls: Stalls, emitted_at_ms: int) -> InterventionBatch:
         """One document per stall record, ordered by deadline then id."""
+        n = len(stalls)
+        if n == 0:
+            return InterventionBatch.empty()
+        ints = stalls.ints
+        j, s, attempt = ints[O_JOURNEY], ints[O_STEP], ints[O_ATTEMPT]
+        start, deadline = ints[O_START], ints[O_DEADLINE]
+        ids = intervention_id_chars(
+            stalls.client_id, self.journey_names[j].tolist(), start.tolist(),
+            self.step_names[j, s].tolist(), attempt.tolist(),
+        )  # fmt: skip
+        order = np.lexsort((ids.view("S36").ravel(), deadline))
+        fixed = np.rint(stalls.floats[[OF_CALLS, OF_SESSIONS]] * 10_000).astype(np.int64)
+        prio = priorities(
+            self.base_priority[j], ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES],
+            fixed[0] / 10_000, ints[O_ABANDONED], attempt,
+        )  # fmt: skip
+        numbers = np.stack(
+            [
+                s, attempt, prio, start, deadline, ints[O_PROGRESS], ints[O_EVENTS],
+                ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES], deadline - ints[O_ENTERED],
+                deadline - start, np.full(n, emitted_at_ms, np.int64),
+            ]
+        )  # fmt: skip
+        codes = np.stack(
+            [
+                self.base_journey + j,
+                self.base_step + j * self.width + s,
+                self.base_tier + j * 3 + np.minimum(attempt, 3) - 1,
+                self.base_reason + (ints[O_ABANDONED] != 0),
+                self.base_type + ints[O_LAST_TYPE],
+                self.base_channel + ints[O_LAST_CHANNEL],
+            ]
+        )
+        client_json = np.frombuffer(orjson.dumps(stalls.client_id), np.uint8)
+        span_start = np.empty((2, n), np.int64)
+        span_len = np.full((2, n), _ID_WIDTH, np.int64)
+        found = json_string_spans(client_json, span_start[1], span_len[1])
+        assert found == n, "client ids are strings"
+        span_start[0] = len(client_json) + _ID_WIDTH * np.arange(n)
+        quoted = np.full((n, _ID_WIDTH), ord('"'), np.uint8)
+        quoted[:, 1:-1] = ids
+        span_buf = np.concatenate([client_json, quoted.ravel()])
+        lines, ends = render(
+            _TEMPLATE, self.vocabulary, order, numbers, fixed, codes, span_buf, span_start,
+            span_len,
+        )  # fmt: skip
+        clients = stalls.client_id
+        return InterventionBatch(
+            ids[order].view("S36").ravel().astype("U36").tolist(),
+            [clients[i] for i in order.tolist()],
+            lines,
+            ends,
+        )
+
+    def build_docs(self, stalls: Stalls, emitted_at_ms: int) -> list[dict[str, Any]]:
+        """The documents of :meth:`build` as dicts."""
         if len(stalls) == 0:
             return []
         ints = stalls.ints
@@ -167,7 +298,7 @@ class InterventionBuilder:
             attempts,
             self.tiers[j, np.minimum(attempt, 3) - 1].tolist(),
             prio.tolist(),
-            np.where(ints[O_ABANDONED] != 0, "abandon_signal", "step_timeout").tolist(),
+            np.where(ints[O_ABANDONED] != 0, _REASONS[1], _REASONS[0]).tolist(),
             starts,
             deadline.tolist(),
             ints[O_PROGRESS].tolist(),

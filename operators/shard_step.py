@@ -116,13 +116,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             stalls.append(self.store.apply(ready.take(order_events(ready))))
         stalls.append(self.store.expire(watermark))
         late = EventColumns.concat(late_parts)
-        found = [s for s in stalls if len(s)]
-        if not found and not len(ready) and not len(late) and not final:
+        found = Stalls.concat(stalls)
+        if not len(found) and not len(ready) and not len(late) and not final:
             return []
-        interventions = []
-        emitted_at = self.ctx.now_ms()
-        for part in found:
-            interventions.extend(self.builder.build(part, emitted_at))
+        interventions = self.builder.build(found, self.ctx.now_ms())
         sizes = self.store.sizes()
         keep_late = self.ctx.settings.late_events == "output" and len(late) > 0
         return [

@@ -35,6 +35,19 @@ class Stalls:
             np.empty((N_OUT_F, 0), np.float64),
         )
 
+    @staticmethod
+    def concat(parts: "list[Stalls]") -> "Stalls":
+        """The records of ``parts``, in order."""
+        parts = [p for p in parts if len(p)]
+        if len(parts) <= 1:
+            return parts[0] if parts else Stalls.empty()
+        return Stalls(
+            np.concatenate([p.client_key for p in parts]),
+            [c for p in parts for c in p.client_id],
+            np.concatenate([p.ints for p in parts], axis=1),
+            np.concatenate([p.floats for p in parts], axis=1),
+        )
+
 
 class ShardStore(ABC):
     """Journey instances of the clients of one shard."""

@@ -59,8 +59,15 @@ def _run(
         run_main(flow, epoch_interval=epoch, recovery_config=recovery)
     else:
         cluster_main(flow, [], 0, epoch_interval=epoch, worker_count_per_proc=workers)
-    docs = [orjson.loads(line) for _, line in interventions]
-    return docs, [line for _, line in dead], [line for _, line in late]
+    docs = [orjson.loads(line) for line in _lines(interventions)]
+    return docs, _lines(dead), _lines(late)
+
+
+def _lines(blocks: list[tuple[str, bytes]]) -> list[bytes]:
+    """The JSON lines of the blocks a line output received."""
+    lines = [line for _, block in blocks for line in block.split(b"\n")[:-1]]
+    assert all(block.endswith(b"\n") for _, block in blocks)
+    return lines
 
 
 def _ids(docs: list[dict]) -> set[str]:

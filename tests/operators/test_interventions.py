@@ -3,15 +3,39 @@
 import uuid
 
 import numpy as np
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ato.catalog import CHANNELS, load_catalog
 from operators.interventions import (
     ID_NAMESPACE,
+    InterventionBuilder,
     intervention_id,
     intervention_ids,
     priorities,
     priority,
+)
+from state.base import Stalls
+from state.layout import (
+    N_OUT,
+    N_OUT_F,
+    O_ABANDONED,
+    O_ATTEMPT,
+    O_BACK,
+    O_DEADLINE,
+    O_ENTERED,
+    O_ERRORS,
+    O_EVENTS,
+    O_JOURNEY,
+    O_LAST_CHANNEL,
+    O_LAST_TYPE,
+    O_PROGRESS,
+    O_START,
+    O_STEP,
+    O_SWITCHES,
+    OF_CALLS,
+    OF_SESSIONS,
 )
 
 rows = st.lists(
@@ -71,3 +95,52 @@ def test_priorities_match_priority(items: list[tuple]) -> None:
     got = priorities(*cols).tolist()
     assert got == [priority(*row) for row in items]
     assert all(0 <= p <= 100 for p in got)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=16),  # client id: quotes, escapes, any code point
+            st.integers(0, 2**42),  # instance start
+            st.integers(0, 10**9),  # deadline after start
+            st.integers(0, 50),  # small counters
+            st.integers(1, 5),  # attempt
+            st.booleans(),  # abandoned
+            st.floats(0, 50, allow_nan=False),  # decayed calls
+            st.floats(0, 50, allow_nan=False),  # decayed sessions
+        ),
+        max_size=25,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_rendered_documents_equal_the_dict_definition(items: list[tuple], rnd) -> None:
+    """``build`` (numba rendering) writes exactly ``orjson.dumps`` of ``build_docs``, in order."""
+    catalog = load_catalog()
+    builder = InterventionBuilder(catalog)
+    n = len(items)
+    ints = np.zeros((N_OUT, n), np.int64)
+    floats = np.zeros((N_OUT_F, n), np.float64)
+    for r, (_, start, after, small, attempt, abandoned, calls, sessions) in enumerate(items):
+        journey = rnd.randrange(len(catalog.journeys))
+        ints[O_JOURNEY, r] = journey
+        ints[O_STEP, r] = rnd.randrange(len(catalog.journeys[journey].steps))
+        ints[O_START, r] = start
+        ints[O_DEADLINE, r] = start + after
+        ints[O_ENTERED, r] = start + after // 2
+        ints[O_PROGRESS, r] = start + after // 3
+        ints[O_LAST_TYPE, r] = rnd.randrange(len(catalog.type_names))
+        ints[O_LAST_CHANNEL, r] = rnd.randrange(len(CHANNELS))
+        for field in (O_EVENTS, O_ERRORS, O_BACK, O_SWITCHES):
+            ints[field, r] = small + field
+        ints[O_ATTEMPT, r] = attempt
+        ints[O_ABANDONED, r] = abandoned
+        floats[OF_CALLS, r], floats[OF_SESSIONS, r] = calls, sessions
+    clients = [row[0] for row in items]
+    stalls = Stalls(np.arange(n, dtype=np.uint64), clients, ints, floats)
+    batch = builder.build(stalls, 1_700_000_000_000)
+    docs = builder.build_docs(stalls, 1_700_000_000_000)
+    assert batch.lines == b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in docs)
+    assert batch.ids == [d["intervention_id"] for d in docs]
+    assert batch.client_ids == [d["client_id"] for d in docs]
+    assert batch.docs() == docs

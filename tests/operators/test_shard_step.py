@@ -85,7 +85,7 @@ def run(shard: ShardLogic, items: list[ShardInput]) -> list[ShardOutput]:
 
 
 def interventions(outputs: list[ShardOutput]) -> list[dict[str, Any]]:
-    return [doc for o in outputs for doc in o.interventions]
+    return [doc for o in outputs for doc in o.interventions.docs()]
 
 
 def ids(outputs: list[ShardOutput]) -> list[str]:
@@ -352,7 +352,7 @@ def test_on_eof_applies_pending_and_expires_to_last_event_time() -> None:
             )
         ],
     )
-    assert (out.applied, out.pending, out.interventions) == (1, 2, [])
+    assert (out.applied, out.pending, len(out.interventions)) == (1, 2, 0)
     (final,), retain = shard.on_eof()
     assert retain is shard.RETAIN
     assert (final.applied, final.pending, final.watermark) == (2, 0, T0 + CONFIRM)
@@ -364,7 +364,7 @@ def test_on_eof_with_nothing_to_do_still_reports() -> None:
     """A shard that saw no events reports once at end of input, with no interventions."""
     shard = logic()
     (final,), _ = shard.on_eof()
-    assert (final.applied, final.interventions, final.late_count) == (0, [], 0)
+    assert (final.applied, len(final.interventions), final.late_count) == (0, 0, 0)
     assert final.watermark == MIN_WATERMARK
 
 
@@ -387,7 +387,7 @@ def _script() -> list[ShardInput]:
 
 def _summary(outputs: list[ShardOutput]) -> list[tuple[Any, ...]]:
     return [
-        (o.shard, o.interventions, o.late_count, o.applied, o.watermark, o.pending,
+        (o.shard, o.interventions.docs(), o.late_count, o.applied, o.watermark, o.pending,
          o.open_instances, None if o.late is None else o.late.ts.tolist())
         for o in outputs
     ]  # fmt: skip
@@ -433,13 +433,13 @@ def test_live_clock_idle_inputs_let_watermark_follow_wall_clock() -> None:
     assert shard.on_notify() == ([], shard.RETAIN)  # p1 has not been silent long enough
     clock.now = T0 + 1_000
     (out,), _ = shard.on_notify()
-    assert (out.watermark, out.applied, out.interventions) == (T0 + 1_000 - LATE, 1, [])
+    assert (out.watermark, out.applied, len(out.interventions)) == (T0 + 1_000 - LATE, 1, 0)
     clock.now = T0 + CONFIRM + LATE - 1
     assert interventions(shard.on_notify()[0]) == []
     clock.now = T0 + CONFIRM + LATE
     (out,), _ = shard.on_notify()
     assert ids([out]) == [stall_id("c1", "wealth_purchase", T0, "confirm")]
-    assert out.interventions[0]["emitted_at_ms"] == T0 + CONFIRM + LATE
+    assert out.interventions.docs()[0]["emitted_at_ms"] == T0 + CONFIRM + LATE
     assert shard.on_notify() == ([], shard.RETAIN)  # nothing moved
 
 

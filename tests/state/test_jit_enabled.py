@@ -7,9 +7,10 @@ from numba.core.registry import CPUDispatcher
 from ato.catalog import load_catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
-from operators import scan
+from operators import render, scan
 from operators.batches import RawBatch
 from operators.decode import Decoder
+from operators.interventions import InterventionBuilder
 from state import hashing, kernels
 from state.shard_store import NumbaShardStore
 
@@ -27,6 +28,7 @@ ENTRY_POINTS = {
     ),
     hashing: ("mix64", "hash_codepoints", "shard_of"),
     scan: ("scan_events", "gather", "_lookup"),
+    render: ("render_rows", "json_string_spans"),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
@@ -34,6 +36,7 @@ ENTRY_POINTS = {
 HELPERS = {
     kernels: ("_emit_stall", "_close", "_settle", "_attribute"),
     scan: ("_ws", "_string", "_integer", "_literal", "_scalar", "_container", "_scan_one"),
+    render: ("_write_uint", "_magnitude", "_write_int", "_write_fixed4"),
 }
 
 
@@ -56,7 +59,9 @@ def exercise_entry_points() -> None:
     )
     store = NumbaShardStore(catalog, capacity=1)  # the second client forces a rehash
     store.apply(events)
-    assert len(store.expire(100 * 86_400_000)) == 1  # stalls, closes, forgets "c2"
+    stalls = store.expire(100 * 86_400_000)  # stalls, closes, forgets "c2"
+    assert len(stalls) == 1
+    assert len(InterventionBuilder(catalog).build(stalls, 0)) == 1  # renders the document
     assert len(store.expire(200 * 86_400_000)) == 0  # forgets "c1"
     keys, vals = np.zeros(8, np.uint64), np.full(8, -1, np.int64)
     kernels.ht_insert(keys, vals, np.uint64(5), 1)
