@@ -1,12 +1,17 @@
 """Settings: one typed object with every knob, its default and its meaning in one place.
 
-``docs/configuration.md`` lists the same keys; ``tests/test_config.py`` checks that the two
-agree, so a default changed here without the docs fails the build.
+``docs/configuration.md`` lists the same keys; ``tests/ato/test_config_docs.py`` checks that
+the two agree, so a default changed here without the docs fails the build. Settings come from
+the defaults, then a TOML file (:func:`load_settings`), then ``ATO_<SECTION>_<KEY>``
+environment variables, then command-line options.
 """
 
-from dataclasses import dataclass, field, fields, replace
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from ato.exceptions import ConfigError
 
@@ -15,8 +20,15 @@ LATE_POLICIES = ("output", "count")
 DECODERS = ("scan", "orjson")
 
 
-def _knob(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+def _knob(default: Any, doc: str, secret: bool = False) -> Any:
+    metadata = {"doc": doc, "secret": secret}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
+
+
+def _default(f: Any) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 @dataclass(frozen=True)
@@ -109,15 +121,85 @@ class GeneratorSettings:
             raise ConfigError(msg)
 
 
+START_POSITIONS = ("earliest", "latest")
+SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """The Kafka path: input topics in, interventions and dead letters out."""
+
+    brokers: str = _knob(
+        "", "Bootstrap servers (host:port,...). Empty: no Kafka, the generator or files feed."
+    )
+    input_topics: tuple[str, ...] = _knob(
+        ("ato.events",), "Topics of input events (app, call, branch may be separate)."
+    )
+    interventions_topic: str = _knob("ato.interventions", "Where interventions are produced.")
+    dead_letter_topic: str = _knob("ato.dead-letters", "Where bad input goes, with its reason.")
+    start: str = _knob(
+        "earliest", "Where a fresh run starts: earliest, latest, or an epoch-ms timestamp."
+    )
+    consume_timeout_ms: int = _knob(
+        100, "Longest wait of one batched consume() on a partition with nothing to read (ms)."
+    )
+    flush_timeout_s: float = _knob(
+        30.0, "Longest wait for delivery at an epoch end; undelivered messages then fail the run."
+    )
+    security_protocol: str = _knob("plaintext", "plaintext, ssl, sasl_plaintext or sasl_ssl.")
+    sasl_mechanism: str = _knob("", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).")
+    sasl_username: str = _knob("", "SASL user name.")
+    sasl_password: str = _knob("", "SASL password (never printed or logged).", secret=True)
+    consumer_config: dict[str, str] = _knob(
+        {}, "Extra librdkafka consumer properties (file only), e.g. fetch.max.bytes."
+    )
+    producer_config: dict[str, str] = _knob(
+        {}, "Extra librdkafka producer properties (file only), e.g. compression.type."
+    )
+
+    def __post_init__(self) -> None:
+        if not self.input_topics or not all(self.input_topics):
+            msg = "kafka.input_topics: needs at least one non-empty topic name"
+            raise ConfigError(msg)
+        if self.start not in START_POSITIONS and not self.start.isdigit():
+            msg = f"kafka.start: expected earliest, latest or epoch ms, got {self.start!r}"
+            raise ConfigError(msg)
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            msg = (
+                f"kafka.security_protocol: expected one of {SECURITY_PROTOCOLS},"
+                f" got {self.security_protocol!r}"
+            )
+            raise ConfigError(msg)
+        if self.consume_timeout_ms < 0 or self.flush_timeout_s <= 0:
+            msg = "kafka.consume_timeout_ms must be >= 0 and kafka.flush_timeout_s > 0"
+            raise ConfigError(msg)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether runs read and write Kafka."""
+        return bool(self.brokers)
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka properties every client of ours shares (brokers, security)."""
+        config = {"bootstrap.servers": self.brokers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password
+        return config
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run needs; defaults run the embedded job."""
 
     engine: EngineSettings = field(default_factory=EngineSettings)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
     catalog: Path | None = _knob(None, "Journey catalog file; default: the shipped catalog.")
     out_dir: Path = _knob(Path("runs/latest"), "Where a run writes its JSON-lines outputs.")
-    workers: int = _knob(1, "Bytewax worker threads in this process.")
+    workers: int = _knob(1, "Bytewax worker threads in each process.")
+    processes: int = _knob(1, "Processes of a local Bytewax cluster (ato run --processes).")
 
     def with_overrides(self, section: str, **values: Any) -> "Settings":
         """Return a copy with ``values`` replaced in ``section`` ("engine", "generator", "")."""
@@ -129,13 +211,144 @@ class Settings:
         return replace(self, **{section: replace(getattr(self, section), **clean)})
 
 
+_SECTIONS: dict[str, type] = {
+    "engine": EngineSettings,
+    "generator": GeneratorSettings,
+    "kafka": KafkaSettings,
+}
+
+
 def documented_defaults() -> dict[str, tuple[Any, str]]:
     """Every key as ``section.name`` with its default and its doc line."""
     out: dict[str, tuple[Any, str]] = {}
-    for section, cls in (("engine", EngineSettings), ("generator", GeneratorSettings)):
+    for section, cls in _SECTIONS.items():
         for f in fields(cls):
-            out[f"{section}.{f.name}"] = (f.default, f.metadata["doc"])
+            out[f"{section}.{f.name}"] = (_default(f), f.metadata["doc"])
     for f in fields(Settings):
         if "doc" in f.metadata:
-            out[f.name] = (f.default, f.metadata["doc"])
+            out[f.name] = (_default(f), f.metadata["doc"])
     return out
+
+
+_NOT_SETTINGS = frozenset({"ATO_SERVERS_DIR"})  # other ATO_ variables the project reads
+
+
+def load_settings(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, then the TOML file at ``path``, then ``ATO_*`` variables of ``environ``.
+
+    A file has top-level keys (``out_dir``, ``workers``, ...) and ``[engine]``,
+    ``[generator]``, ``[kafka]`` tables. A variable is named ``ATO_<SECTION>_<KEY>`` or
+    ``ATO_<KEY>`` for top-level keys, e.g. ``ATO_KAFKA_BROKERS``; lists are comma-separated.
+    Errors name the file or variable and the key.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    origin = "ATO_* environment"
+    if path is not None:
+        origin = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            msg = f"{path}: cannot read settings: {exc.strerror}"
+            raise ConfigError(msg) from exc
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"{path}: not valid TOML: {exc}"
+            raise ConfigError(msg) from exc
+    top = _typed(Settings, {k: v for k, v in raw.items() if k not in _SECTIONS}, f"{origin}: ")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            msg = f"{origin}: [{name}] must be a table"
+            raise ConfigError(msg)
+        sections[name] = _typed(cls, table, f"{origin}: {name}.")
+    for var, text in environ.items():
+        if not var.startswith("ATO_") or var in _NOT_SETTINGS:
+            continue
+        section, key = _env_key(var)
+        cls = _SECTIONS.get(section, Settings) if section else Settings
+        hint = _field_type(cls, key, f"environment variable {var}")
+        where = f"environment variable {var}"
+        value = _coerce(hint, _from_env(hint, text, where), where)
+        (sections[section] if section else top)[key] = value
+    try:
+        built = {name: _SECTIONS[name](**values) for name, values in sections.items()}
+        return Settings(**built, **top)
+    except ConfigError as exc:
+        msg = f"{origin}: {exc}"
+        raise ConfigError(msg) from exc
+
+
+def _typed(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    return {
+        k: _coerce(_field_type(cls, k, f"{where}{k}"), v, f"{where}{k}") for k, v in values.items()
+    }
+
+
+def _env_key(var: str) -> tuple[str, str]:
+    name = var.removeprefix("ATO_").lower()
+    for section in _SECTIONS:
+        if name.startswith(section + "_"):
+            return section, name.removeprefix(section + "_")
+    return "", name
+
+
+def _field_type(cls: type, key: str, where: str) -> Any:
+    """The type of setting ``key`` of ``cls``; a clear error if there is no such key."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.name not in _SECTIONS]
+    if key not in names:
+        msg = f"{where}: unknown setting (known: {', '.join(names)})"
+        raise ConfigError(msg)
+    return hints[key]
+
+
+def _from_env(hint: Any, text: str, where: str) -> Any:
+    if hint == tuple[str, ...]:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if hint is bool:
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    if hint is int:
+        return _parse(int, text)
+    if hint is float:
+        return _parse(float, text)
+    if hint == dict[str, str]:
+        msg = f"{where}: tables of properties can only be set in the settings file"
+        raise ConfigError(msg)
+    return text
+
+
+def _parse(kind: type, text: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        return text  # _coerce names the key and the expected type
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` asks for, or a ConfigError naming ``where``."""
+    ok: bool
+    if hint == tuple[str, ...]:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    elif hint == dict[str, str]:
+        ok = isinstance(value, dict)
+        value = {str(k): str(v) for k, v in value.items()} if ok else value
+    elif hint in (Path, Path | None):
+        ok = isinstance(value, str)
+        value = Path(value) if ok else value
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        msg = f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}"
+        raise ConfigError(msg)
+    return value

@@ -1,0 +1,79 @@
+"""Settings from a TOML file and ATO_* variables: precedence, types, errors, secrets."""
+
+from pathlib import Path
+
+import pytest
+
+from ato.config import Settings, load_settings
+from ato.exceptions import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kafka.toml"
+
+
+def test_no_file_no_environment_is_the_defaults() -> None:
+    assert load_settings(None, {}) == Settings()
+
+
+def test_the_shipped_example_loads() -> None:
+    s = load_settings(EXAMPLE, {})
+    assert s.kafka.enabled
+    assert s.kafka.input_topics == ("ato.events",)
+    assert s.kafka.consumer_config == {"fetch.max.bytes": "52428800"}
+    assert s.out_dir == Path("runs/kafka")
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('workers = 3\n[engine]\nshards = 8\n[kafka]\nbrokers = "a:1"\n')
+    env = {
+        "ATO_KAFKA_BROKERS": "b:2",
+        "ATO_KAFKA_INPUT_TOPICS": "app, call,branch",
+        "ATO_ENGINE_ALLOWED_LATENESS_MS": "900",
+        "HOME": "/root",  # not ours: ignored
+    }
+    s = load_settings(path, env)
+    assert (s.kafka.brokers, s.engine.shards, s.workers) == ("b:2", 8, 3)
+    assert s.kafka.input_topics == ("app", "call", "branch")
+    assert s.engine.allowed_lateness_ms == 900
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("[engine]\nshardz = 4\n", {}, r"s.toml: engine.shardz: unknown setting"),
+        ('[engine]\nshards = "4"\n', {}, r"engine.shards: expected int, got '4'"),
+        ("[engine]\nshards = 0\n", {}, r"engine.shards: must be > 0"),
+        ("engine = 3\n", {}, r"\[engine\] must be a table"),
+        ("[kafka\n", {}, r"not valid TOML"),
+        ("", {"ATO_ENGINE_SHARDS": "many"}, r"ATO_ENGINE_SHARDS: expected int"),
+        ("", {"ATO_KAFKA_BROKER": "x"}, r"ATO_KAFKA_BROKER: unknown setting"),
+        ("", {"ATO_KAFKA_START": "yesterday"}, r"kafka.start: expected earliest"),
+        (
+            "",
+            {"ATO_KAFKA_CONSUMER_CONFIG": "a=b"},
+            r"ATO_KAFKA_CONSUMER_CONFIG: tables of properties can only be set in the settings file",
+        ),
+    ],
+)
+def test_errors_name_the_source_and_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, env)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.toml: cannot read settings"):
+        load_settings(tmp_path / "nope.toml", {})
+
+
+def test_password_is_never_in_the_repr() -> None:
+    s = load_settings(None, {"ATO_KAFKA_SASL_PASSWORD": "hunter2", "ATO_KAFKA_BROKERS": "h:1"})
+    assert s.kafka.sasl_password == "hunter2"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.kafka)
+
+
+def test_start_accepts_a_timestamp() -> None:
+    assert load_settings(None, {"ATO_KAFKA_START": "1767600000000"}).kafka.start == "1767600000000"
