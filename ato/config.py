@@ -140,6 +140,12 @@ class KafkaSettings:
     start: str = _knob(
         "earliest", "Where a fresh run starts: earliest, latest, or an epoch-ms timestamp."
     )
+    stop_at_end: bool = _knob(
+        False, "Stop when a read finds nothing past the end a partition had at start (backfills)."
+    )
+    catch_up_batches: int = _knob(
+        20, "After a wait of >= 1 s, a partition reads up to this many batches at once."
+    )
     consume_timeout_ms: int = _knob(
         100, "Longest wait of one batched consume() on a partition with nothing to read (ms)."
     )
@@ -170,8 +176,11 @@ class KafkaSettings:
                 f" got {self.security_protocol!r}"
             )
             raise ConfigError(msg)
-        if self.consume_timeout_ms < 0 or self.flush_timeout_s <= 0:
-            msg = "kafka.consume_timeout_ms must be >= 0 and kafka.flush_timeout_s > 0"
+        if self.consume_timeout_ms < 0 or self.flush_timeout_s <= 0 or self.catch_up_batches < 1:
+            msg = (
+                "kafka.consume_timeout_ms must be >= 0, kafka.flush_timeout_s > 0"
+                " and kafka.catch_up_batches >= 1"
+            )
             raise ConfigError(msg)
 
     @property
@@ -179,9 +188,12 @@ class KafkaSettings:
         """Whether runs read and write Kafka."""
         return bool(self.brokers)
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka properties every client of ours shares (brokers, security)."""
-        config = {"bootstrap.servers": self.brokers, "security.protocol": self.security_protocol}
+        config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.brokers,
+            "security.protocol": self.security_protocol,
+        }
         if self.sasl_mechanism:
             config["sasl.mechanism"] = self.sasl_mechanism
             config["sasl.username"] = self.sasl_username

@@ -11,15 +11,19 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 
 from ato.catalog import Catalog, load_catalog
-from ato.config import Settings
+from ato.config import KafkaSettings, Settings
+from ato.exceptions import ConfigError
 from ato.generator import GeneratedTraffic, generate
 from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
 from operators.interventions import intervention_id
+from operators.route import shard_key
 from sinks.jsonl import JsonLinesSink
+from sinks.kafka import KafkaRecordSink
 from sinks.progress import ProgressSink, RunStats
 from sources.generator import GeneratorSource
 from sources.jsonl import JsonLinesSource
+from sources.kafka import KafkaSource
 
 INTERVENTIONS_FILE = "interventions.jsonl"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
@@ -32,8 +36,8 @@ class RunResult:
 
     stats: RunStats
     seconds: float
-    out_dir: Path
-    intervention_ids: set[str]
+    out_dir: Path | str
+    intervention_ids: set[str] | None  # None when they went to Kafka
     truth_ids: set[str] | None
 
     def summary(self) -> dict[str, Any]:
@@ -43,14 +47,16 @@ class RunResult:
             "events": s.events_in,
             "seconds": round(self.seconds, 2),
             "events_per_s": round(s.events_in / self.seconds) if self.seconds else 0,
-            "interventions": len(self.intervention_ids),
+            "interventions": (
+                s.interventions if self.intervention_ids is None else len(self.intervention_ids)
+            ),
             "dead_letters": s.dead_letters,
             "late_events": s.late,
             "open_instances": sum(s.open_instances.values()),
             "state_mb": round(sum(s.state_bytes.values()) / 1e6, 1),
             "outputs": str(self.out_dir),
         }
-        if self.truth_ids is not None:
+        if self.truth_ids is not None and self.intervention_ids is not None:
             hits = len(self.intervention_ids & self.truth_ids)
             found = len(self.intervention_ids)
             out["truth_stalls"] = len(self.truth_ids)
@@ -75,6 +81,24 @@ def read_ids(path: Path) -> set[str]:
         return {orjson.loads(line)["intervention_id"] for line in f if line.strip()}
 
 
+def kafka_sinks(
+    kafka: KafkaSettings,
+    partitions: list[str],
+    shards: int,
+    stats: RunStats,
+    progress: TextIO | None,
+) -> FlowSinks:
+    """Interventions to their topic; dead letters and late events to the dead-letter topic."""
+    shard_keys = [shard_key(s) for s in range(shards)]
+    return FlowSinks(
+        interventions=KafkaRecordSink(kafka, kafka.interventions_topic, shard_keys),
+        dead_letters=KafkaRecordSink(kafka, kafka.dead_letter_topic, partitions),
+        late=KafkaRecordSink(kafka, kafka.dead_letter_topic, shard_keys),
+        progress=ProgressSink(stats, progress),
+        records=True,
+    )
+
+
 def run(
     settings: Settings,
     inputs: list[Path] | None = None,
@@ -93,24 +117,34 @@ def run(
     catalog = catalog if catalog is not None else load_catalog(settings.catalog)
     engine = settings.engine
     live = engine.clock == "live"
-    if inputs:
-        source: Any = JsonLinesSource(inputs, engine.batch_size)
-    else:
-        if traffic is None:
-            start = wall_ms() if live else None
-            traffic = generate(catalog, settings.generator, start_ms=start)
-        source = GeneratorSource(
-            traffic, engine.batch_size, settings.generator.rate, live, duration_s
-        )
-    out = settings.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     stats = RunStats()
-    sinks = FlowSinks(
-        interventions=JsonLinesSink(out / INTERVENTIONS_FILE),
-        dead_letters=JsonLinesSink(out / DEAD_LETTERS_FILE),
-        late=JsonLinesSink(out / LATE_FILE),
-        progress=ProgressSink(stats, progress),
-    )
+    out: Path | str
+    if settings.kafka.enabled:
+        if inputs or traffic is not None:
+            msg = "kafka.brokers is set: input comes from the Kafka topics, not files or traffic"
+            raise ConfigError(msg)
+        kafka = settings.kafka
+        source: Any = KafkaSource(kafka, engine.batch_size, duration_s)
+        sinks = kafka_sinks(kafka, source.input_partitions(), engine.shards, stats, progress)
+        out = f"kafka topics {kafka.interventions_topic}, {kafka.dead_letter_topic}"
+    else:
+        if inputs:
+            source = JsonLinesSource(inputs, engine.batch_size)
+        else:
+            if traffic is None:
+                start = wall_ms() if live else None
+                traffic = generate(catalog, settings.generator, start_ms=start)
+            source = GeneratorSource(
+                traffic, engine.batch_size, settings.generator.rate, live, duration_s
+            )
+        out = settings.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        sinks = FlowSinks(
+            interventions=JsonLinesSink(out / INTERVENTIONS_FILE),
+            dead_letters=JsonLinesSink(out / DEAD_LETTERS_FILE),
+            late=JsonLinesSink(out / LATE_FILE),
+            progress=ProgressSink(stats, progress),
+        )
     flow = build_flow(source, sinks, settings, catalog)
     recovery = None
     if recovery_dir is not None:
@@ -138,7 +172,7 @@ def run(
         stats,
         seconds,
         out,
-        read_ids(out / INTERVENTIONS_FILE),
+        read_ids(out / INTERVENTIONS_FILE) if isinstance(out, Path) else None,
         # ground truth only holds for traffic served to its end
         truth_ids(traffic) if traffic is not None and not getattr(source, "cut", None) else None,
     )

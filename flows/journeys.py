@@ -20,10 +20,12 @@ from bytewax.outputs import Sink
 from ato.catalog import CHANNELS, Catalog, load_catalog
 from ato.columns import EventColumns
 from ato.config import Settings
-from operators.batches import DecodedBatch, RawBatch, ShardOutput
+from operators.batches import DeadLetter, DecodedBatch, RawBatch, ShardOutput
 from operators.decode import Decoder, wall_ms
+from operators.interventions import SCHEMA
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
+from sinks.kafka import Record
 
 OUTPUT_KEY = "out"  # single-writer sinks: every output line under one key
 
@@ -32,15 +34,18 @@ OUTPUT_KEY = "out"  # single-writer sinks: every output line under one key
 class FlowSinks:
     """Where the flow's outputs go.
 
-    Line outputs get ``(key, block)`` items: a block is one or more whole JSON lines, one block
-    per batch and output, so the dataflow never carries an item per document. Progress items
-    are dicts.
+    With ``records`` false, line outputs get ``(OUTPUT_KEY, block)`` items: a block is one or
+    more whole JSON lines, one block per batch and output, so the dataflow never carries an
+    item per document. With ``records`` true they get ``(part key, list[Record])`` items for
+    Kafka sinks: interventions keyed by shard, dead letters by input partition, late events
+    by shard. Progress items are dicts.
     """
 
-    interventions: Sink[tuple[str, bytes]]
-    dead_letters: Sink[tuple[str, bytes]]
-    late: Sink[tuple[str, bytes]]
+    interventions: Sink[tuple[str, Any]]
+    dead_letters: Sink[tuple[str, Any]]
+    late: Sink[tuple[str, Any]]
     progress: Sink[dict[str, Any]]
+    records: bool = False
 
 
 def build_flow(
@@ -68,18 +73,21 @@ def build_flow(
     flow = Dataflow("journeys")
     raw = op.input("input", flow, source)
     decoded = op.map("decode", raw, decoder)
+    encode_dead = _dead_records if sinks.records else _dead_lines
     op.output(
-        "dead_letters", op.flat_map("dead_letter_lines", decoded, _dead_lines), sinks.dead_letters
+        "dead_letters", op.flat_map("dead_letter_items", decoded, encode_dead), sinks.dead_letters
     )
     keyed = op.flat_map("route", decoded, router)
     shard_out = op.stateful_batch("shards", keyed, lambda resume: ShardLogic(ctx, resume))
     outputs = op.map("shard_outputs", shard_out, lambda key_out: key_out[1])
+    encode_interventions = _intervention_records if sinks.records else _intervention_lines
     op.output(
         "interventions",
-        op.flat_map("intervention_lines", outputs, _intervention_lines),
+        op.flat_map("intervention_items", outputs, encode_interventions),
         sinks.interventions,
     )
-    op.output("late", op.flat_map("late_lines", outputs, _late_lines), sinks.late)
+    encode_late = _late_records if sinks.records else _late_lines
+    op.output("late", op.flat_map("late_items", outputs, encode_late), sinks.late)
     progress = op.merge(
         "progress",
         op.map("decode_progress", decoded, _decode_progress),
@@ -120,6 +128,47 @@ def _late_lines(out: ShardOutput) -> list[tuple[str, bytes]]:
     if late is None:
         return []
     return _block(late_docs(late, out.watermark))
+
+
+def _intervention_records(out: ShardOutput) -> list[tuple[str, list[Record]]]:
+    batch = out.interventions
+    if not len(batch):
+        return []
+    schema = SCHEMA.encode()
+    records = [
+        Record(client.encode(), value, [("schema", schema), ("intervention_id", iid.encode())])
+        for client, iid, value in zip(batch.client_ids, batch.ids, batch.values(), strict=True)
+    ]
+    return [(out.shard, records)]
+
+
+def _dead_records(batch: DecodedBatch) -> list[tuple[str, list[Record]]]:
+    if not batch.dead:
+        return []
+    records = [
+        Record(None, orjson.dumps(dead_letter_doc(d)), [("reason", d.reason.encode())])
+        for d in batch.dead
+    ]
+    return [(batch.partition, records)]
+
+
+def _late_records(out: ShardOutput) -> list[tuple[str, list[Record]]]:
+    if out.late is None:
+        return []
+    records = [
+        Record(doc["client_id"].encode(), orjson.dumps(doc), [("reason", b"late")])
+        for doc in late_docs(out.late, out.watermark)
+    ]
+    return [(out.shard, records)]
+
+
+def dead_letter_doc(dead: DeadLetter) -> dict[str, Any]:
+    """A dead letter as a document; Kafka partitions (``topic#N``) name topic and partition."""
+    doc = dead.to_doc()
+    topic, sep, number = dead.partition.rpartition("#")
+    if sep and number.isdigit():
+        doc["source_topic"], doc["source_partition"] = topic, int(number)
+    return doc
 
 
 def late_docs(late: EventColumns, watermark: int) -> list[dict[str, Any]]:

@@ -1,0 +1,146 @@
+"""Kafka sinks: interventions (one message each, keyed by client id) and dead letters.
+
+Install: nothing beyond ato-stream (confluent-kafka). Use: ``KafkaRecordSink(settings.kafka,
+topic, parts)`` takes ``(part key, list[Record])`` items. How it works: every process has one
+idempotent producer per topic; ``write_batch`` produces asynchronously (delivery callbacks
+record failures) and each epoch end (the partition's snapshot) flushes it and fails the step
+if a message was not delivered within ``kafka.flush_timeout_s``, so nothing vanishes.
+Delivery guarantee: at least once; after a crash the replayed epoch produces its messages
+again, with the same deterministic intervention ids (consumers de-duplicate on
+``intervention_id``).
+"""
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import KafkaError, Message, Producer
+
+from ato.config import KafkaSettings
+from sinks.exceptions import SinkError
+
+POLL_WHEN_FULL_S = 0.05
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message to produce."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]
+
+
+def producer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """Idempotent, acks from all replicas, small batching delay."""
+    return {
+        **settings.client_config(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10_000,
+        "message.timeout.ms": int(settings.flush_timeout_s * 1000),
+        **settings.producer_config,
+    }
+
+
+class TopicProducer:
+    """One producer for one topic, shared by the sink partitions of a process."""
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self.topic = topic
+        self.timeout_s = settings.flush_timeout_s
+        self.producer = Producer(producer_config(settings))
+        self.lock = threading.Lock()
+        self.failures: list[str] = []
+        self.delivered = 0
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            self.delivered += 1
+        elif len(self.failures) < 10:
+            self.failures.append(f"{error} (key {message.key()!r})")
+        else:
+            self.failures[-1] = f"... and more; last: {error}"
+
+    def produce(self, records: list[Record]) -> None:
+        """Queue ``records``; waits for room when the local queue is full."""
+        self._raise_failures()
+        produce, topic, callback = self.producer.produce, self.topic, self._on_delivery
+        with self.lock:
+            for r in records:
+                while True:
+                    try:
+                        produce(topic, r.value, r.key, headers=r.headers, on_delivery=callback)
+                        break
+                    except BufferError:
+                        self.producer.poll(POLL_WHEN_FULL_S)
+            self.producer.poll(0)
+
+    def flush(self) -> None:
+        """Wait until everything queued is delivered; raise if anything was not."""
+        with self.lock:
+            left = self.producer.flush(self.timeout_s)
+        if left:
+            msg = (
+                f"topic {self.topic}: {left} messages not delivered within"
+                f" {self.timeout_s}s (is the broker reachable?)"
+            )
+            raise SinkError(msg)
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        if self.failures:
+            msg = f"topic {self.topic}: delivery failed: {'; '.join(self.failures)}"
+            raise SinkError(msg)
+
+
+_PRODUCERS: dict[tuple[str, str], TopicProducer] = {}
+_PRODUCERS_LOCK = threading.Lock()
+
+
+def shared_producer(settings: KafkaSettings, topic: str) -> TopicProducer:
+    """The process's producer for ``topic`` on these brokers."""
+    key = (settings.brokers, topic)
+    with _PRODUCERS_LOCK:
+        if key not in _PRODUCERS:
+            _PRODUCERS[key] = TopicProducer(settings, topic)
+        return _PRODUCERS[key]
+
+
+class _RecordPartition(StatefulSinkPartition[list[Record], None]):
+    def __init__(self, producer: TopicProducer) -> None:
+        self.producer = producer
+
+    def write_batch(self, values: list[list[Record]]) -> None:
+        for records in values:
+            self.producer.produce(records)
+
+    def snapshot(self) -> None:
+        self.producer.flush()  # epoch end: everything of the epoch is on the broker
+
+    def close(self) -> None:
+        self.producer.flush()
+
+
+class KafkaRecordSink(FixedPartitionedSink[list[Record], None]):
+    """Produces ``(part key, records)`` items to ``topic``; ``parts`` are the part keys used."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, parts: list[str]) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.parts = sorted(parts)  # Bytewax indexes part_fn results into the sorted parts
+        self.index = {part: i for i, part in enumerate(self.parts)}
+
+    def list_parts(self) -> list[str]:
+        """The part keys items carry (the flow's shard keys or input partitions)."""
+        return self.parts
+
+    def part_fn(self, item_key: str) -> int:
+        """Items go to the partition of their own key."""
+        return self.index[item_key]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _RecordPartition:
+        """A partition writing through the process's shared producer."""
+        return _RecordPartition(shared_producer(self.settings, self.topic))

@@ -1,0 +1,125 @@
+"""The Kafka source against a real broker: batching, envelopes, start positions, partitions."""
+
+import time
+from datetime import timedelta
+
+import bytewax.operators as op
+import orjson
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, cluster_main, run_main
+
+from ato.config import KafkaSettings
+from operators.batches import RawBatch
+from sources.kafka import KafkaSource, KafkaSourceError, expand_envelopes, part_name
+from tests.kafka.conftest import produce
+
+
+def _read(settings: KafkaSettings, batch_size: int = 1000, workers: int = 1) -> list[RawBatch]:
+    flow = Dataflow("read")
+    got: list[RawBatch] = []
+    op.output("out", op.input("in", flow, KafkaSource(settings, batch_size)), TestingSink(got))
+    if workers == 1:
+        run_main(flow, epoch_interval=timedelta(seconds=1))
+    else:
+        cluster_main(
+            flow, [], 0, epoch_interval=timedelta(seconds=1), worker_count_per_proc=workers
+        )
+    return got
+
+
+def _events(n: int, partitions: int = 3) -> list[tuple[int, bytes]]:
+    return [(i % partitions, orjson.dumps({"i": i})) for i in range(n)]
+
+
+def _seen(batches: list[RawBatch]) -> dict[tuple[str, int], bytes]:
+    out = {}
+    for b in batches:
+        assert b.offsets is not None and len(b.offsets) == len(b.messages)
+        for offset, message in zip(b.offsets, b.messages, strict=True):
+            assert (b.partition, offset) not in out
+            out[(b.partition, offset)] = message
+    return out
+
+
+def test_reads_every_message_once_in_batches(topics: KafkaSettings) -> None:
+    topic = topics.input_topics[0]
+    produce(topics.brokers, topic, _events(2_500))
+    batches = _read(topics, batch_size=400)
+    seen = _seen(batches)
+    assert len(seen) == 2_500
+    assert max(len(b.messages) for b in batches) <= 400
+    assert len(batches) < 2_500 / 50  # batches, not single messages
+    for p in range(3):  # offsets are per partition and start at 0
+        mine = sorted(o for part, o in seen if part == part_name(topic, p))
+        assert mine == list(range(len(mine)))
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_uneven_and_empty_worker_partition_splits_finish(
+    topics: KafkaSettings, workers: int
+) -> None:
+    """3 partitions on 2 workers (2 + 1) and on 4 workers (one worker has none)."""
+    produce(topics.brokers, topics.input_topics[0], _events(3_000))
+    assert len(_seen(_read(topics, batch_size=100, workers=workers))) == 3_000
+
+
+def test_envelopes_are_split_and_share_their_offset(topics: KafkaSettings) -> None:
+    envelope = orjson.dumps([{"a": 1}, {"a": 2}, {"a": 3}])
+    produce(topics.brokers, topics.input_topics[0], [(0, b'{"a":0}'), (0, envelope), (0, b"[oops")])
+    (batch,) = [b for b in _read(topics) if b.messages]
+    assert batch.messages == [b'{"a":0}', b'{"a":1}', b'{"a":2}', b'{"a":3}', b"[oops"]
+    assert batch.offsets == [0, 1, 1, 1, 2]
+
+
+def test_expand_envelopes_keeps_plain_and_broken_messages() -> None:
+    messages = [b' [{"x":1}]', b"[]", b'{"y":2}', b"[1,"]
+    assert expand_envelopes(messages, [5, 6, 7, 8]) == (
+        [b'{"x":1}', b'{"y":2}', b"[1,"],
+        [5, 7, 8],
+    )
+
+
+def test_start_latest_reads_nothing_already_there(topics: KafkaSettings) -> None:
+    # one message per produce request: Tansu reports the end of a partition as the first
+    # offset of its last record batch plus one (see README, Tansu)
+    for partition, value in _events(6):
+        produce(topics.brokers, topics.input_topics[0], [(partition, value)])
+    assert _seen(_read(KafkaSettings(**{**_fields(topics), "start": "latest"}))) == {}
+
+
+def test_start_at_a_timestamp(topics: KafkaSettings) -> None:
+    """Starts at the first message at or after the time (Tansu: the time it stored it)."""
+    topic = topics.input_topics[0]
+    produce(topics.brokers, topic, _events(10, 1))
+    time.sleep(0.05)
+    start = int(time.time() * 1000)
+    time.sleep(0.05)
+    produce(topics.brokers, topic, [(0, orjson.dumps({"i": i})) for i in range(10, 20)])
+    seen = _seen(_read(KafkaSettings(**{**_fields(topics), "start": str(start)})))
+    assert sorted(orjson.loads(m)["i"] for m in seen.values()) == list(range(10, 20))
+
+
+def test_missing_topic_is_a_clear_error(topics: KafkaSettings) -> None:
+    settings = KafkaSettings(**{**_fields(topics), "input_topics": ("no-such-topic",)})
+    with pytest.raises(KafkaSourceError, match="'no-such-topic' does not exist"):
+        KafkaSource(settings, 10).input_partitions()
+
+
+def test_resume_state_is_the_next_offset(topics: KafkaSettings) -> None:
+    topic = topics.input_topics[0]
+    produce(topics.brokers, topic, [(0, orjson.dumps({"i": i})) for i in range(10)])
+    source = KafkaSource(topics, batch_size=4)
+    part = source.build_part("in", part_name(topic, 0), None)
+    assert part.snapshot() == 0
+    first = part.next_batch()
+    assert [b.offsets for b in first] == [[0, 1, 2, 3]]
+    assert part.snapshot() == 4
+    part.close()
+    resumed = source.build_part("in", part_name(topic, 0), 4)
+    assert resumed.next_batch()[0].offsets == [4, 5, 6, 7]
+    resumed.close()
+
+
+def _fields(settings: KafkaSettings) -> dict:
+    return {f: getattr(settings, f) for f in settings.__dataclass_fields__}
