@@ -6,14 +6,14 @@ from pathlib import Path
 
 import orjson
 
-from ato.config import Settings
+from ato.config import load_settings
 from ato.exceptions import AtoError
 
 
 def _run(args: argparse.Namespace) -> int:
     from ato.runner import run  # noqa: PLC0415 - keeps `ato --help` fast
 
-    settings = Settings()
+    settings = load_settings(args.config)
     settings = settings.with_overrides(
         "", catalog=args.catalog, out_dir=args.out, workers=args.workers
     )
@@ -31,8 +31,14 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         rate=args.rate,
     )
+    if settings.kafka.enabled:
+        feed = f"kafka {settings.kafka.brokers} topics {', '.join(settings.kafka.input_topics)}"
+    elif args.input:
+        feed = "files " + ", ".join(map(str, args.input))
+    else:
+        feed = "generator"
     print(
-        f"ato run: {'files ' + ', '.join(map(str, args.input)) if args.input else 'generator'}"
+        f"ato run: {feed}"
         f" | clock {settings.engine.clock} | workers {settings.workers}"
         f" | shards {settings.engine.shards} | out {settings.out_dir}",
         file=sys.stderr,
@@ -57,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ato", description="ato-stream journey engine")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the journey flow (default: built-in generator)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="settings file (TOML; see docs/configuration.md); kafka.brokers switches to Kafka",
+    )
     run.add_argument(
         "--input", type=Path, nargs="+", help="JSON-lines event files instead of the generator"
     )

@@ -96,21 +96,34 @@ class TopicProducer:
             raise SinkError(msg)
 
 
-_PRODUCERS: dict[tuple[str, str], TopicProducer] = {}
+_PRODUCERS: dict[tuple[str, str], tuple[TopicProducer, int]] = {}  # producer, users
 _PRODUCERS_LOCK = threading.Lock()
 
 
 def shared_producer(settings: KafkaSettings, topic: str) -> TopicProducer:
-    """The process's producer for ``topic`` on these brokers."""
+    """The process's producer for ``topic`` on these brokers; :func:`release` when done."""
     key = (settings.brokers, topic)
     with _PRODUCERS_LOCK:
-        if key not in _PRODUCERS:
-            _PRODUCERS[key] = TopicProducer(settings, topic)
-        return _PRODUCERS[key]
+        producer, users = _PRODUCERS.get(key) or (TopicProducer(settings, topic), 0)
+        _PRODUCERS[key] = (producer, users + 1)
+        return producer
+
+
+def release(settings: KafkaSettings, producer: TopicProducer) -> None:
+    """One user fewer; the last one flushes and drops the producer (raising if undelivered)."""
+    key = (settings.brokers, producer.topic)
+    with _PRODUCERS_LOCK:
+        _, users = _PRODUCERS[key]
+        if users > 1:
+            _PRODUCERS[key] = (producer, users - 1)
+            return
+        del _PRODUCERS[key]
+    producer.flush()
 
 
 class _RecordPartition(StatefulSinkPartition[list[Record], None]):
-    def __init__(self, producer: TopicProducer) -> None:
+    def __init__(self, settings: KafkaSettings, producer: TopicProducer) -> None:
+        self.settings = settings
         self.producer = producer
 
     def write_batch(self, values: list[list[Record]]) -> None:
@@ -121,7 +134,7 @@ class _RecordPartition(StatefulSinkPartition[list[Record], None]):
         self.producer.flush()  # epoch end: everything of the epoch is on the broker
 
     def close(self) -> None:
-        self.producer.flush()
+        release(self.settings, self.producer)
 
 
 class KafkaRecordSink(FixedPartitionedSink[list[Record], None]):
@@ -143,4 +156,4 @@ class KafkaRecordSink(FixedPartitionedSink[list[Record], None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _RecordPartition:
         """A partition writing through the process's shared producer."""
-        return _RecordPartition(shared_producer(self.settings, self.topic))
+        return _RecordPartition(self.settings, shared_producer(self.settings, self.topic))

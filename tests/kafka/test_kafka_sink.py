@@ -1,0 +1,50 @@
+"""The record sink against a real broker: keys, headers, order, and loud failure."""
+
+from pathlib import Path
+
+import pytest
+
+from ato.config import KafkaSettings
+from ato.devservers import create_topics, start_broker
+from sinks.exceptions import SinkError
+from sinks.kafka import Record, TopicProducer, release, shared_producer
+from tests.kafka.conftest import consume_all
+
+
+def test_records_arrive_with_key_headers_and_in_order(topics: KafkaSettings) -> None:
+    producer = shared_producer(topics, topics.interventions_topic)
+    records = [Record(b"client-7", f"v{i}".encode(), [("n", str(i).encode())]) for i in range(50)]
+    producer.produce(records[:20])
+    producer.produce(records[20:])
+    producer.flush()
+    release(topics, producer)
+    got = consume_all(topics.brokers, topics.interventions_topic)
+    assert [m.value() for m in got] == [r.value for r in records]
+    assert {m.key() for m in got} == {b"client-7"}
+    assert [m.headers() for m in got] == [[("n", str(i).encode())] for i in range(50)]
+
+
+def test_shared_producer_is_one_per_topic_until_released(topics: KafkaSettings) -> None:
+    a = shared_producer(topics, topics.interventions_topic)
+    b = shared_producer(topics, topics.interventions_topic)
+    assert a is b
+    release(topics, a)
+    release(topics, b)
+    c = shared_producer(topics, topics.interventions_topic)
+    assert c is not a
+    release(topics, c)
+
+
+def test_undelivered_messages_fail_loudly_when_the_broker_is_gone(tmp_path: Path) -> None:
+    server = start_broker(None, tmp_path)
+    try:
+        create_topics(server.address, {"out": 1})
+        settings = KafkaSettings(brokers=server.address, flush_timeout_s=2.0)
+        producer = TopicProducer(settings, "out")
+        producer.produce([Record(b"k", b"before", [])])
+        producer.flush()  # delivered while the broker is up
+    finally:
+        server.stop()
+    producer.produce([Record(b"k", b"after", [])])
+    with pytest.raises(SinkError, match="topic out: .*(not delivered|delivery failed)"):
+        producer.flush()
