@@ -1,13 +1,16 @@
 """The ``ato`` command."""
 
 import argparse
+import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from ato.config import load_settings
-from ato.exceptions import AtoError
+from ato.exceptions import AtoError, ConfigError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -15,8 +18,13 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     settings = settings.with_overrides(
-        "", catalog=args.catalog, out_dir=args.out, workers=args.workers
+        "", catalog=args.catalog, out_dir=args.out, workers=args.workers, processes=args.processes
     )
+    if (args.process_id is None) != (args.addresses is None):
+        msg = "--process-id and --addresses go together"
+        raise ConfigError(msg)
+    if settings.processes > 1 and args.process_id is None:
+        return _run_cluster(settings.processes, args)
     settings = settings.with_overrides(
         "engine",
         clock=args.clock,
@@ -43,18 +51,110 @@ def _run(args: argparse.Namespace) -> int:
         f" | shards {settings.engine.shards} | out {settings.out_dir}",
         file=sys.stderr,
     )
+    cluster = None
+    if args.process_id is not None:
+        cluster = (args.addresses.split(","), args.process_id)
     result = run(
         settings,
         inputs=args.input,
         recovery_dir=args.recovery_dir,
         progress=sys.stderr,
         duration_s=args.duration_s,
+        cluster=cluster,
     )
-    summary = result.summary()
+    _print_summary(result.summary())
+    return 0
+
+
+def _run_cluster(processes: int, args: argparse.Namespace) -> int:
+    """Start ``processes`` copies of this command as one Bytewax cluster on this machine."""
+    from ato.devservers import free_port  # noqa: PLC0415
+    from ato.runner import prepare_recovery_dir  # noqa: PLC0415
+
+    if args.recovery_dir is not None:
+        prepare_recovery_dir(args.recovery_dir)  # once, before the processes race for it
+    addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    print(f"ato run: cluster of {processes} processes at {addresses}", file=sys.stderr)
+    member = [sys.executable, "-m", "ato.cli", *args.argv, "--addresses", addresses]
+    children = [
+        subprocess.Popen([*member, "--process-id", str(i)], stdout=subprocess.PIPE)
+        for i in range(processes)
+    ]
+    outputs = [child.communicate()[0] for child in children]
+    codes = [child.returncode for child in children]
+    if any(codes):
+        print(f"ato: error: cluster processes exited with {codes}", file=sys.stderr)
+        return 1
+    summaries = [orjson.loads(out.splitlines()[-1]) for out in outputs]
+    _print_summary(_merge_summaries(summaries) | {"processes": processes})
+    return 0
+
+
+def _merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of a cluster's processes: counts add up; a shared output file is shared."""
+    merged = dict(parts[0])
+    for key in ("events", "dead_letters", "late_events", "open_instances", "state_mb"):
+        merged[key] = round(sum(p[key] for p in parts), 1)
+    merged["seconds"] = max(p["seconds"] for p in parts)
+    merged["events_per_s"] = round(merged["events"] / merged["seconds"]) if merged["seconds"] else 0
+    if "precision" not in merged:  # interventions went to Kafka: each process counted its own
+        merged["interventions"] = sum(p["interventions"] for p in parts)
+    return merged
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
     print("summary:")
     for key, value in summary.items():
         print(f"  {key:16s} {value}")
     print(orjson.dumps(summary).decode())
+
+
+def _feed(args: argparse.Namespace) -> int:
+    from ato.catalog import load_catalog  # noqa: PLC0415
+    from ato.feed import feed  # noqa: PLC0415
+    from ato.generator import generate  # noqa: PLC0415
+    from sources.kafka import list_partitions  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    settings = settings.with_overrides("generator", clients=args.clients, seed=args.seed)
+    if not settings.kafka.enabled:
+        msg = "ato feed needs kafka.brokers (settings file or ATO_KAFKA_BROKERS)"
+        raise ConfigError(msg)
+    partitions = len(
+        [
+            p
+            for p in list_partitions(settings.kafka)
+            if p.startswith(settings.kafka.input_topics[0] + "#")
+        ]
+    )
+    generator = replace(settings.generator, partitions=partitions)
+    traffic = generate(load_catalog(settings.catalog), generator)
+    sent = feed(settings.kafka, traffic, partitions)
+    topic = settings.kafka.input_topics[0]
+    print(f"wrote {sent:,} events of {generator.clients:,} clients to {topic}")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from ato import dev  # noqa: PLC0415
+
+    if args.action == "up":
+        state = dev.up(args.dir, args.broker_port, args.redis_port, args.clients)
+    elif args.action == "down":
+        stopped = dev.down(args.dir)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    else:
+        state = dev.status(args.dir)
+    if not state:
+        print(f"no dev servers (state file {args.dir / dev.STATE_FILE} absent)")
+    for name, server in state.items():
+        alive = "running" if server["alive"] else "NOT running"
+        where = f"{server['address']:22s} pid {server['pid']:<8d}"
+        print(f"{name:6s} {where} {alive}  log {server['log']}")
+    if state.get("tansu", {}).get("alive"):
+        brokers = state["tansu"]["address"]
+        print(f"\nnext: ATO_KAFKA_BROKERS={brokers} ato run --config examples/kafka.toml")
     return 0
 
 
@@ -76,7 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--clock", choices=["replay", "live"], help="event-time clock (default: replay)"
     )
-    run.add_argument("--workers", type=int, help="Bytewax worker threads (default: 1)")
+    run.add_argument("--workers", type=int, help="Bytewax worker threads per process (default: 1)")
+    run.add_argument(
+        "--processes",
+        type=int,
+        help="processes of a Bytewax cluster on this machine (default: 1); see README for"
+        " running the same across machines",
+    )
+    run.add_argument(
+        "--process-id",
+        type=int,
+        help="this process's index in a cluster across machines (with --addresses)",
+    )
+    run.add_argument(
+        "--addresses", help="host:port of every cluster process, comma-separated, same order"
+    )
     run.add_argument("--shards", type=int, help="state shards (default: 16)")
     run.add_argument("--batch-size", type=int, help="messages per source batch (default: 50000)")
     run.add_argument("--lateness-ms", type=int, help="allowed lateness in ms (default: 500)")
@@ -95,12 +209,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--recovery-dir", type=Path, help="Bytewax recovery directory (resume after a crash)"
     )
     run.set_defaults(handler=_run)
+    dev = sub.add_parser("dev", help="local Tansu broker and Redis: up, down, status")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--dir", type=Path, default=Path("runs/dev"), help="state and logs")
+    dev.add_argument("--broker-port", type=int, default=19092, help="Kafka port (default: 19092)")
+    dev.add_argument("--redis-port", type=int, default=16379, help="Redis port (default: 16379)")
+    dev.add_argument(
+        "--clients",
+        type=int,
+        default=100_000,
+        help="up: load generated traffic of this many clients into the input topic (0: none)",
+    )
+    dev.set_defaults(handler=_dev)
+    feed = sub.add_parser("feed", help="write generated traffic into the input topic")
+    feed.add_argument("--config", type=Path, help="settings file (kafka.brokers, topics)")
+    feed.add_argument("--clients", type=int, help="generated clients (default: 100000)")
+    feed.add_argument("--seed", type=int, help="generator seed (default: 7)")
+    feed.set_defaults(handler=_feed)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ato``."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return int(args.handler(args))
     except AtoError as exc:

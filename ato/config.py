@@ -242,9 +242,6 @@ def documented_defaults() -> dict[str, tuple[Any, str]]:
     return out
 
 
-_NOT_SETTINGS = frozenset({"ATO_SERVERS_DIR"})  # other ATO_ variables the project reads
-
-
 def load_settings(
     path: Path | str | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -277,7 +274,7 @@ def load_settings(
             raise ConfigError(msg)
         sections[name] = _typed(cls, table, f"{origin}: {name}.")
     for var, text in environ.items():
-        if not var.startswith("ATO_") or var in _NOT_SETTINGS:
+        if not var.startswith("ATO_"):
             continue
         section, key = _env_key(var)
         cls = _SECTIONS.get(section, Settings) if section else Settings

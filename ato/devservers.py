@@ -125,6 +125,19 @@ class Server:
                 self.process.kill()
         self.process.wait()
 
+    def detach(self) -> int:
+        """Leave the process running past this object (``ato dev up``); return its pid.
+
+        Marks the ``Popen`` as finished so that dropping it neither waits nor warns.
+        """
+        if self.process is None:
+            msg = f"{self.name} was not started"
+            raise DevServerError(msg)
+        pid = self.process.pid
+        self.process.returncode = 0
+        self.process = None
+        return pid
+
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the server's log."""
         try:

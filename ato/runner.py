@@ -81,6 +81,13 @@ def read_ids(path: Path) -> set[str]:
         return {orjson.loads(line)["intervention_id"] for line in f if line.strip()}
 
 
+def prepare_recovery_dir(path: Path) -> None:
+    """Create and initialise a Bytewax recovery directory unless it exists."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        init_db_dir(path, 1)
+
+
 def kafka_sinks(
     kafka: KafkaSettings,
     partitions: list[str],
@@ -107,12 +114,14 @@ def run(
     progress: TextIO | None = None,
     catalog: Catalog | None = None,
     duration_s: float | None = None,
+    cluster: tuple[list[str], int] | None = None,
 ) -> RunResult:
     """Run the journey flow on files (``inputs``) or generated traffic, to JSON-lines files.
 
     ``duration_s`` stops the generator after that much wall-clock time (for live runs, whose
     traffic lasts as long as its journeys: minutes to days); precision and recall are then not
-    reported, as the ground truth assumes the whole traffic.
+    reported, as the ground truth assumes the whole traffic. ``cluster`` is (addresses of every
+    process, this process's index) for a Bytewax cluster.
     """
     catalog = catalog if catalog is not None else load_catalog(settings.catalog)
     engine = settings.engine
@@ -148,19 +157,18 @@ def run(
     flow = build_flow(source, sinks, settings, catalog)
     recovery = None
     if recovery_dir is not None:
-        if not recovery_dir.exists():
-            recovery_dir.mkdir(parents=True)
-            init_db_dir(recovery_dir, 1)
+        prepare_recovery_dir(recovery_dir)
         recovery = RecoveryConfig(str(recovery_dir))
     epoch = timedelta(seconds=engine.epoch_interval_s)
     started = time.perf_counter()
-    if settings.workers == 1:
+    if settings.workers == 1 and not cluster:
         run_main(flow, epoch_interval=epoch, recovery_config=recovery)
     else:
+        addresses, process_id = cluster or ([], 0)
         cluster_main(
             flow,
-            [],
-            0,
+            addresses,
+            process_id,
             epoch_interval=epoch,
             recovery_config=recovery,
             worker_count_per_proc=settings.workers,
