@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help setup run test lint bench clean
+.PHONY: help setup run test lint bench bench-kafka dev-up dev-down run-kafka clean
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -20,6 +20,15 @@ setup: $(STAMP) ## create .venv and install ato-stream with its test tools
 run: $(STAMP) ## run the main job on embedded defaults (generator in, JSON-lines out)
 	$(VENV)/bin/ato run
 
+dev-up: $(STAMP) ## start a local Tansu broker and Redis, with topics and generated traffic
+	$(VENV)/bin/ato dev up
+
+run-kafka: $(STAMP) ## run the journey flow on the dev broker (examples/kafka.toml)
+	$(VENV)/bin/ato run --config examples/kafka.toml
+
+dev-down: $(STAMP) ## stop the local servers
+	$(VENV)/bin/ato dev down
+
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -30,6 +39,9 @@ test: lint ## lint, then the whole test suite
 
 bench: $(STAMP) ## in-process benchmark (prints a JSON line)
 	$(PY) -m load_tests.bench_inprocess
+
+bench-kafka: $(STAMP) ## Kafka benchmark on a local Tansu broker (prints a JSON line)
+	$(PY) -m load_tests.bench_kafka
 
 clean: ## remove the venv, caches and run outputs
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

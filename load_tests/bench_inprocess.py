@@ -76,14 +76,26 @@ def _count(item: Any) -> int:
     return 1
 
 
-def load_messages(clients: int, seed: int) -> tuple[dict[str, list[bytes]], int]:
+def load_messages(
+    clients: int, seed: int, journeys_per_client: float = 1.2, partitions: int = 4
+) -> tuple[dict[str, list[bytes]], int]:
     """Generated messages per partition, cached on disk; also the number of clients."""
-    path = CACHE / f"events-{clients}-{seed}.jsonl"
+    shape = (
+        ""
+        if (journeys_per_client, partitions) == (1.2, 4)
+        else f"-{journeys_per_client}-{partitions}"
+    )
+    path = CACHE / f"events-{clients}-{seed}{shape}.jsonl"
     if not path.exists():
         CACHE.mkdir(exist_ok=True)
         t0 = time.perf_counter()
         print(f"generating traffic for {clients:,} clients (cached in {path}) ...", file=sys.stderr)
-        cfg = GeneratorSettings(clients=clients, seed=seed, journeys_per_client=1.2, partitions=4)
+        cfg = GeneratorSettings(
+            clients=clients,
+            seed=seed,
+            journeys_per_client=journeys_per_client,
+            partitions=partitions,
+        )
         traffic = generate(load_catalog(), cfg)
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as f:

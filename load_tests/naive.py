@@ -4,6 +4,7 @@ One item per event, ``orjson.loads`` per event, keyed by client, Python dict sta
 ``stateful_map``: the same stall rules, checked when the client's next event arrives.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -15,8 +16,17 @@ from bytewax.outputs import Sink
 from ato.catalog import Catalog
 
 
-def build_naive_flow(source: Source[bytes], sink: Sink[Any], catalog: Catalog) -> Dataflow:
-    """Detect stalls per client with dict state; emit (client, journey, step, deadline)."""
+def build_naive_flow(
+    source: Source[Any],
+    sink: Sink[Any],
+    catalog: Catalog,
+    messages: Callable[[Any], list[bytes]] | None = None,
+) -> Dataflow:
+    """Detect stalls per client with dict state; emit (client, journey, step, deadline).
+
+    The source yields one message (bytes) per item, or, with ``messages``, items that
+    function turns into messages (a Kafka batch), which then travel one per item.
+    """
     by_type = {t: (j.index, s.index) for j in catalog.journeys for s in j.steps for t in s.on}
     journeys = {j.name: j for j in catalog.journeys}
 
@@ -49,6 +59,8 @@ def build_naive_flow(source: Source[bytes], sink: Sink[Any], catalog: Catalog) -
 
     flow = Dataflow("naive")
     raw = op.input("input", flow, source)
+    if messages is not None:
+        raw = op.flat_map("messages", raw, messages)
     events = op.map("decode", raw, orjson.loads)
     keyed = op.key_on("key", events, lambda e: e["client_id"])
     stalls = op.stateful_map("detect", keyed, step)
