@@ -25,6 +25,7 @@ from operators.decode import Decoder, wall_ms
 from operators.interventions import SCHEMA
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
+from operators.warm_up import warm_up
 from sinks.kafka import Record
 
 OUTPUT_KEY = "out"  # single-writer sinks: every output line under one key
@@ -66,6 +67,7 @@ def build_flow(
         lister = getattr(source, "input_partitions", None)
         partitions = list(lister()) if lister is not None else []
     engine = config.engine
+    warm_up(catalog, engine)  # compile now, not while the first batches wait
     decoder = Decoder(catalog, engine, now_ms)
     router = Router(engine.shards)
     ctx = ShardContext(catalog, engine, partitions, now_ms)

@@ -26,6 +26,15 @@ from state.base import Stalls
 from state.shard_store import NumbaShardStore, order_events
 
 
+def max_idle_gap_ms(settings: EngineSettings) -> int:
+    """Longest gap between two calls that counts fully towards a partition's idleness.
+
+    Bytewax calls every shard at least every ``tick_ms`` while the worker is free, so a longer
+    gap means the worker was busy elsewhere and the shard could not have heard from its inputs.
+    """
+    return max(1_000, 5 * settings.tick_ms)
+
+
 @dataclass(frozen=True)
 class ShardContext:
     """What every shard of a flow shares."""
@@ -46,7 +55,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         now = ctx.now_ms()
         s = ctx.settings
         self.tracker = WatermarkTracker(
-            ctx.partitions, s.allowed_lateness_ms, s.idle_timeout_ms, s.clock == "live", now
+            ctx.partitions,
+            s.allowed_lateness_ms,
+            s.idle_timeout_ms,
+            s.clock == "live",
+            now,
+            max_gap_ms=max_idle_gap_ms(s),
         )
         self.pending: list[EventColumns] = []
         if resume is None:

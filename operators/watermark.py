@@ -6,6 +6,11 @@ the watermark back (a partition sending only bad messages cannot hold it forever
 has never sent anything holds it until it has been idle that long. When every partition is
 idle, a live clock lets the watermark follow the wall clock (minus the lateness); a replay
 clock keeps it where it is. The watermark never goes back.
+
+Idleness is timed on an *idle clock*: wall time, except that one gap between two calls counts
+at most ``max_gap_ms``. A worker blocked for seconds (a kernel compiling, a long batch in
+another shard, a GC pause) could not hear from any partition meanwhile, so that pause must
+not make a partition look idle and release the watermark past its queued events.
 """
 
 from dataclasses import dataclass
@@ -17,7 +22,7 @@ MIN_WATERMARK = -(2**62)
 @dataclass
 class _Partition:
     max_ts: int | None
-    last_seen_wall_ms: int
+    last_seen_idle_ms: int
 
 
 class WatermarkTracker:
@@ -30,28 +35,43 @@ class WatermarkTracker:
         idle_timeout_ms: int,
         live: bool,
         now_ms: int,
+        max_gap_ms: int | None = None,
     ) -> None:
         self.lateness = allowed_lateness_ms
         self.idle_timeout = idle_timeout_ms
         self.live = live
-        self.parts = {p: _Partition(None, now_ms) for p in partitions}
+        self.max_gap = max_gap_ms
+        self.idle_ms = 0  # the idle clock
+        self.last_wall_ms = now_ms
+        self.parts = {p: _Partition(None, 0) for p in partitions}
         self.current = MIN_WATERMARK
+
+    def elapse(self, now_ms: int) -> int:
+        """Move the idle clock to wall time ``now_ms`` (one gap counts at most ``max_gap_ms``)."""
+        gap = max(0, now_ms - self.last_wall_ms)
+        if self.max_gap is not None:
+            gap = min(gap, self.max_gap)
+        self.idle_ms += gap
+        self.last_wall_ms = max(self.last_wall_ms, now_ms)
+        return self.idle_ms
 
     def observe(self, partition: str, max_ts: int | None, now_ms: int) -> None:
         """Record that ``partition`` delivered a batch whose greatest event time is ``max_ts``."""
+        idle_now = self.elapse(now_ms)
         part = self.parts.get(partition)
         if part is None:
-            part = self.parts[partition] = _Partition(None, now_ms)
+            part = self.parts[partition] = _Partition(None, idle_now)
         if max_ts is None:
             return  # a batch without valid events is no sign of event-time progress
-        part.last_seen_wall_ms = now_ms
+        part.last_seen_idle_ms = idle_now
         if part.max_ts is None or max_ts > part.max_ts:
             part.max_ts = max_ts
 
     def advance(self, now_ms: int) -> int:
         """Recompute the watermark at wall time ``now_ms`` and return it."""
+        idle_now = self.elapse(now_ms)
         active = [
-            p for p in self.parts.values() if now_ms - p.last_seen_wall_ms < self.idle_timeout
+            p for p in self.parts.values() if idle_now - p.last_seen_idle_ms < self.idle_timeout
         ]
         if active:
             if all(p.max_ts is not None for p in active):
@@ -88,5 +108,6 @@ class WatermarkTracker:
     def restore(self, snap: dict[str, Any], now_ms: int) -> None:
         """Resume from :meth:`snapshot`; every partition gets a fresh idle window."""
         self.current = snap["current"]
+        idle_now = self.elapse(now_ms)
         for name, max_ts in snap["max_ts"].items():
-            self.parts[name] = _Partition(max_ts, now_ms)
+            self.parts[name] = _Partition(max_ts, idle_now)

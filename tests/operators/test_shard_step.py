@@ -516,3 +516,16 @@ def test_router_splits_clients_across_shards_with_empty_items() -> None:
     assert sum(len(item.events) for _, item in items) == 40
     empty = replace(decoded, events=EventColumns.empty(), max_ts=None)
     assert all(len(item.events) == 0 for _, item in Router(4)(empty))
+
+
+def test_a_blocked_worker_does_not_release_a_quiet_partition() -> None:
+    """12 s without calls (compiling, another shard's long batch) is not 12 s of idleness."""
+    clock = Clock(T0)
+    shard = logic(clock, partitions=("p0", "p1"), idle_timeout_ms=10_000)
+    run(shard, [batch([("a", T0, "order_confirm_viewed")], "p0")])
+    run(shard, [batch([("b", T0, "order_confirm_viewed")], "p1")])
+    clock.now = T0 + 12_000
+    run(shard, [tick(T0 + 20 * CONFIRM, "p0")])
+    assert shard.tracker.current == T0 - LATE  # p1 still holds the watermark
+    late = run(shard, [batch([("b", T0 + 1_000, "order_confirm_viewed")], "p1")])
+    assert sum(out.late_count for out in late) == 0

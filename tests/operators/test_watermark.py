@@ -180,8 +180,46 @@ def test_partition_with_only_bad_messages_goes_idle() -> None:
     """Batches without valid events (max_ts None) do not keep a partition active."""
     wm = tracker()
     wm.observe("p0", T0, W0)
-    for k in range(1, 12):
+    for k in range(1, 10):
         wm.observe("p1", None, W0 + k * 1_000)  # all dead letters
         wm.observe("p0", T0 + k, W0 + k * 1_000)
     assert wm.advance(W0 + IDLE - 1) == MIN_WATERMARK
-    assert wm.advance(W0 + IDLE + 1_000) == T0 + 11 - LATE
+    wm.observe("p1", None, W0 + IDLE)
+    wm.observe("p0", T0 + 10, W0 + IDLE)
+    assert wm.advance(W0 + IDLE) == T0 + 10 - LATE
+
+
+def test_a_long_gap_counts_at_most_max_gap() -> None:
+    """A worker blocked for 12 s (a kernel compiling) does not make a partition look idle."""
+    wm = WatermarkTracker(["p0", "p1"], LATE, IDLE, False, W0, max_gap_ms=1_000)
+    wm.observe("p0", T0 + 5_000, W0)
+    wm.observe("p1", T0, W0)
+    assert wm.advance(W0) == T0 - LATE
+    wm.observe("p0", T0 + 9_000, W0 + 12_000)  # the first call after the pause
+    assert wm.advance(W0 + 12_000) == T0 - LATE  # p1 has been silent for 1 s of idle clock
+    assert wm.idle_ms == 1_000
+
+
+def test_idleness_accrues_in_regular_ticks() -> None:
+    """With calls every 200 ms the idle clock keeps pace with the wall clock."""
+    wm = WatermarkTracker(["p0", "p1"], LATE, IDLE, False, W0, max_gap_ms=1_000)
+    wm.observe("p0", T0, W0)
+    wm.observe("p1", T0, W0)
+    now = W0
+    while now < W0 + IDLE - 200:
+        now += 200
+        wm.observe("p0", T0 + now - W0, now)
+        assert wm.advance(now) == T0 - LATE  # p1 still holds
+    now += 200
+    wm.observe("p0", T0 + now - W0, now)
+    assert wm.advance(now) == T0 + IDLE - LATE  # p1 silent for IDLE: released
+
+
+def test_wall_clock_going_back_adds_no_idle_time() -> None:
+    """A wall clock stepping backwards neither lowers nor advances the idle clock."""
+    wm = WatermarkTracker(["p0"], LATE, IDLE, False, W0, max_gap_ms=1_000)
+    wm.advance(W0 + 500)
+    wm.advance(W0 - 60_000)
+    assert wm.idle_ms == 500
+    wm.advance(W0 + 700)
+    assert wm.idle_ms == 700

@@ -1,0 +1,51 @@
+"""Compile the numba kernels before a flow starts.
+
+A kernel compiles on its first call; without numba's on-disk cache (a fresh clone, a new
+machine) that takes seconds. Inside a running flow the pause would block the worker and
+delay every output behind it, so :func:`warm_up` pushes two synthetic events through a
+throwaway decoder, router and shard, which compiles everything the hot path calls.
+"""
+
+import orjson
+
+from ato.catalog import Catalog
+from ato.config import EngineSettings
+from operators.batches import RawBatch
+from operators.decode import Decoder
+from operators.route import Router
+from operators.shard_step import ShardContext, ShardLogic
+
+WARM_UP_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+LATER_MS = 100 * 86_400_000  # past every deadline and client idle TTL of a sane catalog
+
+
+def warm_up(catalog: Catalog, settings: EngineSettings) -> int:
+    """Decode, route, apply and expire one stalling journey; return interventions built (1).
+
+    Uses the first journey whose first step has a timeout: one client enters it, a second
+    client's event much later moves the final watermark past its deadline and idle TTL.
+    """
+    journey, step = next(
+        (j, j.steps[0]) for j in catalog.journeys if j.steps[0].timeout_ms > 0 and j.steps[0].on
+    )
+    later = WARM_UP_TS + max(LATER_MS, step.timeout_ms + catalog.client_idle_ttl_ms + 1)
+    events = [
+        {"client_id": "warm-up-a", "ts": WARM_UP_TS, "type": step.on[0], "journey": journey.name},
+        {"client_id": "warm-up-b", "ts": later, "type": "warm_up"},
+    ]
+    messages = [
+        orjson.dumps({"event_id": f"warm-up-{i}", "channel": "app", **doc})
+        for i, doc in enumerate(events)
+    ]
+    decoder = Decoder(catalog, settings, now_ms=lambda: later)
+    ctx = ShardContext(catalog, settings, ["warm-up"], now_ms=lambda: later)
+    shard: ShardLogic | None = None
+    built = 0
+    for _, item in Router(1)(decoder(RawBatch("warm-up", messages))):
+        shard = shard or ShardLogic(ctx, None)
+        outputs, _ = shard.on_batch([item])
+        built += sum(len(out.interventions) for out in outputs)
+    if shard is not None:
+        outputs, _ = shard.on_eof()
+        built += sum(len(out.interventions) for out in outputs)
+    return built

@@ -1,0 +1,81 @@
+"""Flows compile their kernels before they start, so no batch waits for numba."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from ato.catalog import load_catalog
+from ato.config import EngineSettings
+from operators.warm_up import warm_up
+
+# In a fresh interpreter: count compiled signatures after build_flow (which warms up), run a
+# flow on generated traffic, count again. A kernel the flow calls with types the warm-up did
+# not use would compile (or load from cache) a new signature while batches wait.
+PROBE = textwrap.dedent(
+    """
+    import json
+    from numba.core.registry import CPUDispatcher
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from ato.catalog import load_catalog
+    from ato.config import GeneratorSettings, Settings
+    from ato.generator import generate
+    from flows.journeys import FlowSinks, build_flow
+    from operators import render, scan
+    from operators.batches import RawBatch
+    from state import hashing, kernels
+
+    def signatures():
+        return {
+            f"{m.__name__}.{name}": len(f.signatures)
+            for m in (kernels, hashing, scan, render)
+            for name, f in vars(m).items()
+            if isinstance(f, CPUDispatcher)
+        }
+
+    catalog = load_catalog()
+    settings = Settings().with_overrides("engine", shards=4, batch_size=500, decoder="{decoder}")
+    traffic = generate(catalog, GeneratorSettings(clients=300, seed=5, partitions=2))
+    items = [RawBatch(p, lines[i : i + 500], i)
+             for p, lines in traffic.partitions.items() for i in range(0, len(lines), 500)]
+    out = []
+    sinks = FlowSinks(TestingSink(out), TestingSink([]), TestingSink([]), TestingSink([]))
+    flow = build_flow(TestingSource(items), sinks, settings, catalog,
+                      partitions=list(traffic.partitions))
+    before = signatures()
+    run_main(flow)
+    print(json.dumps({{"before": before, "after": signatures(), "blocks": len(out)}}))
+    """
+)
+
+HOT_PATH = {
+    "orjson": {
+        "state.kernels.apply_events",
+        "state.kernels.expire_instances",
+        "state.kernels.expire_clients",
+        "state.hashing.shard_of",
+        "operators.render.render_rows",
+    },
+}
+HOT_PATH["scan"] = HOT_PATH["orjson"] | {"operators.scan.scan_events", "operators.scan.gather"}
+
+
+def test_warm_up_builds_one_intervention() -> None:
+    """The synthetic journey stalls, so the render kernels ran too."""
+    catalog = load_catalog()
+    assert warm_up(catalog, EngineSettings()) == 1
+    assert warm_up(catalog, EngineSettings(decoder="orjson")) == 1
+
+
+def test_a_flow_compiles_nothing_after_build() -> None:
+    """Every kernel signature a real run needs exists once ``build_flow`` returns."""
+    for decoder in ("scan", "orjson"):
+        probe = PROBE.replace("{decoder}", decoder).replace("{{", "{").replace("}}", "}")
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["blocks"] > 0
+        assert result["after"] == result["before"], decoder
+        compiled = {name for name, count in result["before"].items() if count}
+        assert HOT_PATH[decoder] <= compiled
