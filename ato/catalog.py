@@ -17,6 +17,17 @@ from ato.durations import parse_duration_ms
 from ato.exceptions import CatalogError
 
 CHANNELS: tuple[str, ...] = ("app", "call", "branch", "ai")
+# the eight client segments (BRIEF §2); an event names its client's in ``attrs.segment``
+SEGMENTS: tuple[str, ...] = (
+    "executive",
+    "ultra_high_net_worth",
+    "small_business_owner",
+    "wealth_white_collar",
+    "savvy_regular",
+    "senior",
+    "young_trendsetter",
+    "car_owner",
+)
 TIERS: tuple[str, ...] = ("ai", "remote", "offline")
 TERMINALS: tuple[str, ...] = ("success", "failure")
 

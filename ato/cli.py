@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ato.config import load_settings
+from ato.config import Settings, load_settings
 from ato.exceptions import AtoError, ConfigError
 
 
@@ -158,6 +158,31 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clickhouse_settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    return settings.with_overrides("clickhouse", url=args.url)
+
+
+def _db(args: argparse.Namespace) -> int:
+    from ato import db  # noqa: PLC0415 - keeps `ato --help` fast
+
+    store, new, every = db.migrate(_clickhouse_settings(args))
+    for version in new:
+        print(f"applied {version}")
+    state = f"{len(new)} migrations applied" if new else "up to date"
+    latest = every[-1] if every else "nothing"
+    print(f"database {store.database} at {store.display_url}: {state}, schema at {latest}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from ato import db  # noqa: PLC0415
+
+    columns, rows = db.query(_clickhouse_settings(args), args.sql)
+    sys.stdout.write(db.render(columns, rows, args.format))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``ato`` command."""
     parser = argparse.ArgumentParser(prog="ato", description="ato-stream journey engine")
@@ -226,6 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--clients", type=int, help="generated clients (default: 100000)")
     feed.add_argument("--seed", type=int, help="generator seed (default: 7)")
     feed.set_defaults(handler=_feed)
+    url_help = "ClickHouse url (default: clickhouse.url, else chdb://<out_dir>/clickhouse)"
+    dbp = sub.add_parser("db", help="metrics database: migrate (apply the schema migrations)")
+    dbp.add_argument("action", choices=["migrate"])
+    dbp.add_argument("--config", type=Path, help="settings file ([clickhouse], out_dir)")
+    dbp.add_argument("--url", help=url_help)
+    dbp.set_defaults(handler=_db)
+    query = sub.add_parser(
+        "query", help="run SQL on the metrics database (tables read as FINAL) and print it"
+    )
+    query.add_argument("sql", help='the SQL, e.g. "SELECT * FROM funnel_hour LIMIT 10"')
+    query.add_argument("--config", type=Path, help="settings file ([clickhouse], out_dir)")
+    query.add_argument("--url", help=url_help)
+    query.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="table (aligned, default), csv, or json (one object per line)",
+    )
+    query.set_defaults(handler=_query)
     return parser
 
 

@@ -14,7 +14,9 @@ class EventColumns:
     ``client_key`` is the stable 64-bit hash of ``client_id``; ``journey``/``step`` are catalog
     codes or -1; ``type_code`` 0 means a type the catalog does not name; ``raw`` keeps the
     original message bytes (None once no step needs them) and ``offset`` its position in the
-    source partition.
+    source partition; ``segment`` is the client segment the event names in ``attrs.segment``
+    (index into ``ato.catalog.SEGMENTS``, -1 when absent or unknown). ``segment`` may be left
+    out (or None): it then reads -1 on every row.
     """
 
     client_key: np.ndarray  # uint64
@@ -27,6 +29,14 @@ class EventColumns:
     flags: np.ndarray  # int8
     raw: np.ndarray | None  # object (bytes)
     offset: np.ndarray  # int64
+    # int8: index into SEGMENTS, -1 when absent or unknown. The None default (for callers
+    # that do not decode segments) is replaced in __post_init__: the attribute is an array.
+    segment: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.segment is None:
+            # frozen: the one write goes around the dataclass's __setattr__
+            object.__setattr__(self, "segment", np.full(len(self.ts), -1, np.int8))
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -44,6 +54,7 @@ class EventColumns:
             self.flags[index],
             None if self.raw is None else self.raw[index],
             self.offset[index],
+            self.segment[index],
         )
 
     def without_raw(self) -> "EventColumns":
@@ -64,6 +75,7 @@ class EventColumns:
             np.empty(0, np.int8),
             np.empty(0, object),
             np.empty(0, np.int64),
+            np.empty(0, np.int8),
         )
 
     @staticmethod

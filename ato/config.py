@@ -7,11 +7,13 @@ environment variables, then command-line options.
 """
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from ato.exceptions import ConfigError
 
@@ -201,6 +203,97 @@ class KafkaSettings:
         return config
 
 
+CLICKHOUSE_SCHEMES = ("chdb", "http", "https")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ClickHouseSettings:
+    """Live metrics in ClickHouse: an embedded chDB database by default, or a server."""
+
+    enabled: bool = _knob(True, "Write metrics (funnels, stalls, decisions, outcomes, health).")
+    url: str = _knob(
+        "",
+        "chdb:///abs/path, chdb://rel/path or http(s)://user@host:port[/db]."
+        " Empty: chdb://<out_dir>/clickhouse.",
+    )
+    password: str = _knob(
+        "", "Server password, instead of one in the url (never printed or logged).", secret=True
+    )
+    database: str = _knob("ato", "Database of the metric tables (created by the migrations).")
+    flush_interval_s: float = _knob(
+        5.0, "Buffered rows are inserted at least this often (s), and at every epoch end."
+    )
+    flush_rows: int = _knob(100_000, "A table's buffered rows are inserted once this many.")
+    max_buffer_rows: int = _knob(
+        2_000_000, "More rows than this waiting (inserts failing) fail the run instead of growing."
+    )
+    retry_timeout_s: float = _knob(
+        60.0, "Failing inserts are retried (with backoff) this long (s); then the run fails."
+    )
+    health_interval_s: float = _knob(10.0, "Wall-clock interval (s) of the flow_health rows.")
+
+    def __post_init__(self) -> None:
+        scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
+        if self.url and scheme not in CLICKHOUSE_SCHEMES:
+            msg = (
+                "clickhouse.url: expected chdb://PATH, http://HOST:PORT or https://HOST:PORT,"
+                f" got {mask_url(self.url)!r}"
+            )
+            raise ConfigError(msg)
+        if not _IDENTIFIER.match(self.database):
+            msg = f"clickhouse.database: expected a plain identifier, got {self.database!r}"
+            raise ConfigError(msg)
+        for name in ("flush_interval_s", "flush_rows", "max_buffer_rows", "health_interval_s"):
+            if getattr(self, name) <= 0:
+                msg = f"clickhouse.{name}: must be > 0, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
+        if self.retry_timeout_s < 0:
+            msg = f"clickhouse.retry_timeout_s: must be >= 0, got {self.retry_timeout_s!r}"
+            raise ConfigError(msg)
+        if self.max_buffer_rows < self.flush_rows:
+            msg = (
+                f"clickhouse.max_buffer_rows ({self.max_buffer_rows}) must be >= flush_rows"
+                f" ({self.flush_rows})"
+            )
+            raise ConfigError(msg)
+
+    def __repr__(self) -> str:
+        """Every setting but the password; a password inside ``url`` shows as ``***``."""
+        shown = [
+            f"{f.name}={mask_url(self.url) if f.name == 'url' else getattr(self, f.name)!r}"
+            for f in fields(self)
+            if not f.metadata["secret"]
+        ]
+        return f"ClickHouseSettings({', '.join(shown)})"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***`` (for messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def clickhouse_url(settings: "Settings") -> str:
+    """The ClickHouse URL a run writes to, with ``clickhouse.password`` filled in.
+
+    Empty ``clickhouse.url``: the embedded database ``chdb://<out_dir>/clickhouse`` (absolute).
+    """
+    ch = settings.clickhouse
+    if not ch.url:
+        return f"chdb://{(settings.out_dir / 'clickhouse').resolve()}"
+    if not ch.password or not ch.url.lower().startswith("http"):
+        return ch.url
+    parts = urlsplit(ch.url)
+    user = quote(parts.username or "default", safe="")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(ch.password, safe='')}@{host}"))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run needs; defaults run the embedded job."""
@@ -208,6 +301,7 @@ class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     catalog: Path | None = _knob(None, "Journey catalog file; default: the shipped catalog.")
     out_dir: Path = _knob(Path("runs/latest"), "Where a run writes its JSON-lines outputs.")
     workers: int = _knob(1, "Bytewax worker threads in each process.")
@@ -227,6 +321,7 @@ _SECTIONS: dict[str, type] = {
     "engine": EngineSettings,
     "generator": GeneratorSettings,
     "kafka": KafkaSettings,
+    "clickhouse": ClickHouseSettings,
 }
 
 
@@ -247,8 +342,8 @@ def load_settings(
 ) -> Settings:
     """Defaults, then the TOML file at ``path``, then ``ATO_*`` variables of ``environ``.
 
-    A file has top-level keys (``out_dir``, ``workers``, ...) and ``[engine]``,
-    ``[generator]``, ``[kafka]`` tables. A variable is named ``ATO_<SECTION>_<KEY>`` or
+    A file has top-level keys (``out_dir``, ``workers``, ...) and ``[engine]``, ``[generator]``,
+    ``[kafka]`` and ``[clickhouse]`` tables. A variable is named ``ATO_<SECTION>_<KEY>`` or
     ``ATO_<KEY>`` for top-level keys, e.g. ``ATO_KAFKA_BROKERS``; lists are comma-separated.
     Errors name the file or variable and the key.
     """

@@ -12,23 +12,13 @@ Events of a partition arrive in event-time order shuffled by up to ``disorder_ms
 
 import gc
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
-from ato.catalog import Catalog, Journey, Step
+from ato.catalog import SEGMENTS, Catalog, Journey, Step
 from ato.config import GeneratorSettings
 
-SEGMENTS: tuple[str, ...] = (
-    "executive",
-    "ultra_high_net_worth",
-    "small_business_owner",
-    "wealth_white_collar",
-    "savvy_regular",
-    "senior",
-    "young_trendsetter",
-    "car_owner",
-)
 SEGMENT_WEIGHTS = (3, 1, 8, 14, 30, 16, 20, 8)
 # journeys a segment favours (weight x3); others keep weight 1
 SEGMENT_FAVOURITES: dict[str, tuple[str, ...]] = {
@@ -53,6 +43,8 @@ class TruthStall:
     instance_start: int
     attempt: int
     deadline: int
+    resumed_at: int = -1  # event time the client moved on again; -1: it never did
+    resume_channel: str = ""  # the channel it came back through
 
 
 @dataclass
@@ -121,14 +113,14 @@ class _Instance:
                 self.emit(t, channel, _event_type(after))
                 continue
             deadline = self._maybe_abandon(step, t, deadline)
-            self.gen.stalls.append(
-                TruthStall(self.client, self.journey.name, step.name, self.start, 1, deadline)
-            )
+            stall = TruthStall(self.client, self.journey.name, step.name, self.start, 1, deadline)
             if rng.random() >= self.gen.cfg.resume_share:
+                self.gen.stalls.append(stall)
                 return
             # hand-off: the client comes back through an agent call or a branch visit
             t = deadline + 1 + int((self.journey.close_after_ms - 2) * rng.uniform(0.05, 0.9))
             channel = "call" if rng.random() < 0.7 else "branch"
+            self.gen.stalls.append(replace(stall, resumed_at=t, resume_channel=channel))
             if channel == "call":
                 self.emit(t - 1, "call", "call_started", journey=False)
             self.emit(t, channel, _event_type(after))

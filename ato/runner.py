@@ -1,7 +1,7 @@
 """Run the journey flow on the embedded inputs and outputs, and summarise it."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -11,13 +11,14 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 
 from ato.catalog import Catalog, load_catalog
-from ato.config import KafkaSettings, Settings
+from ato.config import KafkaSettings, Settings, clickhouse_url
 from ato.exceptions import ConfigError
 from ato.generator import GeneratedTraffic, generate
 from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
 from operators.interventions import intervention_id
 from operators.route import shard_key
+from sinks.clickhouse import ClickHouseSink, ClickHouseStore
 from sinks.jsonl import JsonLinesSink
 from sinks.kafka import KafkaRecordSink
 from sinks.progress import ProgressSink, RunStats
@@ -106,6 +107,22 @@ def kafka_sinks(
     )
 
 
+def metrics_sink(settings: Settings, first_process: bool = True) -> ClickHouseSink:
+    """The ClickHouse sink of a run; the first process applies the migrations first.
+
+    Opening the database here, before the flow starts, turns a bad URL or an unreachable
+    server into a clear error instead of a failure in the middle of the flow.
+    """
+    url = clickhouse_url(settings)
+    if first_process:
+        store = ClickHouseStore(url, settings.clickhouse.database)
+        try:
+            store.migrate()
+        finally:
+            store.close()
+    return ClickHouseSink(settings.clickhouse, url)
+
+
 def run(
     settings: Settings,
     inputs: list[Path] | None = None,
@@ -153,6 +170,10 @@ def run(
             dead_letters=JsonLinesSink(out / DEAD_LETTERS_FILE),
             late=JsonLinesSink(out / LATE_FILE),
             progress=ProgressSink(stats, progress),
+        )
+    if settings.clickhouse.enabled:
+        sinks = replace(
+            sinks, metrics=metrics_sink(settings, first_process=not cluster or cluster[1] == 0)
         )
     flow = build_flow(source, sinks, settings, catalog)
     recovery = None

@@ -7,8 +7,10 @@ shard applies its piece with numba kernels. Outputs: interventions, dead letters
 """
 
 import base64
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -23,9 +25,11 @@ from ato.config import Settings
 from operators.batches import DeadLetter, DecodedBatch, RawBatch, ShardOutput
 from operators.decode import Decoder, wall_ms
 from operators.interventions import SCHEMA
+from operators.metrics import HealthLogic, MetricRows, health_item
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
 from operators.warm_up import warm_up
+from sinks.clickhouse import MetricBlock
 from sinks.kafka import Record
 
 OUTPUT_KEY = "out"  # single-writer sinks: every output line under one key
@@ -47,6 +51,7 @@ class FlowSinks:
     late: Sink[tuple[str, Any]]
     progress: Sink[dict[str, Any]]
     records: bool = False
+    metrics: Sink[tuple[str, MetricBlock]] | None = None  # ClickHouse; None: no metrics
 
 
 def build_flow(
@@ -70,7 +75,7 @@ def build_flow(
     warm_up(catalog, engine)  # compile now, not while the first batches wait
     decoder = Decoder(catalog, engine, now_ms)
     router = Router(engine.shards)
-    ctx = ShardContext(catalog, engine, partitions, now_ms)
+    ctx = ShardContext(catalog, engine, partitions, now_ms, metrics=sinks.metrics is not None)
 
     flow = Dataflow("journeys")
     raw = op.input("input", flow, source)
@@ -96,6 +101,18 @@ def build_flow(
         op.map("shard_progress", outputs, _shard_progress),
     )
     op.output("progress_out", progress, sinks.progress)
+    if sinks.metrics is not None:
+        blocks = op.flat_map("metric_blocks", outputs, MetricRows(catalog))
+        interval_ms = max(1, int(config.clickhouse.health_interval_s * 1000))
+        run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+        health = op.stateful_batch(
+            "health",
+            op.map("health_items", progress, health_item),
+            lambda _resume: HealthLogic(run_id, interval_ms, now_ms),
+        )
+        health_blocks = op.map("health_blocks", health, lambda key_block: key_block[1])
+        merged = op.merge("all_metrics", blocks, health_blocks)
+        op.output("metrics", op.map("metric_items", merged, _metric_item), sinks.metrics)
     return flow
 
 
@@ -109,6 +126,10 @@ def json_lines(docs: Iterable[dict[str, Any]]) -> bytes:
     for doc in docs:
         block += orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
     return bytes(block)
+
+
+def _metric_item(block: MetricBlock) -> tuple[str, MetricBlock]:
+    return (OUTPUT_KEY, block)
 
 
 def _block(docs: Iterable[dict[str, Any]]) -> list[tuple[str, bytes]]:
@@ -196,6 +217,7 @@ def _decode_progress(batch: DecodedBatch) -> dict[str, Any]:
 def _shard_progress(out: ShardOutput) -> dict[str, Any]:
     return {
         "shard": out.shard,
+        "latency_ms": out.latency_ms,
         "applied": out.applied,
         "late": out.late_count,
         "interventions": len(out.interventions),

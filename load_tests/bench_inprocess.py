@@ -6,6 +6,9 @@ Generates (once, cached under ``.bench-cache/``) single-event JSON messages from
 generator, then in one run measures, each ``--repeat`` times (medians reported):
 
 * ``events_per_s``: the whole journey flow from raw bytes (decode, route, shards, outputs),
+* ``metrics_events_per_s``: the same with live metrics written to an embedded ClickHouse
+  (chDB in a temporary directory, a fresh database each round), and ``metrics_cost``, the
+  share of throughput they cost,
 * ``state_events_per_s``: the stages after decode alone (route, shard step) on pre-decoded
   batches,
 * ``decode_events_per_s``: the decode step alone, and ``orjson_events_per_s``: bare
@@ -19,10 +22,13 @@ The last line printed is JSON.
 import argparse
 import gc
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ from operators.batches import DecodedBatch, RawBatch
 from operators.decode import Decoder
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
+from sinks.clickhouse import ClickHouseSink
 from sinks.progress import ProgressSink, RunStats
 
 CACHE = Path(".bench-cache")
@@ -137,14 +144,22 @@ def _loads_per_batch(batches: list[RawBatch]) -> None:
 
 
 def run_full(
-    batches: list[RawBatch], partitions: list[str], settings: Settings, catalog: Catalog
+    batches: list[RawBatch],
+    partitions: list[str],
+    settings: Settings,
+    catalog: Catalog,
+    metrics_url: str | None = None,
 ) -> float:
-    """Whole flow from raw bytes."""
+    """Whole flow from raw bytes; with ``metrics_url``, writing metrics to ClickHouse too."""
     sink = CountSink()
-    sinks = FlowSinks(sink, CountSink(), CountSink(), ProgressSink(RunStats(), None))
+    metrics = None if metrics_url is None else ClickHouseSink(settings.clickhouse, metrics_url)
+    sinks = FlowSinks(
+        sink, CountSink(), CountSink(), ProgressSink(RunStats(), None), metrics=metrics
+    )
     flow = build_flow(TestingSource(batches), sinks, settings, catalog, partitions=partitions)
     seconds = timed(lambda: run_main(flow, epoch_interval=timedelta(seconds=10)))
-    print(f"  full flow: {seconds:.2f}s, {sink.count:,} interventions", file=sys.stderr)
+    what = "full flow" if metrics is None else "full flow + ClickHouse"
+    print(f"  {what}: {seconds:.2f}s, {sink.count:,} interventions", file=sys.stderr)
     return seconds
 
 
@@ -193,13 +208,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gc.freeze()  # the input data is long-lived: keep it out of every collection
     run_state_only(decoded[: len(partitions) * 2], partitions, settings, catalog)
 
-    figures: dict[str, list[float]] = {"full": [], "state": [], "decode": [], "orjson": []}
+    figures: dict[str, list[float]] = {
+        "full": [], "metrics": [], "state": [], "decode": [], "orjson": [],
+    }  # fmt: skip
+    chdb_dir = tempfile.mkdtemp(prefix="ato-bench-chdb-")
     for i in range(args.repeat):
         print(f"round {i + 1}/{args.repeat}", file=sys.stderr)
         figures["orjson"].append(timed(lambda: _loads_per_batch(batches)))
         figures["decode"].append(timed(lambda: [decoder(b) for b in batches]))
         figures["state"].append(run_state_only(decoded, partitions, settings, catalog))
         figures["full"].append(run_full(batches, partitions, settings, catalog))
+        with_db = replace(settings, clickhouse=replace(settings.clickhouse, database=f"bench_{i}"))
+        figures["metrics"].append(
+            run_full(batches, partitions, with_db, catalog, metrics_url=f"chdb://{chdb_dir}")
+        )
+    shutil.rmtree(chdb_dir, ignore_errors=True)
     naive_messages = messages[: args.naive_events]
     naive = [run_naive(naive_messages, catalog) for _ in range(max(1, args.repeat // 2))]
 
@@ -212,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "events_per_s": rate(figures["full"]),
         "naive_events_per_s": rate(naive, len(naive_messages)),
         "ratio": round(rate(figures["full"]) / rate(naive, len(naive_messages)), 2),
+        "metrics_events_per_s": rate(figures["metrics"]),
+        "metrics_cost": round(1 - rate(figures["metrics"]) / rate(figures["full"]), 3),
         "state_events_per_s": rate(figures["state"]),
         "decode_events_per_s": rate(figures["decode"]),
         "orjson_events_per_s": rate(figures["orjson"]),

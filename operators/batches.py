@@ -8,6 +8,8 @@ import numpy as np
 import orjson
 
 from ato.columns import EventColumns
+from operators.funnel import FunnelRows
+from state.base import Records
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,8 @@ class RawBatch:
 
     ``first_offset`` is the source position of ``messages[0]`` (line number, Kafka offset);
     message ``i`` sits at ``first_offset + i`` unless ``offsets`` lists them explicitly.
+    ``caught_up``: after this batch the source had nothing more to read for the partition
+    (an empty batch with it set is a heartbeat); only this lets a partition go idle.
     """
 
     partition: str
@@ -23,6 +27,7 @@ class RawBatch:
     first_offset: int = 0
     read_wall_ms: int = 0
     offsets: list[int] | None = None
+    caught_up: bool = False
 
     def offset_array(self) -> np.ndarray:
         """Source offset of every message."""
@@ -62,6 +67,7 @@ class DecodedBatch:
     max_ts: int | None  # greatest event time among the valid events
     read_wall_ms: int
     n_in: int
+    caught_up: bool = False  # see RawBatch
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class ShardInput:
     events: EventColumns
     max_ts: int | None
     read_wall_ms: int
+    caught_up: bool = False  # see RawBatch
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,10 @@ class InterventionBatch:
 
 @dataclass(frozen=True)
 class ShardOutput:
-    """What a shard step emits after one call: interventions, late events, and its stats."""
+    """What a shard step emits after one call: interventions, late events, and its stats.
+
+    ``stalls``, ``outcomes`` and ``funnel`` are kept only when the flow writes metrics.
+    """
 
     shard: str
     interventions: InterventionBatch = field(default_factory=InterventionBatch.empty)
@@ -138,3 +148,8 @@ class ShardOutput:
     pending: int = 0
     open_instances: int = 0
     state_bytes: int = 0
+    stalls: Records = field(default_factory=Records.empty)
+    outcomes: Records = field(default_factory=Records.empty)
+    funnel: FunnelRows | None = None
+    emitted_at_ms: int = 0
+    latency_ms: float | None = None

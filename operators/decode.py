@@ -5,6 +5,8 @@ each field with one list comprehension, checking types per column. Any message t
 breaks it sends the batch down the slow path, which checks each message alone and
 dead-letters the bad ones with a reason; the rest go through the fast extraction again.
 Value rules (known channel, journey and step, sane timestamp) are vectorised masks.
+``attrs``, when present and not null, must be an object; its ``segment`` member, when it
+names one of ``SEGMENTS``, becomes the event's segment code (anything else reads -1).
 """
 
 import gc
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ato.catalog import CHANNELS, Catalog
+from ato.catalog import CHANNELS, SEGMENTS, Catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
 from operators import scan
@@ -71,6 +73,7 @@ class Decoder:
         self.settings = settings
         self.now_ms = now_ms
         self.channel_codes = {name: code for code, name in enumerate(CHANNELS)}
+        self.segment_codes = {name: code for code, name in enumerate(SEGMENTS)}
         self.type_codes = catalog.type_codes
         self.journey_codes: dict[Any, int] = {None: -1, **catalog.journey_codes}
         self.step_codes: dict[Any, int] = {None: -1, **catalog.step_name_codes}
@@ -78,6 +81,7 @@ class Decoder:
         self.scan_channels = scan.Vocabulary(self.channel_codes, default=-1, absent=-1)
         self.scan_journeys = scan.Vocabulary(catalog.journey_codes, default=-2, absent=-1)
         self.scan_steps = scan.Vocabulary(catalog.step_name_codes, default=-2, absent=-1)
+        self.scan_segments = scan.Vocabulary(self.segment_codes, default=-1, absent=-1)
 
     def __call__(self, batch: RawBatch) -> DecodedBatch:
         """Decode one batch (the flow's map step)."""
@@ -120,7 +124,9 @@ class Decoder:
             events = events.take(np.argsort(events.offset, kind="stable"))
             dead.sort(key=lambda d: d.offset)
         max_ts = int(events.ts.max()) if len(events) else None
-        return DecodedBatch(batch.partition, events, dead, max_ts, batch.read_wall_ms, n)
+        return DecodedBatch(
+            batch.partition, events, dead, max_ts, batch.read_wall_ms, n, batch.caught_up
+        )
 
     def _scan(self, messages: list[bytes], offsets: np.ndarray) -> tuple[np.ndarray, EventColumns]:
         """Rows the numba scanner accepts, and their columns (before the value rules)."""
@@ -149,6 +155,7 @@ class Decoder:
             self.catalog.tables.type_flags[type_code],
             _object_array(kept),
             offsets[rows],
+            codes(self.scan_segments, scan.F_SEGMENT).astype(np.int8),
         )
 
     def _decode_chunk(
@@ -176,13 +183,17 @@ class Decoder:
             return EventColumns.empty()
         # KeyError (missing field) or TypeError (not an object) sends the batch to the slow path
         client_ids, event_ids, types, channels, ts_values = zip(*map(_REQUIRED, docs), strict=True)
-        optional = [(d.get("journey"), d.get("step"), d.get("session_id")) for d in docs]
-        journeys, steps, sessions = zip(*optional, strict=True)
+        optional = [
+            (d.get("journey"), d.get("step"), d.get("session_id"), d.get("attrs")) for d in docs
+        ]
+        journeys, steps, sessions, attrs = zip(*optional, strict=True)
         if not all(map(_all_str, (client_ids, event_ids, types, channels))):
             raise _SlowPath
         if set(map(type, ts_values)) != {int}:
             raise _SlowPath  # bool is no int here, nor float
         if not all(set(map(type, col)) <= _TEXT_OR_NONE for col in (journeys, steps, sessions)):
+            raise _SlowPath
+        if not set(map(type, attrs)) <= _OBJECT_OR_NONE:
             raise _SlowPath
         if min(map(len, client_ids)) == 0 or min(map(len, event_ids)) == 0:
             raise _SlowPath
@@ -202,6 +213,7 @@ class Decoder:
         type_code = np.fromiter(map(type_codes.get, types, repeat(0)), np.int32, n)
         journey = np.fromiter(map(journey_codes.get, journeys, repeat(-2)), np.int16, n)
         step = np.fromiter(map(step_codes.get, steps, repeat(-2)), np.int16, n)
+        segment = np.fromiter(map(self._segment_code, attrs), np.int8, n)
         return EventColumns(
             hash_client_ids(ids),
             ids,
@@ -213,7 +225,15 @@ class Decoder:
             self.catalog.tables.type_flags[type_code],
             raw,
             offsets,
+            segment,
         )
+
+    def _segment_code(self, attrs: dict[str, Any] | None) -> int:
+        """Code of ``attrs["segment"]``; -1 when absent, not a string or not a segment name."""
+        if not attrs:
+            return -1
+        name = attrs.get("segment")
+        return self.segment_codes.get(name, -1) if type(name) is str else -1
 
     # ------------------------------------------------------------------ slow path
 
@@ -259,6 +279,9 @@ class Decoder:
             value = doc.get(name)
             if value is not None and type(value) is not str:
                 return None, BAD_TYPE, f"{name} is {type(value).__name__}, not str"
+        attrs = doc.get("attrs")
+        if attrs is not None and type(attrs) is not dict:
+            return None, BAD_TYPE, f"attrs is {type(attrs).__name__}, not object"
         if not -(2**63) <= doc["ts"] < 2**63:
             return None, ABSURD_TS, "ts does not fit in 64 bits"
         if "\x00" in doc["client_id"]:
@@ -321,11 +344,13 @@ class Decoder:
             cols.flags,
             cols.raw,
             cols.offset,
+            cols.segment,
         )
         return resolved.take(~bad) if bad.any() else resolved
 
 
 _TEXT_OR_NONE = {str, type(None)}
+_OBJECT_OR_NONE = {dict, type(None)}
 _REQUIRED = itemgetter("client_id", "event_id", "type", "channel", "ts")
 
 

@@ -22,7 +22,7 @@ from operators.render import (
     json_string_spans,
     render,
 )
-from state.base import Stalls
+from state.base import Records
 from state.layout import (
     O_ABANDONED,
     O_ATTEMPT,
@@ -217,7 +217,7 @@ class InterventionBuilder:
         self.base_reason, self.base_type, self.base_channel = bases[3], bases[4], bases[5]
         self.width = width
 
-    def build(self, stalls: Stalls, emitted_at_ms: int) -> InterventionBatch:
+    def build(self, stalls: Records, emitted_at_ms: int) -> InterventionBatch:
         """One document per stall record, ordered by deadline then id."""
         n = len(stalls)
         if n == 0:
@@ -273,7 +273,7 @@ class InterventionBuilder:
             ends,
         )
 
-    def build_docs(self, stalls: Stalls, emitted_at_ms: int) -> list[dict[str, Any]]:
+    def build_docs(self, stalls: Records, emitted_at_ms: int) -> list[dict[str, Any]]:
         """The documents of :meth:`build` as dicts."""
         if len(stalls) == 0:
             return []

@@ -33,7 +33,12 @@ class Router:
             (
                 self.keys[s],
                 ShardInput(
-                    self.keys[s], batch.partition, parts[s], batch.max_ts, batch.read_wall_ms
+                    self.keys[s],
+                    batch.partition,
+                    parts[s],
+                    batch.max_ts,
+                    batch.read_wall_ms,
+                    batch.caught_up,
                 ),
             )
             for s in range(self.shards)

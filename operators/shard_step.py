@@ -9,7 +9,7 @@ idle inputs; all deadlines are event time, kept inside the shard store.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,9 +20,10 @@ from ato.columns import EventColumns
 from ato.config import EngineSettings
 from operators.batches import ShardInput, ShardOutput
 from operators.decode import wall_ms
+from operators.funnel import FunnelWindows
 from operators.interventions import InterventionBuilder
 from operators.watermark import WatermarkTracker
-from state.base import Stalls
+from state.base import Records
 from state.shard_store import NumbaShardStore, order_events
 
 
@@ -43,6 +44,7 @@ class ShardContext:
     settings: EngineSettings
     partitions: list[str]
     now_ms: Callable[[], int] = wall_ms
+    metrics: bool = False  # keep stall and outcome records and funnel counts for ClickHouse
 
 
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
@@ -63,12 +65,15 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             max_gap_ms=max_idle_gap_ms(s),
         )
         self.pending: list[EventColumns] = []
+        self.funnel = FunnelWindows()
         if resume is None:
             self.store = NumbaShardStore(ctx.catalog)
         else:
             self.store = NumbaShardStore.restore(ctx.catalog, resume["store"])
             self.tracker.restore(resume["watermark"], now)
             self.pending = [resume["pending"]]
+            if "funnel" in resume:  # snapshots of flows without metrics have none
+                self.funnel = FunnelWindows.restore(resume["funnel"])
 
     # ------------------------------------------------------------------ Bytewax hooks
 
@@ -76,6 +81,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         """Take sub-batches from any partitions, then advance to the new watermark."""
         now = self.ctx.now_ms()
         late_parts: list[EventColumns] = []
+        read_at = min(item.read_wall_ms for item in values)  # 0: the source did not say
         for item in values:
             self.shard = item.shard
             events = item.events
@@ -85,8 +91,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
                     late_parts.append(events.take(late))
                     events = events.take(~late)
                 self.pending.append(events.without_raw())
-            self.tracker.observe(item.partition, item.max_ts, now)
-        return self._advance(self.tracker.advance(now), late_parts, final=False), self.RETAIN
+            self.tracker.observe(item.partition, item.max_ts, now, item.caught_up)
+        outputs = self._advance(self.tracker.advance(now), late_parts, final=False)
+        if outputs and read_at > 0:
+            outputs[0] = replace(outputs[0], latency_ms=float(self.ctx.now_ms() - read_at))
+        return outputs, self.RETAIN
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
         """Wall-clock tick: idle inputs may let the watermark move."""
@@ -111,6 +120,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             "store": self.store.snapshot(),
             "watermark": self.tracker.snapshot(),
             "pending": EventColumns.concat(self.pending),
+            "funnel": self.funnel.snapshot(),
         }
 
     # ------------------------------------------------------------------ work
@@ -125,15 +135,28 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             is_ready = pending.ts < watermark
             ready, rest = pending.take(is_ready), pending.take(~is_ready)
         self.pending = [rest] if len(rest) else []
-        stalls: list[Stalls] = []
+        metrics = self.ctx.metrics
+        records: list[Records] = []
         if len(ready):
-            stalls.append(self.store.apply(ready.take(order_events(ready))))
-        stalls.append(self.store.expire(watermark))
+            ordered = ready.take(order_events(ready))
+            applied, effects = self.store.apply(ordered)
+            records.append(applied)
+            if metrics:
+                self.funnel.add_events(ordered.ts, ordered.channel, ordered.segment, effects)
+        records.append(self.store.expire(watermark))
         late = EventColumns.concat(late_parts)
-        found = Stalls.concat(stalls)
-        if not len(found) and not len(ready) and not len(late) and not final:
+        found = Records.concat(records)
+        stalls = found.stalls()
+        outcomes = found.outcomes() if metrics else Records.empty()
+        funnel = None
+        if metrics:
+            self.funnel.add_outcomes(outcomes)
+            funnel = self.funnel.close(watermark, final)
+        quiet = not len(found) and not len(ready) and not len(late)
+        if quiet and not final and (funnel is None or not len(funnel)):
             return []
-        interventions = self.builder.build(found, self.ctx.now_ms())
+        now = self.ctx.now_ms()
+        interventions = self.builder.build(stalls, now)
         sizes = self.store.sizes()
         keep_late = self.ctx.settings.late_events == "output" and len(late) > 0
         return [
@@ -147,5 +170,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
                 pending=len(rest),
                 open_instances=sizes["instances"],
                 state_bytes=sizes["bytes"],
+                stalls=stalls if metrics else Records.empty(),
+                outcomes=outcomes,
+                funnel=funnel,
+                emitted_at_ms=now,
             )
         ]

@@ -1,16 +1,19 @@
 """Event-time watermark over input partitions (BRIEF §3).
 
 ``watermark = min over active partitions of (partition max event time - allowed lateness)``.
-A partition that has sent no valid event for ``idle_timeout_ms`` of wall clock stops holding
-the watermark back (a partition sending only bad messages cannot hold it forever); one that
-has never sent anything holds it until it has been idle that long. When every partition is
-idle, a live clock lets the watermark follow the wall clock (minus the lateness); a replay
-clock keeps it where it is. The watermark never goes back.
+A partition is *idle*, and stops holding the watermark back, when it has delivered no valid
+event for ``idle_timeout_ms`` and either its source said it is caught up (it read everything
+there was: a live input with nothing new) or it keeps delivering only bad messages. Silence
+alone never makes a partition idle: a source that is merely behind (another process catching
+up, a worker held back by Bytewax's epoch gating) still has events queued, and releasing the
+watermark past them would make them late. A partition never heard of holds the watermark.
+When every partition is idle, a live clock lets the watermark follow the wall clock (minus
+the lateness); a replay clock keeps it where it is. The watermark never goes back.
 
 Idleness is timed on an *idle clock*: wall time, except that one gap between two calls counts
 at most ``max_gap_ms``. A worker blocked for seconds (a kernel compiling, a long batch in
 another shard, a GC pause) could not hear from any partition meanwhile, so that pause must
-not make a partition look idle and release the watermark past its queued events.
+not make a partition look idle.
 """
 
 from dataclasses import dataclass
@@ -22,7 +25,14 @@ MIN_WATERMARK = -(2**62)
 @dataclass
 class _Partition:
     max_ts: int | None
-    last_seen_idle_ms: int
+    last_valid_ms: int  # idle clock of the last batch with a valid event
+    last_report_ms: int | None = None  # idle clock of the last batch of any kind
+    caught_up: bool = False  # what the source said with its last batch
+
+    def idle(self, idle_now: int, timeout: int) -> bool:
+        if self.last_report_ms is None or idle_now - self.last_valid_ms < timeout:
+            return False
+        return self.caught_up or idle_now - self.last_report_ms < timeout
 
 
 class WatermarkTracker:
@@ -55,24 +65,29 @@ class WatermarkTracker:
         self.last_wall_ms = max(self.last_wall_ms, now_ms)
         return self.idle_ms
 
-    def observe(self, partition: str, max_ts: int | None, now_ms: int) -> None:
-        """Record that ``partition`` delivered a batch whose greatest event time is ``max_ts``."""
+    def observe(
+        self, partition: str, max_ts: int | None, now_ms: int, caught_up: bool = False
+    ) -> None:
+        """Record that ``partition`` delivered a batch whose greatest event time is ``max_ts``.
+
+        ``caught_up``: the source had nothing more to read for it after this batch.
+        """
         idle_now = self.elapse(now_ms)
         part = self.parts.get(partition)
         if part is None:
             part = self.parts[partition] = _Partition(None, idle_now)
+        part.last_report_ms = idle_now
+        part.caught_up = caught_up
         if max_ts is None:
             return  # a batch without valid events is no sign of event-time progress
-        part.last_seen_idle_ms = idle_now
+        part.last_valid_ms = idle_now
         if part.max_ts is None or max_ts > part.max_ts:
             part.max_ts = max_ts
 
     def advance(self, now_ms: int) -> int:
         """Recompute the watermark at wall time ``now_ms`` and return it."""
         idle_now = self.elapse(now_ms)
-        active = [
-            p for p in self.parts.values() if idle_now - p.last_seen_idle_ms < self.idle_timeout
-        ]
+        active = [p for p in self.parts.values() if not p.idle(idle_now, self.idle_timeout)]
         if active:
             if all(p.max_ts is not None for p in active):
                 candidate = min(p.max_ts for p in active if p.max_ts is not None) - self.lateness
@@ -106,7 +121,7 @@ class WatermarkTracker:
         return {"current": self.current, "max_ts": {k: p.max_ts for k, p in self.parts.items()}}
 
     def restore(self, snap: dict[str, Any], now_ms: int) -> None:
-        """Resume from :meth:`snapshot`; every partition gets a fresh idle window."""
+        """Resume from :meth:`snapshot`; every partition holds until its source reports."""
         self.current = snap["current"]
         idle_now = self.elapse(now_ms)
         for name, max_ts in snap["max_ts"].items():

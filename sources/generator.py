@@ -48,14 +48,16 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
             self.cut.add(self.name)  # --duration ran out before the traffic did
             raise StopIteration
         end = min(self.position + self.batch_size, len(self.lines))
+        caught_up = False
         if self.live:
             now = wall_ms()
             while end > self.position and self.arrival_ts[end - 1] > now:
                 end = self.position + (end - self.position) // 2
+            caught_up = end == len(self.lines) or self.arrival_ts[end] > now
             if end == self.position:
                 wait_ms = self.arrival_ts[self.position] - now
                 self.awake = datetime.now(UTC) + timedelta(milliseconds=max(wait_ms, 1))
-                return []
+                return [RawBatch(self.name, [], self.position, now, caught_up=True)]
         elif self.rate > 0:
             allowed = self.start_position + int((time.monotonic() - self.started) * self.rate)
             end = min(end, max(allowed, self.position))
@@ -63,7 +65,8 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
                 self.awake = datetime.now(UTC) + timedelta(milliseconds=10)
                 return []
         self.awake = None
-        batch = RawBatch(self.name, self.lines[self.position : end], self.position, wall_ms())
+        lines = self.lines[self.position : end]
+        batch = RawBatch(self.name, lines, self.position, wall_ms(), caught_up=caught_up)
         self.position = end
         return [batch]
 

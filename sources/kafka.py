@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from ato.config import KafkaSettings
 from ato.exceptions import AtoError
 from operators.batches import RawBatch
+from operators.decode import wall_ms
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             # Caught up with the end seen at start. Stopping only at an empty read also
             # covers brokers that under-report the end (Tansu: the last batch's first offset).
             raise StopIteration
+        if not batches:  # a heartbeat: nothing to read, so the partition may go idle
+            return [RawBatch(self.name, [], self.next_offset, wall_ms(), caught_up=True)]
         return batches
 
     def _read(self, timeout_s: float) -> RawBatch | None:
@@ -179,12 +182,13 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             messages = self._drop_errors(messages)
             if not messages:
                 return None
+        caught_up = len(messages) < self.batch_size  # consume() timed out: nothing more yet
         values = [m.value() or b"" for m in messages]
         offsets = [int(m.offset() or 0) for m in messages]  # set on every consumed message
         self.next_offset = offsets[-1] + 1
         if any([v[:1] in _ENVELOPE_START for v in values]):
             values, offsets = expand_envelopes(values, offsets)
-        return RawBatch(self.name, values, offsets[0], read_ms, offsets)
+        return RawBatch(self.name, values, offsets[0], read_ms, offsets, caught_up)
 
     def _drop_errors(self, messages: list[Message]) -> list[Message]:
         kept = []

@@ -7,14 +7,15 @@ from typing import Any
 import numpy as np
 
 from ato.columns import EventColumns
-from state.layout import N_OUT, N_OUT_F
+from state.layout import KIND_OUTCOME, KIND_STALL, N_OUT, N_OUT_F, O_KIND
 
 
 @dataclass(frozen=True)
-class Stalls:
-    """Stall records: ``ints``/``floats`` rows follow ``state.layout.O_*``/``OF_*``.
+class Records:
+    """Stall and outcome records: ``ints``/``floats`` rows follow ``state.layout.O_*``/``OF_*``.
 
-    Row ``O_CLIENT`` holds the client slot; ``client_key``/``client_id`` name the client.
+    Row ``O_CLIENT`` holds the client slot; ``client_key``/``client_id`` name the client;
+    row ``O_KIND`` tells a stall from the outcome of an earlier stall.
     """
 
     client_key: np.ndarray  # uint64 [n]
@@ -26,9 +27,9 @@ class Stalls:
         return len(self.client_id)
 
     @staticmethod
-    def empty() -> "Stalls":
-        """No stalls."""
-        return Stalls(
+    def empty() -> "Records":
+        """No records."""
+        return Records(
             np.empty(0, np.uint64),
             [],
             np.empty((N_OUT, 0), np.int64),
@@ -36,28 +37,63 @@ class Stalls:
         )
 
     @staticmethod
-    def concat(parts: "list[Stalls]") -> "Stalls":
+    def concat(parts: "list[Records]") -> "Records":
         """The records of ``parts``, in order."""
         parts = [p for p in parts if len(p)]
         if len(parts) <= 1:
-            return parts[0] if parts else Stalls.empty()
-        return Stalls(
+            return parts[0] if parts else Records.empty()
+        return Records(
             np.concatenate([p.client_key for p in parts]),
             [c for p in parts for c in p.client_id],
             np.concatenate([p.ints for p in parts], axis=1),
             np.concatenate([p.floats for p in parts], axis=1),
         )
 
+    def take(self, index: np.ndarray) -> "Records":
+        """The records at ``index`` (an index array or a boolean mask)."""
+        rows = np.flatnonzero(index) if index.dtype == np.bool_ else index
+        return Records(
+            self.client_key[rows],
+            [self.client_id[k] for k in rows.tolist()],
+            self.ints[:, rows],
+            self.floats[:, rows],
+        )
+
+    def stalls(self) -> "Records":
+        """Only the stall records."""
+        return self if not len(self) else self.take(self.ints[O_KIND] == KIND_STALL)
+
+    def outcomes(self) -> "Records":
+        """Only the outcome records."""
+        return self if not len(self) else self.take(self.ints[O_KIND] == KIND_OUTCOME)
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What each applied event did (``state.layout.EFFECT_*``), and to which journey and step.
+
+    Aligned with the events given to :meth:`ShardStore.apply`.
+    """
+
+    effect: np.ndarray  # int8 [n]
+    journey: np.ndarray  # int16 [n], -1 when the event counted in no instance
+    step: np.ndarray  # int16 [n]
+
+    @staticmethod
+    def empty() -> "Effects":
+        """Effects of no events."""
+        return Effects(np.empty(0, np.int8), np.empty(0, np.int16), np.empty(0, np.int16))
+
 
 class ShardStore(ABC):
     """Journey instances of the clients of one shard."""
 
     @abstractmethod
-    def apply(self, events: EventColumns) -> Stalls:
-        """Apply events, already in event-time order; return the stalls they reveal."""
+    def apply(self, events: EventColumns) -> tuple[Records, Effects]:
+        """Apply events, already in event-time order; return the records they cause."""
 
     @abstractmethod
-    def expire(self, watermark: int) -> Stalls:
+    def expire(self, watermark: int) -> Records:
         """Settle instances whose deadline is at or before ``watermark``."""
 
     @abstractmethod

@@ -14,6 +14,12 @@ Semantics (the twin in ``state/twins.py`` implements the same in plain Python):
   deadline, the instance stalls once: a stall record is emitted, ``attempt`` grows, and the
   deadline becomes ``deadline + close_after``; progress before then resumes it, otherwise it
   is closed.
+* ``close_after`` is also the attribution window of that stall's intervention: the first
+  progress after the stall (or the close) emits one outcome record (progressed, completed,
+  failed, lapsed) carrying the stall's step, attempt and deadline.
+* Every applied event reports its effect (``EFFECT_*``) and the journey and step of the
+  instance it counted in, for funnel counts; an event's segment (>= 0) is kept on its
+  instance.
 
 Events must be given in the order the caller sorted them (event time, see
 ``state.shard_store.order_events``).
@@ -28,6 +34,12 @@ from state.layout import (
     C_LAST_TS,
     C_MIN_DEADLINE,
     C_OPEN,
+    EFFECT_ADVANCED,
+    EFFECT_COMPLETED,
+    EFFECT_COUNTED,
+    EFFECT_FAILED,
+    EFFECT_NONE,
+    EFFECT_STARTED,
     F_CALLS,
     F_SESSIONS,
     I_ABANDONED,
@@ -39,6 +51,7 @@ from state.layout import (
     I_JOURNEY,
     I_LAST_CHANNEL,
     I_LAST_TYPE,
+    I_SEGMENT,
     I_STALLED,
     I_STEP,
     I_SWITCHES,
@@ -51,6 +64,8 @@ from state.layout import (
     K_RESUMED,
     K_STALLED,
     K_STARTED,
+    KIND_OUTCOME,
+    KIND_STALL,
     M_C_FREE,
     M_I_FREE,
     M_NEXT_CLIENT_EXPIRY,
@@ -65,17 +80,27 @@ from state.layout import (
     O_ERRORS,
     O_EVENTS,
     O_JOURNEY,
+    O_KIND,
     O_LAST_CHANNEL,
     O_LAST_TYPE,
+    O_OUTCOME,
     O_PROGRESS,
+    O_RESOLVE_CHANNEL,
+    O_RESOLVED_AT,
+    O_SEGMENT,
     O_START,
     O_STEP,
     O_SWITCHES,
     OF_CALLS,
     OF_SESSIONS,
+    OUTCOME_COMPLETED,
+    OUTCOME_FAILED,
+    OUTCOME_LAPSED,
+    OUTCOME_PROGRESSED,
     T_DEADLINE,
     T_ENTERED,
     T_PROGRESS,
+    T_STALLED_AT,
     T_START,
 )
 
@@ -187,10 +212,53 @@ def _emit_stall(
     out_i[O_SWITCHES, n_out] = ii[I_SWITCHES, slot]
     out_i[O_ATTEMPT, n_out] = ii[I_ATTEMPT, slot]
     out_i[O_ABANDONED, n_out] = ii[I_ABANDONED, slot]
+    out_i[O_KIND, n_out] = KIND_STALL
+    out_i[O_OUTCOME, n_out] = 0
+    out_i[O_RESOLVED_AT, n_out] = -1
+    out_i[O_RESOLVE_CHANNEL, n_out] = -1
+    out_i[O_SEGMENT, n_out] = ii[I_SEGMENT, slot]
     age = deadline - cts[C_LAST_TS, client]
     decay = 2.0 ** (-age / half_life_ms) if age > 0 else 1.0
     out_f[OF_CALLS, n_out] = cf[F_CALLS, client] * decay
     out_f[OF_SESSIONS, n_out] = cf[F_SESSIONS, client] * decay
+
+
+@njit(cache=True, nogil=True)
+def _emit_outcome(
+    slot: int,
+    outcome: int,
+    resolved_at: int,
+    channel: int,
+    cf: np.ndarray,
+    it: np.ndarray,
+    ii: np.ndarray,
+    out_i: np.ndarray,
+    out_f: np.ndarray,
+    n_out: int,
+) -> None:
+    """Record the outcome of the instance's last stall (fields of the stall, then the result)."""
+    out_i[O_CLIENT, n_out] = ii[I_CLIENT, slot]
+    out_i[O_JOURNEY, n_out] = ii[I_JOURNEY, slot]
+    out_i[O_STEP, n_out] = ii[I_STEP, slot]
+    out_i[O_START, n_out] = it[T_START, slot]
+    out_i[O_DEADLINE, n_out] = it[T_STALLED_AT, slot]
+    out_i[O_ENTERED, n_out] = it[T_ENTERED, slot]
+    out_i[O_PROGRESS, n_out] = it[T_PROGRESS, slot]
+    out_i[O_LAST_TYPE, n_out] = ii[I_LAST_TYPE, slot]
+    out_i[O_LAST_CHANNEL, n_out] = ii[I_LAST_CHANNEL, slot]
+    out_i[O_EVENTS, n_out] = ii[I_EVENTS, slot]
+    out_i[O_ERRORS, n_out] = ii[I_ERRORS, slot]
+    out_i[O_BACK, n_out] = ii[I_BACK, slot]
+    out_i[O_SWITCHES, n_out] = ii[I_SWITCHES, slot]
+    out_i[O_ATTEMPT, n_out] = ii[I_ATTEMPT, slot]
+    out_i[O_ABANDONED, n_out] = ii[I_ABANDONED, slot]
+    out_i[O_KIND, n_out] = KIND_OUTCOME
+    out_i[O_OUTCOME, n_out] = outcome
+    out_i[O_RESOLVED_AT, n_out] = resolved_at
+    out_i[O_RESOLVE_CHANNEL, n_out] = channel
+    out_i[O_SEGMENT, n_out] = ii[I_SEGMENT, slot]
+    out_f[OF_CALLS, n_out] = 0.0
+    out_f[OF_SESSIONS, n_out] = 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -252,10 +320,13 @@ def _settle(
         _emit_stall(slot, deadline, half_life_ms, cts, cf, it, ii, out_i, out_f, n_out)
         n_out += 1
         counters[K_STALLED] += 1
+        it[T_STALLED_AT, slot] = deadline
         deadline = deadline + close_after[ii[I_JOURNEY, slot]]
         it[T_DEADLINE, slot] = deadline
         meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
     if deadline <= now:
+        _emit_outcome(slot, OUTCOME_LAPSED, deadline, -1, cf, it, ii, out_i, out_f, n_out)
+        n_out += 1
         _close(slot, client_ttl_ms, cts, ci, i_hk, i_hv, it, ii, i_free, meta)
         counters[K_CLOSED] += 1
         return n_out, True
@@ -271,6 +342,7 @@ def apply_events(
     e_journey: np.ndarray,
     e_step: np.ndarray,
     e_flags: np.ndarray,
+    e_segment: np.ndarray,
     step_timeout: np.ndarray,
     step_terminal: np.ndarray,
     abandon_grace: np.ndarray,
@@ -293,20 +365,24 @@ def apply_events(
     counters: np.ndarray,
     e_cslot: np.ndarray,
     e_new: np.ndarray,
+    e_effect: np.ndarray,
+    e_fjourney: np.ndarray,
+    e_fstep: np.ndarray,
     out_i: np.ndarray,
     out_f: np.ndarray,
     start: int,
 ) -> tuple[int, int]:
-    """Apply sorted events from index ``start``; return (stall records written, next event).
+    """Apply sorted events from index ``start``; return (records written, next event).
 
-    Stops early when ``out_*`` might not hold the stalls of the next event (one per journey).
+    Stops early when ``out_*`` might not hold the records of the next event (a stall and an
+    outcome per journey, and one outcome). Fills ``e_effect``/``e_fjourney``/``e_fstep``.
     The caller guarantees enough free client and instance slots (one of each per event).
     """
     n_out = 0
     n_journeys = step_timeout.shape[0]
     room = out_i.shape[1]
     for e in range(start, len(e_ts)):
-        if n_out + n_journeys > room:
+        if n_out + 2 * n_journeys + 1 > room:
             return n_out, e
         t = e_ts[e]
         counters[K_EVENTS] += 1
@@ -325,6 +401,9 @@ def apply_events(
             cts[C_MIN_DEADLINE, cs] = NO_DEADLINE
             meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
         e_cslot[e] = cs
+        e_effect[e] = EFFECT_NONE
+        e_fjourney[e] = -1
+        e_fstep[e] = -1
 
         if cts[C_MIN_DEADLINE, cs] <= t:
             # time passes to t for this client first: its instances whose deadline passed
@@ -380,21 +459,39 @@ def apply_events(
                 ii[I_SWITCHES, target] = 0
                 ii[I_ATTEMPT, target] = 0
                 ii[I_STALLED, target] = 0
+                ii[I_SEGMENT, target] = -1
                 ii[I_LAST_CHANNEL, target] = e_channel[e]
                 it[T_START, target] = t
                 it[T_ENTERED, target] = t
+                it[T_STALLED_AT, target] = -1
                 ci[C_OPEN, cs] += 1
                 counters[K_STARTED] += 1
+                e_effect[e] = EFFECT_STARTED
             else:
                 counters[K_ADVANCED] += 1
+                if ii[I_STALLED, target] == 1:
+                    if terminal == 0:
+                        outcome = OUTCOME_PROGRESSED
+                    elif terminal == TERMINAL_SUCCESS:
+                        outcome = OUTCOME_COMPLETED
+                    else:
+                        outcome = OUTCOME_FAILED
+                    _emit_outcome(target, outcome, t, e_channel[e], cf, it, ii, out_i, out_f, n_out)
+                    n_out += 1
+                    ii[I_STALLED, target] = 0
+                    counters[K_RESUMED] += 1
                 previous = ii[I_STEP, target]
                 if s < previous:
                     ii[I_BACK, target] += 1
                 if s != previous:
                     it[T_ENTERED, target] = t
-                if ii[I_STALLED, target] == 1:
-                    ii[I_STALLED, target] = 0
-                    counters[K_RESUMED] += 1
+                e_effect[e] = EFFECT_ADVANCED
+            if terminal != 0:
+                e_effect[e] = EFFECT_COMPLETED if terminal == TERMINAL_SUCCESS else EFFECT_FAILED
+            e_fjourney[e] = j
+            e_fstep[e] = s
+            if e_segment[e] >= 0:
+                ii[I_SEGMENT, target] = e_segment[e]
             _attribute(target, e_type[e], e_channel[e], flags, ii)
             ii[I_STEP, target] = s
             ii[I_ABANDONED, target] = 0
@@ -409,6 +506,11 @@ def apply_events(
                 meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
                 cts[C_MIN_DEADLINE, cs] = min(cts[C_MIN_DEADLINE, cs], deadline)
         elif target >= 0:
+            e_effect[e] = EFFECT_COUNTED
+            e_fjourney[e] = ii[I_JOURNEY, target]
+            e_fstep[e] = ii[I_STEP, target]
+            if e_segment[e] >= 0:
+                ii[I_SEGMENT, target] = e_segment[e]
             _attribute(target, e_type[e], e_channel[e], flags, ii)
             grace = abandon_grace[ii[I_JOURNEY, target], e_type[e]]
             if grace >= 0 and ii[I_STALLED, target] == 0:
@@ -465,7 +567,7 @@ def expire_instances(
     for slot in range(start, cap):
         deadline = it[T_DEADLINE, slot]
         if deadline <= watermark:
-            if n_out >= room:
+            if n_out + 2 > room:
                 return n_out, slot, smallest
             n_out, _closed = _settle(
                 slot, watermark, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,

@@ -13,9 +13,10 @@ T_START = 0  # event time of the instance's first event
 T_PROGRESS = 1  # event time of its last progress event
 T_ENTERED = 2  # event time it entered its current step
 T_DEADLINE = 3  # stall deadline; after a stall, the close deadline; NO_DEADLINE when free
-N_TIMES = 4
+T_STALLED_AT = 4  # the deadline at which the instance last stalled
+N_TIMES = 5
 
-# Instance integers, int32 [12, cap].
+# Instance integers, int32 [13, cap].
 I_CLIENT = 0  # client slot, -1 when the instance slot is free
 I_JOURNEY = 1
 I_STEP = 2
@@ -28,7 +29,8 @@ I_SWITCHES = 8  # channel switches between consecutive events
 I_ATTEMPT = 9  # stalls so far
 I_STALLED = 10  # 1 after a stall until the client progresses again
 I_ABANDONED = 11  # 1 when an abandon signal shortened the current deadline
-N_INTS = 12
+I_SEGMENT = 12  # client segment code (ato.catalog.SEGMENTS) last seen on its events, -1
+N_INTS = 13
 
 # Client columns.
 C_LAST_TS = 0  # int64 [2, cap]: event time of the client's last event
@@ -68,7 +70,8 @@ COUNTER_NAMES = (
     "abandon_signals",
 )
 
-# A stall record, int64 [15, n] + float64 [2, n].
+# A record, int64 [20, n] + float64 [2, n]: a stall (O_KIND = KIND_STALL) or the outcome of
+# an earlier stall (KIND_OUTCOME: O_STEP, O_ATTEMPT, O_DEADLINE are those of the stall).
 O_CLIENT = 0  # client slot (kernels) or client hash (twins); the wrapper reports both
 O_JOURNEY = 1
 O_STEP = 2
@@ -84,7 +87,28 @@ O_BACK = 11
 O_SWITCHES = 12
 O_ATTEMPT = 13
 O_ABANDONED = 14
-N_OUT = 15
+O_KIND = 15
+O_OUTCOME = 16  # OUTCOME_* for outcome records, 0 for stalls
+O_RESOLVED_AT = 17  # event time of the outcome, -1 for stalls
+O_RESOLVE_CHANNEL = 18  # channel of the event that resolved it, -1 when none
+O_SEGMENT = 19
+N_OUT = 20
 OF_CALLS = 0
 OF_SESSIONS = 1
 N_OUT_F = 2
+
+KIND_STALL = 0
+KIND_OUTCOME = 1
+OUTCOME_PROGRESSED = 1  # the client moved on (not to a terminal step) after the stall
+OUTCOME_COMPLETED = 2  # ... reached a success step
+OUTCOME_FAILED = 3  # ... reached a failure step
+OUTCOME_LAPSED = 4  # close_after (the attribution window) passed without progress
+OUTCOME_NAMES = ("", "progressed", "completed", "failed", "lapsed")
+
+# What an event did (the apply kernel's per-event effect output), for funnel counts.
+EFFECT_NONE = 0  # not attributed to any instance
+EFFECT_COUNTED = 1  # attributed to an open instance without moving it
+EFFECT_STARTED = 2
+EFFECT_ADVANCED = 3  # moved an open instance to a non-terminal step
+EFFECT_COMPLETED = 4
+EFFECT_FAILED = 5

@@ -7,7 +7,7 @@ import numpy as np
 from ato.catalog import Catalog
 from ato.columns import EventColumns
 from state import kernels
-from state.base import ShardStore, Stalls
+from state.base import Effects, Records, ShardStore
 from state.layout import (
     C_LAST_INST,
     C_LAST_TS,
@@ -24,6 +24,7 @@ from state.layout import (
     I_JOURNEY,
     I_LAST_CHANNEL,
     I_LAST_TYPE,
+    I_SEGMENT,
     I_STALLED,
     I_STEP,
     I_SWITCHES,
@@ -42,11 +43,12 @@ from state.layout import (
     T_DEADLINE,
     T_ENTERED,
     T_PROGRESS,
+    T_STALLED_AT,
     T_START,
 )
 
 INITIAL_CAPACITY = 1024
-EXPIRE_CHUNK = 4_096  # most stall records one expire kernel call writes
+EXPIRE_CHUNK = 4_096  # most records one expire kernel call writes
 
 _ARRAY_FIELDS = (
     "ckey", "cts", "cf", "ci", "c_free", "c_hk", "c_hv",
@@ -161,16 +163,17 @@ class NumbaShardStore(ShardStore):
 
     # ------------------------------------------------------------------ work
 
-    def apply(self, events: EventColumns) -> Stalls:
+    def apply(self, events: EventColumns) -> tuple[Records, Effects]:
         """Apply events (already ordered with :func:`order_events`)."""
         n = len(events)
         if n == 0:
-            return Stalls.empty()
+            return Records.empty(), Effects.empty()
         self._reserve(n)
         t = self.tables
         e_cslot = np.empty(n, np.int32)
         e_new = np.empty(n, np.bool_)
-        room = n + t.step_timeout.shape[0]
+        effects = Effects(np.empty(n, np.int8), np.empty(n, np.int16), np.empty(n, np.int16))
+        room = n + 2 * t.step_timeout.shape[0] + 1
         parts_i, parts_f = [], []
         start = 0
         while start < n:
@@ -178,20 +181,23 @@ class NumbaShardStore(ShardStore):
             out_f = np.empty((N_OUT_F, room), np.float64)
             n_out, start = kernels.apply_events(
                 events.client_key, events.ts, events.channel, events.type_code, events.journey,
-                events.step, events.flags, t.step_timeout, t.step_terminal, t.abandon_grace,
+                events.step, events.flags, events.segment, t.step_timeout, t.step_terminal,
+                t.abandon_grace,
                 t.close_after, self.half_life_ms, self.client_ttl_ms,
                 self.c_hk, self.c_hv, self.ckey, self.cts, self.cf, self.ci, self.c_free,
                 self.i_hk, self.i_hv, self.it, self.ii, self.i_free, self.meta, self.counters_,
-                e_cslot, e_new, out_i, out_f, start,
+                e_cslot, e_new, effects.effect, effects.journey, effects.step, out_i, out_f,
+                start,
             )  # fmt: skip
             parts_i.append(out_i[:, :n_out])
             parts_f.append(out_f[:, :n_out])
         new = np.flatnonzero(e_new)
         if len(new):
             self.client_ids[e_cslot[new]] = events.client_id[new]
-        return self._stalls(np.concatenate(parts_i, axis=1), np.concatenate(parts_f, axis=1))
+        records = self._records(np.concatenate(parts_i, axis=1), np.concatenate(parts_f, axis=1))
+        return records, effects
 
-    def expire(self, watermark: int) -> Stalls:
+    def expire(self, watermark: int) -> Records:
         """Settle instances with deadline <= ``watermark``; forget long-idle clients."""
         if watermark >= self.meta[M_NEXT_CLIENT_EXPIRY]:
             kernels.expire_clients(
@@ -199,7 +205,7 @@ class NumbaShardStore(ShardStore):
                 self.ci, self.c_free, self.meta,
             )  # fmt: skip
         if watermark < self.meta[M_NEXT_DEADLINE]:
-            return Stalls.empty()
+            return Records.empty()
         parts_i, parts_f = [], []
         start, smallest = 0, NO_DEADLINE
         # Deadlines set while scanning (close deadlines) lower the bound again below.
@@ -215,11 +221,11 @@ class NumbaShardStore(ShardStore):
             parts_i.append(out_i[:, :n_out].copy())
             parts_f.append(out_f[:, :n_out].copy())
         self.meta[M_NEXT_DEADLINE] = min(int(self.meta[M_NEXT_DEADLINE]), smallest)
-        return self._stalls(np.concatenate(parts_i, axis=1), np.concatenate(parts_f, axis=1))
+        return self._records(np.concatenate(parts_i, axis=1), np.concatenate(parts_f, axis=1))
 
-    def _stalls(self, ints: np.ndarray, floats: np.ndarray) -> Stalls:
+    def _records(self, ints: np.ndarray, floats: np.ndarray) -> Records:
         slots = ints[O_CLIENT]
-        return Stalls(self.ckey[slots], self.client_ids[slots].tolist(), ints, floats)
+        return Records(self.ckey[slots], self.client_ids[slots].tolist(), ints, floats)
 
     # ------------------------------------------------------------------ inspection
 
@@ -249,6 +255,8 @@ class NumbaShardStore(ShardStore):
                 "attempt": int(self.ii[I_ATTEMPT, slot]),
                 "stalled": int(self.ii[I_STALLED, slot]),
                 "abandoned": int(self.ii[I_ABANDONED, slot]),
+                "segment": int(self.ii[I_SEGMENT, slot]),
+                "stalled_at": int(self.it[T_STALLED_AT, slot]),
                 "calls": float(self.cf[F_CALLS, client]),
                 "sessions": float(self.cf[F_SESSIONS, client]),
                 "client_last_ts": int(self.cts[C_LAST_TS, client]),

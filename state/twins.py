@@ -1,8 +1,9 @@
 """Plain-Python twin of ``state/kernels.py``: the same semantics over dicts, one event at a time.
 
 It is the readable statement of what the kernels do and the reference their parity tests
-compare against (``tests/state/test_kernel_parity.py``). Stall records are tuples in the
-order of ``state.layout.O_*`` then ``OF_*``, with the client hash in place of the slot.
+compare against (``tests/state/test_kernel_parity.py``). Records (stalls and outcomes) are
+tuples in the order of ``state.layout.O_*`` then ``OF_*``, with the client hash in place of
+the slot; effects are (effect, journey, step) per event.
 """
 
 from dataclasses import dataclass, field
@@ -10,9 +11,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ato.catalog import FLAG_CALL, FLAG_ERROR, FLAG_SESSION, TERMINAL_SUCCESS, CatalogTables
-from state.layout import COUNTER_NAMES
+from state.layout import (
+    COUNTER_NAMES,
+    EFFECT_ADVANCED,
+    EFFECT_COMPLETED,
+    EFFECT_COUNTED,
+    EFFECT_FAILED,
+    EFFECT_NONE,
+    EFFECT_STARTED,
+    KIND_OUTCOME,
+    KIND_STALL,
+    OUTCOME_COMPLETED,
+    OUTCOME_FAILED,
+    OUTCOME_LAPSED,
+    OUTCOME_PROGRESSED,
+)
 
 StallRecord = tuple[int | float, ...]  # ints per state.layout.O_*, then the two floats
+Effect = tuple[int, int, int]  # EFFECT_*, journey, step
 
 
 @dataclass
@@ -46,6 +62,8 @@ class PyInstance:
     attempt: int = 0
     stalled: int = 0
     abandoned: int = 0
+    segment: int = -1
+    stalled_at: int = -1
 
 
 @dataclass
@@ -68,20 +86,33 @@ class PyShard:
         journey: np.ndarray,
         step: np.ndarray,
         flags: np.ndarray,
-    ) -> list[StallRecord]:
-        """Apply events in the given order; return the stall records they caused."""
+        segment: np.ndarray,
+    ) -> tuple[list[StallRecord], list[Effect]]:
+        """Apply events in the given order; return the records they caused and their effects."""
         out: list[StallRecord] = []
+        effects: list[Effect] = []
         for e in range(len(ts)):
-            self.apply_one(
-                int(ckey[e]), int(ts[e]), int(channel[e]), int(type_code[e]),
-                int(journey[e]), int(step[e]), int(flags[e]), out,
+            effects.append(
+                self.apply_one(
+                    int(ckey[e]), int(ts[e]), int(channel[e]), int(type_code[e]),
+                    int(journey[e]), int(step[e]), int(flags[e]), int(segment[e]), out,
+                )
             )  # fmt: skip
-        return out
+        return out, effects
 
     def apply_one(
-        self, key: int, t: int, ch: int, tc: int, j: int, s: int, fl: int, out: list[StallRecord]
-    ) -> None:
-        """Apply one event."""
+        self,
+        key: int,
+        t: int,
+        ch: int,
+        tc: int,
+        j: int,
+        s: int,
+        fl: int,
+        seg: int,
+        out: list[StallRecord],
+    ) -> Effect:
+        """Apply one event; return its effect."""
         self.counters["events"] += 1
         client = self.clients.get(key)
         if client is None:
@@ -107,20 +138,33 @@ class PyShard:
             terminal = int(self.tables.step_terminal[j, s])
             if inst is None:
                 if terminal:
-                    return
+                    return (EFFECT_NONE, -1, -1)
                 inst = PyInstance(key, j, s, t, t, t, 0, 0, ch)
                 self.instances[(key, j)] = inst
                 client.open += 1
                 self.counters["started"] += 1
+                effect = EFFECT_STARTED
             else:
                 self.counters["advanced"] += 1
+                if inst.stalled:
+                    if not terminal:
+                        outcome = OUTCOME_PROGRESSED
+                    elif terminal == TERMINAL_SUCCESS:
+                        outcome = OUTCOME_COMPLETED
+                    else:
+                        outcome = OUTCOME_FAILED
+                    out.append(self._outcome(inst, outcome, t, ch))
+                    inst.stalled = 0
+                    self.counters["resumed"] += 1
                 if s < inst.step:
                     inst.back += 1
                 if s != inst.step:
                     inst.entered = t
-                if inst.stalled:
-                    inst.stalled = 0
-                    self.counters["resumed"] += 1
+                effect = EFFECT_ADVANCED
+            if terminal:
+                effect = EFFECT_COMPLETED if terminal == TERMINAL_SUCCESS else EFFECT_FAILED
+            if seg >= 0:
+                inst.segment = seg
             self._attribute(inst, tc, ch, fl)
             inst.step = s
             inst.abandoned = 0
@@ -131,14 +175,20 @@ class PyShard:
                 self._close(inst)
             else:
                 inst.deadline = t + int(self.tables.step_timeout[j, s])
-        elif inst is not None:
-            self._attribute(inst, tc, ch, fl)
-            grace = int(self.tables.abandon_grace[inst.journey, tc])
-            if grace >= 0 and not inst.stalled:
-                self.counters["abandon_signals"] += 1
-                if t + grace < inst.deadline:
-                    inst.deadline = t + grace
-                    inst.abandoned = 1
+            return (effect, j, s)
+        if inst is None:
+            return (EFFECT_NONE, -1, -1)
+        # an event that moves no step: it counts, and an abandon signal shortens the deadline
+        if seg >= 0:
+            inst.segment = seg
+        self._attribute(inst, tc, ch, fl)
+        grace = int(self.tables.abandon_grace[inst.journey, tc])
+        if grace >= 0 and not inst.stalled:
+            self.counters["abandon_signals"] += 1
+            if t + grace < inst.deadline:
+                inst.deadline = t + grace
+                inst.abandoned = 1
+        return (EFFECT_COUNTED, inst.journey, inst.step)
 
     def expire(self, watermark: int) -> list[StallRecord]:
         """Settle every instance whose deadline is at or before ``watermark``."""
@@ -175,8 +225,10 @@ class PyShard:
             inst.stalled = 1
             out.append(self._record(inst))
             self.counters["stalled"] += 1
+            inst.stalled_at = inst.deadline
             inst.deadline += int(self.tables.close_after[inst.journey])
         if inst.deadline <= now:
+            out.append(self._outcome(inst, OUTCOME_LAPSED, inst.deadline, -1))
             self._close(inst)
             self.counters["closed"] += 1
             return True
@@ -197,5 +249,15 @@ class PyShard:
             inst.client, inst.journey, inst.step, inst.start, inst.deadline, inst.entered,
             inst.progress, inst.last_type, inst.last_channel, inst.events, inst.errors,
             inst.back, inst.switches, inst.attempt, inst.abandoned,
+            KIND_STALL, 0, -1, -1, inst.segment,
             client.calls * decay, client.sessions * decay,
+        )  # fmt: skip
+
+    @staticmethod
+    def _outcome(inst: PyInstance, outcome: int, resolved_at: int, channel: int) -> StallRecord:
+        return (
+            inst.client, inst.journey, inst.step, inst.start, inst.stalled_at, inst.entered,
+            inst.progress, inst.last_type, inst.last_channel, inst.events, inst.errors,
+            inst.back, inst.switches, inst.attempt, inst.abandoned,
+            KIND_OUTCOME, outcome, resolved_at, channel, inst.segment, 0.0, 0.0,
         )  # fmt: skip

@@ -1,7 +1,8 @@
 """Crash safety on a real broker: SIGKILL the flow at random points, restart, compare.
 
 Every intervention id of an uninterrupted run must reach the topic, and no other id may;
-the same id more than once (replayed epochs) is allowed, counted and reported.
+the same id more than once (replayed epochs) is allowed, counted and reported. The metrics
+each run wrote to its embedded ClickHouse must agree too: nothing counted twice or lost.
 """
 
 import random
@@ -19,6 +20,7 @@ from ato.catalog import load_catalog
 from ato.config import GeneratorSettings
 from ato.devservers import Server, create_topics
 from ato.generator import generate
+from sinks.clickhouse import ClickHouseStore
 from tests.kafka.conftest import consume_all, produce
 
 KILLS = 3
@@ -98,3 +100,27 @@ def test_sigkill_at_random_points_loses_and_invents_nothing(broker: Server, tmp_
     assert set(seen) == set(whole)  # nothing lost, nothing invented
     duplicates = sum(seen.values()) - len(seen)
     print(f"\nrecovery: {kills} SIGKILLs, {len(seen)} ids, {duplicates} duplicates on the wire")
+    whole_metrics = _metrics(tmp_path / "recovery.whole")
+    killed_metrics = _metrics(tmp_path / "recovery.killed")
+    assert whole_metrics["stalls"] == {(i,) for i in whole}
+    for name, rows in whole_metrics.items():
+        assert killed_metrics[name] == rows, name
+
+
+METRIC_QUERIES = {
+    "stalls": "SELECT intervention_id FROM stalls FINAL",
+    "decisions": "SELECT intervention_id, decision FROM decisions FINAL",
+    "outcomes": "SELECT intervention_id, outcome, resolved_at FROM outcomes FINAL",
+    "funnel": (
+        "SELECT minute, journey, step, channel, segment, sum(events), sum(started),"
+        " sum(advanced), sum(completed), sum(abandoned) FROM funnel_minute FINAL"
+        " GROUP BY ALL"
+    ),
+    "funnel_raw_rows": "SELECT count() FROM funnel_minute FINAL",
+}
+
+
+def _metrics(out_dir: Path) -> dict[str, set[tuple]]:
+    """What one run's embedded ClickHouse holds, as sets of rows."""
+    with ClickHouseStore(f"chdb://{out_dir / 'clickhouse'}") as store:
+        return {name: set(store.query(sql)[1]) for name, sql in METRIC_QUERIES.items()}

@@ -123,3 +123,59 @@ def test_resume_state_is_the_next_offset(topics: KafkaSettings) -> None:
 
 def _fields(settings: KafkaSettings) -> dict:
     return {f: getattr(settings, f) for f in settings.__dataclass_fields__}
+
+
+def test_idle_partitions_send_heartbeats_that_advance_the_watermark(
+    topics: KafkaSettings,
+) -> None:
+    """A partition with nothing to read says so; after the idle timeout it stops holding."""
+    from ato.catalog import load_catalog
+    from ato.config import EngineSettings
+    from operators.decode import Decoder
+    from operators.route import Router
+    from operators.shard_step import ShardContext, ShardLogic
+
+    topic = topics.input_topics[0]
+    t0 = 1_767_600_000_000
+    events = [
+        {"event_id": f"e{i}", "client_id": f"c{i}", "ts": t0 + i * 1_000, "channel": "app",
+         "type": "page_view"}
+        for i in range(5)
+    ]  # fmt: skip
+    produce(topics.brokers, topic, [(0, orjson.dumps(e)) for e in events])
+    live = KafkaSettings(**{**_fields(topics), "stop_at_end": False})
+    source = KafkaSource(live, batch_size=100)
+    busy = source.build_part("in", part_name(topic, 0), None)
+    quiet = [source.build_part("in", part_name(topic, p), None) for p in (1, 2)]
+    try:
+        (batch,) = busy.next_batch()
+        assert len(batch.messages) == 5 and batch.caught_up  # a short read: nothing more yet
+        beats = [b for part in quiet for b in part.next_batch()]
+        assert [(b.partition, b.messages, b.caught_up) for b in beats] == [
+            (part_name(topic, 1), [], True),
+            (part_name(topic, 2), [], True),
+        ]
+        catalog = load_catalog()
+        engine = EngineSettings(shards=1, idle_timeout_ms=1_000)
+        wall = [t0]
+        names = [part_name(topic, p) for p in range(3)]
+        shard = ShardLogic(ShardContext(catalog, engine, names, lambda: wall[0]), None)
+        decoder, router = Decoder(catalog, engine), Router(1)
+        for raw in [batch, *beats]:
+            decoded = decoder(raw)
+            assert decoded.dead == []
+            for _, item in router(decoded):
+                shard.on_batch([item])
+        assert shard.tracker.current < t0  # the quiet partitions still hold it
+        wall[0] += 1_000  # the quiet partitions' idle timeout passes; p0 keeps sending
+        later = {**events[0], "event_id": "e5", "ts": t0 + 5_000}
+        produce(topics.brokers, topic, [(0, orjson.dumps(later))])
+        deadline = time.monotonic() + 10
+        while shard.tracker.current < t0 and time.monotonic() < deadline:
+            for raw in busy.next_batch():  # heartbeats until the broker hands it over
+                for _, item in router(decoder(raw)):
+                    shard.on_batch([item])
+        assert shard.tracker.current == t0 + 5_000 - engine.allowed_lateness_ms
+    finally:
+        for part in [busy, *quiet]:
+            part.close()

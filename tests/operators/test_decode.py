@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ato.catalog import CHANNELS, FLAG_CALL, FLAG_ERROR, FLAG_SESSION, load_catalog
+from ato.catalog import CHANNELS, FLAG_CALL, FLAG_ERROR, FLAG_SESSION, SEGMENTS, load_catalog
 from ato.config import EngineSettings
 from operators import decode as d
 from operators.batches import DecodedBatch, RawBatch
@@ -80,6 +80,9 @@ BAD_INPUT = [
     pytest.param(event(client_id=12345), d.BAD_TYPE, id="client_id-int"),
     pytest.param(event(event_id=7), d.BAD_TYPE, id="event_id-int"),
     pytest.param(event(journey=["wealth_purchase"]), d.BAD_TYPE, id="journey-list"),
+    pytest.param(event(attrs="senior"), d.BAD_TYPE, id="attrs-string"),
+    pytest.param(event(attrs=[{"segment": "senior"}]), d.BAD_TYPE, id="attrs-list"),
+    pytest.param(event(attrs=0), d.BAD_TYPE, id="attrs-int"),
     pytest.param(event(client_id=""), d.BAD_VALUE, id="client_id-empty"),
     pytest.param(event(event_id=""), d.BAD_VALUE, id="event_id-empty"),
     pytest.param(event(client_id="x" * 65), d.BAD_VALUE, id="client_id-too-long"),
@@ -155,6 +158,7 @@ def test_oversized_limit_comes_from_settings() -> None:
         pytest.param(event(channel=1), id="channel-int"),
         pytest.param(event(journey=1), id="journey-int"),
         pytest.param(event(journey="wealth_purchase", step=3), id="step-int"),
+        pytest.param(event(attrs=True), id="attrs-bool"),
     ],
 )
 def test_outcome_does_not_depend_on_neighbours(bad: bytes) -> None:
@@ -320,9 +324,73 @@ def test_dead_letter_doc_keeps_original_bytes() -> None:
     assert (doc["reason"], doc["offset"], doc["partition"]) == (d.NOT_JSON, 9, "p0")
 
 
+SEGMENT_CASES = [
+    pytest.param({"segment": "senior"}, SEGMENTS.index("senior"), id="known"),
+    pytest.param({"device": "ios", "segment": "car_owner"}, SEGMENTS.index("car_owner"), id="2nd"),
+    pytest.param({"segment": "Senior"}, -1, id="unknown-name"),
+    pytest.param({"segment": ""}, -1, id="empty-name"),
+    pytest.param({"segment": 5}, -1, id="int"),
+    pytest.param({"segment": None}, -1, id="null"),
+    pytest.param({"segment": ["senior"]}, -1, id="list"),
+    pytest.param({"segment": {"segment": "senior"}}, -1, id="object"),
+    pytest.param({"profile": {"segment": "senior"}}, -1, id="nested"),
+    pytest.param({"device": "ios"}, -1, id="no-segment"),
+    pytest.param({}, -1, id="empty-attrs"),
+    pytest.param(None, -1, id="null-attrs"),
+    pytest.param(DROP, -1, id="no-attrs"),
+    pytest.param({"segment": "sénior"}, -1, id="non-ascii-name"),
+]
+
+
+@pytest.mark.parametrize("path", ["scan", "orjson", "slow"])
+@pytest.mark.parametrize(("attrs", "code"), SEGMENT_CASES)
+def test_segment_comes_from_attrs(attrs: Any, code: int, path: str) -> None:
+    """attrs.segment names one of SEGMENTS, or reads -1: never a reason to dead-letter."""
+    messages = [event(attrs=attrs), event(attrs={"segment": "executive"})]
+    if path == "slow":
+        messages.append(b"garbage")  # sends the orjson path message by message
+    out = decoder(decoder="orjson" if path == "orjson" else "scan").decode(RawBatch("p0", messages))
+    assert [x.offset for x in out.dead] == ([2] if path == "slow" else [])
+    assert out.events.segment.dtype == np.int8
+    assert out.events.segment.tolist() == [code, 0]
+
+
+def test_segment_follows_rows_through_value_rules() -> None:
+    """Events dropped by the value rules take their segment along; the others keep theirs."""
+    messages = [
+        event(channel="fax", attrs={"segment": "senior"}),
+        event(attrs={"segment": "car_owner"}),
+        event(ts=0, attrs={"segment": "executive"}),
+        event(attrs={"segment": "young_trendsetter"}),
+    ]
+    out = decode(messages)
+    assert sorted(x.offset for x in out.dead) == [0, 2]
+    assert out.events.segment.tolist() == [
+        SEGMENTS.index("car_owner"),
+        SEGMENTS.index("young_trendsetter"),
+    ]
+
+
+def test_generated_traffic_decodes_its_segments() -> None:
+    """The generator's events carry their client's segment into the column."""
+    from ato.config import GeneratorSettings
+    from ato.generator import generate
+
+    traffic = generate(CATALOG, GeneratorSettings(clients=50, seed=3))
+    messages = [m for part in traffic.partitions.values() for m in part]
+    out = decoder(max_future_ms=10**13).decode(RawBatch("p0", messages))
+    assert out.dead == []
+    docs = [orjson.loads(m) for m in messages]
+    expected = [SEGMENTS.index(x["attrs"]["segment"]) if "attrs" in x else -1 for x in docs]
+    assert out.events.segment.tolist() == expected
+    assert len(set(expected) - {-1}) > 1  # several segments, not one code everywhere
+
+
 # ---------------------------------------------------------------------- property tests
 
-_FIELDS = ["event_id", "client_id", "ts", "channel", "type", "journey", "step", "session_id"]
+_FIELDS = [
+    "event_id", "client_id", "ts", "channel", "type", "journey", "step", "session_id", "attrs",
+]  # fmt: skip
 _VALUES = st.one_of(
     st.none(),
     st.booleans(),

@@ -16,7 +16,7 @@ from operators.interventions import (
     priorities,
     priority,
 )
-from state.base import Stalls
+from state.base import Records
 from state.layout import (
     N_OUT,
     N_OUT_F,
@@ -137,7 +137,7 @@ def test_rendered_documents_equal_the_dict_definition(items: list[tuple], rnd) -
         ints[O_ABANDONED, r] = abandoned
         floats[OF_CALLS, r], floats[OF_SESSIONS, r] = calls, sessions
     clients = [row[0] for row in items]
-    stalls = Stalls(np.arange(n, dtype=np.uint64), clients, ints, floats)
+    stalls = Records(np.arange(n, dtype=np.uint64), clients, ints, floats)
     batch = builder.build(stalls, 1_700_000_000_000)
     docs = builder.build_docs(stalls, 1_700_000_000_000)
     assert batch.lines == b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in docs)

@@ -1,5 +1,6 @@
 """The numba scanner agrees with its twin, and the scan decoder with the orjson decoder."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,7 +8,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ato.catalog import load_catalog
+from ato.catalog import SEGMENTS, load_catalog
+from ato.columns import EventColumns
 from ato.config import EngineSettings
 from operators import scan
 from operators.batches import RawBatch
@@ -39,10 +41,74 @@ event = st.fixed_dictionaries(
     },
 )
 
+# attrs: objects with or without a segment (a name, another string, another type, nested),
+# or any other JSON value (which the decoders dead-letter unless it is null)
+segment_value = st.one_of(st.sampled_from(SEGMENTS), text, scalar, json_value)
+plain_segment = st.one_of(  # ASCII-only values, so that the scanner takes most messages
+    st.sampled_from(SEGMENTS), st.sampled_from(["nobody", ""]), st.integers(-5, 5), st.none()
+)
+attrs_key = st.one_of(st.just("segment"), st.sampled_from(["device", "Segment", "segment "]))
+attrs_object = st.dictionaries(
+    attrs_key,
+    st.one_of(segment_value, st.dictionaries(attrs_key, segment_value, max_size=2)),
+    max_size=3,
+)
+attrs = st.one_of(
+    st.fixed_dictionaries({"segment": st.sampled_from(SEGMENTS)}, optional={"device": text}),
+    st.fixed_dictionaries({"segment": segment_value}),
+    attrs_object,
+    json_value,
+)
+# events the scanner can take: valid required fields, journey/session/attrs varying
+scannable = st.fixed_dictionaries(
+    {
+        "event_id": st.sampled_from(["e1", "e-2"]),
+        "client_id": st.sampled_from(["C1", "C2"]),
+        "ts": st.integers(NOW - 10**9, NOW),
+        "channel": st.sampled_from(["app", "call", "branch", "ai"]),
+        "type": st.sampled_from(CATALOG.type_names),
+    },
+    optional={
+        "journey": st.one_of(st.none(), st.sampled_from([j.name for j in CATALOG.journeys])),
+        "session_id": st.one_of(st.none(), text),
+    },
+)
+with_attrs = st.builds(lambda doc, value: {**doc, "attrs": value}, scannable, attrs)
+
+
+def _json_text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+@st.composite
+def attrs_text(draw: st.DrawFn, depth: int = 0) -> str:
+    """An ``attrs`` object as text, with keys that may repeat (the last one counts)."""
+    members = []
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(attrs_key)
+        if depth < 1 and draw(st.integers(0, 3)) == 0:
+            value = draw(attrs_text(depth + 1))
+        else:
+            value = _json_text(draw(st.one_of(plain_segment, segment_value)))
+        members.append(f"{_json_text(key)}:{value}")
+    return "{" + ",".join(members) + "}"
+
+
+@st.composite
+def repeated_keys(draw: st.DrawFn) -> bytes:
+    """A scannable event whose attrs, and attrs.segment, may be given more than once."""
+    doc = draw(scannable)
+    attrs_values = st.one_of(attrs_text(), attrs_text(), st.sampled_from(["null", "[]", "1"]))
+    values = draw(st.lists(attrs_values, max_size=3))
+    members = [f"{_json_text(k)}:{_json_text(v)}" for k, v in doc.items()]
+    members += [f'"attrs":{v}' for v in values]
+    order = draw(st.permutations(range(len(members))))
+    return ("{" + ",".join(members[k] for k in order) + "}").encode()
+
 
 @st.composite
 def message(draw: st.DrawFn) -> bytes:
-    doc = draw(st.one_of(event, json_value))
+    doc = draw(st.one_of(event, scannable, with_attrs, with_attrs, json_value))
     style = draw(st.sampled_from(["orjson", "spaced", "ascii"]))
     try:
         if style == "orjson":
@@ -61,8 +127,11 @@ def message(draw: st.DrawFn) -> bytes:
     return out
 
 
+messages = st.lists(st.one_of(message(), repeated_keys()), min_size=1, max_size=12)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(message(), min_size=1, max_size=12))
+@given(messages)
 def test_scan_matches_its_twin(messages: list[bytes]) -> None:
     lengths = np.array([len(m) for m in messages], dtype=np.int64)
     ends = np.cumsum(lengths)
@@ -81,9 +150,10 @@ def test_scan_matches_its_twin(messages: list[bytes]) -> None:
 def _same(a: Decoder, b: Decoder, messages: list[bytes]) -> None:
     x = a(RawBatch("p", messages, 100))
     y = b(RawBatch("p", messages, 100))
-    for name in ("client_key", "client_id", "ts", "channel", "type_code", "journey", "step",
-                 "flags", "offset"):  # fmt: skip
-        assert np.array_equal(getattr(x.events, name), getattr(y.events, name)), name
+    for field in dataclasses.fields(EventColumns):  # every column, segment included
+        if field.name != "raw":
+            a, b = getattr(x.events, field.name), getattr(y.events, field.name)
+            assert a.dtype == b.dtype and np.array_equal(a, b), field.name
     assert list(x.events.raw) == list(y.events.raw)
     assert [(d.reason, d.detail, d.raw, d.offset) for d in x.dead] == [
         (d.reason, d.detail, d.raw, d.offset) for d in y.dead
@@ -92,7 +162,7 @@ def _same(a: Decoder, b: Decoder, messages: list[bytes]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(message(), min_size=1, max_size=12))
+@given(messages)
 def test_scan_decoder_equals_orjson_decoder(messages: list[bytes]) -> None:
     """Whatever the input, both decoders give the same events and dead letters."""
     scanned = Decoder(CATALOG, EngineSettings(decoder="scan"), now_ms=lambda: NOW)
@@ -103,7 +173,7 @@ def test_scan_decoder_equals_orjson_decoder(messages: list[bytes]) -> None:
 def test_common_events_take_the_scan_path() -> None:
     doc = {"event_id": "e1", "client_id": "C1", "ts": NOW, "channel": "app",
            "type": "order_paid", "journey": "wealth_purchase", "session_id": None,
-           "attrs": {"a": [1, {"b": True}], "c": "x"}}  # fmt: skip
+           "attrs": {"a": [1, {"b": True}], "c": "x", "segment": "senior"}}  # fmt: skip
     messages = [orjson.dumps(doc), json.dumps(doc, indent=2).encode()]
     lengths = np.array([len(m) for m in messages], dtype=np.int64)
     ends = np.cumsum(lengths)
@@ -111,3 +181,73 @@ def test_common_events_take_the_scan_path() -> None:
         np.frombuffer(b"".join(messages), np.uint8), ends - lengths, ends, 64
     )
     assert status.tolist() == [scan.OK, scan.OK]
+    decoded = Decoder(CATALOG, EngineSettings(decoder="scan"), now_ms=lambda: NOW)(
+        RawBatch("p", messages)
+    )
+    assert decoded.events.segment.tolist() == [SEGMENTS.index("senior")] * 2
+
+
+HEAD = f'{{"event_id":"e1","client_id":"C1","ts":{NOW},"channel":"app","type":"x"'
+
+
+def test_segment_spans_follow_orjson() -> None:
+    """attrs.segment: a top-level string member of an attrs object; the last key wins."""
+    cases = [
+        ('"attrs":{"segment":"senior"}', "senior"),
+        ('"attrs":{"device":"ios", "segment" : "car_owner" }', "car_owner"),
+        ('"attrs":{"segment":"nobody"}', "nobody"),  # a string: the vocabulary decides
+        ('"attrs":{"segment":""}', ""),
+        ('"attrs":{"segment":5}', None),
+        ('"attrs":{"segment":null}', None),
+        ('"attrs":{"segment":["senior"]}', None),
+        ('"attrs":{"segment":{"segment":"senior"}}', None),
+        ('"attrs":{"x":{"segment":"senior"}}', None),  # nested: not the event's segment
+        ('"attrs":{"x":[{"segment":"senior"}],"y":"senior"}', None),
+        ('"attrs":{"segment":"senior","segment":7}', None),
+        ('"attrs":{"segment":7,"segment":"senior"}', "senior"),
+        ('"attrs":{"segment":"senior"},"attrs":{}', None),
+        ('"attrs":{"segment":"senior"},"attrs":null', None),
+        ('"attrs":{},"attrs":{"segment":"senior"}', "senior"),
+        ('"attrs":null', None),
+        ('"attrs":{}', None),
+        ('"segment":"senior"', None),  # top level: not attrs
+    ]
+    messages = [(HEAD + "," + member + "}").encode() for member, _ in cases]
+    lengths = np.array([len(m) for m in messages], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(messages), np.uint8)
+    status, _, span_start, span_len, _ = scan.scan_events(buf, ends - lengths, ends, 64)
+    twin = scan.scan_events_py(messages, 64)
+    for k, (message, (_, expected)) in enumerate(zip(messages, cases, strict=True)):
+        assert status[k] == scan.OK == twin[k][0], message
+        start, length = span_start[scan.F_SEGMENT, k], span_len[scan.F_SEGMENT, k]
+        got = None if length < 0 else bytes(buf[start : start + length]).decode()
+        assert got == expected == twin[k][2][scan.F_SEGMENT], message
+        attrs = orjson.loads(message).get("attrs") or {}
+        segment = attrs.get("segment")
+        assert (segment if isinstance(segment, str) else None) == expected, message
+
+
+def test_attrs_other_than_an_object_or_null_falls_back() -> None:
+    values = ['"senior"', "5", "true", "[]", '[{"segment":"senior"}]', '{"segment":"s\\u00e9"}']
+    messages = [(HEAD + ',"attrs":' + v + "}").encode() for v in values]
+    lengths = np.array([len(m) for m in messages], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(messages), np.uint8)
+    status, *_ = scan.scan_events(buf, ends - lengths, ends, 64)
+    assert status.tolist() == [scan.FALLBACK] * len(values)
+    assert [t[0] for t in scan.scan_events_py(messages, 64)] == [scan.FALLBACK] * len(values)
+
+
+def test_nesting_limit_counts_the_top_level_object() -> None:
+    """Scanner and twin agree at the depth limit (values nest MAX_DEPTH - 1 deep)."""
+    depths = [scan.MAX_DEPTH - 2, scan.MAX_DEPTH - 1, scan.MAX_DEPTH]
+    messages = [(HEAD + ',"a":' + "[" * d + "]" * d + "}").encode() for d in depths]
+    messages += [(HEAD + ',"attrs":' + '{"a":' * d + "1" + "}" * d + "}").encode() for d in depths]
+    lengths = np.array([len(m) for m in messages], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(messages), np.uint8)
+    status, *_ = scan.scan_events(buf, ends - lengths, ends, 64)
+    expected = [scan.OK, scan.OK, scan.FALLBACK] * 2
+    assert status.tolist() == expected
+    assert [t[0] for t in scan.scan_events_py(messages, 64)] == expected

@@ -75,6 +75,11 @@ def tick(max_ts: int, partition: str = "p0") -> ShardInput:
     return ShardInput(SHARD, partition, EventColumns.empty(), max_ts, 0)
 
 
+def heartbeat(partition: str = "p0") -> ShardInput:
+    """What a source sends for a partition with nothing to read."""
+    return ShardInput(SHARD, partition, EventColumns.empty(), None, 0, caught_up=True)
+
+
 def run(shard: ShardLogic, items: list[ShardInput]) -> list[ShardOutput]:
     out: list[ShardOutput] = []
     for item in items:
@@ -428,7 +433,8 @@ def test_live_clock_idle_inputs_let_watermark_follow_wall_clock() -> None:
     """Live, all partitions idle: on_notify moves the watermark to wall clock - lateness."""
     clock = Clock(T0)
     shard = logic(clock, partitions=("p0", "p1"), clock="live", idle_timeout_ms=1_000)
-    assert run(shard, [batch([("c1", T0, "order_confirm_viewed")], "p0")]) == []
+    first = replace(batch([("c1", T0, "order_confirm_viewed")], "p0"), caught_up=True)
+    assert run(shard, [first, heartbeat("p1")]) == []
     clock.now = T0 + 999
     assert shard.on_notify() == ([], shard.RETAIN)  # p1 has not been silent long enough
     clock.now = T0 + 1_000
@@ -519,13 +525,29 @@ def test_router_splits_clients_across_shards_with_empty_items() -> None:
 
 
 def test_a_blocked_worker_does_not_release_a_quiet_partition() -> None:
-    """12 s without calls (compiling, another shard's long batch) is not 12 s of idleness."""
+    """12 s without calls (compiling, another shard's long batch) is not 12 s of idleness,
+    even for a partition whose source said it was caught up."""
     clock = Clock(T0)
     shard = logic(clock, partitions=("p0", "p1"), idle_timeout_ms=10_000)
     run(shard, [batch([("a", T0, "order_confirm_viewed")], "p0")])
-    run(shard, [batch([("b", T0, "order_confirm_viewed")], "p1")])
+    run(shard, [replace(batch([("b", T0, "order_confirm_viewed")], "p1"), caught_up=True)])
     clock.now = T0 + 12_000
     run(shard, [tick(T0 + 20 * CONFIRM, "p0")])
     assert shard.tracker.current == T0 - LATE  # p1 still holds the watermark
+    late = run(shard, [batch([("b", T0 + 1_000, "order_confirm_viewed")], "p1")])
+    assert sum(out.late_count for out in late) == 0
+
+
+def test_a_partition_behind_its_source_holds_however_long_it_is_silent() -> None:
+    """Catch-up: the other process's partition is silent (its source is held back), not idle."""
+    clock = Clock(T0)
+    shard = logic(clock, partitions=("p0", "p1"), idle_timeout_ms=10_000)
+    run(shard, [batch([("a", T0, "order_confirm_viewed")], "p0")])
+    run(shard, [batch([("b", T0, "order_confirm_viewed")], "p1")])  # more queued behind it
+    for k in range(1, 60):
+        clock.now = T0 + k * 500
+        run(shard, [tick(T0 + k * CONFIRM, "p0")])
+        shard.on_notify()
+    assert shard.tracker.current == T0 - LATE
     late = run(shard, [batch([("b", T0 + 1_000, "order_confirm_viewed")], "p1")])
     assert sum(out.late_count for out in late) == 0

@@ -31,21 +31,33 @@ def test_minimum_over_partitions() -> None:
     assert wm.advance(W0 + 1) == T0 + 9_000 - LATE
 
 
-def test_silent_partition_holds_until_idle_timeout() -> None:
-    """A partition that never sent anything holds the watermark at MIN until it is idle."""
+def test_never_heard_partition_holds_until_its_source_reports_caught_up() -> None:
+    """A partition never heard of holds at MIN however long; caught up and quiet, it idles."""
     wm = tracker()
     wm.observe("p0", T0, W0 + 100)
     assert wm.advance(W0 + 100) == MIN_WATERMARK
-    assert wm.advance(W0 + IDLE - 1) == MIN_WATERMARK
-    wm.observe("p0", T0, W0 + IDLE)
+    wm.observe("p1", None, W0 + IDLE // 2, caught_up=True)  # an empty read
+    assert wm.advance(W0 + IDLE - 1) == MIN_WATERMARK  # quiet since the start, not yet IDLE
     assert wm.advance(W0 + IDLE) == T0 - LATE
+
+
+def test_silent_partition_with_a_backlog_holds_forever() -> None:
+    """Its source said more is queued: silence is a busy source, not an idle partition."""
+    wm = tracker()
+    wm.observe("p0", T0, W0)
+    wm.observe("p1", T0 + 5, W0, caught_up=False)
+    for k in range(1, 20):
+        wm.observe("p0", T0 + k * 60_000, W0 + k * IDLE)
+        assert wm.advance(W0 + k * IDLE) == T0 + 5 - LATE
+    wm.observe("p1", T0 + 1_000, W0 + 20 * IDLE)
+    assert wm.advance(W0 + 20 * IDLE) == T0 + 1_000 - LATE
 
 
 def test_idle_partition_released_then_holds_again_without_going_back() -> None:
     """An idle partition stops holding; when it speaks again it holds, but never lowers it."""
     wm = tracker()
     wm.observe("p0", T0, W0)
-    wm.observe("p1", T0, W0)
+    wm.observe("p1", T0, W0, caught_up=True)
     assert wm.advance(W0) == T0 - LATE
     wm.observe("p0", T0 + 50_000, W0 + IDLE)
     assert wm.advance(W0 + IDLE) == T0 + 50_000 - LATE  # p1 silent for IDLE: released
@@ -60,8 +72,8 @@ def test_idle_partition_released_then_holds_again_without_going_back() -> None:
 def test_all_idle_live_follows_wall_clock() -> None:
     """Live clock and every partition idle: watermark = wall clock - lateness."""
     wm = tracker(live=True)
-    wm.observe("p0", 1_000, W0)
-    wm.observe("p1", 2_000, W0)
+    wm.observe("p0", 1_000, W0, caught_up=True)
+    wm.observe("p1", 2_000, W0, caught_up=True)
     assert wm.advance(W0) == 1_000 - LATE
     assert wm.advance(W0 + IDLE - 1) == 1_000 - LATE
     assert wm.advance(W0 + IDLE) == W0 + IDLE - LATE
@@ -193,7 +205,7 @@ def test_a_long_gap_counts_at_most_max_gap() -> None:
     """A worker blocked for 12 s (a kernel compiling) does not make a partition look idle."""
     wm = WatermarkTracker(["p0", "p1"], LATE, IDLE, False, W0, max_gap_ms=1_000)
     wm.observe("p0", T0 + 5_000, W0)
-    wm.observe("p1", T0, W0)
+    wm.observe("p1", T0, W0, caught_up=True)
     assert wm.advance(W0) == T0 - LATE
     wm.observe("p0", T0 + 9_000, W0 + 12_000)  # the first call after the pause
     assert wm.advance(W0 + 12_000) == T0 - LATE  # p1 has been silent for 1 s of idle clock
@@ -204,7 +216,7 @@ def test_idleness_accrues_in_regular_ticks() -> None:
     """With calls every 200 ms the idle clock keeps pace with the wall clock."""
     wm = WatermarkTracker(["p0", "p1"], LATE, IDLE, False, W0, max_gap_ms=1_000)
     wm.observe("p0", T0, W0)
-    wm.observe("p1", T0, W0)
+    wm.observe("p1", T0, W0, caught_up=True)
     now = W0
     while now < W0 + IDLE - 200:
         now += 200

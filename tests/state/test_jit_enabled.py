@@ -34,8 +34,17 @@ ENTRY_POINTS = {
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
 # is checked.
 HELPERS = {
-    kernels: ("_emit_stall", "_close", "_settle", "_attribute"),
-    scan: ("_ws", "_string", "_integer", "_literal", "_scalar", "_container", "_scan_one"),
+    kernels: ("_emit_stall", "_emit_outcome", "_close", "_settle", "_attribute"),
+    scan: (
+        "_ws",
+        "_string",
+        "_integer",
+        "_literal",
+        "_scalar",
+        "_is_segment",
+        "_container",
+        "_scan_one",
+    ),
     render: ("_write_uint", "_magnitude", "_write_int", "_write_fixed4"),
 }
 
@@ -56,12 +65,14 @@ def exercise_entry_points() -> None:
         np.zeros(2, np.int8),
         np.array([b"", b""], object),
         np.arange(2, dtype=np.int64),
+        np.array([5, -1], np.int8),
     )
     store = NumbaShardStore(catalog, capacity=1)  # the second client forces a rehash
     store.apply(events)
-    stalls = store.expire(100 * 86_400_000)  # stalls, closes, forgets "c2"
-    assert len(stalls) == 1
-    assert len(InterventionBuilder(catalog).build(stalls, 0)) == 1  # renders the document
+    records = store.expire(100 * 86_400_000)  # stalls, closes (lapsed), forgets "c2"
+    assert (len(records.stalls()), len(records.outcomes())) == (1, 1)
+    built = InterventionBuilder(catalog).build(records.stalls(), 0)  # renders the document
+    assert len(built) == 1
     assert len(store.expire(200 * 86_400_000)) == 0  # forgets "c1"
     keys, vals = np.zeros(8, np.uint64), np.full(8, -1, np.int64)
     kernels.ht_insert(keys, vals, np.uint64(5), 1)

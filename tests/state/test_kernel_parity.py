@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from ato.catalog import load_catalog
 from ato.columns import EventColumns
 from state import kernels, shard_store
-from state.base import Stalls
+from state.base import Effects, Records
 from state.hashing import hash_client_id_py, hash_client_ids, mix64_py
 from state.layout import O_CLIENT
 from state.shard_store import NumbaShardStore, order_events
-from state.twins import PyShard, StallRecord
+from state.twins import Effect, PyShard, StallRecord
 
 CATALOG = load_catalog()
 TABLES = CATALOG.tables
@@ -52,13 +52,15 @@ BATCH_GAPS = [1, 1_000, 60_000, 600_000, 3_600_000, DAY, 2 * DAY, 3 * DAY + 1, 8
 LAGS = [0, 1, 1_000, 60_000, 3_600_000, DAY]
 
 # client, type code, journey the event names (-1: none), channel, ms after the previous event
-# or None: exactly at the deadline of an open instance, whose client and journey it then names
+# or None: exactly at the deadline of an open instance, whose client and journey it then names,
+# segment
 EVENT = st.tuples(
     st.integers(0, 2),
     st.sampled_from(TYPES),
     st.sampled_from([-1, -1, *JOURNEYS]),
     st.integers(0, 3),
     st.sampled_from([*GAPS, None, None]),
+    st.integers(-1, 7),  # segment code
 )
 Step = tuple[EventColumns, list[int]]
 
@@ -72,8 +74,8 @@ def decode(type_code: int, named: int) -> tuple[int, int, int]:
     return journey, step, int(TABLES.type_flags[type_code])
 
 
-def columns(rows: list[tuple[str, int, int, int, int, int, int]]) -> EventColumns:
-    """Ordered columns from (client id, ts, channel, type, journey, step, flags) rows."""
+def columns(rows: list[tuple[Any, ...]]) -> EventColumns:
+    """Ordered columns from (client id, ts, channel, type, journey, step, flags[, segment])."""
     ids = np.array([r[0] for r in rows] or [""], dtype=str)[: len(rows)]
     cols = EventColumns(
         hash_client_ids(ids),
@@ -86,6 +88,7 @@ def columns(rows: list[tuple[str, int, int, int, int, int, int]]) -> EventColumn
         np.array([r[6] for r in rows], np.int8),
         np.array([b""] * len(rows), object),
         np.arange(len(rows), dtype=np.int64),
+        segment=np.array([r[7] if len(r) > 7 else -1 for r in rows], np.int8),
     )
     return cols.take(order_events(cols))
 
@@ -102,14 +105,14 @@ def scenarios(draw: st.DrawFn) -> list[Step]:
     for _ in range(draw(st.integers(1, 6))):
         due = sorted((i.deadline, i.client, i.journey) for i in oracle.instances.values())
         rows = []
-        for client, type_code, named, channel, dt in draw(st.lists(EVENT, max_size=16)):
+        for client, type_code, named, channel, dt, seg in draw(st.lists(EVENT, max_size=16)):
             client_id, journey = f"c{client}", named
             if dt is not None:
                 now += dt
             elif later := [d for d in due if d[0] >= now]:
                 now, key, journey = draw(st.sampled_from(later))
                 client_id = ids[key]
-            rows.append((client_id, now, channel, type_code, *decode(type_code, journey)))
+            rows.append((client_id, now, channel, type_code, *decode(type_code, journey), seg))
         cols = columns(rows)
         ids.update(zip(cols.client_key.tolist(), cols.client_id.tolist(), strict=True))
         twin_apply(oracle, cols)
@@ -136,9 +139,11 @@ def new_twin() -> PyShard:
     return PyShard(TABLES, float(CATALOG.decay_half_life_ms), CATALOG.client_idle_ttl_ms)
 
 
-def twin_apply(twin: PyShard, cols: EventColumns) -> list[StallRecord]:
+def twin_apply(twin: PyShard, cols: EventColumns) -> tuple[list[StallRecord], list[Effect]]:
     c = cols
-    return twin.apply(c.client_key, c.ts, c.channel, c.type_code, c.journey, c.step, c.flags)
+    return twin.apply(
+        c.client_key, c.ts, c.channel, c.type_code, c.journey, c.step, c.flags, c.segment
+    )
 
 
 def twin_expire(twin: PyShard, watermark: int) -> list[StallRecord]:
@@ -146,8 +151,8 @@ def twin_expire(twin: PyShard, watermark: int) -> list[StallRecord]:
     return twin.expire(watermark)
 
 
-def store_records(stalls: Stalls) -> list[StallRecord]:
-    """The store's stall records in the twin's form (client hash in place of the slot)."""
+def store_records(stalls: Records) -> list[StallRecord]:
+    """The store's records in the twin's form (client hash in place of the slot)."""
     records = []
     for k in range(len(stalls)):
         key = int(stalls.client_key[k])
@@ -157,7 +162,7 @@ def store_records(stalls: Stalls) -> list[StallRecord]:
     return records
 
 
-def assert_same_stalls(stalls: Stalls, expected: list[StallRecord]) -> None:
+def assert_same_stalls(stalls: Records, expected: list[StallRecord]) -> None:
     got = sorted(store_records(stalls))
     want = sorted(expected)
     assert [r[:-2] for r in got] == [r[:-2] for r in want]
@@ -197,9 +202,18 @@ def assert_same_state(store: NumbaShardStore, twin: PyShard) -> None:
                 assert got[key][name] == value, (key, name)
 
 
+def assert_same_effects(effects: Effects, expected: list[Effect]) -> None:
+    e = effects
+    got = list(zip(e.effect.tolist(), e.journey.tolist(), e.step.tolist(), strict=True))
+    assert got == expected
+
+
 def run_in_parallel(steps: list[Step], store: NumbaShardStore, twin: PyShard) -> None:
     for cols, watermarks in steps:
-        assert_same_stalls(store.apply(cols), twin_apply(twin, cols))
+        records, effects = store.apply(cols)
+        twin_records, twin_effects = twin_apply(twin, cols)
+        assert_same_stalls(records, twin_records)
+        assert_same_effects(effects, twin_effects)
         for watermark in watermarks:
             assert_same_stalls(store.expire(watermark), twin_expire(twin, watermark))
         assert_same_state(store, twin)
@@ -208,7 +222,7 @@ def run_in_parallel(steps: list[Step], store: NumbaShardStore, twin: PyShard) ->
 @SETTINGS
 @given(steps=scenarios(), capacity=st.sampled_from([1, 2, 1024]))
 def test_store_matches_twin(steps: list[Step], capacity: int) -> None:
-    """Stalls, counters and open instances agree after every batch and expiry."""
+    """Records, counters and open instances agree after every batch and expiry."""
     run_in_parallel(steps, NumbaShardStore(CATALOG, capacity), new_twin())
 
 
@@ -302,10 +316,10 @@ def test_closed_instance_slot_reused_by_another_client() -> None:
     assert (b["events"], b["switches"], b["last_type"]) == (1, 0, transfer)
 
 
-def _outputs(store: NumbaShardStore, steps: list[Step]) -> list[Stalls]:
+def _outputs(store: NumbaShardStore, steps: list[Step]) -> list[Records]:
     out = []
     for cols, watermarks in steps:
-        out.append(store.apply(cols))
+        out.append(store.apply(cols)[0])
         out.extend(store.expire(w) for w in watermarks)
     return out
 
@@ -386,3 +400,67 @@ def test_instance_key_is_unique_per_slot_and_journey() -> None:
     """Distinct (client slot, journey) pairs never share an index key."""
     pairs = [(slot, journey) for slot in (0, 1, 2, 1000, 2**20) for journey in (0, 1, 1021)]
     assert len({int(kernels.instance_key(s, j)) for s, j in pairs}) == len(pairs)
+
+
+def test_outcomes_and_effects_of_stalled_instances() -> None:
+    """Progress, completion and a lapsed window each end a stall with one outcome record."""
+    from state.layout import (
+        EFFECT_ADVANCED,
+        EFFECT_COMPLETED,
+        EFFECT_NONE,
+        EFFECT_STARTED,
+        O_DEADLINE,
+        O_OUTCOME,
+        O_RESOLVE_CHANNEL,
+        O_RESOLVED_AT,
+        O_SEGMENT,
+        O_STEP,
+        OUTCOME_COMPLETED,
+        OUTCOME_LAPSED,
+        OUTCOME_PROGRESSED,
+    )
+
+    j = CATALOG.journey_codes["large_transfer"]
+    codes = CATALOG.type_codes
+    start, payee, done = codes["transfer_start"], codes["payee_added"], codes["transfer_completed"]
+    five_min = 300_000
+    rows = [
+        ("p", T0, 0, start, *decode(start, -1), 3),  # stalls at start, then progresses
+        ("c", T0, 0, start, *decode(start, -1), 4),  # stalls at start, then completes
+        ("l", T0, 0, start, *decode(start, -1), -1),  # stalls at start, lapses
+        ("z", T0 + 1, 1, codes["page_view"], *decode(codes["page_view"], -1)),  # no journey
+    ]
+    store, twin = NumbaShardStore(CATALOG), new_twin()
+    records, effects = store.apply(columns(rows))
+    assert sorted(zip(effects.effect.tolist(), effects.journey.tolist(), strict=True)) == sorted(
+        [(EFFECT_STARTED, j)] * 3 + [(EFFECT_NONE, -1)]
+    )
+    twin_apply(twin, columns(rows))
+    assert_same_stalls(store.expire(T0 + five_min), twin_expire(twin, T0 + five_min))
+    later = [
+        ("p", T0 + 2 * five_min, 1, payee, *decode(payee, j)),
+        ("c", T0 + 2 * five_min, 2, done, *decode(done, -1)),
+    ]
+    records, effects = store.apply(columns(later))
+    assert_same_stalls(records, twin_apply(twin, columns(later))[0])
+    by_client = dict(zip(records.client_id, records.ints.T.tolist(), strict=True))
+    assert by_client["p"][O_OUTCOME] == OUTCOME_PROGRESSED
+    assert by_client["c"][O_OUTCOME] == OUTCOME_COMPLETED
+    for client, channel, segment in (("p", 1, 3), ("c", 2, 4)):
+        rec = by_client[client]
+        assert (rec[O_STEP], rec[O_DEADLINE]) == (0, T0 + five_min)  # the stall's step and time
+        assert (rec[O_RESOLVED_AT], rec[O_RESOLVE_CHANNEL]) == (T0 + 2 * five_min, channel)
+        assert rec[O_SEGMENT] == segment
+    assert sorted(effects.effect.tolist()) == sorted([EFFECT_ADVANCED, EFFECT_COMPLETED])
+    close = T0 + five_min + CATALOG.journey("large_transfer").close_after_ms
+    lapsed = store.expire(close)
+    assert_same_stalls(lapsed, twin_expire(twin, close))
+    outcomes = lapsed.outcomes()  # and "p" stalls again, at payee
+    ((rec, client),) = list(zip(outcomes.ints.T.tolist(), outcomes.client_id, strict=True))
+    assert client == "l"
+    assert (rec[O_OUTCOME], rec[O_RESOLVED_AT], rec[O_RESOLVE_CHANNEL]) == (
+        OUTCOME_LAPSED,
+        close,
+        -1,
+    )
+    assert_same_state(store, twin)

@@ -1,0 +1,150 @@
+"""Per-minute funnel counts of one shard, in event time, closed by the watermark.
+
+Counts (events, instances started, advanced, completed, abandoned) accumulate per event-time
+minute, journey, step, channel and segment as events are applied. A minute is emitted once the
+watermark has passed its end: every event of it that is not late has been applied by then, so
+the row is final. The open minutes are part of the shard's snapshot, so a restarted flow
+re-emits exactly the rows it would have emitted (same key, same counts) and ClickHouse
+collapses the duplicates.
+
+Keys are packed into one int64 (minute, journey+1, step+1, channel, segment+1) so that a batch
+is aggregated with numpy alone.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from state.base import Effects, Records
+from state.layout import (
+    EFFECT_ADVANCED,
+    EFFECT_COMPLETED,
+    EFFECT_FAILED,
+    EFFECT_STARTED,
+    O_JOURNEY,
+    O_LAST_CHANNEL,
+    O_OUTCOME,
+    O_RESOLVED_AT,
+    O_SEGMENT,
+    O_STEP,
+    OUTCOME_LAPSED,
+)
+
+MINUTE_MS = 60_000
+MEASURES = ("events", "started", "advanced", "completed", "abandoned")
+_ABANDONED = MEASURES.index("abandoned")
+
+
+def pack(
+    minute: np.ndarray,
+    journey: np.ndarray,
+    step: np.ndarray,
+    channel: np.ndarray,
+    segment: np.ndarray,
+) -> np.ndarray:
+    """One int64 key per row; journey, step and segment may be -1."""
+    return (
+        (minute.astype(np.int64) << 24)
+        | ((journey.astype(np.int64) + 1) << 16)
+        | ((step.astype(np.int64) + 1) << 8)
+        | (channel.astype(np.int64) << 4)
+        | (segment.astype(np.int64) + 1)
+    )
+
+
+def unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(minute, journey, step, channel, segment) of packed keys."""
+    return (
+        keys >> 24,
+        ((keys >> 16) & 0xFF) - 1,
+        ((keys >> 8) & 0xFF) - 1,
+        (keys >> 4) & 0xF,
+        (keys & 0xF) - 1,
+    )
+
+
+@dataclass(frozen=True)
+class FunnelRows:
+    """Closed minutes: packed keys and counts ``[n, len(MEASURES)]``."""
+
+    keys: np.ndarray
+    counts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class FunnelWindows:
+    """Open per-minute funnel counts of one shard."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, np.int64)  # sorted, unique
+        self.counts = np.empty((0, len(MEASURES)), np.int64)
+
+    def add_events(
+        self,
+        ts: np.ndarray,
+        channel: np.ndarray,
+        segment: np.ndarray,
+        effects: Effects,
+    ) -> None:
+        """Count applied events by the minute, journey and step they counted in."""
+        if not len(ts):
+            return
+        keys = pack(ts // MINUTE_MS, effects.journey, effects.step, channel, segment)
+        counts = np.zeros((len(ts), len(MEASURES)), np.int64)
+        counts[:, 0] = 1
+        counts[:, 1] = effects.effect == EFFECT_STARTED
+        counts[:, 2] = effects.effect == EFFECT_ADVANCED
+        counts[:, 3] = effects.effect == EFFECT_COMPLETED
+        counts[:, 4] = effects.effect == EFFECT_FAILED
+        self._merge(keys, counts)
+
+    def add_outcomes(self, outcomes: Records) -> None:
+        """Count lapsed stalls (closed without progress) as abandoned, at their close time."""
+        if not len(outcomes):
+            return
+        ints = outcomes.ints[:, outcomes.ints[O_OUTCOME] == OUTCOME_LAPSED]
+        if not ints.shape[1]:
+            return
+        keys = pack(
+            ints[O_RESOLVED_AT] // MINUTE_MS,
+            ints[O_JOURNEY],
+            ints[O_STEP],
+            ints[O_LAST_CHANNEL],
+            ints[O_SEGMENT],
+        )
+        counts = np.zeros((len(keys), len(MEASURES)), np.int64)
+        counts[:, _ABANDONED] = 1
+        self._merge(keys, counts)
+
+    def close(self, watermark: int, final: bool = False) -> FunnelRows:
+        """Remove and return the minutes that end at or before ``watermark`` (all if final)."""
+        if final:
+            done = np.ones(len(self.keys), np.bool_)
+        else:
+            done = ((self.keys >> 24) + 1) * MINUTE_MS <= watermark
+        rows = FunnelRows(self.keys[done], self.counts[done])
+        self.keys, self.counts = self.keys[~done], self.counts[~done]
+        return rows
+
+    def _merge(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        all_keys = np.concatenate([self.keys, keys])
+        all_counts = np.concatenate([self.counts, counts])
+        unique, inverse = np.unique(all_keys, return_inverse=True)
+        summed = np.empty((len(unique), len(MEASURES)), np.int64)
+        for m in range(len(MEASURES)):  # exact: counts stay far below 2**53
+            summed[:, m] = np.bincount(inverse, all_counts[:, m], len(unique))
+        self.keys, self.counts = unique, summed
+
+    def snapshot(self) -> dict[str, Any]:
+        """Copies of the open minutes."""
+        return {"keys": self.keys.copy(), "counts": self.counts.copy()}
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> "FunnelWindows":
+        """Rebuild from :meth:`snapshot`."""
+        windows = cls()
+        windows.keys, windows.counts = snap["keys"].copy(), snap["counts"].copy()
+        return windows

@@ -1,0 +1,310 @@
+"""Metric rows for ClickHouse from what the shard steps emit: columns, never a row per event.
+
+:class:`MetricRows` turns a :class:`ShardOutput` into :class:`MetricBlock` s for the tables of
+``sinks/clickhouse_schema``: closed funnel minutes, one row per stall, one decision per stall
+(every stall is ``sent`` until the contact policy decides otherwise), and stall outcomes.
+:class:`HealthWindow` sums the flow's progress items into one ``flow_health`` row per worker
+per interval.
+"""
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from bytewax.operators import StatefulBatchLogic
+
+from ato.catalog import CHANNELS, SEGMENTS, Catalog
+from operators.batches import ShardOutput
+from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
+from operators.interventions import InterventionBuilder, intervention_id_chars, priorities
+from sinks.clickhouse import MetricBlock
+from state.base import Records
+from state.layout import (
+    O_ABANDONED,
+    O_ATTEMPT,
+    O_BACK,
+    O_DEADLINE,
+    O_ENTERED,
+    O_ERRORS,
+    O_EVENTS,
+    O_JOURNEY,
+    O_LAST_CHANNEL,
+    O_LAST_TYPE,
+    O_OUTCOME,
+    O_PROGRESS,
+    O_RESOLVE_CHANNEL,
+    O_RESOLVED_AT,
+    O_SEGMENT,
+    O_START,
+    O_STEP,
+    O_SWITCHES,
+    OF_CALLS,
+    OF_SESSIONS,
+    OUTCOME_COMPLETED,
+    OUTCOME_NAMES,
+    OUTCOME_PROGRESSED,
+)
+
+UNKNOWN_SEGMENT = "unknown"
+
+
+class MetricRows:
+    """Column blocks of one catalog's names; one instance per flow."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        names = InterventionBuilder(catalog)
+        self.journeys = np.array([*names.journey_names.tolist(), ""], dtype=object)  # -1: ""
+        width = names.step_names.shape[1]
+        steps = np.full((len(catalog.journeys) + 1, width + 1), "", dtype=object)
+        steps[:-1, :-1] = names.step_names
+        self.steps = steps  # [journey, step], index -1 is ""
+        self.tiers = names.tiers
+        self.base_priority = names.base_priority
+        self.type_names = names.type_names
+        self.channels = np.array([*CHANNELS, ""], dtype=object)
+        self.segments = np.array([*SEGMENTS, UNKNOWN_SEGMENT], dtype=object)
+        self.outcomes = np.array(OUTCOME_NAMES, dtype=object)
+
+    def __call__(self, out: ShardOutput) -> list[MetricBlock]:
+        """Every block a shard output holds (the flow's flat_map step)."""
+        blocks = []
+        if out.funnel is not None and len(out.funnel):
+            blocks.append(self.funnel(out.funnel, out.shard))
+        if len(out.stalls):
+            blocks.append(self.stalls(out.stalls, out.emitted_at_ms))
+            blocks.append(self.decisions(out.stalls, out.emitted_at_ms))
+        if len(out.outcomes):
+            blocks.append(self.outcome_rows(out.outcomes))
+        return blocks
+
+    def funnel(self, rows: FunnelRows, shard: str) -> MetricBlock:
+        """``funnel_minute`` rows of closed minutes."""
+        minute, journey, step, channel, segment = unpack(rows.keys)
+        columns: dict[str, np.ndarray] = {
+            "minute": minute * MINUTE_MS,
+            "journey": self.journeys[journey],
+            "step": self.steps[journey, step],
+            "channel": self.channels[channel],
+            "segment": self.segments[segment],
+            "shard": np.full(len(rows), shard, dtype=object),
+        }
+        for m, name in enumerate(MEASURES):
+            columns[name] = rows.counts[:, m]
+        return MetricBlock("funnel_minute", columns)
+
+    def _ids(self, records: Records) -> np.ndarray:
+        ints = records.ints
+        j, s = ints[O_JOURNEY], ints[O_STEP]
+        chars = intervention_id_chars(
+            records.client_id, self.journeys[j].tolist(), ints[O_START].tolist(),
+            self.steps[j, s].tolist(), ints[O_ATTEMPT].tolist(),
+        )  # fmt: skip
+        return chars.view("S36").ravel().astype("U36").astype(object)
+
+    def _common(self, records: Records) -> dict[str, np.ndarray]:
+        ints = records.ints
+        j, attempt = ints[O_JOURNEY], ints[O_ATTEMPT]
+        return {
+            "intervention_id": self._ids(records),
+            "client_id": np.array(records.client_id, dtype=object),
+            "journey": self.journeys[j],
+            "step": self.steps[j, ints[O_STEP]],
+            "attempt": attempt,
+            "segment": self.segments[ints[O_SEGMENT]],
+            "tier": self.tiers[j, np.minimum(attempt, 3) - 1],
+        }
+
+    def _priority(self, records: Records) -> np.ndarray:
+        ints = records.ints
+        calls = np.rint(records.floats[OF_CALLS] * 10_000) / 10_000
+        return priorities(
+            self.base_priority[ints[O_JOURNEY]], ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES],
+            calls, ints[O_ABANDONED], ints[O_ATTEMPT],
+        ).astype(np.float64)  # fmt: skip
+
+    def stalls(self, stalls: Records, emitted_at_ms: int) -> MetricBlock:
+        """``stalls`` rows: one per stall with its breakpoint context and features."""
+        ints = stalls.ints
+        deadline, start = ints[O_DEADLINE], ints[O_START]
+        columns = self._common(stalls)
+        columns.update(
+            step_index=ints[O_STEP],
+            priority=self._priority(stalls),
+            instance_start=start,
+            deadline=deadline,
+            last_progress=ints[O_PROGRESS],
+            last_event_type=self.type_names[ints[O_LAST_TYPE]],
+            last_channel=self.channels[ints[O_LAST_CHANNEL]],
+            events=ints[O_EVENTS],
+            errors=ints[O_ERRORS],
+            back_steps=ints[O_BACK],
+            channel_switches=ints[O_SWITCHES],
+            time_on_step_ms=deadline - ints[O_ENTERED],
+            elapsed_ms=deadline - start,
+            recent_calls=stalls.floats[OF_CALLS],
+            recent_sessions=stalls.floats[OF_SESSIONS],
+            emitted_at=np.full(len(stalls), emitted_at_ms, np.int64),
+        )
+        return MetricBlock("stalls", columns)
+
+    def decisions(self, stalls: Records, emitted_at_ms: int) -> MetricBlock:
+        """``decisions`` rows: without a contact policy every stall is sent."""
+        n = len(stalls)
+        columns = self._common(stalls)
+        columns.update(
+            decision=np.full(n, "sent", dtype=object),
+            reason=np.full(n, "", dtype=object),
+            priority=self._priority(stalls),
+            decided_at=stalls.ints[O_DEADLINE],
+            emitted_at=np.full(n, emitted_at_ms, np.int64),
+        )
+        return MetricBlock("decisions", columns)
+
+    def outcome_rows(self, outcomes: Records) -> MetricBlock:
+        """``outcomes`` rows: how each stall ended within its attribution window."""
+        ints = outcomes.ints
+        kind = ints[O_OUTCOME]
+        recovered = (kind == OUTCOME_PROGRESSED) | (kind == OUTCOME_COMPLETED)
+        stalled_at, resolved_at = ints[O_DEADLINE], ints[O_RESOLVED_AT]
+        columns = self._common(outcomes)
+        columns.update(
+            stalled_at=stalled_at,
+            outcome=self.outcomes[kind],
+            recovered=recovered.astype(np.uint8),
+            resolved_at=resolved_at,
+            time_to_recovery_ms=np.where(recovered, resolved_at - stalled_at, -1),
+            recovery_channel=self.channels[ints[O_RESOLVE_CHANNEL]],
+        )
+        return MetricBlock("outcomes", columns)
+
+
+def worker_name() -> str:
+    """``host:pid:thread`` of the calling Bytewax worker."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def health_item(item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A progress item keyed by, and naming, the worker that produced it (a map step)."""
+    worker = worker_name()
+    return worker, {**item, "worker": worker}
+
+
+@dataclass
+class HealthWindow:
+    """Sums of one worker's progress items over one wall-clock interval."""
+
+    run_id: str
+    worker: str
+    interval_start_ms: int
+    events_in: int = 0
+    batches: int = 0
+    decode_errors: int = 0
+    late_events: int = 0
+    watermark_delay_ms: int = 0
+    kafka_lag: int = -1
+    latencies_ms: list[float] = field(default_factory=list)
+    watermarks: dict[str, int] = field(default_factory=dict)
+    open_instances: dict[str, int] = field(default_factory=dict)
+    state_bytes: dict[str, int] = field(default_factory=dict)
+    max_event_ts: int | None = None
+
+    def add(self, item: dict[str, Any]) -> None:
+        """Add one progress item of the decode or a shard step."""
+        self.events_in += item.get("in", 0)
+        self.decode_errors += item.get("dead", 0)
+        self.late_events += item.get("late", 0)
+        if "in" in item:
+            self.batches += 1
+        if item.get("latency_ms") is not None:
+            self.latencies_ms.append(item["latency_ms"])
+        ts = item.get("max_ts")
+        if ts is not None and (self.max_event_ts is None or ts > self.max_event_ts):
+            self.max_event_ts = ts
+        lag = item.get("kafka_lag")
+        if lag is not None and lag >= 0:
+            self.kafka_lag = lag
+        shard = item.get("shard")
+        if shard is not None:
+            self.watermarks[shard] = item["watermark"]
+            self.open_instances[shard] = item["open"]
+            self.state_bytes[shard] = item["bytes"]
+
+    def block(self) -> MetricBlock:
+        """The interval as one ``flow_health`` row."""
+        lat = np.array(self.latencies_ms or [0.0], np.float64)
+        delay = -1
+        if self.watermarks and self.max_event_ts is not None:
+            delay = max(self.max_event_ts - min(self.watermarks.values()), 0)
+        row: dict[str, Any] = {
+            "interval_start": self.interval_start_ms,
+            "run_id": self.run_id,
+            "worker": self.worker,
+            "events_in": self.events_in,
+            "batches": self.batches,
+            "decode_errors": self.decode_errors,
+            "late_events": self.late_events,
+            "watermark_delay_ms": delay,
+            "kafka_lag": self.kafka_lag,
+            "batch_latency_p50_ms": float(np.percentile(lat, 50)),
+            "batch_latency_p99_ms": float(np.percentile(lat, 99)),
+            "batch_latency_max_ms": float(lat.max()),
+            "open_instances": sum(self.open_instances.values()),
+            "state_bytes": sum(self.state_bytes.values()),
+        }
+        columns = {
+            k: np.array([v], dtype=object if isinstance(v, str) else None) for k, v in row.items()
+        }
+        return MetricBlock("flow_health", columns)
+
+
+class HealthLogic(StatefulBatchLogic[dict[str, Any], MetricBlock, None]):
+    """One worker's progress items summed into a ``flow_health`` row per wall-clock interval.
+
+    Wall-clock figures describe this run only, so nothing is kept across a restart.
+    """
+
+    def __init__(self, run_id: str, interval_ms: int, now_ms: Callable[[], int]) -> None:
+        self.run_id, self.interval_ms, self.now_ms = run_id, interval_ms, now_ms
+        self.worker = ""  # named by the items (see :func:`health_item`)
+        self.window = self._new_window(now_ms())
+
+    def _new_window(self, now: int) -> HealthWindow:
+        start = now - now % self.interval_ms
+        return HealthWindow(self.run_id, self.worker, start)
+
+    def _roll(self) -> list[MetricBlock]:
+        now = self.now_ms()
+        if now < self.window.interval_start_ms + self.interval_ms:
+            return []
+        done = self.window.block()
+        self.window = self._new_window(now)
+        return [done]
+
+    def on_batch(self, values: list[dict[str, Any]]) -> tuple[list[MetricBlock], bool]:
+        """Add the items; emit the interval's row once it has ended."""
+        for item in values:
+            self.worker = self.window.worker = item["worker"]
+            self.window.add(item)
+        return self._roll(), self.RETAIN
+
+    def on_notify(self) -> tuple[list[MetricBlock], bool]:
+        """The interval ended without items."""
+        return self._roll(), self.RETAIN
+
+    def on_eof(self) -> tuple[list[MetricBlock], bool]:
+        """Input ended: emit the partial interval."""
+        return ([self.window.block()] if self.worker else []), self.DISCARD
+
+    def notify_at(self) -> datetime:
+        """The end of the current interval."""
+        end = self.window.interval_start_ms + self.interval_ms
+        return datetime.fromtimestamp(end / 1000, UTC)
+
+    def snapshot(self) -> None:
+        """Nothing: a resumed run starts new intervals."""
+        return None

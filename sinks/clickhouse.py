@@ -1,0 +1,662 @@
+"""ClickHouse metrics: the project's schema, a store for one database, and the flow's sink.
+
+Install: nothing beyond ato-stream (clickhouse-connect, chdb; pyarrow comes with chdb).
+
+Use: ``ClickHouseStore(url, database)`` opens ``chdb:///abs/path`` (embedded chDB, the default
+under the run's ``out_dir``), ``chdb://relative/path`` or ``http(s)://user:pass@host:port[/db]``
+through the one clickhouse-connect code path; ``migrate()`` applies the numbered files of
+``sinks/clickhouse_schema`` that the database has not seen. ``ClickHouseSink(settings, url)``
+takes ``(key, MetricBlock)`` items, any key: a block is one table's rows as equal-length numpy
+columns (timestamps as int64 epoch ms; ``-1`` in a ``Nullable`` integer column is NULL).
+
+How it works: the sink has ONE partition, so exactly one worker of a cluster opens the
+database (chDB is in-process: one database directory per process, and a directory can be
+open in one process at a time). The partition buffers blocks per table, concatenates them and
+makes one Arrow insert per table per flush: when a table holds ``flush_rows`` rows, when
+``flush_interval_s`` has passed (checked on each write), at every epoch end (``snapshot``)
+and at close. A failed insert keeps its rows and is retried with backoff on later writes; an
+epoch end waits (retrying) until everything buffered is written, because rows emitted
+before a snapshot must be durable before it. Inserts failing for longer than
+``retry_timeout_s``, or more than ``max_buffer_rows`` rows waiting, fail the flow with
+:class:`ClickHouseError`: nothing is dropped silently.
+
+Delivery guarantee: at least once into the row tables, exactly once for readers. Every row
+table is a ReplacingMergeTree keyed by its duplicate key, so rows a replay, a restart or a
+retried insert writes again collapse: a query with ``FINAL`` (``ato query`` sets
+``final = 1``) counts each key once, at any time and with no window. The hour tables are
+recomputed from the row tables read with ``FINAL`` by refreshable materialized views (every
+minute, and when the sink closes), so they never double count either; they lag the row
+tables by at most a minute plus one refresh.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import clickhouse_connect
+import numpy as np
+import pyarrow as pa
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from clickhouse_connect.driver.exceptions import Error as DriverError
+
+from ato.config import ClickHouseSettings, clickhouse_url, mask_url
+from sinks.exceptions import ClickHouseError
+
+__all__ = [
+    "SCHEMA_DIR",
+    "ClickHouseError",
+    "ClickHouseSink",
+    "ClickHouseSinkPartition",
+    "ClickHouseStore",
+    "MetricBlock",
+    "Migration",
+    "TableStats",
+    "chdb_path",
+    "clickhouse_url",
+    "mask_url",
+    "migrations",
+]
+
+SCHEMA_DIR = Path(__file__).with_name("clickhouse_schema")
+INSERT_SETTINGS = {"optimize_on_insert": 0}  # duplicates collapse at merge / FINAL: 1.7x faster
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_TERMINATOR = re.compile(r";[ \t]*$", re.MULTILINE)
+_DTYPE_KINDS = {  # numpy dtype kinds a block may hold for each column type
+    **{f"{sign}Int{bits}": "iub" for sign in ("", "U") for bits in (8, 16, 32, 64)},
+    "Float32": "iuf",
+    "Float64": "iuf",
+    "DateTime64": "iuM",
+    "String": "OUS",
+}
+
+# clickhouse-connect logs failed requests itself; without a handler Python's last-resort
+# handler would print them beside our own error. Handlers the application sets still get them.
+logging.getLogger("clickhouse_connect").addHandler(logging.NullHandler())
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetricBlock:
+    """Rows of one table as equal-length numpy columns named like the table's columns."""
+
+    table: str
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file of the schema; ``{db}`` in it stands for the database."""
+
+    version: str
+    path: Path
+    checksum: str
+
+    def statements(self, database: str) -> list[str]:
+        """The file's statements (split at a ``;`` ending a line), for ``database``."""
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        text = "\n".join(line for line in lines if not line.lstrip().startswith("--"))
+        parts = (part.strip() for part in _TERMINATOR.split(text))
+        return [part.replace("{db}", database) for part in parts if part]
+
+
+def migrations(directory: Path = SCHEMA_DIR) -> list[Migration]:
+    """The migrations in ``directory``, in version order; ``NNNN_name.sql`` files only."""
+    found: list[Migration] = []
+    numbers: dict[str, str] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if match is None:
+            msg = f"{path}: migration files are named NNNN_lower_case_name.sql"
+            raise ClickHouseError(msg)
+        if match.group(1) in numbers:
+            msg = f"{path}: migration number {match.group(1)} is also {numbers[match.group(1)]}"
+            raise ClickHouseError(msg)
+        numbers[match.group(1)] = path.name
+        checksum = hashlib.sha256(path.read_bytes()).hexdigest()
+        found.append(Migration(path.stem, path, checksum))
+    return found
+
+
+def chdb_path(url: str) -> Path | None:
+    """The directory of a ``chdb://`` URL (absolute), None for ``chdb://memory`` or a server."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "chdb":
+        return None
+    location = url.split("://", 1)[1].split("?", 1)[0]
+    if location in ("", "memory", ":memory:"):
+        return None
+    return Path(location).resolve()  # chdb:///abs/path keeps its leading slash
+
+
+def _lock_holder(path: Path) -> str | None:
+    """Who holds chDB's lock on ``path`` (its status file), if another process does."""
+    status = path / "status"
+    try:
+        with open(status, "rb") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = file.read(200).decode(errors="replace")
+                pid = re.search(r"PID:\s*(\d+)", text)
+                return f"process {pid.group(1)}" if pid else "another process"
+            fcntl.flock(file, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
+
+
+def _message(exc: BaseException, password: str | None) -> str:
+    text = " ".join(str(exc).split())
+    head, expected, tail = text.partition(" Expected one of: ")  # a syntax error's long list
+    if expected:
+        text = f"{head} ({tail.rpartition('(')[2]}"
+    for secret in {password, unquote(password)} if password else ():
+        text = text.replace(secret, "***")
+    return text
+
+
+class ClickHouseStore:
+    """One ClickHouse database: migrations, columnar inserts and queries.
+
+    ``database`` is the settings' ``clickhouse.database``; an ``http(s)://`` URL naming a
+    database in its path (``/analytics``) overrides it.
+    """
+
+    def __init__(self, url: str, database: str = "ato", schema_dir: Path = SCHEMA_DIR) -> None:
+        self.url = url
+        self.display_url = mask_url(url)
+        self.schema_dir = schema_dir
+        parts = urlsplit(url)
+        self._password = parts.password
+        scheme = parts.scheme.lower()
+        if scheme == "chdb":
+            self.database = database
+            self.client = self._open_chdb()
+        elif scheme in ("http", "https"):
+            self.database = parts.path.strip("/") or database
+            self.client = self._open_server(scheme, urlunsplit(parts._replace(path="")))
+        else:
+            msg = (
+                f"ClickHouse url {self.display_url!r}: expected chdb:///abs/path,"
+                " chdb://relative/path or http(s)://user:password@host:port[/database]"
+            )
+            raise ClickHouseError(msg)
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.database):
+            self.client.close()
+            msg = f"ClickHouse database {self.database!r}: expected a plain identifier"
+            raise ClickHouseError(msg)
+        self._columns: dict[str, dict[str, str]] = {}
+        self._in_database = False
+
+    def _open_chdb(self) -> Any:
+        path = chdb_path(self.url)
+        query = urlsplit(self.url).query
+        dsn = f"chdb://{path if path is not None else 'memory'}" + (f"?{query}" if query else "")
+        try:
+            return clickhouse_connect.get_client(dsn=dsn)
+        except (DriverError, OSError) as exc:
+            text = _message(exc, None)
+            holder = _lock_holder(path) if path is not None else None
+            if holder is not None:
+                hint = (
+                    f"the directory is in use by {holder} (a running `ato run`?); chDB lets one"
+                    " process open a database directory at a time: wait until it ends, or"
+                    " point clickhouse.url at a ClickHouse server"
+                )
+            elif "already initialized with path" in text:
+                hint = (
+                    "this process already has another chDB directory open (chDB runs one"
+                    f" directory per process): close it first ({text})"
+                )
+            else:
+                hint = f"{text}; check clickhouse.url and that the directory is writable"
+            msg = f"cannot open the embedded ClickHouse {self.display_url}: {hint}"
+            raise ClickHouseError(msg) from exc
+
+    def _open_server(self, scheme: str, dsn: str) -> Any:
+        try:
+            return clickhouse_connect.get_client(dsn=dsn, interface=scheme)
+        except (DriverError, OSError, ValueError) as exc:
+            msg = (
+                f"cannot connect to ClickHouse at {self.display_url}:"
+                f" {_message(exc, self._password)}; check clickhouse.url (host, port, user,"
+                " password) and that the server is running"
+            )
+            raise ClickHouseError(msg) from exc
+
+    def __enter__(self) -> "ClickHouseStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _fail(self, what: str, exc: BaseException) -> ClickHouseError:
+        msg = f"ClickHouse {self.display_url}: {what}: {_message(exc, self._password)}"
+        return ClickHouseError(msg)
+
+    def _command(self, sql: str) -> Any:
+        try:
+            return self.client.command(sql)
+        except (DriverError, OSError) as exc:
+            what = f"{sql.split(chr(10), maxsplit=1)[0][:80]!r} failed"
+            raise self._fail(what, exc) from exc
+
+    def _rows(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return list(self.client.query(sql).result_rows)
+        except (DriverError, OSError) as exc:
+            what = "query failed"
+            raise self._fail(what, exc) from exc
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations the database has not seen; return their versions.
+
+        A migration that was applied and has since changed, or an applied version this code
+        does not know (the database is newer), is an error: add a new numbered file instead.
+        """
+        db = self.database
+        self._command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        self._command(
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version String,"
+            " checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC'))"
+            " ENGINE = MergeTree ORDER BY version"
+        )
+        rows = self._rows(f"SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY 1")
+        applied: dict[str, str] = {version: checksum for version, checksum in rows}
+        known = migrations(self.schema_dir)
+        unknown = sorted(set(applied) - {m.version for m in known})
+        if unknown:
+            msg = (
+                f"ClickHouse {self.display_url} database {db} has migrations this version of"
+                f" ato-stream does not know: {', '.join(unknown)} (use a newer ato-stream or"
+                " another database)"
+            )
+            raise ClickHouseError(msg)
+        new: list[str] = []
+        for migration in known:
+            if migration.version in applied:
+                if applied[migration.version] != migration.checksum:
+                    msg = (
+                        f"migration {migration.path.name} changed after it was applied to"
+                        f" database {db} at {self.display_url} (checksum"
+                        f" {applied[migration.version][:12]}, file now"
+                        f" {migration.checksum[:12]}): restore the file and put the change in"
+                        " a new numbered migration"
+                    )
+                    raise ClickHouseError(msg)
+                continue
+            for statement in migration.statements(db):
+                self._command(statement)
+            self._command(
+                f"INSERT INTO {db}.schema_migrations (version, checksum)"
+                f" VALUES ('{migration.version}', '{migration.checksum}')"
+            )
+            new.append(migration.version)
+        self._columns.clear()
+        return new
+
+    def applied(self) -> list[tuple[str, str, Any]]:
+        """``(version, checksum, applied_at)`` of every applied migration."""
+        return self._rows(
+            f"SELECT version, any(checksum), min(applied_at)"
+            f" FROM {self.database}.schema_migrations GROUP BY 1 ORDER BY 1"
+        )
+
+    def tables(self) -> list[str]:
+        """The database's tables; their columns are read once and kept, so that blocks are
+        checked without asking a server that may be down."""
+        if not self._columns:
+            rows = self._rows(
+                "SELECT table, name, type FROM system.columns"
+                f" WHERE database = '{self.database}' AND NOT startsWith(table, '.')"
+                " ORDER BY table, position"
+            )
+            for name, column, kind in rows:
+                self._columns.setdefault(name, {})[column] = kind
+        return sorted(self._columns)
+
+    def columns(self, table: str) -> dict[str, str]:
+        """Column name -> ClickHouse type of ``table``."""
+        if table not in self.tables():
+            msg = (
+                f"ClickHouse {self.display_url}: no table {self.database}.{table}"
+                " (run `ato db migrate`)"
+            )
+            raise ClickHouseError(msg)
+        return self._columns[table]
+
+    def validate(self, block: MetricBlock) -> None:
+        """Raise if ``block`` does not have exactly the table's columns, of equal length."""
+        if not re.match(r"^[a-z_][a-z0-9_]*$", block.table):
+            msg = f"metric block for {block.table!r}: not a table name"
+            raise ClickHouseError(msg)
+        expected = self.columns(block.table)
+        missing = [c for c in expected if c not in block.columns]
+        extra = [c for c in block.columns if c not in expected]
+        if missing or extra:
+            msg = (
+                f"metric block for {block.table}: columns do not match the table"
+                f" (missing {missing}, unknown {extra})"
+            )
+            raise ClickHouseError(msg)
+        lengths = {name: len(values) for name, values in block.columns.items()}
+        if len(set(lengths.values())) > 1:
+            msg = f"metric block for {block.table}: columns of different lengths {lengths}"
+            raise ClickHouseError(msg)
+        for name, kind in expected.items():
+            dtype = np.asarray(block.columns[name]).dtype
+            if dtype.kind not in _DTYPE_KINDS[_base_type(kind)]:
+                msg = f"metric block for {block.table}: column {name} ({kind}) got {dtype} values"
+                raise ClickHouseError(msg)
+
+    def insert(self, block: MetricBlock) -> int:
+        """Insert ``block`` as one columnar (Arrow) insert; return its row count."""
+        self.validate(block)
+        rows = len(block)
+        if rows == 0:
+            return 0
+        types = self.columns(block.table)
+        try:
+            table = pa.table(
+                {name: _arrow_column(block.columns[name], kind) for name, kind in types.items()}
+            )
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            msg = f"metric block for {block.table}: columns do not convert: {exc}"
+            raise ClickHouseError(msg) from exc
+        try:
+            self.client.insert_arrow(
+                block.table, table, database=self.database, settings=INSERT_SETTINGS
+            )
+        except (DriverError, OSError) as exc:
+            what = f"insert of {rows} rows into {block.table} failed"
+            raise self._fail(what, exc) from exc
+        return rows
+
+    def query(
+        self, sql: str, settings: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run ``sql`` in the database; return column names and rows.
+
+        ``settings`` hold for this and later queries of the store (session settings, so
+        they stay out of the SQL that error messages quote).
+        """
+        self._use_database()
+        for name, value in (settings or {}).items():
+            self.client.set_client_setting(name, value)
+        try:
+            result = self.client.query(sql)
+        except (DriverError, OSError) as exc:
+            what = "query failed"
+            raise self._fail(what, exc) from exc
+        return list(result.column_names), [tuple(row) for row in result.result_rows]
+
+    def _use_database(self) -> None:
+        if self._in_database:
+            return
+        if not self._command(f"EXISTS DATABASE {self.database}"):
+            msg = (
+                f"ClickHouse {self.display_url} has no database {self.database}"
+                " (run `ato db migrate`, or `ato run` with clickhouse.enabled)"
+            )
+            raise ClickHouseError(msg)
+        self.client.database = self.database
+        self._in_database = True
+
+    def rollup_views(self) -> list[str]:
+        """The database's refreshable materialized views (the hour rollups)."""
+        rows = self._rows(
+            f"SELECT view FROM system.view_refreshes WHERE database = '{self.database}'"
+            " ORDER BY view"
+        )
+        return [view for (view,) in rows]
+
+    def refresh_rollups(self) -> list[str]:
+        """Recompute every hour table now and wait for it; return the views refreshed."""
+        views = self.rollup_views()
+        for view in views:
+            name = f"{self.database}.{view}"
+            with contextlib.suppress(DriverError):  # a refresh failed earlier: start afresh
+                self.client.command(f"SYSTEM WAIT VIEW {name}")
+            self._command(f"SYSTEM REFRESH VIEW {name}")
+            self._command(f"SYSTEM WAIT VIEW {name}")
+        return views
+
+    def close(self) -> None:
+        """Close the client (for chDB: release the directory once no client is left)."""
+        self.client.close()
+
+
+def _unwrap(kind: str, wrapper: str) -> str:
+    if kind.startswith(wrapper + "(") and kind.endswith(")"):
+        return kind[len(wrapper) + 1 : -1]
+    return kind
+
+
+def _base_type(kind: str) -> str:
+    """``String``, ``DateTime64``, ``Int64``, ... of a column type (wrappers removed)."""
+    base = _unwrap(_unwrap(kind, "LowCardinality"), "Nullable")
+    return base.split("(", 1)[0]
+
+
+def _arrow_column(values: np.ndarray, kind: str) -> pa.Array:
+    """``values`` as an Arrow array ClickHouse converts to the column type ``kind``."""
+    base = _unwrap(kind, "LowCardinality")
+    nullable = base.startswith("Nullable(")
+    base = _unwrap(base, "Nullable")
+    values = np.asarray(values)
+    if base.startswith("DateTime64"):
+        if values.dtype.kind == "M":
+            values = values.astype("datetime64[ms]").view(np.int64)
+        ms = values.astype(np.int64, copy=False)
+        mask = ms == -1 if nullable else None
+        return pa.array(ms, type=pa.timestamp("ms", tz="UTC"), mask=mask)
+    if base == "String":
+        return pa.array(values, type=pa.string())
+    mask = values == -1 if nullable and values.dtype.kind in "if" else None
+    return pa.array(values, mask=mask)
+
+
+@dataclass
+class TableStats:
+    """What the sink did with one table's rows."""
+
+    inserted_rows: int = 0
+    inserts: int = 0
+    failed_inserts: int = 0
+    failed_rows: int = 0  # rows of failed attempts, counted per attempt
+    pending_rows: int = 0
+    last_error: str = ""
+
+
+class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
+    """The one writer of a run's metrics: buffers, flushes, retries, fails loudly."""
+
+    def __init__(
+        self,
+        store: ClickHouseStore,
+        settings: ClickHouseSettings,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+        self.buffers: dict[str, list[MetricBlock]] = {}
+        self.table_stats: dict[str, TableStats] = {}
+        self.failing_since: dict[str, float] = {}
+        self.retry_at: dict[str, float] = {}
+        self.backoff: dict[str, float] = {}
+        self.last_flush = clock()
+
+    def write_batch(self, values: list[MetricBlock]) -> None:
+        """Buffer the blocks; insert tables that are full, or all when the interval passed."""
+        for block in values:
+            self.store.validate(block)  # a malformed block never succeeds: fail now
+            if len(block):
+                self.buffers.setdefault(block.table, []).append(block)
+                self._stats(block.table).pending_rows += len(block)
+        now = self.clock()
+        due = now - self.last_flush >= self.settings.flush_interval_s
+        if due:
+            self.last_flush = now
+        for table in list(self.buffers):
+            if due or self._stats(table).pending_rows >= self.settings.flush_rows:
+                self._try_insert(table, now, force=False)
+        self._check_bounds()
+
+    def snapshot(self) -> None:
+        """Epoch end: everything buffered is written before the snapshot (retrying)."""
+        self.flush()
+
+    def close(self) -> None:
+        """Write what is left, bring the hour tables up to date, close the database."""
+        try:
+            self.flush()
+            try:
+                self.store.refresh_rollups()
+            except ClickHouseError as exc:  # rows are durable; a scheduled refresh catches up
+                log.warning("hour rollups not refreshed at close: %s", exc)
+        finally:
+            self.store.close()
+
+    def stats(self) -> dict[str, TableStats]:
+        """Rows inserted, failed and waiting, per table."""
+        return {table: replace(s) for table, s in self.table_stats.items()}
+
+    def flush(self) -> None:
+        """Insert every buffered table now; retry with backoff until written or timed out."""
+        self.last_flush = self.clock()
+        while True:
+            for table in [t for t, blocks in self.buffers.items() if blocks]:
+                self._try_insert(table, self.clock(), force=True)
+            waiting = [t for t, blocks in self.buffers.items() if blocks]
+            if not waiting:
+                return
+            self._check_bounds()
+            now = self.clock()
+            left = min(self.failing_since[t] + self.settings.retry_timeout_s - now for t in waiting)
+            pause = min(self.backoff[t] for t in waiting)
+            self.sleep(max(0.0, min(pause, left + 0.001)))
+
+    def _stats(self, table: str) -> TableStats:
+        return self.table_stats.setdefault(table, TableStats())
+
+    def _try_insert(self, table: str, now: float, force: bool) -> None:
+        blocks = self.buffers.get(table)
+        if not blocks or (not force and now < self.retry_at.get(table, 0.0)):
+            return
+        block = blocks[0] if len(blocks) == 1 else _concat(table, blocks)
+        stats = self._stats(table)
+        try:
+            rows = self.store.insert(block)
+        except ClickHouseError as exc:
+            stats.failed_inserts += 1
+            stats.failed_rows += len(block)
+            stats.last_error = str(exc)
+            self.buffers[table] = [block]  # concatenated once, retried as one insert
+            self.failing_since.setdefault(table, now)
+            pause = min(self.backoff.get(table, RETRY_FIRST_S / 2) * 2, RETRY_MAX_S)
+            self.backoff[table] = pause
+            self.retry_at[table] = now + pause
+            return
+        del self.buffers[table]
+        stats.inserted_rows += rows
+        stats.inserts += 1
+        stats.pending_rows = 0
+        for state in (self.failing_since, self.retry_at, self.backoff):
+            state.pop(table, None)
+
+    def _check_bounds(self) -> None:
+        now = self.clock()
+        for table, since in self.failing_since.items():
+            if now - since >= self.settings.retry_timeout_s:
+                stats = self._stats(table)
+                msg = (
+                    f"inserts into {table} have failed for {now - since:.1f}s"
+                    f" (clickhouse.retry_timeout_s = {self.settings.retry_timeout_s}),"
+                    f" {stats.pending_rows} rows not written; last error: {stats.last_error}"
+                )
+                raise ClickHouseError(msg)
+        waiting = sum(s.pending_rows for s in self.table_stats.values())
+        if waiting > self.settings.max_buffer_rows:
+            for table in list(self.buffers):
+                self._try_insert(table, now, force=True)
+            waiting = sum(s.pending_rows for s in self.table_stats.values())
+            if waiting > self.settings.max_buffer_rows:
+                errors = "; ".join(
+                    f"{t}: {s.last_error}" for t, s in self.table_stats.items() if s.last_error
+                )
+                msg = (
+                    f"{waiting} metric rows waiting for ClickHouse exceed"
+                    f" clickhouse.max_buffer_rows = {self.settings.max_buffer_rows};"
+                    f" last errors: {errors}"
+                )
+                raise ClickHouseError(msg)
+
+
+def _concat(table: str, blocks: list[MetricBlock]) -> MetricBlock:
+    names = blocks[0].columns
+    return MetricBlock(
+        table, {name: np.concatenate([b.columns[name] for b in blocks]) for name in names}
+    )
+
+
+class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
+    """Writes ``(key, MetricBlock)`` items to ClickHouse through one partition.
+
+    One partition means one writer per cluster: the worker that owns it opens the database
+    (and applies the migrations, a no-op after the runner's). ``clock`` and ``sleep`` are
+    injected for tests.
+    """
+
+    PART = "clickhouse"
+
+    def __init__(
+        self,
+        settings: ClickHouseSettings,
+        url: str,
+        migrate: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.url = url
+        self.migrate = migrate
+        self.clock = clock
+        self.sleep = sleep
+
+    def list_parts(self) -> list[str]:
+        """The single partition; every worker lists it and Bytewax gives it to one."""
+        return [self.PART]
+
+    def part_fn(self, item_key: str) -> int:
+        """Every item goes to the single partition, whatever its key."""
+        return 0
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> ClickHouseSinkPartition:
+        """Open the database (migrated unless ``migrate`` is False) for the writer."""
+        store = ClickHouseStore(self.url, self.settings.database)
+        try:
+            if self.migrate:
+                store.migrate()
+            store.tables()  # reads every table's columns while the server is up
+        except BaseException:
+            store.close()
+            raise
+        return ClickHouseSinkPartition(store, self.settings, self.clock, self.sleep)

@@ -1,0 +1,108 @@
+"""`ato db migrate` and `ato query` through ato.cli.main."""
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ato.cli import main
+from sinks.clickhouse import ClickHouseStore
+from tests.clickhouse.conftest import funnel_block, outcome_block
+
+
+@pytest.fixture
+def env(database: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test's database for every command (as an operator would set it)."""
+    monkeypatch.setenv("ATO_CLICKHOUSE_DATABASE", database)
+    return database
+
+
+def test_db_migrate_prints_the_versions_it_applied(url: str, env: str, capsys) -> None:
+    assert main(["db", "migrate", "--url", url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "applied 0001_tables",
+        "applied 0002_rollups",
+        f"database {env} at {url}: 2 migrations applied, schema at 0002_rollups",
+    ]
+    assert main(["db", "migrate", "--url", url]) == 0
+    up_to_date = f"database {env} at {url}: up to date, schema at 0002_rollups\n"
+    assert capsys.readouterr().out == up_to_date
+
+
+def test_the_default_url_is_the_out_dir_database(
+    chdb_dir: Path, env: str, tmp_path: Path, capsys
+) -> None:
+    config = tmp_path / "ato.toml"
+    config.write_text(f'out_dir = "{chdb_dir.parent}"\n')
+    assert main(["db", "migrate", "--config", str(config)]) == 0
+    assert f"database {env} at chdb://{chdb_dir}: 2 migrations" in capsys.readouterr().out
+
+
+def test_query_prints_an_aligned_table(url: str, env: str, capsys) -> None:
+    with ClickHouseStore(url, env) as store:
+        store.migrate()
+        store.insert(funnel_block(6))
+        store.insert(funnel_block(6))  # a replay: `ato query` reads FINAL
+    sql = (
+        "SELECT journey, sum(events) AS events, round(avg(started), 2) AS mean, min(minute) AS t"
+        " FROM funnel_minute GROUP BY journey ORDER BY journey"
+    )
+    assert main(["query", sql, "--url", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["journey", "events", "mean", "t"]
+    assert set(lines[1]) == {"-", " "}
+    assert lines[-1] == "(3 rows)"
+    rows = lines[2:-1]
+    assert [r.split()[0] for r in rows] == ["loan_application", "open_account", "wealth_purchase"]
+    assert all(r.endswith("2026-01-05 08:00:00") for r in rows)
+    spans = [m.span() for m in re.finditer(r"-+", lines[1])]
+    (j0, _), (e0, e1) = spans[0], spans[1]
+    assert all(r[j0] != " " for r in rows)  # text left-aligned
+    assert all(r[e1 - 1] != " " and r[e0:e1].strip().isdigit() for r in rows)  # numbers right
+    assert lines[0][e0:e1] == "events".rjust(e1 - e0)
+    block = funnel_block(6)
+    events = sum(int(v) for v in block.columns["events"])
+    assert sum(int(r.split()[1]) for r in rows) == events  # once, not twice
+
+
+def test_query_formats_csv_and_json_with_nulls(url: str, env: str, capsys) -> None:
+    with ClickHouseStore(url, env) as store:
+        store.migrate()
+        store.insert(outcome_block(4))
+    sql = "SELECT outcome, time_to_recovery_ms FROM outcomes ORDER BY intervention_id"
+    assert main(["query", sql, "--url", url, "--format", "csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["outcome", "time_to_recovery_ms"]
+    assert [r[0] for r in rows[1:]] == ["progressed", "completed", "failed", "lapsed"]
+    assert rows[3][1] == rows[4][1] == ""
+    assert main(["query", sql, "--url", url, "--format", "json"]) == 0
+    docs = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert docs[2] == {"outcome": "failed", "time_to_recovery_ms": None}
+    assert isinstance(docs[0]["time_to_recovery_ms"], int)
+
+
+def test_sql_errors_exit_2_with_the_message_and_no_traceback(url: str, env: str, capsys) -> None:
+    with ClickHouseStore(url, env) as store:
+        store.migrate()
+    assert main(["query", "SELECT nope FROM funnel_minute", "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ato: error: ClickHouse {url}: query failed: ")
+    assert "Unknown expression identifier `nope`" in err and "Traceback" not in err
+
+
+def test_query_before_any_migration_says_what_to_do(url: str, env: str, tmp_path: Path, capsys):
+    assert main(["query", "SELECT 1", "--url", url]) == 2
+    assert f"has no database {env} (run `ato db migrate`" in capsys.readouterr().err
+    absent = tmp_path / "absent"
+    assert main(["query", "SELECT 1", "--url", f"chdb://{absent}"]) == 2
+    assert f"no embedded ClickHouse at {absent}" in capsys.readouterr().err
+    assert not absent.exists()
+
+
+def test_a_bad_url_is_a_config_error(capsys) -> None:
+    assert main(["query", "SELECT 1", "--url", "mysql://x"]) == 2
+    assert "clickhouse.url: expected chdb://PATH" in capsys.readouterr().err

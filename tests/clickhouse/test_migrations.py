@@ -1,0 +1,85 @@
+"""Schema migrations: from empty, re-applied, and the errors that protect applied ones."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sinks.clickhouse import SCHEMA_DIR, ClickHouseStore, migrations
+from sinks.exceptions import ClickHouseError
+
+ROW_TABLES = {"funnel_minute", "stalls", "decisions", "outcomes", "flow_health"}
+HOUR_TABLES = {"funnel_hour", "stalls_hour", "decisions_hour", "outcomes_hour", "flow_health_hour"}
+
+
+def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, database: str) -> None:
+    with ClickHouseStore(url, database) as store:
+        assert store.migrate() == ["0001_tables", "0002_rollups"]
+        assert set(store.tables()) == {"schema_migrations"} | ROW_TABLES | HOUR_TABLES | {
+            f"{t}_mv" for t in HOUR_TABLES
+        }
+        assert store.rollup_views() == sorted(f"{t}_mv" for t in HOUR_TABLES)
+        applied = store.applied()
+        assert [(v, c) for v, c, _at in applied] == [(m.version, m.checksum) for m in migrations()]
+    with ClickHouseStore(url, database) as again:  # start-up of the next run
+        assert again.migrate() == []
+        assert len(again.applied()) == 2
+
+
+def test_engines_and_keys_collapse_duplicates(store: ClickHouseStore) -> None:
+    _, rows = store.query(
+        "SELECT name, engine, sorting_key, partition_key FROM system.tables"
+        f" WHERE database = '{store.database}' AND name IN ({', '.join(map(repr, ROW_TABLES))})"
+    )
+    found = {name: (engine, key, part) for name, engine, key, part in rows}
+    assert {engine for engine, _, _ in found.values()} == {"ReplacingMergeTree"}
+    assert found["funnel_minute"][1] == "journey, step, minute, channel, segment, shard"
+    assert found["flow_health"][1] == "run_id, worker, interval_start"
+    assert found["decisions"][1].endswith("decision, reason, step, intervention_id")
+
+
+def test_a_changed_applied_migration_is_a_clear_error(
+    url: str, database: str, tmp_path: Path
+) -> None:
+    schema = tmp_path / "schema"
+    shutil.copytree(SCHEMA_DIR, schema)
+    with ClickHouseStore(url, database, schema_dir=schema) as store:
+        store.migrate()
+        path = schema / "0002_rollups.sql"
+        path.write_text(path.read_text() + "\n-- an edit\n")
+        with pytest.raises(ClickHouseError, match=r"migration 0002_rollups.sql changed after"):
+            store.migrate()
+
+
+def test_a_new_migration_is_applied_once(url: str, database: str, tmp_path: Path) -> None:
+    schema = tmp_path / "schema"
+    shutil.copytree(SCHEMA_DIR, schema)
+    with ClickHouseStore(url, database, schema_dir=schema) as store:
+        store.migrate()
+        (schema / "0003_extra.sql").write_text(
+            "-- a later migration\nCREATE TABLE IF NOT EXISTS {db}.extra (a Int8)\n"
+            "ENGINE = MergeTree ORDER BY a;\n"
+        )
+        assert store.migrate() == ["0003_extra"]
+        assert store.migrate() == []
+        assert "extra" in store.tables()
+    (schema / "0003_extra.sql").unlink()  # the database is now newer than this code
+    with (
+        ClickHouseStore(url, database, schema_dir=schema) as store,
+        pytest.raises(ClickHouseError, match="does not know: 0003_extra"),
+    ):
+        store.migrate()
+
+
+def test_badly_named_migration_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "1_x.sql").write_text("SELECT 1;\n")
+    with pytest.raises(ClickHouseError, match="NNNN_lower_case_name.sql"):
+        migrations(tmp_path)
+
+
+def test_statements_split_at_line_ends_and_name_the_database() -> None:
+    [first, *_] = migrations()
+    statements = first.statements("analytics")
+    assert len(statements) == 5
+    assert all(s.startswith("CREATE TABLE IF NOT EXISTS analytics.") for s in statements)
+    assert not any(s.rstrip().endswith(";") or "--" in s.split("\n")[0] for s in statements)

@@ -1,0 +1,211 @@
+"""The ClickHouse sink partition on a real chDB: flush triggers, retries, loud failure."""
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from sinks.clickhouse import ClickHouseSink, ClickHouseSinkPartition, ClickHouseStore, MetricBlock
+from sinks.exceptions import ClickHouseError
+from tests.clickhouse.conftest import funnel_block, health_block, settings, stall_block
+
+
+class Clock:
+    """A hand-moved monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def part(url: str, database: str, clock: Clock) -> Iterator[ClickHouseSinkPartition]:
+    """A sink partition with flush_rows 100 and a 60 s interval on the test clock."""
+    config = settings(database, flush_rows=100, flush_interval_s=60.0, retry_timeout_s=30.0)
+    built = ClickHouseSink(config, url, clock=clock).build_part("metrics", "clickhouse", None)
+    yield built
+    built.store.close()  # idempotent; tests that close the partition closed it already
+
+
+def count(store: ClickHouseStore, table: str, final: bool = False) -> int:
+    """Rows of ``table``; without ``final`` every stored copy counts."""
+    _, [(n,)] = store.query(f"SELECT count() FROM {table}", settings={"final": int(final)})
+    return int(n)
+
+
+def split(block: MetricBlock, *sizes: int) -> list[MetricBlock]:
+    """``block`` cut into consecutive blocks of ``sizes`` rows."""
+    out, start = [], 0
+    for size in sizes:
+        cols = {k: v[start : start + size] for k, v in block.columns.items()}
+        out.append(MetricBlock(block.table, cols))
+        start += size
+    return out
+
+
+def test_a_full_table_is_inserted_as_one_block(part: ClickHouseSinkPartition) -> None:
+    a, b, c = split(funnel_block(150), 60, 60, 30)
+    part.write_batch([a, stall_block(10)])
+    assert count(part.store, "funnel_minute") == 0  # 60 < flush_rows
+    part.write_batch([b])
+    assert count(part.store, "funnel_minute") == 120  # 120 >= 100: both blocks, one insert
+    assert count(part.store, "stalls") == 0  # not full, not due
+    part.write_batch([c])
+    stats = part.stats()
+    assert (stats["funnel_minute"].inserts, stats["funnel_minute"].inserted_rows) == (1, 120)
+    assert stats["funnel_minute"].pending_rows == 30
+    assert stats["stalls"].pending_rows == 10
+
+
+def test_the_interval_flushes_every_table_on_the_next_write(
+    part: ClickHouseSinkPartition, clock: Clock
+) -> None:
+    part.write_batch([funnel_block(5), stall_block(7)])
+    clock.now += 59.0
+    part.write_batch([health_block(2)])
+    assert count(part.store, "stalls") == 0
+    clock.now += 1.0
+    part.write_batch([])  # an empty batch still checks the interval
+    assert (count(part.store, "funnel_minute"), count(part.store, "stalls")) == (5, 7)
+    assert count(part.store, "flow_health") == 2
+    assert all(s.pending_rows == 0 for s in part.stats().values())
+
+
+def test_snapshot_makes_everything_durable(part: ClickHouseSinkPartition) -> None:
+    part.write_batch([funnel_block(5), stall_block(7), health_block(3)])
+    assert part.snapshot() is None
+    assert [count(part.store, t) for t in ("funnel_minute", "stalls", "flow_health")] == [5, 7, 3]
+    assert {t: s.inserts for t, s in part.stats().items()} == {
+        "funnel_minute": 1, "stalls": 1, "flow_health": 1
+    }  # fmt: skip
+
+
+def test_close_writes_the_rest_and_refreshes_the_hour_tables(
+    part: ClickHouseSinkPartition, url: str, database: str
+) -> None:
+    block = funnel_block(40)
+    part.write_batch([block])
+    part.close()
+    with ClickHouseStore(url, database) as store:
+        assert count(store, "funnel_minute") == 40
+        _, [(events,)] = store.query("SELECT sum(events) FROM funnel_hour")
+        assert events == block.columns["events"].sum()
+
+
+def test_a_malformed_block_fails_the_write_at_once(part: ClickHouseSinkPartition) -> None:
+    bad = funnel_block(3)
+    del bad.columns["events"]
+    with pytest.raises(ClickHouseError, match=r"missing \['events'\]"):
+        part.write_batch([bad])
+
+
+def test_inserts_into_a_detached_table_are_retried_and_land_once(
+    part: ClickHouseSinkPartition, url: str, database: str, clock: Clock
+) -> None:
+    block = funnel_block(250)
+    first, second, third = split(block, 120, 80, 50)
+    with ClickHouseStore(url, database) as admin:
+        admin.client.command(f"DETACH TABLE {database}.funnel_minute")
+        part.write_batch([first])  # full: the insert fails, the rows stay
+        stats = part.stats()["funnel_minute"]
+        assert (stats.failed_inserts, stats.pending_rows) == (1, 120)
+        assert "funnel_minute" in stats.last_error
+        part.write_batch([second])  # within the backoff: no new attempt
+        assert part.stats()["funnel_minute"].failed_inserts == 1
+        clock.now += 1.0
+        part.write_batch([third])  # past the backoff: retried, fails again
+        assert part.stats()["funnel_minute"].failed_inserts == 2
+        admin.client.command(f"ATTACH TABLE {database}.funnel_minute")
+        part.snapshot()
+        stats = part.stats()["funnel_minute"]
+        assert (stats.inserted_rows, stats.pending_rows, stats.inserts) == (250, 0, 1)
+        assert count(admin, "funnel_minute") == 250  # every row, and none twice
+        _, [(events,)] = admin.query("SELECT sum(events) FROM funnel_minute")
+        assert events == block.columns["events"].sum()
+
+
+def test_an_epoch_end_waits_for_a_short_outage(url: str, database: str) -> None:
+    config = settings(database, flush_rows=1000, retry_timeout_s=20.0)
+    part = ClickHouseSink(config, url).build_part("metrics", "clickhouse", None)
+    with ClickHouseStore(url, database) as admin:
+        admin.client.command(f"DETACH TABLE {database}.stalls")
+        part.write_batch([stall_block(30)])
+        timer = threading.Timer(0.6, admin.client.command, [f"ATTACH TABLE {database}.stalls"])
+        started = time.monotonic()
+        timer.start()
+        part.snapshot()  # blocks, retrying, until the table is back
+        timer.join()
+        assert 0.5 < time.monotonic() - started < 10
+        assert part.stats()["stalls"].failed_inserts >= 2
+        assert count(admin, "stalls") == 30
+    part.close()
+
+
+def test_an_outage_longer_than_the_retry_timeout_fails_loudly(url: str, database: str) -> None:
+    config = settings(database, flush_rows=1000, retry_timeout_s=0.5)
+    part = ClickHouseSink(config, url).build_part("metrics", "clickhouse", None)
+    with ClickHouseStore(url, database) as admin:
+        admin.client.command(f"DETACH TABLE {database}.stalls")
+        part.write_batch([stall_block(30)])
+        started = time.monotonic()
+        with pytest.raises(ClickHouseError, match=r"stalls have failed for .*30 rows not written"):
+            part.snapshot()
+        assert time.monotonic() - started < 5
+        assert part.stats()["stalls"].pending_rows == 30  # kept, never dropped
+        admin.client.command(f"ATTACH TABLE {database}.stalls")
+    part.store.close()
+
+
+def test_more_rows_waiting_than_max_buffer_rows_fail_loudly(
+    url: str, database: str, clock: Clock
+) -> None:
+    config = settings(database, flush_rows=100, max_buffer_rows=250)
+    part = ClickHouseSink(config, url, clock=clock).build_part("metrics", "clickhouse", None)
+    with ClickHouseStore(url, database) as admin:
+        admin.client.command(f"DETACH TABLE {database}.funnel_minute")
+        part.write_batch([funnel_block(200)])
+        with pytest.raises(ClickHouseError, match="exceed clickhouse.max_buffer_rows = 250"):
+            part.write_batch([funnel_block(100, seed=1)])
+        admin.client.command(f"ATTACH TABLE {database}.funnel_minute")
+    part.store.close()
+
+
+def test_a_flow_writes_keyed_blocks_through_one_partition(url: str, database: str) -> None:
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, cluster_main
+
+    blocks = [funnel_block(50, seed=s, shard=f"s{s:02d}") for s in range(6)] + [stall_block(20)]
+    flow = Dataflow("metrics_test")
+    items = op.input("in", flow, TestingSource(blocks))
+    keyed = op.key_on("key", items, lambda block: block.table)
+    op.output("out", keyed, ClickHouseSink(settings(database), url))
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    with ClickHouseStore(url, database) as store:
+        assert count(store, "funnel_minute") == 300
+        assert count(store, "stalls") == 20
+        _, [(hours,)] = store.query("SELECT count() FROM funnel_hour")
+        assert hours > 0  # close() refreshed the rollups
+
+
+def test_blocks_of_both_string_kinds_concatenate(part: ClickHouseSinkPartition) -> None:
+    a = funnel_block(3)
+    b = funnel_block(3, seed=1, shard="s01")
+    b.columns["journey"] = b.columns["journey"].astype(str)  # numpy unicode, not objects
+    part.write_batch([a, b])
+    part.snapshot()
+    _, rows = part.store.query("SELECT DISTINCT shard FROM funnel_minute ORDER BY shard")
+    assert rows == [("s00",), ("s01",)]
+    assert (
+        np.sum(a.columns["events"]) + np.sum(b.columns["events"])
+        == part.store.query("SELECT sum(events) FROM funnel_minute")[1][0][0]
+    )

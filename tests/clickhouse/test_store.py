@@ -1,0 +1,171 @@
+"""ClickHouseStore on a real chDB: round trips, duplicates, rollups, URLs and chDB's limits."""
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sinks.clickhouse import ClickHouseStore, MetricBlock
+from sinks.exceptions import ClickHouseError
+from tests.clickhouse.conftest import BLOCKS, T0, funnel_block, health_block, outcome_block
+
+
+def _ms(value: datetime) -> int:
+    return int(value.replace(tzinfo=UTC).timestamp() * 1000)
+
+
+@pytest.mark.parametrize("table", sorted(BLOCKS))
+def test_every_table_round_trips_its_columns(store: ClickHouseStore, table: str) -> None:
+    block = BLOCKS[table](300, seed=1)
+    assert store.insert(block) == 300
+    names = list(block.columns)
+    columns, rows = store.query(f"SELECT {', '.join(names)} FROM {table}")
+    assert columns == names
+    kinds = [store.columns(table)[name] for name in names]
+
+    def norm(value: object, kind: str) -> object:
+        if "DateTime64" in kind:
+            return value if isinstance(value, int) else _ms(value)  # type: ignore[arg-type]
+        if "Nullable" in kind and value == -1:
+            return None
+        if "Float" in kind:
+            return round(float(value), 9)  # type: ignore[arg-type]
+        return value
+
+    want = zip(*(block.columns[name].tolist() for name in names), strict=True)
+    expected = sorted(tuple(norm(v, k) for v, k in zip(row, kinds, strict=True)) for row in want)
+    got = sorted(tuple(norm(v, k) for v, k in zip(row, kinds, strict=True)) for row in rows)
+    assert got == expected
+
+
+def test_minus_one_is_null_only_in_nullable_columns(store: ClickHouseStore) -> None:
+    store.insert(outcome_block(8))
+    store.insert(health_block(6))
+    _, rows = store.query(
+        "SELECT outcome, recovered, time_to_recovery_ms IS NULL, recovery_channel"
+        " FROM outcomes ORDER BY intervention_id LIMIT 4"
+    )
+    assert rows == [("progressed", 1, 0, "app"), ("completed", 1, 0, "app"),
+                    ("failed", 0, 1, ""), ("lapsed", 0, 1, "")]  # fmt: skip
+    _, [(nulls, lags)] = store.query(
+        "SELECT countIf(kafka_lag IS NULL), countIf(kafka_lag >= 0) FROM flow_health"
+    )
+    assert (nulls, lags) == (2, 4)
+
+
+def test_timestamps_are_utc_milliseconds(store: ClickHouseStore) -> None:
+    block = funnel_block(1)
+    block.columns["minute"][:] = T0 + 123  # an odd millisecond survives
+    store.insert(block)
+    _, [(ms, text)] = store.query(
+        "SELECT toUnixTimestamp64Milli(minute), toString(minute) FROM funnel_minute"
+    )
+    assert ms == T0 + 123
+    assert text == "2026-01-05 08:00:00.123"
+
+
+def test_datetime64_columns_are_accepted_too(store: ClickHouseStore) -> None:
+    block = funnel_block(3)
+    block.columns["minute"] = block.columns["minute"].astype("datetime64[ms]")
+    store.insert(block)
+    _, [(low,)] = store.query("SELECT min(toUnixTimestamp64Milli(minute)) FROM funnel_minute")
+    assert low == T0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.pop("shard"), r"missing \['shard'\]"),
+        (lambda c: c.update(extra=np.zeros(4)), r"unknown \['extra'\]"),
+        (lambda c: c.update(events=np.zeros(3, np.int64)), "different lengths"),
+        (lambda c: c.update(events=np.array(["x"] * 4, object)), r"events \(Int64\) got object"),
+        (lambda c: c.update(journey=np.arange(4)), r"journey \(LowCard.*got int64"),
+    ],
+)
+def test_malformed_blocks_are_refused_with_the_reason(
+    store: ClickHouseStore, change: object, message: str
+) -> None:
+    block = funnel_block(4)
+    change(block.columns)  # type: ignore[operator]
+    with pytest.raises(ClickHouseError, match=message):
+        store.insert(block)
+    with pytest.raises(ClickHouseError, match="no table"):
+        store.insert(MetricBlock("nope", {}))
+
+
+def test_replayed_rows_collapse_and_hour_rollups_count_them_once(store: ClickHouseStore) -> None:
+    blocks = {table: make(120, seed=3) for table, make in BLOCKS.items()}
+    for block in blocks.values():
+        store.insert(block)
+    store.refresh_rollups()
+    first = _rollups(store)
+    for block in blocks.values():  # a replay: the same rows again, in other block shapes
+        for half in (slice(0, 50), slice(50, None)):
+            store.insert(MetricBlock(block.table, {k: v[half] for k, v in block.columns.items()}))
+    store.refresh_rollups()
+    _, [(raw,)] = store.query("SELECT count() FROM stalls", settings={"final": 0})
+    assert raw == 240  # stored twice until a merge ...
+    _, [(seen,)] = store.query("SELECT count() FROM stalls", settings={"final": 1})
+    assert seen == 120  # ... counted once
+    assert _rollups(store) == first
+    f = blocks["funnel_minute"].columns
+    assert first["funnel_hour"] == (int(f["events"].sum()), int(f["completed"].sum()))
+    assert first["stalls_hour"][0] == 120
+    assert first["decisions_hour"][0] == 120
+    o = blocks["outcomes"].columns
+    recovered = o["time_to_recovery_ms"][o["time_to_recovery_ms"] >= 0]
+    assert first["outcomes_hour"] == (120, int(recovered.sum()))
+    assert first["flow_health_hour"] == (120, int(blocks["flow_health"].columns["events_in"].sum()))
+
+
+def _rollups(store: ClickHouseStore) -> dict[str, tuple[int, int]]:
+    sums = {
+        "funnel_hour": "sum(events), sum(completed)",
+        "stalls_hour": "sum(stalls), sum(errors)",
+        "decisions_hour": "sum(decisions), sum(clients)",
+        "outcomes_hour": "sum(outcomes), sum(time_to_recovery_ms_sum)",
+        "flow_health_hour": "sum(intervals), sum(events_in)",
+    }
+    out = {}
+    for table, expr in sums.items():
+        _, [row] = store.query(f"SELECT {expr} FROM {table}", settings={"final": 0})
+        out[table] = (int(row[0]), int(row[1]))
+    return out
+
+
+def test_a_bad_server_url_fails_at_open_with_the_password_masked() -> None:
+    with pytest.raises(ClickHouseError) as info:
+        ClickHouseStore("http://analyst:s3cret@127.0.0.1:1/metrics", "ato")
+    text = str(info.value)
+    assert "cannot connect to ClickHouse at http://analyst:***@127.0.0.1:1/metrics" in text
+    assert "s3cret" not in text and "check clickhouse.url" in text
+
+
+def test_an_unknown_scheme_is_refused() -> None:
+    with pytest.raises(ClickHouseError, match="expected chdb:///abs/path"):
+        ClickHouseStore("clickhouse://host:9000", "ato")
+
+
+def test_one_process_cannot_open_a_second_chdb_directory(url: str, tmp_path: Path) -> None:
+    with pytest.raises(ClickHouseError, match="already has another chDB directory open"):
+        ClickHouseStore(f"chdb://{tmp_path / 'other'}", "ato")
+
+
+def test_another_process_cannot_open_a_directory_this_one_holds(store: ClickHouseStore) -> None:
+    """What `ato query` says while a flow (here: this test process) writes the database."""
+    env = {**os.environ, "ATO_CLICKHOUSE_DATABASE": store.database}
+    done = subprocess.run(
+        [sys.executable, "-m", "ato.cli", "query", "SELECT 1", "--url", store.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"in use by process {os.getpid()}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,143 @@
+"""Per-minute funnel windows: packing, counting by effect, closing by watermark, snapshots."""
+
+import pickle
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from operators.funnel import MEASURES, MINUTE_MS, FunnelWindows, pack, unpack
+from state.base import Effects, Records
+from state.layout import (
+    EFFECT_ADVANCED,
+    EFFECT_COMPLETED,
+    EFFECT_COUNTED,
+    EFFECT_FAILED,
+    EFFECT_NONE,
+    EFFECT_STARTED,
+    KIND_OUTCOME,
+    N_OUT,
+    N_OUT_F,
+    O_JOURNEY,
+    O_KIND,
+    O_LAST_CHANNEL,
+    O_OUTCOME,
+    O_RESOLVED_AT,
+    O_SEGMENT,
+    O_STEP,
+    OUTCOME_LAPSED,
+    OUTCOME_PROGRESSED,
+)
+
+T0 = 1_767_600_000_000 - 1_767_600_000_000 % MINUTE_MS
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 40_000_000),
+            st.integers(-1, 254),
+            st.integers(-1, 254),
+            st.integers(0, 3),
+            st.integers(-1, 14),
+        ),
+        max_size=50,
+    )
+)
+def test_pack_round_trips(rows: list[tuple[int, int, int, int, int]]) -> None:
+    cols = [np.array([r[k] for r in rows], np.int64) for k in range(5)]
+    back = unpack(pack(*cols))
+    for a, b in zip(cols, back, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def effects(*rows: tuple[int, int, int]) -> Effects:
+    return Effects(
+        np.array([r[0] for r in rows], np.int8),
+        np.array([r[1] for r in rows], np.int16),
+        np.array([r[2] for r in rows], np.int16),
+    )
+
+
+def counts_of(windows: FunnelWindows) -> dict[tuple[int, ...], list[int]]:
+    rows = windows.close(0, final=True)
+    keys = zip(*(k.tolist() for k in unpack(rows.keys)), strict=True)
+    return dict(zip(keys, rows.counts.tolist(), strict=True))
+
+
+def test_counts_by_effect_minute_channel_segment() -> None:
+    w = FunnelWindows()
+    ts = np.array([T0, T0 + 10, T0 + 20, T0 + 30, T0 + 40, T0 + 50, T0 + MINUTE_MS])
+    channel = np.array([0, 0, 1, 0, 0, 0, 0], np.int8)
+    segment = np.array([2, 2, 2, 2, -1, 2, 2], np.int8)
+    eff = effects(
+        (EFFECT_STARTED, 3, 0),
+        (EFFECT_ADVANCED, 3, 1),
+        (EFFECT_COUNTED, 3, 1),  # another channel
+        (EFFECT_COMPLETED, 3, 4),
+        (EFFECT_NONE, -1, -1),  # unknown segment, no journey
+        (EFFECT_FAILED, 3, 5),
+        (EFFECT_ADVANCED, 3, 1),  # the next minute
+    )
+    w.add_events(ts, channel, segment, eff)
+    m = T0 // MINUTE_MS
+    assert MEASURES == ("events", "started", "advanced", "completed", "abandoned")
+    assert counts_of(w) == {
+        (m, 3, 0, 0, 2): [1, 1, 0, 0, 0],
+        (m, 3, 1, 0, 2): [1, 0, 1, 0, 0],
+        (m, 3, 1, 1, 2): [1, 0, 0, 0, 0],
+        (m, 3, 4, 0, 2): [1, 0, 0, 1, 0],
+        (m, -1, -1, 0, -1): [1, 0, 0, 0, 0],
+        (m, 3, 5, 0, 2): [1, 0, 0, 0, 1],
+        (m + 1, 3, 1, 0, 2): [1, 0, 1, 0, 0],
+    }
+
+
+def outcome_records(*rows: tuple[int, int, int, int, int, int]) -> Records:
+    ints = np.zeros((N_OUT, len(rows)), np.int64)
+    for k, (kind, resolved_at, journey, step, channel, segment) in enumerate(rows):
+        ints[O_KIND, k], ints[O_OUTCOME, k] = KIND_OUTCOME, kind
+        ints[O_RESOLVED_AT, k], ints[O_JOURNEY, k], ints[O_STEP, k] = resolved_at, journey, step
+        ints[O_LAST_CHANNEL, k], ints[O_SEGMENT, k] = channel, segment
+    return Records(
+        np.zeros(len(rows), np.uint64), ["c"] * len(rows), ints, np.zeros((N_OUT_F, len(rows)))
+    )
+
+
+def test_lapsed_outcomes_count_as_abandoned_at_their_close_time() -> None:
+    w = FunnelWindows()
+    w.add_outcomes(
+        outcome_records(
+            (OUTCOME_LAPSED, T0 + 5, 1, 2, 3, 4),
+            (OUTCOME_PROGRESSED, T0 + 6, 1, 2, 3, 4),  # recovered: not abandoned
+        )
+    )
+    assert counts_of(w) == {(T0 // MINUTE_MS, 1, 2, 3, 4): [0, 0, 0, 0, 1]}
+
+
+def test_merges_across_batches_and_closes_only_ended_minutes() -> None:
+    w = FunnelWindows()
+    one = effects((EFFECT_STARTED, 0, 0))
+    for ts in (T0, T0 + 1, T0 + MINUTE_MS, T0 + 2 * MINUTE_MS - 1):
+        w.add_events(np.array([ts]), np.zeros(1, np.int8), np.zeros(1, np.int8), one)
+    assert len(w.close(T0 + MINUTE_MS - 1)) == 0  # the first minute has not ended
+    closed = w.close(T0 + MINUTE_MS)
+    assert (
+        closed.keys.tolist()
+        == pack(*(np.array([v]) for v in (T0 // MINUTE_MS, 0, 0, 0, 0))).tolist()
+    )
+    assert closed.counts.tolist() == [[2, 2, 0, 0, 0]]
+    assert len(w.close(T0 + MINUTE_MS)) == 0  # emitted once
+    rest = w.close(T0 + 2 * MINUTE_MS)
+    assert rest.counts.tolist() == [[2, 2, 0, 0, 0]]
+    assert len(w.keys) == 0
+
+
+def test_snapshot_restore_is_an_independent_copy() -> None:
+    w = FunnelWindows()
+    one = effects((EFFECT_ADVANCED, 2, 1))
+    w.add_events(np.array([T0]), np.zeros(1, np.int8), np.zeros(1, np.int8), one)
+    back = FunnelWindows.restore(pickle.loads(pickle.dumps(w.snapshot())))
+    w.add_events(np.array([T0]), np.zeros(1, np.int8), np.zeros(1, np.int8), one)
+    assert back.close(0, final=True).counts.tolist() == [[1, 0, 1, 0, 0]]
+    assert w.close(0, final=True).counts.tolist() == [[2, 0, 2, 0, 0]]
