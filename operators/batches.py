@@ -149,6 +149,7 @@ class ShardOutput:
     open_instances: int = 0
     state_bytes: int = 0
     stalls: Records = field(default_factory=Records.empty)
+    stall_ids: np.ndarray | None = None  # intervention ids of ``stalls``, uint8 [n, 36]
     outcomes: Records = field(default_factory=Records.empty)
     funnel: FunnelRows | None = None
     emitted_at_ms: int = 0

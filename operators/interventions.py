@@ -217,18 +217,30 @@ class InterventionBuilder:
         self.base_reason, self.base_type, self.base_channel = bases[3], bases[4], bases[5]
         self.width = width
 
-    def build(self, stalls: Records, emitted_at_ms: int) -> InterventionBatch:
-        """One document per stall record, ordered by deadline then id."""
+    def ids(self, records: Records) -> np.ndarray:
+        """Intervention id of each record, as ASCII uint8 ``[n, 36]``."""
+        ints = records.ints
+        j, s = ints[O_JOURNEY], ints[O_STEP]
+        return intervention_id_chars(
+            records.client_id, self.journey_names[j].tolist(), ints[O_START].tolist(),
+            self.step_names[j, s].tolist(), ints[O_ATTEMPT].tolist(),
+        )  # fmt: skip
+
+    def build(
+        self, stalls: Records, emitted_at_ms: int, ids: np.ndarray | None = None
+    ) -> InterventionBatch:
+        """One document per stall record, ordered by deadline then id.
+
+        ``ids``: :meth:`ids` of ``stalls`` when the caller has them already.
+        """
         n = len(stalls)
         if n == 0:
             return InterventionBatch.empty()
         ints = stalls.ints
         j, s, attempt = ints[O_JOURNEY], ints[O_STEP], ints[O_ATTEMPT]
         start, deadline = ints[O_START], ints[O_DEADLINE]
-        ids = intervention_id_chars(
-            stalls.client_id, self.journey_names[j].tolist(), start.tolist(),
-            self.step_names[j, s].tolist(), attempt.tolist(),
-        )  # fmt: skip
+        if ids is None:
+            ids = self.ids(stalls)
         order = np.lexsort((ids.view("S36").ravel(), deadline))
         fixed = np.rint(stalls.floats[[OF_CALLS, OF_SESSIONS]] * 10_000).astype(np.int64)
         prio = priorities(

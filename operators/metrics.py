@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from bytewax.operators import StatefulBatchLogic
 
 from ato.catalog import CHANNELS, SEGMENTS, Catalog
 from operators.batches import ShardOutput
 from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
-from operators.interventions import InterventionBuilder, intervention_id_chars, priorities
-from sinks.clickhouse import MetricBlock
+from operators.interventions import InterventionBuilder, priorities
+from sinks.clickhouse import Column, MetricBlock
 from state.base import Records
 from state.layout import (
     O_ABANDONED,
@@ -53,22 +54,54 @@ from state.layout import (
 UNKNOWN_SEGMENT = "unknown"
 
 
+class Names:
+    """Names by integer code (a table of any shape) as Arrow dictionary columns.
+
+    Indexing works like numpy's on the table (code -1 is the last entry of an axis) and gives
+    a dictionary array: codes plus the distinct names, never a Python object per row.
+    """
+
+    def __init__(self, table: np.ndarray | list[str]) -> None:
+        names = np.asarray(table, dtype=object)
+        unique, inverse = np.unique(names.astype(str), return_inverse=True)
+        self.codes = inverse.reshape(names.shape).astype(np.int32)
+        self.dictionary = pa.array(unique.tolist(), pa.string())
+
+    def __getitem__(self, index: Any) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array(self.codes[index]), self.dictionary)
+
+    def repeat(self, n: int) -> pa.DictionaryArray:
+        """The only name of a one-name table, ``n`` times."""
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), self.dictionary)
+
+
+def fixed_strings(chars: np.ndarray) -> pa.Array:
+    """Arrow strings of the rows of an ASCII uint8 ``[n, width]`` array (one copy)."""
+    n, width = chars.shape
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    data = np.ascontiguousarray(chars).ravel()
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
 class MetricRows:
     """Column blocks of one catalog's names; one instance per flow."""
 
     def __init__(self, catalog: Catalog) -> None:
-        names = InterventionBuilder(catalog)
-        self.journeys = np.array([*names.journey_names.tolist(), ""], dtype=object)  # -1: ""
+        self.builder = InterventionBuilder(catalog)
+        names = self.builder
+        self.journeys = Names([*names.journey_names.tolist(), ""])  # code -1: ""
         width = names.step_names.shape[1]
         steps = np.full((len(catalog.journeys) + 1, width + 1), "", dtype=object)
         steps[:-1, :-1] = names.step_names
-        self.steps = steps  # [journey, step], index -1 is ""
-        self.tiers = names.tiers
+        self.steps = Names(steps)  # [journey, step], index -1 is ""
+        self.tiers = Names(names.tiers)
         self.base_priority = names.base_priority
-        self.type_names = names.type_names
-        self.channels = np.array([*CHANNELS, ""], dtype=object)
-        self.segments = np.array([*SEGMENTS, UNKNOWN_SEGMENT], dtype=object)
-        self.outcomes = np.array(OUTCOME_NAMES, dtype=object)
+        self.type_names = Names(names.type_names)
+        self.channels = Names([*CHANNELS, ""])
+        self.segments = Names([*SEGMENTS, UNKNOWN_SEGMENT])
+        self.outcomes = Names(list(OUTCOME_NAMES))
+        self.sent = Names(["sent"])
+        self.no_reason = Names([""])
 
     def __call__(self, out: ShardOutput) -> list[MetricBlock]:
         """Every block a shard output holds (the flow's flat_map step)."""
@@ -76,8 +109,11 @@ class MetricRows:
         if out.funnel is not None and len(out.funnel):
             blocks.append(self.funnel(out.funnel, out.shard))
         if len(out.stalls):
-            blocks.append(self.stalls(out.stalls, out.emitted_at_ms))
-            blocks.append(self.decisions(out.stalls, out.emitted_at_ms))
+            ids = out.stall_ids if out.stall_ids is not None else self.builder.ids(out.stalls)
+            common = self._common(out.stalls, ids)
+            priority = self._priority(out.stalls)
+            blocks.append(self.stalls(out.stalls, out.emitted_at_ms, common, priority))
+            blocks.append(self.decisions(out.stalls, out.emitted_at_ms, common, priority))
         if len(out.outcomes):
             blocks.append(self.outcome_rows(out.outcomes))
         return blocks
@@ -85,33 +121,24 @@ class MetricRows:
     def funnel(self, rows: FunnelRows, shard: str) -> MetricBlock:
         """``funnel_minute`` rows of closed minutes."""
         minute, journey, step, channel, segment = unpack(rows.keys)
-        columns: dict[str, np.ndarray] = {
+        columns: dict[str, Column] = {
             "minute": minute * MINUTE_MS,
             "journey": self.journeys[journey],
             "step": self.steps[journey, step],
             "channel": self.channels[channel],
             "segment": self.segments[segment],
-            "shard": np.full(len(rows), shard, dtype=object),
+            "shard": Names([shard]).repeat(len(rows)),
         }
         for m, name in enumerate(MEASURES):
             columns[name] = rows.counts[:, m]
         return MetricBlock("funnel_minute", columns)
 
-    def _ids(self, records: Records) -> np.ndarray:
-        ints = records.ints
-        j, s = ints[O_JOURNEY], ints[O_STEP]
-        chars = intervention_id_chars(
-            records.client_id, self.journeys[j].tolist(), ints[O_START].tolist(),
-            self.steps[j, s].tolist(), ints[O_ATTEMPT].tolist(),
-        )  # fmt: skip
-        return chars.view("S36").ravel().astype("U36").astype(object)
-
-    def _common(self, records: Records) -> dict[str, np.ndarray]:
+    def _common(self, records: Records, ids: np.ndarray) -> dict[str, Column]:
         ints = records.ints
         j, attempt = ints[O_JOURNEY], ints[O_ATTEMPT]
         return {
-            "intervention_id": self._ids(records),
-            "client_id": np.array(records.client_id, dtype=object),
+            "intervention_id": fixed_strings(ids),
+            "client_id": pa.array(records.client_id, pa.string()),
             "journey": self.journeys[j],
             "step": self.steps[j, ints[O_STEP]],
             "attempt": attempt,
@@ -127,14 +154,20 @@ class MetricRows:
             calls, ints[O_ABANDONED], ints[O_ATTEMPT],
         ).astype(np.float64)  # fmt: skip
 
-    def stalls(self, stalls: Records, emitted_at_ms: int) -> MetricBlock:
+    def stalls(
+        self,
+        stalls: Records,
+        emitted_at_ms: int,
+        common: dict[str, Column] | None = None,
+        priority: np.ndarray | None = None,
+    ) -> MetricBlock:
         """``stalls`` rows: one per stall with its breakpoint context and features."""
         ints = stalls.ints
         deadline, start = ints[O_DEADLINE], ints[O_START]
-        columns = self._common(stalls)
+        columns = dict(common or self._common(stalls, self.builder.ids(stalls)))
         columns.update(
             step_index=ints[O_STEP],
-            priority=self._priority(stalls),
+            priority=self._priority(stalls) if priority is None else priority,
             instance_start=start,
             deadline=deadline,
             last_progress=ints[O_PROGRESS],
@@ -152,14 +185,20 @@ class MetricRows:
         )
         return MetricBlock("stalls", columns)
 
-    def decisions(self, stalls: Records, emitted_at_ms: int) -> MetricBlock:
+    def decisions(
+        self,
+        stalls: Records,
+        emitted_at_ms: int,
+        common: dict[str, Column] | None = None,
+        priority: np.ndarray | None = None,
+    ) -> MetricBlock:
         """``decisions`` rows: without a contact policy every stall is sent."""
         n = len(stalls)
-        columns = self._common(stalls)
+        columns = dict(common or self._common(stalls, self.builder.ids(stalls)))
         columns.update(
-            decision=np.full(n, "sent", dtype=object),
-            reason=np.full(n, "", dtype=object),
-            priority=self._priority(stalls),
+            decision=self.sent.repeat(n),
+            reason=self.no_reason.repeat(n),
+            priority=self._priority(stalls) if priority is None else priority,
             decided_at=stalls.ints[O_DEADLINE],
             emitted_at=np.full(n, emitted_at_ms, np.int64),
         )
@@ -171,7 +210,7 @@ class MetricRows:
         kind = ints[O_OUTCOME]
         recovered = (kind == OUTCOME_PROGRESSED) | (kind == OUTCOME_COMPLETED)
         stalled_at, resolved_at = ints[O_DEADLINE], ints[O_RESOLVED_AT]
-        columns = self._common(outcomes)
+        columns = self._common(outcomes, self.builder.ids(outcomes))
         columns.update(
             stalled_at=stalled_at,
             outcome=self.outcomes[kind],

@@ -156,7 +156,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         if quiet and not final and (funnel is None or not len(funnel)):
             return []
         now = self.ctx.now_ms()
-        interventions = self.builder.build(stalls, now)
+        stall_ids = self.builder.ids(stalls) if metrics else None
+        interventions = self.builder.build(stalls, now, stall_ids)
         sizes = self.store.sizes()
         keep_late = self.ctx.settings.late_events == "output" and len(late) > 0
         return [
@@ -171,6 +172,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
                 open_instances=sizes["instances"],
                 state_bytes=sizes["bytes"],
                 stalls=stalls if metrics else Records.empty(),
+                stall_ids=stall_ids,
                 outcomes=outcomes,
                 funnel=funnel,
                 emitted_at_ms=now,

@@ -7,7 +7,10 @@ under the run's ``out_dir``), ``chdb://relative/path`` or ``http(s)://user:pass@
 through the one clickhouse-connect code path; ``migrate()`` applies the numbered files of
 ``sinks/clickhouse_schema`` that the database has not seen. ``ClickHouseSink(settings, url)``
 takes ``(key, MetricBlock)`` items, any key: a block is one table's rows as equal-length numpy
-columns (timestamps as int64 epoch ms; ``-1`` in a ``Nullable`` integer column is NULL).
+columns (timestamps as int64 epoch ms; ``-1`` in a ``Nullable`` integer column is NULL); a
+``String`` column may also be an Arrow string array, or a dictionary array (codes into a few
+names: built without a Python object per row, and inserted into ``LowCardinality`` columns
+three times faster than plain strings).
 
 How it works: the sink has ONE partition, so exactly one worker of a cluster opens the
 database (chDB is in-process: one database directory per process, and a directory can be
@@ -38,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import clickhouse_connect
@@ -85,12 +88,18 @@ logging.getLogger("clickhouse_connect").addHandler(logging.NullHandler())
 log = logging.getLogger(__name__)
 
 
+Column: TypeAlias = np.ndarray | pa.Array | pa.ChunkedArray
+
+
 @dataclass(frozen=True)
 class MetricBlock:
-    """Rows of one table as equal-length numpy columns named like the table's columns."""
+    """Rows of one table as equal-length columns named like the table's columns.
+
+    A column is a numpy array, or for ``String`` columns an Arrow (dictionary) string array.
+    """
 
     table: str
-    columns: dict[str, np.ndarray]
+    columns: dict[str, Column]
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
@@ -357,9 +366,16 @@ class ClickHouseStore:
             msg = f"metric block for {block.table}: columns of different lengths {lengths}"
             raise ClickHouseError(msg)
         for name, kind in expected.items():
-            dtype = np.asarray(block.columns[name]).dtype
-            if dtype.kind not in _DTYPE_KINDS[_base_type(kind)]:
-                msg = f"metric block for {block.table}: column {name} ({kind}) got {dtype} values"
+            values = block.columns[name]
+            if isinstance(values, pa.Array | pa.ChunkedArray):
+                ok = _base_type(kind) == "String" and _is_arrow_text(values.type)
+                got = f"Arrow {values.type}"
+            else:
+                dtype = np.asarray(values).dtype
+                ok = dtype.kind in _DTYPE_KINDS[_base_type(kind)]
+                got = str(dtype)
+            if not ok:
+                msg = f"metric block for {block.table}: column {name} ({kind}) got {got} values"
                 raise ClickHouseError(msg)
 
     def insert(self, block: MetricBlock) -> int:
@@ -373,6 +389,8 @@ class ClickHouseStore:
             table = pa.table(
                 {name: _arrow_column(block.columns[name], kind) for name, kind in types.items()}
             )
+            # one dictionary per column: an Arrow IPC stream cannot replace it between chunks
+            table = table.unify_dictionaries()
         except (pa.ArrowException, TypeError, ValueError) as exc:
             msg = f"metric block for {block.table}: columns do not convert: {exc}"
             raise ClickHouseError(msg) from exc
@@ -451,8 +469,17 @@ def _base_type(kind: str) -> str:
     return base.split("(", 1)[0]
 
 
-def _arrow_column(values: np.ndarray, kind: str) -> pa.Array:
+def _is_arrow_text(kind: pa.DataType) -> bool:
+    """Arrow strings, or a dictionary of them."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _arrow_column(values: Column, kind: str) -> pa.Array | pa.ChunkedArray:
     """``values`` as an Arrow array ClickHouse converts to the column type ``kind``."""
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values  # validated: strings for a String column
     base = _unwrap(kind, "LowCardinality")
     nullable = base.startswith("Nullable(")
     base = _unwrap(base, "Nullable")
@@ -559,7 +586,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         blocks = self.buffers.get(table)
         if not blocks or (not force and now < self.retry_at.get(table, 0.0)):
             return
-        block = blocks[0] if len(blocks) == 1 else _concat(table, blocks)
+        block = blocks[0] if len(blocks) == 1 else _concat(table, blocks, self.store.columns(table))
         stats = self._stats(table)
         try:
             rows = self.store.insert(block)
@@ -608,11 +635,21 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
                 raise ClickHouseError(msg)
 
 
-def _concat(table: str, blocks: list[MetricBlock]) -> MetricBlock:
-    names = blocks[0].columns
-    return MetricBlock(
-        table, {name: np.concatenate([b.columns[name] for b in blocks]) for name in names}
-    )
+def _concat(table: str, blocks: list[MetricBlock], types: dict[str, str]) -> MetricBlock:
+    """One block of ``blocks``; Arrow columns are chunked, never copied."""
+    columns: dict[str, Column] = {}
+    for name in blocks[0].columns:
+        parts = [b.columns[name] for b in blocks]
+        if any(isinstance(p, pa.Array | pa.ChunkedArray) for p in parts):
+            arrays = [_arrow_column(p, types[name]) for p in parts]
+            chunks = [c for a in arrays for c in pa.chunked_array(a).chunks]
+            kinds = {c.type for c in chunks}
+            if len(kinds) > 1:  # strings and dictionaries mixed: plain strings throughout
+                chunks = [c.cast(pa.string()) for c in chunks]
+            columns[name] = pa.chunked_array(chunks)
+        else:
+            columns[name] = np.concatenate(parts)
+    return MetricBlock(table, columns)
 
 
 class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):

@@ -2,12 +2,21 @@
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from sinks.clickhouse import ClickHouseSink, ClickHouseSinkPartition, ClickHouseStore, MetricBlock
+from operators.metrics import Names
+from sinks.clickhouse import (
+    ClickHouseSink,
+    ClickHouseSinkPartition,
+    ClickHouseStore,
+    Column,
+    MetricBlock,
+)
 from sinks.exceptions import ClickHouseError
 from tests.clickhouse.conftest import funnel_block, health_block, settings, stall_block
 
@@ -209,3 +218,38 @@ def test_blocks_of_both_string_kinds_concatenate(part: ClickHouseSinkPartition) 
         np.sum(a.columns["events"]) + np.sum(b.columns["events"])
         == part.store.query("SELECT sum(events) FROM funnel_minute")[1][0][0]
     )
+
+
+def as_arrow(block: MetricBlock, *text: str) -> MetricBlock:
+    """``block`` with the ``text`` columns as Arrow dictionaries of its own distinct names."""
+    cols: dict[str, Column] = dict(block.columns)
+    for name in text:
+        cols[name] = Names(block.columns[name])[np.arange(len(block))]
+    return MetricBlock(block.table, cols)
+
+
+def test_arrow_text_columns_with_different_dictionaries_insert_as_one_block(
+    part: ClickHouseSinkPartition,
+) -> None:
+    """Dictionary columns of several blocks (shard names differ) plus plain strings mix."""
+    whole = funnel_block(150)
+    plain, first, second = split(whole, 50, 50, 50)
+    first = as_arrow(first, "journey", "shard")
+    second = as_arrow(MetricBlock("funnel_minute", {**second.columns}), "journey", "step")
+    second.columns["shard"] = Names(["s01"]).repeat(len(second))
+    part.write_batch([plain, first, second])
+    assert part.stats()["funnel_minute"].inserts == 1
+    _, rows = part.store.query(
+        "SELECT shard, journey, count() FROM funnel_minute GROUP BY ALL ORDER BY ALL"
+    )
+    expected = Counter(
+        ("s01" if k >= 100 else "s00", whole.columns["journey"][k]) for k in range(150)
+    )
+    assert {(s, j): n for s, j, n in rows} == dict(expected)
+
+
+def test_an_arrow_column_must_hold_text(part: ClickHouseSinkPartition) -> None:
+    block = funnel_block(3)
+    block.columns["journey"] = pa.array([1, 2, 3])
+    with pytest.raises(ClickHouseError, match=r"column journey .* got Arrow int64"):
+        part.write_batch([block])
