@@ -83,8 +83,15 @@ def _count(item: Any) -> int:
     return 1
 
 
+DEFAULT_SPAN_S = GeneratorSettings().span_s
+
+
 def load_messages(
-    clients: int, seed: int, journeys_per_client: float = 1.2, partitions: int = 4
+    clients: int,
+    seed: int,
+    journeys_per_client: float = 1.2,
+    partitions: int = 4,
+    span_s: int = DEFAULT_SPAN_S,
 ) -> tuple[dict[str, list[bytes]], int]:
     """Generated messages per partition, cached on disk; also the number of clients."""
     shape = (
@@ -92,6 +99,8 @@ def load_messages(
         if (journeys_per_client, partitions) == (1.2, 4)
         else f"-{journeys_per_client}-{partitions}"
     )
+    if span_s != DEFAULT_SPAN_S:
+        shape += f"-span{span_s}"
     path = CACHE / f"events-{clients}-{seed}{shape}.jsonl"
     if not path.exists():
         CACHE.mkdir(exist_ok=True)
@@ -102,6 +111,7 @@ def load_messages(
             seed=seed,
             journeys_per_client=journeys_per_client,
             partitions=partitions,
+            span_s=span_s,
         )
         traffic = generate(load_catalog(), cfg)
         tmp = path.with_suffix(".tmp")
@@ -192,11 +202,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=Settings().engine.batch_size)
     parser.add_argument("--naive-events", type=int, default=1_000_000)
+    parser.add_argument(
+        "--span-s",
+        type=int,
+        default=DEFAULT_SPAN_S,
+        help="event-time span of the traffic: funnel rows per event grow as it gets sparser",
+    )
     args = parser.parse_args(argv)
 
     catalog = load_catalog()
     settings = Settings().with_overrides("engine", batch_size=args.batch_size)
-    parts, clients = load_messages(args.clients, args.seed)
+    parts, clients = load_messages(args.clients, args.seed, span_s=args.span_s)
     partitions = list(parts)
     batches = raw_batches(parts, args.batch_size)
     messages = [m for b in batches for m in b.messages]
@@ -243,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": 1,
         "repeats": args.repeat,
         "naive_events": len(naive_messages),
+        "span_s": args.span_s,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(orjson.dumps(result).decode())
