@@ -232,6 +232,11 @@ class ClickHouseSettings:
         60.0, "Failing inserts are retried (with backoff) this long (s); then the run fails."
     )
     health_interval_s: float = _knob(10.0, "Wall-clock interval (s) of the flow_health rows.")
+    background_inserts: bool = _knob(
+        True,
+        "Insert from a background thread, so the flow goes on while ClickHouse (or chDB,"
+        " which releases the GIL) takes the block; false: the flow waits for each insert.",
+    )
 
     def __post_init__(self) -> None:
         scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""

@@ -17,9 +17,11 @@ database (chDB is in-process: one database directory per process, and a director
 open in one process at a time). The partition buffers blocks per table, concatenates them and
 makes one Arrow insert per table per flush: when a table holds ``flush_rows`` rows, when
 ``flush_interval_s`` has passed (checked on each write), at every epoch end (``snapshot``)
-and at close. A failed insert keeps its rows and is retried with backoff on later writes; an
-epoch end waits (retrying) until everything buffered is written, because rows emitted
-before a snapshot must be durable before it. Inserts failing for longer than
+and at close. Inserts run on a background thread (``background_inserts``, one insert per
+table in flight), so the flow keeps working while ClickHouse takes a block. A failed insert
+keeps its rows and is retried with backoff on later writes; an epoch end waits (retrying)
+until everything buffered is written, because rows emitted before a snapshot must be durable
+before it. Inserts failing for longer than
 ``retry_timeout_s``, or more than ``max_buffer_rows`` rows waiting, fail the flow with
 :class:`ClickHouseError`: nothing is dropped silently.
 
@@ -39,6 +41,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -523,6 +526,12 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         self.clock = clock
         self.sleep = sleep
         self.buffers: dict[str, list[MetricBlock]] = {}
+        self.in_flight: dict[str, tuple[Future[int], MetricBlock]] = {}
+        self.pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="clickhouse-insert")
+            if settings.background_inserts
+            else None
+        )
         self.table_stats: dict[str, TableStats] = {}
         self.failing_since: dict[str, float] = {}
         self.retry_at: dict[str, float] = {}
@@ -531,6 +540,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
 
     def write_batch(self, values: list[MetricBlock]) -> None:
         """Buffer the blocks; insert tables that are full, or all when the interval passed."""
+        self._collect(wait=False)
         for block in values:
             self.store.validate(block)  # a malformed block never succeeds: fail now
             if len(block):
@@ -558,6 +568,8 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
             except ClickHouseError as exc:  # rows are durable; a scheduled refresh catches up
                 log.warning("hour rollups not refreshed at close: %s", exc)
         finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
             self.store.close()
 
     def stats(self) -> dict[str, TableStats]:
@@ -568,8 +580,10 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         """Insert every buffered table now; retry with backoff until written or timed out."""
         self.last_flush = self.clock()
         while True:
+            self._collect(wait=True)
             for table in [t for t, blocks in self.buffers.items() if blocks]:
                 self._try_insert(table, self.clock(), force=True)
+            self._collect(wait=True)
             waiting = [t for t, blocks in self.buffers.items() if blocks]
             if not waiting:
                 return
@@ -583,29 +597,57 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         return self.table_stats.setdefault(table, TableStats())
 
     def _try_insert(self, table: str, now: float, force: bool) -> None:
+        """Start inserting ``table``'s buffered rows, unless one insert of it is in flight."""
         blocks = self.buffers.get(table)
-        if not blocks or (not force and now < self.retry_at.get(table, 0.0)):
+        if not blocks or table in self.in_flight:
+            return
+        if not force and now < self.retry_at.get(table, 0.0):
             return
         block = blocks[0] if len(blocks) == 1 else _concat(table, blocks, self.store.columns(table))
-        stats = self._stats(table)
-        try:
-            rows = self.store.insert(block)
-        except ClickHouseError as exc:
-            stats.failed_inserts += 1
-            stats.failed_rows += len(block)
-            stats.last_error = str(exc)
-            self.buffers[table] = [block]  # concatenated once, retried as one insert
-            self.failing_since.setdefault(table, now)
-            pause = min(self.backoff.get(table, RETRY_FIRST_S / 2) * 2, RETRY_MAX_S)
-            self.backoff[table] = pause
-            self.retry_at[table] = now + pause
-            return
         del self.buffers[table]
-        stats.inserted_rows += rows
-        stats.inserts += 1
-        stats.pending_rows = 0
-        for state in (self.failing_since, self.retry_at, self.backoff):
-            state.pop(table, None)
+        future: Future[int]
+        if self.pool is not None:
+            future = self.pool.submit(self.store.insert, block)
+        else:
+            future = Future()
+            try:
+                future.set_result(self.store.insert(block))
+            except ClickHouseError as exc:
+                future.set_exception(exc)
+        self.in_flight[table] = (future, block)
+        if self.pool is None:
+            self._collect(wait=True)
+
+    def wait_for_inserts(self) -> None:
+        """Wait for the inserts in flight and account for them (failures are requeued)."""
+        self._collect(wait=True)
+
+    def _collect(self, wait: bool) -> None:
+        """Account for finished inserts (all in flight if ``wait``); requeue failed ones."""
+        for table, (future, block) in list(self.in_flight.items()):
+            if not wait and not future.done():
+                continue
+            del self.in_flight[table]
+            stats = self._stats(table)
+            try:
+                rows = future.result()  # other exceptions than ClickHouseError are bugs: raise
+            except ClickHouseError as exc:
+                now = self.clock()
+                stats.failed_inserts += 1
+                stats.failed_rows += len(block)
+                stats.last_error = str(exc)
+                # concatenated once, retried as one insert (before blocks buffered since)
+                self.buffers[table] = [block, *self.buffers.get(table, [])]
+                self.failing_since.setdefault(table, now)
+                pause = min(self.backoff.get(table, RETRY_FIRST_S / 2) * 2, RETRY_MAX_S)
+                self.backoff[table] = pause
+                self.retry_at[table] = now + pause
+                continue
+            stats.inserted_rows += rows
+            stats.inserts += 1
+            stats.pending_rows -= rows
+            for state in (self.failing_since, self.retry_at, self.backoff):
+                state.pop(table, None)
 
     def _check_bounds(self) -> None:
         now = self.clock()
@@ -620,8 +662,10 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
                 raise ClickHouseError(msg)
         waiting = sum(s.pending_rows for s in self.table_stats.values())
         if waiting > self.settings.max_buffer_rows:
+            self._collect(wait=True)
             for table in list(self.buffers):
                 self._try_insert(table, now, force=True)
+            self._collect(wait=True)
             waiting = sum(s.pending_rows for s in self.table_stats.values())
             if waiting > self.settings.max_buffer_rows:
                 errors = "; ".join(

@@ -36,10 +36,21 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def part(url: str, database: str, clock: Clock) -> Iterator[ClickHouseSinkPartition]:
-    """A sink partition with flush_rows 100 and a 60 s interval on the test clock."""
-    config = settings(database, flush_rows=100, flush_interval_s=60.0, retry_timeout_s=30.0)
+@pytest.fixture(params=[True, False], ids=["background", "inline"])
+def part(
+    url: str, database: str, clock: Clock, request: pytest.FixtureRequest
+) -> Iterator[ClickHouseSinkPartition]:
+    """A sink partition with flush_rows 100 and a 60 s interval on the test clock.
+
+    Both insert modes; tests call ``wait_for_inserts`` before looking at what landed.
+    """
+    config = settings(
+        database,
+        flush_rows=100,
+        flush_interval_s=60.0,
+        retry_timeout_s=30.0,
+        background_inserts=request.param,
+    )
     built = ClickHouseSink(config, url, clock=clock).build_part("metrics", "clickhouse", None)
     yield built
     built.store.close()  # idempotent; tests that close the partition closed it already
@@ -64,11 +75,14 @@ def split(block: MetricBlock, *sizes: int) -> list[MetricBlock]:
 def test_a_full_table_is_inserted_as_one_block(part: ClickHouseSinkPartition) -> None:
     a, b, c = split(funnel_block(150), 60, 60, 30)
     part.write_batch([a, stall_block(10)])
+    part.wait_for_inserts()
     assert count(part.store, "funnel_minute") == 0  # 60 < flush_rows
     part.write_batch([b])
+    part.wait_for_inserts()
     assert count(part.store, "funnel_minute") == 120  # 120 >= 100: both blocks, one insert
     assert count(part.store, "stalls") == 0  # not full, not due
     part.write_batch([c])
+    part.wait_for_inserts()
     stats = part.stats()
     assert (stats["funnel_minute"].inserts, stats["funnel_minute"].inserted_rows) == (1, 120)
     assert stats["funnel_minute"].pending_rows == 30
@@ -79,11 +93,14 @@ def test_the_interval_flushes_every_table_on_the_next_write(
     part: ClickHouseSinkPartition, clock: Clock
 ) -> None:
     part.write_batch([funnel_block(5), stall_block(7)])
+    part.wait_for_inserts()
     clock.now += 59.0
     part.write_batch([health_block(2)])
+    part.wait_for_inserts()
     assert count(part.store, "stalls") == 0
     clock.now += 1.0
     part.write_batch([])  # an empty batch still checks the interval
+    part.wait_for_inserts()
     assert (count(part.store, "funnel_minute"), count(part.store, "stalls")) == (5, 7)
     assert count(part.store, "flow_health") == 2
     assert all(s.pending_rows == 0 for s in part.stats().values())
@@ -125,13 +142,16 @@ def test_inserts_into_a_detached_table_are_retried_and_land_once(
     with ClickHouseStore(url, database) as admin:
         admin.client.command(f"DETACH TABLE {database}.funnel_minute")
         part.write_batch([first])  # full: the insert fails, the rows stay
+        part.wait_for_inserts()
         stats = part.stats()["funnel_minute"]
         assert (stats.failed_inserts, stats.pending_rows) == (1, 120)
         assert "funnel_minute" in stats.last_error
         part.write_batch([second])  # within the backoff: no new attempt
+        part.wait_for_inserts()
         assert part.stats()["funnel_minute"].failed_inserts == 1
         clock.now += 1.0
         part.write_batch([third])  # past the backoff: retried, fails again
+        part.wait_for_inserts()
         assert part.stats()["funnel_minute"].failed_inserts == 2
         admin.client.command(f"ATTACH TABLE {database}.funnel_minute")
         part.snapshot()
@@ -238,6 +258,7 @@ def test_arrow_text_columns_with_different_dictionaries_insert_as_one_block(
     second = as_arrow(MetricBlock("funnel_minute", {**second.columns}), "journey", "step")
     second.columns["shard"] = Names(["s01"]).repeat(len(second))
     part.write_batch([plain, first, second])
+    part.wait_for_inserts()
     assert part.stats()["funnel_minute"].inserts == 1
     _, rows = part.store.query(
         "SELECT shard, journey, count() FROM funnel_minute GROUP BY ALL ORDER BY ALL"
