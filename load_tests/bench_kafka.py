@@ -96,6 +96,7 @@ def run_flow(brokers: str, topic: str, processes: int, workdir: Path) -> dict[st
         f'[kafka]\nbrokers = "{brokers}"\ninput_topics = ["{topic}"]\n'
         f'interventions_topic = "{out_topic}"\ndead_letter_topic = "bench.dlq"\n'
         "stop_at_end = true\n"
+        "[clickhouse]\nenabled = false\n"  # the Kafka path alone; bench_inprocess prices metrics
     )
     argv = [sys.executable, "-m", "ato.cli", "run", "--config", str(config)]
     started = time.perf_counter()
