@@ -211,7 +211,10 @@ def late_docs(late: EventColumns, watermark: int) -> list[dict[str, Any]]:
 
 
 def _decode_progress(batch: DecodedBatch) -> dict[str, Any]:
-    return {"in": batch.n_in, "dead": len(batch.dead), "max_ts": batch.max_ts}
+    item: dict[str, Any] = {"in": batch.n_in, "dead": len(batch.dead), "max_ts": batch.max_ts}
+    if batch.lag is not None:
+        item["lag"] = {batch.partition: batch.lag}
+    return item
 
 
 def _shard_progress(out: ShardOutput) -> dict[str, Any]:

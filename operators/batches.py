@@ -20,6 +20,7 @@ class RawBatch:
     message ``i`` sits at ``first_offset + i`` unless ``offsets`` lists them explicitly.
     ``caught_up``: after this batch the source had nothing more to read for the partition
     (an empty batch with it set is a heartbeat); only this lets a partition go idle.
+    ``lag``: messages left in the partition after this batch, when the source knows.
     """
 
     partition: str
@@ -28,6 +29,7 @@ class RawBatch:
     read_wall_ms: int = 0
     offsets: list[int] | None = None
     caught_up: bool = False
+    lag: int | None = None
 
     def offset_array(self) -> np.ndarray:
         """Source offset of every message."""
@@ -68,6 +70,7 @@ class DecodedBatch:
     read_wall_ms: int
     n_in: int
     caught_up: bool = False  # see RawBatch
+    lag: int | None = None  # see RawBatch
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,9 @@ class Decoder:
             dead.sort(key=lambda d: d.offset)
         max_ts = int(events.ts.max()) if len(events) else None
         return DecodedBatch(
-            batch.partition, events, dead, max_ts, batch.read_wall_ms, n, batch.caught_up
-        )
+            batch.partition, events, dead, max_ts, batch.read_wall_ms, n, batch.caught_up,
+            batch.lag,
+        )  # fmt: skip
 
     def _scan(self, messages: list[bytes], offsets: np.ndarray) -> tuple[np.ndarray, EventColumns]:
         """Rows the numba scanner accepts, and their columns (before the value rules)."""

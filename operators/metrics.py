@@ -245,7 +245,7 @@ class HealthWindow:
     decode_errors: int = 0
     late_events: int = 0
     watermark_delay_ms: int = 0
-    kafka_lag: int = -1
+    lags: dict[str, int] = field(default_factory=dict)  # latest lag per input partition
     latencies_ms: list[float] = field(default_factory=list)
     watermarks: dict[str, int] = field(default_factory=dict)
     open_instances: dict[str, int] = field(default_factory=dict)
@@ -264,9 +264,7 @@ class HealthWindow:
         ts = item.get("max_ts")
         if ts is not None and (self.max_event_ts is None or ts > self.max_event_ts):
             self.max_event_ts = ts
-        lag = item.get("kafka_lag")
-        if lag is not None and lag >= 0:
-            self.kafka_lag = lag
+        self.lags.update(item.get("lag", {}))
         shard = item.get("shard")
         if shard is not None:
             self.watermarks[shard] = item["watermark"]
@@ -288,7 +286,7 @@ class HealthWindow:
             "decode_errors": self.decode_errors,
             "late_events": self.late_events,
             "watermark_delay_ms": delay,
-            "kafka_lag": self.kafka_lag,
+            "kafka_lag": sum(self.lags.values()) if self.lags else -1,
             "batch_latency_p50_ms": float(np.percentile(lat, 50)),
             "batch_latency_p99_ms": float(np.percentile(lat, 99)),
             "batch_latency_max_ms": float(lat.max()),
@@ -321,7 +319,9 @@ class HealthLogic(StatefulBatchLogic[dict[str, Any], MetricBlock, None]):
         if now < self.window.interval_start_ms + self.interval_ms:
             return []
         done = self.window.block()
+        lags = self.window.lags  # a partition's lag holds until it reports again
         self.window = self._new_window(now)
+        self.window.lags = dict(lags)
         return [done]
 
     def on_batch(self, values: list[dict[str, Any]]) -> tuple[list[MetricBlock], bool]:

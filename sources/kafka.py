@@ -127,7 +127,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self.stop_at = stop_at
         topic, partition = split_part_name(name)
         self.consumer = Consumer(consumer_config(settings))
-        tp = TopicPartition(topic, partition)
+        tp = self.tp = TopicPartition(topic, partition)
         try:
             low, high = self.consumer.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S)
         except KafkaException as exc:
@@ -170,8 +170,17 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             # covers brokers that under-report the end (Tansu: the last batch's first offset).
             raise StopIteration
         if not batches:  # a heartbeat: nothing to read, so the partition may go idle
-            return [RawBatch(self.name, [], self.next_offset, wall_ms(), caught_up=True)]
+            lag = self._lag()
+            return [RawBatch(self.name, [], self.next_offset, wall_ms(), caught_up=True, lag=lag)]
         return batches
+
+    def _lag(self) -> int | None:
+        """Messages between our position and the partition's end, as of the last fetch."""
+        try:
+            _, high = self.consumer.get_watermark_offsets(self.tp, cached=True)
+        except KafkaException:
+            return None
+        return max(0, int(high) - self.next_offset) if high >= 0 else None
 
     def _read(self, timeout_s: float) -> RawBatch | None:
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
@@ -188,7 +197,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self.next_offset = offsets[-1] + 1
         if any([v[:1] in _ENVELOPE_START for v in values]):
             values, offsets = expand_envelopes(values, offsets)
-        return RawBatch(self.name, values, offsets[0], read_ms, offsets, caught_up)
+        return RawBatch(self.name, values, offsets[0], read_ms, offsets, caught_up, self._lag())
 
     def _drop_errors(self, messages: list[Message]) -> list[Message]:
         kept = []

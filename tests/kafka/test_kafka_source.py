@@ -1,6 +1,7 @@
 """The Kafka source against a real broker: batching, envelopes, start positions, partitions."""
 
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import bytewax.operators as op
@@ -179,3 +180,26 @@ def test_idle_partitions_send_heartbeats_that_advance_the_watermark(
     finally:
         for part in [busy, *quiet]:
             part.close()
+
+
+def test_batches_report_the_partition_lag(topics: KafkaSettings) -> None:
+    """Lag after each batch: messages left before the partition's end (as of the fetch)."""
+    topic = topics.input_topics[0]
+    produce(topics.brokers, topic, [(0, orjson.dumps({"i": i})) for i in range(10)])
+    live = replace(topics, stop_at_end=False)
+    part = KafkaSource(live, batch_size=4).build_part("in", part_name(topic, 0), None)
+    lags = []
+    for _ in range(50):
+        batches = part.next_batch()
+        lags += [(len(b.messages), b.lag) for b in batches]
+        if not batches[-1].messages:
+            break
+    part.close()
+    read = [n for n, _ in lags if n]
+    assert sum(read) == 10
+    assert lags[-1] == (0, 0)  # the heartbeat: caught up
+    left = 10
+    for n, lag in lags:
+        left -= n
+        assert lag is None or lag == left  # known once the first fetch came back
+    assert any(lag for n, lag in lags if n)  # the first batches see messages left

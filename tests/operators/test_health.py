@@ -1,0 +1,48 @@
+"""flow_health rows from progress items: sums per wall-clock interval, Kafka lag per worker."""
+
+from typing import Any
+
+from operators.metrics import HealthLogic
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def _item(**values: Any) -> dict[str, Any]:
+    return {"worker": "host:1:w0", **values}
+
+
+def test_an_interval_sums_its_items_and_lag_sums_the_latest_per_partition() -> None:
+    clock = Clock()
+    logic = HealthLogic("run", 10_000, clock)
+    items = [
+        _item(**{"in": 100, "dead": 2, "max_ts": 50, "lag": {"t#0": 400}}),
+        _item(**{"in": 50, "dead": 0, "max_ts": 70, "lag": {"t#1": 30}}),
+        _item(**{"in": 10, "dead": 1, "max_ts": 60, "lag": {"t#0": 300}}),
+        _item(shard="s0", latency_ms=5.0, late=3, watermark=40, open=7, bytes=1000),
+    ]
+    assert logic.on_batch(items) == ([], logic.RETAIN)  # the interval has not ended
+    clock.now += 10_000
+    (block,), _ = logic.on_batch([])
+    row = {k: v[0] for k, v in block.columns.items()}
+    assert (row["events_in"], row["batches"], row["decode_errors"]) == (160, 3, 3)
+    assert (row["late_events"], row["open_instances"], row["state_bytes"]) == (3, 7, 1000)
+    assert row["kafka_lag"] == 330  # 300 (latest of t#0) + 30
+    assert row["watermark_delay_ms"] == 70 - 40
+    clock.now += 10_000
+    (block,), _ = logic.on_notify()  # a quiet interval: partitions keep their last lag
+    assert block.columns["kafka_lag"][0] == 330
+    assert block.columns["events_in"][0] == 0
+
+
+def test_without_a_lag_report_the_lag_is_unknown() -> None:
+    clock = Clock()
+    logic = HealthLogic("run", 10_000, clock)
+    logic.on_batch([_item(**{"in": 5, "dead": 0, "max_ts": 1})])
+    (block,), _ = logic.on_eof()
+    assert block.columns["kafka_lag"][0] == -1  # NULL in ClickHouse
