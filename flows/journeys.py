@@ -24,6 +24,7 @@ from ato.columns import EventColumns
 from ato.config import Settings
 from operators.batches import DeadLetter, DecodedBatch, RawBatch, ShardOutput
 from operators.decode import Decoder, wall_ms
+from operators.funnel import FunnelLogic, FunnelUpdate
 from operators.interventions import SCHEMA
 from operators.metrics import HealthLogic, MetricRows, health_item
 from operators.route import Router
@@ -33,6 +34,7 @@ from sinks.clickhouse import MetricBlock
 from sinks.kafka import Record
 
 OUTPUT_KEY = "out"  # single-writer sinks: every output line under one key
+FUNNEL_KEY = "funnel"  # the funnel step sums every shard's counts under one key
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,13 @@ def build_flow(
     )
     op.output("progress_out", progress, sinks.progress)
     if sinks.metrics is not None:
-        blocks = op.flat_map("metric_blocks", outputs, MetricRows(catalog))
+        rows = MetricRows(catalog)
+        blocks = op.flat_map("metric_blocks", outputs, rows)
+        updates = op.flat_map("funnel_updates", outputs, _funnel_update)
+        funnel = op.stateful_batch(
+            "funnel", updates, lambda resume: FunnelLogic(router.keys, resume)
+        )
+        funnel_blocks = op.map("funnel_blocks", funnel, lambda key_rows: rows.funnel(key_rows[1]))
         interval_ms = max(1, int(config.clickhouse.health_interval_s * 1000))
         run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
         health = op.stateful_batch(
@@ -111,7 +119,7 @@ def build_flow(
             lambda _resume: HealthLogic(run_id, interval_ms, now_ms),
         )
         health_blocks = op.map("health_blocks", health, lambda key_block: key_block[1])
-        merged = op.merge("all_metrics", blocks, health_blocks)
+        merged = op.merge("all_metrics", blocks, funnel_blocks, health_blocks)
         op.output("metrics", op.map("metric_items", merged, _metric_item), sinks.metrics)
     return flow
 
@@ -126,6 +134,13 @@ def json_lines(docs: Iterable[dict[str, Any]]) -> bytes:
     for doc in docs:
         block += orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
     return bytes(block)
+
+
+def _funnel_update(out: ShardOutput) -> list[tuple[str, FunnelUpdate]]:
+    """A shard output's funnel counts and watermark, for the one funnel step."""
+    if out.funnel is None:
+        return []
+    return [(FUNNEL_KEY, FunnelUpdate(out.shard, out.watermark, out.funnel, out.final))]
 
 
 def _metric_item(block: MetricBlock) -> tuple[str, MetricBlock]:

@@ -106,8 +106,6 @@ class MetricRows:
     def __call__(self, out: ShardOutput) -> list[MetricBlock]:
         """Every block a shard output holds (the flow's flat_map step)."""
         blocks = []
-        if out.funnel is not None and len(out.funnel):
-            blocks.append(self.funnel(out.funnel, out.shard))
         if len(out.stalls):
             ids = out.stall_ids if out.stall_ids is not None else self.builder.ids(out.stalls)
             common = self._common(out.stalls, ids)
@@ -118,8 +116,8 @@ class MetricRows:
             blocks.append(self.outcome_rows(out.outcomes))
         return blocks
 
-    def funnel(self, rows: FunnelRows, shard: str) -> MetricBlock:
-        """``funnel_minute`` rows of closed minutes."""
+    def funnel(self, rows: FunnelRows) -> MetricBlock:
+        """``funnel_minute`` rows of closed minutes (the funnel step's output)."""
         minute, journey, step, channel, segment = unpack(rows.keys)
         columns: dict[str, Column] = {
             "minute": minute * MINUTE_MS,
@@ -127,7 +125,6 @@ class MetricRows:
             "step": self.steps[journey, step],
             "channel": self.channels[channel],
             "segment": self.segments[segment],
-            "shard": Names([shard]).repeat(len(rows)),
         }
         for m, name in enumerate(MEASURES):
             columns[name] = rows.counts[:, m]

@@ -20,7 +20,7 @@ from ato.columns import EventColumns
 from ato.config import EngineSettings
 from operators.batches import ShardInput, ShardOutput
 from operators.decode import wall_ms
-from operators.funnel import FunnelWindows
+from operators.funnel import MINUTE_MS, FunnelWindows
 from operators.interventions import InterventionBuilder
 from operators.watermark import WatermarkTracker
 from state.base import Records
@@ -65,15 +65,13 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             max_gap_ms=max_idle_gap_ms(s),
         )
         self.pending: list[EventColumns] = []
-        self.funnel = FunnelWindows()
+        self.reported_minute: int | None = None  # watermark minute the last output carried
         if resume is None:
             self.store = NumbaShardStore(ctx.catalog)
         else:
             self.store = NumbaShardStore.restore(ctx.catalog, resume["store"])
             self.tracker.restore(resume["watermark"], now)
             self.pending = [resume["pending"]]
-            if "funnel" in resume:  # snapshots of flows without metrics have none
-                self.funnel = FunnelWindows.restore(resume["funnel"])
 
     # ------------------------------------------------------------------ Bytewax hooks
 
@@ -120,7 +118,6 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             "store": self.store.snapshot(),
             "watermark": self.tracker.snapshot(),
             "pending": EventColumns.concat(self.pending),
-            "funnel": self.funnel.snapshot(),
         }
 
     # ------------------------------------------------------------------ work
@@ -136,25 +133,30 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             ready, rest = pending.take(is_ready), pending.take(~is_ready)
         self.pending = [rest] if len(rest) else []
         metrics = self.ctx.metrics
+        counts = FunnelWindows()
         records: list[Records] = []
         if len(ready):
             ordered = ready.take(order_events(ready))
             applied, effects = self.store.apply(ordered)
             records.append(applied)
             if metrics:
-                self.funnel.add_events(ordered.ts, ordered.channel, ordered.segment, effects)
+                counts.add_events(ordered.ts, ordered.channel, ordered.segment, effects)
         records.append(self.store.expire(watermark))
         late = EventColumns.concat(late_parts)
         found = Records.concat(records)
         stalls = found.stalls()
         outcomes = found.outcomes() if metrics else Records.empty()
         funnel = None
+        minute = watermark // MINUTE_MS
         if metrics:
-            self.funnel.add_outcomes(outcomes)
-            funnel = self.funnel.close(watermark, final)
+            counts.add_outcomes(outcomes)
+            funnel = counts.close(watermark, final=True)  # this call's counts, for the funnel step
         quiet = not len(found) and not len(ready) and not len(late)
-        if quiet and not final and (funnel is None or not len(funnel)):
+        # the funnel step closes a minute once every shard's watermark has passed it
+        minute_passed = metrics and minute != self.reported_minute
+        if quiet and not final and (funnel is None or not len(funnel)) and not minute_passed:
             return []
+        self.reported_minute = minute
         now = self.ctx.now_ms()
         stall_ids = self.builder.ids(stalls) if metrics else None
         interventions = self.builder.build(stalls, now, stall_ids)
@@ -175,6 +177,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
                 stall_ids=stall_ids,
                 outcomes=outcomes,
                 funnel=funnel,
+                final=final,
                 emitted_at_ms=now,
             )
         ]

@@ -64,8 +64,11 @@ def _pick(rng: np.random.Generator, names: list[str], n: int) -> np.ndarray:
     return np.array(names, dtype=object)[rng.integers(0, len(names), n)]
 
 
-def funnel_block(n: int, seed: int = 0, shard: str = "s00") -> MetricBlock:
-    """``n`` funnel rows with distinct keys (minute, journey, step, channel, segment)."""
+def funnel_block(n: int, seed: int = 0, first_minute: int = 0) -> MetricBlock:
+    """``n`` funnel rows with distinct keys (minute, journey, step, channel, segment).
+
+    Blocks with first minutes ``36 * n`` apart have no key in common.
+    """
     rng = np.random.default_rng(seed)
     i = np.arange(n)
     counts = {
@@ -75,12 +78,11 @@ def funnel_block(n: int, seed: int = 0, shard: str = "s00") -> MetricBlock:
     return MetricBlock(
         "funnel_minute",
         {
-            "minute": (T0 + (i // 36) * MINUTE).astype(np.int64),
+            "minute": (T0 + (first_minute + i // 36) * MINUTE).astype(np.int64),
             "journey": np.array(["open_account", "wealth_purchase", "loan_application"])[i % 3],
             "step": np.array(["start", "kyc", "confirm"], dtype=object)[(i // 3) % 3],
             "channel": np.array(["app", "call"], dtype=object)[(i // 9) % 2],
             "segment": np.array(["seniors", "executives"], dtype=object)[(i // 18) % 2],
-            "shard": np.full(n, shard, dtype=object),
             **counts,
         },
     )

@@ -14,7 +14,7 @@ HOUR_TABLES = {"funnel_hour", "stalls_hour", "decisions_hour", "outcomes_hour", 
 
 def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, database: str) -> None:
     with ClickHouseStore(url, database) as store:
-        assert store.migrate() == ["0001_tables", "0002_rollups"]
+        assert store.migrate() == ["0001_tables", "0002_rollups", "0003_funnel_over_shards"]
         assert set(store.tables()) == {"schema_migrations"} | ROW_TABLES | HOUR_TABLES | {
             f"{t}_mv" for t in HOUR_TABLES
         }
@@ -23,7 +23,7 @@ def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, databa
         assert [(v, c) for v, c, _at in applied] == [(m.version, m.checksum) for m in migrations()]
     with ClickHouseStore(url, database) as again:  # start-up of the next run
         assert again.migrate() == []
-        assert len(again.applied()) == 2
+        assert len(again.applied()) == 3
 
 
 def test_engines_and_keys_collapse_duplicates(store: ClickHouseStore) -> None:
@@ -33,7 +33,7 @@ def test_engines_and_keys_collapse_duplicates(store: ClickHouseStore) -> None:
     )
     found = {name: (engine, key, part) for name, engine, key, part in rows}
     assert {engine for engine, _, _ in found.values()} == {"ReplacingMergeTree"}
-    assert found["funnel_minute"][1] == "journey, step, minute, channel, segment, shard"
+    assert found["funnel_minute"][1] == "journey, step, minute, channel, segment"
     assert found["flow_health"][1] == "run_id, worker, interval_start"
     assert found["decisions"][1].endswith("decision, reason, step, intervention_id")
 
@@ -56,17 +56,17 @@ def test_a_new_migration_is_applied_once(url: str, database: str, tmp_path: Path
     shutil.copytree(SCHEMA_DIR, schema)
     with ClickHouseStore(url, database, schema_dir=schema) as store:
         store.migrate()
-        (schema / "0003_extra.sql").write_text(
+        (schema / "0099_extra.sql").write_text(
             "-- a later migration\nCREATE TABLE IF NOT EXISTS {db}.extra (a Int8)\n"
             "ENGINE = MergeTree ORDER BY a;\n"
         )
-        assert store.migrate() == ["0003_extra"]
+        assert store.migrate() == ["0099_extra"]
         assert store.migrate() == []
         assert "extra" in store.tables()
-    (schema / "0003_extra.sql").unlink()  # the database is now newer than this code
+    (schema / "0099_extra.sql").unlink()  # the database is now newer than this code
     with (
         ClickHouseStore(url, database, schema_dir=schema) as store,
-        pytest.raises(ClickHouseError, match="does not know: 0003_extra"),
+        pytest.raises(ClickHouseError, match="does not know: 0099_extra"),
     ):
         store.migrate()
 
@@ -83,3 +83,28 @@ def test_statements_split_at_line_ends_and_name_the_database() -> None:
     assert len(statements) == 5
     assert all(s.startswith("CREATE TABLE IF NOT EXISTS analytics.") for s in statements)
     assert not any(s.rstrip().endswith(";") or "--" in s.split("\n")[0] for s in statements)
+
+
+def test_funnel_rows_of_the_per_shard_table_are_summed_over_shards(
+    url: str, database: str, tmp_path: Path
+) -> None:
+    """A database made before 0003 keeps its funnel counts, summed over shards."""
+    schema = tmp_path / "schema"
+    schema.mkdir()
+    for name in ("0001_tables.sql", "0002_rollups.sql"):
+        shutil.copy(SCHEMA_DIR / name, schema / name)
+    with ClickHouseStore(url, database, schema_dir=schema) as store:
+        store.migrate()
+        key = "'2026-01-05 09:00:00', 'open_account', 'kyc', 'app', 'seniors'"
+        store.client.command(
+            f"INSERT INTO {database}.funnel_minute VALUES ({key}, 's00', 3, 1, 2, 0, 0),"
+            f" ({key}, 's01', 4, 0, 4, 0, 1), ({key}, 's01', 4, 0, 4, 0, 1)"
+        )  # the last row is a replayed duplicate
+    with ClickHouseStore(url, database) as store:
+        assert store.migrate() == ["0003_funnel_over_shards"]
+        assert "shard" not in store.columns("funnel_minute")
+        _, rows = store.query(
+            "SELECT journey, events, started, advanced, abandoned FROM funnel_minute"
+        )
+        assert rows == [("open_account", 7, 1, 6, 1)]
+        assert "funnel_minute_by_shard" not in store.tables()

@@ -14,7 +14,6 @@ from sinks.clickhouse import (
     ClickHouseSink,
     ClickHouseSinkPartition,
     ClickHouseStore,
-    Column,
     MetricBlock,
 )
 from sinks.exceptions import ClickHouseError
@@ -213,7 +212,7 @@ def test_a_flow_writes_keyed_blocks_through_one_partition(url: str, database: st
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSource, cluster_main
 
-    blocks = [funnel_block(50, seed=s, shard=f"s{s:02d}") for s in range(6)] + [stall_block(20)]
+    blocks = [funnel_block(50, seed=s, first_minute=10 * s) for s in range(6)] + [stall_block(20)]
     flow = Dataflow("metrics_test")
     items = op.input("in", flow, TestingSource(blocks))
     keyed = op.key_on("key", items, lambda block: block.table)
@@ -228,45 +227,43 @@ def test_a_flow_writes_keyed_blocks_through_one_partition(url: str, database: st
 
 def test_blocks_of_both_string_kinds_concatenate(part: ClickHouseSinkPartition) -> None:
     a = funnel_block(3)
-    b = funnel_block(3, seed=1, shard="s01")
+    b = funnel_block(3, seed=1, first_minute=1)
     b.columns["journey"] = b.columns["journey"].astype(str)  # numpy unicode, not objects
     part.write_batch([a, b])
     part.snapshot()
-    _, rows = part.store.query("SELECT DISTINCT shard FROM funnel_minute ORDER BY shard")
-    assert rows == [("s00",), ("s01",)]
+    _, rows = part.store.query("SELECT DISTINCT minute FROM funnel_minute ORDER BY minute")
+    assert len(rows) == 2
     assert (
         np.sum(a.columns["events"]) + np.sum(b.columns["events"])
         == part.store.query("SELECT sum(events) FROM funnel_minute")[1][0][0]
     )
 
 
-def as_arrow(block: MetricBlock, *text: str) -> MetricBlock:
-    """``block`` with the ``text`` columns as Arrow dictionaries of its own distinct names."""
-    cols: dict[str, Column] = dict(block.columns)
-    for name in text:
-        cols[name] = Names(block.columns[name])[np.arange(len(block))]
-    return MetricBlock(block.table, cols)
+def as_dictionary(values: np.ndarray, names: list[str]) -> pa.DictionaryArray:
+    """``values`` as codes into the dictionary ``names``."""
+    index = {name: k for k, name in enumerate(names)}
+    codes = np.array([index[v] for v in values], np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
 
 
 def test_arrow_text_columns_with_different_dictionaries_insert_as_one_block(
     part: ClickHouseSinkPartition,
 ) -> None:
-    """Dictionary columns of several blocks (shard names differ) plus plain strings mix."""
+    """Dictionary columns of several blocks (different dictionaries) plus plain strings mix."""
     whole = funnel_block(150)
     plain, first, second = split(whole, 50, 50, 50)
-    first = as_arrow(first, "journey", "shard")
-    second = as_arrow(MetricBlock("funnel_minute", {**second.columns}), "journey", "step")
-    second.columns["shard"] = Names(["s01"]).repeat(len(second))
+    names = sorted(set(whole.columns["journey"]))
+    first.columns["journey"] = as_dictionary(first.columns["journey"], [*names, "unused"])
+    second.columns["journey"] = as_dictionary(second.columns["journey"], names[::-1])
+    second.columns["step"] = Names(second.columns["step"])[np.arange(len(second))]
     part.write_batch([plain, first, second])
     part.wait_for_inserts()
     assert part.stats()["funnel_minute"].inserts == 1
     _, rows = part.store.query(
-        "SELECT shard, journey, count() FROM funnel_minute GROUP BY ALL ORDER BY ALL"
+        "SELECT journey, step, count() FROM funnel_minute GROUP BY ALL ORDER BY ALL"
     )
-    expected = Counter(
-        ("s01" if k >= 100 else "s00", whole.columns["journey"][k]) for k in range(150)
-    )
-    assert {(s, j): n for s, j, n in rows} == dict(expected)
+    expected = Counter(zip(whole.columns["journey"], whole.columns["step"], strict=True))
+    assert {(j, s): n for j, s, n in rows} == dict(expected)
 
 
 def test_an_arrow_column_must_hold_text(part: ClickHouseSinkPartition) -> None:

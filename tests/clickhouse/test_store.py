@@ -79,7 +79,7 @@ def test_datetime64_columns_are_accepted_too(store: ClickHouseStore) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c.pop("shard"), r"missing \['shard'\]"),
+        (lambda c: c.pop("segment"), r"missing \['segment'\]"),
         (lambda c: c.update(extra=np.zeros(4)), r"unknown \['extra'\]"),
         (lambda c: c.update(events=np.zeros(3, np.int64)), "different lengths"),
         (lambda c: c.update(events=np.array(["x"] * 4, object)), r"events \(Int64\) got object"),

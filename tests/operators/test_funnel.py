@@ -6,7 +6,16 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.funnel import MEASURES, MINUTE_MS, FunnelWindows, pack, unpack
+from operators.funnel import (
+    MEASURES,
+    MINUTE_MS,
+    FunnelLogic,
+    FunnelRows,
+    FunnelUpdate,
+    FunnelWindows,
+    pack,
+    unpack,
+)
 from state.base import Effects, Records
 from state.layout import (
     EFFECT_ADVANCED,
@@ -141,3 +150,67 @@ def test_snapshot_restore_is_an_independent_copy() -> None:
     w.add_events(np.array([T0]), np.zeros(1, np.int8), np.zeros(1, np.int8), one)
     assert back.close(0, final=True).counts.tolist() == [[1, 0, 1, 0, 0]]
     assert w.close(0, final=True).counts.tolist() == [[2, 0, 2, 0, 0]]
+
+
+def _rows(*minutes_events: tuple[int, int]) -> FunnelRows:
+    """Funnel rows of journey 0, step 1, channel 0, segment 0: (minute offset, events)."""
+    minutes = np.array([m for m, _ in minutes_events], np.int64) + T0 // MINUTE_MS
+    zeros = np.zeros(len(minutes), np.int64)
+    keys = pack(minutes, zeros, zeros + 1, zeros, zeros)
+    counts = np.zeros((len(minutes), len(MEASURES)), np.int64)
+    counts[:, 0] = [e for _, e in minutes_events]
+    return FunnelRows(keys, counts)
+
+
+def _events(rows: list[FunnelRows]) -> dict[int, int]:
+    """Events per minute offset of emitted rows."""
+    out: dict[int, int] = {}
+    for r in rows:
+        for key, count in zip(unpack(r.keys)[0].tolist(), r.counts[:, 0].tolist(), strict=True):
+            out[key - T0 // MINUTE_MS] = out.get(key - T0 // MINUTE_MS, 0) + count
+    return out
+
+
+def test_a_minute_closes_when_every_shard_has_passed_it_summed_over_shards() -> None:
+    logic = FunnelLogic(["a", "b"], None)
+    out, _ = logic.on_batch([FunnelUpdate("a", T0 + 2 * MINUTE_MS, _rows((0, 3), (1, 1)))])
+    assert out == []  # shard b not heard from: it may still count minute 0
+    out, _ = logic.on_batch([FunnelUpdate("b", T0 + MINUTE_MS - 1, _rows((0, 4)))])
+    assert out == []  # b has not passed the end of minute 0
+    out, _ = logic.on_batch([FunnelUpdate("b", T0 + MINUTE_MS, _rows())])
+    assert _events(out) == {0: 7}  # one row for both shards
+    out, _ = logic.on_batch([FunnelUpdate("b", T0 + 5 * MINUTE_MS, _rows((1, 2)))])
+    assert _events(out) == {1: 3}
+    out, _ = logic.on_batch([FunnelUpdate("a", T0 + 3 * MINUTE_MS, _rows((2, 5)), final=True)])
+    assert _events(out) == {2: 5}  # a ended: only b's watermark holds minutes now
+    out, _ = logic.on_eof()
+    assert out == []
+
+
+def test_counts_arriving_with_a_watermark_count_before_it_closes() -> None:
+    """Within one batch, counts are added before any watermark moves."""
+    logic = FunnelLogic(["a", "b"], None)
+    out, _ = logic.on_batch(
+        [
+            FunnelUpdate("b", T0 + MINUTE_MS, _rows()),
+            FunnelUpdate("a", T0 + MINUTE_MS, _rows()),
+            FunnelUpdate("b", T0 + MINUTE_MS, _rows((0, 2))),
+        ]
+    )
+    assert _events(out) == {0: 2}
+
+
+def test_a_restored_funnel_step_emits_what_the_first_would_have() -> None:
+    first = FunnelLogic(["a", "b"], None)
+    first.on_batch([FunnelUpdate("a", T0, _rows((0, 1), (3, 1))), FunnelUpdate("b", T0, _rows())])
+    snap = pickle.loads(pickle.dumps(first.snapshot()))
+    rest = [
+        FunnelUpdate("a", T0 + 9 * MINUTE_MS, _rows((4, 2))),
+        FunnelUpdate("b", T0 + 4 * MINUTE_MS, _rows()),
+    ]
+    expected, _ = first.on_batch(rest)
+    again, _ = FunnelLogic(["a", "b"], snap).on_batch(rest)
+    assert _events(again) == _events(expected) == {0: 1, 3: 1}
+    assert [(r.keys.tolist(), r.counts.tolist()) for r in again] == [
+        (r.keys.tolist(), r.counts.tolist()) for r in expected
+    ]

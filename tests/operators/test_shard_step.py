@@ -551,3 +551,18 @@ def test_a_partition_behind_its_source_holds_however_long_it_is_silent() -> None
     assert shard.tracker.current == T0 - LATE
     late = run(shard, [batch([("b", T0 + 1_000, "order_confirm_viewed")], "p1")])
     assert sum(out.late_count for out in late) == 0
+
+
+def test_with_metrics_a_quiet_shard_reports_each_minute_its_watermark_passes() -> None:
+    """The funnel step closes a minute only once every shard passed it: quiet ones must say."""
+    ctx = ShardContext(CATALOG, EngineSettings(allowed_lateness_ms=0), ["p0"], Clock(), True)
+    shard = ShardLogic(ctx, None)
+    minute = 60_000
+    start = T0 - T0 % minute
+    outs = run(shard, [tick(start + 10), tick(start + 20), tick(start + minute + 5)])
+    assert [o.watermark // minute for o in outs] == [start // minute, start // minute + 1]
+    assert all(o.funnel is not None and len(o.funnel) == 0 for o in outs)
+    (last,), _ = shard.on_eof()
+    assert last.final
+    quiet = ShardLogic(ShardContext(CATALOG, EngineSettings(), ["p0"], Clock()), None)
+    assert run(quiet, [tick(start + 10), tick(start + minute + 5)]) == []  # no metrics: silent
