@@ -1,0 +1,25 @@
+"""Errors raised by the policy package."""
+
+from ato.exceptions import AtoError
+
+
+class PolicyError(AtoError):
+    """The policy file is invalid; the message names the file and the field."""
+
+
+class ProfileError(AtoError):
+    """A profile value is invalid; the message names the field."""
+
+
+class ProfileFileError(ProfileError):
+    """A profile file has bad rows; ``errors`` lists each as ``file:line: field 'x': problem``.
+
+    Nothing of such a file is loaded: fix the rows and load it again.
+    """
+
+    def __init__(self, path: str, errors: list[str]) -> None:
+        self.path = path
+        self.errors = errors
+        shown = "\n  ".join(errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(f"{path}: {len(errors)} bad row(s), nothing loaded:\n  {shown}{more}")

@@ -1,0 +1,120 @@
+"""Epoch-ms arithmetic in a client's local time: quiet-hour windows, local days and weeks.
+
+All functions are pure: the instant comes in as epoch milliseconds, never from the wall clock.
+"""
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Window:
+    """Quiet hours ``start_ms``-``end_ms`` as ms after local midnight; start inclusive, end
+    exclusive. ``start_ms > end_ms`` crosses midnight (21:00-08:00)."""
+
+    start_ms: int
+    end_ms: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Window":
+        """``"HH:MM-HH:MM"`` (``"21:00-08:00"``); ``ValueError`` on anything else."""
+        parts = text.split("-")
+        if len(parts) != 2:
+            msg = f"expected 'HH:MM-HH:MM', got {text!r}"
+            raise ValueError(msg)
+        start, end = (_clock_ms(p.strip(), text) for p in parts)
+        if start == end:
+            msg = f"start and end are equal in {text!r} (write 'none' for no quiet hours)"
+            raise ValueError(msg)
+        return cls(start, end)
+
+    def contains(self, ms_of_day: int) -> bool:
+        """Is this local time of day inside the window?"""
+        if self.start_ms < self.end_ms:
+            return self.start_ms <= ms_of_day < self.end_ms
+        return ms_of_day >= self.start_ms or ms_of_day < self.end_ms
+
+    def __str__(self) -> str:
+        return f"{_clock_text(self.start_ms)}-{_clock_text(self.end_ms)}"
+
+
+def _clock_ms(text: str, whole: str) -> int:
+    hh, sep, mm = text.partition(":")
+    if not (sep and hh.isdigit() and mm.isdigit() and len(mm) == 2 and len(hh) <= 2):
+        msg = f"expected 'HH:MM-HH:MM', got {whole!r}"
+        raise ValueError(msg)
+    hours, minutes = int(hh), int(mm)
+    if hours > 23 or minutes > 59:
+        msg = f"no such time of day {text!r} in {whole!r}"
+        raise ValueError(msg)
+    return (hours * 60 + minutes) * 60_000
+
+
+def _clock_text(ms: int) -> str:
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}"
+
+
+def local(now_ms: int, tz: ZoneInfo) -> datetime:
+    """The aware local datetime of an epoch-ms instant (exact to the millisecond)."""
+    seconds, ms = divmod(now_ms, 1000)
+    return datetime.fromtimestamp(seconds, tz) + timedelta(milliseconds=ms)
+
+
+def epoch_ms(day: date, ms_of_day: int, tz: ZoneInfo) -> int:
+    """Epoch ms of local wall time ``ms_of_day`` on ``day`` in ``tz`` (a time skipped by a DST
+    change maps as Python's ``fold=0`` does, to just after the change)."""
+    seconds = ms_of_day // 1000
+    wall = datetime.combine(day, time(seconds // 3600, seconds // 60 % 60, seconds % 60), tz)
+    return int(wall.timestamp()) * 1000 + ms_of_day % 1000
+
+
+def ms_of_day(moment: datetime) -> int:
+    """Milliseconds since local midnight."""
+    return (
+        (moment.hour * 60 + moment.minute) * 60 + moment.second
+    ) * 1000 + moment.microsecond // 1000
+
+
+def quiet_until(now_ms: int, tz: ZoneInfo, window: Window | None) -> int | None:
+    """Epoch ms at which the quiet window around ``now_ms`` ends, or None if not quiet now."""
+    if window is None:
+        return None
+    moment = local(now_ms, tz)
+    tod = ms_of_day(moment)
+    if not window.contains(tod):
+        return None
+    day = moment.date()
+    if window.start_ms > window.end_ms and tod >= window.start_ms:
+        day += timedelta(days=1)  # after the evening start: ends tomorrow morning
+    return max(epoch_ms(day, window.end_ms, tz), now_ms + 1)
+
+
+@dataclass(frozen=True)
+class Periods:
+    """The client's local calendar day and ISO week (Monday 00:00) around an instant, as
+    half-open epoch-ms ranges, and their labels (``2026-01-05``, ``2026-W02``)."""
+
+    day_start: int
+    day_end: int
+    week_start: int
+    week_end: int
+    day: str
+    week: str
+
+
+def periods(now_ms: int, tz: ZoneInfo) -> Periods:
+    """Local day and week of ``now_ms`` in ``tz`` (DST days are 23 or 25 hours long)."""
+    today = local(now_ms, tz).date()
+    monday = today - timedelta(days=today.weekday())
+    year, week, _ = today.isocalendar()
+    return Periods(
+        day_start=epoch_ms(today, 0, tz),
+        day_end=epoch_ms(today + timedelta(days=1), 0, tz),
+        week_start=epoch_ms(monday, 0, tz),
+        week_end=epoch_ms(monday + timedelta(days=7), 0, tz),
+        day=today.isoformat(),
+        week=f"{year}-W{week:02d}",
+    )

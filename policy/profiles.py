@@ -1,0 +1,266 @@
+"""Client profiles: the dataclass, its Redis hash layout, and a batch lookup with a TTL cache.
+
+A profile lives in the Redis hash ``ato:profile:<client_id>`` with the string fields
+``segment``, ``value_tier``, ``rm_id``, ``preferred_channel``, ``tz`` and ``do_not_contact``
+(``"1"`` or ``"0"``); see ``docs/policy.md``. A client without a hash gets
+:meth:`Profile.default`.
+"""
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import redis
+
+from ato.catalog import SEGMENTS
+from policy.exceptions import ProfileError
+
+KEY_PREFIX = "ato:profile:"
+# value tiers, lowest first (a retail bank's mass / gold / platinum / diamond / private banking)
+VALUE_TIERS: tuple[str, ...] = ("mass", "gold", "platinum", "diamond", "private")
+# contact channels by tier; a profile's preferred channel is one of them or empty
+TIER_CHANNELS: dict[str, tuple[str, ...]] = {
+    "ai": ("push", "chat", "voice_bot"),
+    "remote": ("phone", "video"),
+    "offline": ("rm_task",),
+}
+CONTACT_CHANNELS: tuple[str, ...] = tuple(c for chans in TIER_CHANNELS.values() for c in chans)
+FIELDS: tuple[str, ...] = (
+    "segment",
+    "value_tier",
+    "rm_id",
+    "preferred_channel",
+    "tz",
+    "do_not_contact",
+)
+# what an unknown client gets (documented in docs/policy.md)
+DEFAULT_SEGMENT = "savvy_regular"
+DEFAULT_VALUE_TIER = "mass"
+DEFAULT_TZ = "Asia/Shanghai"
+_TRUE = {"1", "true", "yes", "y"}
+_FALSE = {"0", "false", "no", "n", ""}
+
+
+@cache
+def zone(name: str) -> ZoneInfo:
+    """The ``ZoneInfo`` of an IANA name; ``ProfileError`` naming ``tz`` if unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        msg = f"field 'tz': unknown IANA time zone {name!r}"
+        raise ProfileError(msg) from exc
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the contact policy knows about a client; ``known`` is False for defaults."""
+
+    client_id: str
+    segment: str = DEFAULT_SEGMENT
+    value_tier: str = DEFAULT_VALUE_TIER
+    rm_id: str = ""
+    preferred_channel: str = ""
+    tz: str = DEFAULT_TZ
+    do_not_contact: bool = False
+    known: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.client_id or not self.client_id.strip():
+            msg = "field 'client_id': a non-empty string is required"
+            raise ProfileError(msg)
+        if self.segment not in SEGMENTS:
+            msg = f"field 'segment': {self.segment!r} is not one of {', '.join(SEGMENTS)}"
+            raise ProfileError(msg)
+        if self.value_tier not in VALUE_TIERS:
+            msg = f"field 'value_tier': {self.value_tier!r} is not one of {', '.join(VALUE_TIERS)}"
+            raise ProfileError(msg)
+        if self.preferred_channel and self.preferred_channel not in CONTACT_CHANNELS:
+            msg = (
+                f"field 'preferred_channel': {self.preferred_channel!r} is not empty "
+                f"or one of {', '.join(CONTACT_CHANNELS)}"
+            )
+            raise ProfileError(msg)
+        zone(self.tz)
+
+    @classmethod
+    def default(cls, client_id: str) -> "Profile":
+        """An unknown client: savvy_regular, mass tier, no RM, no preference,
+        Asia/Shanghai, contact allowed."""
+        return cls(client_id, known=False)
+
+    def to_fields(self) -> dict[str, str]:
+        """The Redis hash fields."""
+        return {
+            "segment": self.segment,
+            "value_tier": self.value_tier,
+            "rm_id": self.rm_id,
+            "preferred_channel": self.preferred_channel,
+            "tz": self.tz,
+            "do_not_contact": "1" if self.do_not_contact else "0",
+        }
+
+
+def parse_bool(value: object, name: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no`` (any case) or a JSON boolean; empty is False."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    msg = f"field '{name}': expected true/false, 1/0 or yes/no, got {value!r}"
+    raise ProfileError(msg)
+
+
+def parse_profile(row: Mapping[str, object]) -> Profile:
+    """A profile from text fields (a CSV row, a JSON object or a Redis hash).
+
+    ``client_id`` and ``segment`` are required; missing or empty optional fields take the
+    defaults of :meth:`Profile.default`. Unknown fields are errors (they are usually typos).
+    """
+    unknown = sorted(set(row) - {"client_id", *FIELDS})
+    if unknown:
+        msg = f"field '{unknown[0]}': unknown field (allowed: client_id, {', '.join(FIELDS)})"
+        raise ProfileError(msg)
+    values: dict[str, str] = {}
+    for name in ("client_id", "segment", "value_tier", "rm_id", "preferred_channel", "tz"):
+        value = row.get(name)
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            msg = f"field '{name}': expected a string, got {value!r}"
+            raise ProfileError(msg)
+        values[name] = value.strip()
+    for name in ("client_id", "segment"):
+        if not values[name]:
+            msg = f"field '{name}': a non-empty value is required"
+            raise ProfileError(msg)
+    return Profile(
+        client_id=values["client_id"],
+        segment=values["segment"],
+        value_tier=values["value_tier"] or DEFAULT_VALUE_TIER,
+        rm_id=values["rm_id"],
+        preferred_channel=values["preferred_channel"],
+        tz=values["tz"] or DEFAULT_TZ,
+        do_not_contact=parse_bool(row.get("do_not_contact", ""), "do_not_contact"),
+    )
+
+
+def profile_key(client_id: str) -> str:
+    """The Redis key of a client's profile hash."""
+    return KEY_PREFIX + client_id
+
+
+class ProfileStore:
+    """Profiles in Redis, looked up per batch with one pipelined round trip for cache misses.
+
+    Found and unknown clients alike are cached in-process for ``ttl_s`` seconds of ``clock``
+    (default ``time.monotonic``); the cache keeps at most ``max_entries`` entries and drops the
+    oldest first. A hash that no longer parses (edited by hand) counts in ``stats["invalid"]``
+    and the client gets the defaults, so a bad record never stops a flow.
+    """
+
+    def __init__(
+        self,
+        client: "redis.Redis",
+        ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 1_000_000,
+        chunk: int = 1_000,
+    ) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.max_entries = max_entries
+        self.chunk = chunk
+        self._cache: dict[str, tuple[float, Profile]] = {}
+        self.stats = {"hits": 0, "misses": 0, "unknown": 0, "invalid": 0, "round_trips": 0}
+
+    def load(self, profiles: Iterable[Profile]) -> int:
+        """Write profiles (each hash replaced whole), ``chunk`` per pipeline; return the count.
+
+        Each chunk is one MULTI/EXEC transaction of DEL + HSET per client. Cached entries
+        of the written clients are dropped.
+        """
+        count = 0
+        batch: list[Profile] = []
+        for profile in profiles:
+            batch.append(profile)
+            if len(batch) >= self.chunk:
+                count += self._write(batch)
+                batch = []
+        if batch:
+            count += self._write(batch)
+        return count
+
+    def _write(self, batch: list[Profile]) -> int:
+        with self.client.pipeline(transaction=True) as pipe:
+            for profile in batch:
+                key = profile_key(profile.client_id)
+                pipe.delete(key)
+                pipe.hset(key, mapping=profile.to_fields())  # type: ignore[arg-type]
+                self._cache.pop(profile.client_id, None)
+            pipe.execute()
+        self.stats["round_trips"] += 1
+        return len(batch)
+
+    def get_many(self, client_ids: Iterable[str]) -> dict[str, Profile]:
+        """Profiles of ``client_ids`` (defaults for unknown ones): cache first, then one
+        pipelined HGETALL round trip for all the misses."""
+        now = self.clock()
+        found: dict[str, Profile] = {}
+        missing: dict[str, None] = {}  # insertion-ordered set
+        for client_id in client_ids:
+            if client_id in found or client_id in missing:
+                continue
+            entry = self._cache.get(client_id)
+            if entry is not None and entry[0] > now:
+                found[client_id] = entry[1]
+                self.stats["hits"] += 1
+            else:
+                missing[client_id] = None
+        if not missing:
+            return found
+        self.stats["misses"] += len(missing)
+        with self.client.pipeline(transaction=False) as pipe:
+            for client_id in missing:
+                pipe.hgetall(profile_key(client_id))
+            replies = pipe.execute()
+        self.stats["round_trips"] += 1
+        expires = now + self.ttl_s
+        for client_id, reply in zip(missing, replies, strict=True):
+            profile = self._decode(client_id, reply)
+            found[client_id] = profile
+            self._remember(client_id, expires, profile)
+        return found
+
+    def _decode(self, client_id: str, reply: Mapping[bytes | str, bytes | str]) -> Profile:
+        if not reply:
+            self.stats["unknown"] += 1
+            return Profile.default(client_id)
+        row: dict[str, object] = {"client_id": client_id}
+        for name, value in reply.items():
+            key = name.decode() if isinstance(name, bytes) else name
+            row[key] = value.decode() if isinstance(value, bytes) else value
+        try:
+            return parse_profile(row)
+        except ProfileError:
+            self.stats["invalid"] += 1
+            return Profile.default(client_id)
+
+    def _remember(self, client_id: str, expires: float, profile: Profile) -> None:
+        cache_ = self._cache
+        cache_.pop(client_id, None)
+        while len(cache_) >= self.max_entries:
+            del cache_[next(iter(cache_))]
+        cache_[client_id] = (expires, profile)
+
+    def invalidate(self, client_ids: Iterable[str] | None = None) -> None:
+        """Drop cached entries (all of them when ``client_ids`` is None)."""
+        if client_ids is None:
+            self._cache.clear()
+            return
+        for client_id in client_ids:
+            self._cache.pop(client_id, None)

@@ -1,0 +1,47 @@
+"""Routing as data: the channel tier, channel and priority of an intervention attempt."""
+
+from dataclasses import dataclass
+
+from policy.profiles import Profile
+from policy.settings import Policy
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an attempt goes; ``rule`` is the index of the matched rule, -1 for none."""
+
+    tier: str
+    channel: str
+    priority: int
+    rule: int
+
+
+def route(
+    policy: Policy,
+    journey: str,
+    step: str,
+    attempt: int,
+    profile: Profile,
+    tier: str,
+    priority: int,
+) -> Route:
+    """Tier, channel and priority of attempt ``attempt`` (1, 2, ...).
+
+    The first rule matching (journey, step, segment, value tier) gives the ladder: attempt n
+    takes ``ladder[n - 1]``, the last entry repeating; with no match the candidate keeps
+    ``tier`` (its catalog ladder's). ``offline`` without an assigned RM becomes
+    ``policy.offline_without_rm``. Priority is ``priority`` plus the rule's adjustment, kept
+    in 0..100. The channel is the profile's preferred one when the tier lists it, else the
+    tier's first.
+    """
+    index, adjust = -1, 0
+    for rule in policy.rules:
+        if rule.matches(journey, step, profile.segment, profile.value_tier):
+            tier = rule.ladder[min(max(attempt, 1), len(rule.ladder)) - 1]
+            index, adjust = rule.index, rule.priority
+            break
+    if tier == "offline" and not profile.rm_id:
+        tier = policy.offline_without_rm
+    channels = policy.channels[tier]
+    channel = profile.preferred_channel if profile.preferred_channel in channels else channels[0]
+    return Route(tier, channel, min(max(priority + adjust, 0), 100), index)

@@ -1,0 +1,106 @@
+"""Profile files: CSV and JSON lines, every bad row reported with file, line and field."""
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from policy.exceptions import ProfileError, ProfileFileError
+from policy.profile_files import load_profiles_file, read_profiles
+from policy.profiles import Profile, ProfileStore
+
+CSV = """client_id,segment,value_tier,rm_id,preferred_channel,tz,do_not_contact
+C1,senior,gold,RM7,phone,Europe/London,false
+C2,executive,private,,,,1
+
+C3,car_owner,,,,Asia/Shanghai,
+"""
+
+
+def test_csv_reads_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(CSV)
+    got = read_profiles(path)
+    assert got == [
+        Profile("C1", "senior", "gold", "RM7", "phone", "Europe/London", False),
+        Profile("C2", "executive", "private", "", "", "Asia/Shanghai", True),
+        Profile("C3", "car_owner"),
+    ]
+
+
+def test_csv_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "client_id,segment,tz\n"
+        "C1,senior,Europe/London\n"
+        "C2,pirates,Europe/London\n"
+        "C3,senior,Mars/Base\n"
+        "C1,senior,Asia/Shanghai\n"
+        "C4,senior\n"
+    )
+    with pytest.raises(ProfileFileError) as caught:
+        read_profiles(path)
+    assert caught.value.errors == [
+        f"{path}:3: field 'segment': 'pirates' is not one of " + _segments(),
+        f"{path}:4: field 'tz': unknown IANA time zone 'Mars/Base'",
+        f"{path}:5: field 'client_id': 'C1' already on line 2",
+        f"{path}:6: expected 3 columns, got 2",
+    ]
+    assert "4 bad row(s), nothing loaded" in str(caught.value)
+
+
+def test_csv_unknown_column_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "typo.csv"
+    path.write_text("client_id,segmnet\nC1,senior\n")
+    with pytest.raises(ProfileFileError, match=r"typo.csv:2: field 'segmnet': unknown field"):
+        read_profiles(path)
+
+
+def test_jsonl_reads_and_reports(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"client_id": "C1", "segment": "senior", "do_not_contact": true}\n'
+        "\n"
+        '{"client_id": "C2", "segment": "senior", "value_tier": 3}\n'
+        "not json\n"
+        '["C4"]\n'
+        '{"client_id": "C5", "segment": "young_trendsetter", "tz": "America/New_York"}\n'
+    )
+    with pytest.raises(ProfileFileError) as caught:
+        read_profiles(path)
+    errors = caught.value.errors
+    assert len(errors) == 3
+    assert errors[0] == f"{path}:3: field 'value_tier': expected a string, got 3"
+    assert errors[1].startswith(f"{path}:4: not JSON")
+    assert errors[2] == f"{path}:5: expected a JSON object, got list"
+
+
+def test_unknown_file_type(tmp_path: Path) -> None:
+    path = tmp_path / "p.xlsx"
+    path.write_text("")
+    with pytest.raises(ProfileError, match=r"p.xlsx: unknown profile file type"):
+        read_profiles(path)
+
+
+def test_load_profiles_file_writes_redis(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    path = tmp_path / "p.jsonl"
+    rows = [f'{{"client_id": "J{i}", "segment": "senior", "rm_id": "RM{i}"}}' for i in range(2_345)]
+    path.write_text("\n".join(rows) + "\n")
+    assert load_profiles_file(redis_url, path) == 2_345
+    got = ProfileStore(r).get_many(["J0", "J2344", "J9999"])
+    assert got["J2344"] == Profile("J2344", "senior", rm_id="RM2344")
+    assert not got["J9999"].known
+
+
+def test_a_bad_file_loads_nothing(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("client_id,segment\nC1,senior\nC2,nobody\n")
+    with pytest.raises(ProfileFileError):
+        load_profiles_file(redis_url, path)
+    assert r.dbsize() == 0
+
+
+def _segments() -> str:
+    from ato.catalog import SEGMENTS
+
+    return ", ".join(SEGMENTS)

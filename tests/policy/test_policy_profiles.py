@@ -1,0 +1,128 @@
+"""Client profiles: validation, defaults, loading and batch lookup against a real Redis."""
+
+from typing import Any
+
+import pytest
+import redis
+
+from policy.exceptions import ProfileError
+from policy.profiles import Profile, ProfileStore, parse_profile, profile_key
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def profiles(n: int) -> list[Profile]:
+    return [
+        Profile(f"C{i:05d}", "senior", "gold", f"RM{i % 7}", "phone", "Europe/London", i % 2 == 0)
+        for i in range(n)
+    ]
+
+
+def test_default_profile_is_documented() -> None:
+    p = Profile.default("nobody")
+    assert (p.segment, p.value_tier, p.rm_id, p.preferred_channel) == (
+        "savvy_regular",
+        "mass",
+        "",
+        "",
+    )
+    assert (p.tz, p.do_not_contact, p.known) == ("Asia/Shanghai", False, False)
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"client_id": "C1", "segment": "pirates"}, "segment"),
+        ({"client_id": "C1", "segment": "senior", "value_tier": "gold!"}, "value_tier"),
+        ({"client_id": "C1", "segment": "senior", "tz": "Mars/Olympus"}, "tz"),
+        ({"client_id": "C1", "segment": "senior", "preferred_channel": "fax"}, "preferred_channel"),
+        ({"client_id": "C1", "segment": "senior", "do_not_contact": "maybe"}, "do_not_contact"),
+        ({"client_id": "", "segment": "senior"}, "client_id"),
+        ({"client_id": "C1"}, "segment"),
+        ({"client_id": "C1", "segment": "senior", "segmnet": "x"}, "segmnet"),
+        ({"client_id": 7, "segment": "senior"}, "client_id"),
+    ],
+)
+def test_parse_profile_names_the_bad_field(row: dict[str, object], field: str) -> None:
+    with pytest.raises(ProfileError, match=f"field '{field}'"):
+        parse_profile(row)
+
+
+def test_parse_profile_fills_defaults() -> None:
+    p = parse_profile({"client_id": " C1 ", "segment": "executive", "do_not_contact": "YES"})
+    assert p == Profile("C1", "executive", "mass", "", "", "Asia/Shanghai", True)
+
+
+def test_load_writes_hashes_in_chunked_pipelines(counting: Any) -> None:
+    store = ProfileStore(counting.client, chunk=1_000)
+    assert store.load(profiles(2_500)) == 2_500
+    assert counting.sends == 3  # one MULTI/EXEC pipeline per 1,000 rows
+    assert counting.client.hgetall(profile_key("C00004")) == {
+        b"segment": b"senior",
+        b"value_tier": b"gold",
+        b"rm_id": b"RM4",
+        b"preferred_channel": b"phone",
+        b"tz": b"Europe/London",
+        b"do_not_contact": b"1",
+    }
+
+
+def test_load_replaces_the_whole_hash(r: redis.Redis) -> None:
+    r.hset(profile_key("C00000"), mapping={"segment": "senior", "stale_field": "x"})
+    ProfileStore(r).load(profiles(1))
+    assert b"stale_field" not in r.hgetall(profile_key("C00000"))
+
+
+def test_get_many_one_round_trip_for_all_misses(counting: Any) -> None:
+    ProfileStore(counting.client).load(profiles(300))
+    store = ProfileStore(counting.client)
+    before_stats = counting.client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+    counting.reset()
+    ids = [f"C{i:05d}" for i in range(0, 300, 3)] + ["unknown-1", "unknown-2", "C00000"]
+    got = store.get_many(ids)
+    assert counting.sends == 1
+    after = counting.client.info("commandstats")["cmdstat_hgetall"]["calls"]
+    assert after - before_stats == 102  # each distinct id once
+    assert got["C00003"] == profiles(4)[3]
+    assert got["unknown-1"] == Profile.default("unknown-1")
+    assert store.stats["unknown"] == 2
+
+
+def test_cache_serves_until_ttl_then_refetches(counting: Any) -> None:
+    ProfileStore(counting.client).load(profiles(10))
+    clock = FakeClock()
+    store = ProfileStore(counting.client, ttl_s=30.0, clock=clock)
+    store.get_many(["C00001", "nobody"])
+    counting.client.hset(profile_key("C00001"), "segment", "executive")
+    counting.client.hset(profile_key("nobody"), mapping={"segment": "car_owner"})
+    counting.reset()
+    clock.now += 29.999
+    cached = store.get_many(["C00001", "nobody"])
+    assert counting.sends == 0  # all hits, no round trip
+    assert cached["C00001"].segment == "senior"
+    assert not cached["nobody"].known
+    clock.now += 0.001
+    fresh = store.get_many(["C00001", "nobody"])
+    assert counting.sends == 1
+    assert fresh["C00001"].segment == "executive"
+    assert fresh["nobody"].segment == "car_owner" and fresh["nobody"].known
+
+
+def test_cache_is_bounded(r: redis.Redis) -> None:
+    store = ProfileStore(r, max_entries=5)
+    store.get_many([f"X{i}" for i in range(12)])
+    assert len(store._cache) == 5
+    assert set(store._cache) == {f"X{i}" for i in range(7, 12)}
+
+
+def test_a_hash_that_no_longer_parses_gets_defaults(r: redis.Redis) -> None:
+    r.hset(profile_key("bad"), mapping={"segment": "pirates"})
+    store = ProfileStore(r)
+    assert store.get_many(["bad"])["bad"] == Profile.default("bad")
+    assert store.stats["invalid"] == 1

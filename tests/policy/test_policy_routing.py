@@ -1,0 +1,93 @@
+"""Routing as data: first matching rule, wildcards, the escalation ladder, priority."""
+
+import tomllib
+
+import pytest
+
+from policy.profiles import Profile
+from policy.routing import route
+from policy.settings import load_policy, parse_policy
+
+POLICY = parse_policy(
+    tomllib.loads(
+        """
+[[routing.rules]]
+journey = "wealth_purchase"
+step = "confirm"
+segment = "*"
+ladder = ["remote"]
+priority = 30
+
+[[routing.rules]]
+journey = ["wealth_purchase", "loan_application"]
+value_tier = ["diamond", "private"]
+ladder = ["ai", "remote", "offline"]
+priority = 10
+
+[[routing.rules]]
+segment = "senior"
+ladder = ["remote", "offline"]
+priority = -100
+
+[channels]
+ai = ["chat", "push"]
+"""
+    )
+)
+
+
+def client(segment: str = "savvy_regular", tier: str = "mass", **kw: object) -> Profile:
+    return Profile("C1", segment, tier, **kw)  # type: ignore[arg-type]
+
+
+def test_first_matching_rule_wins() -> None:
+    # rule 0 matches before rule 1 even for a diamond client
+    r = route(POLICY, "wealth_purchase", "confirm", 3, client(tier="diamond", rm_id="R"), "ai", 50)
+    assert (r.tier, r.priority, r.rule) == ("remote", 80, 0)
+
+
+def test_no_rule_keeps_the_catalog_tier() -> None:
+    r = route(POLICY, "open_account", "start", 2, client(), "remote", 60)
+    assert (r.tier, r.channel, r.priority, r.rule) == ("remote", "phone", 60, -1)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "tier"), [(0, "ai"), (1, "ai"), (2, "remote"), (3, "offline"), (9, "offline")]
+)
+def test_escalation_ladder_by_attempt(attempt: int, tier: str) -> None:
+    profile = client(tier="private", rm_id="RM1")
+    r = route(POLICY, "loan_application", "income", attempt, profile, "ai", 50)
+    assert (r.tier, r.rule, r.priority) == (tier, 1, 60)
+
+
+def test_offline_without_rm_falls_back() -> None:
+    r = route(POLICY, "loan_application", "income", 3, client(tier="private"), "ai", 50)
+    assert r.tier == "remote"
+
+
+def test_wildcards_and_lists() -> None:
+    senior = client("senior")
+    r = route(POLICY, "card_activation", "pin", 1, senior, "ai", 50)
+    assert (r.tier, r.priority, r.rule) == ("remote", 0, 2)  # priority kept in 0..100
+    r = route(POLICY, "wealth_purchase", "amount", 1, senior, "ai", 50)
+    assert r.rule == 2  # a senior on mass tier: rule 1 wants diamond/private
+
+
+def test_channel_follows_preference_within_the_tier() -> None:
+    assert route(POLICY, "x", "y", 1, client(), "ai", 1).channel == "chat"
+    assert route(POLICY, "x", "y", 1, client(preferred_channel="push"), "ai", 1).channel == "push"
+    # preference of another tier is ignored
+    assert route(POLICY, "x", "y", 1, client(preferred_channel="video"), "ai", 1).channel == "chat"
+
+
+def test_default_policy_routes() -> None:
+    policy = load_policy()
+    uhnw = Profile("C", "ultra_high_net_worth", "private", rm_id="RM9")
+    assert route(policy, "open_account", "start", 1, uhnw, "ai", 60).tier == "remote"
+    assert route(policy, "open_account", "start", 2, uhnw, "ai", 60).tier == "offline"
+    mass = Profile("C", "savvy_regular", "mass", rm_id="RM9")
+    tiers = [route(policy, "open_account", "start", a, mass, "ai", 60).tier for a in (1, 2, 3)]
+    assert tiers == ["ai", "remote", "remote"]
+    top = Profile("C", "car_owner", "diamond", rm_id="RM9")
+    tiers = [route(policy, "loan_application", "offer", a, top, "ai", 60).tier for a in (1, 2, 3)]
+    assert tiers == ["ai", "remote", "offline"]

@@ -1,0 +1,197 @@
+"""Pure decisions with boundary times: quiet hours across zones and midnight, caps, cooldown."""
+
+from collections.abc import Callable
+
+import pytest
+
+from policy.localtime import Window, periods, quiet_until
+from policy.profiles import Profile, zone
+from policy.rules import (
+    DEFERRED,
+    SENT,
+    SUPPRESSED,
+    Candidate,
+    Usage,
+    client_resumed,
+    decide,
+    usage_of,
+)
+from policy.settings import Policy
+
+At = Callable[[str, str], int]
+HOUR = 3_600_000
+POLICY = Policy(
+    quiet_segments={"senior": Window.parse("20:00-09:00"), "executive": None},
+    per_day=2,
+    per_week=3,
+    cooldown_ms=6 * HOUR,
+    cooldown_journeys={"card_activation": 0},
+    max_delay_ms=24 * HOUR,
+)
+LONDON = Profile("L1", "car_owner", tz="Europe/London")
+SHANGHAI = Profile("S1", "car_owner", tz="Asia/Shanghai")
+
+
+def cand(now: int, deadline: int | None = None, **kw: object) -> Candidate:
+    values: dict = {"journey": "open_account", "step": "kyc", "attempt": 1, **kw}
+    dl = now if deadline is None else deadline
+    return Candidate("id-1", "C1", deadline_ms=dl, now_ms=now, **values)
+
+
+@pytest.mark.parametrize(
+    ("local", "outcome"),
+    [
+        ("2026-01-05 20:59:59.999", SENT),
+        ("2026-01-05 21:00:00.000", DEFERRED),
+        ("2026-01-05 23:59:59.999", DEFERRED),
+        ("2026-01-06 00:00:00.000", DEFERRED),
+        ("2026-01-06 07:59:59.999", DEFERRED),
+        ("2026-01-06 08:00:00.000", SENT),
+    ],
+)
+@pytest.mark.parametrize("profile", [LONDON, SHANGHAI], ids=["london", "shanghai"])
+def test_quiet_hour_edges_in_the_clients_zone(
+    at: At, local: str, outcome: str, profile: Profile
+) -> None:
+    now = at(local, profile.tz)
+    d = decide(cand(now), profile, POLICY, Usage())
+    assert d.outcome == outcome
+    if outcome == DEFERRED:
+        assert d.reason == "quiet_hours"
+        assert d.recheck_at_ms == at("2026-01-06 08:00:00.000", profile.tz)
+    else:
+        assert (d.reason, d.recheck_at_ms) == ("", 0)
+
+
+def test_same_instant_differs_by_zone(at: At) -> None:
+    now = at("2026-01-05 13:30", "UTC")  # 21:30 in Shanghai, 13:30 in London
+    assert decide(cand(now), SHANGHAI, POLICY, Usage()).outcome == DEFERRED
+    assert decide(cand(now), LONDON, POLICY, Usage()).outcome == SENT
+    d = decide(cand(now), SHANGHAI, POLICY, Usage())
+    assert d.recheck_at_ms == at("2026-01-06 00:00", "UTC")  # 08:00 Shanghai
+
+
+def test_segment_quiet_hours_override(at: At) -> None:
+    senior = Profile("C1", "senior", tz="Europe/London")
+    executive = Profile("C1", "executive", tz="Europe/London")
+    now = at("2026-01-05 20:00", "Europe/London")
+    assert decide(cand(now), senior, POLICY, Usage()).recheck_at_ms == at(
+        "2026-01-06 09:00", "Europe/London"
+    )
+    late = at("2026-01-06 03:00", "Europe/London")
+    assert decide(cand(late), executive, POLICY, Usage()).outcome == SENT  # "none"
+
+
+def test_window_within_one_day() -> None:
+    window = Window.parse("01:00-06:00")
+    tz = zone("UTC")
+    assert quiet_until(3_599_999, tz, window) is None
+    assert quiet_until(3_600_000, tz, window) == 6 * HOUR
+    assert quiet_until(6 * HOUR, tz, window) is None
+    assert str(window) == "01:00-06:00"
+
+
+def test_quiet_end_on_a_dst_change_day(at: At) -> None:
+    # Europe/London springs forward on 2026-03-29 01:00 UTC: the night is an hour shorter
+    now = at("2026-03-28 22:00", "Europe/London")
+    until = quiet_until(now, zone("Europe/London"), Window.parse("21:00-08:00"))
+    assert until == at("2026-03-29 07:00", "UTC")
+    assert until - now == 9 * HOUR
+
+
+def test_do_not_contact_beats_everything(at: At) -> None:
+    profile = Profile("C1", "car_owner", tz="Europe/London", do_not_contact=True)
+    d = decide(
+        cand(at("2026-01-05 22:00", "Europe/London"), resumed=True), profile, POLICY, Usage()
+    )
+    assert (d.outcome, d.reason) == (SUPPRESSED, "do_not_contact")
+
+
+def test_resumed_is_suppressed_even_in_quiet_hours(at: At) -> None:
+    d = decide(cand(at("2026-01-05 22:00", "Europe/London"), resumed=True), LONDON, POLICY, Usage())
+    assert (d.outcome, d.reason) == (SUPPRESSED, "resumed")
+
+
+def test_stale_edges(at: At) -> None:
+    deadline = at("2026-01-05 10:00", "Europe/London")
+    ok = decide(cand(deadline + 24 * HOUR, deadline), LONDON, POLICY, Usage())
+    assert ok.outcome == SENT
+    late = decide(cand(deadline + 24 * HOUR + 1, deadline), LONDON, POLICY, Usage())
+    assert (late.outcome, late.reason) == (SUPPRESSED, "stale")
+    # deferring past the limit is stale at once: stalled 07:59 yesterday, now 22:00
+    deadline = at("2026-01-05 07:59", "Europe/London")
+    d = decide(cand(at("2026-01-05 22:00", "Europe/London"), deadline), LONDON, POLICY, Usage())
+    assert (d.outcome, d.reason) == (SUPPRESSED, "stale")
+    deadline = at("2026-01-05 08:00", "Europe/London")
+    d = decide(cand(at("2026-01-05 22:00", "Europe/London"), deadline), LONDON, POLICY, Usage())
+    assert d.outcome == DEFERRED
+
+
+def test_caps_at_exactly_n() -> None:
+    now = 1_767_600_000_000
+    assert decide(cand(now), LONDON, POLICY, Usage(day=1, week=1)).outcome == SENT
+    d = decide(cand(now), LONDON, POLICY, Usage(day=2, week=2))
+    assert (d.outcome, d.reason) == (SUPPRESSED, "daily_cap")
+    d = decide(cand(now), LONDON, POLICY, Usage(day=0, week=3))
+    assert (d.outcome, d.reason) == (SUPPRESSED, "weekly_cap")
+    assert decide(cand(now), LONDON, POLICY, Usage(day=0, week=2)).outcome == SENT
+
+
+def test_cooldown_edges() -> None:
+    now = 1_767_600_000_000
+    at_edge = Usage(last_sent_ms=now - 6 * HOUR)
+    assert decide(cand(now), LONDON, POLICY, at_edge).outcome == SENT
+    d = decide(cand(now), LONDON, POLICY, Usage(last_sent_ms=now - 6 * HOUR + 1))
+    assert (d.outcome, d.reason) == (SUPPRESSED, "cooldown")
+    ahead = Usage(last_sent_ms=now + 6 * HOUR - 1)  # another process is ahead in event time
+    assert decide(cand(now), LONDON, POLICY, ahead).reason == "cooldown"
+    no_cooldown = cand(now, journey="card_activation")
+    assert decide(no_cooldown, LONDON, POLICY, Usage(last_sent_ms=now)).outcome == SENT
+
+
+def test_usage_counts_local_day_and_week(at: At) -> None:
+    tz = "Asia/Shanghai"
+    sends = [
+        (at("2026-01-04 23:59:59.999", tz), "a"),  # Sunday: previous week
+        (at("2026-01-05 00:00:00.000", tz), "a"),  # Monday
+        (at("2026-01-07 12:00", tz), "b"),
+        (at("2026-01-11 23:59:59.999", tz), "a"),  # Sunday: same week
+        (at("2026-01-12 00:00:00.000", tz), "b"),  # next Monday
+    ]
+    u = usage_of(sends, "a", at("2026-01-11 23:59:59.999", tz), tz)
+    assert (u.day, u.week, u.last_sent_ms) == (1, 3, at("2026-01-11 23:59:59.999", tz))
+    u = usage_of(sends, "a", at("2026-01-12 00:00:00.000", tz), tz)
+    assert (u.day, u.week) == (1, 1)
+
+
+def test_periods_are_local(at: At) -> None:
+    p = periods(at("2026-01-07 03:00", "Asia/Shanghai"), zone("Asia/Shanghai"))
+    assert (p.day, p.week) == ("2026-01-07", "2026-W02")
+    assert p.day_start == at("2026-01-07 00:00", "Asia/Shanghai")
+    assert p.week_start == at("2026-01-05 00:00", "Asia/Shanghai")
+    assert p.week_end - p.week_start == 7 * 24 * HOUR
+    dst = periods(at("2026-03-29 12:00", "Europe/London"), zone("Europe/London"))
+    assert dst.day_end - dst.day_start == 23 * HOUR
+
+
+def test_client_resumed() -> None:
+    policy = Policy()
+    assert client_resumed(policy, 1000, 1000, 0, "app")
+    assert not client_resumed(policy, 1000, 999, 5000, "app")  # activity only
+    activity = Policy(resume_on="activity", resume_channels=("app",))
+    assert client_resumed(activity, 1000, 999, 1000, "app")
+    assert not client_resumed(activity, 1000, 999, 5000, "branch")
+
+
+def test_decision_fields(at: At) -> None:
+    profile = Profile("C1", "ultra_high_net_worth", "private", "RM3", "video", "Europe/London")
+    now = at("2026-01-05 12:00", "Europe/London")
+    d = decide(cand(now, attempt=2, priority=70, tier="offline"), profile, POLICY, Usage())
+    assert (d.outcome, d.tier, d.channel, d.rm_id, d.segment) == (
+        SENT,
+        "offline",
+        "rm_task",
+        "RM3",
+        "ultra_high_net_worth",
+    )
+    assert (d.decided_at_ms, d.priority, d.attempt) == (now, 70, 2)
