@@ -3,13 +3,15 @@
 import argparse
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ato.config import Settings, load_settings
+from ato.config import RedisSettings, Settings, load_settings, mask_url
 from ato.exceptions import AtoError, ConfigError
 
 
@@ -183,6 +185,92 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_settings(args: argparse.Namespace) -> RedisSettings:
+    """``[redis]`` settings with ``--redis-url`` applied; a clear error without any url."""
+    redis_settings = load_settings(args.config).with_overrides("redis", url=args.redis_url).redis
+    if not redis_settings.enabled:
+        msg = "no Redis: give --redis-url or set redis.url (settings file or ATO_REDIS_URL)"
+        raise ConfigError(msg)
+    return redis_settings
+
+
+@contextmanager
+def _redis_errors(redis_settings: RedisSettings) -> Iterator[None]:
+    """Turn a Redis failure into an ``AtoError`` naming the url (its password masked)."""
+    import redis  # noqa: PLC0415
+
+    try:
+        yield
+    except redis.RedisError as exc:
+        msg = f"Redis at {mask_url(redis_settings.url)}: {exc}"
+        raise AtoError(msg) from exc
+
+
+def _profiles_load(args: argparse.Namespace) -> int:
+    from policy import ProfileFileError, load_profiles_file  # noqa: PLC0415
+
+    redis_settings = _redis_settings(args)
+    try:
+        with _redis_errors(redis_settings):
+            count = load_profiles_file(redis_settings.connection_url(), args.file)
+    except ProfileFileError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"ato: error: {len(exc.errors)} bad row(s), nothing loaded", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{args.file}: cannot read profiles: {exc}"
+        raise AtoError(msg) from exc
+    print(f"loaded {count:,} profiles from {args.file} into {mask_url(redis_settings.url)}")
+    return 0
+
+
+def _profiles_generate(args: argparse.Namespace) -> int:
+    from ato.catalog import load_catalog  # noqa: PLC0415
+    from ato.generator import generate  # noqa: PLC0415
+    from policy.generated import generated_profiles, write_profiles_jsonl  # noqa: PLC0415
+    from policy.profile_files import JSONL_SUFFIXES  # noqa: PLC0415
+
+    if args.out.suffix.lower() not in JSONL_SUFFIXES:
+        msg = f"--out {args.out}: use a JSON-lines name ({', '.join(JSONL_SUFFIXES)})"
+        raise ConfigError(msg)
+    settings = load_settings(args.config).with_overrides("", catalog=args.catalog)
+    settings = settings.with_overrides("generator", clients=args.clients, seed=args.seed)
+    traffic = generate(load_catalog(settings.catalog), settings.generator)
+    try:
+        count = write_profiles_jsonl(generated_profiles(traffic), args.out)
+    except OSError as exc:
+        msg = f"{args.out}: cannot write profiles: {exc.strerror}"
+        raise AtoError(msg) from exc
+    print(f"wrote {count:,} profiles (generator seed {settings.generator.seed}) to {args.out}")
+    return 0
+
+
+def _profiles_show(args: argparse.Namespace) -> int:
+    import redis  # noqa: PLC0415
+
+    from policy import ProfileStore  # noqa: PLC0415
+
+    redis_settings = _redis_settings(args)
+    timeout = redis_settings.timeout_s
+    with _redis_errors(redis_settings):
+        url = redis_settings.connection_url()
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        with client:
+            store = ProfileStore(client, ttl_s=0)
+            profile = store.get_many([args.client_id])[args.client_id]
+    if profile.known:
+        print(f"{profile.client_id}: stored profile")
+    elif store.stats["invalid"]:
+        print(f"{profile.client_id}: stored profile is invalid: defaults")
+    else:
+        print(f"{profile.client_id}: unknown client: defaults")
+    fields = profile.to_fields() | {"do_not_contact": str(profile.do_not_contact).lower()}
+    for name, value in fields.items():
+        print(f"  {name:18s} {value or '-'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``ato`` command."""
     parser = argparse.ArgumentParser(prog="ato", description="ato-stream journey engine")
@@ -270,7 +358,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="table (aligned, default), csv, or json (one object per line)",
     )
     query.set_defaults(handler=_query)
+    _add_profiles_parser(sub)
     return parser
+
+
+def _add_profiles_parser(sub: Any) -> None:
+    """``ato profiles load|generate|show``."""
+    profiles = sub.add_parser(
+        "profiles", help="client profiles in Redis: load a file, generate, show one"
+    )
+    actions = profiles.add_subparsers(dest="action", required=True)
+    config_help = "settings file ([redis], [generator], catalog)"
+    url_help = "Redis url, e.g. redis://127.0.0.1:16379/0 (default: redis.url / ATO_REDIS_URL)"
+    load = actions.add_parser(
+        "load", help="import a CSV or JSON-lines file (all rows valid, else nothing is written)"
+    )
+    load.add_argument("file", type=Path, help=".csv with a header row, or .jsonl/.ndjson/.json")
+    load.add_argument("--redis-url", help=url_help)
+    load.add_argument("--config", type=Path, help=config_help)
+    load.set_defaults(handler=_profiles_load)
+    gen = actions.add_parser(
+        "generate", help="write the profiles of the generator's clients as JSON lines"
+    )
+    gen.add_argument("--clients", type=int, help="generated clients (default: generator.clients)")
+    gen.add_argument("--seed", type=int, help="generator seed (default: generator.seed)")
+    gen.add_argument("--catalog", type=Path, help="journey catalog TOML (default: shipped)")
+    gen.add_argument("--out", type=Path, required=True, help="output file (.jsonl)")
+    gen.add_argument("--config", type=Path, help=config_help)
+    gen.set_defaults(handler=_profiles_generate)
+    show = actions.add_parser("show", help="print a client's stored profile (or the defaults)")
+    show.add_argument("client_id", help="the client id")
+    show.add_argument("--redis-url", help=url_help)
+    show.add_argument("--config", type=Path, help=config_help)
+    show.set_defaults(handler=_profiles_show)
 
 
 def main(argv: list[str] | None = None) -> int:

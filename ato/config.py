@@ -273,6 +273,76 @@ class ClickHouseSettings:
         return f"ClickHouseSettings({', '.join(shown)})"
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Redis: client profiles, contact-policy caps and live journey state (docs/policy.md)."""
+
+    url: str = _knob(
+        "",
+        "redis://[user@]host:port/db, rediss://... or unix:///path."
+        " Empty: no Redis, contact policy off.",
+    )
+    password: str = _knob(
+        "", "Password, instead of one in the url (never printed or logged).", secret=True
+    )
+    profile_ttl_s: float = _knob(
+        60.0, "Profiles are cached in-process this long (s); a reload shows after at most this."
+    )
+    policy_file: str = _knob(
+        "", "Contact-policy TOML file. Empty: the shipped policy/default_policy.toml."
+    )
+    live_state_ttl_s: int = _knob(
+        7 * 86_400, "Live journey-state hashes expire this long (s) after their last write."
+    )
+    timeout_s: float = _knob(2.0, "Connect and command timeout (s) of every Redis call.")
+    max_deferred: int = _knob(
+        100_000, "Size of the bounded buffer of decisions waiting while Redis is unreachable."
+    )
+
+    def __post_init__(self) -> None:
+        scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
+        if self.url and scheme not in REDIS_SCHEMES:
+            msg = (
+                "redis.url: expected redis://HOST:PORT/DB, rediss://HOST:PORT/DB or"
+                f" unix:///PATH, got {mask_url(self.url)!r}"
+            )
+            raise ConfigError(msg)
+        if self.profile_ttl_s < 0:
+            msg = f"redis.profile_ttl_s: must be >= 0, got {self.profile_ttl_s!r}"
+            raise ConfigError(msg)
+        for name in ("live_state_ttl_s", "timeout_s", "max_deferred"):
+            if getattr(self, name) <= 0:
+                msg = f"redis.{name}: must be > 0, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether runs use Redis (profiles, contact policy, live state)."""
+        return bool(self.url)
+
+    def connection_url(self) -> str:
+        """``url`` with ``password`` filled in (unless the url has one); never print it."""
+        if not self.password or urlsplit(self.url).password is not None:
+            return self.url
+        parts = urlsplit(self.url)
+        user = quote(parts.username or "", safe="")
+        host = parts.netloc.rpartition("@")[2]
+        netloc = f"{user}:{quote(self.password, safe='')}@{host}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def __repr__(self) -> str:
+        """Every setting but the password; a password inside ``url`` shows as ``***``."""
+        shown = [
+            f"{f.name}={mask_url(self.url) if f.name == 'url' else getattr(self, f.name)!r}"
+            for f in fields(self)
+            if not f.metadata["secret"]
+        ]
+        return f"RedisSettings({', '.join(shown)})"
+
+
 def mask_url(url: str) -> str:
     """``url`` with the password of its user part replaced by ``***`` (for messages)."""
     parts = urlsplit(url)
@@ -307,6 +377,7 @@ class Settings:
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
     catalog: Path | None = _knob(None, "Journey catalog file; default: the shipped catalog.")
     out_dir: Path = _knob(Path("runs/latest"), "Where a run writes its JSON-lines outputs.")
     workers: int = _knob(1, "Bytewax worker threads in each process.")
@@ -327,6 +398,7 @@ _SECTIONS: dict[str, type] = {
     "generator": GeneratorSettings,
     "kafka": KafkaSettings,
     "clickhouse": ClickHouseSettings,
+    "redis": RedisSettings,
 }
 
 
@@ -348,8 +420,9 @@ def load_settings(
     """Defaults, then the TOML file at ``path``, then ``ATO_*`` variables of ``environ``.
 
     A file has top-level keys (``out_dir``, ``workers``, ...) and ``[engine]``, ``[generator]``,
-    ``[kafka]`` and ``[clickhouse]`` tables. A variable is named ``ATO_<SECTION>_<KEY>`` or
-    ``ATO_<KEY>`` for top-level keys, e.g. ``ATO_KAFKA_BROKERS``; lists are comma-separated.
+    ``[kafka]``, ``[clickhouse]`` and ``[redis]`` tables. A variable is named
+    ``ATO_<SECTION>_<KEY>`` or ``ATO_<KEY>`` for top-level keys, e.g. ``ATO_KAFKA_BROKERS``;
+    lists are comma-separated.
     Errors name the file or variable and the key.
     """
     environ = os.environ if environ is None else environ
