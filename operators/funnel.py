@@ -83,8 +83,13 @@ class FunnelWindows:
     """Open per-minute funnel counts of one shard."""
 
     def __init__(self) -> None:
-        self.keys = np.empty(0, np.int64)  # sorted, unique
+        self.keys = np.empty(0, np.int64)  # summed rows: sorted, unique
         self.counts = np.empty((0, len(MEASURES)), np.int64)
+        # rows added since, not summed yet: summing is a sort, so it waits until the rows are
+        # closed (only those are summed) or they outgrow the summed ones
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.part_rows = 0
+        self.first_minute: int | None = None  # earliest minute of any open row
 
     def add_events(
         self,
@@ -125,13 +130,26 @@ class FunnelWindows:
 
     def close(self, watermark: int, final: bool = False) -> FunnelRows:
         """Remove and return the minutes that end at or before ``watermark`` (all if final)."""
+        if self.first_minute is None or (
+            not final and (self.first_minute + 1) * MINUTE_MS > watermark
+        ):
+            return FunnelRows(np.empty(0, np.int64), np.empty((0, len(MEASURES)), np.int64))
+        part_keys, part_counts = self._take_parts()
         if final:
-            done = np.ones(len(self.keys), np.bool_)
+            done, part_done = np.ones(len(self.keys), np.bool_), np.ones(len(part_keys), np.bool_)
         else:
             done = ((self.keys >> 24) + 1) * MINUTE_MS <= watermark
-        rows = FunnelRows(self.keys[done], self.counts[done])
+            part_done = ((part_keys >> 24) + 1) * MINUTE_MS <= watermark
+        keys, counts = _summed(
+            np.concatenate([self.keys[done], part_keys[part_done]]),
+            np.concatenate([self.counts[done], part_counts[part_done]]),
+        )
         self.keys, self.counts = self.keys[~done], self.counts[~done]
-        return rows
+        if not part_done.all():
+            self.parts = [(part_keys[~part_done], part_counts[~part_done])]
+            self.part_rows = len(self.parts[0][0])
+        self._find_first_minute()
+        return FunnelRows(keys, counts)
 
     def add_rows(self, rows: FunnelRows) -> None:
         """Add counts made elsewhere (another call, another shard)."""
@@ -139,16 +157,39 @@ class FunnelWindows:
             self._merge(rows.keys, rows.counts)
 
     def _merge(self, keys: np.ndarray, counts: np.ndarray) -> None:
-        all_keys = np.concatenate([self.keys, keys])
-        all_counts = np.concatenate([self.counts, counts])
-        unique, inverse = np.unique(all_keys, return_inverse=True)
-        summed = np.empty((len(unique), len(MEASURES)), np.int64)
-        for m in range(len(MEASURES)):  # exact: counts stay far below 2**53
-            summed[:, m] = np.bincount(inverse, all_counts[:, m], len(unique))
-        self.keys, self.counts = unique, summed
+        self.parts.append((keys, counts))
+        self.part_rows += len(keys)
+        first = int(keys.min()) >> 24
+        self.first_minute = first if self.first_minute is None else min(self.first_minute, first)
+        if self.part_rows > max(len(self.keys), 100_000):
+            self._sum()
+
+    def _take_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows not summed yet, as two arrays; the list is emptied."""
+        keys = np.concatenate([k for k, _ in self.parts] or [np.empty(0, np.int64)])
+        counts = np.concatenate(
+            [c for _, c in self.parts] or [np.empty((0, len(MEASURES)), np.int64)]
+        )
+        self.parts, self.part_rows = [], 0
+        return keys, counts
+
+    def _sum(self) -> None:
+        """Sum the rows added since into the summed ones."""
+        if not self.parts:
+            return
+        keys, counts = self._take_parts()
+        self.keys, self.counts = _summed(
+            np.concatenate([self.keys, keys]), np.concatenate([self.counts, counts])
+        )
+
+    def _find_first_minute(self) -> None:
+        firsts = [int(self.keys[0]) >> 24] if len(self.keys) else []
+        firsts += [int(k.min()) >> 24 for k, _ in self.parts if len(k)]
+        self.first_minute = min(firsts) if firsts else None
 
     def snapshot(self) -> dict[str, Any]:
-        """Copies of the open minutes."""
+        """Copies of the open minutes (summed)."""
+        self._sum()
         return {"keys": self.keys.copy(), "counts": self.counts.copy()}
 
     @classmethod
@@ -156,7 +197,17 @@ class FunnelWindows:
         """Rebuild from :meth:`snapshot`."""
         windows = cls()
         windows.keys, windows.counts = snap["keys"].copy(), snap["counts"].copy()
+        windows._find_first_minute()
         return windows
+
+
+def _summed(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of equal keys added up; keys sorted and unique."""
+    unique, inverse = np.unique(keys, return_inverse=True)
+    summed = np.empty((len(unique), len(MEASURES)), np.int64)
+    for m in range(len(MEASURES)):  # exact: counts stay far below 2**53
+        summed[:, m] = np.bincount(inverse, counts[:, m], len(unique))
+    return unique, summed
 
 
 FINAL_WATERMARK = 2**62  # a shard whose input ended holds no minute open

@@ -1,6 +1,7 @@
 """Per-minute funnel windows: packing, counting by effect, closing by watermark, snapshots."""
 
 import pickle
+from typing import Any
 
 import numpy as np
 from hypothesis import given
@@ -214,3 +215,44 @@ def test_a_restored_funnel_step_emits_what_the_first_would_have() -> None:
     assert [(r.keys.tolist(), r.counts.tolist()) for r in again] == [
         (r.keys.tolist(), r.counts.tolist()) for r in expected
     ]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)))),
+            st.tuples(st.just("close"), st.integers(0, 7)),
+            st.tuples(st.just("snapshot"), st.just(0)),
+        ),
+        max_size=30,
+    )
+)
+def test_windows_match_a_dict_of_counts(ops: list[tuple[str, Any]]) -> None:
+    """However adds, closes and snapshots interleave, rows equal a plain dict's sums."""
+    w = FunnelWindows()
+    reference: dict[int, list[int]] = {}
+    base = T0 // MINUTE_MS
+    for op, arg in ops:
+        if op == "add":
+            if not arg:
+                continue
+            minutes = np.array([base + m for m, _ in arg], np.int64)
+            steps = np.array([s for _, s in arg], np.int64)
+            zeros = np.zeros(len(arg), np.int64)
+            keys = pack(minutes, zeros, steps, zeros, zeros)
+            counts = np.ones((len(arg), len(MEASURES)), np.int64)
+            w.add_rows(FunnelRows(keys, counts))
+            for key in keys.tolist():
+                reference.setdefault(key, [0] * len(MEASURES))
+                reference[key] = [c + 1 for c in reference[key]]
+        elif op == "close":
+            watermark = (base + arg) * MINUTE_MS
+            got = w.close(watermark)
+            done = {k for k in reference if ((k >> 24) + 1) * MINUTE_MS <= watermark}
+            assert got.keys.tolist() == sorted(done)
+            assert got.counts.tolist() == [reference.pop(k) for k in sorted(done)]
+        else:
+            w = FunnelWindows.restore(pickle.loads(pickle.dumps(w.snapshot())))
+    final = w.close(0, final=True)
+    assert final.keys.tolist() == sorted(reference)
+    assert final.counts.tolist() == [reference[k] for k in sorted(reference)]
