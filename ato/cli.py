@@ -271,6 +271,27 @@ def _profiles_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lookup(args: argparse.Namespace) -> int:
+    import redis  # noqa: PLC0415
+
+    from policy.live_state import format_lookup, lookup  # noqa: PLC0415
+
+    redis_settings = _redis_settings(args)
+    timeout = redis_settings.timeout_s
+    with _redis_errors(redis_settings):
+        url = redis_settings.connection_url()
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        with client:
+            state = lookup(client, args.client_id)
+    if args.json:
+        doc = {"client_id": args.client_id, "journeys": state}
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS) + b"\n")
+        sys.stdout.flush()
+    else:
+        print(format_lookup(args.client_id, state))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``ato`` command."""
     parser = argparse.ArgumentParser(prog="ato", description="ato-stream journey engine")
@@ -359,6 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.set_defaults(handler=_query)
     _add_profiles_parser(sub)
+    lookup = sub.add_parser(
+        "lookup", help="print a client's open journeys (live state in Redis, breakpoint resume)"
+    )
+    lookup.add_argument("client_id", help="the client id")
+    lookup.add_argument(
+        "--redis-url",
+        help="Redis url, e.g. redis://127.0.0.1:16379/0 (default: redis.url / ATO_REDIS_URL)",
+    )
+    lookup.add_argument("--config", type=Path, help="settings file ([redis])")
+    lookup.add_argument(
+        "--json", action="store_true", help='one JSON object: {"client_id", "journeys"}'
+    )
+    lookup.set_defaults(handler=_lookup)
     return parser
 
 

@@ -23,3 +23,15 @@ class ProfileFileError(ProfileError):
         shown = "\n  ".join(errors[:20])
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         super().__init__(f"{path}: {len(errors)} bad row(s), nothing loaded:\n  {shown}{more}")
+
+
+class LiveStateError(AtoError):
+    """Reading or writing live journey state in Redis failed; the url's password is masked.
+
+    ``transient`` is True for connection errors and timeouts: the same changes can be sent
+    again once Redis answers (see ``policy.live_state.LiveStateWriter.write``).
+    """
+
+    def __init__(self, message: str, transient: bool) -> None:
+        self.transient = transient
+        super().__init__(message)

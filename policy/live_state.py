@@ -1,0 +1,250 @@
+"""Live journey state for breakpoint resume: one Redis hash per client, written per batch.
+
+A client's open journeys live in the hash ``ato:journey:<client_id>``: one field per open
+journey (the journey name), its value a compact JSON object::
+
+    {"step":"id_upload","since_ms":1767614400000,"last_type":"id_card_uploaded",
+     "last_channel":"app","last_ms":1767614400000,"stalled":false,"attempt":0,
+     "updated_ms":1767614401000}
+
+A closed instance (completed, failed, expired) loses its field; Redis deletes a hash whose
+last field goes, so a client without open journeys has no key. Every write sets the expiry
+of the keys it touches. See ``docs/policy.md`` ("Live journey state").
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+
+from policy.exceptions import LiveStateError
+
+KEY_PREFIX = "ato:journey:"
+# the JSON members of a field's value, in the order they are written
+VALUE_FIELDS: tuple[str, ...] = (
+    "step",
+    "since_ms",
+    "last_type",
+    "last_channel",
+    "last_ms",
+    "stalled",
+    "attempt",
+    "updated_ms",
+)
+# the JourneyChanges columns a field's value is built from
+_STATE_COLUMNS: tuple[str, ...] = (
+    "step",
+    "since_ms",
+    "last_event_type",
+    "last_channel",
+    "last_event_ms",
+    "stalled",
+    "closed",
+    "attempt",
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Column = Sequence[Any] | np.ndarray
+
+
+def journey_key(client_id: str) -> str:
+    """The Redis key of a client's live journey-state hash."""
+    return KEY_PREFIX + client_id
+
+
+@dataclass(frozen=True)
+class JourneyChanges:
+    """One batch of journey-instance changes as equal-length columns (lists or numpy arrays).
+
+    Row *i* is the state of ``journey[i]`` of ``client_id[i]`` after an event:
+    ``since_ms`` is when the instance entered ``step``, ``last_*`` describe its latest event,
+    ``closed`` means it completed, failed or expired (its field is removed). ``updated_ms``
+    is one stamp for the whole batch (the flow's clock when it built it); it is part of the
+    data, so sending the same changes again writes the same bytes.
+    """
+
+    client_id: Column
+    journey: Column
+    step: Column
+    since_ms: Column
+    last_event_type: Column
+    last_channel: Column
+    last_event_ms: Column
+    stalled: Column
+    closed: Column
+    attempt: Column
+    updated_ms: int
+
+    def __post_init__(self) -> None:
+        lengths = {f.name: len(getattr(self, f.name)) for f in fields(self)[:-1]}
+        if len(set(lengths.values())) > 1:
+            msg = f"JourneyChanges columns differ in length: {lengths}"
+            raise ValueError(msg)
+
+    def __len__(self) -> int:
+        return len(self.client_id)
+
+
+def _as_list(column: Column) -> list[Any]:
+    """Python values of a column (numpy scalars become int/bool/str)."""
+    return column.tolist() if isinstance(column, np.ndarray) else list(column)
+
+
+def latest_rows(changes: JourneyChanges) -> list[int]:
+    """Row numbers of the last change per (client, journey): by ``last_event_ms``, then
+    input order. Returned in the order of those winning rows."""
+    order = np.argsort(np.asarray(changes.last_event_ms, dtype=np.int64), kind="stable")
+    clients, journeys = changes.client_id, changes.journey
+    winners: dict[tuple[str, str], int] = {}
+    for i in order.tolist():
+        key = (clients[i], journeys[i])
+        winners.pop(key, None)  # re-insert: dict order follows the winning row
+        winners[key] = i
+    return list(winners.values())
+
+
+def encode_value(columns: dict[str, list[Any]], i: int, updated_ms: int) -> bytes:
+    """The JSON value of row ``i`` (``columns``: the state columns as Python lists)."""
+    return orjson.dumps(
+        {
+            "step": str(columns["step"][i]),
+            "since_ms": int(columns["since_ms"][i]),
+            "last_type": str(columns["last_event_type"][i]),
+            "last_channel": str(columns["last_channel"][i]),
+            "last_ms": int(columns["last_event_ms"][i]),
+            "stalled": bool(columns["stalled"][i]),
+            "attempt": int(columns["attempt"][i]),
+            "updated_ms": int(updated_ms),
+        }
+    )
+
+
+def where(client: "redis.Redis") -> str:
+    """The client's server as a url, any password shown as ``***`` (for messages)."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"
+    user = kwargs.get("username") or ""
+    auth = f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
+    return f"{scheme}://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def _error(client: "redis.Redis", doing: str, exc: redis.RedisError) -> LiveStateError:
+    transient = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+    return LiveStateError(f"{doing}: Redis at {where(client)}: {exc}", transient=transient)
+
+
+class LiveStateWriter:
+    """Writes batches of :class:`JourneyChanges` to the clients' hashes, one round trip each.
+
+    The keys a batch touches expire ``ttl_s`` seconds after it (clients that stop changing
+    fade away); untouched keys keep their expiry.
+    """
+
+    def __init__(self, client: "redis.Redis", ttl_s: int) -> None:
+        if ttl_s <= 0:
+            msg = f"ttl_s must be > 0, got {ttl_s!r}"
+            raise ValueError(msg)
+        self.client = client
+        self.ttl_s = int(ttl_s)
+
+    def write(self, changes: JourneyChanges) -> int:
+        """Write the last change per (client, journey) and return the commands sent.
+
+        One pipeline (no MULTI/EXEC) per call: per touched client one HSET of its open
+        journeys, one HDEL of its closed ones, one EXPIRE. An empty batch sends nothing.
+
+        On a connection error or timeout this raises :class:`LiveStateError` (``transient``)
+        and some commands may have been applied (redis-py may also have re-sent the pipeline
+        itself). Sending the same ``changes`` again is idempotent (the same HSET values,
+        HDEL of absent fields is a no-op), so the caller retries with them, before any
+        later batch: an older batch sent after a newer one would overwrite newer state.
+        """
+        rows = latest_rows(changes)
+        if not rows:
+            return 0
+        columns = {name: _as_list(getattr(changes, name)) for name in _STATE_COLUMNS}
+        by_client: dict[str, tuple[dict[str, bytes], list[str]]] = {}
+        for i in rows:
+            open_, closed = by_client.setdefault(str(changes.client_id[i]), ({}, []))
+            journey = str(changes.journey[i])
+            if columns["closed"][i]:
+                closed.append(journey)
+            else:
+                open_[journey] = encode_value(columns, i, changes.updated_ms)
+        return self._send(by_client)
+
+    def _send(self, by_client: dict[str, tuple[dict[str, bytes], list[str]]]) -> int:
+        commands = 0
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for client_id, (open_, closed) in by_client.items():
+                    key = journey_key(client_id)
+                    if open_:
+                        pipe.hset(key, mapping=open_)  # type: ignore[arg-type]
+                    if closed:
+                        pipe.hdel(key, *closed)
+                    pipe.expire(key, self.ttl_s)
+                    commands += bool(open_) + bool(closed) + 1
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise _error(self.client, "writing live journey state", exc) from exc
+        return commands
+
+
+def lookup(client: "redis.Redis", client_id: str) -> dict[str, dict[str, Any]]:
+    """A client's open journeys: journey -> its decoded fields (by journey name; empty when
+    the client has none). ``LiveStateError`` on Redis trouble or a value that is not JSON."""
+    key = journey_key(client_id)
+    try:
+        raw = client.hgetall(key)
+    except redis.RedisError as exc:
+        raise _error(client, f"reading {key}", exc) from exc
+    state: dict[str, dict[str, Any]] = {}
+    for name, value in sorted(raw.items()):
+        journey = name.decode() if isinstance(name, bytes) else name
+        try:
+            state[journey] = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            msg = f"{key} field {journey!r}: not a JSON object: {value!r}"
+            raise LiveStateError(msg, transient=False) from exc
+    return state
+
+
+def iso_utc(ms: int) -> str:
+    """Epoch ms as ``2026-01-05T12:00:00.000Z``."""
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def format_lookup(client_id: str, state: dict[str, dict[str, Any]]) -> str:
+    """``state`` (from :func:`lookup`) as aligned lines for people, one per journey."""
+    if not state:
+        return f"{client_id}: no open journeys"
+    header = ("journey", "step", "since", "last event", "channel", "at", "stalled", "attempt")
+    rows = [header] + [
+        (
+            journey,
+            str(v.get("step", "")),
+            iso_utc(int(v.get("since_ms", 0))),
+            str(v.get("last_type", "")),
+            str(v.get("last_channel", "")),
+            iso_utc(int(v.get("last_ms", 0))),
+            "yes" if v.get("stalled") else "no",
+            str(v.get("attempt", "")),
+        )
+        for journey, v in state.items()
+    ]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    count = f"{len(state)} open journey{'s' if len(state) > 1 else ''}"
+    lines = [f"{client_id}: {count}"]
+    for row in rows:
+        cells = (f"{cell:{width}}" for cell, width in zip(row, widths, strict=True))
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return "\n".join(lines)
