@@ -213,6 +213,11 @@ class ClickHouseStore:
         self._columns: dict[str, dict[str, str]] = {}
         self._in_database = False
 
+    @property
+    def embedded(self) -> bool:
+        """Whether this is an in-process chDB database (no server refreshes it meanwhile)."""
+        return self.url.lower().startswith("chdb:")
+
     def _open_chdb(self) -> Any:
         path = chdb_path(self.url)
         query = urlsplit(self.url).query
@@ -560,11 +565,13 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         self.flush()
 
     def close(self) -> None:
-        """Write what is left, bring the hour tables up to date, close the database."""
+        """Write what is left, close the database; an embedded one gets its hour tables
+        refreshed first (a server refreshes them on its own schedule)."""
         try:
             self.flush()
             try:
-                self.store.refresh_rollups()
+                if self.store.embedded:
+                    self.store.refresh_rollups()
             except ClickHouseError as exc:  # rows are durable; a scheduled refresh catches up
                 log.warning("hour rollups not refreshed at close: %s", exc)
         finally:
