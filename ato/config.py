@@ -43,7 +43,9 @@ class EngineSettings:
         500, "Watermark = per-partition max event time minus this (ms)."
     )
     idle_timeout_ms: int = _knob(
-        10_000, "A partition silent this long (wall clock, ms) stops holding the watermark."
+        10_000,
+        "A partition with no valid event this long (wall clock, ms) stops holding the"
+        " watermark, once its source said it is caught up (or it sends only bad input).",
     )
     clock: str = _knob(
         "replay", "replay: event time only; live: watermark follows wall clock when all idle."

@@ -40,6 +40,11 @@ MEASURES = ("events", "started", "advanced", "completed", "abandoned")
 _ABANDONED = MEASURES.index("abandoned")
 
 
+# bit fields of a packed key, low to high: segment + 1 (4 bits), channel (4), step + 1 (6,
+# MAX_STEPS = 62), journey + 1 (10, MAX_JOURNEYS = 1022), then the minute (36 bits left)
+_STEP_SHIFT, _JOURNEY_SHIFT, MINUTE_SHIFT = 8, 14, 24
+
+
 def pack(
     minute: np.ndarray,
     journey: np.ndarray,
@@ -49,9 +54,9 @@ def pack(
 ) -> np.ndarray:
     """One int64 key per row; journey, step and segment may be -1."""
     return (
-        (minute.astype(np.int64) << 24)
-        | ((journey.astype(np.int64) + 1) << 16)
-        | ((step.astype(np.int64) + 1) << 8)
+        (minute.astype(np.int64) << MINUTE_SHIFT)
+        | ((journey.astype(np.int64) + 1) << _JOURNEY_SHIFT)
+        | ((step.astype(np.int64) + 1) << _STEP_SHIFT)
         | (channel.astype(np.int64) << 4)
         | (segment.astype(np.int64) + 1)
     )
@@ -60,9 +65,9 @@ def pack(
 def unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(minute, journey, step, channel, segment) of packed keys."""
     return (
-        keys >> 24,
-        ((keys >> 16) & 0xFF) - 1,
-        ((keys >> 8) & 0xFF) - 1,
+        keys >> MINUTE_SHIFT,
+        ((keys >> _JOURNEY_SHIFT) & 0x3FF) - 1,
+        ((keys >> _STEP_SHIFT) & 0x3F) - 1,
         (keys >> 4) & 0xF,
         (keys & 0xF) - 1,
     )
@@ -138,8 +143,8 @@ class FunnelWindows:
         if final:
             done, part_done = np.ones(len(self.keys), np.bool_), np.ones(len(part_keys), np.bool_)
         else:
-            done = ((self.keys >> 24) + 1) * MINUTE_MS <= watermark
-            part_done = ((part_keys >> 24) + 1) * MINUTE_MS <= watermark
+            done = ((self.keys >> MINUTE_SHIFT) + 1) * MINUTE_MS <= watermark
+            part_done = ((part_keys >> MINUTE_SHIFT) + 1) * MINUTE_MS <= watermark
         keys, counts = _summed(
             np.concatenate([self.keys[done], part_keys[part_done]]),
             np.concatenate([self.counts[done], part_counts[part_done]]),
@@ -159,7 +164,7 @@ class FunnelWindows:
     def _merge(self, keys: np.ndarray, counts: np.ndarray) -> None:
         self.parts.append((keys, counts))
         self.part_rows += len(keys)
-        first = int(keys.min()) >> 24
+        first = int(keys.min()) >> MINUTE_SHIFT
         self.first_minute = first if self.first_minute is None else min(self.first_minute, first)
         if self.part_rows > max(len(self.keys), 100_000):
             self._sum()
@@ -183,8 +188,8 @@ class FunnelWindows:
         )
 
     def _find_first_minute(self) -> None:
-        firsts = [int(self.keys[0]) >> 24] if len(self.keys) else []
-        firsts += [int(k.min()) >> 24 for k, _ in self.parts if len(k)]
+        firsts = [int(self.keys[0]) >> MINUTE_SHIFT] if len(self.keys) else []
+        firsts += [int(k.min()) >> MINUTE_SHIFT for k, _ in self.parts if len(k)]
         self.first_minute = min(firsts) if firsts else None
 
     def snapshot(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ato.catalog import CHANNELS, SEGMENTS, Catalog
 from operators.batches import ShardOutput
 from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
 from operators.interventions import InterventionBuilder, priorities
+from operators.watermark import MIN_WATERMARK
 from sinks.clickhouse import Column, MetricBlock
 from state.base import Records
 from state.layout import (
@@ -272,8 +273,9 @@ class HealthWindow:
         """The interval as one ``flow_health`` row."""
         lat = np.array(self.latencies_ms or [0.0], np.float64)
         delay = -1
-        if self.watermarks and self.max_event_ts is not None:
-            delay = max(self.max_event_ts - min(self.watermarks.values()), 0)
+        known = [w for w in self.watermarks.values() if w > MIN_WATERMARK]
+        if known and len(known) == len(self.watermarks) and self.max_event_ts is not None:
+            delay = max(self.max_event_ts - min(known), 0)  # -1 until every shard has one
         row: dict[str, Any] = {
             "interval_start": self.interval_start_ms,
             "run_id": self.run_id,

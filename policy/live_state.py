@@ -211,10 +211,13 @@ def lookup(client: "redis.Redis", client_id: str) -> dict[str, dict[str, Any]]:
     for name, value in sorted(raw.items()):
         journey = name.decode() if isinstance(name, bytes) else name
         try:
-            state[journey] = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
+            fields = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            fields = None
+        if not isinstance(fields, dict):
             msg = f"{key} field {journey!r}: not a JSON object: {value!r}"
-            raise LiveStateError(msg, transient=False) from exc
+            raise LiveStateError(msg, transient=False)
+        state[journey] = fields
     return state
 
 

@@ -170,6 +170,9 @@ class ProfileStore:
         max_entries: int = 1_000_000,
         chunk: int = 1_000,
     ) -> None:
+        if max_entries < 1 or chunk < 1:
+            msg = f"max_entries and chunk must be >= 1, got {max_entries} and {chunk}"
+            raise ValueError(msg)
         self.client = client
         self.ttl_s = ttl_s
         self.clock = clock
@@ -241,12 +244,12 @@ class ProfileStore:
             self.stats["unknown"] += 1
             return Profile.default(client_id)
         row: dict[str, object] = {"client_id": client_id}
-        for name, value in reply.items():
-            key = name.decode() if isinstance(name, bytes) else name
-            row[key] = value.decode() if isinstance(value, bytes) else value
         try:
+            for name, value in reply.items():
+                key = name.decode() if isinstance(name, bytes) else name
+                row[key] = value.decode() if isinstance(value, bytes) else value
             return parse_profile(row)
-        except ProfileError:
+        except (ProfileError, UnicodeDecodeError):
             self.stats["invalid"] += 1
             return Profile.default(client_id)
 

@@ -30,8 +30,8 @@ table is a ReplacingMergeTree keyed by its duplicate key, so rows a replay, a re
 retried insert writes again collapse: a query with ``FINAL`` (``ato query`` sets
 ``final = 1``) counts each key once, at any time and with no window. The hour tables are
 recomputed from the row tables read with ``FINAL`` by refreshable materialized views (every
-minute, and when the sink closes), so they never double count either; they lag the row
-tables by at most a minute plus one refresh.
+minute, and when the sink of an embedded database closes), so they never double count
+either; they lag the row tables by at most a minute plus one refresh.
 """
 
 import contextlib
@@ -376,7 +376,8 @@ class ClickHouseStore:
         for name, kind in expected.items():
             values = block.columns[name]
             if isinstance(values, pa.Array | pa.ChunkedArray):
-                ok = _base_type(kind) == "String" and _is_arrow_text(values.type)
+                # text for a String column; for others, what _arrow_column made of numpy values
+                ok = (_base_type(kind) == "String") == _is_arrow_text(values.type)
                 got = f"Arrow {values.type}"
             else:
                 dtype = np.asarray(values).dtype
@@ -691,7 +692,9 @@ def _concat(table: str, blocks: list[MetricBlock], types: dict[str, str]) -> Met
     columns: dict[str, Column] = {}
     for name in blocks[0].columns:
         parts = [b.columns[name] for b in blocks]
-        if any(isinstance(p, pa.Array | pa.ChunkedArray) for p in parts):
+        arrow = any(isinstance(p, pa.Array | pa.ChunkedArray) for p in parts)
+        mixed = len({np.asarray(p).dtype for p in parts}) > 1 if not arrow else False
+        if arrow or mixed:  # mixed numpy dtypes (int64 and datetime64 ...) convert apart
             arrays = [_arrow_column(p, types[name]) for p in parts]
             chunks = [c for a in arrays for c in pa.chunked_array(a).chunks]
             kinds = {c.type for c in chunks}

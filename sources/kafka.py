@@ -191,13 +191,16 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             messages = self._drop_errors(messages)
             if not messages:
                 return None
-        caught_up = len(messages) < self.batch_size  # consume() timed out: nothing more yet
         values = [m.value() or b"" for m in messages]
         offsets = [int(m.offset() or 0) for m in messages]  # set on every consumed message
         self.next_offset = offsets[-1] + 1
+        lag = self._lag()
+        # caught up only when nothing is left at the partition's end as of the last fetch: a
+        # short batch alone is no proof (a zero-timeout read returns what is queued locally)
+        caught_up = lag == 0
         if any([v[:1] in _ENVELOPE_START for v in values]):
             values, offsets = expand_envelopes(values, offsets)
-        return RawBatch(self.name, values, offsets[0], read_ms, offsets, caught_up, self._lag())
+        return RawBatch(self.name, values, offsets[0], read_ms, offsets, caught_up, lag)
 
     def _drop_errors(self, messages: list[Message]) -> list[Message]:
         kept = []

@@ -271,3 +271,16 @@ def test_an_arrow_column_must_hold_text(part: ClickHouseSinkPartition) -> None:
     block.columns["journey"] = pa.array([1, 2, 3])
     with pytest.raises(ClickHouseError, match=r"column journey .* got Arrow int64"):
         part.write_batch([block])
+
+
+def test_blocks_with_different_numpy_dtypes_for_a_column_concatenate(
+    part: ClickHouseSinkPartition,
+) -> None:
+    a = funnel_block(3)
+    b = funnel_block(3, first_minute=1)
+    b.columns["minute"] = b.columns["minute"].astype("datetime64[ms]")  # valid, other dtype
+    part.write_batch([a, b])
+    part.snapshot()
+    _, [(n, first)] = part.store.query("SELECT count(), min(minute) FROM funnel_minute")
+    assert n == 6
+    assert int(first.timestamp() * 1000) == int(a.columns["minute"].min())

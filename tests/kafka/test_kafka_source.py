@@ -192,6 +192,8 @@ def test_batches_report_the_partition_lag(topics: KafkaSettings) -> None:
     for _ in range(50):
         batches = part.next_batch()
         lags += [(len(b.messages), b.lag) for b in batches]
+        # a short batch is not proof of being caught up: only an empty end is
+        assert all(b.caught_up == (b.lag == 0) for b in batches)
         if not batches[-1].messages:
             break
     part.close()

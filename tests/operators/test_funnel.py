@@ -7,6 +7,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ato.catalog import MAX_JOURNEYS, MAX_STEPS
 from operators.funnel import (
     MEASURES,
     MINUTE_MS,
@@ -46,9 +47,9 @@ T0 = 1_767_600_000_000 - 1_767_600_000_000 % MINUTE_MS
     st.lists(
         st.tuples(
             st.integers(0, 40_000_000),
-            st.integers(-1, 254),
-            st.integers(-1, 254),
-            st.integers(0, 3),
+            st.integers(-1, MAX_JOURNEYS - 1),
+            st.integers(-1, MAX_STEPS - 1),
+            st.integers(0, 15),
             st.integers(-1, 14),
         ),
         max_size=50,

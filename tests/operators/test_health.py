@@ -46,3 +46,18 @@ def test_without_a_lag_report_the_lag_is_unknown() -> None:
     logic.on_batch([_item(**{"in": 5, "dead": 0, "max_ts": 1})])
     (block,), _ = logic.on_eof()
     assert block.columns["kafka_lag"][0] == -1  # NULL in ClickHouse
+
+
+def test_watermark_delay_is_unknown_until_every_shard_has_a_watermark() -> None:
+    clock = Clock()
+    logic = HealthLogic("run", 10_000, clock)
+    start = -(2**62)  # a shard still waiting for a partition it never heard from
+    logic.on_batch(
+        [
+            _item(**{"in": 5, "dead": 0, "max_ts": 9_000}),
+            _item(shard="s0", latency_ms=1.0, late=0, watermark=8_000, open=1, bytes=10),
+            _item(shard="s1", latency_ms=1.0, late=0, watermark=start, open=0, bytes=10),
+        ]
+    )
+    (block,), _ = logic.on_eof()
+    assert block.columns["watermark_delay_ms"][0] == -1

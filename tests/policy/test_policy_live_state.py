@@ -329,3 +329,9 @@ def test_cli_lookup_errors(
     assert "ato: error:" in err
     assert "***" in err
     assert SECRET not in out + err
+
+
+def test_a_field_that_is_json_but_not_an_object_is_a_clear_error(r: redis.Redis) -> None:
+    r.hset(journey_key("C-odd"), "open_account", b"[1, 2]")
+    with pytest.raises(LiveStateError, match="not a JSON object"):
+        lookup(r, "C-odd")
