@@ -194,6 +194,15 @@ def _redis_settings(args: argparse.Namespace) -> RedisSettings:
     return redis_settings
 
 
+def _redis_client(redis_settings: RedisSettings) -> Any:
+    """A client of the configured Redis, with the settings' timeouts."""
+    import redis  # noqa: PLC0415
+
+    timeout = redis_settings.timeout_s
+    url = redis_settings.connection_url()
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 @contextmanager
 def _redis_errors(redis_settings: RedisSettings) -> Iterator[None]:
     """Turn a Redis failure into an ``AtoError`` naming the url (its password masked)."""
@@ -247,16 +256,11 @@ def _profiles_generate(args: argparse.Namespace) -> int:
 
 
 def _profiles_show(args: argparse.Namespace) -> int:
-    import redis  # noqa: PLC0415
-
     from policy import ProfileStore  # noqa: PLC0415
 
     redis_settings = _redis_settings(args)
-    timeout = redis_settings.timeout_s
     with _redis_errors(redis_settings):
-        url = redis_settings.connection_url()
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        with client:
+        with _redis_client(redis_settings) as client:
             store = ProfileStore(client, ttl_s=0)
             profile = store.get_many([args.client_id])[args.client_id]
     if profile.known:
@@ -272,16 +276,11 @@ def _profiles_show(args: argparse.Namespace) -> int:
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    import redis  # noqa: PLC0415
-
     from policy.live_state import format_lookup, lookup  # noqa: PLC0415
 
     redis_settings = _redis_settings(args)
-    timeout = redis_settings.timeout_s
     with _redis_errors(redis_settings):
-        url = redis_settings.connection_url()
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        with client:
+        with _redis_client(redis_settings) as client:
             state = lookup(client, args.client_id)
     if args.json:
         doc = {"client_id": args.client_id, "journeys": state}
