@@ -99,6 +99,7 @@ from state.layout import (
     OUTCOME_PROGRESSED,
     T_DEADLINE,
     T_ENTERED,
+    T_LAST_EVENT,
     T_PROGRESS,
     T_STALLED_AT,
     T_START,
@@ -178,6 +179,22 @@ def ht_rebuild(keys: np.ndarray, vals: np.ndarray, slot_keys: np.ndarray, used: 
 def instance_key(client_slot: int, journey: int) -> np.uint64:
     """Index key of the (client slot, journey) instance."""
     return (np.uint64(client_slot + 1) << np.uint64(10)) | np.uint64(journey)
+
+
+@njit(cache=True, nogil=True)
+def find_instances(
+    c_hk: np.ndarray,
+    c_hv: np.ndarray,
+    i_hk: np.ndarray,
+    i_hv: np.ndarray,
+    client_keys: np.ndarray,
+    journeys: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """``out[k]``: the open instance slot of (``client_keys[k]``, ``journeys[k]``), or -1."""
+    for k in range(len(client_keys)):
+        cs = ht_find(c_hk, c_hv, client_keys[k])
+        out[k] = -1 if cs < 0 else ht_find(i_hk, i_hv, instance_key(cs, journeys[k]))
 
 
 # ---------------------------------------------------------------- instance life cycle
@@ -492,7 +509,7 @@ def apply_events(
             e_fstep[e] = s
             if e_segment[e] >= 0:
                 ii[I_SEGMENT, target] = e_segment[e]
-            _attribute(target, e_type[e], e_channel[e], flags, ii)
+            _attribute(target, t, e_type[e], e_channel[e], flags, ii, it)
             ii[I_STEP, target] = s
             ii[I_ABANDONED, target] = 0
             it[T_PROGRESS, target] = t
@@ -511,7 +528,7 @@ def apply_events(
             e_fstep[e] = ii[I_STEP, target]
             if e_segment[e] >= 0:
                 ii[I_SEGMENT, target] = e_segment[e]
-            _attribute(target, e_type[e], e_channel[e], flags, ii)
+            _attribute(target, t, e_type[e], e_channel[e], flags, ii, it)
             grace = abandon_grace[ii[I_JOURNEY, target], e_type[e]]
             if grace >= 0 and ii[I_STALLED, target] == 0:
                 counters[K_ABANDON_SIGNALS] += 1
@@ -525,7 +542,9 @@ def apply_events(
 
 
 @njit(cache=True, nogil=True)
-def _attribute(slot: int, type_code: int, channel: int, flags: int, ii: np.ndarray) -> None:
+def _attribute(
+    slot: int, t: int, type_code: int, channel: int, flags: int, ii: np.ndarray, it: np.ndarray
+) -> None:
     if ii[I_EVENTS, slot] > 0 and ii[I_LAST_CHANNEL, slot] != channel:
         ii[I_SWITCHES, slot] += 1
     ii[I_EVENTS, slot] += 1
@@ -533,6 +552,7 @@ def _attribute(slot: int, type_code: int, channel: int, flags: int, ii: np.ndarr
         ii[I_ERRORS, slot] += 1
     ii[I_LAST_TYPE, slot] = type_code
     ii[I_LAST_CHANNEL, slot] = channel
+    it[T_LAST_EVENT, slot] = t
 
 
 @njit(cache=True, nogil=True)

@@ -8,13 +8,14 @@ import numpy as np
 
 NO_DEADLINE = np.iinfo(np.int64).max
 
-# Instance timestamps, int64 [4, cap].
+# Instance timestamps, int64 [6, cap].
 T_START = 0  # event time of the instance's first event
 T_PROGRESS = 1  # event time of its last progress event
 T_ENTERED = 2  # event time it entered its current step
 T_DEADLINE = 3  # stall deadline; after a stall, the close deadline; NO_DEADLINE when free
 T_STALLED_AT = 4  # the deadline at which the instance last stalled
-N_TIMES = 5
+T_LAST_EVENT = 5  # event time of the last event attributed to the instance
+N_TIMES = 6
 
 # Instance integers, int32 [13, cap].
 I_CLIENT = 0  # client slot, -1 when the instance slot is free

@@ -42,6 +42,7 @@ from state.layout import (
     O_CLIENT,
     T_DEADLINE,
     T_ENTERED,
+    T_LAST_EVENT,
     T_PROGRESS,
     T_STALLED_AT,
     T_START,
@@ -257,6 +258,7 @@ class NumbaShardStore(ShardStore):
                 "abandoned": int(self.ii[I_ABANDONED, slot]),
                 "segment": int(self.ii[I_SEGMENT, slot]),
                 "stalled_at": int(self.it[T_STALLED_AT, slot]),
+                "last_event": int(self.it[T_LAST_EVENT, slot]),
                 "calls": float(self.cf[F_CALLS, client]),
                 "sessions": float(self.cf[F_SESSIONS, client]),
                 "client_last_ts": int(self.cts[C_LAST_TS, client]),
@@ -264,6 +266,30 @@ class NumbaShardStore(ShardStore):
             }
             out[(str(self.client_ids[client]), int(self.ii[I_JOURNEY, slot]))] = fields
         return out
+
+    def find_instances(self, client_keys: np.ndarray, journeys: np.ndarray) -> np.ndarray:
+        """Instance slot of each (client hash, journey code) pair, -1 where none is open."""
+        out = np.empty(len(client_keys), np.int64)
+        kernels.find_instances(
+            self.c_hk, self.c_hv, self.i_hk, self.i_hv,
+            np.ascontiguousarray(client_keys, np.uint64), np.ascontiguousarray(journeys, np.int64),
+            out,
+        )  # fmt: skip
+        return out
+
+    def instance_fields(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Live-state fields of open instance ``slots``: step, since (entered), last event
+        type, channel and time, stalled, attempt."""
+        return {
+            "journey": self.ii[I_JOURNEY, slots],
+            "step": self.ii[I_STEP, slots],
+            "since_ms": self.it[T_ENTERED, slots],
+            "last_type": self.ii[I_LAST_TYPE, slots],
+            "last_channel": self.ii[I_LAST_CHANNEL, slots],
+            "last_ms": self.it[T_LAST_EVENT, slots],
+            "stalled": self.ii[I_STALLED, slots],
+            "attempt": self.ii[I_ATTEMPT, slots],
+        }
 
     def known_clients(self) -> set[int]:
         """Hashes of every client the store holds."""
@@ -298,6 +324,8 @@ class NumbaShardStore(ShardStore):
             if name != "counters":
                 setattr(store, name, snap[name].copy())
         store.counters_ = snap["counters"].copy()
+        if store.it.shape[0] < N_TIMES:  # a snapshot from before T_LAST_EVENT: use progress
+            store.it = np.vstack([store.it, store.it[T_PROGRESS : T_PROGRESS + 1]])
         store.client_cap = len(store.ckey)
         store.inst_cap = store.it.shape[1]
         store.client_ids = np.full(store.client_cap, None, object)

@@ -64,6 +64,7 @@ class PyInstance:
     abandoned: int = 0
     segment: int = -1
     stalled_at: int = -1
+    last_event: int = -1
 
 
 @dataclass
@@ -165,7 +166,7 @@ class PyShard:
                 effect = EFFECT_COMPLETED if terminal == TERMINAL_SUCCESS else EFFECT_FAILED
             if seg >= 0:
                 inst.segment = seg
-            self._attribute(inst, tc, ch, fl)
+            self._attribute(inst, t, tc, ch, fl)
             inst.step = s
             inst.abandoned = 0
             inst.progress = t
@@ -181,7 +182,7 @@ class PyShard:
         # an event that moves no step: it counts, and an abandon signal shortens the deadline
         if seg >= 0:
             inst.segment = seg
-        self._attribute(inst, tc, ch, fl)
+        self._attribute(inst, t, tc, ch, fl)
         grace = int(self.tables.abandon_grace[inst.journey, tc])
         if grace >= 0 and not inst.stalled:
             self.counters["abandon_signals"] += 1
@@ -189,6 +190,10 @@ class PyShard:
                 inst.deadline = t + grace
                 inst.abandoned = 1
         return (EFFECT_COUNTED, inst.journey, inst.step)
+
+    def find(self, key: int, journey: int) -> PyInstance | None:
+        """The open instance of (client hash, journey), if any."""
+        return self.instances.get((key, journey))
 
     def expire(self, watermark: int) -> list[StallRecord]:
         """Settle every instance whose deadline is at or before ``watermark``."""
@@ -210,7 +215,7 @@ class PyShard:
         return len(idle)
 
     @staticmethod
-    def _attribute(inst: PyInstance, tc: int, ch: int, fl: int) -> None:
+    def _attribute(inst: PyInstance, t: int, tc: int, ch: int, fl: int) -> None:
         if inst.events > 0 and inst.last_channel != ch:
             inst.switches += 1
         inst.events += 1
@@ -218,6 +223,7 @@ class PyShard:
             inst.errors += 1
         inst.last_type = tc
         inst.last_channel = ch
+        inst.last_event = t
 
     def _settle(self, inst: PyInstance, now: int, out: list[StallRecord]) -> bool:
         if not inst.stalled:

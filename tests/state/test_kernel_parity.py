@@ -200,6 +200,32 @@ def assert_same_state(store: NumbaShardStore, twin: PyShard) -> None:
                 assert math.isclose(got[key][name], value, rel_tol=1e-9), (key, name)
             else:
                 assert got[key][name] == value, (key, name)
+    assert_same_lookups(store, twin)
+
+
+def assert_same_lookups(store: NumbaShardStore, twin: PyShard) -> None:
+    """``find_instances``/``instance_fields`` against the twin's ``find``, for every known
+    client and journey (open or not) and a client the store never saw."""
+    pairs = [(key, j) for key in [*twin.clients, 12345] for j in range(len(CATALOG.journeys))]
+    keys = np.array([k for k, _ in pairs], np.uint64)
+    journeys = np.array([j for _, j in pairs], np.int64)
+    slots = store.find_instances(keys, journeys)
+    open_ = slots >= 0
+    fields = store.instance_fields(slots[open_])
+    got = [dict(zip(fields, row, strict=True)) for row in zip(*fields.values(), strict=True)]
+    want = []
+    for key, j in pairs:
+        inst = twin.find(key, j)
+        assert (inst is not None) == bool(open_[pairs.index((key, j))]), (key, j)
+        if inst is not None:
+            want.append(
+                {
+                    "journey": inst.journey, "step": inst.step, "since_ms": inst.entered,
+                    "last_type": inst.last_type, "last_channel": inst.last_channel,
+                    "last_ms": inst.last_event, "stalled": inst.stalled, "attempt": inst.attempt,
+                }
+            )  # fmt: skip
+    assert [{k: int(v) for k, v in row.items()} for row in got] == want
 
 
 def assert_same_effects(effects: Effects, expected: list[Effect]) -> None:
