@@ -1,17 +1,19 @@
 """Frequency caps and cooldowns shared by every flow process, enforced atomically in Redis.
 
-Per client, two keys with the client id as Redis Cluster hash tag (one slot, one script):
-
-- ``ato:sent:{<client_id>}``: sorted set, member = intervention id, score = the epoch ms it
-  was sent at (event time). Caps count members in the client's local day and ISO week;
-  the member doubles as the idempotency record, so a replayed id never counts twice.
-- ``ato:cooldown:{<client_id>}``: hash, field = journey, value = epoch ms of its last send.
+Per client one key, with the client id as Redis Cluster hash tag:
+``ato:sent:{<client_id>}``, a sorted set with one member per sent intervention,
+``<journey>`` U+001F ``<intervention id>``, scored by the epoch ms it was sent at (event time).
+A candidate decided at ``now`` counts only the sends at or before ``now``: the caps count
+them in the client's local day and ISO week, the cooldown looks for one of the same journey
+less than the cooldown before ``now``. Sends later in event time (a replay after a restart
+re-deciding older candidates) never change a decision, and the member doubles as the
+idempotency record, so a replayed id never counts twice.
 
 One Lua script checks the cooldown and both caps and records the send in one step, so two
 processes deciding for the same client at once never exceed a cap. A batch costs one
-pipeline of EVALSHA calls (one round trip). Sends older than ``RETAIN_MS`` (event time) are
-pruned on each call; both keys expire ``max(RETAIN_MS, longest cooldown)`` (wall clock)
-after their last write.
+pipeline of EVALSHA calls (one round trip). Sends older than the retention (a week plus a
+day, or the longest cooldown) are pruned on each call, and the key expires that long (wall
+clock) after its last write.
 """
 
 from collections.abc import Sequence
@@ -27,27 +29,31 @@ from policy.settings import Policy
 
 RETAIN_MS = 8 * 86_400_000  # a week plus a day of local-time slack
 SENT_PREFIX = "ato:sent:"
-COOLDOWN_PREFIX = "ato:cooldown:"
+SEPARATOR = "\x1f"  # between journey and intervention id in a member
 
-# KEYS: sent zset, cooldown hash. ARGV: id, journey, now, day_start, day_end, week_start,
-# week_end, per_day, per_week, cooldown_ms, prune_before, ttl_ms.
+# KEYS: sent zset. ARGV: member (journey SEP id), journey SEP, now, day_start, week_start,
+# per_day, per_week, cooldown_ms, prune_before, ttl_ms.
 # Returns {code, day count, week count}; code 0 sent, 1 already sent (replay), 2 cooldown,
 # 3 daily cap, 4 weekly cap.
 LUA = """
-local sent, cool = KEYS[1], KEYS[2]
+local sent = KEYS[1]
 if redis.call('ZSCORE', sent, ARGV[1]) then return {1, -1, -1} end
-redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. ARGV[11])
+redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. ARGV[9])
 local now = tonumber(ARGV[3])
-local last = redis.call('HGET', cool, ARGV[2])
-if last and math.abs(now - tonumber(last)) < tonumber(ARGV[10]) then return {2, -1, -1} end
-local day = redis.call('ZCOUNT', sent, ARGV[4], '(' .. ARGV[5])
-if day >= tonumber(ARGV[8]) then return {3, day, -1} end
-local week = redis.call('ZCOUNT', sent, ARGV[6], '(' .. ARGV[7])
-if week >= tonumber(ARGV[9]) then return {4, day, week} end
-redis.call('ZADD', sent, ARGV[3], ARGV[1])
-if not last or now > tonumber(last) then redis.call('HSET', cool, ARGV[2], ARGV[3]) end
-redis.call('PEXPIRE', sent, ARGV[12])
-redis.call('PEXPIRE', cool, ARGV[12])
+local cooldown = tonumber(ARGV[8])
+if cooldown > 0 then
+  local recent = redis.call('ZRANGEBYSCORE', sent, '(' .. (now - cooldown), now)
+  local prefix = ARGV[2]
+  for _, member in ipairs(recent) do
+    if string.sub(member, 1, #prefix) == prefix then return {2, -1, -1} end
+  end
+end
+local day = redis.call('ZCOUNT', sent, ARGV[4], now)
+if day >= tonumber(ARGV[6]) then return {3, day, -1} end
+local week = redis.call('ZCOUNT', sent, ARGV[5], now)
+if week >= tonumber(ARGV[7]) then return {4, day, week} end
+redis.call('ZADD', sent, now, ARGV[1])
+redis.call('PEXPIRE', sent, ARGV[10])
 return {0, day + 1, week + 1}
 """
 _REASONS = {2: "cooldown", 3: "daily_cap", 4: "weekly_cap"}
@@ -56,11 +62,6 @@ _REASONS = {2: "cooldown", 3: "daily_cap", 4: "weekly_cap"}
 def sent_key(client_id: str) -> str:
     """The client's sorted set of sent intervention ids."""
     return f"{SENT_PREFIX}{{{client_id}}}"
-
-
-def cooldown_key(client_id: str) -> str:
-    """The client's hash of last-sent times per journey."""
-    return f"{COOLDOWN_PREFIX}{{{client_id}}}"
 
 
 class CapStore:
@@ -99,20 +100,18 @@ class CapStore:
     def _args(self, c: Candidate, profile: Profile) -> list[str]:
         p = periods(c.now_ms, zone(profile.tz))
         values = (
-            c.intervention_id,
-            c.journey,
+            f"{c.journey}{SEPARATOR}{c.intervention_id}",
+            f"{c.journey}{SEPARATOR}",
             c.now_ms,
             p.day_start,
-            p.day_end,
             p.week_start,
-            p.week_end,
             self.policy.per_day,
             self.policy.per_week,
             self.policy.cooldown_for(c.journey),
-            c.now_ms - RETAIN_MS,
+            c.now_ms - self.ttl_ms,
             self.ttl_ms,
         )
-        return [sent_key(c.client_id), cooldown_key(c.client_id), *map(str, values)]
+        return [sent_key(c.client_id), *map(str, values)]
 
     def _run(self, calls: list[list[str]]) -> list[list[int]]:
         """One pipeline of EVALSHA; calls that met NOSCRIPT (Redis restarted or flushed)
@@ -134,7 +133,7 @@ class CapStore:
     def _pipeline(self, calls: list[list[str]]) -> list:
         with self.client.pipeline(transaction=False) as pipe:
             for args in calls:
-                pipe.evalsha(self.sha, 2, *args)
+                pipe.evalsha(self.sha, 1, *args)
             replies = pipe.execute(raise_on_error=False)
         self.stats["round_trips"] += 1
         return list(replies)

@@ -8,10 +8,13 @@ replay repeats every decision. Checks run in this order, the first that fails de
 3. ``stale``: ``now`` (or the end of quiet hours) is later than the stall deadline plus
    ``dispatch.max_delay`` (suppressed);
 4. ``quiet_hours``: ``now`` is in the client's local quiet hours (deferred to their end);
-5. ``cooldown``: the journey's last send to the client is less than its cooldown away from
-   ``now`` (either side, as decisions of other processes may be ahead in event time);
-6. ``daily_cap`` / ``weekly_cap``: the client's local day / ISO week already has the capped
-   number of sent interventions (suppressed).
+5. ``cooldown``: the journey's last send to the client at or before ``now`` is less than its
+   cooldown before ``now`` (suppressed);
+6. ``daily_cap`` / ``weekly_cap``: the client's local day / ISO week up to ``now`` already
+   has the capped number of sent interventions (suppressed).
+
+Only sends at or before ``now`` count, so re-deciding an old candidate after later ones were
+sent (a replay after a restart) gives the same decision.
 
 Checks 5-6 need the client's send history: :func:`decide` takes it as :class:`Usage` (the
 reference), :class:`policy.caps.CapStore` applies them atomically in Redis.
@@ -74,8 +77,9 @@ class Decision:
 
 @dataclass(frozen=True)
 class Usage:
-    """A client's sent interventions in the local day and week of ``now``, and the time of
-    the last one sent for the candidate's journey (None if none is remembered)."""
+    """A client's sent interventions in the local day and week of ``now`` up to ``now``, and
+    the time of the last one sent for the candidate's journey at or before ``now`` (None if
+    none is remembered)."""
 
     day: int = 0
     week: int = 0
@@ -148,7 +152,7 @@ def precheck(c: Candidate, profile: Profile, policy: Policy) -> tuple[Route, Dec
 def usage_reason(policy: Policy, journey: str, now_ms: int, usage: Usage) -> str:
     """Checks 5-6 against ``usage``: ``cooldown``, ``daily_cap``, ``weekly_cap`` or ``""``."""
     cooldown = policy.cooldown_for(journey)
-    if usage.last_sent_ms is not None and abs(now_ms - usage.last_sent_ms) < cooldown:
+    if usage.last_sent_ms is not None and 0 <= now_ms - usage.last_sent_ms < cooldown:
         return "cooldown"
     if usage.day >= policy.per_day:
         return "daily_cap"
@@ -172,9 +176,10 @@ def decide(c: Candidate, profile: Profile, policy: Policy, usage: Usage) -> Deci
 def usage_of(sends: list[tuple[int, str]], journey: str, now_ms: int, tz: str) -> Usage:
     """:class:`Usage` from a list of (sent at ms, journey): what Redis counts, in Python."""
     p = periods(now_ms, zone(tz))
-    last = [t for t, j in sends if j == journey]
+    before = [(t, j) for t, j in sends if t <= now_ms]
+    last = [t for t, j in before if j == journey]
     return Usage(
-        day=sum(p.day_start <= t < p.day_end for t, _ in sends),
-        week=sum(p.week_start <= t < p.week_end for t, _ in sends),
+        day=sum(p.day_start <= t for t, _ in before),
+        week=sum(p.week_start <= t for t, _ in before),
         last_sent_ms=max(last) if last else None,
     )
