@@ -5,12 +5,13 @@ The document layout is ``ato/schemas/intervention.schema.json`` (version 1).
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from ato.catalog import CHANNELS, Catalog
+from ato.catalog import CHANNELS, SEGMENTS, TIERS, Catalog
 from operators.batches import InterventionBatch
 from operators.render import (
     FIXED4,
@@ -22,6 +23,7 @@ from operators.render import (
     json_string_spans,
     render,
 )
+from policy.profiles import CONTACT_CHANNELS
 from state.base import Records
 from state.layout import (
     O_ABANDONED,
@@ -151,35 +153,60 @@ def priorities(
     return np.clip(np.round(score), 0, 100).astype(np.int64)
 
 
-# One line per intervention; hole indices refer to the rows InterventionBuilder prepares.
-_TEMPLATE = Template.compile(
-    [
-        '{"schema":' + orjson.dumps(SCHEMA).decode() + ',"intervention_id":', (SPAN, 0),
-        ',"client_id":', (SPAN, 1),
-        ',"journey":', (TEXT, 0),
-        ',"step":', (TEXT, 1),
-        ',"step_index":', (INT, 0),
-        ',"attempt":', (INT, 1),
-        ',"tier":', (TEXT, 2),
-        ',"priority":', (INT, 2),
-        ',"reason":', (TEXT, 3),
-        ',"instance_start_ts":', (INT, 3),
-        ',"deadline_ts":', (INT, 4),
-        ',"last_progress_ts":', (INT, 5),
-        ',"last_event":{"type":', (TEXT, 4),
-        ',"channel":', (TEXT, 5),
-        '},"features":{"events":', (INT, 6),
-        ',"errors":', (INT, 7),
-        ',"back_steps":', (INT, 8),
-        ',"channel_switches":', (INT, 9),
-        ',"time_on_step_ms":', (INT, 10),
-        ',"elapsed_ms":', (INT, 11),
-        ',"recent_calls":', (FIXED4, 0),
-        ',"recent_app_sessions":', (FIXED4, 1),
-        '},"emitted_at_ms":', (INT, 12),
-        "}",
-    ]
-)  # fmt: skip
+def _template(routed: bool) -> Template:
+    """One line per intervention; hole indices refer to the rows InterventionBuilder prepares.
+
+    ``routed`` documents (contact policy on) also carry the channel, segment and RM.
+    """
+    routing: list[str | tuple[int, int]] = [
+        ',"channel":', (TEXT, 6), ',"segment":', (TEXT, 7), ',"rm_id":', (SPAN, 2),
+    ]  # fmt: skip
+    return Template.compile(
+        [
+            '{"schema":' + orjson.dumps(SCHEMA).decode() + ',"intervention_id":', (SPAN, 0),
+            ',"client_id":', (SPAN, 1),
+            ',"journey":', (TEXT, 0),
+            ',"step":', (TEXT, 1),
+            ',"step_index":', (INT, 0),
+            ',"attempt":', (INT, 1),
+            ',"tier":', (TEXT, 2),
+            ',"priority":', (INT, 2),
+            *(routing if routed else []),
+            ',"reason":', (TEXT, 3),
+            ',"instance_start_ts":', (INT, 3),
+            ',"deadline_ts":', (INT, 4),
+            ',"last_progress_ts":', (INT, 5),
+            ',"last_event":{"type":', (TEXT, 4),
+            ',"channel":', (TEXT, 5),
+            '},"features":{"events":', (INT, 6),
+            ',"errors":', (INT, 7),
+            ',"back_steps":', (INT, 8),
+            ',"channel_switches":', (INT, 9),
+            ',"time_on_step_ms":', (INT, 10),
+            ',"elapsed_ms":', (INT, 11),
+            ',"recent_calls":', (FIXED4, 0),
+            ',"recent_app_sessions":', (FIXED4, 1),
+            '},"emitted_at_ms":', (INT, 12),
+            "}",
+        ]
+    )  # fmt: skip
+
+
+_TEMPLATE = _template(routed=False)
+_ROUTED_TEMPLATE = _template(routed=True)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where the contact policy sends each stall of a batch (aligned with its records)."""
+
+    tier: list[str]  # ai, remote or offline
+    channel: list[str]  # a contact channel of the tier (policy.profiles.CONTACT_CHANNELS)
+    priority: list[int]  # 0-100, after the routing rule's adjustment
+    segment: list[str]  # the client's segment from their profile
+    rm_id: list[str]  # the RM for offline, else ""
+
+
 _REASONS = ("step_timeout", "abandon_signal")
 _ID_WIDTH = 38  # a quoted UUID
 
@@ -210,11 +237,14 @@ class InterventionBuilder:
         sections = [
             self.journey_names.ravel(), self.step_names.ravel(), self.tiers.ravel(),
             np.array(_REASONS, dtype=object), self.type_names, self.channels,
+            np.array(TIERS, dtype=object), np.array(CONTACT_CHANNELS, dtype=object),
+            np.array(SEGMENTS, dtype=object),
         ]  # fmt: skip
         self.vocabulary = Vocabulary.of([orjson.dumps(str(n)) for sec in sections for n in sec])
         bases = np.cumsum([0] + [len(sec) for sec in sections])
         self.base_journey, self.base_step, self.base_tier = bases[0], bases[1], bases[2]
         self.base_reason, self.base_type, self.base_channel = bases[3], bases[4], bases[5]
+        self.base_routed_tier, self.base_contact, self.base_segment = bases[6], bases[7], bases[8]
         self.width = width
 
     def ids(self, records: Records) -> np.ndarray:
@@ -227,11 +257,17 @@ class InterventionBuilder:
         )  # fmt: skip
 
     def build(
-        self, stalls: Records, emitted_at_ms: int, ids: np.ndarray | None = None
+        self,
+        stalls: Records,
+        emitted_at_ms: int,
+        ids: np.ndarray | None = None,
+        routing: Routing | None = None,
     ) -> InterventionBatch:
         """One document per stall record, ordered by deadline then id.
 
-        ``ids``: :meth:`ids` of ``stalls`` when the caller has them already.
+        ``ids``: :meth:`ids` of ``stalls`` when the caller has them already. ``routing``:
+        the contact policy's tier, priority, channel, segment and RM per record, which
+        replace the catalog ladder's tier and the computed priority.
         """
         n = len(stalls)
         if n == 0:
@@ -265,16 +301,33 @@ class InterventionBuilder:
             ]
         )
         client_json = np.frombuffer(orjson.dumps(stalls.client_id), np.uint8)
-        span_start = np.empty((2, n), np.int64)
-        span_len = np.full((2, n), _ID_WIDTH, np.int64)
+        span_start = np.empty((3, n), np.int64)
+        span_len = np.full((3, n), _ID_WIDTH, np.int64)
         found = json_string_spans(client_json, span_start[1], span_len[1])
         assert found == n, "client ids are strings"
         span_start[0] = len(client_json) + _ID_WIDTH * np.arange(n)
         quoted = np.full((n, _ID_WIDTH), ord('"'), np.uint8)
         quoted[:, 1:-1] = ids
-        span_buf = np.concatenate([client_json, quoted.ravel()])
+        buffers = [client_json, quoted.ravel()]
+        template = _TEMPLATE
+        if routing is not None:
+            template = _ROUTED_TEMPLATE
+            numbers[2] = routing.priority
+            codes[2] = self.base_routed_tier + np.array([TIERS.index(t) for t in routing.tier])
+            contact = [CONTACT_CHANNELS.index(c) for c in routing.channel]
+            segment = [SEGMENTS.index(seg) for seg in routing.segment]
+            codes = np.vstack([codes, self.base_contact + np.array(contact, np.int64)])
+            codes = np.vstack([codes, self.base_segment + np.array(segment, np.int64)])
+            rm_json = np.frombuffer(orjson.dumps(routing.rm_id), np.uint8)
+            found = json_string_spans(rm_json, span_start[2], span_len[2])
+            assert found == n, "RM ids are strings"
+            span_start[2] += len(client_json) + len(quoted.ravel())
+            buffers.append(rm_json)
+        else:
+            span_start[2], span_len[2] = 0, 0
+        span_buf = np.concatenate(buffers)
         lines, ends = render(
-            _TEMPLATE, self.vocabulary, order, numbers, fixed, codes, span_buf, span_start,
+            template, self.vocabulary, order, numbers, fixed, codes, span_buf, span_start,
             span_len,
         )  # fmt: skip
         clients = stalls.client_id
@@ -285,7 +338,9 @@ class InterventionBuilder:
             ends,
         )
 
-    def build_docs(self, stalls: Records, emitted_at_ms: int) -> list[dict[str, Any]]:
+    def build_docs(
+        self, stalls: Records, emitted_at_ms: int, routing: Routing | None = None
+    ) -> list[dict[str, Any]]:
         """The documents of :meth:`build` as dicts."""
         if len(stalls) == 0:
             return []
@@ -359,5 +414,26 @@ class InterventionBuilder:
                 lchannel, events, errors, back, switches, on_step, elapsed, rc, rs,
             ) in columns
         ]  # fmt: skip
+        if routing is not None:
+            docs = [
+                _routed(doc, routing, r) for r, doc in enumerate(docs)
+            ]  # still in record order here
         docs.sort(key=lambda d: (d["deadline_ts"], d["intervention_id"]))
         return docs
+
+
+def _routed(doc: dict[str, Any], routing: Routing, row: int) -> dict[str, Any]:
+    """``doc`` with the routing of ``row``: tier and priority replaced, channel, segment and
+    rm_id added after priority (the order of the rendered line)."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key == "tier":
+            out[key] = routing.tier[row]
+        elif key == "priority":
+            out[key] = routing.priority[row]
+            out["channel"] = routing.channel[row]
+            out["segment"] = routing.segment[row]
+            out["rm_id"] = routing.rm_id[row]
+        else:
+            out[key] = value
+    return out

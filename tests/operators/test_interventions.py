@@ -7,15 +7,17 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ato.catalog import CHANNELS, load_catalog
+from ato.catalog import CHANNELS, SEGMENTS, TIERS, load_catalog
 from operators.interventions import (
     ID_NAMESPACE,
     InterventionBuilder,
+    Routing,
     intervention_id,
     intervention_ids,
     priorities,
     priority,
 )
+from policy.profiles import CONTACT_CHANNELS
 from state.base import Records
 from state.layout import (
     N_OUT,
@@ -138,8 +140,19 @@ def test_rendered_documents_equal_the_dict_definition(items: list[tuple], rnd) -
         floats[OF_CALLS, r], floats[OF_SESSIONS, r] = calls, sessions
     clients = [row[0] for row in items]
     stalls = Records(np.arange(n, dtype=np.uint64), clients, ints, floats)
-    batch = builder.build(stalls, 1_700_000_000_000)
-    docs = builder.build_docs(stalls, 1_700_000_000_000)
+    routing = None
+    if rnd.random() < 0.5:  # routed by the contact policy
+        routing = Routing(
+            tier=[rnd.choice(TIERS) for _ in range(n)],
+            channel=[rnd.choice(CONTACT_CHANNELS) for _ in range(n)],
+            priority=[rnd.randrange(101) for _ in range(n)],
+            segment=[rnd.choice(SEGMENTS) for _ in range(n)],
+            rm_id=[rnd.choice(["", "RM0001", 'R"M\\é']) for _ in range(n)],
+        )
+    batch = builder.build(stalls, 1_700_000_000_000, routing=routing)
+    docs = builder.build_docs(stalls, 1_700_000_000_000, routing=routing)
+    if routing is not None:
+        assert all({"channel", "segment", "rm_id"} <= d.keys() for d in docs)
     assert batch.lines == b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in docs)
     assert batch.ids == [d["intervention_id"] for d in docs]
     assert batch.client_ids == [d["client_id"] for d in docs]
