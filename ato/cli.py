@@ -196,11 +196,9 @@ def _redis_settings(args: argparse.Namespace) -> RedisSettings:
 
 def _redis_client(redis_settings: RedisSettings) -> Any:
     """A client of the configured Redis, with the settings' timeouts."""
-    import redis  # noqa: PLC0415
+    from policy.connection import connect  # noqa: PLC0415
 
-    timeout = redis_settings.timeout_s
-    url = redis_settings.connection_url()
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return connect(redis_settings)
 
 
 @contextmanager

@@ -301,7 +301,18 @@ class RedisSettings:
     )
     timeout_s: float = _knob(2.0, "Connect and command timeout (s) of every Redis call.")
     max_deferred: int = _knob(
-        100_000, "Size of the bounded buffer of decisions waiting while Redis is unreachable."
+        100_000,
+        "Decisions that may wait per shard while Redis is unreachable; when full, the flow"
+        " pauses (retrying) rather than drop or skip the caps.",
+    )
+    outage_wait_s: float = _knob(
+        300.0,
+        "How long a paused flow (full buffer, or input ended) retries Redis before it stops"
+        " with an error; its recovery snapshot keeps the waiting decisions.",
+    )
+    live_state: bool = _knob(True, "Write live journey state (ato:journey:<client>) to Redis.")
+    live_state_interval_ms: int = _knob(
+        1_000, "Live state is written at most this often per shard (ms), latest state only."
     )
 
     def __post_init__(self) -> None:
@@ -315,7 +326,10 @@ class RedisSettings:
         if self.profile_ttl_s < 0:
             msg = f"redis.profile_ttl_s: must be >= 0, got {self.profile_ttl_s!r}"
             raise ConfigError(msg)
-        for name in ("live_state_ttl_s", "timeout_s", "max_deferred"):
+        for name in (
+            "live_state_ttl_s", "timeout_s", "max_deferred", "outage_wait_s",
+            "live_state_interval_ms",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 msg = f"redis.{name}: must be > 0, got {getattr(self, name)!r}"
                 raise ConfigError(msg)

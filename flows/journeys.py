@@ -27,9 +27,13 @@ from operators.decode import Decoder, wall_ms
 from operators.funnel import FunnelLogic, FunnelUpdate
 from operators.interventions import SCHEMA
 from operators.metrics import HealthLogic, MetricRows, health_item
+from operators.policy_step import PolicyContext, PolicyLogic
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
 from operators.warm_up import warm_up
+from policy.connection import connect
+from policy.live_state import LiveStateWriter
+from policy.settings import check_names, load_policy
 from sinks.clickhouse import MetricBlock
 from sinks.kafka import Record
 
@@ -77,7 +81,20 @@ def build_flow(
     warm_up(catalog, engine)  # compile now, not while the first batches wait
     decoder = Decoder(catalog, engine, now_ms)
     router = Router(engine.shards)
-    ctx = ShardContext(catalog, engine, partitions, now_ms, metrics=sinks.metrics is not None)
+    policy_ctx = policy_context(config, catalog, now_ms)
+    live = None
+    if policy_ctx is not None and config.redis.live_state:
+        live = LiveStateWriter(policy_ctx.client, config.redis.live_state_ttl_s)
+    ctx = ShardContext(
+        catalog,
+        engine,
+        partitions,
+        now_ms,
+        metrics=sinks.metrics is not None,
+        policy=policy_ctx is not None,
+        live_state=live,
+        live_state_interval_ms=config.redis.live_state_interval_ms,
+    )
 
     flow = Dataflow("journeys")
     raw = op.input("input", flow, source)
@@ -88,6 +105,9 @@ def build_flow(
     )
     keyed = op.flat_map("route", decoded, router)
     shard_out = op.stateful_batch("shards", keyed, lambda resume: ShardLogic(ctx, resume))
+    if policy_ctx is not None:
+        pctx = policy_ctx
+        shard_out = op.stateful_batch("policy", shard_out, lambda resume: PolicyLogic(pctx, resume))
     outputs = op.map("shard_outputs", shard_out, lambda key_out: key_out[1])
     encode_interventions = _intervention_records if sinks.records else _intervention_lines
     op.output(
@@ -122,6 +142,28 @@ def build_flow(
         merged = op.merge("all_metrics", blocks, funnel_blocks, health_blocks)
         op.output("metrics", op.map("metric_items", merged, _metric_item), sinks.metrics)
     return flow
+
+
+def policy_context(
+    config: Settings, catalog: Catalog, now_ms: Callable[[], int]
+) -> PolicyContext | None:
+    """The contact policy's context when ``redis.url`` is set (the policy file is read and
+    checked against the catalog now), else None: every stall is sent as the catalog says."""
+    settings = config.redis
+    if not settings.enabled:
+        return None
+    policy = load_policy(settings.policy_file or None)
+    check_names(policy, catalog)
+    return PolicyContext(
+        catalog=catalog,
+        policy=policy,
+        client=connect(settings),
+        profile_ttl_s=settings.profile_ttl_s,
+        profile_cache=max(1_000, 1_000_000 // config.engine.shards),
+        max_waiting=settings.max_deferred,
+        outage_wait_s=settings.outage_wait_s,
+        now_ms=now_ms,
+    )
 
 
 def json_lines(docs: Iterable[dict[str, Any]]) -> bytes:

@@ -9,6 +9,7 @@ import orjson
 
 from ato.columns import EventColumns
 from operators.funnel import FunnelRows
+from policy.rules import Decision
 from state.base import Records
 
 
@@ -139,7 +140,9 @@ class InterventionBatch:
 class ShardOutput:
     """What a shard step emits after one call: interventions, late events, and its stats.
 
-    ``stalls``, ``outcomes`` and ``funnel`` are kept only when the flow writes metrics.
+    ``stalls`` and ``outcomes`` are kept when the flow writes metrics or runs the contact
+    policy, ``funnel`` only for metrics. With the policy, the shard step leaves
+    ``interventions`` empty and the policy step fills them and ``decisions``.
     """
 
     shard: str
@@ -158,3 +161,4 @@ class ShardOutput:
     final: bool = False  # the shard's last output: input ended
     emitted_at_ms: int = 0
     latency_ms: float | None = None
+    decisions: list[Decision] | None = None  # the contact policy's; None: no policy

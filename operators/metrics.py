@@ -24,6 +24,7 @@ from operators.batches import ShardOutput
 from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
 from operators.interventions import InterventionBuilder, priorities
 from operators.watermark import MIN_WATERMARK
+from policy.rules import Decision
 from sinks.clickhouse import Column, MetricBlock
 from state.base import Records
 from state.layout import (
@@ -112,7 +113,10 @@ class MetricRows:
             common = self._common(out.stalls, ids)
             priority = self._priority(out.stalls)
             blocks.append(self.stalls(out.stalls, out.emitted_at_ms, common, priority))
-            blocks.append(self.decisions(out.stalls, out.emitted_at_ms, common, priority))
+            if out.decisions is None:
+                blocks.append(self.decisions(out.stalls, out.emitted_at_ms, common, priority))
+        if out.decisions:
+            blocks.append(self.policy_decisions(out.decisions, out.emitted_at_ms))
         if len(out.outcomes):
             blocks.append(self.outcome_rows(out.outcomes))
         return blocks
@@ -196,10 +200,40 @@ class MetricRows:
         columns.update(
             decision=self.sent.repeat(n),
             reason=self.no_reason.repeat(n),
+            channel=self.no_reason.repeat(n),
+            rm_id=pa.array([""] * n, pa.string()),
             priority=self._priority(stalls) if priority is None else priority,
             decided_at=stalls.ints[O_DEADLINE],
             emitted_at=np.full(n, emitted_at_ms, np.int64),
         )
+        return MetricBlock("decisions", columns)
+
+    def policy_decisions(self, decisions: list[Decision], emitted_at_ms: int) -> MetricBlock:
+        """``decisions`` rows of the contact policy: sent, deferred or suppressed."""
+        n = len(decisions)
+
+        def text(name: str) -> pa.Array:
+            return pa.array([getattr(d, name) for d in decisions], pa.string())
+
+        def dictionary(name: str) -> pa.Array:
+            return text(name).dictionary_encode()
+
+        columns: dict[str, Column] = {
+            "intervention_id": text("intervention_id"),
+            "client_id": text("client_id"),
+            "journey": dictionary("journey"),
+            "step": dictionary("step"),
+            "attempt": np.array([d.attempt for d in decisions], np.int64),
+            "segment": dictionary("segment"),
+            "decision": dictionary("outcome"),
+            "reason": dictionary("reason"),
+            "tier": dictionary("tier"),
+            "channel": dictionary("channel"),
+            "rm_id": text("rm_id"),
+            "priority": np.array([d.priority for d in decisions], np.float64),
+            "decided_at": np.array([d.decided_at_ms for d in decisions], np.int64),
+            "emitted_at": np.full(n, emitted_at_ms, np.int64),
+        }
         return MetricBlock("decisions", columns)
 
     def outcome_rows(self, outcomes: Records) -> MetricBlock:

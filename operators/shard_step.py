@@ -18,12 +18,15 @@ from bytewax.operators import StatefulBatchLogic
 from ato.catalog import Catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
-from operators.batches import ShardInput, ShardOutput
+from operators.batches import InterventionBatch, ShardInput, ShardOutput
 from operators.decode import wall_ms
 from operators.funnel import MINUTE_MS, FunnelWindows
 from operators.interventions import InterventionBuilder
+from operators.live_changes import LiveStateTracker
 from operators.watermark import WatermarkTracker
+from policy.live_state import LiveStateWriter
 from state.base import Records
+from state.layout import O_JOURNEY
 from state.shard_store import NumbaShardStore, order_events
 
 
@@ -45,6 +48,9 @@ class ShardContext:
     partitions: list[str]
     now_ms: Callable[[], int] = wall_ms
     metrics: bool = False  # keep stall and outcome records and funnel counts for ClickHouse
+    policy: bool = False  # the policy step decides: pass stalls and outcomes on, build nothing
+    live_state: LiveStateWriter | None = None  # write live journey state to Redis
+    live_state_interval_ms: int = 1_000
 
 
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
@@ -66,12 +72,17 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         )
         self.pending: list[EventColumns] = []
         self.reported_minute: int | None = None  # watermark minute the last output carried
+        self.live: LiveStateTracker | None = None
+        if ctx.live_state is not None:
+            self.live = LiveStateTracker(self.builder, ctx.live_state, ctx.live_state_interval_ms)
         if resume is None:
             self.store = NumbaShardStore(ctx.catalog)
         else:
             self.store = NumbaShardStore.restore(ctx.catalog, resume["store"])
             self.tracker.restore(resume["watermark"], now)
             self.pending = [resume["pending"]]
+            if self.live is not None:
+                self.live.restore(resume.get("live", {}))
 
     # ------------------------------------------------------------------ Bytewax hooks
 
@@ -98,7 +109,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
         """Wall-clock tick: idle inputs may let the watermark move."""
         before = self.tracker.current
-        after = self.tracker.advance(self.ctx.now_ms())
+        now = self.ctx.now_ms()
+        if self.live is not None:
+            self.live.maybe_write(self.store, now)
+        after = self.tracker.advance(now)
         if after == before:
             return [], self.RETAIN
         return self._advance(after, [], final=False), self.RETAIN
@@ -112,12 +126,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         return datetime.now(UTC) + timedelta(milliseconds=self.ctx.settings.tick_ms)
 
     def snapshot(self) -> dict[str, Any]:
-        """Copies of the store, the watermark state and the pending events."""
+        """Copies of the store, the watermark state, the pending events and the live-state
+        marks not yet written."""
         return {
             "shard": self.shard,
             "store": self.store.snapshot(),
             "watermark": self.tracker.snapshot(),
             "pending": EventColumns.concat(self.pending),
+            "live": self.live.snapshot() if self.live is not None else {},
         }
 
     # ------------------------------------------------------------------ work
@@ -132,7 +148,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             is_ready = pending.ts < watermark
             ready, rest = pending.take(is_ready), pending.take(~is_ready)
         self.pending = [rest] if len(rest) else []
-        metrics = self.ctx.metrics
+        metrics, policy, live = self.ctx.metrics, self.ctx.policy, self.live
         counts = FunnelWindows()
         records: list[Records] = []
         if len(ready):
@@ -141,11 +157,18 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             records.append(applied)
             if metrics:
                 counts.add_events(ordered.ts, ordered.channel, ordered.segment, effects)
+            if live is not None:
+                live.mark(ordered.client_key, effects.journey, ordered.client_id)
         records.append(self.store.expire(watermark))
         late = EventColumns.concat(late_parts)
         found = Records.concat(records)
+        if live is not None:
+            if len(found):
+                live.mark(found.client_key, found.ints[O_JOURNEY], found.client_id)
+            live.maybe_write(self.store, self.ctx.now_ms(), force=final)
         stalls = found.stalls()
-        outcomes = found.outcomes() if metrics else Records.empty()
+        keep_records = metrics or policy
+        outcomes = found.outcomes() if keep_records else Records.empty()
         funnel = None
         minute = watermark // MINUTE_MS
         if metrics:
@@ -158,8 +181,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
             return []
         self.reported_minute = minute
         now = self.ctx.now_ms()
-        stall_ids = self.builder.ids(stalls) if metrics else None
-        interventions = self.builder.build(stalls, now, stall_ids)
+        stall_ids = self.builder.ids(stalls) if keep_records else None
+        if policy:
+            interventions = InterventionBatch.empty()  # the policy step builds the sent ones
+        else:
+            interventions = self.builder.build(stalls, now, stall_ids)
         sizes = self.store.sizes()
         keep_late = self.ctx.settings.late_events == "output" and len(late) > 0
         return [
@@ -173,7 +199,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
                 pending=len(rest),
                 open_instances=sizes["instances"],
                 state_bytes=sizes["bytes"],
-                stalls=stalls if metrics else Records.empty(),
+                stalls=stalls if keep_records else Records.empty(),
                 stall_ids=stall_ids,
                 outcomes=outcomes,
                 funnel=funnel,

@@ -143,6 +143,8 @@ def decision_block(n: int, seed: int = 0) -> MetricBlock:
             "decision": np.array(["sent", "deferred", "suppressed"], dtype=object)[kind],
             "reason": np.array(["", "quiet_hours", "resumed"], dtype=object)[kind],
             "tier": _pick(rng, ["ai", "remote"], n),
+            "channel": np.array(["push", "", ""], dtype=object)[kind],
+            "rm_id": np.array(["RM0007", "", ""], dtype=object)[kind],
             "priority": rng.uniform(0, 100, n),
             "decided_at": T0 + rng.integers(0, 3 * 3_600_000, n),
             "emitted_at": np.full(n, T0 + 86_400_000, np.int64),

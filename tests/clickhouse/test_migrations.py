@@ -14,7 +14,12 @@ HOUR_TABLES = {"funnel_hour", "stalls_hour", "decisions_hour", "outcomes_hour", 
 
 def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, database: str) -> None:
     with ClickHouseStore(url, database) as store:
-        assert store.migrate() == ["0001_tables", "0002_rollups", "0003_funnel_over_shards"]
+        assert store.migrate() == [
+            "0001_tables",
+            "0002_rollups",
+            "0003_funnel_over_shards",
+            "0004_decision_channel",
+        ]
         assert set(store.tables()) == {"schema_migrations"} | ROW_TABLES | HOUR_TABLES | {
             f"{t}_mv" for t in HOUR_TABLES
         }
@@ -23,7 +28,7 @@ def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, databa
         assert [(v, c) for v, c, _at in applied] == [(m.version, m.checksum) for m in migrations()]
     with ClickHouseStore(url, database) as again:  # start-up of the next run
         assert again.migrate() == []
-        assert len(again.applied()) == 3
+        assert len(again.applied()) == 4
 
 
 def test_engines_and_keys_collapse_duplicates(store: ClickHouseStore) -> None:
@@ -101,7 +106,7 @@ def test_funnel_rows_of_the_per_shard_table_are_summed_over_shards(
             f" ({key}, 's01', 4, 0, 4, 0, 1), ({key}, 's01', 4, 0, 4, 0, 1)"
         )  # the last row is a replayed duplicate
     with ClickHouseStore(url, database) as store:
-        assert store.migrate() == ["0003_funnel_over_shards"]
+        assert store.migrate() == ["0003_funnel_over_shards", "0004_decision_channel"]
         assert "shard" not in store.columns("funnel_minute")
         _, rows = store.query(
             "SELECT journey, events, started, advanced, abandoned FROM funnel_minute"

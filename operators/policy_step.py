@@ -1,0 +1,328 @@
+"""The contact-policy step: every stall becomes sent, deferred or suppressed, in event time.
+
+One :class:`PolicyLogic` per shard key, right after the shard step. Each shard output brings
+new stall records (candidates), outcome records (the client moved on after a stall) and the
+shard's watermark. A candidate is decided at event time ``due``: its stall deadline at
+first, the end of the client's quiet hours after a deferral. It is decided once the shard's
+watermark has reached ``due``, so every event before ``due`` has been applied and every
+outcome before it seen: a progress, completion or failure before ``due`` makes it
+``resumed``. Candidates due together are decided in (due, id) order, and the caps count only
+sends at or before ``due`` (``policy.caps``), so a replay decides the same way.
+
+Profiles and caps need Redis. When Redis does not answer, the candidates wait in the step
+(and in its snapshot) and are decided, as of their own ``due``, once it answers: an outage
+delays decisions, never changes them, and nothing goes out without passing the caps. While
+more than ``max_waiting`` wait, or when input has ended, the step retries instead of going
+on, for at most ``outage_wait_s``, then fails with an error.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import redis
+from bytewax.operators import StatefulBatchLogic
+
+from ato.catalog import Catalog
+from operators.batches import InterventionBatch, ShardOutput
+from operators.decode import wall_ms
+from operators.interventions import InterventionBuilder, Routing, priorities
+from policy.caps import CapStore
+from policy.connection import is_transient
+from policy.exceptions import PolicyError
+from policy.live_state import where
+from policy.profiles import ProfileStore
+from policy.rules import DEFERRED, SENT, Candidate, Decision
+from policy.settings import Policy
+from state.base import Records
+from state.layout import (
+    O_ABANDONED,
+    O_ATTEMPT,
+    O_BACK,
+    O_DEADLINE,
+    O_ERRORS,
+    O_JOURNEY,
+    O_OUTCOME,
+    O_RESOLVED_AT,
+    O_STEP,
+    O_SWITCHES,
+    OF_CALLS,
+    OUTCOME_LAPSED,
+)
+
+log = logging.getLogger(__name__)
+RETRY_MS = 1_000  # wall-clock pause between attempts while Redis does not answer
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What every policy step of a flow shares."""
+
+    catalog: Catalog
+    policy: Policy
+    client: "redis.Redis"
+    profile_ttl_s: float = 60.0
+    profile_cache: int = 100_000  # cached profiles per shard
+    max_waiting: int = 100_000
+    outage_wait_s: float = 300.0
+    now_ms: Callable[[], int] = wall_ms
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass(frozen=True)
+class Held:
+    """Candidates not decided for good yet, as columns aligned with ``records``."""
+
+    records: Records
+    ids: np.ndarray  # uint8 [n, 36]: intervention ids
+    due: np.ndarray  # int64: event time of the next decision
+    resumed: np.ndarray  # bool: the client moved on before ``due``
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @staticmethod
+    def empty() -> "Held":
+        """No candidates."""
+        return Held(
+            Records.empty(), np.empty((0, 36), np.uint8), np.empty(0, np.int64), np.empty(0, bool)
+        )
+
+    @staticmethod
+    def concat(parts: "list[Held]") -> "Held":
+        """The candidates of ``parts``, in order."""
+        parts = [p for p in parts if len(p)]
+        if len(parts) <= 1:
+            return parts[0] if parts else Held.empty()
+        return Held(
+            Records.concat([p.records for p in parts]),
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.due for p in parts]),
+            np.concatenate([p.resumed for p in parts]),
+        )
+
+    def take(self, rows: np.ndarray) -> "Held":
+        """The candidates at ``rows`` (indices or a mask)."""
+        index = np.flatnonzero(rows) if rows.dtype == np.bool_ else rows
+        return Held(self.records.take(index), self.ids[index], self.due[index], self.resumed[index])
+
+
+class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
+    """Contact-policy decisions of one shard's stalls inside a ``stateful_batch`` step."""
+
+    def __init__(self, ctx: PolicyContext, resume: dict[str, Any] | None) -> None:
+        self.ctx = ctx
+        self.builder = InterventionBuilder(ctx.catalog)
+        self.shard = resume["shard"] if resume is not None else ""
+        self.watermark = resume["watermark"] if resume is not None else np.iinfo(np.int64).min
+        self.held = resume["held"] if resume is not None else Held.empty()
+        self.profiles = ProfileStore(
+            ctx.client, ctx.profile_ttl_s, max_entries=max(1, ctx.profile_cache)
+        )
+        self.caps: CapStore | None = None  # loads its script on first use
+        self.last: ShardOutput | None = None  # the latest output passed on
+        self.outage_since_ms: int | None = None
+        self.stats = {"decided": 0, "sent": 0, "deferred": 0, "suppressed": 0, "outages": 0}
+
+    # ------------------------------------------------------------------ Bytewax hooks
+
+    def on_batch(self, values: list[ShardOutput]) -> tuple[list[ShardOutput], bool]:
+        """Take each shard output's stalls and outcomes, decide what is due, pass it on."""
+        outputs = []
+        for out in values:
+            self.shard = out.shard
+            self.watermark = max(self.watermark, out.watermark)
+            self._take(out)
+            crowded = self._waiting() > self.ctx.max_waiting
+            interventions, decisions = self._decide(wait=crowded or out.final)
+            self.last = out
+            outputs.append(replace(out, interventions=interventions, decisions=decisions))
+        return outputs, self.RETAIN
+
+    def on_notify(self) -> tuple[list[ShardOutput], bool]:
+        """Retry decisions waiting for Redis."""
+        if self.last is None or not self._waiting():
+            return [], self.RETAIN
+        interventions, decisions = self._decide(wait=False)
+        if not decisions:
+            return [], self.RETAIN
+        quiet = replace(
+            self.last, stalls=Records.empty(), stall_ids=None, outcomes=Records.empty(),
+            funnel=None, late=None, late_count=0, applied=0, latency_ms=None, final=False,
+            emitted_at_ms=self.ctx.now_ms(),
+        )  # fmt: skip
+        return [replace(quiet, interventions=interventions, decisions=decisions)], self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """Soon, while decisions wait for Redis."""
+        if not self._waiting():
+            return None
+        return datetime.now(UTC) + timedelta(milliseconds=RETRY_MS)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The candidates not decided for good (deferred or waiting for Redis)."""
+        return {"shard": self.shard, "watermark": self.watermark, "held": self.held}
+
+    # ------------------------------------------------------------------ work
+
+    def _waiting(self) -> int:
+        """Candidates due now: only more than zero between calls while Redis is away."""
+        return int((self.held.due <= self.watermark).sum())
+
+    def _take(self, out: ShardOutput) -> None:
+        """New candidates from the stalls; ``resumed`` from the outcomes."""
+        stalls = out.stalls
+        held = self.held
+        outcomes = out.outcomes
+        if len(outcomes) and len(held):
+            moved = outcomes.take(outcomes.ints[O_OUTCOME] != OUTCOME_LAPSED)
+            resolved = dict(
+                zip(
+                    self.builder.ids(moved).view("S36").ravel().tolist(),
+                    moved.ints[O_RESOLVED_AT].tolist(),
+                    strict=True,
+                )
+            )
+            if resolved:
+                at = np.array(
+                    [resolved.get(i, np.iinfo(np.int64).max) for i in held.ids.view("S36").ravel()],
+                    np.int64,
+                )
+                held = replace(held, resumed=held.resumed | (at < held.due))
+        if len(stalls):
+            ids = out.stall_ids if out.stall_ids is not None else self.builder.ids(stalls)
+            fresh = Held(stalls, ids, stalls.ints[O_DEADLINE].copy(), np.zeros(len(stalls), bool))
+            held = Held.concat([held, fresh])
+        self.held = held
+
+    def _decide(self, wait: bool) -> tuple[InterventionBatch, list[Decision]]:
+        """Decide every candidate due at the watermark. When Redis does not answer they stay;
+        with ``wait`` this retries until it does or ``outage_wait_s`` passes."""
+        due = self.held.due <= self.watermark
+        if not due.any():
+            return InterventionBatch.empty(), []
+        todo = self.held.take(due)
+        order = np.lexsort((todo.ids.view("S36").ravel(), todo.due))
+        todo = todo.take(order)
+        while True:
+            try:
+                decisions = self._decisions(todo)
+                break
+            except redis.RedisError as exc:
+                if not is_transient(exc):
+                    msg = f"contact policy: Redis at {where(self.ctx.client)}: {exc}"
+                    raise PolicyError(msg) from exc
+                self._outage(exc, len(todo))
+                if not wait:
+                    return InterventionBatch.empty(), []
+                self._pause(len(todo))
+        self._recovered(len(todo))
+        self.held = Held.concat([self.held.take(~due), self._deferred(todo, decisions)])
+        return self._sent(todo, decisions), decisions
+
+    def _decisions(self, todo: Held) -> list[Decision]:
+        """One decision per candidate of ``todo``, in order (raises RedisError)."""
+        if self.caps is None:
+            self.caps = CapStore(self.ctx.client, self.ctx.policy)
+        records = todo.records
+        ints = records.ints
+        b = self.builder
+        j, s, attempt = ints[O_JOURNEY], ints[O_STEP], ints[O_ATTEMPT]
+        calls = np.rint(records.floats[OF_CALLS] * 10_000) / 10_000
+        prio = priorities(
+            b.base_priority[j], ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES], calls,
+            ints[O_ABANDONED], attempt,
+        )  # fmt: skip
+        tiers = b.tiers[j, np.minimum(attempt, 3) - 1].tolist()
+        profiles = self.profiles.get_many(records.client_id)
+        items = [
+            (
+                Candidate(
+                    intervention_id=iid,
+                    client_id=client,
+                    journey=journey,
+                    step=step,
+                    attempt=att,
+                    deadline_ms=deadline,
+                    now_ms=due,
+                    priority=p,
+                    tier=tier,
+                    resumed=resumed,
+                ),
+                profiles[client],
+            )  # fmt: skip
+            for iid, client, journey, step, att, deadline, due, p, tier, resumed in zip(
+                todo.ids.view("S36").ravel().astype("U36").tolist(),
+                records.client_id,
+                b.journey_names[j].tolist(),
+                b.step_names[j, s].tolist(),
+                attempt.tolist(),
+                ints[O_DEADLINE].tolist(),
+                todo.due.tolist(),
+                prio.tolist(),
+                tiers,
+                todo.resumed.tolist(),
+                strict=True,
+            )
+        ]
+        decisions = self.caps.decide(items)
+        for d in decisions:
+            self.stats[d.outcome] += 1
+        self.stats["decided"] += len(decisions)
+        return decisions
+
+    def _deferred(self, todo: Held, decisions: list[Decision]) -> Held:
+        """The deferred candidates, due again at the end of the quiet hours."""
+        rows = np.array([d.outcome == DEFERRED for d in decisions], bool)
+        if not rows.any():
+            return Held.empty()
+        again = todo.take(rows)
+        recheck = [d.recheck_at_ms for d in decisions if d.outcome == DEFERRED]
+        return replace(again, due=np.array(recheck, np.int64))
+
+    def _sent(self, todo: Held, decisions: list[Decision]) -> InterventionBatch:
+        """Intervention documents of the sent candidates, routed as decided."""
+        rows = [i for i, d in enumerate(decisions) if d.outcome == SENT]
+        if not rows:
+            return InterventionBatch.empty()
+        sent = [decisions[i] for i in rows]
+        picked = todo.take(np.array(rows, np.int64))
+        routing = Routing(
+            tier=[d.tier for d in sent],
+            channel=[d.channel for d in sent],
+            priority=[d.priority for d in sent],
+            segment=[d.segment for d in sent],
+            rm_id=[d.rm_id for d in sent],
+        )
+        return self.builder.build(picked.records, self.ctx.now_ms(), picked.ids, routing)
+
+    def _outage(self, exc: Exception, count: int) -> None:
+        if self.outage_since_ms is None:
+            self.outage_since_ms = self.ctx.now_ms()
+            self.stats["outages"] += 1
+            log.warning(
+                "contact policy: Redis at %s does not answer (%s); %d decisions wait",
+                where(self.ctx.client), exc, count,
+            )  # fmt: skip
+
+    def _pause(self, count: int) -> None:
+        """Sleep before the next attempt; fail once the outage is longer than allowed."""
+        since = self.outage_since_ms if self.outage_since_ms is not None else self.ctx.now_ms()
+        waited_s = (self.ctx.now_ms() - since) / 1000
+        if waited_s >= self.ctx.outage_wait_s:
+            msg = (
+                f"contact policy: Redis at {where(self.ctx.client)} did not answer for"
+                f" {waited_s:.0f} s with {count} decisions waiting (redis.outage_wait_s ="
+                f" {self.ctx.outage_wait_s:g}); they are in the recovery snapshot"
+            )
+            raise PolicyError(msg)
+        self.ctx.sleep(RETRY_MS / 1000)
+
+    def _recovered(self, count: int) -> None:
+        if self.outage_since_ms is not None:
+            log.warning("contact policy: Redis answers again; %d waiting decisions made", count)
+            self.outage_since_ms = None

@@ -1,0 +1,18 @@
+"""One place that turns ``[redis]`` settings into a redis-py client."""
+
+import redis
+
+from ato.config import RedisSettings
+
+
+def connect(settings: RedisSettings) -> "redis.Redis":
+    """A client of the configured Redis with the settings' timeouts (connects lazily)."""
+    timeout = settings.timeout_s
+    return redis.Redis.from_url(
+        settings.connection_url(), socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection errors and timeouts: the same call can succeed once Redis answers."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
