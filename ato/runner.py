@@ -1,6 +1,7 @@
 """Run the journey flow on the embedded inputs and outputs, and summarise it."""
 
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from sources.kafka import KafkaSource
 INTERVENTIONS_FILE = "interventions.jsonl"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 LATE_FILE = "late_events.jsonl"
+DECISIONS_FILE = "decisions.jsonl"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RunResult:
     out_dir: Path | str
     intervention_ids: set[str] | None  # None when they went to Kafka
     truth_ids: set[str] | None
+    decisions: dict[str, str] | None = None  # final decision per id (contact policy, files)
 
     def summary(self) -> dict[str, Any]:
         """Figures of the run (JSON-ready)."""
@@ -57,9 +60,13 @@ class RunResult:
             "state_mb": round(sum(s.state_bytes.values()) / 1e6, 1),
             "outputs": str(self.out_dir),
         }
-        if self.truth_ids is not None and self.intervention_ids is not None:
-            hits = len(self.intervention_ids & self.truth_ids)
-            found = len(self.intervention_ids)
+        detected = self.intervention_ids
+        if self.decisions is not None:  # with the policy, every stall has a decision
+            out["decisions"] = dict(sorted(Counter(self.decisions.values()).items()))
+            detected = set(self.decisions)
+        if self.truth_ids is not None and detected is not None:
+            hits = len(detected & self.truth_ids)
+            found = len(detected)
             out["truth_stalls"] = len(self.truth_ids)
             out["precision"] = round(hits / found, 6) if found else 1.0
             out["recall"] = round(hits / len(self.truth_ids), 6) if self.truth_ids else 1.0
@@ -80,6 +87,19 @@ def read_ids(path: Path) -> set[str]:
         return set()
     with path.open("rb") as f:
         return {orjson.loads(line)["intervention_id"] for line in f if line.strip()}
+
+
+def read_decisions(path: Path) -> dict[str, str]:
+    """The last decision (sent, deferred, suppressed) per intervention id in a decisions
+    file, in file order (a deferred candidate's later decision follows its deferral)."""
+    final: dict[str, str] = {}
+    if path.exists():
+        with path.open("rb") as f:
+            for line in f:
+                if line.strip():
+                    doc = orjson.loads(line)
+                    final[doc["intervention_id"]] = doc["outcome"]
+    return final
 
 
 def prepare_recovery_dir(path: Path) -> None:
@@ -170,6 +190,7 @@ def run(
             dead_letters=JsonLinesSink(out / DEAD_LETTERS_FILE),
             late=JsonLinesSink(out / LATE_FILE),
             progress=ProgressSink(stats, progress),
+            decisions=JsonLinesSink(out / DECISIONS_FILE) if settings.redis.enabled else None,
         )
     if settings.clickhouse.enabled:
         sinks = replace(
@@ -204,4 +225,7 @@ def run(
         read_ids(out / INTERVENTIONS_FILE) if isinstance(out, Path) else None,
         # ground truth only holds for traffic served to its end
         truth_ids(traffic) if traffic is not None and not getattr(source, "cut", None) else None,
+        read_decisions(out / DECISIONS_FILE)
+        if isinstance(out, Path) and settings.redis.enabled
+        else None,
     )

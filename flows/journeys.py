@@ -9,7 +9,7 @@ shard applies its piece with numba kernels. Outputs: interventions, dead letters
 import base64
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +58,7 @@ class FlowSinks:
     progress: Sink[dict[str, Any]]
     records: bool = False
     metrics: Sink[tuple[str, MetricBlock]] | None = None  # ClickHouse; None: no metrics
+    decisions: Sink[tuple[str, Any]] | None = None  # contact-policy decisions as JSON lines
 
 
 def build_flow(
@@ -117,6 +118,10 @@ def build_flow(
     )
     encode_late = _late_records if sinks.records else _late_lines
     op.output("late", op.flat_map("late_items", outputs, encode_late), sinks.late)
+    if policy_ctx is not None and sinks.decisions is not None:
+        op.output(
+            "decisions", op.flat_map("decision_items", outputs, _decision_lines), sinks.decisions
+        )
     progress = op.merge(
         "progress",
         op.map("decode_progress", decoded, _decode_progress),
@@ -196,6 +201,10 @@ def _block(docs: Iterable[dict[str, Any]]) -> list[tuple[str, bytes]]:
 
 def _dead_lines(batch: DecodedBatch) -> list[tuple[str, bytes]]:
     return _block(d.to_doc() for d in batch.dead)
+
+
+def _decision_lines(out: ShardOutput) -> list[tuple[str, bytes]]:
+    return _block(asdict(d) for d in out.decisions) if out.decisions else []
 
 
 def _intervention_lines(out: ShardOutput) -> list[tuple[str, bytes]]:

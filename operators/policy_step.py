@@ -35,8 +35,8 @@ from policy.caps import CapStore
 from policy.connection import is_transient
 from policy.exceptions import PolicyError
 from policy.live_state import where
-from policy.profiles import ProfileStore
-from policy.rules import DEFERRED, SENT, Candidate, Decision
+from policy.profiles import Profile, ProfileStore
+from policy.rules import DEFERRED, SENT, Candidate, Decision, precheck
 from policy.settings import Policy
 from state.base import Records
 from state.layout import (
@@ -56,6 +56,7 @@ from state.layout import (
 
 log = logging.getLogger(__name__)
 RETRY_MS = 1_000  # wall-clock pause between attempts while Redis does not answer
+NEVER = np.iinfo(np.int64).max  # no progress seen after the stall
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Held:
     records: Records
     ids: np.ndarray  # uint8 [n, 36]: intervention ids
     due: np.ndarray  # int64: event time of the next decision
-    resumed: np.ndarray  # bool: the client moved on before ``due``
+    resolved: np.ndarray  # int64: earliest progress after the stall seen, NEVER if none
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,9 +89,8 @@ class Held:
     @staticmethod
     def empty() -> "Held":
         """No candidates."""
-        return Held(
-            Records.empty(), np.empty((0, 36), np.uint8), np.empty(0, np.int64), np.empty(0, bool)
-        )
+        no = np.empty(0, np.int64)
+        return Held(Records.empty(), np.empty((0, 36), np.uint8), no, no.copy())
 
     @staticmethod
     def concat(parts: "list[Held]") -> "Held":
@@ -102,13 +102,19 @@ class Held:
             Records.concat([p.records for p in parts]),
             np.concatenate([p.ids for p in parts]),
             np.concatenate([p.due for p in parts]),
-            np.concatenate([p.resumed for p in parts]),
+            np.concatenate([p.resolved for p in parts]),
         )
 
     def take(self, rows: np.ndarray) -> "Held":
         """The candidates at ``rows`` (indices or a mask)."""
         index = np.flatnonzero(rows) if rows.dtype == np.bool_ else rows
-        return Held(self.records.take(index), self.ids[index], self.due[index], self.resumed[index])
+        return Held(
+            self.records.take(index), self.ids[index], self.due[index], self.resolved[index]
+        )
+
+    def resumed(self) -> np.ndarray:
+        """Did the client move on before the decision time ``due``?"""
+        return self.resolved < self.due
 
 
 class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
@@ -174,29 +180,24 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         return int((self.held.due <= self.watermark).sum())
 
     def _take(self, out: ShardOutput) -> None:
-        """New candidates from the stalls; ``resumed`` from the outcomes."""
-        stalls = out.stalls
+        """New candidates from the stalls, then the time the client moved on from the
+        outcomes (an outcome can come in the same output as its stall). Kept, not compared
+        yet: a deferral can still move ``due`` later."""
         held = self.held
+        stalls = out.stalls
+        if len(stalls):
+            ids = out.stall_ids if out.stall_ids is not None else self.builder.ids(stalls)
+            never = np.full(len(stalls), NEVER, np.int64)
+            held = Held.concat([held, Held(stalls, ids, stalls.ints[O_DEADLINE].copy(), never)])
         outcomes = out.outcomes
         if len(outcomes) and len(held):
             moved = outcomes.take(outcomes.ints[O_OUTCOME] != OUTCOME_LAPSED)
-            resolved = dict(
-                zip(
-                    self.builder.ids(moved).view("S36").ravel().tolist(),
-                    moved.ints[O_RESOLVED_AT].tolist(),
-                    strict=True,
-                )
-            )
+            moved_ids = self.builder.ids(moved).view("S36").ravel().tolist()
+            resolved = dict(zip(moved_ids, moved.ints[O_RESOLVED_AT].tolist(), strict=True))
             if resolved:
-                at = np.array(
-                    [resolved.get(i, np.iinfo(np.int64).max) for i in held.ids.view("S36").ravel()],
-                    np.int64,
-                )
-                held = replace(held, resumed=held.resumed | (at < held.due))
-        if len(stalls):
-            ids = out.stall_ids if out.stall_ids is not None else self.builder.ids(stalls)
-            fresh = Held(stalls, ids, stalls.ints[O_DEADLINE].copy(), np.zeros(len(stalls), bool))
-            held = Held.concat([held, fresh])
+                held_ids = held.ids.view("S36").ravel()
+                at = np.array([resolved.get(i, NEVER) for i in held_ids], np.int64)
+                held = replace(held, resolved=np.minimum(held.resolved, at))
         self.held = held
 
     def _decide(self, wait: bool) -> tuple[InterventionBatch, list[Decision]]:
@@ -206,11 +207,9 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         if not due.any():
             return InterventionBatch.empty(), []
         todo = self.held.take(due)
-        order = np.lexsort((todo.ids.view("S36").ravel(), todo.due))
-        todo = todo.take(order)
         while True:
             try:
-                decisions = self._decisions(todo)
+                decided = self._decisions(todo)
                 break
             except redis.RedisError as exc:
                 if not is_transient(exc):
@@ -221,13 +220,46 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
                     return InterventionBatch.empty(), []
                 self._pause(len(todo))
         self._recovered(len(todo))
-        self.held = Held.concat([self.held.take(~due), self._deferred(todo, decisions)])
-        return self._sent(todo, decisions), decisions
+        deferrals, later, final, finals = decided
+        self.held = Held.concat([self.held.take(~due), later])
+        for d in [*deferrals, *finals]:
+            self.stats[d.outcome] += 1
+        self.stats["decided"] += len(finals)
+        return self._sent(final, finals), [*deferrals, *finals]
 
-    def _decisions(self, todo: Held) -> list[Decision]:
-        """One decision per candidate of ``todo``, in order (raises RedisError)."""
+    def _decisions(self, todo: Held) -> tuple[list[Decision], Held, Held, list[Decision]]:
+        """Decide ``todo`` (raises RedisError; then nothing has changed but sends recorded
+        in Redis, which a retry finds again).
+
+        Deferrals come first: a candidate whose quiet hours end at or before the watermark
+        is deferred and then decided again at their end, in the same call. The rest are
+        decided in (due, id) order, so sends count towards caps in event-time order.
+        Returns (deferral decisions, candidates deferred past the watermark, candidates
+        decided for good, their decisions).
+        """
+        profiles = self.profiles.get_many(todo.records.client_id)
         if self.caps is None:
             self.caps = CapStore(self.ctx.client, self.ctx.policy)
+        deferrals: list[Decision] = []
+        later: list[Held] = []
+        while len(todo):
+            early = [precheck(c, p, self.ctx.policy)[1] for c, p in self._items(todo, profiles)]
+            deferred = [e for e in early if e is not None and e.outcome == DEFERRED]
+            if not deferred:
+                break
+            deferrals += deferred
+            rows = np.array([e is not None and e.outcome == DEFERRED for e in early], bool)
+            recheck = np.array([e.recheck_at_ms for e in deferred], np.int64)
+            moved = replace(todo.take(rows), due=recheck)
+            soon = moved.due <= self.watermark
+            later.append(moved.take(~soon))
+            todo = Held.concat([todo.take(~rows), moved.take(soon)])
+        todo = todo.take(np.lexsort((todo.ids.view("S36").ravel(), todo.due)))
+        finals = self.caps.decide(self._items(todo, profiles))
+        return deferrals, Held.concat(later), todo, finals
+
+    def _items(self, todo: Held, profiles: dict[str, Profile]) -> list[tuple[Candidate, Profile]]:
+        """The candidates of ``todo`` as of their ``due``, with their clients' profiles."""
         records = todo.records
         ints = records.ints
         b = self.builder
@@ -238,8 +270,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             ints[O_ABANDONED], attempt,
         )  # fmt: skip
         tiers = b.tiers[j, np.minimum(attempt, 3) - 1].tolist()
-        profiles = self.profiles.get_many(records.client_id)
-        items = [
+        return [
             (
                 Candidate(
                     intervention_id=iid,
@@ -265,32 +296,18 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
                 todo.due.tolist(),
                 prio.tolist(),
                 tiers,
-                todo.resumed.tolist(),
+                todo.resumed().tolist(),
                 strict=True,
             )
         ]
-        decisions = self.caps.decide(items)
-        for d in decisions:
-            self.stats[d.outcome] += 1
-        self.stats["decided"] += len(decisions)
-        return decisions
 
-    def _deferred(self, todo: Held, decisions: list[Decision]) -> Held:
-        """The deferred candidates, due again at the end of the quiet hours."""
-        rows = np.array([d.outcome == DEFERRED for d in decisions], bool)
-        if not rows.any():
-            return Held.empty()
-        again = todo.take(rows)
-        recheck = [d.recheck_at_ms for d in decisions if d.outcome == DEFERRED]
-        return replace(again, due=np.array(recheck, np.int64))
-
-    def _sent(self, todo: Held, decisions: list[Decision]) -> InterventionBatch:
+    def _sent(self, decided: Held, decisions: list[Decision]) -> InterventionBatch:
         """Intervention documents of the sent candidates, routed as decided."""
         rows = [i for i, d in enumerate(decisions) if d.outcome == SENT]
         if not rows:
             return InterventionBatch.empty()
         sent = [decisions[i] for i in rows]
-        picked = todo.take(np.array(rows, np.int64))
+        picked = decided.take(np.array(rows, np.int64))
         routing = Routing(
             tier=[d.tier for d in sent],
             channel=[d.channel for d in sent],

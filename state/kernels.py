@@ -17,6 +17,9 @@ Semantics (the twin in ``state/twins.py`` implements the same in plain Python):
 * ``close_after`` is also the attribution window of that stall's intervention: the first
   progress after the stall (or the close) emits one outcome record (progressed, completed,
   failed, lapsed) carrying the stall's step, attempt and deadline.
+* A client with nothing open and no event for ``client_ttl_ms`` is forgotten: its next event
+  starts it afresh (decayed counts at zero) whether or not ``expire_clients`` has freed its
+  slot yet, so the features never depend on how the watermark moved.
 * Every applied event reports its effect (``EFFECT_*``) and the journey and step of the
   instance it counted in, for funnel counts; an event's segment (>= 0) is kept on its
   instance.
@@ -416,6 +419,14 @@ def apply_events(
             ci[C_LAST_INST, cs] = -1
             ci[C_OPEN, cs] = 0
             cts[C_MIN_DEADLINE, cs] = NO_DEADLINE
+            meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
+        elif ci[C_OPEN, cs] == 0 and cts[C_LAST_TS, cs] + client_ttl_ms <= t:
+            # idle long enough to be forgotten: start afresh whether or not the expiry
+            # pass (which depends on how the watermark moved) has freed it yet
+            cts[C_LAST_TS, cs] = t
+            cf[F_CALLS, cs] = 0.0
+            cf[F_SESSIONS, cs] = 0.0
+            ci[C_LAST_INST, cs] = -1
             meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
         e_cslot[e] = cs
         e_effect[e] = EFFECT_NONE

@@ -116,6 +116,8 @@ class PyShard:
         """Apply one event; return its effect."""
         self.counters["events"] += 1
         client = self.clients.get(key)
+        if client is not None and client.open == 0 and client.last_ts + self.client_ttl_ms <= t:
+            client = None  # idle long enough to be forgotten, freed yet or not
         if client is None:
             client = self.clients[key] = PyClient(last_ts=t)
         for jj in range(self.tables.step_timeout.shape[0]):  # time passes to t first

@@ -1,4 +1,6 @@
-"""A real redis-server for the policy tests (one per session), and local-time helpers.
+"""Policy-test helpers: a Redis client that counts round trips, and local-time helpers.
+
+The redis-server fixtures (``redis_server``, ``redis_url``, ``r``) are in ``tests/conftest.py``.
 
 This directory has no ``__init__.py`` on purpose: as a package it would be named ``policy``
 and shadow the package under test. Helpers are therefore handed out as fixtures.
@@ -6,40 +8,13 @@ and shadow the package under test. Helpers are therefore handed out as fixtures.
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 
-from ato.devservers import Server, start_redis
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The server; a test that cannot get it fails (it never skips)."""
-    server = start_redis(None, Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server: Server) -> Iterator[str]:
-    """The server's URL, emptied before each test."""
-    url = f"redis://{redis_server.address}/0"
-    with redis.Redis.from_url(url) as client:
-        client.flushall()
-    yield url
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    """A client of the emptied server."""
-    with redis.Redis.from_url(redis_url) as client:
-        yield client
+from ato.devservers import Server
 
 
 class CountingConnection(redis.Connection):

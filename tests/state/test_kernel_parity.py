@@ -490,3 +490,24 @@ def test_outcomes_and_effects_of_stalled_instances() -> None:
         -1,
     )
     assert_same_state(store, twin)
+
+
+def test_idle_client_is_forgotten_whether_or_not_it_was_freed() -> None:
+    """A client idle for the TTL with nothing open starts afresh at its next event: the
+    stall it then causes is the same with or without an expiry pass freeing it between."""
+    ttl = CATALOG.client_idle_ttl_ms
+    call, start = CATALOG.type_codes["call_started"], CATALOG.type_codes["acct_open_start"]
+    first = columns([("a", T0, 1, call, *decode(call, -1))])
+    later = columns([("a", T0 + ttl, 0, start, *decode(start, -1))])
+    stalls = []
+    for expire_between in (False, True):
+        store, twin = NumbaShardStore(CATALOG), new_twin()
+        run_in_parallel([(first, [T0 + ttl if expire_between else T0])], store, twin)
+        assert store.sizes()["clients"] == (0 if expire_between else 1)
+        store.apply(later)
+        twin_apply(twin, later)
+        found = store.expire(T0 + ttl + DAY)
+        assert_same_stalls(found, twin_expire(twin, T0 + ttl + DAY))
+        stalls.append(store_records(found))
+    assert stalls[0] == stalls[1] != []
+    assert stalls[0][0][-2] == 0.0  # no recent calls: the call before the idle time is gone

@@ -1,0 +1,268 @@
+"""The journey flow with the contact policy and live state in a real Redis, end to end.
+
+A generator run with its clients' profiles loaded: every ground-truth stall ends as exactly
+one of sent / deferred / suppressed (with a reason), the interventions are the sent ones,
+routed; caps hold per client-local day. Then the same run with the Redis server stopped and
+restarted in the middle: the flow goes on, and decisions, interventions and live state come
+out the same as without the outage.
+"""
+
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from ato.catalog import load_catalog
+from ato.config import GeneratorSettings, Settings
+from ato.devservers import Server, start_redis
+from ato.generator import GeneratedTraffic, generate
+from ato.runner import DECISIONS_FILE, INTERVENTIONS_FILE, RunResult, run, truth_ids
+from policy.generated import generated_profiles
+from policy.localtime import periods
+from policy.profiles import Profile, ProfileStore, zone
+from policy.rules import DEFER_REASONS, SUPPRESS_REASONS
+from policy.settings import Policy, default_policy_path, load_policy
+
+CATALOG = load_catalog()
+# the shipped policy with tighter caps and cooldown, so a small run reaches them
+TIGHT = (
+    default_policy_path()
+    .read_text(encoding="utf-8")
+    .replace("per_day = 2", "per_day = 1")
+    .replace("per_week = 5", "per_week = 2")
+    .replace('default = "12h"', 'default = "3d"')
+)
+
+
+@pytest.fixture(scope="module")
+def traffic() -> GeneratedTraffic:
+    return generate(CATALOG, GeneratorSettings(clients=1500, seed=5, partitions=2))
+
+
+@pytest.fixture(scope="module")
+def profiles(traffic: GeneratedTraffic) -> dict[str, Profile]:
+    return {p.client_id: p for p in generated_profiles(traffic)}
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("policy") / "tight.toml"
+    path.write_text(TIGHT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def policy(policy_file: Path) -> Policy:
+    loaded = load_policy(policy_file)
+    assert (loaded.per_day, loaded.per_week, loaded.cooldown_ms) == (1, 2, 3 * 86_400_000)
+    return loaded
+
+
+def settings_for(out: Path, url: str, policy_file: Path, rate: float = 0.0) -> Settings:
+    settings = Settings().with_overrides("", out_dir=out)
+    settings = settings.with_overrides("engine", shards=4, batch_size=500)
+    settings = settings.with_overrides("generator", rate=rate)
+    settings = settings.with_overrides("clickhouse", enabled=False)
+    return settings.with_overrides(
+        "redis", url=url, policy_file=str(policy_file), live_state_interval_ms=200
+    )
+
+
+def load(url: str, profiles: dict[str, Profile]) -> None:
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+        ProfileStore(client).load(profiles.values())
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def live_state(url: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every client's live journey hash, without the wall-clock ``updated_ms``."""
+    state: dict[str, dict[str, dict[str, Any]]] = {}
+    with redis.Redis.from_url(url) as client:
+        for key in client.scan_iter(match="ato:journey:*", count=1000):
+            fields = client.hgetall(key)
+            state[key.decode()] = {
+                j.decode(): {k: v for k, v in orjson.loads(raw).items() if k != "updated_ms"}
+                for j, raw in fields.items()
+            }
+    return state
+
+
+@pytest.fixture(scope="module")
+def baseline(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: Server,
+    traffic: GeneratedTraffic,
+    profiles: dict[str, Profile],
+    policy_file: Path,
+) -> tuple[RunResult, Path, dict[str, Any]]:
+    """One uninterrupted run: its result, output directory and final live state."""
+    url = f"redis://{redis_server.address}/0"
+    load(url, profiles)
+    out = tmp_path_factory.mktemp("policy") / "run"
+    result = run(settings_for(out, url, policy_file), traffic=traffic)
+    return result, out, live_state(url)
+
+
+def test_every_stall_ends_as_exactly_one_decision(
+    baseline: tuple[RunResult, Path, dict[str, Any]], traffic: GeneratedTraffic
+) -> None:
+    result, out, _ = baseline
+    summary = result.summary()
+    assert summary["precision"] == summary["recall"] == 1.0
+    truth = truth_ids(traffic)
+    assert result.decisions is not None and set(result.decisions) == truth
+    history: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for d in lines(out / DECISIONS_FILE):
+        history[d["intervention_id"]].append(d)
+    reasons = Counter()
+    for iid, steps in history.items():
+        *earlier, last = steps
+        # at most one deferral (to the end of quiet hours), then the final decision
+        assert len(earlier) <= 1 and all(e["outcome"] == "deferred" for e in earlier), steps
+        if earlier:
+            assert last["decided_at_ms"] == earlier[0]["recheck_at_ms"]
+            assert last["outcome"] != "deferred" or len(steps) == 1
+        for d in steps:
+            if d["outcome"] == "sent":
+                assert d["reason"] == ""
+            elif d["outcome"] == "deferred":
+                assert d["reason"] in DEFER_REASONS and d["recheck_at_ms"] > d["decided_at_ms"]
+            else:
+                assert d["reason"] in SUPPRESS_REASONS
+            reasons[(d["outcome"], d["reason"])] += 1
+        assert result.decisions[iid] == last["outcome"]
+    # the generated population reaches every common path
+    for seen in [("sent", ""), ("deferred", "quiet_hours"), ("suppressed", "do_not_contact")]:
+        assert reasons[seen] > 0, reasons
+    assert reasons[("suppressed", "daily_cap")] > 0, reasons  # cooldown: test_policy_caps.py
+
+
+def test_interventions_are_the_sent_decisions_routed(
+    baseline: tuple[RunResult, Path, dict[str, Any]],
+    profiles: dict[str, Profile],
+    policy: Policy,
+) -> None:
+    result, out, _ = baseline
+    assert result.decisions is not None
+    docs = lines(out / INTERVENTIONS_FILE)
+    sent = {iid for iid, outcome in result.decisions.items() if outcome == "sent"}
+    assert [d["intervention_id"] for d in docs if d["intervention_id"] in sent] == [
+        d["intervention_id"] for d in docs
+    ]
+    assert {d["intervention_id"] for d in docs} == sent
+    final = {d["intervention_id"]: d for d in lines(out / DECISIONS_FILE)}
+    for doc in docs:
+        decision = final[doc["intervention_id"]]
+        profile = profiles.get(doc["client_id"], Profile.default(doc["client_id"]))
+        assert doc["segment"] == profile.segment
+        assert (doc["tier"], doc["channel"], doc["priority"], doc["rm_id"]) == (
+            decision["tier"], decision["channel"], decision["priority"], decision["rm_id"],
+        )  # fmt: skip
+        assert doc["channel"] in policy.channels[doc["tier"]]
+        assert not profile.do_not_contact
+
+
+def test_caps_hold_per_local_day_and_week(
+    baseline: tuple[RunResult, Path, dict[str, Any]],
+    profiles: dict[str, Profile],
+    policy: Policy,
+) -> None:
+    _, out, _ = baseline
+    days: Counter[tuple[str, str]] = Counter()
+    weeks: Counter[tuple[str, str]] = Counter()
+    for d in lines(out / DECISIONS_FILE):
+        if d["outcome"] != "sent":
+            continue
+        tz = profiles.get(d["client_id"], Profile.default(d["client_id"])).tz
+        p = periods(d["decided_at_ms"], zone(tz))
+        days[(d["client_id"], p.day)] += 1
+        weeks[(d["client_id"], p.week)] += 1
+    assert days and max(days.values()) == policy.per_day
+    assert max(weeks.values()) == policy.per_week
+
+
+def test_live_state_holds_the_open_journeys(
+    baseline: tuple[RunResult, Path, dict[str, Any]],
+) -> None:
+    result, _, state = baseline
+    open_fields = sum(len(journeys) for journeys in state.values())
+    assert open_fields == result.summary()["open_instances"] > 0
+    names = {j.name: {s.name for s in j.steps} for j in CATALOG.journeys}
+    for journeys in state.values():
+        for journey, value in journeys.items():
+            assert value["step"] in names[journey]
+            assert value["since_ms"] <= value["last_ms"]
+
+
+def final_decisions(path: Path) -> dict[str, dict[str, Any]]:
+    """The last decision per id; ``replayed`` (a send Redis had recorded before it went
+    away, made again) is left out: it is sent either way."""
+    return {
+        d["intervention_id"]: {k: v for k, v in d.items() if k != "replayed"} for d in lines(path)
+    }
+
+
+def _shutdown(server: Server) -> None:
+    """Stop the server, saving its data first (the restart loads it again)."""
+    with redis.Redis(port=server.port) as client:
+        try:
+            client.shutdown(save=True)
+        except redis.ConnectionError:
+            pass  # the server closed the connection as it went
+    server.stop()
+
+
+def test_redis_outage_delays_but_never_changes_decisions(
+    tmp_path: Path,
+    baseline: tuple[RunResult, Path, dict[str, Any]],
+    traffic: GeneratedTraffic,
+    profiles: dict[str, Profile],
+    policy_file: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stop redis-server in mid-run and start it again: the flow keeps going, and decisions,
+    interventions and live state equal the uninterrupted run's."""
+    base_result, base_out, base_state = baseline
+    server = start_redis(None, tmp_path / "redis")
+    url = f"redis://{server.address}/0"
+    try:
+        load(url, profiles)
+        out = tmp_path / "run"
+        rate = 1_500.0  # events/s per partition: the run lasts several seconds
+        results: list[RunResult] = []
+        flow = threading.Thread(
+            target=lambda: results.append(
+                run(settings_for(out, url, policy_file, rate), traffic=traffic)
+            )
+        )
+        flow.start()
+        decisions = out / DECISIONS_FILE
+        deadline = time.monotonic() + 60
+        while not (decisions.exists() and decisions.stat().st_size > 0):
+            assert time.monotonic() < deadline and flow.is_alive()
+            time.sleep(0.05)
+        _shutdown(server)
+        down_at = decisions.stat().st_size
+        time.sleep(2.0)
+        assert flow.is_alive()
+        server.start()
+        flow.join(120)
+        assert not flow.is_alive() and results
+        result = results[0]
+        assert down_at < decisions.stat().st_size
+        assert "does not answer" in caplog.text and "answers again" in caplog.text
+        assert result.decisions == base_result.decisions
+        assert result.intervention_ids == base_result.intervention_ids
+        assert final_decisions(decisions) == final_decisions(base_out / DECISIONS_FILE)
+        assert live_state(url) == base_state
+    finally:
+        server.stop()
