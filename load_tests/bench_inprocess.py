@@ -1,6 +1,7 @@
 """In-process benchmark of the journey flow (no Kafka).
 
     python -m load_tests.bench_inprocess [--clients 1000000] [--repeat 3] [--naive-events 1000000]
+                                         [--span-s S] [--no-policy]
 
 Generates (once, cached under ``.bench-cache/``) single-event JSON messages from the built-in
 generator, then in one run measures, each ``--repeat`` times (medians reported):
@@ -9,6 +10,10 @@ generator, then in one run measures, each ``--repeat`` times (medians reported):
 * ``metrics_events_per_s``: the same with live metrics written to an embedded ClickHouse
   (chDB in a temporary directory, a fresh database each round), and ``metrics_cost``, the
   share of throughput they cost,
+* ``policy_events_per_s``: the same with the contact policy and live journey state in a
+  redis-server the benchmark starts (every client's generated profile loaded first; sent
+  sets and live state cleared each round), and ``policy_cost``, the share of throughput
+  they cost (``--no-policy`` skips it),
 * ``state_events_per_s``: the stages after decode alone (route, shard step) on pre-decoded
   batches,
 * ``decode_events_per_s``: the decode step alone, and ``orjson_events_per_s``: bare
@@ -35,12 +40,14 @@ from typing import Any
 
 import bytewax.operators as op
 import orjson
+import redis
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 
-from ato.catalog import Catalog, load_catalog
+from ato.catalog import SEGMENTS, Catalog, load_catalog
 from ato.config import GeneratorSettings, Settings
+from ato.devservers import start_redis
 from ato.generator import generate
 from flows.journeys import FlowSinks, build_flow
 from load_tests.naive import build_naive_flow
@@ -48,6 +55,8 @@ from operators.batches import DecodedBatch, RawBatch
 from operators.decode import Decoder
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
+from policy.generated import generated_profile
+from policy.profiles import ProfileStore
 from sinks.clickhouse import ClickHouseSink
 from sinks.progress import ProgressSink, RunStats
 
@@ -160,7 +169,8 @@ def run_full(
     catalog: Catalog,
     metrics_url: str | None = None,
 ) -> float:
-    """Whole flow from raw bytes; with ``metrics_url``, writing metrics to ClickHouse too."""
+    """Whole flow from raw bytes; with ``metrics_url``, writing metrics to ClickHouse too;
+    with ``settings.redis.url``, deciding with the contact policy and writing live state."""
     sink = CountSink()
     metrics = None if metrics_url is None else ClickHouseSink(settings.clickhouse, metrics_url)
     sinks = FlowSinks(
@@ -169,6 +179,8 @@ def run_full(
     flow = build_flow(TestingSource(batches), sinks, settings, catalog, partitions=partitions)
     seconds = timed(lambda: run_main(flow, epoch_interval=timedelta(seconds=10)))
     what = "full flow" if metrics is None else "full flow + ClickHouse"
+    if settings.redis.enabled:
+        what = "full flow + Redis policy and live state"
     print(f"  {what}: {seconds:.2f}s, {sink.count:,} interventions", file=sys.stderr)
     return seconds
 
@@ -185,6 +197,40 @@ def run_state_only(
     sink = CountSink()
     op.output("out", op.map("interventions", out, lambda kv: len(kv[1].interventions)), sink)
     return timed(lambda: run_main(flow, epoch_interval=timedelta(seconds=10)))
+
+
+def client_segments(decoded: list[DecodedBatch]) -> dict[str, str]:
+    """Each client's segment as its events carry it (the generator puts it on every one)."""
+    found: dict[str, str] = {}
+    for batch in decoded:
+        events = batch.events
+        known = events.segment >= 0
+        for client, code in zip(
+            events.client_id[known].tolist(), events.segment[known].tolist(), strict=True
+        ):
+            found[client] = SEGMENTS[code]
+    return found
+
+
+def load_profiles(url: str, segments: dict[str, str]) -> int:
+    """Write every client's generated profile."""
+    with redis.Redis.from_url(url) as client:
+        store = ProfileStore(client, chunk=5_000)
+        return store.load(generated_profile(c, seg) for c, seg in segments.items())
+
+
+def clear_policy_state(url: str) -> None:
+    """Remove sent sets and live journey state (profiles stay) between rounds."""
+    with redis.Redis.from_url(url) as client:
+        for pattern in ("ato:sent:*", "ato:journey:*"):
+            keys: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=10_000):
+                keys.append(key)
+                if len(keys) >= 10_000:
+                    client.unlink(*keys)
+                    keys = []
+            if keys:
+                client.unlink(*keys)
 
 
 def run_naive(messages: list[bytes], catalog: Catalog) -> float:
@@ -208,6 +254,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=DEFAULT_SPAN_S,
         help="event-time span of the traffic: funnel rows per event grow as it gets sparser",
     )
+    parser.add_argument(
+        "--no-policy",
+        action="store_true",
+        help="skip the run with the Redis contact policy and live state",
+    )
     args = parser.parse_args(argv)
 
     catalog = load_catalog()
@@ -225,9 +276,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_state_only(decoded[: len(partitions) * 2], partitions, settings, catalog)
 
     figures: dict[str, list[float]] = {
-        "full": [], "metrics": [], "state": [], "decode": [], "orjson": [],
+        "full": [], "metrics": [], "policy": [], "state": [], "decode": [], "orjson": [],
     }  # fmt: skip
     chdb_dir = tempfile.mkdtemp(prefix="ato-bench-chdb-")
+    redis_server = None
+    with_redis = settings
+    if not args.no_policy:
+        redis_server = start_redis(None, Path(tempfile.mkdtemp(prefix="ato-bench-redis-")))
+        redis_url = f"redis://{redis_server.address}/0"
+        t0 = time.perf_counter()
+        count = load_profiles(redis_url, client_segments(decoded))
+        print(f"  {count:,} profiles loaded in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        with_redis = settings.with_overrides("redis", url=redis_url)
     for i in range(args.repeat):
         print(f"round {i + 1}/{args.repeat}", file=sys.stderr)
         figures["orjson"].append(timed(lambda: _loads_per_batch(batches)))
@@ -238,7 +298,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         figures["metrics"].append(
             run_full(batches, partitions, with_db, catalog, metrics_url=f"chdb://{chdb_dir}")
         )
+        if redis_server is not None:
+            figures["policy"].append(run_full(batches, partitions, with_redis, catalog))
+            clear_policy_state(with_redis.redis.url)
     shutil.rmtree(chdb_dir, ignore_errors=True)
+    if redis_server is not None:
+        redis_server.stop()
     naive_messages = messages[: args.naive_events]
     naive = [run_naive(naive_messages, catalog) for _ in range(max(1, args.repeat // 2))]
 
@@ -253,6 +318,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio": round(rate(figures["full"]) / rate(naive, len(naive_messages)), 2),
         "metrics_events_per_s": rate(figures["metrics"]),
         "metrics_cost": round(1 - rate(figures["metrics"]) / rate(figures["full"]), 3),
+        "policy_events_per_s": rate(figures["policy"]) if figures["policy"] else None,
+        "policy_cost": (
+            round(1 - rate(figures["policy"]) / rate(figures["full"]), 3)
+            if figures["policy"]
+            else None
+        ),
         "state_events_per_s": rate(figures["state"]),
         "decode_events_per_s": rate(figures["decode"]),
         "orjson_events_per_s": rate(figures["orjson"]),
