@@ -40,7 +40,7 @@ class LiveStateTracker:
         self.client_ids: list[np.ndarray] = []  # object: client ids
         self.next_write_ms = 0
         self.failing = False
-        self.stats = {"writes": 0, "rows": 0, "commands": 0, "failures": 0, "errors": 0}
+        self.stats = {"writes": 0, "rows": 0, "failures": 0, "errors": 0}
 
     def mark(
         self, keys: np.ndarray, journeys: np.ndarray, client_ids: Sequence[str] | np.ndarray
@@ -68,7 +68,7 @@ class LiveStateTracker:
         keys, journeys, ids = self._unique()
         changes = self.changes(store, keys, journeys, ids, now_ms)
         try:
-            commands = self.writer.write(changes)
+            self.writer.write(changes)
         except LiveStateError as exc:
             if exc.transient:
                 self.keys, self.journeys, self.client_ids = [keys], [journeys], [ids]
@@ -87,7 +87,6 @@ class LiveStateTracker:
         self._clear()
         self.stats["writes"] += 1
         self.stats["rows"] += len(keys)
-        self.stats["commands"] += commands
         return len(keys)
 
     def changes(

@@ -19,12 +19,12 @@ clock) after its last write.
 from collections.abc import Sequence
 
 import redis
-from redis.exceptions import NoScriptError
 
 from policy.localtime import periods
 from policy.profiles import Profile, zone
 from policy.routing import Route
 from policy.rules import SENT, SUPPRESSED, Candidate, Decision, decision, precheck
+from policy.scripts import Script
 from policy.settings import Policy
 
 RETAIN_MS = 8 * 86_400_000  # a week plus a day of local-time slack
@@ -67,7 +67,7 @@ def sent_key(client_id: str) -> str:
 class CapStore:
     """Applies :func:`policy.rules.decide` to batches, with the send history in Redis.
 
-    Loading the script on construction is also the connectivity check.
+    The script is loaded at the first call that needs it.
     """
 
     def __init__(self, client: "redis.Redis", policy: Policy) -> None:
@@ -75,8 +75,8 @@ class CapStore:
         self.policy = policy
         longest = max([policy.cooldown_ms, *policy.cooldown_journeys.values()])
         self.ttl_ms = max(RETAIN_MS, longest)
-        self.sha = str(client.script_load(LUA))
-        self.stats = {"round_trips": 0, "script_reloads": 0}
+        self.script = Script(client, LUA)
+        self.stats = self.script.stats
 
     def decide(self, items: Sequence[tuple[Candidate, Profile]]) -> list[Decision]:
         """Decisions for ``items`` in order; every one that passes the pure checks costs one
@@ -88,7 +88,7 @@ class CapStore:
             out.append(early)
             if early is None:
                 pending.append((i, c, profile, r, self._args(c, profile)))
-        replies = self._run([args for *_, args in pending])
+        replies = self.script.run([(args[:1], args[1:]) for *_, args in pending])
         for (i, c, profile, r, _), reply in zip(pending, replies, strict=True):
             code = int(reply[0])
             if code in _REASONS:
@@ -112,28 +112,3 @@ class CapStore:
             self.ttl_ms,
         )
         return [sent_key(c.client_id), *map(str, values)]
-
-    def _run(self, calls: list[list[str]]) -> list[list[int]]:
-        """One pipeline of EVALSHA; calls that met NOSCRIPT (Redis restarted or flushed)
-        run again once after reloading the script."""
-        if not calls:
-            return []
-        replies = self._pipeline(calls)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            self.stats["script_reloads"] += 1
-            self.sha = str(self.client.script_load(LUA))
-            for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
-                replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    def _pipeline(self, calls: list[list[str]]) -> list:
-        with self.client.pipeline(transaction=False) as pipe:
-            for args in calls:
-                pipe.evalsha(self.sha, 1, *args)
-            replies = pipe.execute(raise_on_error=False)
-        self.stats["round_trips"] += 1
-        return list(replies)

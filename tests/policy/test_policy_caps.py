@@ -30,6 +30,7 @@ def outcomes(store: CapStore, items: list[Candidate], profile: Profile = PROFILE
 
 def test_daily_cap_at_exactly_n_in_one_round_trip(counting: Any, at: At) -> None:
     store = CapStore(counting.client, POLICY)
+    outcomes(store, [cand("warm", at("2026-01-01 12:00", TZ), client="W")])  # loads the script
     counting.reset()
     now = at("2026-01-05 12:00", TZ)
     got = outcomes(store, [cand(f"i{k}", now + k) for k in range(5)])
@@ -103,9 +104,11 @@ def test_pure_checks_skip_redis(counting: Any, at: At) -> None:
 
 def test_script_reloaded_after_flush(r: redis.Redis) -> None:
     store = CapStore(r, POLICY)
-    r.script_flush()
     assert outcomes(store, [cand("a", 1_767_600_000_000)]) == [SENT]
-    assert store.stats["script_reloads"] == 1
+    assert store.stats["script_loads"] == 1
+    r.script_flush()
+    assert outcomes(store, [cand("b", 1_767_700_000_000)]) == [SENT]
+    assert store.stats["script_loads"] == 2
 
 
 def test_keys_expire(r: redis.Redis) -> None:
