@@ -242,20 +242,24 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             self.caps = CapStore(self.ctx.client, self.ctx.policy)
         deferrals: list[Decision] = []
         later: list[Held] = []
-        while len(todo):
-            early = [precheck(c, p, self.ctx.policy)[1] for c, p in self._items(todo, profiles)]
-            deferred = [e for e in early if e is not None and e.outcome == DEFERRED]
-            if not deferred:
+        policy = self.ctx.policy
+        while True:
+            items = self._items(todo, profiles)
+            checks = [precheck(c, p, policy) for c, p in items]
+            rows = np.array([e is not None and e.outcome == DEFERRED for _, e in checks], bool)
+            if not rows.any():
                 break
+            deferred = [e for _, e in checks if e is not None and e.outcome == DEFERRED]
             deferrals += deferred
-            rows = np.array([e is not None and e.outcome == DEFERRED for e in early], bool)
             recheck = np.array([e.recheck_at_ms for e in deferred], np.int64)
             moved = replace(todo.take(rows), due=recheck)
             soon = moved.due <= self.watermark
             later.append(moved.take(~soon))
             todo = Held.concat([todo.take(~rows), moved.take(soon)])
-        todo = todo.take(np.lexsort((todo.ids.view("S36").ravel(), todo.due)))
-        finals = self.caps.decide(self._items(todo, profiles))
+        order = np.lexsort((todo.ids.view("S36").ravel(), todo.due))
+        todo = todo.take(order)
+        ordered = order.tolist()
+        finals = self.caps.decide([items[i] for i in ordered], [checks[i] for i in ordered])
         return deferrals, Held.concat(later), todo, finals
 
     def _items(self, todo: Held, profiles: dict[str, Profile]) -> list[tuple[Candidate, Profile]]:
