@@ -148,6 +148,8 @@ def test_decisions_outcomes_and_rates_match_the_ground_truth(
     assert got["6. Interventions by decision and reason (suppressed ones and why)"] == [
         ("sent", "", len(truth))
     ]
+    final = got["11. Final decision per candidate with the contact policy, by channel"]
+    assert final == [("sent", "", "", len(truth))]  # no policy: every stall, no channel
     channels = Counter(s.resume_channel for s in recovered(traffic))
     rows = got["4. Conversion after intervention, by recovery channel and tier"]
     by_channel: Counter[str] = Counter()

@@ -10,25 +10,32 @@ out the same as without the outage.
 import threading
 import time
 from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 import redis
+from bytewax.testing import TestingSink, TestingSource, run_main
 
 from ato.catalog import load_catalog
 from ato.config import GeneratorSettings, Settings
 from ato.devservers import Server, start_redis
 from ato.generator import GeneratedTraffic, generate
 from ato.runner import DECISIONS_FILE, INTERVENTIONS_FILE, RunResult, run, truth_ids
+from flows.journeys import FlowSinks, build_flow
+from operators.batches import RawBatch
 from policy.generated import generated_profiles
+from policy.live_state import lookup
 from policy.localtime import periods
 from policy.profiles import Profile, ProfileStore, zone
 from policy.rules import DEFER_REASONS, SUPPRESS_REASONS
 from policy.settings import Policy, default_policy_path, load_policy
 
 CATALOG = load_catalog()
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 # the shipped policy with tighter caps and cooldown, so a small run reaches them
 TIGHT = (
     default_policy_path()
@@ -266,3 +273,62 @@ def test_redis_outage_delays_but_never_changes_decisions(
         assert live_state(url) == base_state
     finally:
         server.stop()
+
+
+def _event(client: str, local_time: str, type_: str, n: int) -> bytes:
+    ts = int(datetime.fromisoformat(local_time).replace(tzinfo=SHANGHAI).timestamp() * 1000)
+    doc = {"event_id": f"e{n}", "client_id": client, "ts": ts, "channel": "app", "type": type_}
+    return orjson.dumps(doc)
+
+
+def _ms(local_time: str) -> int:
+    return int(datetime.fromisoformat(local_time).replace(tzinfo=SHANGHAI).timestamp() * 1000)
+
+
+def test_scripted_journeys_quiet_hours_resume_and_breakpoints(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """Three clients open an account. S1 and S2 stall at night: both deferred to 08:00; S1
+    finishes at 07:00 by themselves (suppressed, resumed), S2 is sent at 08:00. S3 stalls at
+    noon: sent at once. The live state then shows S2's and S3's breakpoints, not S1's."""
+    clients = ["S1", "S2", "S3", "S4"]
+    ProfileStore(r).load(Profile(c, "savvy_regular", tz="Asia/Shanghai") for c in clients)
+    events = [
+        _event("S3", "2026-01-05 12:00", "acct_open_start", 1),
+        _event("S1", "2026-01-05 22:00", "acct_open_start", 2),
+        _event("S2", "2026-01-05 22:00", "acct_open_start", 3),
+        _event("S1", "2026-01-06 07:00", "account_opened", 4),
+        _event("S4", "2026-01-06 09:00", "page_view", 5),  # moves event time past 08:00
+    ]
+    got: dict[str, list] = {name: [] for name in ("out", "dead", "late", "progress", "dec")}
+    sinks = FlowSinks(
+        TestingSink(got["out"]),
+        TestingSink(got["dead"]),
+        TestingSink(got["late"]),
+        TestingSink(got["progress"]),
+        decisions=TestingSink(got["dec"]),
+    )
+    settings = Settings().with_overrides("engine", shards=2).with_overrides("redis", url=redis_url)
+    flow = build_flow(TestingSource([RawBatch("p0", events)]), sinks, settings, CATALOG, ["p0"])
+    run_main(flow)
+    decisions = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
+    seen = [(d["client_id"], d["outcome"], d["reason"], d["decided_at_ms"]) for d in decisions]
+    eight = _ms("2026-01-06 08:00")
+    assert sorted(seen) == [
+        ("S1", "deferred", "quiet_hours", _ms("2026-01-05 22:10")),
+        ("S1", "suppressed", "resumed", eight),
+        ("S2", "deferred", "quiet_hours", _ms("2026-01-05 22:10")),
+        ("S2", "sent", "", eight),
+        ("S3", "sent", "", _ms("2026-01-05 12:10")),
+    ]
+    sent = [orjson.loads(x) for _, block in got["out"] for x in block.splitlines()]
+    assert sorted(d["client_id"] for d in sent) == ["S2", "S3"]
+    assert all((d["tier"], d["channel"]) == ("ai", "push") for d in sent)
+    assert lookup(r, "S1") == {}  # finished: no open journey
+    s2 = lookup(r, "S2")["open_account"]
+    assert {k: v for k, v in s2.items() if k != "updated_ms"} == {
+        "step": "start", "since_ms": _ms("2026-01-05 22:00"), "last_type": "acct_open_start",
+        "last_channel": "app", "last_ms": _ms("2026-01-05 22:00"), "stalled": True,
+        "attempt": 1,
+    }  # fmt: skip
+    assert lookup(r, "S3")["open_account"]["stalled"] is True
