@@ -17,13 +17,30 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from operators.interventions import InterventionBuilder
+from operators.render import INT, TEXT, Template, Vocabulary, render
 from policy.exceptions import LiveStateError
-from policy.live_state import JourneyChanges, LiveStateWriter
+from policy.live_state import LiveStateWriter
 from state.shard_store import NumbaShardStore
 
 log = logging.getLogger(__name__)
+
+# a live-state value, in the member order of policy.live_state.encode_value
+_VALUE = Template.compile(
+    [
+        '{"step":', (TEXT, 0),
+        ',"since_ms":', (INT, 0),
+        ',"last_type":', (TEXT, 1),
+        ',"last_channel":', (TEXT, 2),
+        ',"last_ms":', (INT, 1),
+        ',"stalled":', (TEXT, 3),
+        ',"attempt":', (INT, 2),
+        ',"updated_ms":', (INT, 3),
+        "}",
+    ]
+)  # fmt: skip
 
 
 class LiveStateTracker:
@@ -34,7 +51,15 @@ class LiveStateTracker:
     ) -> None:
         self.writer = writer
         self.interval_ms = interval_ms
-        self.names = names  # journey, step, event type and channel names of the catalog
+        self.journey_bytes = np.array([n.encode() for n in names.journey_names], dtype=object)
+        self.width = names.step_names.shape[1]
+        sections = [
+            names.step_names.ravel(), names.type_names, names.channels,
+            np.array([False, True], dtype=object),
+        ]  # fmt: skip
+        self.vocabulary = Vocabulary.of([orjson.dumps(v) for sec in sections for v in sec])
+        bases = np.cumsum([0] + [len(sec) for sec in sections]).tolist()
+        self.base_type, self.base_channel, self.base_bool = bases[1], bases[2], bases[3]
         self.keys: list[np.ndarray] = []  # uint64 client hashes
         self.journeys: list[np.ndarray] = []  # int64 journey codes
         self.client_ids: list[np.ndarray] = []  # object: client ids
@@ -66,9 +91,9 @@ class LiveStateTracker:
             return 0
         self.next_write_ms = now_ms + self.interval_ms
         keys, journeys, ids = self._unique()
-        changes = self.changes(store, keys, journeys, ids, now_ms)
+        values = self.values(store, keys, journeys, now_ms)
         try:
-            self.writer.write(changes)
+            self.writer.write_rows(ids.tolist(), self.journey_bytes[journeys].tolist(), values)
         except LiveStateError as exc:
             if exc.transient:
                 self.keys, self.journeys, self.client_ids = [keys], [journeys], [ids]
@@ -89,36 +114,40 @@ class LiveStateTracker:
         self.stats["rows"] += len(keys)
         return len(keys)
 
-    def changes(
-        self,
-        store: NumbaShardStore,
-        keys: np.ndarray,
-        journeys: np.ndarray,
-        client_ids: np.ndarray,
-        now_ms: int,
-    ) -> JourneyChanges:
-        """The current state of the (client, journey) pairs from the store; pairs with no
-        open instance are closed."""
-        n = len(keys)
+    def values(
+        self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
+    ) -> list[bytes | None]:
+        """The JSON value of each (client, journey) pair's open instance in the store, None
+        where none is open (``policy.live_state.encode_value`` of the same state, rendered
+        by the numba template kernel)."""
         slots = store.find_instances(keys, journeys)
-        open_ = slots >= 0
-        f = store.instance_fields(np.where(open_, slots, 0))
-        for name in ("step", "last_type", "last_channel"):  # closed rows: any valid code
-            f[name] = np.where(open_, f[name], 0)
-        step = np.where(open_, self.names.step_names[journeys, f["step"]], "")
-        return JourneyChanges(
-            client_id=client_ids.tolist(),
-            journey=self.names.journey_names[journeys].tolist(),
-            step=step.tolist(),
-            since_ms=f["since_ms"],
-            last_event_type=self.names.type_names[f["last_type"]].tolist(),
-            last_channel=self.names.channels[f["last_channel"]].tolist(),
-            last_event_ms=f["last_ms"],
-            stalled=f["stalled"] != 0,
-            closed=~open_ if n else np.zeros(0, bool),
-            attempt=f["attempt"],
-            updated_ms=now_ms,
-        )
+        rows = np.flatnonzero(slots >= 0)
+        out: list[bytes | None] = [None] * len(keys)
+        if not len(rows):
+            return out
+        f = store.instance_fields(slots[rows])
+        j = journeys[rows]
+        n = len(rows)
+        ints = np.stack(
+            [f["since_ms"], f["last_ms"], f["attempt"], np.full(n, now_ms, np.int64)]
+        ).astype(np.int64)
+        codes = np.stack(
+            [
+                j * self.width + f["step"],
+                self.base_type + f["last_type"],
+                self.base_channel + f["last_channel"],
+                self.base_bool + (f["stalled"] != 0),
+            ]
+        ).astype(np.int64)
+        empty = np.zeros((0, n), np.int64)
+        lines, ends = render(
+            _VALUE, self.vocabulary, np.arange(n), ints, empty, codes,
+            np.zeros(0, np.uint8), empty, empty,
+        )  # fmt: skip
+        starts = [0, *ends[:-1].tolist()]
+        for row, a, b in zip(rows.tolist(), starts, ends.tolist(), strict=True):
+            out[row] = lines[a : b - 1]
+        return out
 
     def _unique(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keys = np.concatenate(self.keys)

@@ -200,14 +200,29 @@ class LiveStateWriter:
         if not rows:
             return 0
         columns = {name: _as_list(getattr(changes, name)) for name in _STATE_COLUMNS}
+        return self.write_rows(
+            [str(changes.client_id[i]) for i in rows],
+            [str(changes.journey[i]).encode() for i in rows],
+            [
+                None if columns["closed"][i] else encode_value(columns, i, changes.updated_ms)
+                for i in rows
+            ],
+        )
+
+    def write_rows(
+        self, client_ids: Sequence[str], journeys: Sequence[bytes], values: Sequence[bytes | None]
+    ) -> int:
+        """Write one field per row: ``values[i]`` (a JSON object, see the module doc) under
+        ``journeys[i]`` of the client's hash, or remove the field when it is None. At most
+        one row per (client, journey). Returns the clients written; errors as :meth:`write`.
+        """
         by_client: dict[str, tuple[list[bytes], list[bytes]]] = {}
-        for i in rows:
-            open_, closed = by_client.setdefault(str(changes.client_id[i]), ([], []))
-            journey = str(changes.journey[i]).encode()
-            if columns["closed"][i]:
+        for client_id, journey, value in zip(client_ids, journeys, values, strict=True):
+            open_, closed = by_client.setdefault(client_id, ([], []))
+            if value is None:
                 closed.append(journey)
             else:
-                open_ += (journey, encode_value(columns, i, changes.updated_ms))
+                open_ += (journey, value)
         return self._send(by_client)
 
     def _send(self, by_client: dict[str, tuple[list[bytes], list[bytes]]]) -> int:

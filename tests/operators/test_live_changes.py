@@ -1,0 +1,87 @@
+"""Live-state values rendered by the numba template equal the plain encoding, and marks."""
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from ato.catalog import CHANNELS, load_catalog
+from ato.columns import EventColumns
+from ato.config import EngineSettings, GeneratorSettings
+from ato.generator import generate
+from operators.batches import RawBatch
+from operators.decode import Decoder
+from operators.interventions import InterventionBuilder
+from operators.live_changes import LiveStateTracker
+from policy.live_state import LiveStateWriter, encode_value, lookup
+from state.shard_store import NumbaShardStore, order_events
+
+CATALOG = load_catalog()
+NAMES = InterventionBuilder(CATALOG)
+
+
+@pytest.fixture(scope="module")
+def store_and_events() -> tuple[NumbaShardStore, EventColumns]:
+    traffic = generate(CATALOG, GeneratorSettings(clients=300, seed=4, partitions=1))
+    (lines,) = traffic.partitions.values()
+    events = Decoder(CATALOG, EngineSettings())(RawBatch("p", lines[: len(lines) // 2])).events
+    store = NumbaShardStore(CATALOG)
+    store.apply(events.take(order_events(events)))
+    return store, events
+
+
+def expected(store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now: int) -> list:
+    """``encode_value`` of each pair's open instance, None where none is open."""
+    slots = store.find_instances(keys, journeys)
+    out: list[bytes | None] = []
+    for slot, j in zip(slots.tolist(), journeys.tolist(), strict=True):
+        if slot < 0:
+            out.append(None)
+            continue
+        f = {k: v[0] for k, v in store.instance_fields(np.array([slot])).items()}
+        columns = {
+            "step": [NAMES.step_names[j, f["step"]]],
+            "since_ms": [int(f["since_ms"])],
+            "last_event_type": [NAMES.type_names[f["last_type"]]],
+            "last_channel": [CHANNELS[f["last_channel"]]],
+            "last_event_ms": [int(f["last_ms"])],
+            "stalled": [bool(f["stalled"])],
+            "attempt": [int(f["attempt"])],
+        }
+        out.append(encode_value(columns, 0, now))
+    return out
+
+
+def test_rendered_values_equal_the_plain_encoding(
+    store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
+) -> None:
+    store, events = store_and_events
+    tracker = LiveStateTracker(NAMES, LiveStateWriter(r, 60), interval_ms=0)
+    keys = np.repeat(np.unique(events.client_key), len(CATALOG.journeys))
+    journeys = np.tile(np.arange(len(CATALOG.journeys)), len(keys) // len(CATALOG.journeys))
+    got = tracker.values(store, keys, journeys, now_ms=1_767_600_000_123)
+    want = expected(store, keys, journeys, 1_767_600_000_123)
+    assert got == want
+    assert sum(v is not None for v in got) > 100  # open instances among them
+    assert all(orjson.loads(v)["updated_ms"] == 1_767_600_000_123 for v in got if v)
+
+
+def test_marks_are_written_once_each_and_kept_while_redis_fails(
+    store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
+) -> None:
+    store, events = store_and_events
+    broken = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
+    tracker = LiveStateTracker(NAMES, LiveStateWriter(broken, 60), interval_ms=0)
+    effects_journey = np.zeros(len(events), np.int64)  # everyone in journey 0
+    tracker.mark(events.client_key, effects_journey, events.client_id)
+    tracker.mark(events.client_key, np.full(len(events), -1), events.client_id)  # ignored
+    assert tracker.maybe_write(store, 1) == 0 and tracker.stats["failures"] == 1
+    distinct = len(np.unique(events.client_key))
+    assert tracker.pending() == distinct  # kept, deduplicated
+    tracker.writer = LiveStateWriter(r, 60)
+    assert tracker.maybe_write(store, 2) == distinct
+    assert tracker.pending() == 0
+    journey = CATALOG.journeys[0].name
+    opened = [c for c in set(events.client_id.tolist()) if journey in lookup(r, c)]
+    slots = store.find_instances(np.unique(events.client_key), np.zeros(distinct, np.int64))
+    assert len(opened) == int((slots >= 0).sum())
