@@ -243,9 +243,9 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         deferrals: list[Decision] = []
         later: list[Held] = []
         policy = self.ctx.policy
+        items = self._items(todo, profiles)
+        checks = [precheck(c, p, policy) for c, p in items]
         while True:
-            items = self._items(todo, profiles)
-            checks = [precheck(c, p, policy) for c, p in items]
             rows = np.array([e is not None and e.outcome == DEFERRED for _, e in checks], bool)
             if not rows.any():
                 break
@@ -255,7 +255,12 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             moved = replace(todo.take(rows), due=recheck)
             soon = moved.due <= self.watermark
             later.append(moved.take(~soon))
-            todo = Held.concat([todo.take(~rows), moved.take(soon)])
+            again = moved.take(soon)  # quiet hours already over: decide now, as of their end
+            kept = np.flatnonzero(~rows).tolist()
+            new_items = self._items(again, profiles)
+            items = [items[i] for i in kept] + new_items
+            checks = [checks[i] for i in kept] + [precheck(c, p, policy) for c, p in new_items]
+            todo = Held.concat([todo.take(~rows), again])
         order = np.lexsort((todo.ids.view("S36").ravel(), todo.due))
         todo = todo.take(order)
         ordered = order.tolist()

@@ -1,13 +1,18 @@
 """Epoch-ms arithmetic in a client's local time: quiet-hour windows, local days and weeks.
 
 All functions are pure: the instant comes in as epoch milliseconds, never from the wall clock.
+Zone conversions are cached: the UTC offset per zone and quarter hour (when it does not
+change within it), wall times to epoch ms per zone and day, and the periods of a local day.
 """
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 DAY_MS = 86_400_000
+BUCKET_MS = 900_000  # offsets are cached per quarter hour of UTC
+_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001 (naive on purpose: wall times)
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,28 @@ def _clock_text(ms: int) -> str:
 def local(now_ms: int, tz: ZoneInfo) -> datetime:
     """The aware local datetime of an epoch-ms instant (exact to the millisecond)."""
     seconds, ms = divmod(now_ms, 1000)
-    return datetime.fromtimestamp(seconds, tz) + timedelta(milliseconds=ms)
+    return datetime.fromtimestamp(seconds, tz).replace(microsecond=ms * 1000)  # keeps fold
 
 
+@lru_cache(maxsize=1 << 16)
+def _bucket_offset_ms(tz: ZoneInfo, bucket: int) -> int | None:
+    """The zone's UTC offset (ms) throughout quarter hour ``bucket``; None if it changes."""
+    first = local(bucket * BUCKET_MS, tz).utcoffset()
+    last = local((bucket + 1) * BUCKET_MS - 1_000, tz).utcoffset()  # changes fall on seconds
+    if first != last or first is None:
+        return None
+    return first // timedelta(milliseconds=1)
+
+
+def wall(now_ms: int, tz: ZoneInfo) -> datetime:
+    """The naive local wall time of an epoch-ms instant (what :func:`local` shows)."""
+    offset = _bucket_offset_ms(tz, now_ms // BUCKET_MS)
+    if offset is None:
+        return local(now_ms, tz).replace(tzinfo=None)
+    return _EPOCH + timedelta(milliseconds=now_ms + offset)
+
+
+@lru_cache(maxsize=1 << 16)
 def epoch_ms(day: date, ms_of_day: int, tz: ZoneInfo) -> int:
     """Epoch ms of local wall time ``ms_of_day`` on ``day`` in ``tz`` (a time skipped by a DST
     change maps as Python's ``fold=0`` does, to just after the change)."""
@@ -82,7 +106,7 @@ def quiet_until(now_ms: int, tz: ZoneInfo, window: Window | None) -> int | None:
     """Epoch ms at which the quiet window around ``now_ms`` ends, or None if not quiet now."""
     if window is None:
         return None
-    moment = local(now_ms, tz)
+    moment = wall(now_ms, tz)
     tod = ms_of_day(moment)
     if not window.contains(tod):
         return None
@@ -107,7 +131,11 @@ class Periods:
 
 def periods(now_ms: int, tz: ZoneInfo) -> Periods:
     """Local day and week of ``now_ms`` in ``tz`` (DST days are 23 or 25 hours long)."""
-    today = local(now_ms, tz).date()
+    return _periods(wall(now_ms, tz).date(), tz)
+
+
+@lru_cache(maxsize=1 << 14)
+def _periods(today: date, tz: ZoneInfo) -> Periods:
     monday = today - timedelta(days=today.weekday())
     year, week, _ = today.isocalendar()
     return Periods(

@@ -8,7 +8,7 @@ A profile lives in the Redis hash ``ato:profile:<client_id>`` with the string fi
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -60,6 +60,9 @@ def zone(name: str) -> ZoneInfo:
         raise ProfileError(msg) from exc
 
 
+ProfileValues = tuple[str, str, str, str, str, bool, bool]
+
+
 @dataclass(frozen=True)
 class Profile:
     """What the contact policy knows about a client; ``known`` is False for defaults."""
@@ -91,6 +94,20 @@ class Profile:
             raise ProfileError(msg)
         zone(self.tz)
 
+    def values(self) -> "ProfileValues":
+        """Every field but ``client_id``, as a tuple (what the cache keeps)."""
+        return (
+            self.segment, self.value_tier, self.rm_id, self.preferred_channel, self.tz,
+            self.do_not_contact, self.known,
+        )  # fmt: skip
+
+    @classmethod
+    def of_values(cls, client_id: str, values: "ProfileValues") -> "Profile":
+        """A profile from :meth:`values` of a validated one, without validating again."""
+        profile = object.__new__(cls)
+        profile.__dict__.update(zip(_FIELD_NAMES, (client_id, *values), strict=True))
+        return profile
+
     @classmethod
     def default(cls, client_id: str) -> "Profile":
         """An unknown client: savvy_regular, mass tier, no RM, no preference,
@@ -107,6 +124,9 @@ class Profile:
             "tz": self.tz,
             "do_not_contact": "1" if self.do_not_contact else "0",
         }
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Profile))
 
 
 def parse_bool(value: object, name: str) -> bool:
@@ -167,6 +187,10 @@ class ProfileStore:
     (default ``time.monotonic``); the cache keeps at most ``max_entries`` entries and drops the
     oldest first. A hash that no longer parses (edited by hand) counts in ``stats["invalid"]``
     and the client gets the defaults, so a bad record never stops a flow.
+
+    The cache holds tuples of strings (which Python's cycle collector stops scanning), not
+    ``Profile`` objects: a million cached objects made every full collection slow. Hashes
+    with the same contents are validated once.
     """
 
     def __init__(
@@ -185,7 +209,9 @@ class ProfileStore:
         self.clock = clock
         self.max_entries = max_entries
         self.chunk = chunk
-        self._cache: dict[str, tuple[float, Profile]] = {}
+        self._cache: dict[str, tuple[float, ProfileValues]] = {}
+        self._shapes: dict[tuple[tuple[bytes | str, bytes | str], ...], tuple[ProfileValues, str]]
+        self._shapes = {}
         self.script = Script(client, READ_LUA)
         self.stats = {"hits": 0, "misses": 0, "unknown": 0, "invalid": 0, "round_trips": 0}
 
@@ -229,7 +255,7 @@ class ProfileStore:
                 continue
             entry = self._cache.get(client_id)
             if entry is not None and entry[0] > now:
-                found[client_id] = entry[1]
+                found[client_id] = Profile.of_values(client_id, entry[1])
                 self.stats["hits"] += 1
             else:
                 missing[client_id] = None
@@ -245,31 +271,49 @@ class ProfileStore:
         self.stats["round_trips"] += 1
         expires = now + self.ttl_s
         for client_id, flat in zip(ids, replies, strict=True):
-            profile = self._decode(client_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-            found[client_id] = profile
-            self._remember(client_id, expires, profile)
+            values = self._values(client_id, tuple(zip(flat[::2], flat[1::2], strict=True)))
+            found[client_id] = Profile.of_values(client_id, values)
+            self._remember(client_id, expires, values)
         return found
 
-    def _decode(self, client_id: str, reply: Mapping[bytes | str, bytes | str]) -> Profile:
+    def _values(
+        self, client_id: str, shape: tuple[tuple[bytes | str, bytes | str], ...]
+    ) -> ProfileValues:
+        """The validated values of a hash's fields (``shape``); the same contents are
+        validated once (at most ``max_entries`` kinds remembered)."""
+        known = self._shapes.get(shape)
+        if known is None:
+            known = self._decode(client_id, dict(shape))
+            if len(self._shapes) >= self.max_entries:
+                self._shapes.clear()
+            self._shapes[shape] = known
+        values, status = known
+        if status:
+            self.stats[status] += 1
+        return values
+
+    def _decode(
+        self, client_id: str, reply: Mapping[bytes | str, bytes | str]
+    ) -> tuple[ProfileValues, str]:
+        """The values of a hash and what it was: ``""`` (valid), ``"unknown"`` (no hash) or
+        ``"invalid"`` (does not parse: the defaults)."""
         if not reply:
-            self.stats["unknown"] += 1
-            return Profile.default(client_id)
+            return Profile.default(client_id).values(), "unknown"
         row: dict[str, object] = {"client_id": client_id}
         try:
             for name, value in reply.items():
                 key = name.decode() if isinstance(name, bytes) else name
                 row[key] = value.decode() if isinstance(value, bytes) else value
-            return parse_profile(row)
+            return parse_profile(row).values(), ""
         except (ProfileError, UnicodeDecodeError):
-            self.stats["invalid"] += 1
-            return Profile.default(client_id)
+            return Profile.default(client_id).values(), "invalid"
 
-    def _remember(self, client_id: str, expires: float, profile: Profile) -> None:
+    def _remember(self, client_id: str, expires: float, values: ProfileValues) -> None:
         cache_ = self._cache
         cache_.pop(client_id, None)
         while len(cache_) >= self.max_entries:
             del cache_[next(iter(cache_))]
-        cache_[client_id] = (expires, profile)
+        cache_[client_id] = (expires, values)
 
     def invalidate(self, client_ids: Iterable[str] | None = None) -> None:
         """Drop cached entries (all of them when ``client_ids`` is None)."""

@@ -3,8 +3,10 @@
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from policy.localtime import Window, periods, quiet_until
+from policy.localtime import Window, local, periods, quiet_until, wall
 from policy.profiles import Profile, zone
 from policy.rules import (
     DEFERRED,
@@ -197,3 +199,23 @@ def test_decision_fields(at: At) -> None:
         "ultra_high_net_worth",
     )
     assert (d.decided_at_ms, d.priority, d.attempt) == (now, 70, 2)
+
+
+DST_ZONES = ["Europe/London", "America/New_York", "Australia/Lord_Howe", "Asia/Shanghai"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tz=st.sampled_from(DST_ZONES),
+    base=st.sampled_from(
+        [1_774_746_000_000, 1_793_512_800_000, 1_775_314_800_000, 1_767_600_000_000]
+    ),  # 2026 DST changes in London, New York, Lord Howe; and an ordinary day
+    delta=st.integers(-2 * HOUR, 2 * HOUR),
+)
+def test_cached_wall_time_equals_the_exact_conversion(tz: str, base: int, delta: int) -> None:
+    """``wall`` (offset cached per quarter hour) shows what ``local`` computes exactly, also
+    in the quarter hours around DST changes (including Lord Howe's half-hour one)."""
+    now = base + delta
+    assert wall(now, zone(tz)) == local(now, zone(tz)).replace(tzinfo=None)
+    p = periods(now, zone(tz))
+    assert p.day_start <= now < p.day_end and p.week_start <= now < p.week_end
