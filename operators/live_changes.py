@@ -51,7 +51,7 @@ class LiveStateTracker:
     ) -> None:
         self.writer = writer
         self.interval_ms = interval_ms
-        self.journey_bytes = np.array([n.encode() for n in names.journey_names], dtype=object)
+        self.journey_names = names.journey_names
         self.width = names.step_names.shape[1]
         sections = [
             names.step_names.ravel(), names.type_names, names.channels,
@@ -93,7 +93,7 @@ class LiveStateTracker:
         keys, journeys, ids = self._unique()
         values = self.values(store, keys, journeys, now_ms)
         try:
-            self.writer.write_rows(ids.tolist(), self.journey_bytes[journeys].tolist(), values)
+            self.writer.write_rows(ids.tolist(), self.journey_names[journeys].tolist(), values)
         except LiveStateError as exc:
             if exc.transient:
                 self.keys, self.journeys, self.client_ids = [keys], [journeys], [ids]
@@ -116,13 +116,13 @@ class LiveStateTracker:
 
     def values(
         self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
-    ) -> list[bytes | None]:
+    ) -> list[str | None]:
         """The JSON value of each (client, journey) pair's open instance in the store, None
         where none is open (``policy.live_state.encode_value`` of the same state, rendered
         by the numba template kernel)."""
         slots = store.find_instances(keys, journeys)
         rows = np.flatnonzero(slots >= 0)
-        out: list[bytes | None] = [None] * len(keys)
+        out: list[str | None] = [None] * len(keys)
         if not len(rows):
             return out
         f = store.instance_fields(slots[rows])
@@ -146,7 +146,7 @@ class LiveStateTracker:
         )  # fmt: skip
         starts = [0, *ends[:-1].tolist()]
         for row, a, b in zip(rows.tolist(), starts, ends.tolist(), strict=True):
-            out[row] = lines[a : b - 1]
+            out[row] = lines[a : b - 1].decode()
         return out
 
     def _unique(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

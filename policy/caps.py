@@ -19,48 +19,51 @@ each call, and the key expires that long (wall clock) after its last write.
 
 from collections.abc import Sequence
 
+import orjson
 import redis
 
 from policy.localtime import periods
 from policy.profiles import Profile, zone
 from policy.routing import Route
 from policy.rules import SENT, SUPPRESSED, Candidate, Decision, decision, precheck
-from policy.scripts import Script
+from policy.scripts import Call, Script
 from policy.settings import Policy
 
 RETAIN_MS = 8 * 86_400_000  # a week plus a day of local-time slack
 SENT_PREFIX = "ato:sent:"
 SEPARATOR = "\x1f"  # between journey and intervention id in a member
 
-# KEYS: the candidates' sent sets, in decision order. ARGV[1]: retention and expiry (ms);
-# then 8 per candidate: member (journey SEP id), journey SEP, now, day_start, week_start,
-# per_day, per_week, cooldown_ms. Returns one code per candidate: 0 sent, 1 already sent
-# (replay), 2 cooldown, 3 daily cap, 4 weekly cap.
+# ARGV: retention and expiry (ms), per_day, per_week, and a JSON array with one [sent set key,
+# member (journey SEP id), journey SEP, now, day_start, week_start, cooldown_ms] per
+# candidate, in decision order (one JSON argument: the client library's per-argument cost
+# stays out of the flow; the keys are not declared, so a single Redis only). Returns one code
+# per candidate: 0 sent, 1 already sent (replay), 2 cooldown, 3 daily cap, 4 weekly cap.
 LUA = """
-local ttl = tonumber(ARGV[1])
+local ttl, per_day, per_week = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
-for i, sent in ipairs(KEYS) do
-  local b = 1 + (i - 1) * 8
-  local member, prefix, now = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
+for i, c in ipairs(cjson.decode(ARGV[4])) do
+  local sent, member, prefix, now = c[1], c[2], c[3], c[4]
   local code = 0
   if redis.call('ZSCORE', sent, member) then
     code = 1
   else
-    redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. (now - ttl))
-    local cooldown = tonumber(ARGV[b + 8])
+    redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. string.format('%d', now - ttl))
+    local cooldown = c[7]
     if cooldown > 0 then
-      for _, m in ipairs(redis.call('ZRANGEBYSCORE', sent, '(' .. (now - cooldown), now)) do
+      local from = '(' .. string.format('%d', now - cooldown)
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', sent, from, string.format('%d', now))) do
         if string.sub(m, 1, #prefix) == prefix then code = 2 break end
       end
     end
-    if code == 0 and redis.call('ZCOUNT', sent, ARGV[b + 4], now) >= tonumber(ARGV[b + 6]) then
+    local upto = string.format('%d', now)
+    if code == 0 and redis.call('ZCOUNT', sent, string.format('%d', c[5]), upto) >= per_day then
       code = 3
     end
-    if code == 0 and redis.call('ZCOUNT', sent, ARGV[b + 5], now) >= tonumber(ARGV[b + 7]) then
+    if code == 0 and redis.call('ZCOUNT', sent, string.format('%d', c[6]), upto) >= per_week then
       code = 4
     end
     if code == 0 then
-      redis.call('ZADD', sent, now, member)
+      redis.call('ZADD', sent, upto, member)
       redis.call('PEXPIRE', sent, ttl)
     end
   end
@@ -108,14 +111,12 @@ class CapStore:
             out.append(early)
             if early is None:
                 pending.append((i, c, profile, r))
-        calls = []
-        for start in range(0, len(pending), self.chunk):
-            keys: list[str | bytes] = []
-            args: list[str | bytes | int] = [self.ttl_ms]
-            for _, c, profile, _ in pending[start : start + self.chunk]:
-                keys.append(sent_key(c.client_id))
-                args += self._args(c, profile)
-            calls.append((keys, args))
+        rows = [self._row(c, profile) for _, c, profile, _ in pending]
+        scalars = [self.ttl_ms, self.policy.per_day, self.policy.per_week]
+        calls: list[Call] = [
+            ([], [*scalars, orjson.dumps(rows[start : start + self.chunk])])
+            for start in range(0, len(rows), self.chunk)
+        ]
         codes = [int(code) for reply in self.script.run(calls) for code in reply]
         for (i, c, profile, r), code in zip(pending, codes, strict=True):
             if code in _REASONS:
@@ -124,15 +125,14 @@ class CapStore:
                 out[i] = decision(c, profile, r, SENT, replayed=code == 1)
         return [d for d in out if d is not None]
 
-    def _args(self, c: Candidate, profile: Profile) -> tuple[str | int, ...]:
+    def _row(self, c: Candidate, profile: Profile) -> list[str | int]:
         p = periods(c.now_ms, zone(profile.tz))
-        return (
+        return [
+            sent_key(c.client_id),
             f"{c.journey}{SEPARATOR}{c.intervention_id}",
             f"{c.journey}{SEPARATOR}",
             c.now_ms,
             p.day_start,
             p.week_start,
-            self.policy.per_day,
-            self.policy.per_week,
             self.policy.cooldown_for(c.journey),
-        )
+        ]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 import redis
 
 from ato.catalog import SEGMENTS
@@ -19,10 +20,12 @@ from policy.exceptions import ProfileError
 from policy.scripts import Call, Script
 
 KEY_PREFIX = "ato:profile:"
-# KEYS: profile hashes. Returns each one's HGETALL (flat field, value list; empty if none).
+# ARGV[1]: a JSON array of profile hash keys (one argument: the client library's
+# per-argument cost stays out of the flow; the keys are not declared, so a single Redis
+# only). Returns each one's HGETALL (a flat field, value list; empty if none).
 READ_LUA = """
 local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+for i, key in ipairs(cjson.decode(ARGV[1])) do out[i] = redis.call('HGETALL', key) end
 return out
 """
 # value tiers, lowest first (a retail bank's mass / gold / platinum / diamond / private banking)
@@ -263,9 +266,10 @@ class ProfileStore:
             return found
         self.stats["misses"] += len(missing)
         ids = list(missing)
+        keys = [profile_key(c) for c in ids]
         calls: list[Call] = [
-            ([profile_key(c) for c in ids[start : start + self.chunk]], [])
-            for start in range(0, len(ids), self.chunk)
+            ([], [orjson.dumps(keys[start : start + self.chunk])])
+            for start in range(0, len(keys), self.chunk)
         ]
         replies = [hash_ for reply in self.script.run(calls) for hash_ in reply]
         self.stats["round_trips"] += 1

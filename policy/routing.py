@@ -16,7 +16,34 @@ class Route:
     rule: int
 
 
+ROUTE_CACHE = 100_000  # remembered routes per policy (the table is cleared when full)
+
+
 def route(
+    policy: Policy,
+    journey: str,
+    step: str,
+    attempt: int,
+    profile: Profile,
+    tier: str,
+    priority: int,
+) -> Route:
+    """:func:`route_uncached`, remembered per policy for the inputs it depends on."""
+    key = (
+        journey, step, attempt, profile.segment, profile.value_tier, bool(profile.rm_id),
+        profile.preferred_channel, tier, priority,
+    )  # fmt: skip
+    cache = policy.route_cache
+    found = cache.get(key)
+    if found is None:
+        found = route_uncached(policy, journey, step, attempt, profile, tier, priority)
+        if len(cache) >= ROUTE_CACHE:
+            cache.clear()
+        cache[key] = found
+    return found
+
+
+def route_uncached(
     policy: Policy,
     journey: str,
     step: str,

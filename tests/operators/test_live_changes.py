@@ -33,7 +33,7 @@ def store_and_events() -> tuple[NumbaShardStore, EventColumns]:
 def expected(store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now: int) -> list:
     """``encode_value`` of each pair's open instance, None where none is open."""
     slots = store.find_instances(keys, journeys)
-    out: list[bytes | None] = []
+    out: list[str | None] = []
     for slot, j in zip(slots.tolist(), journeys.tolist(), strict=True):
         if slot < 0:
             out.append(None)
@@ -48,7 +48,7 @@ def expected(store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now
             "stalled": [bool(f["stalled"])],
             "attempt": [int(f["attempt"])],
         }
-        out.append(encode_value(columns, 0, now))
+        out.append(encode_value(columns, 0, now).decode())
     return out
 
 

@@ -1,11 +1,13 @@
 """Routing as data: first matching rule, wildcards, the escalation ladder, priority."""
 
+import itertools
 import tomllib
 
 import pytest
 
-from policy.profiles import Profile
-from policy.routing import route
+from ato.catalog import SEGMENTS, load_catalog
+from policy.profiles import VALUE_TIERS, Profile
+from policy.routing import ROUTE_CACHE, route, route_uncached
 from policy.settings import load_policy, parse_policy
 
 POLICY = parse_policy(
@@ -91,3 +93,21 @@ def test_default_policy_routes() -> None:
     top = Profile("C", "car_owner", "diamond", rm_id="RM9")
     tiers = [route(policy, "loan_application", "offer", a, top, "ai", 60).tier for a in (1, 2, 3)]
     assert tiers == ["ai", "remote", "offline"]
+
+
+CATALOG = load_catalog()
+
+
+def test_remembered_routes_equal_fresh_ones() -> None:
+    """``route`` (remembered per policy) answers what ``route_uncached`` computes, for every
+    combination the shipped policy distinguishes, asked twice."""
+    journeys = [(j.name, s.name) for j in CATALOG.journeys for s in j.steps]
+    for _ in range(2):
+        for k, (journey, step) in enumerate(journeys):
+            for attempt, segment, tier_, rm in itertools.product(
+                (1, 2, 3), SEGMENTS, VALUE_TIERS, ("", "RM7")
+            ):
+                profile = Profile(f"C{k}", segment, tier_, rm, "", "Asia/Shanghai")
+                args = (POLICY, journey, step, attempt, profile, "ai", 40 + k % 20)
+                assert route(*args) == route_uncached(*args)
+    assert 0 < len(POLICY.route_cache) <= ROUTE_CACHE
