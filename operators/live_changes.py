@@ -7,13 +7,18 @@ reads the current state of every marked pair from the shard store and writes it 
 removed. Only the latest state is written, so a client's many events between two writes cost
 one field write.
 
-When Redis is unreachable the marks are kept and the write is tried again after
+The state is read and encoded on the flow's thread; the Redis round trip runs on the
+writer's own thread (in submission order), so the flow goes on while Redis works; at most
+``MAX_IN_FLIGHT`` writes per shard are on their way, and a snapshot waits for them. When
+Redis is unreachable, a failed write's marks are kept and written again after
 ``interval_ms``: the state read then is the newest, so nothing needs replaying. Other Redis
 errors (a key of the wrong type, say) are logged and counted, and those marks dropped.
 """
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +31,18 @@ from policy.live_state import LiveStateWriter
 from state.shard_store import NumbaShardStore
 
 log = logging.getLogger(__name__)
+MAX_IN_FLIGHT = 4  # writes handed to the writer's thread and not yet done, per shard
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A write handed to the writer's thread, and the marks it covers."""
+
+    write: "Future[int]"
+    keys: np.ndarray
+    journeys: np.ndarray
+    client_ids: np.ndarray
+
 
 # a live-state value, in the member order of policy.live_state.encode_value
 _VALUE = Template.compile(
@@ -64,6 +81,7 @@ class LiveStateTracker:
         self.journeys: list[np.ndarray] = []  # int64 journey codes
         self.client_ids: list[np.ndarray] = []  # object: client ids
         self.next_write_ms = 0
+        self.in_flight: list[InFlight] = []
         self.failing = False
         self.stats = {"writes": 0, "rows": 0, "failures": 0, "errors": 0}
 
@@ -85,34 +103,54 @@ class LiveStateTracker:
         return sum(len(k) for k in self.keys)
 
     def maybe_write(self, store: NumbaShardStore, now_ms: int, force: bool = False) -> int:
-        """Write the marked instances' state when ``interval_ms`` has passed (or ``force``);
-        return the rows written."""
+        """Hand the marked instances' state to the writer's thread when ``interval_ms`` has
+        passed (or ``force``: then wait until everything handed over is written); return the
+        rows handed over. Writes that failed since the last call are marked again."""
+        self._collect(wait=False)
         if not self.keys or (not force and now_ms < self.next_write_ms):
+            if force:
+                self._collect(wait=True)
             return 0
         self.next_write_ms = now_ms + self.interval_ms
         keys, journeys, ids = self._unique()
         values = self.values(store, keys, journeys, now_ms)
-        try:
-            self.writer.write_rows(ids.tolist(), self.journey_names[journeys].tolist(), values)
-        except LiveStateError as exc:
-            if exc.transient:
-                self.keys, self.journeys, self.client_ids = [keys], [journeys], [ids]
-                self.stats["failures"] += 1
-                if not self.failing:
-                    log.warning("live state: %s; %d instances kept to retry", exc, len(keys))
-                self.failing = True
-                return 0
-            self.stats["errors"] += 1
-            log.error("live state: %s; %d instance changes dropped", exc, len(keys))
-            self._clear()
-            return 0
-        if self.failing:
-            log.warning("live state: Redis answers again, %d instances written", len(keys))
-        self.failing = False
         self._clear()
-        self.stats["writes"] += 1
-        self.stats["rows"] += len(keys)
+        write = self.writer.submit_rows(ids.tolist(), self.journey_names[journeys].tolist(), values)
+        self.in_flight.append(InFlight(write, keys, journeys, ids))
+        if force or len(self.in_flight) > MAX_IN_FLIGHT:
+            self._collect(wait=True, keep=0 if force else MAX_IN_FLIGHT)
         return len(keys)
+
+    def _collect(self, wait: bool, keep: int = 0) -> None:
+        """Settle finished writes (with ``wait``: all but the newest ``keep``, waiting):
+        a transient failure marks its instances again, other errors drop them, logged."""
+        while self.in_flight and (
+            self.in_flight[0].write.done() or (wait and len(self.in_flight) > keep)
+        ):
+            done = self.in_flight.pop(0)
+            n = len(done.keys)
+            try:
+                done.write.result()
+            except LiveStateError as exc:
+                if exc.transient:
+                    self.keys.insert(0, done.keys)
+                    self.journeys.insert(0, done.journeys)
+                    self.client_ids.insert(0, done.client_ids)
+                    self.stats["failures"] += 1
+                    if not self.failing:
+                        log.warning(
+                            "live state: %s; %d instances kept to retry", exc, len(done.keys)
+                        )
+                    self.failing = True
+                else:
+                    self.stats["errors"] += 1
+                    log.error("live state: %s; %d instance changes dropped", exc, n)
+                continue
+            if self.failing:
+                log.warning("live state: Redis answers again")
+            self.failing = False
+            self.stats["writes"] += 1
+            self.stats["rows"] += n
 
     def values(
         self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
@@ -163,7 +201,9 @@ class LiveStateTracker:
         self.keys, self.journeys, self.client_ids = [], [], []
 
     def snapshot(self) -> dict[str, Any]:
-        """The marks not yet written."""
+        """The marks not yet written (after waiting for the writes handed over: a snapshot
+        must not lose marks whose write was still on its way)."""
+        self._collect(wait=True)
         if not self.keys:
             return {"keys": None}
         keys, journeys, ids = self._unique()

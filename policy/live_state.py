@@ -13,6 +13,7 @@ of the keys it touches. See ``docs/policy.md`` ("Live journey state").
 """
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -176,6 +177,17 @@ class LiveStateWriter:
         self.ttl_s = int(ttl_s)
         self.chunk = chunk
         self.script = Script(client, WRITE_LUA)
+        self._thread: ThreadPoolExecutor | None = None
+
+    def submit_rows(
+        self, client_ids: Sequence[str], journeys: Sequence[str], values: Sequence[str | None]
+    ) -> "Future[int]":
+        """:meth:`write_rows` on the writer's own thread (one per writer, so writes run in
+        the order they are submitted); the flow goes on while Redis works. The future
+        raises what :meth:`write_rows` raises."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="ato-live-state")
+        return self._thread.submit(self.write_rows, client_ids, journeys, values)
 
     def write(self, changes: JourneyChanges) -> int:
         """Write the last change per (client, journey) and return the clients written.
