@@ -15,6 +15,7 @@ from ato.catalog import Catalog, load_catalog
 from ato.config import KafkaSettings, Settings, clickhouse_url
 from ato.exceptions import ConfigError
 from ato.generator import GeneratedTraffic, generate
+from ato.process import tune_gc
 from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
 from operators.interventions import intervention_id
@@ -160,6 +161,7 @@ def run(
     reported, as the ground truth assumes the whole traffic. ``cluster`` is (addresses of every
     process, this process's index) for a Bytewax cluster.
     """
+    tune_gc()
     catalog = catalog if catalog is not None else load_catalog(settings.catalog)
     engine = settings.engine
     live = engine.clock == "live"

@@ -49,6 +49,7 @@ from ato.catalog import SEGMENTS, Catalog, load_catalog
 from ato.config import GeneratorSettings, Settings
 from ato.devservers import start_redis
 from ato.generator import generate
+from ato.process import tune_gc
 from flows.journeys import FlowSinks, build_flow
 from load_tests.naive import build_naive_flow
 from operators.batches import DecodedBatch, RawBatch
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     decoded = [decoder(b) for b in batches]  # also warms the JIT caches
     gc.collect()
     gc.freeze()  # the input data is long-lived: keep it out of every collection
+    tune_gc()  # as ato run does
     run_state_only(decoded[: len(partitions) * 2], partitions, settings, catalog)
 
     figures: dict[str, list[float]] = {

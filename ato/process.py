@@ -1,0 +1,14 @@
+"""Process-wide settings a flow process applies once at start."""
+
+import gc
+
+# Allocations between young-generation collections, and collections between older ones.
+# The flow's objects rarely form reference cycles (a 1 M-client run with the contact policy
+# collected about 1,500 objects in 28,000 collections), but Python's defaults (700, 10, 10)
+# spent 10 s of that 70 s run scanning live objects.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect reference cycles far less often than Python's defaults (``GC_THRESHOLDS``)."""
+    gc.set_threshold(*GC_THRESHOLDS)
