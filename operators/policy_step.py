@@ -343,7 +343,8 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             msg = (
                 f"contact policy: Redis at {where(self.ctx.client)} did not answer for"
                 f" {waited_s:.0f} s with {count} decisions waiting (redis.outage_wait_s ="
-                f" {self.ctx.outage_wait_s:g}); they are in the recovery snapshot"
+                f" {self.ctx.outage_wait_s:g}); a run with recovery resumes them from its"
+                " last snapshot"
             )
             raise PolicyError(msg)
         self.ctx.sleep(RETRY_MS / 1000)
