@@ -13,8 +13,9 @@ One Lua script checks the cooldown and both caps and records the send in one ste
 processes deciding for the same client at once never exceed a cap. It takes up to ``chunk``
 candidates per call, in order; a batch costs one pipeline of such calls (one round trip).
 The calls touch many clients' keys, so this needs a single Redis, not a Redis Cluster.
-Sends older than the retention (a week plus a day, or the longest cooldown) are pruned on
-each call, and the key expires that long (wall clock) after its last write.
+One range read per candidate gives the cooldown and both counts; a send also prunes members
+older than the retention (a week plus a day, or the longest cooldown), and the key expires
+that long (wall clock) after its last write.
 """
 
 from collections.abc import Sequence
@@ -43,26 +44,27 @@ local ttl, per_day, per_week = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(AR
 local out = {}
 for i, c in ipairs(cjson.decode(ARGV[4])) do
   local sent, member, prefix, now = c[1], c[2], c[3], c[4]
+  local day_start, week_start, cooldown = c[5], c[6], c[7]
   local code = 0
   if redis.call('ZSCORE', sent, member) then
     code = 1
   else
-    redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. string.format('%d', now - ttl))
-    local cooldown = c[7]
-    if cooldown > 0 then
-      local from = '(' .. string.format('%d', now - cooldown)
-      for _, m in ipairs(redis.call('ZRANGEBYSCORE', sent, from, string.format('%d', now))) do
-        if string.sub(m, 1, #prefix) == prefix then code = 2 break end
-      end
-    end
     local upto = string.format('%d', now)
-    if code == 0 and redis.call('ZCOUNT', sent, string.format('%d', c[5]), upto) >= per_day then
-      code = 3
+    local from = string.format('%d', math.min(week_start, now - cooldown))
+    local recent = redis.call('ZRANGEBYSCORE', sent, from, upto, 'WITHSCORES')
+    local day, week = 0, 0
+    for k = 1, #recent, 2 do
+      local score = tonumber(recent[k + 1])
+      if score > now - cooldown and string.sub(recent[k], 1, #prefix) == prefix then
+        code = 2
+      end
+      if score >= day_start then day = day + 1 end
+      if score >= week_start then week = week + 1 end
     end
-    if code == 0 and redis.call('ZCOUNT', sent, string.format('%d', c[6]), upto) >= per_week then
-      code = 4
-    end
+    if code == 0 and day >= per_day then code = 3 end
+    if code == 0 and week >= per_week then code = 4 end
     if code == 0 then
+      redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. string.format('%d', now - ttl))
       redis.call('ZADD', sent, upto, member)
       redis.call('PEXPIRE', sent, ttl)
     end
