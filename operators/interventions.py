@@ -247,6 +247,16 @@ class InterventionBuilder:
         self.base_routed_tier, self.base_contact, self.base_segment = bases[6], bases[7], bases[8]
         self.width = width
 
+    def priorities(self, records: Records) -> np.ndarray:
+        """:func:`priority` of each record (recent calls rounded to 4 decimals, as in the
+        documents), int64."""
+        ints = records.ints
+        calls = np.rint(records.floats[OF_CALLS] * 10_000) / 10_000
+        return priorities(
+            self.base_priority[ints[O_JOURNEY]], ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES],
+            calls, ints[O_ABANDONED], ints[O_ATTEMPT],
+        )  # fmt: skip
+
     def ids(self, records: Records) -> np.ndarray:
         """Intervention id of each record, as ASCII uint8 ``[n, 36]``."""
         ints = records.ints

@@ -22,13 +22,12 @@ from bytewax.operators import StatefulBatchLogic
 from ato.catalog import CHANNELS, SEGMENTS, Catalog
 from operators.batches import ShardOutput
 from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
-from operators.interventions import InterventionBuilder, priorities
+from operators.interventions import InterventionBuilder
 from operators.watermark import MIN_WATERMARK
 from policy.rules import Decision
 from sinks.clickhouse import Column, MetricBlock
 from state.base import Records
 from state.layout import (
-    O_ABANDONED,
     O_ATTEMPT,
     O_BACK,
     O_DEADLINE,
@@ -97,7 +96,6 @@ class MetricRows:
         steps[:-1, :-1] = names.step_names
         self.steps = Names(steps)  # [journey, step], index -1 is ""
         self.tiers = Names(names.tiers)
-        self.base_priority = names.base_priority
         self.type_names = Names(names.type_names)
         self.channels = Names([*CHANNELS, ""])
         self.segments = Names([*SEGMENTS, UNKNOWN_SEGMENT])
@@ -149,12 +147,7 @@ class MetricRows:
         }
 
     def _priority(self, records: Records) -> np.ndarray:
-        ints = records.ints
-        calls = np.rint(records.floats[OF_CALLS] * 10_000) / 10_000
-        return priorities(
-            self.base_priority[ints[O_JOURNEY]], ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES],
-            calls, ints[O_ABANDONED], ints[O_ATTEMPT],
-        ).astype(np.float64)  # fmt: skip
+        return self.builder.priorities(records).astype(np.float64)
 
     def stalls(
         self,

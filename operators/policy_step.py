@@ -30,7 +30,7 @@ from bytewax.operators import StatefulBatchLogic
 from ato.catalog import Catalog
 from operators.batches import InterventionBatch, ShardOutput
 from operators.decode import wall_ms
-from operators.interventions import InterventionBuilder, Routing, priorities
+from operators.interventions import InterventionBuilder, Routing
 from policy.caps import CapStore
 from policy.connection import is_transient
 from policy.exceptions import PolicyError
@@ -40,17 +40,12 @@ from policy.rules import DEFERRED, SENT, Candidate, Decision, precheck
 from policy.settings import Policy
 from state.base import Records
 from state.layout import (
-    O_ABANDONED,
     O_ATTEMPT,
-    O_BACK,
     O_DEADLINE,
-    O_ERRORS,
     O_JOURNEY,
     O_OUTCOME,
     O_RESOLVED_AT,
     O_STEP,
-    O_SWITCHES,
-    OF_CALLS,
     OUTCOME_LAPSED,
 )
 
@@ -273,11 +268,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         ints = records.ints
         b = self.builder
         j, s, attempt = ints[O_JOURNEY], ints[O_STEP], ints[O_ATTEMPT]
-        calls = np.rint(records.floats[OF_CALLS] * 10_000) / 10_000
-        prio = priorities(
-            b.base_priority[j], ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES], calls,
-            ints[O_ABANDONED], attempt,
-        )  # fmt: skip
+        prio = b.priorities(records)
         tiers = b.tiers[j, np.minimum(attempt, 3) - 1].tolist()
         return [
             (
