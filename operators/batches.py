@@ -157,6 +157,7 @@ class ShardOutput:
     stalls: Records = field(default_factory=Records.empty)
     stall_ids: np.ndarray | None = None  # intervention ids of ``stalls``, uint8 [n, 36]
     outcomes: Records = field(default_factory=Records.empty)
+    outcome_ids: np.ndarray | None = None  # intervention ids of ``outcomes``, uint8 [n, 36]
     funnel: FunnelRows | None = None  # funnel counts of this call (summed by the funnel step)
     final: bool = False  # the shard's last output: input ended
     emitted_at_ms: int = 0

@@ -116,7 +116,7 @@ class MetricRows:
         if out.decisions:
             blocks.append(self.policy_decisions(out.decisions, out.emitted_at_ms))
         if len(out.outcomes):
-            blocks.append(self.outcome_rows(out.outcomes))
+            blocks.append(self.outcome_rows(out.outcomes, out.outcome_ids))
         return blocks
 
     def funnel(self, rows: FunnelRows) -> MetricBlock:
@@ -229,13 +229,14 @@ class MetricRows:
         }
         return MetricBlock("decisions", columns)
 
-    def outcome_rows(self, outcomes: Records) -> MetricBlock:
-        """``outcomes`` rows: how each stall ended within its attribution window."""
+    def outcome_rows(self, outcomes: Records, ids: np.ndarray | None = None) -> MetricBlock:
+        """``outcomes`` rows: how each stall ended within its attribution window (``ids``:
+        their intervention ids when the caller has them)."""
         ints = outcomes.ints
         kind = ints[O_OUTCOME]
         recovered = (kind == OUTCOME_PROGRESSED) | (kind == OUTCOME_COMPLETED)
         stalled_at, resolved_at = ints[O_DEADLINE], ints[O_RESOLVED_AT]
-        columns = self._common(outcomes, self.builder.ids(outcomes))
+        columns = self._common(outcomes, self.builder.ids(outcomes) if ids is None else ids)
         columns.update(
             stalled_at=stalled_at,
             outcome=self.outcomes[kind],

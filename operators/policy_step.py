@@ -153,6 +153,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             return [], self.RETAIN
         quiet = replace(
             self.last, stalls=Records.empty(), stall_ids=None, outcomes=Records.empty(),
+            outcome_ids=None,
             funnel=None, late=None, late_count=0, applied=0, latency_ms=None, final=False,
             emitted_at_ms=self.ctx.now_ms(),
         )  # fmt: skip
@@ -186,9 +187,11 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             held = Held.concat([held, Held(stalls, ids, stalls.ints[O_DEADLINE].copy(), never)])
         outcomes = out.outcomes
         if len(outcomes) and len(held):
-            moved = outcomes.take(outcomes.ints[O_OUTCOME] != OUTCOME_LAPSED)
-            moved_ids = self.builder.ids(moved).view("S36").ravel().tolist()
-            resolved = dict(zip(moved_ids, moved.ints[O_RESOLVED_AT].tolist(), strict=True))
+            ids = out.outcome_ids if out.outcome_ids is not None else self.builder.ids(outcomes)
+            moved = outcomes.ints[O_OUTCOME] != OUTCOME_LAPSED
+            moved_ids = ids[moved].view("S36").ravel().tolist()
+            at_list = outcomes.ints[O_RESOLVED_AT][moved].tolist()
+            resolved = dict(zip(moved_ids, at_list, strict=True))
             if resolved:
                 held_ids = held.ids.view("S36").ravel()
                 at = np.array([resolved.get(i, NEVER) for i in held_ids], np.int64)

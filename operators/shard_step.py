@@ -182,6 +182,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         self.reported_minute = minute
         now = self.ctx.now_ms()
         stall_ids = self.builder.ids(stalls) if keep_records else None
+        outcome_ids = self.builder.ids(outcomes) if len(outcomes) else None
         if policy:
             interventions = InterventionBatch.empty()  # the policy step builds the sent ones
         else:
@@ -202,6 +203,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
                 stalls=stalls if keep_records else Records.empty(),
                 stall_ids=stall_ids,
                 outcomes=outcomes,
+                outcome_ids=outcome_ids,
                 funnel=funnel,
                 final=final,
                 emitted_at_ms=now,
