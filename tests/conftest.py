@@ -1,7 +1,10 @@
-"""Fixtures shared by every test directory: a real redis-server (one per session)."""
+"""Fixtures shared by every test directory: a real redis-server (one per session), and
+epoch ms of local wall times."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
@@ -33,3 +36,16 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     """A client of the emptied server."""
     with redis.Redis.from_url(redis_url) as client:
         yield client
+
+
+def local_ms(text: str, tz: str) -> int:
+    """Epoch ms of local wall time ``"2026-01-05 20:59:59.999"`` in ``tz``."""
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M"
+    wall = datetime.strptime(text, fmt).replace(tzinfo=ZoneInfo(tz))
+    return round(wall.timestamp() * 1000)
+
+
+@pytest.fixture
+def at() -> Callable[[str, str], int]:
+    """``at("2026-01-05 20:59:59.999", "Europe/London")``: epoch ms of a local wall time."""
+    return local_ms

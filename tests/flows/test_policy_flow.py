@@ -10,10 +10,9 @@ out the same as without the outage.
 import threading
 import time
 from collections import Counter, defaultdict
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -35,7 +34,6 @@ from policy.rules import DEFER_REASONS, SUPPRESS_REASONS
 from policy.settings import Policy, default_policy_path, load_policy
 
 CATALOG = load_catalog()
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 # the shipped policy with tighter caps and cooldown, so a small run reaches them
 TIGHT = (
     default_policy_path()
@@ -275,30 +273,29 @@ def test_redis_outage_delays_but_never_changes_decisions(
         server.stop()
 
 
-def _event(client: str, local_time: str, type_: str, n: int) -> bytes:
-    ts = int(datetime.fromisoformat(local_time).replace(tzinfo=SHANGHAI).timestamp() * 1000)
+def _event(client: str, ts: int, type_: str, n: int) -> bytes:
     doc = {"event_id": f"e{n}", "client_id": client, "ts": ts, "channel": "app", "type": type_}
     return orjson.dumps(doc)
 
 
-def _ms(local_time: str) -> int:
-    return int(datetime.fromisoformat(local_time).replace(tzinfo=SHANGHAI).timestamp() * 1000)
-
-
 def test_scripted_journeys_quiet_hours_resume_and_breakpoints(
-    r: redis.Redis, redis_url: str
+    r: redis.Redis, redis_url: str, at: Callable[[str, str], int]
 ) -> None:
     """Three clients open an account. S1 and S2 stall at night: both deferred to 08:00; S1
     finishes at 07:00 by themselves (suppressed, resumed), S2 is sent at 08:00. S3 stalls at
     noon: sent at once. The live state then shows S2's and S3's breakpoints, not S1's."""
+
+    def _ms(local_time: str) -> int:
+        return at(local_time, "Asia/Shanghai")
+
     clients = ["S1", "S2", "S3", "S4"]
     ProfileStore(r).load(Profile(c, "savvy_regular", tz="Asia/Shanghai") for c in clients)
     events = [
-        _event("S3", "2026-01-05 12:00", "acct_open_start", 1),
-        _event("S1", "2026-01-05 22:00", "acct_open_start", 2),
-        _event("S2", "2026-01-05 22:00", "acct_open_start", 3),
-        _event("S1", "2026-01-06 07:00", "account_opened", 4),
-        _event("S4", "2026-01-06 09:00", "page_view", 5),  # moves event time past 08:00
+        _event("S3", _ms("2026-01-05 12:00"), "acct_open_start", 1),
+        _event("S1", _ms("2026-01-05 22:00"), "acct_open_start", 2),
+        _event("S2", _ms("2026-01-05 22:00"), "acct_open_start", 3),
+        _event("S1", _ms("2026-01-06 07:00"), "account_opened", 4),
+        _event("S4", _ms("2026-01-06 09:00"), "page_view", 5),  # moves event time past 08:00
     ]
     got: dict[str, list] = {name: [] for name in ("out", "dead", "late", "progress", "dec")}
     sinks = FlowSinks(

@@ -1,15 +1,14 @@
 """Policy-test helpers: a Redis client that counts round trips, and local-time helpers.
 
-The redis-server fixtures (``redis_server``, ``redis_url``, ``r``) are in ``tests/conftest.py``.
+The redis-server fixtures (``redis_server``, ``redis_url``, ``r``) and ``at`` (epoch ms of a
+local wall time) are in ``tests/conftest.py``.
 
 This directory has no ``__init__.py`` on purpose: as a package it would be named ``policy``
 and shadow the package under test. Helpers are therefore handed out as fixtures.
 """
 
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 import redis
@@ -55,16 +54,3 @@ def counting(redis_server: Server, r: redis.Redis) -> Iterator[Counted]:
     finally:
         client.close()
         pool.disconnect()
-
-
-def local_ms(text: str, tz: str) -> int:
-    """Epoch ms of local wall time ``"2026-01-05 20:59:59.999"`` in ``tz``."""
-    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M"
-    wall = datetime.strptime(text, fmt).replace(tzinfo=ZoneInfo(tz))
-    return round(wall.timestamp() * 1000)
-
-
-@pytest.fixture
-def at() -> Callable[[str, str], int]:
-    """``at("2026-01-05 20:59:59.999", "Europe/London")``: epoch ms of a local wall time."""
-    return local_ms
