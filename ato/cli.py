@@ -377,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.set_defaults(handler=_query)
     _add_profiles_parser(sub)
+    sub.add_parser(
+        "loadtest",
+        help="drive a load-test scenario through the flow and write a capacity report"
+        " (`ato loadtest --help`)",
+    )
     lookup = sub.add_parser(
         "lookup", help="print a client's open journeys (live state in Redis, breakpoint resume)"
     )
@@ -424,12 +429,20 @@ def _add_profiles_parser(sub: Any) -> None:
     show.set_defaults(handler=_profiles_show)
 
 
+def _loadtest(argv: list[str]) -> int:
+    from load_tests.harness import main as loadtest_main  # noqa: PLC0415
+
+    return loadtest_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ato``."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    args.argv = argv
     try:
+        if argv[:1] == ["loadtest"]:  # its own parser: `ato loadtest --help`
+            return _loadtest(argv[1:])
+        args = build_parser().parse_args(argv)
+        args.argv = argv
         return int(args.handler(args))
     except AtoError as exc:
         print(f"ato: error: {exc}", file=sys.stderr)

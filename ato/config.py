@@ -156,6 +156,14 @@ class KafkaSettings:
     flush_timeout_s: float = _knob(
         30.0, "Longest wait for delivery at an epoch end; undelivered messages then fail the run."
     )
+    group_id: str = _knob(
+        "ato-stream", "Consumer group the read position is committed under (monitoring only)."
+    )
+    commit_interval_ms: int = _knob(
+        1_000,
+        "How often (ms) a partition commits its read position to `group_id`, so Kafka tools"
+        " show the flow's lag; 0 = never. Recovery never uses it (Bytewax snapshots do).",
+    )
     security_protocol: str = _knob("plaintext", "plaintext, ssl, sasl_plaintext or sasl_ssl.")
     sasl_mechanism: str = _knob("", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).")
     sasl_username: str = _knob("", "SASL user name.")
@@ -180,11 +188,19 @@ class KafkaSettings:
                 f" got {self.security_protocol!r}"
             )
             raise ConfigError(msg)
-        if self.consume_timeout_ms < 0 or self.flush_timeout_s <= 0 or self.catch_up_batches < 1:
+        if (
+            self.consume_timeout_ms < 0
+            or self.flush_timeout_s <= 0
+            or self.catch_up_batches < 1
+            or self.commit_interval_ms < 0
+        ):
             msg = (
-                "kafka.consume_timeout_ms must be >= 0, kafka.flush_timeout_s > 0"
-                " and kafka.catch_up_batches >= 1"
+                "kafka.consume_timeout_ms and commit_interval_ms must be >= 0,"
+                " kafka.flush_timeout_s > 0 and kafka.catch_up_batches >= 1"
             )
+            raise ConfigError(msg)
+        if not self.group_id:
+            msg = "kafka.group_id: must not be empty"
             raise ConfigError(msg)
 
     @property

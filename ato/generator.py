@@ -12,6 +12,7 @@ Events of a partition arrive in event-time order shuffled by up to ``disorder_ms
 
 import gc
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -45,6 +46,30 @@ class TruthStall:
     deadline: int
     resumed_at: int = -1  # event time the client moved on again; -1: it never did
     resume_channel: str = ""  # the channel it came back through
+
+
+@dataclass(frozen=True)
+class StallBurst:
+    """An outage at one step: instances reaching ``journey``/``step`` at an event time in
+    ``[from_ms, to_ms)`` stall there with probability ``share`` (on top of ``stall_share``)."""
+
+    journey: str
+    step: str
+    from_ms: int
+    to_ms: int
+    share: float
+
+
+@dataclass(frozen=True)
+class TrafficShape:
+    """How load tests bend the traffic: when journeys start, and an optional stall burst.
+
+    ``start_fraction`` maps a uniform draw in [0, 1) to a journey's start as a fraction of
+    ``span_s`` (default: uniform over the first 80 %).
+    """
+
+    start_fraction: Callable[[float], float] | None = None
+    burst: StallBurst | None = None
 
 
 @dataclass
@@ -104,7 +129,7 @@ class _Instance:
         for i, step in enumerate(steps):
             after = steps[i + 1] if i + 1 < len(steps) else success
             deadline = t + step.timeout_ms
-            if i != stall_at:
+            if i != stall_at and not self._in_burst(step, t):
                 gap = int(step.timeout_ms * rng.uniform(0.05, 0.7))
                 if rng.random() < 0.3:
                     noise = "ai_chat_message" if rng.random() < 0.3 else "page_view"
@@ -125,6 +150,13 @@ class _Instance:
                 self.emit(t - 1, "call", "call_started", journey=False)
             self.emit(t, channel, _event_type(after))
 
+    def _in_burst(self, step: Step, t: int) -> bool:
+        """Whether the shape's stall burst makes this instance stall at ``step``."""
+        burst = self.gen.shape.burst
+        if burst is None or step.name != burst.step or self.journey.name != burst.journey:
+            return False
+        return burst.from_ms <= t < burst.to_ms and self.gen.rng.random() < burst.share
+
     def _maybe_abandon(self, step: Step, t: int, deadline: int) -> int:
         rng = self.gen.rng
         if not self.journey.abandon_ms or rng.random() >= 0.5:
@@ -141,9 +173,12 @@ def _event_type(step: Step) -> str:
 
 
 class _Generator:
-    def __init__(self, catalog: Catalog, cfg: GeneratorSettings, start_ms: int) -> None:
+    def __init__(
+        self, catalog: Catalog, cfg: GeneratorSettings, start_ms: int, shape: TrafficShape
+    ) -> None:
         self.catalog = catalog
         self.cfg = cfg
+        self.shape = shape
         self.start_ms = start_ms
         self.rng = random.Random(cfg.seed)
         self.events: list[tuple[int, str, bytes]] = []
@@ -154,7 +189,7 @@ class _Generator:
         }
 
     def run(self) -> GeneratedTraffic:
-        cfg, rng = self.cfg, self.rng
+        cfg, rng, shape = self.cfg, self.rng, self.shape
         span_ms = cfg.span_s * 1000
         clients: dict[str, str] = {}
         for c in range(cfg.clients):
@@ -168,7 +203,10 @@ class _Generator:
             if rng.random() < 0.2:
                 self._background_call(client, rng.randrange(span_ms))
             for j in sorted(chosen):
-                start = self.start_ms + int(rng.random() * span_ms * 0.8)
+                if shape.start_fraction is None:
+                    start = self.start_ms + int(rng.random() * span_ms * 0.8)
+                else:
+                    start = self.start_ms + int(shape.start_fraction(rng.random()) * span_ms)
                 _Instance(self, client, segment, self.catalog.journeys[j], start).run()
         return self._partition(clients)
 
@@ -209,13 +247,17 @@ def _poisson(rng: random.Random, mean: float) -> int:
 
 
 def generate(
-    catalog: Catalog, cfg: GeneratorSettings, start_ms: int | None = None
+    catalog: Catalog,
+    cfg: GeneratorSettings,
+    start_ms: int | None = None,
+    shape: TrafficShape | None = None,
 ) -> GeneratedTraffic:
-    """Generate traffic; the same catalog, settings and start give the same bytes."""
+    """Generate traffic; the same catalog, settings, start and shape give the same bytes."""
     enabled = gc.isenabled()
     gc.disable()  # millions of long-lived tuples: cyclic collections would rescan them all
     try:
-        return _Generator(catalog, cfg, cfg.start_ms if start_ms is None else start_ms).run()
+        start = cfg.start_ms if start_ms is None else start_ms
+        return _Generator(catalog, cfg, start, shape or TrafficShape()).run()
     finally:
         if enabled:
             gc.enable()

@@ -6,6 +6,8 @@ named ``topic#N``, read by its own consumer with explicit assignment (no consume
 rebalances). Each ``next_batch`` hands one :class:`RawBatch` of up to ``batch_size`` raw values
 to the flow; the watermark is tracked per Bytewax partition, so per Kafka partition. The
 partition's next offset is its Bytewax snapshot: after a crash the flow resumes exactly there.
+Every ``kafka.commit_interval_ms`` a partition also commits its position to ``kafka.group_id``
+(asynchronously, for lag monitoring with standard Kafka tools; recovery never reads it).
 A fresh run starts at ``kafka.start``: earliest, latest, or the first offset at or after an
 epoch-ms timestamp. Messages whose value is a JSON array (collector envelopes) are split into
 their elements, which share the envelope's offset. Delivery guarantee: at least once into
@@ -64,11 +66,33 @@ def list_partitions(settings: KafkaSettings) -> list[str]:
     return names
 
 
+def committed_positions(
+    settings: KafkaSettings, parts: list[str]
+) -> dict[str, tuple[int | None, int]]:
+    """Per partition: the position committed to ``group_id`` (``None`` before the first
+    commit) and the partition's end.
+
+    Reads what the source's periodic commits (``kafka.commit_interval_ms``) left, so it trails
+    the flow by up to one interval. The lag is the end minus the committed position.
+    """
+    consumer = Consumer({**consumer_config(settings), "enable.partition.eof": False})
+    try:
+        tps = [TopicPartition(*split_part_name(name)) for name in parts]
+        committed = consumer.committed(tps, timeout=METADATA_TIMEOUT_S)
+        out: dict[str, tuple[int | None, int]] = {}
+        for name, tp in zip(parts, committed, strict=True):
+            _, high = consumer.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S)
+            out[name] = (int(tp.offset) if tp.offset >= 0 else None, int(high))
+        return out
+    finally:
+        consumer.close()
+
+
 def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
     """Consumer properties: explicit assignment, no auto-commit, low fetch back-off."""
     return {
         **settings.client_config(),
-        "group.id": "ato-stream",  # required by librdkafka; offsets live in Bytewax's recovery
+        "group.id": settings.group_id,  # commits are for monitoring; recovery uses snapshots
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",  # the start offset was deleted by retention meanwhile
@@ -124,6 +148,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self.batch_size = batch_size
         self.timeout_s = settings.consume_timeout_ms / 1000
         self.catch_up = settings.catch_up_batches
+        self.commit_every_s = settings.commit_interval_ms / 1000
+        self.committed = -1
         self.stop_at = stop_at
         topic, partition = split_part_name(name)
         self.consumer = Consumer(consumer_config(settings))
@@ -138,7 +164,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             resume = self._start_offset(settings.start, tp, int(low), int(high))
         self.next_offset = resume
         self.consumer.assign([TopicPartition(topic, partition, resume)])
-        self.last_call = time.monotonic()
+        self.last_call = self.last_commit = time.monotonic()
 
     def _start_offset(self, start: str, tp: TopicPartition, low: int, high: int) -> int:
         """A concrete offset, so that a snapshot before the first message is exact too."""
@@ -169,10 +195,24 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             # Caught up with the end seen at start. Stopping only at an empty read also
             # covers brokers that under-report the end (Tansu: the last batch's first offset).
             raise StopIteration
+        if self.commit_every_s and now - self.last_commit >= self.commit_every_s:
+            self._commit(now)
         if not batches:  # a heartbeat: nothing to read, so the partition may go idle
             lag = self._lag()
             return [RawBatch(self.name, [], self.next_offset, wall_ms(), caught_up=True, lag=lag)]
         return batches
+
+    def _commit(self, now: float) -> None:
+        """Commit the read position for monitoring; failures are only logged."""
+        self.last_commit = now
+        if self.next_offset == self.committed:
+            return
+        position = TopicPartition(self.tp.topic, self.tp.partition, self.next_offset)
+        try:
+            self.consumer.commit(offsets=[position], asynchronous=True)
+            self.committed = self.next_offset
+        except KafkaException as exc:
+            log.warning("%s: cannot commit the read position: %s", self.name, exc)
 
     def _lag(self) -> int | None:
         """Messages between our position and the partition's end, as of the last fetch."""

@@ -12,7 +12,13 @@ from bytewax.testing import TestingSink, cluster_main, run_main
 
 from ato.config import KafkaSettings
 from operators.batches import RawBatch
-from sources.kafka import KafkaSource, KafkaSourceError, expand_envelopes, part_name
+from sources.kafka import (
+    KafkaSource,
+    KafkaSourceError,
+    committed_positions,
+    expand_envelopes,
+    part_name,
+)
 from tests.kafka.conftest import produce
 
 
@@ -205,3 +211,29 @@ def test_batches_report_the_partition_lag(topics: KafkaSettings) -> None:
         left -= n
         assert lag is None or lag == left  # known once the first fetch came back
     assert any(lag for n, lag in lags if n)  # the first batches see messages left
+
+
+def test_read_position_is_committed_for_lag_monitoring(topics: KafkaSettings) -> None:
+    """Kafka tools see the flow's lag: the source commits its position to ``group_id``."""
+    topic = topics.input_topics[0]
+    produce(topics.brokers, topic, [(0, orjson.dumps({"i": i})) for i in range(10)])
+    settings = replace(topics, stop_at_end=False, group_id=f"{topic}.g", commit_interval_ms=1)
+    parts = [part_name(topic, 0), part_name(topic, 1)]
+    before = committed_positions(settings, parts)
+    assert [before[p][0] for p in parts] == [None, None]
+    assert before[parts[1]][1] == 0
+    assert before[parts[0]][1] > 0  # Tansu reports the last batch's first offset as the end
+    part = KafkaSource(settings, batch_size=4).build_part("in", parts[0], None)
+    for _ in range(3):  # 4 + 4 + 2 messages, committed at the next call
+        part.next_batch()
+        time.sleep(0.01)
+    part.next_batch()
+    part.consumer.poll(0.5)  # serve the asynchronous commit's callback
+    part.close()
+    after = committed_positions(settings, parts)
+    assert [after[p][0] for p in parts] == [10, None]
+    off = replace(settings, group_id=f"{topic}.off", commit_interval_ms=0)
+    part = KafkaSource(off, batch_size=4).build_part("in", parts[0], None)
+    part.next_batch()
+    part.close()
+    assert committed_positions(off, parts[:1])[parts[0]][0] is None

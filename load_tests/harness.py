@@ -1,0 +1,594 @@
+"""``ato loadtest``: drive a scenario's traffic through the journey flow and measure it.
+
+One run: fresh topics; producer processes generate their share of the scenario and wait;
+the flow (``ato run --processes N`` on the Kafka path, live clock) starts; the producers are
+released and send paced by event time; every second the harness samples what was sent, the
+flow's committed read positions (its lag), the interventions on the output topic, and the
+processes' memory and CPU. After the live part and a drain the flow stops on its own; the
+harness computes the figures (``report.json``) and writes the report.
+
+``--find-max`` repeats runs at rising rates until the lag stops being bounded (see
+:func:`lag_bounded`) and reports the highest rate that held.
+"""
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import orjson
+
+from ato.catalog import load_catalog
+from ato.config import KafkaSettings
+from ato.devservers import Server, create_topics, start_broker
+from ato.exceptions import AtoError
+from load_tests import report
+from load_tests.monitor import InterventionReader, ProcessWatch, children
+from load_tests.producers import DONE, FAILED, READY, ProducerJob, start_producers
+from load_tests.scenario import Scenario, load_scenario
+from load_tests.traffic import clients_needed, target_events
+from sources.kafka import committed_positions, part_name
+
+OUT_PARTITIONS = 4
+FLOW_START_S = 8.0  # between launching the flow and releasing the producers
+IDLE_TIMEOUT_MS = 2_000  # the flow's engine.idle_timeout_ms
+DRAIN_S = 8.0  # the flow keeps running this long after the live part
+LAG_BOUND_S = 2.0  # "bounded": lag below this many seconds of input (see lag_bounded)
+KEEP_UP = 0.95  # producers must reach this share of the target rate for a valid step
+PRODUCER_RATE = 150_000  # events/s one producer process paces comfortably
+HOLDS_RULE = (
+    f"a rate holds when the producers reach {KEEP_UP:.0%} of it over the measured window and"
+    f" the lag stays bounded: at most {LAG_BOUND_S:g} s of input at that rate throughout the"
+    " second half of the measured window (warm-up excluded)"
+)
+
+
+class LoadTestError(AtoError):
+    """A load-test run could not be carried out."""
+
+
+def lag_bounded(
+    lag: list[int], t_s: list[float], window: tuple[float, float], rate: float
+) -> tuple[bool, str]:
+    """Whether the flow kept up: over the second half of the measured window the total lag
+    never exceeded ``LAG_BOUND_S`` seconds of input at ``rate``."""
+    bound = max(LAG_BOUND_S * rate, 1_000)
+    middle = (window[0] + window[1]) / 2
+    tail = [n for n, t in zip(lag, t_s, strict=True) if middle <= t <= window[1]]
+    rule = (
+        f"lag <= {bound:,.0f} messages ({LAG_BOUND_S:g} s of input) throughout the second"
+        f" half of the measured window ({middle:.0f}-{window[1]:.0f} s)"
+    )
+    return bool(tail) and max(tail) <= bound, rule
+
+
+def _producers_for(rate: float, asked: int | None) -> int:
+    return asked or max(1, math.ceil(rate / PRODUCER_RATE))
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    brokers: str,
+    run_dir: Path,
+    processes: int = 1,
+    producers: int | None = None,
+    progress: TextIO | None = sys.stderr,
+    broker_pid: int | None = None,
+) -> dict[str, Any]:
+    """One load-test run; its figures (also written, with the report, to ``run_dir``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    say = _printer(progress)
+    n_producers = _producers_for(scenario.peak_rate(), producers)
+    catalog = load_catalog(scenario.catalog_path())
+    clients = clients_needed(scenario, catalog)
+    stem = f"lt.{run_dir.name}.{int(time.time())}"
+    topic, out_topic, dlq = f"{stem}.in", f"{stem}.out", f"{stem}.dlq"
+    create_topics(brokers, {topic: scenario.partitions, out_topic: OUT_PARTITIONS, dlq: 1})
+    say(
+        f"{scenario.name}: {target_events(scenario):,.0f} events from {clients:,} clients"
+        f" (+{scenario.population:,} idle) at up to {scenario.peak_rate():,.0f}/s;"
+        f" generating in {n_producers} producer process(es)"
+    )
+    jobs = [
+        ProducerJob(i, n_producers, scenario, clients // n_producers, brokers, topic, run_dir)
+        for i in range(n_producers)
+    ]
+    handles = start_producers(jobs)
+    flow: subprocess.Popen[bytes] | None = None
+    try:
+        _wait_ready(handles, run_dir, say)
+        settings = KafkaSettings(brokers=brokers, input_topics=(topic,), group_id=f"{stem}.flow")
+        flow_seconds = FLOW_START_S + scenario.lead_s + scenario.duration_s + DRAIN_S
+        flow = _start_flow(scenario, settings, out_topic, dlq, processes, flow_seconds, run_dir)
+        launched = time.time()
+        release_ms = int((launched + FLOW_START_S) * 1000)
+        handles.release(release_ms)
+        reader = InterventionReader(brokers, out_topic, OUT_PARTITIONS)
+        reader.start()
+        watch = ProcessWatch()
+        for i, process in enumerate(handles.processes):
+            watch.watch(f"producer-{i}", process.pid)
+        if broker_pid is not None:
+            watch.watch("broker", broker_pid)
+        timeline = _sample(scenario, settings, handles, flow, watch, reader, release_ms / 1000, say)
+        reader.drain()
+        summary = _flow_summary(flow, run_dir)
+        for process in handles.processes:
+            process.join(120)
+        if any(s == FAILED for s in handles.states()):
+            raise LoadTestError(_producer_errors(run_dir))
+    finally:
+        if flow is not None and flow.poll() is None:
+            flow.kill()
+            flow.wait()
+        for process in handles.processes:
+            if process.is_alive():
+                process.kill()
+    outputs = [
+        orjson.loads((run_dir / f"producer-{i}.json").read_bytes()) for i in range(n_producers)
+    ]
+    result = _figures(scenario, outputs, timeline, reader, watch, summary, release_ms)
+    result["settings"] = {
+        "processes": processes,
+        "producers": n_producers,
+        "partitions": scenario.partitions,
+        "brokers": brokers,
+        "allowed_lateness_ms": scenario.allowed_lateness_ms,
+        "clients": clients,
+        "catalog": str(scenario.catalog_path()),
+        "cpu_count": os.cpu_count(),
+    }
+    result["dead_letters"] = _topic_size(brokers, dlq)
+    report.write_report(result, run_dir)
+    say(
+        f"{scenario.name}: input {result['input']['achieved_rate']:,.0f}/s, processed"
+        f" {result['processing']['rate']:,.0f}/s, lag bounded {result['lag']['bounded']},"
+        f" p99 deadline latency {result['latency_ms']['deadline']['p99']} ms -> {run_dir}"
+    )
+    return result
+
+
+def _printer(progress: TextIO | None) -> Any:
+    def say(line: str) -> None:
+        if progress is not None:
+            print(f"[loadtest] {line}", file=progress, flush=True)
+
+    return say
+
+
+def _wait_ready(handles: Any, run_dir: Path, say: Any) -> None:
+    started = time.monotonic()
+    while True:
+        states = handles.states()
+        if any(s == FAILED for s in states):
+            raise LoadTestError(_producer_errors(run_dir))
+        if not all(
+            p.is_alive() or s >= READY for p, s in zip(handles.processes, states, strict=True)
+        ):
+            msg = "a producer process died while generating"
+            raise LoadTestError(msg)
+        if all(s >= READY for s in states):
+            say(f"traffic generated in {time.monotonic() - started:.0f} s")
+            return
+        time.sleep(0.2)
+
+
+def _producer_errors(run_dir: Path) -> str:
+    errors = [p.read_text() for p in sorted(run_dir.glob("producer-*.error"))]
+    return "producer failed: " + "; ".join(errors or ["(no error file)"])
+
+
+def _start_flow(
+    scenario: Scenario,
+    kafka: KafkaSettings,
+    out_topic: str,
+    dlq: str,
+    processes: int,
+    seconds: float,
+    run_dir: Path,
+) -> "subprocess.Popen[bytes]":
+    """``ato run`` on the Kafka path in live mode, stopping after ``seconds``."""
+    config = run_dir / "flow.toml"
+    config.write_text(
+        f'out_dir = "{run_dir / "flow"}"\n'
+        f'catalog = "{scenario.catalog_path()}"\n'
+        "[engine]\n"
+        'clock = "live"\n'
+        f"allowed_lateness_ms = {scenario.allowed_lateness_ms}\n"
+        f"idle_timeout_ms = {IDLE_TIMEOUT_MS}\n"
+        "[kafka]\n"
+        f'brokers = "{kafka.brokers}"\n'
+        f'input_topics = ["{kafka.input_topics[0]}"]\n'
+        f'interventions_topic = "{out_topic}"\n'
+        f'dead_letter_topic = "{dlq}"\n'
+        f'group_id = "{kafka.group_id}"\n'
+        "commit_interval_ms = 500\n"
+        "consume_timeout_ms = 20\n"
+        "[clickhouse]\n"
+        "enabled = false\n"
+    )
+    argv = [sys.executable, "-m", "ato.cli", "run", "--config", str(config)]
+    argv += ["--processes", str(processes), "--duration-s", f"{seconds:.1f}"]
+    with (run_dir / "flow.out").open("wb") as out, (run_dir / "flow.err").open("wb") as err:
+        return subprocess.Popen(argv, stdout=out, stderr=err)  # noqa: S603 - our own command
+
+
+def _sample(
+    scenario: Scenario,
+    kafka: KafkaSettings,
+    handles: Any,
+    flow: "subprocess.Popen[bytes]",
+    watch: ProcessWatch,
+    reader: InterventionReader,
+    release_s: float,
+    say: Any,
+) -> dict[str, Any]:
+    """Sample once a second until the flow exits; the timeline."""
+    parts = [part_name(kafka.input_topics[0], p) for p in range(scenario.partitions)]
+    t_s: list[float] = []
+    sent: list[int] = []
+    processed: list[int] = []
+    lag: list[int] = []
+    lag_by_part: dict[str, list[int]] = {p: [] for p in parts}
+    watch.watch("flow", flow.pid)
+    next_print = 0.0
+    while flow.poll() is None:
+        time.sleep(max(0.0, 1.0 - (time.time() - release_s) % 1.0))
+        now = time.time() - release_s
+        for i, child in enumerate(children(flow.pid)):
+            watch.watch(f"flow-{i}", child)
+        watch.sample()
+        if now < 0:
+            continue
+        by_part = handles.sent_by_partition()
+        positions = committed_positions(kafka, parts)
+        done = [positions[p][0] or 0 for p in parts]
+        t_s.append(round(now, 2))
+        sent.append(sum(by_part))
+        processed.append(sum(done))
+        for p, n_sent, n_done in zip(parts, by_part, done, strict=True):
+            lag_by_part[p].append(max(0, n_sent - n_done))
+        lag.append(sum(lag_by_part[p][-1] for p in parts))
+        if now >= next_print:
+            next_print = now + 5
+            say(
+                f"t={now:4.0f}s sent {sent[-1]:,} processed {processed[-1]:,} lag {lag[-1]:,}"
+                f" interventions {len(reader.ids):,}"
+            )
+    if flow.returncode != 0:
+        msg = f"the flow exited with code {flow.returncode} (see flow.err)"
+        raise LoadTestError(msg)
+    if not all(s == DONE for s in handles.states()):
+        for process in handles.processes:
+            process.join(60)
+    return {"t_s": t_s, "sent": sent, "processed": processed, "lag": lag, "lag_by": lag_by_part}
+
+
+def _flow_summary(flow: "subprocess.Popen[bytes]", run_dir: Path) -> dict[str, Any]:
+    lines = (run_dir / "flow.out").read_bytes().splitlines()
+    try:
+        summary: dict[str, Any] = orjson.loads(lines[-1])
+    except (IndexError, orjson.JSONDecodeError) as exc:
+        msg = f"the flow printed no summary (see {run_dir / 'flow.err'})"
+        raise LoadTestError(msg) from exc
+    return summary
+
+
+def _topic_size(brokers: str, topic: str) -> int:
+    """Messages in a one-partition topic (what the broker reports as its end)."""
+    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
+
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"{topic}.size"})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        return int(high - low)
+    finally:
+        consumer.close()
+
+
+def _rates(values: list[int], t_s: list[float]) -> list[float]:
+    out = [0.0]
+    for i in range(1, len(values)):
+        dt = t_s[i] - t_s[i - 1]
+        out.append(round((values[i] - values[i - 1]) / dt, 1) if dt > 0 else 0.0)
+    return out
+
+
+def _window_rate(values: list[int], t_s: list[float], window: tuple[float, float]) -> float:
+    inside = [i for i, t in enumerate(t_s) if window[0] <= t <= window[1]]
+    if len(inside) < 2:
+        return 0.0
+    first, last = inside[0], inside[-1]
+    return (values[last] - values[first]) / (t_s[last] - t_s[first])
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
+    if not len(values):
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {
+        "count": len(values),
+        "p50": round(float(p50), 1),
+        "p95": round(float(p95), 1),
+        "p99": round(float(p99), 1),
+        "max": round(float(values.max()), 1),
+    }
+
+
+def _ingest_wall(outputs: list[dict[str, Any]], event_ms: np.ndarray) -> np.ndarray:
+    """The wall time (ms) by which every producer had sent up to each event time; NaN where
+    one never did."""
+    walls = np.full(len(event_ms), -np.inf)
+    for out in outputs:
+        samples = np.asarray(out["samples"], dtype=np.float64).reshape(-1, 2)
+        idx = np.searchsorted(samples[:, 1], event_ms, side="left")
+        wall = np.full(len(event_ms), np.nan)
+        ok = idx < len(samples)
+        wall[ok] = samples[idx[ok], 0]
+        walls = np.maximum(walls, wall)  # NaN stays NaN
+    return walls
+
+
+def _figures(
+    scenario: Scenario,
+    outputs: list[dict[str, Any]],
+    timeline: dict[str, Any],
+    reader: InterventionReader,
+    watch: ProcessWatch,
+    summary: dict[str, Any],
+    release_ms: int,
+) -> dict[str, Any]:
+    """The run's figures from what was sampled and read."""
+    t_s = timeline["t_s"]
+    live0 = scenario.lead_s
+    window = (live0 + scenario.warmup_s, live0 + scenario.duration_s)
+    zero_wall = outputs[0]["live_zero_wall_ms"]
+    end_wall = zero_wall + int(scenario.duration_s * 1000)
+    topic_ms = np.asarray(reader.topic_ms, dtype=np.float64)
+    deadlines = np.asarray(reader.deadlines, dtype=np.float64)
+    # stalls due at the very end of the input wait for the idle timeout instead of later events
+    last_due = end_wall - IDLE_TIMEOUT_MS - scenario.allowed_lateness_ms
+    measured = (deadlines >= zero_wall + scenario.warmup_s * 1000) & (deadlines <= last_due)
+    due = deadlines[measured] + scenario.allowed_lateness_ms
+    ingest = topic_ms[measured] - _ingest_wall(outputs, due)
+    deadline_latency = topic_ms[measured] - deadlines[measured]
+    truth = {i for out in outputs for i, deadline in out["truth"] if deadline <= end_wall}
+    detected = {i for i, d in zip(reader.ids, reader.deadlines, strict=True) if d <= end_wall}
+    hits = len(truth & detected)
+    input_rate = _window_rate(timeline["sent"], t_s, window)
+    bounded, rule = lag_bounded(timeline["lag"], t_s, window, scenario.peak_rate())
+    target = scenario.peak_rate()
+    return {
+        "kind": "run",
+        "scenario": scenario.describe(),
+        "target_rate": target,
+        "started_at": datetime.fromtimestamp(release_ms / 1000, UTC).isoformat(),
+        "duration_s": t_s[-1] if t_s else 0.0,
+        "window_s": list(window),
+        "input": {
+            "events": sum(out["sent"] for out in outputs),
+            "population": scenario.population,
+            "achieved_rate": round(input_rate, 1),
+            "target_events": round(target_events(scenario)),
+            "kept_up": input_rate >= KEEP_UP * scenario.rate * _mean_multiplier(scenario, window),
+        },
+        "processing": {
+            "events": summary.get("events", 0),
+            "rate": round(_window_rate(timeline["processed"], t_s, window), 1),
+            "interventions": len(set(reader.ids)),
+            "interventions_on_topic": len(reader.ids),
+        },
+        "lag": {
+            "bounded": bounded,
+            "rule": rule,
+            "max": max(timeline["lag"], default=0),
+            "final": timeline["lag"][-1] if timeline["lag"] else 0,
+            "p95": float(np.percentile(timeline["lag"], 95)) if timeline["lag"] else 0,
+        },
+        "latency_ms": {
+            "deadline": _percentiles(deadline_latency),
+            "ingest": _percentiles(ingest[~np.isnan(ingest)]),
+        },
+        "detection": {
+            "precision": round(hits / len(detected), 6) if detected else 1.0,
+            "recall": round(hits / len(truth), 6) if truth else 1.0,
+            "truth": len(truth),
+            "detected": len(detected),
+            "false_positives": len(detected - truth),
+            "missed": len(truth - detected),
+        },
+        "late_events": summary.get("late_events", 0),
+        "flow_summary": summary,
+        "processes": watch.summary(),
+        "timeline": {
+            "t_s": t_s,
+            "input_rate": _rates(timeline["sent"], t_s),
+            "processed_rate": _rates(timeline["processed"], t_s),
+            "interventions_rate": _per_second(topic_ms, release_ms, t_s),
+            "lag_total": timeline["lag"],
+            "lag_by_partition": timeline["lag_by"],
+        },
+        "latency_samples": {
+            "t_s": np.round((topic_ms[measured] - release_ms) / 1000, 2).tolist(),
+            "deadline_ms": deadline_latency.tolist(),
+            "ingest_ms": np.where(np.isnan(ingest), None, ingest).tolist(),
+        },
+    }
+
+
+def _mean_multiplier(scenario: Scenario, window: tuple[float, float]) -> float:
+    times = np.linspace(window[0] - scenario.lead_s, window[1] - scenario.lead_s, 200)
+    return float(np.mean([scenario.multiplier(t) for t in times]))
+
+
+def _per_second(topic_ms: np.ndarray, release_ms: int, t_s: list[float]) -> list[float]:
+    if not t_s:
+        return []
+    edges = [-math.inf, *t_s]
+    counts, _ = np.histogram((topic_ms - release_ms) / 1000, bins=edges)
+    widths = np.diff([t_s[0] - 1.0, *t_s])
+    return np.round(counts / widths, 1).tolist()
+
+
+def find_max(
+    scenario: Scenario,
+    *,
+    brokers: str,
+    run_dir: Path,
+    processes: int,
+    producers: int | None,
+    factor: float,
+    max_steps: int,
+    progress: TextIO | None,
+    broker_pid: int | None,
+) -> dict[str, Any]:
+    """Raise the rate by ``factor`` per step until the lag is not bounded (or producers cannot
+    keep up), then try once halfway between the last good and the first bad rate."""
+    say = _printer(progress)
+    steps: list[dict[str, Any]] = []
+    rate, best, bad = scenario.rate, 0.0, math.inf
+    for _ in range(max_steps):
+        step_dir = run_dir / f"step-{len(steps) + 1:02d}-{rate:.0f}"
+        result = run_scenario(
+            scenario.with_rate(rate),
+            brokers=brokers,
+            run_dir=step_dir,
+            processes=processes,
+            producers=producers,
+            progress=progress,
+            broker_pid=broker_pid,
+        )
+        ok = bool(result["lag"]["bounded"] and result["input"]["kept_up"])
+        steps.append(_step_row(result, step_dir, ok))
+        say(f"step {len(steps)}: {rate:,.0f}/s {'held' if ok else 'did not hold'}")
+        if ok:
+            best = max(best, rate)
+        else:
+            bad = min(bad, rate)
+        if bad == math.inf:
+            rate *= factor  # everything held so far: go up
+        elif best == 0.0:
+            rate /= factor  # nothing held yet: go down
+        elif bad / best > 1.1:
+            rate = (best + bad) / 2  # narrow the gap
+        else:
+            break
+    out: dict[str, Any] = {
+        "kind": "find_max",
+        "scenario": scenario.describe(),
+        "settings": {"processes": processes, "brokers": brokers, "factor": factor},
+        "started_at": datetime.now(UTC).isoformat(),
+        "steps": steps,
+        "max_sustainable_rate": best or None,
+        "rule": HOLDS_RULE,
+    }
+    report.write_report(out, run_dir)
+    return out
+
+
+def _step_row(result: dict[str, Any], step_dir: Path, ok: bool) -> dict[str, Any]:
+    return {
+        "target_rate": result["target_rate"],
+        "achieved_rate": result["input"]["achieved_rate"],
+        "processed_rate": result["processing"]["rate"],
+        "lag_max": result["lag"]["max"],
+        "lag_final": result["lag"]["final"],
+        "bounded": ok,
+        "latency_ms": result["latency_ms"],
+        "precision": result["detection"]["precision"],
+        "recall": result["detection"]["recall"],
+        "report_dir": step_dir.name,
+    }
+
+
+def _broker(args: argparse.Namespace, run_dir: Path) -> tuple[str, Server | None, int | None]:
+    """The brokers to use: ``--brokers``, else the dev servers if up, else a fresh Tansu."""
+    if args.brokers:
+        return args.brokers, None, None
+    from ato.dev import status  # noqa: PLC0415
+
+    dev = status(Path(args.dev_dir)).get("tansu")
+    if dev and dev.get("alive"):
+        return str(dev["address"]), None, int(dev["pid"])
+    server = start_broker(None, run_dir)
+    assert server.process is not None
+    return server.address, server, server.process.pid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``ato loadtest``."""
+    parser = argparse.ArgumentParser(
+        prog="ato loadtest", description="drive a scenario through the journey flow; report"
+    )
+    parser.add_argument("scenario", nargs="?", default="steady", help="name or .toml path")
+    parser.add_argument("--rate", type=float, help="base events/s (default: the scenario's)")
+    parser.add_argument("--duration", type=float, help="live seconds (default: the scenario's)")
+    parser.add_argument("--processes", type=int, default=1, help="flow processes (default 1)")
+    parser.add_argument("--producers", type=int, help="producer processes (default: by rate)")
+    parser.add_argument("--brokers", help="Kafka brokers (default: dev servers, else a Tansu)")
+    parser.add_argument("--dev-dir", default="runs/dev", help="where `ato dev up` keeps state")
+    parser.add_argument("--out", default="runs/loadtest", help="reports go to OUT/<run id>/")
+    parser.add_argument("--find-max", action="store_true", help="search the highest rate")
+    parser.add_argument("--factor", type=float, default=1.5, help="find-max rate step factor")
+    parser.add_argument("--max-steps", type=int, default=6, help="find-max steps at most")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ato loadtest``; print the result's headline figures as one JSON line."""
+    args = build_parser().parse_args(argv)
+    scenario = load_scenario(args.scenario)
+    if args.rate:
+        scenario = scenario.with_rate(args.rate)
+    if args.duration:
+        scenario = replace(scenario, duration_s=args.duration)
+        if scenario.warmup_s >= scenario.duration_s:
+            scenario = replace(scenario, warmup_s=scenario.duration_s / 3)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    run_dir = Path(args.out) / f"{stamp}-{scenario.name}{'-find-max' if args.find_max else ''}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    brokers, server, broker_pid = _broker(args, run_dir)
+    try:
+        if args.find_max:
+            result = find_max(
+                scenario,
+                brokers=brokers,
+                run_dir=run_dir,
+                processes=args.processes,
+                producers=args.producers,
+                factor=args.factor,
+                max_steps=args.max_steps,
+                progress=sys.stderr,
+                broker_pid=broker_pid,
+            )
+            headline = {"max_sustainable_rate": result["max_sustainable_rate"]}
+        else:
+            result = run_scenario(
+                scenario,
+                brokers=brokers,
+                run_dir=run_dir,
+                processes=args.processes,
+                producers=args.producers,
+                broker_pid=broker_pid,
+            )
+            headline = {
+                "input_rate": result["input"]["achieved_rate"],
+                "processed_rate": result["processing"]["rate"],
+                "lag_bounded": result["lag"]["bounded"],
+                "deadline_p99_ms": result["latency_ms"]["deadline"]["p99"],
+                "precision": result["detection"]["precision"],
+                "recall": result["detection"]["recall"],
+            }
+    finally:
+        if server is not None:
+            server.stop()
+    print(orjson.dumps({**headline, "report": str(run_dir / "report.md")}).decode())
+    return 0
