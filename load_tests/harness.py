@@ -419,7 +419,7 @@ def _figures(
         "latency_samples": {
             "t_s": np.round((topic_ms[measured] - release_ms) / 1000, 2).tolist(),
             "deadline_ms": deadline_latency.tolist(),
-            "ingest_ms": np.where(np.isnan(ingest), None, ingest).tolist(),
+            "ingest_ms": [None if math.isnan(v) else v for v in ingest.tolist()],
         },
     }
 
@@ -469,18 +469,11 @@ def find_max(
         ok = bool(result["lag"]["bounded"] and result["input"]["kept_up"])
         steps.append(_step_row(result, step_dir, ok))
         say(f"step {len(steps)}: {rate:,.0f}/s {'held' if ok else 'did not hold'}")
-        if ok:
-            best = max(best, rate)
-        else:
-            bad = min(bad, rate)
-        if bad == math.inf:
-            rate *= factor  # everything held so far: go up
-        elif best == 0.0:
-            rate /= factor  # nothing held yet: go down
-        elif bad / best > 1.1:
-            rate = (best + bad) / 2  # narrow the gap
-        else:
+        best, bad = (max(best, rate), bad) if ok else (best, min(bad, rate))
+        next_rate = _next_rate(rate, best, bad, factor)
+        if next_rate is None:
             break
+        rate = next_rate
     out: dict[str, Any] = {
         "kind": "find_max",
         "scenario": scenario.describe(),
@@ -492,6 +485,18 @@ def find_max(
     }
     report.write_report(out, run_dir)
     return out
+
+
+def _next_rate(rate: float, best: float, bad: float, factor: float) -> float | None:
+    """The capacity search's next rate given the best rate that held (0: none yet) and the
+    lowest that did not (inf: none yet); None when the gap is within 10 %."""
+    if bad == math.inf:
+        return rate * factor  # everything held so far: go up
+    if best == 0.0:
+        return rate / factor  # nothing held yet: go down
+    if bad / best > 1.1:
+        return (best + bad) / 2  # narrow the gap
+    return None
 
 
 def _step_row(result: dict[str, Any], step_dir: Path, ok: bool) -> dict[str, Any]:

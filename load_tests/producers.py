@@ -56,8 +56,8 @@ class ProducerHandles:
     """The parent's view of the producer processes."""
 
     processes: list[Any]
-    counters: SynchronizedArray  # type: ignore[type-arg]
-    release_ms: Synchronized  # type: ignore[type-arg]
+    counters: SynchronizedArray
+    release_ms: Synchronized
     width: int  # counters per producer
 
     def states(self) -> list[float]:
@@ -94,7 +94,7 @@ def start_producers(jobs: list[ProducerJob]) -> ProducerHandles:
         )
         process.start()
         processes.append(process)
-    return ProducerHandles(processes, counters, release_ms, width)  # type: ignore[arg-type]
+    return ProducerHandles(processes, counters, release_ms, width)
 
 
 def producer_main(job: ProducerJob, counters: Any, release_ms: Any) -> None:

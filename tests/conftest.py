@@ -1,5 +1,5 @@
-"""Fixtures shared by every test directory: a real redis-server (one per session), and
-epoch ms of local wall times."""
+"""Fixtures shared by every test directory: a real redis-server and a real Tansu Kafka broker
+(one each per session), and epoch ms of local wall times."""
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -9,7 +9,17 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
-from ato.devservers import Server, start_redis
+from ato.devservers import Server, start_broker, start_redis
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The broker; a test that cannot get it fails (it never skips)."""
+    server = start_broker(None, Path(tmp_path_factory.mktemp("tansu")))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,12 @@
-"""A real Tansu broker for the Kafka tests, started once per session on a free port."""
+"""Kafka test helpers: fresh topics per test on the session broker (tests/conftest.py)."""
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from ato.config import KafkaSettings
-from ato.devservers import Server, create_topics, start_broker
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The broker; a test that cannot get it fails (it never skips)."""
-    server = start_broker(None, Path(tmp_path_factory.mktemp("tansu")))
-    try:
-        yield server
-    finally:
-        server.stop()
+from ato.devservers import Server, create_topics
 
 
 @pytest.fixture
