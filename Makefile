@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help setup run test lint bench bench-kafka dev-up dev-down run-kafka clean
+.PHONY: help setup run test lint bench bench-kafka loadtest dev-up dev-down run-kafka clean
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -19,6 +19,9 @@ setup: $(STAMP) ## create .venv and install ato-stream with its test tools
 
 run: $(STAMP) ## run the main job on embedded defaults (generator in, JSON-lines out)
 	$(VENV)/bin/ato run
+
+loadtest: $(STAMP) ## load test against the dev broker: make loadtest ARGS="steady --find-max"
+	$(VENV)/bin/ato loadtest $(ARGS)
 
 dev-up: $(STAMP) ## start a local Tansu broker and Redis, with topics and generated traffic
 	$(VENV)/bin/ato dev up

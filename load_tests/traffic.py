@@ -103,17 +103,19 @@ def target_events(scenario: Scenario) -> float:
 
 
 def clients_needed(scenario: Scenario, catalog: Catalog) -> int:
-    """Clients whose events (sent by the end of the live part) make the target event count.
-
-    Calibrated on a small sample of the same shape.
-    """
+    """Clients whose events make the scenario's rate over its measured window (after the
+    warm-up, when journeys are under way); calibrated on a small sample of the same shape."""
     sample = generate(
         catalog, generator_settings(scenario, CALIBRATION_CLIENTS, 99), shape=shape(scenario)
     )
-    end = live_end_ms(scenario)
-    sent = sum(int((np.asarray(ts) <= end).sum()) for ts in sample.arrival_ts.values())
-    per_client = max(sent, 1) / CALIBRATION_CLIENTS
-    return max(1, math.ceil(target_events(scenario) / per_client))
+    zero = live_zero_ms(scenario)
+    begin, end = zero + int(scenario.warmup_s * 1000), live_end_ms(scenario)
+    ts = np.concatenate([np.asarray(v, dtype=np.int64) for v in sample.arrival_ts.values()])
+    in_window = int(((ts >= begin) & (ts <= end)).sum())
+    times = np.linspace(scenario.warmup_s, scenario.duration_s, GRID + 1)
+    asked = float(np.trapezoid([scenario.multiplier(t) for t in times], times)) * scenario.rate
+    per_client = max(in_window, 1) / CALIBRATION_CLIENTS
+    return max(1, math.ceil(asked / per_client))
 
 
 @dataclass
