@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--duration-s",
         type=float,
-        help="stop the generator after this many wall-clock seconds (default: run to its end)",
+        help="stop reading input after this many wall-clock seconds, counted from when the flow"
+        " starts reading (default: the generator runs to its end, Kafka input forever)",
     )
     run.add_argument(
         "--recovery-dir", type=Path, help="Bytewax recovery directory (resume after a crash)"

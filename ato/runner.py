@@ -156,10 +156,10 @@ def run(
 ) -> RunResult:
     """Run the journey flow on files (``inputs``) or generated traffic, to JSON-lines files.
 
-    ``duration_s`` stops the generator after that much wall-clock time (for live runs, whose
-    traffic lasts as long as its journeys: minutes to days); precision and recall are then not
-    reported, as the ground truth assumes the whole traffic. ``cluster`` is (addresses of every
-    process, this process's index) for a Bytewax cluster.
+    ``duration_s`` stops reading input after that much wall-clock time from the first read
+    (for live runs, whose traffic lasts as long as its journeys: minutes to days); precision
+    and recall are then not reported, as the ground truth assumes the whole traffic.
+    ``cluster`` is (addresses of every process, this process's index) for a Bytewax cluster.
     """
     tune_gc()
     catalog = catalog if catalog is not None else load_catalog(settings.catalog)

@@ -37,7 +37,8 @@ from load_tests.traffic import clients_needed, target_events
 from sources.kafka import committed_positions, part_name
 
 OUT_PARTITIONS = 4
-FLOW_START_S = 8.0  # between launching the flow and releasing the producers
+FLOW_READY_TIMEOUT_S = 300.0  # longest wait for the flow to start reading
+READY_DELAY_S = 1.0  # between the flow reading and the producers' release
 IDLE_TIMEOUT_MS = 2_000  # the flow's engine.idle_timeout_ms
 DRAIN_S = 8.0  # the flow keeps running this long after the live part
 LAG_BOUND_S = 2.0  # "bounded": lag below this many seconds of input (see lag_bounded)
@@ -106,10 +107,10 @@ def run_scenario(
     try:
         _wait_ready(handles, run_dir, say)
         settings = KafkaSettings(brokers=brokers, input_topics=(topic,), group_id=f"{stem}.flow")
-        flow_seconds = FLOW_START_S + scenario.lead_s + scenario.duration_s + DRAIN_S
+        flow_seconds = READY_DELAY_S + scenario.lead_s + scenario.duration_s + DRAIN_S
         flow = _start_flow(scenario, settings, out_topic, dlq, processes, flow_seconds, run_dir)
-        launched = time.time()
-        release_ms = int((launched + FLOW_START_S) * 1000)
+        _wait_reading(flow, settings, scenario.partitions, say)
+        release_ms = int((time.time() + READY_DELAY_S) * 1000)
         handles.release(release_ms)
         reader = InterventionReader(brokers, out_topic, OUT_PARTITIONS)
         reader.start()
@@ -186,6 +187,25 @@ def _producer_errors(run_dir: Path) -> str:
     return "producer failed: " + "; ".join(errors or ["(no error file)"])
 
 
+def _wait_reading(
+    flow: "subprocess.Popen[bytes]", kafka: KafkaSettings, partitions: int, say: Any
+) -> None:
+    """Wait until the flow has committed a read position on every input partition."""
+    parts = [part_name(kafka.input_topics[0], p) for p in range(partitions)]
+    started = time.monotonic()
+    while True:
+        if flow.poll() is not None:
+            msg = f"the flow exited with code {flow.returncode} while starting (see flow.err)"
+            raise LoadTestError(msg)
+        if all(done is not None for done, _end in committed_positions(kafka, parts).values()):
+            say(f"flow reading after {time.monotonic() - started:.0f} s")
+            return
+        if time.monotonic() - started > FLOW_READY_TIMEOUT_S:
+            msg = f"the flow was not reading after {FLOW_READY_TIMEOUT_S:g} s (see flow.err)"
+            raise LoadTestError(msg)
+        time.sleep(0.5)
+
+
 def _start_flow(
     scenario: Scenario,
     kafka: KafkaSettings,
@@ -195,7 +215,7 @@ def _start_flow(
     seconds: float,
     run_dir: Path,
 ) -> "subprocess.Popen[bytes]":
-    """``ato run`` on the Kafka path in live mode, stopping after ``seconds``."""
+    """``ato run`` on the Kafka path in live mode, reading for ``seconds``."""
     config = run_dir / "flow.toml"
     config.write_text(
         f'out_dir = "{run_dir / "flow"}"\n'

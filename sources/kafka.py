@@ -273,7 +273,8 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
     ) -> None:
         self.settings = settings
         self.batch_size = batch_size
-        self.stop_at = None if duration_s is None else time.monotonic() + duration_s
+        self.duration_s = duration_s
+        self.stop_at: float | None = None  # set when the first partition is built
         self._parts: list[str] | None = None
 
     def input_partitions(self) -> list[str]:
@@ -287,5 +288,11 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
         return self.input_partitions()
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
-        """A consumer assigned to ``for_part`` at the resume offset or the start position."""
+        """A consumer assigned to ``for_part`` at the resume offset or the start position.
+
+        ``duration_s`` counts from the first partition built: the flow is running by then
+        (its kernels compiled), so a run reads input for that long whatever its start-up took.
+        """
+        if self.stop_at is None and self.duration_s is not None:
+            self.stop_at = time.monotonic() + self.duration_s
         return _KafkaPartition(self.settings, for_part, self.batch_size, resume_state, self.stop_at)
