@@ -33,9 +33,9 @@ from numba import njit
 
 from state.hashing import mix64
 from state.layout import (
+    C_FIRST,
     C_LAST_INST,
     C_LAST_TS,
-    C_MIN_DEADLINE,
     C_OPEN,
     EFFECT_ADVANCED,
     EFFECT_COMPLETED,
@@ -45,18 +45,19 @@ from state.layout import (
     EFFECT_STARTED,
     F_CALLS,
     F_SESSIONS,
-    I_ABANDONED,
+    H_ABANDONED,
+    H_JOURNEY,
+    H_LAST_CHANNEL,
+    H_LAST_TYPE,
+    H_SEGMENT,
+    H_STALLED,
+    H_STEP,
     I_ATTEMPT,
     I_BACK,
     I_CLIENT,
     I_ERRORS,
     I_EVENTS,
-    I_JOURNEY,
-    I_LAST_CHANNEL,
-    I_LAST_TYPE,
-    I_SEGMENT,
-    I_STALLED,
-    I_STEP,
+    I_NEXT,
     I_SWITCHES,
     K_ABANDON_SIGNALS,
     K_ADVANCED,
@@ -70,7 +71,9 @@ from state.layout import (
     KIND_OUTCOME,
     KIND_STALL,
     M_C_FREE,
+    M_C_HIGH,
     M_I_FREE,
+    M_I_HIGH,
     M_NEXT_CLIENT_EXPIRY,
     M_NEXT_DEADLINE,
     NO_DEADLINE,
@@ -114,90 +117,165 @@ FLAG_SESSION = 4
 TERMINAL_SUCCESS = 1
 
 
-# ---------------------------------------------------------------- open-addressing index
-# Linear probing over power-of-two tables; ``vals < 0`` marks an empty bucket; deletion
+# ---------------------------------------------------------------- client index
+# Linear probing over a power-of-two table of client slots (int32, -1 marks an empty bucket);
+# the key of a slot is read from the slot-key column, so the table holds no keys. Deletion
 # shifts later entries back so no tombstones accumulate.
 
 
 @njit(cache=True, nogil=True)
-def ht_find(keys: np.ndarray, vals: np.ndarray, key: np.uint64) -> int:
-    """Slot stored under ``key``, or -1."""
-    mask = len(keys) - 1
-    i = np.int64(mix64(key) & np.uint64(mask))
+def _home(key: np.uint64, mask: int) -> np.int64:
+    return np.int64(mix64(key) & np.uint64(mask))
+
+
+@njit(cache=True, nogil=True)
+def ht_find(table: np.ndarray, slot_keys: np.ndarray, key: np.uint64) -> int:
+    """Slot whose key is ``key``, or -1."""
+    mask = len(table) - 1
+    i = _home(key, mask)
     while True:
-        v = vals[i]
-        if v < 0:
+        s = table[i]
+        if s < 0:
             return -1
-        if keys[i] == key:
-            return int(v)
+        if slot_keys[s] == key:
+            return int(s)
         i = (i + 1) & mask
 
 
 @njit(cache=True, nogil=True)
-def ht_insert(keys: np.ndarray, vals: np.ndarray, key: np.uint64, val: int) -> None:
-    """Store ``val`` under ``key`` (which must be absent)."""
-    mask = len(keys) - 1
-    i = np.int64(mix64(key) & np.uint64(mask))
-    while vals[i] >= 0:
+def ht_insert(table: np.ndarray, slot_keys: np.ndarray, slot: int) -> None:
+    """Index ``slot`` under its key ``slot_keys[slot]`` (which must be absent)."""
+    mask = len(table) - 1
+    i = _home(slot_keys[slot], mask)
+    while table[i] >= 0:
         i = (i + 1) & mask
-    keys[i] = key
-    vals[i] = val
+    table[i] = slot
 
 
 @njit(cache=True, nogil=True)
-def ht_delete(keys: np.ndarray, vals: np.ndarray, key: np.uint64) -> None:
-    """Remove ``key`` (which must be present), shifting its probe run back."""
-    mask = len(keys) - 1
-    i = np.int64(mix64(key) & np.uint64(mask))
-    while keys[i] != key or vals[i] < 0:
+def ht_delete(table: np.ndarray, slot_keys: np.ndarray, slot: int) -> None:
+    """Remove ``slot`` (which must be indexed), shifting its probe run back."""
+    mask = len(table) - 1
+    i = _home(slot_keys[slot], mask)
+    while table[i] != slot:
         i = (i + 1) & mask
     j = i
     while True:
         j = (j + 1) & mask
-        if vals[j] < 0:
+        if table[j] < 0:
             break
-        home = np.int64(mix64(keys[j]) & np.uint64(mask))
-        # keep keys[j] where it is if its home lies cyclically in (i, j]
+        home = _home(slot_keys[table[j]], mask)
+        # keep the entry at j where it is if its home lies cyclically in (i, j]
         if i <= j:
             stays = i < home <= j
         else:
             stays = home > i or home <= j
         if not stays:
-            keys[i] = keys[j]
-            vals[i] = vals[j]
+            table[i] = table[j]
             i = j
-    vals[i] = -1
+    table[i] = -1
 
 
 @njit(cache=True, nogil=True)
-def ht_rebuild(keys: np.ndarray, vals: np.ndarray, slot_keys: np.ndarray, used: np.ndarray) -> None:
-    """Fill an empty table with ``slot_keys[s] -> s`` for every used slot."""
-    vals[:] = -1
-    for s in range(len(slot_keys)):
+def ht_rebuild(table: np.ndarray, slot_keys: np.ndarray, used: np.ndarray) -> None:
+    """Fill ``table`` with every used slot (``used`` may be shorter than ``slot_keys``)."""
+    table[:] = -1
+    for s in range(len(used)):
         if used[s]:
-            ht_insert(keys, vals, slot_keys[s], s)
+            ht_insert(table, slot_keys, s)
+
+
+# ---------------------------------------------------------------- slots and instance lists
+# Free slots: those at or above the high-water mark were never used; freed ones wait on a
+# stack. A client's open instances form a list (``C_FIRST``, ``I_NEXT``) ordered by journey.
 
 
 @njit(cache=True, nogil=True)
-def instance_key(client_slot: int, journey: int) -> np.uint64:
-    """Index key of the (client slot, journey) instance."""
-    return (np.uint64(client_slot + 1) << np.uint64(10)) | np.uint64(journey)
+def _take_slot(free: np.ndarray, meta: np.ndarray, m_free: int, m_high: int) -> int:
+    """A free slot: the last one freed, else the next never used."""
+    if meta[m_free] > 0:
+        meta[m_free] -= 1
+        return int(free[meta[m_free]])
+    meta[m_high] += 1
+    return int(meta[m_high] - 1)
+
+
+@njit(cache=True, nogil=True)
+def find_instance(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray, cs: int, journey: int) -> int:
+    """The open instance of client slot ``cs`` in ``journey``, or -1."""
+    slot = ci[C_FIRST, cs]
+    while slot >= 0:
+        j = ih[H_JOURNEY, slot]
+        if j == journey:
+            return int(slot)
+        if j > journey:
+            return -1
+        slot = ii[I_NEXT, slot]
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _link(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray, cs: int, slot: int) -> None:
+    """Put instance ``slot`` in its client's list, in journey order."""
+    journey = ih[H_JOURNEY, slot]
+    prev = -1
+    cur = ci[C_FIRST, cs]
+    while cur >= 0 and ih[H_JOURNEY, cur] < journey:
+        prev = cur
+        cur = ii[I_NEXT, cur]
+    ii[I_NEXT, slot] = cur
+    if prev < 0:
+        ci[C_FIRST, cs] = slot
+    else:
+        ii[I_NEXT, prev] = slot
+
+
+@njit(cache=True, nogil=True)
+def _unlink(ci: np.ndarray, ii: np.ndarray, cs: int, slot: int) -> None:
+    """Take instance ``slot`` out of its client's list."""
+    prev = -1
+    cur = ci[C_FIRST, cs]
+    while cur != slot:
+        prev = cur
+        cur = ii[I_NEXT, cur]
+    if prev < 0:
+        ci[C_FIRST, cs] = ii[I_NEXT, slot]
+    else:
+        ii[I_NEXT, prev] = ii[I_NEXT, slot]
+    ii[I_NEXT, slot] = -1
 
 
 @njit(cache=True, nogil=True)
 def find_instances(
-    c_hk: np.ndarray,
-    c_hv: np.ndarray,
-    i_hk: np.ndarray,
-    i_hv: np.ndarray,
+    c_ht: np.ndarray,
+    ckey: np.ndarray,
+    ci: np.ndarray,
+    ii: np.ndarray,
+    ih: np.ndarray,
     client_keys: np.ndarray,
     journeys: np.ndarray,
     out: np.ndarray,
 ) -> None:
     """``out[k]``: the open instance slot of (``client_keys[k]``, ``journeys[k]``), or -1."""
     for k in range(len(client_keys)):
-        cs = ht_find(c_hk, c_hv, client_keys[k])
-        out[k] = -1 if cs < 0 else ht_find(i_hk, i_hv, instance_key(cs, journeys[k]))
+        cs = ht_find(c_ht, ckey, client_keys[k])
+        out[k] = -1 if cs < 0 else find_instance(ci, ii, ih, cs, journeys[k])
+
+
+@njit(cache=True, nogil=True)
+def pack_ids(
+    src: np.ndarray, off: np.ndarray, length: np.ndarray, used: np.ndarray, dst: np.ndarray
+) -> int:
+    """Copy the id bytes of each used slot to ``dst``, back to back in slot order, and point
+    ``off`` at them; return the bytes written."""
+    end = 0
+    for s in range(len(used)):
+        if used[s]:
+            n = length[s]
+            dst[end : end + n] = src[off[s] : off[s] + n]
+            off[s] = end
+            end += n
+    return end
 
 
 # ---------------------------------------------------------------- instance life cycle
@@ -212,31 +290,32 @@ def _emit_stall(
     cf: np.ndarray,
     it: np.ndarray,
     ii: np.ndarray,
+    ih: np.ndarray,
     out_i: np.ndarray,
     out_f: np.ndarray,
     n_out: int,
 ) -> None:
     client = ii[I_CLIENT, slot]
     out_i[O_CLIENT, n_out] = client
-    out_i[O_JOURNEY, n_out] = ii[I_JOURNEY, slot]
-    out_i[O_STEP, n_out] = ii[I_STEP, slot]
+    out_i[O_JOURNEY, n_out] = ih[H_JOURNEY, slot]
+    out_i[O_STEP, n_out] = ih[H_STEP, slot]
     out_i[O_START, n_out] = it[T_START, slot]
     out_i[O_DEADLINE, n_out] = deadline
     out_i[O_ENTERED, n_out] = it[T_ENTERED, slot]
     out_i[O_PROGRESS, n_out] = it[T_PROGRESS, slot]
-    out_i[O_LAST_TYPE, n_out] = ii[I_LAST_TYPE, slot]
-    out_i[O_LAST_CHANNEL, n_out] = ii[I_LAST_CHANNEL, slot]
+    out_i[O_LAST_TYPE, n_out] = ih[H_LAST_TYPE, slot]
+    out_i[O_LAST_CHANNEL, n_out] = ih[H_LAST_CHANNEL, slot]
     out_i[O_EVENTS, n_out] = ii[I_EVENTS, slot]
     out_i[O_ERRORS, n_out] = ii[I_ERRORS, slot]
     out_i[O_BACK, n_out] = ii[I_BACK, slot]
     out_i[O_SWITCHES, n_out] = ii[I_SWITCHES, slot]
     out_i[O_ATTEMPT, n_out] = ii[I_ATTEMPT, slot]
-    out_i[O_ABANDONED, n_out] = ii[I_ABANDONED, slot]
+    out_i[O_ABANDONED, n_out] = ih[H_ABANDONED, slot]
     out_i[O_KIND, n_out] = KIND_STALL
     out_i[O_OUTCOME, n_out] = 0
     out_i[O_RESOLVED_AT, n_out] = -1
     out_i[O_RESOLVE_CHANNEL, n_out] = -1
-    out_i[O_SEGMENT, n_out] = ii[I_SEGMENT, slot]
+    out_i[O_SEGMENT, n_out] = ih[H_SEGMENT, slot]
     age = deadline - cts[C_LAST_TS, client]
     decay = 2.0 ** (-age / half_life_ms) if age > 0 else 1.0
     out_f[OF_CALLS, n_out] = cf[F_CALLS, client] * decay
@@ -252,31 +331,32 @@ def _emit_outcome(
     cf: np.ndarray,
     it: np.ndarray,
     ii: np.ndarray,
+    ih: np.ndarray,
     out_i: np.ndarray,
     out_f: np.ndarray,
     n_out: int,
 ) -> None:
     """Record the outcome of the instance's last stall (fields of the stall, then the result)."""
     out_i[O_CLIENT, n_out] = ii[I_CLIENT, slot]
-    out_i[O_JOURNEY, n_out] = ii[I_JOURNEY, slot]
-    out_i[O_STEP, n_out] = ii[I_STEP, slot]
+    out_i[O_JOURNEY, n_out] = ih[H_JOURNEY, slot]
+    out_i[O_STEP, n_out] = ih[H_STEP, slot]
     out_i[O_START, n_out] = it[T_START, slot]
     out_i[O_DEADLINE, n_out] = it[T_STALLED_AT, slot]
     out_i[O_ENTERED, n_out] = it[T_ENTERED, slot]
     out_i[O_PROGRESS, n_out] = it[T_PROGRESS, slot]
-    out_i[O_LAST_TYPE, n_out] = ii[I_LAST_TYPE, slot]
-    out_i[O_LAST_CHANNEL, n_out] = ii[I_LAST_CHANNEL, slot]
+    out_i[O_LAST_TYPE, n_out] = ih[H_LAST_TYPE, slot]
+    out_i[O_LAST_CHANNEL, n_out] = ih[H_LAST_CHANNEL, slot]
     out_i[O_EVENTS, n_out] = ii[I_EVENTS, slot]
     out_i[O_ERRORS, n_out] = ii[I_ERRORS, slot]
     out_i[O_BACK, n_out] = ii[I_BACK, slot]
     out_i[O_SWITCHES, n_out] = ii[I_SWITCHES, slot]
     out_i[O_ATTEMPT, n_out] = ii[I_ATTEMPT, slot]
-    out_i[O_ABANDONED, n_out] = ii[I_ABANDONED, slot]
+    out_i[O_ABANDONED, n_out] = ih[H_ABANDONED, slot]
     out_i[O_KIND, n_out] = KIND_OUTCOME
     out_i[O_OUTCOME, n_out] = outcome
     out_i[O_RESOLVED_AT, n_out] = resolved_at
     out_i[O_RESOLVE_CHANNEL, n_out] = channel
-    out_i[O_SEGMENT, n_out] = ii[I_SEGMENT, slot]
+    out_i[O_SEGMENT, n_out] = ih[H_SEGMENT, slot]
     out_f[OF_CALLS, n_out] = 0.0
     out_f[OF_SESSIONS, n_out] = 0.0
 
@@ -287,15 +367,13 @@ def _close(
     client_ttl_ms: int,
     cts: np.ndarray,
     ci: np.ndarray,
-    i_hk: np.ndarray,
-    i_hv: np.ndarray,
     it: np.ndarray,
     ii: np.ndarray,
     i_free: np.ndarray,
     meta: np.ndarray,
 ) -> None:
     client = ii[I_CLIENT, slot]
-    ht_delete(i_hk, i_hv, instance_key(client, ii[I_JOURNEY, slot]))
+    _unlink(ci, ii, client, slot)
     ii[I_CLIENT, slot] = -1
     it[T_DEADLINE, slot] = NO_DEADLINE
     i_free[meta[M_I_FREE]] = slot
@@ -318,10 +396,9 @@ def _settle(
     cts: np.ndarray,
     cf: np.ndarray,
     ci: np.ndarray,
-    i_hk: np.ndarray,
-    i_hv: np.ndarray,
     it: np.ndarray,
     ii: np.ndarray,
+    ih: np.ndarray,
     i_free: np.ndarray,
     meta: np.ndarray,
     counters: np.ndarray,
@@ -334,20 +411,20 @@ def _settle(
     Returns the new number of stall records and whether the instance was closed.
     """
     deadline = it[T_DEADLINE, slot]
-    if ii[I_STALLED, slot] == 0:
+    if ih[H_STALLED, slot] == 0:
         ii[I_ATTEMPT, slot] += 1
-        ii[I_STALLED, slot] = 1
-        _emit_stall(slot, deadline, half_life_ms, cts, cf, it, ii, out_i, out_f, n_out)
+        ih[H_STALLED, slot] = 1
+        _emit_stall(slot, deadline, half_life_ms, cts, cf, it, ii, ih, out_i, out_f, n_out)
         n_out += 1
         counters[K_STALLED] += 1
         it[T_STALLED_AT, slot] = deadline
-        deadline = deadline + close_after[ii[I_JOURNEY, slot]]
+        deadline = deadline + close_after[ih[H_JOURNEY, slot]]
         it[T_DEADLINE, slot] = deadline
         meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
     if deadline <= now:
-        _emit_outcome(slot, OUTCOME_LAPSED, deadline, -1, cf, it, ii, out_i, out_f, n_out)
+        _emit_outcome(slot, OUTCOME_LAPSED, deadline, -1, cf, it, ii, ih, out_i, out_f, n_out)
         n_out += 1
-        _close(slot, client_ttl_ms, cts, ci, i_hk, i_hv, it, ii, i_free, meta)
+        _close(slot, client_ttl_ms, cts, ci, it, ii, i_free, meta)
         counters[K_CLOSED] += 1
         return n_out, True
     return n_out, False
@@ -369,17 +446,15 @@ def apply_events(
     close_after: np.ndarray,
     half_life_ms: float,
     client_ttl_ms: int,
-    c_hk: np.ndarray,
-    c_hv: np.ndarray,
+    c_ht: np.ndarray,
     ckey: np.ndarray,
     cts: np.ndarray,
     cf: np.ndarray,
     ci: np.ndarray,
     c_free: np.ndarray,
-    i_hk: np.ndarray,
-    i_hv: np.ndarray,
     it: np.ndarray,
     ii: np.ndarray,
+    ih: np.ndarray,
     i_free: np.ndarray,
     meta: np.ndarray,
     counters: np.ndarray,
@@ -396,7 +471,8 @@ def apply_events(
 
     Stops early when ``out_*`` might not hold the records of the next event (a stall and an
     outcome per journey, and one outcome). Fills ``e_effect``/``e_fjourney``/``e_fstep``.
-    The caller guarantees enough free client and instance slots (one of each per event).
+    The caller guarantees enough free client and instance slots (one of each per event) and
+    room in the client index.
     """
     n_out = 0
     n_journeys = step_timeout.shape[0]
@@ -406,19 +482,18 @@ def apply_events(
             return n_out, e
         t = e_ts[e]
         counters[K_EVENTS] += 1
-        cs = ht_find(c_hk, c_hv, e_ckey[e])
+        cs = ht_find(c_ht, ckey, e_ckey[e])
         e_new[e] = cs < 0
         if cs < 0:
-            meta[M_C_FREE] -= 1
-            cs = int(c_free[meta[M_C_FREE]])
-            ht_insert(c_hk, c_hv, e_ckey[e], cs)
+            cs = _take_slot(c_free, meta, M_C_FREE, M_C_HIGH)
             ckey[cs] = e_ckey[e]
+            ht_insert(c_ht, ckey, cs)
             cts[C_LAST_TS, cs] = t
             cf[F_CALLS, cs] = 0.0
             cf[F_SESSIONS, cs] = 0.0
             ci[C_LAST_INST, cs] = -1
             ci[C_OPEN, cs] = 0
-            cts[C_MIN_DEADLINE, cs] = NO_DEADLINE
+            ci[C_FIRST, cs] = -1
             meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
         elif ci[C_OPEN, cs] == 0 and cts[C_LAST_TS, cs] + client_ttl_ms <= t:
             # idle long enough to be forgotten: start afresh whether or not the expiry
@@ -433,28 +508,22 @@ def apply_events(
         e_fjourney[e] = -1
         e_fstep[e] = -1
 
-        if cts[C_MIN_DEADLINE, cs] <= t:
-            # time passes to t for this client first: its instances whose deadline passed
-            # stall (or close) before the event counts in any feature
-            smallest = NO_DEADLINE
-            for jj in range(n_journeys):
-                slot = ht_find(i_hk, i_hv, instance_key(cs, jj))
-                if slot < 0:
-                    continue
-                if it[T_DEADLINE, slot] <= t:
-                    n_out, closed = _settle(
-                        slot, t, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
-                        i_hk, i_hv, it, ii, i_free, meta, counters, out_i, out_f, n_out,
-                    )  # fmt: skip
-                    if closed:
-                        continue
-                smallest = min(smallest, it[T_DEADLINE, slot])
-            cts[C_MIN_DEADLINE, cs] = smallest
+        # time passes to t for this client first: its instances whose deadline passed stall
+        # (or close) before the event counts in any feature
+        slot = int(ci[C_FIRST, cs])
+        while slot >= 0:
+            after = int(ii[I_NEXT, slot])  # read first: settling may close the instance
+            if it[T_DEADLINE, slot] <= t:
+                n_out, _closed = _settle(
+                    slot, t, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
+                    it, ii, ih, i_free, meta, counters, out_i, out_f, n_out,
+                )  # fmt: skip
+            slot = after
 
         j = e_journey[e]
         s = e_step[e]
         if j >= 0:
-            target = ht_find(i_hk, i_hv, instance_key(cs, j))
+            target = find_instance(ci, ii, ih, cs, j)
         else:
             target = int(ci[C_LAST_INST, cs])
 
@@ -475,20 +544,19 @@ def apply_events(
             if target < 0:
                 if terminal != 0:
                     continue  # a terminal event with nothing open: nothing to track
-                meta[M_I_FREE] -= 1
-                target = int(i_free[meta[M_I_FREE]])
-                ht_insert(i_hk, i_hv, instance_key(cs, j), target)
+                target = _take_slot(i_free, meta, M_I_FREE, M_I_HIGH)
                 ii[I_CLIENT, target] = cs
-                ii[I_JOURNEY, target] = j
-                ii[I_STEP, target] = s
+                ih[H_JOURNEY, target] = j
+                _link(ci, ii, ih, cs, target)
+                ih[H_STEP, target] = s
                 ii[I_EVENTS, target] = 0
                 ii[I_ERRORS, target] = 0
                 ii[I_BACK, target] = 0
                 ii[I_SWITCHES, target] = 0
                 ii[I_ATTEMPT, target] = 0
-                ii[I_STALLED, target] = 0
-                ii[I_SEGMENT, target] = -1
-                ii[I_LAST_CHANNEL, target] = e_channel[e]
+                ih[H_STALLED, target] = 0
+                ih[H_SEGMENT, target] = -1
+                ih[H_LAST_CHANNEL, target] = e_channel[e]
                 it[T_START, target] = t
                 it[T_ENTERED, target] = t
                 it[T_STALLED_AT, target] = -1
@@ -497,18 +565,20 @@ def apply_events(
                 e_effect[e] = EFFECT_STARTED
             else:
                 counters[K_ADVANCED] += 1
-                if ii[I_STALLED, target] == 1:
+                if ih[H_STALLED, target] == 1:
                     if terminal == 0:
                         outcome = OUTCOME_PROGRESSED
                     elif terminal == TERMINAL_SUCCESS:
                         outcome = OUTCOME_COMPLETED
                     else:
                         outcome = OUTCOME_FAILED
-                    _emit_outcome(target, outcome, t, e_channel[e], cf, it, ii, out_i, out_f, n_out)
+                    _emit_outcome(
+                        target, outcome, t, e_channel[e], cf, it, ii, ih, out_i, out_f, n_out
+                    )
                     n_out += 1
-                    ii[I_STALLED, target] = 0
+                    ih[H_STALLED, target] = 0
                     counters[K_RESUMED] += 1
-                previous = ii[I_STEP, target]
+                previous = ih[H_STEP, target]
                 if s < previous:
                     ii[I_BACK, target] += 1
                 if s != previous:
@@ -519,50 +589,55 @@ def apply_events(
             e_fjourney[e] = j
             e_fstep[e] = s
             if e_segment[e] >= 0:
-                ii[I_SEGMENT, target] = e_segment[e]
-            _attribute(target, t, e_type[e], e_channel[e], flags, ii, it)
-            ii[I_STEP, target] = s
-            ii[I_ABANDONED, target] = 0
+                ih[H_SEGMENT, target] = e_segment[e]
+            _attribute(target, t, e_type[e], e_channel[e], flags, ii, ih, it)
+            ih[H_STEP, target] = s
+            ih[H_ABANDONED, target] = 0
             it[T_PROGRESS, target] = t
             ci[C_LAST_INST, cs] = target
             if terminal != 0:
                 counters[K_COMPLETED if terminal == TERMINAL_SUCCESS else K_FAILED] += 1
-                _close(target, client_ttl_ms, cts, ci, i_hk, i_hv, it, ii, i_free, meta)
+                _close(target, client_ttl_ms, cts, ci, it, ii, i_free, meta)
             else:
                 deadline = t + step_timeout[j, s]
                 it[T_DEADLINE, target] = deadline
                 meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
-                cts[C_MIN_DEADLINE, cs] = min(cts[C_MIN_DEADLINE, cs], deadline)
         elif target >= 0:
             e_effect[e] = EFFECT_COUNTED
-            e_fjourney[e] = ii[I_JOURNEY, target]
-            e_fstep[e] = ii[I_STEP, target]
+            e_fjourney[e] = ih[H_JOURNEY, target]
+            e_fstep[e] = ih[H_STEP, target]
             if e_segment[e] >= 0:
-                ii[I_SEGMENT, target] = e_segment[e]
-            _attribute(target, t, e_type[e], e_channel[e], flags, ii, it)
-            grace = abandon_grace[ii[I_JOURNEY, target], e_type[e]]
-            if grace >= 0 and ii[I_STALLED, target] == 0:
+                ih[H_SEGMENT, target] = e_segment[e]
+            _attribute(target, t, e_type[e], e_channel[e], flags, ii, ih, it)
+            grace = abandon_grace[ih[H_JOURNEY, target], e_type[e]]
+            if grace >= 0 and ih[H_STALLED, target] == 0:
                 counters[K_ABANDON_SIGNALS] += 1
                 deadline = t + grace
                 if deadline < it[T_DEADLINE, target]:
                     it[T_DEADLINE, target] = deadline
-                    ii[I_ABANDONED, target] = 1
+                    ih[H_ABANDONED, target] = 1
                     meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
-                    cts[C_MIN_DEADLINE, cs] = min(cts[C_MIN_DEADLINE, cs], deadline)
     return n_out, len(e_ts)
 
 
 @njit(cache=True, nogil=True)
 def _attribute(
-    slot: int, t: int, type_code: int, channel: int, flags: int, ii: np.ndarray, it: np.ndarray
+    slot: int,
+    t: int,
+    type_code: int,
+    channel: int,
+    flags: int,
+    ii: np.ndarray,
+    ih: np.ndarray,
+    it: np.ndarray,
 ) -> None:
-    if ii[I_EVENTS, slot] > 0 and ii[I_LAST_CHANNEL, slot] != channel:
+    if ii[I_EVENTS, slot] > 0 and ih[H_LAST_CHANNEL, slot] != channel:
         ii[I_SWITCHES, slot] += 1
     ii[I_EVENTS, slot] += 1
     if flags & FLAG_ERROR:
         ii[I_ERRORS, slot] += 1
-    ii[I_LAST_TYPE, slot] = type_code
-    ii[I_LAST_CHANNEL, slot] = channel
+    ih[H_LAST_TYPE, slot] = type_code
+    ih[H_LAST_CHANNEL, slot] = channel
     it[T_LAST_EVENT, slot] = t
 
 
@@ -576,10 +651,9 @@ def expire_instances(
     cts: np.ndarray,
     cf: np.ndarray,
     ci: np.ndarray,
-    i_hk: np.ndarray,
-    i_hv: np.ndarray,
     it: np.ndarray,
     ii: np.ndarray,
+    ih: np.ndarray,
     i_free: np.ndarray,
     meta: np.ndarray,
     counters: np.ndarray,
@@ -589,32 +663,31 @@ def expire_instances(
     """Settle every instance from slot ``start`` on whose deadline is at or before ``watermark``.
 
     Stops early when ``out_*`` is full. Returns (records written, next slot to scan, smallest
-    deadline left among the slots scanned).
+    deadline left among the slots scanned); slots at or above the high-water mark are unused.
     """
-    cap = it.shape[1]
+    high = meta[M_I_HIGH]
     room = out_i.shape[1]
     n_out = 0
     smallest = NO_DEADLINE
-    for slot in range(start, cap):
+    for slot in range(start, high):
         deadline = it[T_DEADLINE, slot]
         if deadline <= watermark:
             if n_out + 2 > room:
                 return n_out, slot, smallest
             n_out, _closed = _settle(
                 slot, watermark, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
-                i_hk, i_hv, it, ii, i_free, meta, counters, out_i, out_f, n_out,
+                it, ii, ih, i_free, meta, counters, out_i, out_f, n_out,
             )  # fmt: skip
             deadline = it[T_DEADLINE, slot]
         smallest = min(smallest, deadline)
-    return n_out, cap, smallest
+    return n_out, high, smallest
 
 
 @njit(cache=True, nogil=True)
 def expire_clients(
     watermark: int,
     client_ttl_ms: int,
-    c_hk: np.ndarray,
-    c_hv: np.ndarray,
+    c_ht: np.ndarray,
     ckey: np.ndarray,
     cts: np.ndarray,
     ci: np.ndarray,
@@ -627,12 +700,12 @@ def expire_clients(
     """
     freed = 0
     smallest = NO_DEADLINE
-    for cs in range(len(ckey)):
+    for cs in range(meta[M_C_HIGH]):
         if ci[C_OPEN, cs] != 0:
             continue
         expiry = cts[C_LAST_TS, cs] + client_ttl_ms
         if expiry <= watermark:
-            ht_delete(c_hk, c_hv, ckey[cs])
+            ht_delete(c_ht, ckey, cs)
             ci[C_OPEN, cs] = -1
             ci[C_LAST_INST, cs] = -1
             c_free[meta[M_C_FREE]] = cs

@@ -17,36 +17,46 @@ T_STALLED_AT = 4  # the deadline at which the instance last stalled
 T_LAST_EVENT = 5  # event time of the last event attributed to the instance
 N_TIMES = 6
 
-# Instance integers, int32 [13, cap].
+# Instance integers, int32 [7, cap].
 I_CLIENT = 0  # client slot, -1 when the instance slot is free
-I_JOURNEY = 1
-I_STEP = 2
-I_LAST_TYPE = 3  # type code of the last event attributed to the instance
-I_LAST_CHANNEL = 4
-I_EVENTS = 5  # events attributed to the instance
-I_ERRORS = 6
-I_BACK = 7  # back-steps (moved to an earlier step)
-I_SWITCHES = 8  # channel switches between consecutive events
-I_ATTEMPT = 9  # stalls so far
-I_STALLED = 10  # 1 after a stall until the client progresses again
-I_ABANDONED = 11  # 1 when an abandon signal shortened the current deadline
-I_SEGMENT = 12  # client segment code (ato.catalog.SEGMENTS) last seen on its events, -1
-N_INTS = 13
+I_NEXT = 1  # the client's next open instance (higher journey code), -1 at the end
+I_EVENTS = 2  # events attributed to the instance
+I_ERRORS = 3
+I_BACK = 4  # back-steps (moved to an earlier step)
+I_SWITCHES = 5  # channel switches between consecutive events
+I_ATTEMPT = 6  # stalls so far
+N_INTS = 7
+
+# Small instance integers, int16 [7, cap].
+H_JOURNEY = 0
+H_STEP = 1
+H_LAST_TYPE = 2  # type code of the last event attributed to the instance
+H_LAST_CHANNEL = 3
+H_STALLED = 4  # 1 after a stall until the client progresses again
+H_ABANDONED = 5  # 1 when an abandon signal shortened the current deadline
+H_SEGMENT = 6  # client segment code (ato.catalog.SEGMENTS) last seen on its events, -1
+N_HALVES = 7
+MAX_HALF = np.iinfo(np.int16).max  # journeys, steps and type codes must fit
 
 # Client columns.
-C_LAST_TS = 0  # int64 [2, cap]: event time of the client's last event
-C_MIN_DEADLINE = 1  # lower bound of the deadlines of the client's open instances
+C_LAST_TS = 0  # int64 [1, cap]: event time of the client's last event
+N_CLIENT_TIMES = 1
 F_CALLS = 0  # float64 [2, cap]: decayed count of calls
 F_SESSIONS = 1  # decayed count of app sessions
-C_LAST_INST = 0  # int32 [2, cap]: the instance that last progressed, -1 if none
+C_LAST_INST = 0  # int32 [3, cap]: the instance that last progressed, -1 if none
 C_OPEN = 1  # open instances; -1 when the client slot is free
+C_FIRST = 2  # its open instance with the lowest journey code, -1 if none
+N_CLIENT_INTS = 3
 
-# meta int64 [5]
-M_C_FREE = 0  # free client slots on the stack
-M_I_FREE = 1  # free instance slots on the stack
+# meta int64 [6]. Slots at or above the high-water mark were never used (and never
+# initialised); freed slots below it wait on the free stack.
+M_C_FREE = 0  # freed client slots on the stack
+M_I_FREE = 1  # freed instance slots on the stack
 M_NEXT_DEADLINE = 2  # lower bound of all instance deadlines
 M_NEXT_CLIENT_EXPIRY = 3  # lower bound of idle-client expiry times
-N_META = 4
+M_C_HIGH = 4  # client slots ever used (the high-water mark)
+M_I_HIGH = 5  # instance slots ever used
+N_META = 6
 
 # counters int64 [9]
 K_EVENTS = 0

@@ -1,5 +1,6 @@
 """The columnar shard store: journey state in numpy arrays, updated by numba kernels."""
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -8,31 +9,40 @@ from ato.catalog import Catalog
 from ato.columns import EventColumns
 from state import kernels
 from state.base import Effects, Records, ShardStore
+from state.client_ids import decode_ids, encode_ids
 from state.layout import (
+    C_FIRST,
     C_LAST_INST,
     C_LAST_TS,
     C_OPEN,
     COUNTER_NAMES,
     F_CALLS,
     F_SESSIONS,
-    I_ABANDONED,
+    H_ABANDONED,
+    H_JOURNEY,
+    H_LAST_CHANNEL,
+    H_LAST_TYPE,
+    H_SEGMENT,
+    H_STALLED,
+    H_STEP,
     I_ATTEMPT,
     I_BACK,
     I_CLIENT,
     I_ERRORS,
     I_EVENTS,
-    I_JOURNEY,
-    I_LAST_CHANNEL,
-    I_LAST_TYPE,
-    I_SEGMENT,
-    I_STALLED,
-    I_STEP,
+    I_NEXT,
     I_SWITCHES,
     M_C_FREE,
+    M_C_HIGH,
     M_I_FREE,
+    M_I_HIGH,
     M_NEXT_CLIENT_EXPIRY,
     M_NEXT_DEADLINE,
+    MAX_HALF,
+    N_CLIENT_INTS,
+    N_CLIENT_TIMES,
     N_COUNTERS,
+    N_HALVES,
     N_INTS,
     N_META,
     N_OUT,
@@ -49,12 +59,15 @@ from state.layout import (
 )
 
 INITIAL_CAPACITY = 1024
+GROWTH = 1.5  # capacity factor when slots run out
+MAX_LOAD = 0.7  # client index: most entries per bucket before it doubles
 EXPIRE_CHUNK = 4_096  # most records one expire kernel call writes
+SNAPSHOT_VERSION = 2
+LAZY_MIN_BYTES = 1 << 20  # smaller arrays come from numpy's allocator
 
-_ARRAY_FIELDS = (
-    "ckey", "cts", "cf", "ci", "c_free", "c_hk", "c_hv",
-    "it", "ii", "i_free", "i_hk", "i_hv", "meta", "counters",
-)  # fmt: skip
+# Arrays indexed by client slot, then by instance slot: snapshots keep their used part.
+_CLIENT_FIELDS = ("ckey", "cts", "cf", "ci", "id_off", "id_len")
+_INSTANCE_FIELDS = ("it", "ii", "ih")
 
 
 def order_events(events: EventColumns) -> np.ndarray:
@@ -73,28 +86,63 @@ def order_events(events: EventColumns) -> np.ndarray:
     return np.argsort(key, kind="stable")
 
 
-def _table_size(capacity: int) -> int:
-    return 1 << int(2 * capacity - 1).bit_length()
+def table_size(n: int) -> int:
+    """Buckets of a client index holding ``n`` clients at most ``MAX_LOAD`` full."""
+    return 1 << max(int(np.ceil(n / MAX_LOAD)) - 1, 7).bit_length()
+
+
+def _resized(array: np.ndarray, capacity: int, keep: int) -> np.ndarray:
+    """``array`` with its last axis resized to ``capacity``, keeping the first ``keep`` slots.
+
+    The rest is left uninitialised (and so takes no memory until used).
+    """
+    out = lazy_empty((*array.shape[:-1], capacity), array.dtype)
+    out[..., :keep] = array[..., :keep]
+    return out
+
+
+def lazy_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose pages take memory only once written.
+
+    Backed by its own anonymous mapping, in small pages: numpy's allocator may back large
+    arrays with huge pages, which would make most of the unused tail of every row resident.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes < LAZY_MIN_BYTES:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
 
 
 class NumbaShardStore(ShardStore):
-    """Slots of clients and of journey instances in ``[field, slot]`` arrays, indexed by hash."""
+    """Slots of clients and of journey instances in ``[field, slot]`` arrays.
+
+    Clients are found by hash through an index of slots; a client's instances through a list
+    (``C_FIRST``, ``I_NEXT``). Client ids are UTF-8 bytes in an arena (``id_bytes``) at
+    ``id_off``/``id_len``. Slots at or above a high-water mark were never used.
+    """
 
     def __init__(self, catalog: Catalog, capacity: int = INITIAL_CAPACITY) -> None:
         self.catalog = catalog
         self.tables = catalog.tables
+        if max(*self.tables.abandon_grace.shape, *self.tables.step_timeout.shape) > MAX_HALF:
+            msg = "catalog too large: journeys, steps and types must fit in int16"
+            raise ValueError(msg)
         self.half_life_ms = float(catalog.decay_half_life_ms)
         self.client_ttl_ms = int(catalog.client_idle_ttl_ms)
         self.client_cap = 0
         self.inst_cap = 0
         self.ckey = np.empty(0, np.uint64)
-        self.cts = np.empty((2, 0), np.int64)
+        self.cts = np.empty((N_CLIENT_TIMES, 0), np.int64)
         self.cf = np.empty((2, 0), np.float64)
-        self.ci = np.empty((2, 0), np.int32)
+        self.ci = np.empty((N_CLIENT_INTS, 0), np.int32)
         self.c_free = np.empty(0, np.int32)
-        self.client_ids = np.empty(0, object)
+        self.id_off = np.empty(0, np.int64)
+        self.id_len = np.empty(0, np.int32)
+        self.id_bytes = np.empty(0, np.uint8)
+        self.id_end = 0  # arena bytes in use (ids of freed clients included until repacked)
         self.it = np.empty((N_TIMES, 0), np.int64)
         self.ii = np.empty((N_INTS, 0), np.int32)
+        self.ih = np.empty((N_HALVES, 0), np.int16)
         self.i_free = np.empty(0, np.int32)
         self.meta = np.zeros(N_META, np.int64)
         self.meta[M_NEXT_DEADLINE] = NO_DEADLINE
@@ -106,61 +154,73 @@ class NumbaShardStore(ShardStore):
         )
         self._grow_clients(capacity)
         self._grow_instances(capacity)
+        self._rebuild_index(0)  # (compiles the rebuild kernel before a flow needs it)
 
     # ------------------------------------------------------------------ capacity
 
     def _grow_clients(self, new_cap: int) -> None:
-        old = self.client_cap
-        grow = new_cap - old
-        self.ckey = np.concatenate([self.ckey, np.zeros(grow, np.uint64)])
-        self.cts = np.concatenate([self.cts, np.zeros((2, grow), np.int64)], axis=1)
-        self.cf = np.concatenate([self.cf, np.zeros((2, grow), np.float64)], axis=1)
-        fresh = np.full((2, grow), -1, np.int32)  # C_OPEN = -1: free slot
-        self.ci = np.concatenate([self.ci, fresh], axis=1)
-        self.client_ids = np.concatenate([self.client_ids, np.full(grow, None, object)])
-        n_free = int(self.meta[M_C_FREE])
-        free = np.empty(new_cap, np.int32)
-        free[:grow] = np.arange(new_cap - 1, old - 1, -1, dtype=np.int32)
-        free[grow : grow + n_free] = self.c_free[:n_free]
-        self.c_free = free
-        self.meta[M_C_FREE] = grow + n_free
+        high = int(self.meta[M_C_HIGH])
+        for name in _CLIENT_FIELDS:
+            setattr(self, name, _resized(getattr(self, name), new_cap, high))
+        self.c_free = _resized(self.c_free, new_cap, int(self.meta[M_C_FREE]))
         self.client_cap = new_cap
-        self.c_hk = np.zeros(_table_size(new_cap), np.uint64)
-        self.c_hv = np.full(_table_size(new_cap), -1, np.int64)
-        kernels.ht_rebuild(self.c_hk, self.c_hv, self.ckey, self.ci[C_OPEN] >= 0)
 
     def _grow_instances(self, new_cap: int) -> None:
-        old = self.inst_cap
-        grow = new_cap - old
-        times = np.zeros((N_TIMES, grow), np.int64)
-        times[T_DEADLINE] = NO_DEADLINE
-        self.it = np.concatenate([self.it, times], axis=1)
-        ints = np.zeros((N_INTS, grow), np.int32)
-        ints[I_CLIENT] = -1
-        self.ii = np.concatenate([self.ii, ints], axis=1)
-        n_free = int(self.meta[M_I_FREE])
-        free = np.empty(new_cap, np.int32)
-        free[:grow] = np.arange(new_cap - 1, old - 1, -1, dtype=np.int32)
-        free[grow : grow + n_free] = self.i_free[:n_free]
-        self.i_free = free
-        self.meta[M_I_FREE] = grow + n_free
+        high = int(self.meta[M_I_HIGH])
+        for name in _INSTANCE_FIELDS:
+            setattr(self, name, _resized(getattr(self, name), new_cap, high))
+        self.i_free = _resized(self.i_free, new_cap, int(self.meta[M_I_FREE]))
         self.inst_cap = new_cap
-        self.i_hk = np.zeros(_table_size(new_cap), np.uint64)
-        self.i_hv = np.full(_table_size(new_cap), -1, np.int64)
-        used = self.ii[I_CLIENT] >= 0
-        keys = np.zeros(new_cap, np.uint64)
-        clients = self.ii[I_CLIENT].astype(np.uint64) + np.uint64(1)
-        keys[used] = (clients[used] << np.uint64(10)) | self.ii[I_JOURNEY][used].astype(np.uint64)
-        kernels.ht_rebuild(self.i_hk, self.i_hv, keys, used)
+
+    def _rebuild_index(self, n: int) -> None:
+        """A client index sized for ``n`` clients, filled with the current ones."""
+        high = int(self.meta[M_C_HIGH])
+        self.c_ht = np.empty(table_size(n), np.int32)
+        kernels.ht_rebuild(self.c_ht, self.ckey, self.ci[C_OPEN, :high] >= 0)
 
     def _reserve(self, n: int) -> None:
         """Make sure ``n`` more clients and instances fit."""
-        if self.meta[M_C_FREE] < n:
-            used = self.client_cap - int(self.meta[M_C_FREE])
-            self._grow_clients(max(2 * self.client_cap, _pow2_at_least(used + n)))
-        if self.meta[M_I_FREE] < n:
-            used = self.inst_cap - int(self.meta[M_I_FREE])
-            self._grow_instances(max(2 * self.inst_cap, _pow2_at_least(used + n)))
+        clients = self._n_clients()
+        if self.client_cap - clients < n:
+            self._grow_clients(max(int(GROWTH * self.client_cap), clients + n))
+        if clients + n > MAX_LOAD * len(self.c_ht):
+            self._rebuild_index(clients + n)  # at least doubles: sizes are powers of two
+        instances = self._n_instances()
+        if self.inst_cap - instances < n:
+            self._grow_instances(max(int(GROWTH * self.inst_cap), instances + n))
+
+    def _n_clients(self) -> int:
+        return int(self.meta[M_C_HIGH] - self.meta[M_C_FREE])
+
+    def _n_instances(self) -> int:
+        return int(self.meta[M_I_HIGH] - self.meta[M_I_FREE])
+
+    # ------------------------------------------------------------------ client ids
+
+    def _store_ids(self, slots: np.ndarray, ids: np.ndarray) -> None:
+        """Keep the ids of the new clients at ``slots``."""
+        data, lengths = encode_ids(ids)
+        if self.id_end + len(data) > len(self.id_bytes):
+            self.id_off[slots] = 0  # not stored yet: nothing of theirs to keep
+            self.id_len[slots] = 0
+            self._repack_ids(len(data))
+        offsets = np.cumsum(lengths, dtype=np.int64) - lengths + self.id_end
+        self.id_bytes[self.id_end : self.id_end + len(data)] = data
+        self.id_off[slots] = offsets
+        self.id_len[slots] = lengths
+        self.id_end += len(data)
+
+    def _repack_ids(self, extra: int) -> None:
+        """A new arena with the ids of the known clients and room for ``extra`` more bytes."""
+        high = int(self.meta[M_C_HIGH])
+        used = self.ci[C_OPEN, :high] >= 0
+        live = int(self.id_len[:high][used].sum())
+        arena = lazy_empty((max(int(GROWTH * (live + extra)), 1024),), np.dtype(np.uint8))
+        self.id_end = kernels.pack_ids(self.id_bytes, self.id_off, self.id_len, used, arena)
+        self.id_bytes = arena
+
+    def _client_ids(self, slots: np.ndarray) -> list[str]:
+        return decode_ids(self.id_bytes, self.id_off[slots], self.id_len[slots])
 
     # ------------------------------------------------------------------ work
 
@@ -185,8 +245,8 @@ class NumbaShardStore(ShardStore):
                 events.step, events.flags, events.segment, t.step_timeout, t.step_terminal,
                 t.abandon_grace,
                 t.close_after, self.half_life_ms, self.client_ttl_ms,
-                self.c_hk, self.c_hv, self.ckey, self.cts, self.cf, self.ci, self.c_free,
-                self.i_hk, self.i_hv, self.it, self.ii, self.i_free, self.meta, self.counters_,
+                self.c_ht, self.ckey, self.cts, self.cf, self.ci, self.c_free,
+                self.it, self.ii, self.ih, self.i_free, self.meta, self.counters_,
                 e_cslot, e_new, effects.effect, effects.journey, effects.step, out_i, out_f,
                 start,
             )  # fmt: skip
@@ -194,7 +254,7 @@ class NumbaShardStore(ShardStore):
             parts_f.append(out_f[:, :n_out])
         new = np.flatnonzero(e_new)
         if len(new):
-            self.client_ids[e_cslot[new]] = events.client_id[new]
+            self._store_ids(e_cslot[new], events.client_id[new])
         records = self._records(np.concatenate(parts_i, axis=1), np.concatenate(parts_f, axis=1))
         return records, effects
 
@@ -202,8 +262,8 @@ class NumbaShardStore(ShardStore):
         """Settle instances with deadline <= ``watermark``; forget long-idle clients."""
         if watermark >= self.meta[M_NEXT_CLIENT_EXPIRY]:
             kernels.expire_clients(
-                watermark, self.client_ttl_ms, self.c_hk, self.c_hv, self.ckey, self.cts,
-                self.ci, self.c_free, self.meta,
+                watermark, self.client_ttl_ms, self.c_ht, self.ckey, self.cts, self.ci,
+                self.c_free, self.meta,
             )  # fmt: skip
         if watermark < self.meta[M_NEXT_DEADLINE]:
             return Records.empty()
@@ -212,11 +272,11 @@ class NumbaShardStore(ShardStore):
         # Deadlines set while scanning (close deadlines) lower the bound again below.
         self.meta[M_NEXT_DEADLINE] = NO_DEADLINE
         out_i, out_f = self._expire_out
-        while start < self.inst_cap:
+        while start < self.meta[M_I_HIGH]:
             n_out, start, part_smallest = kernels.expire_instances(
                 watermark, start, self.tables.close_after, self.half_life_ms,
-                self.client_ttl_ms, self.cts, self.cf, self.ci, self.i_hk, self.i_hv,
-                self.it, self.ii, self.i_free, self.meta, self.counters_, out_i, out_f,
+                self.client_ttl_ms, self.cts, self.cf, self.ci, self.it, self.ii, self.ih,
+                self.i_free, self.meta, self.counters_, out_i, out_f,
             )  # fmt: skip
             smallest = min(smallest, part_smallest)
             parts_i.append(out_i[:, :n_out].copy())
@@ -226,7 +286,7 @@ class NumbaShardStore(ShardStore):
 
     def _records(self, ints: np.ndarray, floats: np.ndarray) -> Records:
         slots = ints[O_CLIENT]
-        return Records(self.ckey[slots], self.client_ids[slots].tolist(), ints, floats)
+        return Records(self.ckey[slots], self._client_ids(slots), ints, floats)
 
     # ------------------------------------------------------------------ inspection
 
@@ -237,26 +297,27 @@ class NumbaShardStore(ShardStore):
     def open_instances(self) -> dict[tuple[str, int], dict[str, Any]]:
         """Every open instance with its fields, keyed by (client id, journey code)."""
         out: dict[tuple[str, int], dict[str, Any]] = {}
-        for slot in np.flatnonzero(self.ii[I_CLIENT] >= 0):
+        high = int(self.meta[M_I_HIGH])
+        for slot in np.flatnonzero(self.ii[I_CLIENT, :high] >= 0).tolist():
             client = int(self.ii[I_CLIENT, slot])
             fields = {
                 "client_key": int(self.ckey[client]),
-                "journey": int(self.ii[I_JOURNEY, slot]),
-                "step": int(self.ii[I_STEP, slot]),
+                "journey": int(self.ih[H_JOURNEY, slot]),
+                "step": int(self.ih[H_STEP, slot]),
                 "start": int(self.it[T_START, slot]),
                 "progress": int(self.it[T_PROGRESS, slot]),
                 "entered": int(self.it[T_ENTERED, slot]),
                 "deadline": int(self.it[T_DEADLINE, slot]),
-                "last_type": int(self.ii[I_LAST_TYPE, slot]),
-                "last_channel": int(self.ii[I_LAST_CHANNEL, slot]),
+                "last_type": int(self.ih[H_LAST_TYPE, slot]),
+                "last_channel": int(self.ih[H_LAST_CHANNEL, slot]),
                 "events": int(self.ii[I_EVENTS, slot]),
                 "errors": int(self.ii[I_ERRORS, slot]),
                 "back": int(self.ii[I_BACK, slot]),
                 "switches": int(self.ii[I_SWITCHES, slot]),
                 "attempt": int(self.ii[I_ATTEMPT, slot]),
-                "stalled": int(self.ii[I_STALLED, slot]),
-                "abandoned": int(self.ii[I_ABANDONED, slot]),
-                "segment": int(self.ii[I_SEGMENT, slot]),
+                "stalled": int(self.ih[H_STALLED, slot]),
+                "abandoned": int(self.ih[H_ABANDONED, slot]),
+                "segment": int(self.ih[H_SEGMENT, slot]),
                 "stalled_at": int(self.it[T_STALLED_AT, slot]),
                 "last_event": int(self.it[T_LAST_EVENT, slot]),
                 "calls": float(self.cf[F_CALLS, client]),
@@ -264,14 +325,15 @@ class NumbaShardStore(ShardStore):
                 "client_last_ts": int(self.cts[C_LAST_TS, client]),
                 "last_instance": bool(self.ci[C_LAST_INST, client] == slot),
             }
-            out[(str(self.client_ids[client]), int(self.ii[I_JOURNEY, slot]))] = fields
+            (client_id,) = self._client_ids(np.array([client]))
+            out[(client_id, int(self.ih[H_JOURNEY, slot]))] = fields
         return out
 
     def find_instances(self, client_keys: np.ndarray, journeys: np.ndarray) -> np.ndarray:
         """Instance slot of each (client hash, journey code) pair, -1 where none is open."""
         out = np.empty(len(client_keys), np.int64)
         kernels.find_instances(
-            self.c_hk, self.c_hv, self.i_hk, self.i_hv,
+            self.c_ht, self.ckey, self.ci, self.ii, self.ih,
             np.ascontiguousarray(client_keys, np.uint64), np.ascontiguousarray(journeys, np.int64),
             out,
         )  # fmt: skip
@@ -281,58 +343,137 @@ class NumbaShardStore(ShardStore):
         """Live-state fields of open instance ``slots``: step, since (entered), last event
         type, channel and time, stalled, attempt."""
         return {
-            "journey": self.ii[I_JOURNEY, slots],
-            "step": self.ii[I_STEP, slots],
+            "journey": self.ih[H_JOURNEY, slots],
+            "step": self.ih[H_STEP, slots],
             "since_ms": self.it[T_ENTERED, slots],
-            "last_type": self.ii[I_LAST_TYPE, slots],
-            "last_channel": self.ii[I_LAST_CHANNEL, slots],
+            "last_type": self.ih[H_LAST_TYPE, slots],
+            "last_channel": self.ih[H_LAST_CHANNEL, slots],
             "last_ms": self.it[T_LAST_EVENT, slots],
-            "stalled": self.ii[I_STALLED, slots],
+            "stalled": self.ih[H_STALLED, slots],
             "attempt": self.ii[I_ATTEMPT, slots],
         }
 
     def known_clients(self) -> set[int]:
         """Hashes of every client the store holds."""
-        return set(self.ckey[self.ci[C_OPEN] >= 0].tolist())
+        high = int(self.meta[M_C_HIGH])
+        return set(self.ckey[:high][self.ci[C_OPEN, :high] >= 0].tolist())
 
     def sizes(self) -> dict[str, int]:
         """Open instances, known clients, and bytes held by the arrays."""
-        nbytes = sum(getattr(self, name).nbytes for name in _ARRAY_FIELDS if name != "counters")
         return {
-            "instances": self.inst_cap - int(self.meta[M_I_FREE]),
-            "clients": self.client_cap - int(self.meta[M_C_FREE]),
-            "bytes": int(nbytes + self.client_ids.nbytes),
+            "instances": self._n_instances(),
+            "clients": self._n_clients(),
+            "bytes": sum(array.nbytes for array in self._arrays().values()),
         }
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        names = (*_CLIENT_FIELDS, *_INSTANCE_FIELDS, "c_free", "i_free", "c_ht", "id_bytes")
+        return {name: getattr(self, name) for name in (*names, "meta")}
 
     # ------------------------------------------------------------------ recovery
 
     def snapshot(self) -> dict[str, Any]:
-        """Copies of every array; the client-id column only where a slot is in use."""
+        """Copies of the used part of every array, and the capacities to restore."""
+        c_high, i_high = int(self.meta[M_C_HIGH]), int(self.meta[M_I_HIGH])
         snap: dict[str, Any] = {
-            name: getattr(self, name).copy() for name in _ARRAY_FIELDS if name != "counters"
+            name: getattr(self, name)[..., :c_high].copy() for name in _CLIENT_FIELDS
         }
+        snap.update({name: getattr(self, name)[..., :i_high].copy() for name in _INSTANCE_FIELDS})
+        snap["c_free"] = self.c_free[: self.meta[M_C_FREE]].copy()
+        snap["i_free"] = self.i_free[: self.meta[M_I_FREE]].copy()
+        snap["c_ht"] = self.c_ht.copy()
+        snap["id_bytes"] = self.id_bytes[: self.id_end].copy()
+        snap["id_capacity"] = len(self.id_bytes)
+        snap["meta"] = self.meta.copy()
         snap["counters"] = self.counters_.copy()
-        used = self.ci[C_OPEN] >= 0
-        snap["client_ids"] = (np.flatnonzero(used), self.client_ids[used].copy())
+        snap["capacity"] = (self.client_cap, self.inst_cap)
+        snap["version"] = SNAPSHOT_VERSION
         return snap
 
     @classmethod
     def restore(cls, catalog: Catalog, snap: dict[str, Any]) -> "NumbaShardStore":
-        """Rebuild a store from :meth:`snapshot` output."""
+        """Rebuild a store from :meth:`snapshot` output (or that of the earlier layout)."""
+        if snap.get("version") != SNAPSHOT_VERSION:
+            snap = upgrade_snapshot(snap)
         store = cls(catalog, capacity=1)
-        for name in _ARRAY_FIELDS:
-            if name != "counters":
-                setattr(store, name, snap[name].copy())
+        store.meta = snap["meta"].copy()
         store.counters_ = snap["counters"].copy()
-        if store.it.shape[0] < N_TIMES:  # a snapshot from before T_LAST_EVENT: use progress
-            store.it = np.vstack([store.it, store.it[T_PROGRESS : T_PROGRESS + 1]])
-        store.client_cap = len(store.ckey)
-        store.inst_cap = store.it.shape[1]
-        store.client_ids = np.full(store.client_cap, None, object)
-        slots, ids = snap["client_ids"]
-        store.client_ids[slots] = ids
+        client_cap, inst_cap = snap["capacity"]
+        for name in _CLIENT_FIELDS:
+            setattr(store, name, _resized(snap[name], client_cap, snap[name].shape[-1]))
+        for name in _INSTANCE_FIELDS:
+            setattr(store, name, _resized(snap[name], inst_cap, snap[name].shape[-1]))
+        store.c_free = _resized(snap["c_free"], client_cap, len(snap["c_free"]))
+        store.i_free = _resized(snap["i_free"], inst_cap, len(snap["i_free"]))
+        store.client_cap, store.inst_cap = client_cap, inst_cap
+        store.c_ht = snap["c_ht"].copy()
+        store.id_end = len(snap["id_bytes"])
+        store.id_bytes = _resized(snap["id_bytes"], snap["id_capacity"], store.id_end)
         return store
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(int(n - 1).bit_length(), 0)
+def upgrade_snapshot(old: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot of the earlier layout (hash tables of both clients and instances, every
+    slot initialised, client ids as objects, a deadline bound per client) in the current
+    one."""
+    meta = np.zeros(N_META, np.int64)
+    meta[: len(old["meta"])] = old["meta"]
+    client_cap, inst_cap = len(old["ckey"]), old["it"].shape[1]
+    meta[M_C_HIGH], meta[M_I_HIGH] = client_cap, inst_cap  # free slots are all on the stacks
+    it = old["it"]
+    if it.shape[0] < N_TIMES:  # a snapshot from before T_LAST_EVENT: use progress
+        it = np.vstack([it, it[T_PROGRESS : T_PROGRESS + 1]])
+    ints, halves = split_legacy_ints(old["ii"])
+    ci = np.vstack([old["ci"], np.full((1, client_cap), -1, np.int32)])
+    link_instances(ci, ints, halves)
+    used = old["ci"][C_OPEN] >= 0
+    slots, ids = old["client_ids"]
+    data, lengths = encode_ids(np.array(list(ids), dtype=str) if len(ids) else np.empty(0, "U1"))
+    id_off = np.zeros(client_cap, np.int64)
+    id_len = np.zeros(client_cap, np.int32)
+    id_off[slots] = np.cumsum(lengths, dtype=np.int64) - lengths
+    id_len[slots] = lengths
+    c_ht = np.empty(table_size(int(used.sum())), np.int32)
+    kernels.ht_rebuild(c_ht, old["ckey"], used)
+    return {
+        "ckey": old["ckey"], "cts": old["cts"][:N_CLIENT_TIMES], "cf": old["cf"], "ci": ci,
+        "id_off": id_off, "id_len": id_len, "it": it, "ii": ints, "ih": halves,
+        "c_free": old["c_free"][: meta[M_C_FREE]], "i_free": old["i_free"][: meta[M_I_FREE]],
+        "c_ht": c_ht, "id_bytes": data, "id_capacity": max(len(data), 1024), "meta": meta,
+        "counters": old["counters"], "capacity": (client_cap, inst_cap),
+        "version": SNAPSHOT_VERSION,
+    }  # fmt: skip
+
+
+# Rows of the earlier int32 [13, cap] instance array, in the current arrays.
+_LEGACY_INTS = {I_CLIENT: 0, I_EVENTS: 5, I_ERRORS: 6, I_BACK: 7, I_SWITCHES: 8, I_ATTEMPT: 9}
+_LEGACY_HALVES = {
+    H_JOURNEY: 1, H_STEP: 2, H_LAST_TYPE: 3, H_LAST_CHANNEL: 4, H_STALLED: 10, H_ABANDONED: 11,
+    H_SEGMENT: 12,
+}  # fmt: skip
+
+
+def split_legacy_ints(old: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The earlier instance integers as the int32 and int16 arrays (``I_NEXT`` unset)."""
+    ints = np.full((N_INTS, old.shape[1]), -1, np.int32)
+    halves = np.empty((N_HALVES, old.shape[1]), np.int16)
+    for row, legacy in _LEGACY_INTS.items():
+        ints[row] = old[legacy]
+    for row, legacy in _LEGACY_HALVES.items():
+        halves[row] = old[legacy]
+    return ints, halves
+
+
+def link_instances(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray) -> None:
+    """Set every client's list of open instances (``C_FIRST``, ``I_NEXT``) in journey order."""
+    ii[I_NEXT] = -1
+    ci[C_FIRST] = -1
+    slots = np.flatnonzero(ii[I_CLIENT] >= 0)
+    slots = slots[np.lexsort((ih[H_JOURNEY, slots], ii[I_CLIENT, slots]))]
+    if not len(slots):
+        return
+    clients = ii[I_CLIENT, slots]
+    same = clients[1:] == clients[:-1]  # slots[k + 1] follows slots[k] in one list
+    ii[I_NEXT, slots[:-1][same]] = slots[1:][same]
+    first = np.append(True, ~same)
+    ci[C_FIRST, clients[first]] = slots[first]

@@ -31,6 +31,19 @@ StallRecord = tuple[int | float, ...]  # ints per state.layout.O_*, then the two
 Effect = tuple[int, int, int]  # EFFECT_*, journey, step
 
 
+def pack_ids_py(
+    src: bytes, off: list[int], length: list[int], used: list[bool]
+) -> tuple[bytes, list[int]]:
+    """Twin of ``pack_ids``: the id bytes of the used slots back to back, and new offsets
+    (unused slots keep theirs)."""
+    out, new_off = bytearray(), list(off)
+    for s, in_use in enumerate(used):
+        if in_use:
+            new_off[s] = len(out)
+            out += src[off[s] : off[s] + length[s]]
+    return bytes(out), new_off
+
+
 @dataclass
 class PyClient:
     """A client's features."""

@@ -21,7 +21,8 @@ ENTRY_POINTS = {
         "ht_insert",
         "ht_delete",
         "ht_rebuild",
-        "instance_key",
+        "find_instances",
+        "pack_ids",
         "apply_events",
         "expire_instances",
         "expire_clients",
@@ -34,7 +35,18 @@ ENTRY_POINTS = {
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
 # is checked.
 HELPERS = {
-    kernels: ("_emit_stall", "_emit_outcome", "_close", "_settle", "_attribute"),
+    kernels: (
+        "_home",
+        "_take_slot",
+        "find_instance",
+        "_link",
+        "_unlink",
+        "_emit_stall",
+        "_emit_outcome",
+        "_close",
+        "_settle",
+        "_attribute",
+    ),
     scan: (
         "_ws",
         "_string",
@@ -67,18 +79,20 @@ def exercise_entry_points() -> None:
         np.arange(2, dtype=np.int64),
         np.array([5, -1], np.int8),
     )
-    store = NumbaShardStore(catalog, capacity=1)  # the second client forces a rehash
+    store = NumbaShardStore(catalog, capacity=1)  # the second client forces a regrowth
     store.apply(events)
+    store.find_instances(events.client_key, np.zeros(2, np.int64))
     records = store.expire(100 * 86_400_000)  # stalls, closes (lapsed), forgets "c2"
     assert (len(records.stalls()), len(records.outcomes())) == (1, 1)
     built = InterventionBuilder(catalog).build(records.stalls(), 0)  # renders the document
     assert len(built) == 1
     assert len(store.expire(200 * 86_400_000)) == 0  # forgets "c1"
-    keys, vals = np.zeros(8, np.uint64), np.full(8, -1, np.int64)
-    kernels.ht_insert(keys, vals, np.uint64(5), 1)
-    assert kernels.ht_find(keys, vals, np.uint64(5)) == 1
-    kernels.ht_delete(keys, vals, np.uint64(5))
-    kernels.instance_key(1, 2)
+    store._repack_ids(0)  # packs the id arena
+    table, slot_keys = np.full(8, -1, np.int32), np.array([3, 5], np.uint64)
+    kernels.ht_insert(table, slot_keys, 1)
+    assert kernels.ht_find(table, slot_keys, np.uint64(5)) == 1
+    kernels.ht_delete(table, slot_keys, 1)
+    kernels.ht_rebuild(table, slot_keys, np.ones(2, np.bool_))
     hashing.mix64(np.uint64(1))
     hashing.shard_of(np.array([1, 2], np.uint64), 4)
     decoded = Decoder(catalog, EngineSettings(decoder="scan"))(

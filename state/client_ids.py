@@ -1,0 +1,27 @@
+"""Client ids in a shard store: UTF-8 bytes in one arena, addressed by offset and length."""
+
+import numpy as np
+
+
+def encode_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of a numpy ``U`` array of ids, back to back, and each id's length."""
+    n = len(ids)
+    if n == 0 or ids.dtype.itemsize == 0:
+        return np.empty(0, np.uint8), np.zeros(n, np.int32)
+    width = ids.dtype.itemsize // 4
+    points = np.ascontiguousarray(ids).view(np.uint32).reshape(n, width)
+    if points.max() < 0x80:  # ASCII: one byte per code point
+        lengths = np.strings.str_len(ids).astype(np.int32)
+        inside = np.arange(width) < lengths[:, None]
+        return points[inside].astype(np.uint8), lengths
+    encoded = [s.encode() for s in ids.tolist()]
+    lengths = np.array([len(b) for b in encoded], np.int32)
+    return np.frombuffer(b"".join(encoded), np.uint8).copy(), lengths
+
+
+def decode_ids(arena: np.ndarray, off: np.ndarray, length: np.ndarray) -> list[str]:
+    """The ids stored at ``off``/``length`` in ``arena``."""
+    view = memoryview(arena.data)
+    return [
+        str(view[o : o + n], "utf-8") for o, n in zip(off.tolist(), length.tolist(), strict=True)
+    ]
