@@ -21,6 +21,7 @@ from operators.interventions import intervention_id
 BASE_MS = 1_767_600_000_000
 CALIBRATION_CLIENTS = 4_000
 GRID = 2_000
+POPULATION_SPAN_MS = 60_000  # population events spread over the minute before the release
 
 
 def live_zero_ms(scenario: Scenario) -> int:
@@ -172,16 +173,20 @@ def truth(traffic: GeneratedTraffic, scenario: Scenario, shift_ms: int) -> list[
 def population_events(
     scenario: Scenario, index: int, producers: int, at_ms: int
 ) -> tuple[list[bytes], np.ndarray]:
-    """One ``card_delivered`` event per idle client of this producer's population share.
+    """One ``card_delivered`` event per idle client of this producer's population share,
+    with event times rising over the ``POPULATION_SPAN_MS`` before ``at_ms`` (so the
+    watermark moves while the population loads).
 
     Each opens a journey instance that stays open (its step times out after days).
     """
     share = scenario.population // producers + (index < scenario.population % producers)
     first = index * (scenario.population // producers) + min(index, scenario.population % producers)
+    start = at_ms - POPULATION_SPAN_MS
     values = [
         b'{"event_id":"P%09d-0","client_id":"P%09d","ts":%d,"channel":"app",'
-        b'"type":"card_delivered","journey":"card_activation"}' % (c, c, at_ms)
-        for c in range(first, first + share)
+        b'"type":"card_delivered","journey":"card_activation"}'
+        % (c, c, start + i * POPULATION_SPAN_MS // max(share, 1))
+        for i, c in enumerate(range(first, first + share))
     ]
     parts = np.arange(first, first + share, dtype=np.int64) % scenario.partitions
     return values, parts.astype(np.int32)
