@@ -25,7 +25,8 @@ from load_tests.scenario import Scenario
 from load_tests.traffic import (
     generator_settings,
     live_zero_ms,
-    population_events,
+    population_clients,
+    population_event,
     schedule,
     shape,
     shifted,
@@ -140,9 +141,8 @@ def _produce(job: ProducerJob, counters: Any, base: int, release_ms: Any) -> Non
     counters[base + 2] = SENDING
     samples: list[tuple[int, int]] = []
     if scenario.population:
-        values, parts = population_events(scenario, job.index, job.producers, released)
-        _blast(producer, job.topic, values, parts, counters, base)
-        del values, parts
+        clients = population_clients(scenario, job.index, job.producers)
+        _blast(producer, job.topic, clients, scenario.partitions, counters, base)
     sent = _pace(producer, job.topic, plan, shift, counters, base, samples)
     left = producer.flush(60)
     if left:
@@ -181,15 +181,18 @@ def _count(counters: Any, base: int, parts: np.ndarray) -> None:
 
 
 def _blast(
-    producer: Producer, topic: str, values: list[bytes], parts: np.ndarray, counters: Any, base: int
+    producer: Producer, topic: str, clients: np.ndarray, partitions: int, counters: Any, base: int
 ) -> None:
-    """Send everything at once (the population preload)."""
-    for i in range(0, len(values), CHUNK):
-        chunk = values[i : i + CHUNK]
-        for value, partition in zip(chunk, parts[i : i + CHUNK].tolist(), strict=True):
-            _send(producer, topic, value, partition)
+    """Send the population at full speed, each event stamped with the wall time it leaves
+    (live mode: older times would be behind the watermark, i.e. late)."""
+    for i in range(0, len(clients), CHUNK):
+        chunk = clients[i : i + CHUNK]
+        now_ms = int(time.time() * 1000)
+        parts = (chunk % partitions).astype(np.int32)
+        for client, partition in zip(chunk.tolist(), parts.tolist(), strict=True):
+            _send(producer, topic, population_event(client, now_ms), partition)
         producer.poll(0)
-        _count(counters, base, parts[i : i + CHUNK])
+        _count(counters, base, parts)
 
 
 def _pace(

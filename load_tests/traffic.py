@@ -21,7 +21,6 @@ from operators.interventions import intervention_id
 BASE_MS = 1_767_600_000_000
 CALIBRATION_CLIENTS = 4_000
 GRID = 2_000
-POPULATION_SPAN_MS = 60_000  # population events spread over the minute before the release
 
 
 def live_zero_ms(scenario: Scenario) -> int:
@@ -170,23 +169,17 @@ def truth(traffic: GeneratedTraffic, scenario: Scenario, shift_ms: int) -> list[
     ]
 
 
-def population_events(
-    scenario: Scenario, index: int, producers: int, at_ms: int
-) -> tuple[list[bytes], np.ndarray]:
-    """One ``card_delivered`` event per idle client of this producer's population share,
-    with event times rising over the ``POPULATION_SPAN_MS`` before ``at_ms`` (so the
-    watermark moves while the population loads).
+def population_clients(scenario: Scenario, index: int, producers: int) -> np.ndarray:
+    """Numbers of this producer's share of the idle population (all shares cover it once)."""
+    size, extra = divmod(scenario.population, producers)
+    first = index * size + min(index, extra)
+    return np.arange(first, first + size + (index < extra), dtype=np.int64)
 
-    Each opens a journey instance that stays open (its step times out after days).
-    """
-    share = scenario.population // producers + (index < scenario.population % producers)
-    first = index * (scenario.population // producers) + min(index, scenario.population % producers)
-    start = at_ms - POPULATION_SPAN_MS
-    values = [
+
+def population_event(client: int, ts: int) -> bytes:
+    """The ``card_delivered`` event that opens an idle client's journey; it stays open (the
+    step times out after days)."""
+    return (
         b'{"event_id":"P%09d-0","client_id":"P%09d","ts":%d,"channel":"app",'
-        b'"type":"card_delivered","journey":"card_activation"}'
-        % (c, c, start + i * POPULATION_SPAN_MS // max(share, 1))
-        for i, c in enumerate(range(first, first + share))
-    ]
-    parts = np.arange(first, first + share, dtype=np.int64) % scenario.partitions
-    return values, parts.astype(np.int32)
+        b'"type":"card_delivered","journey":"card_activation"}' % (client, client, ts)
+    )
