@@ -198,7 +198,7 @@ def run(
         sinks = replace(
             sinks, metrics=metrics_sink(settings, first_process=not cluster or cluster[1] == 0)
         )
-    flow = build_flow(source, sinks, settings, catalog)
+    flow = build_flow(source, sinks, settings, catalog, snapshots=recovery_dir is not None)
     recovery = None
     if recovery_dir is not None:
         prepare_recovery_dir(recovery_dir)

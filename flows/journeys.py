@@ -68,11 +68,13 @@ def build_flow(
     catalog: Catalog | None = None,
     partitions: list[str] | None = None,
     now_ms: Callable[[], int] = wall_ms,
+    snapshots: bool = True,
 ) -> Dataflow:
     """Assemble the journey flow.
 
     ``partitions`` names the input partitions the watermark waits for (default: the
-    source's ``input_partitions()`` if it has one).
+    source's ``input_partitions()`` if it has one). ``snapshots=False`` (a run without
+    recovery) spares the shards copying their state at every epoch end.
     """
     catalog = catalog if catalog is not None else load_catalog(config.catalog)
     if partitions is None:
@@ -95,6 +97,7 @@ def build_flow(
         policy=policy_ctx is not None,
         live_state=live,
         live_state_interval_ms=config.redis.live_state_interval_ms,
+        snapshots=snapshots,
     )
 
     flow = Dataflow("journeys")

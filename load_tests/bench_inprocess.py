@@ -177,7 +177,9 @@ def run_full(
     sinks = FlowSinks(
         sink, CountSink(), CountSink(), ProgressSink(RunStats(), None), metrics=metrics
     )
-    flow = build_flow(TestingSource(batches), sinks, settings, catalog, partitions=partitions)
+    flow = build_flow(
+        TestingSource(batches), sinks, settings, catalog, partitions=partitions, snapshots=False
+    )
     seconds = timed(lambda: run_main(flow, epoch_interval=timedelta(seconds=10)))
     what = "full flow" if metrics is None else "full flow + ClickHouse"
     if settings.redis.enabled:

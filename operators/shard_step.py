@@ -51,9 +51,12 @@ class ShardContext:
     policy: bool = False  # the policy step decides: pass stalls and outcomes on, build nothing
     live_state: LiveStateWriter | None = None  # write live journey state to Redis
     live_state_interval_ms: int = 1_000
+    # Bytewax asks for a snapshot at every epoch end even without recovery; copying the whole
+    # store each time (2 GB at 10 M instances) stalls the flow, so without recovery: none
+    snapshots: bool = True
 
 
-class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
+class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | None]):
     """Journey state of one shard inside a Bytewax ``stateful_batch`` step."""
 
     def __init__(self, ctx: ShardContext, resume: dict[str, Any] | None) -> None:
@@ -125,9 +128,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any]]):
         """Next wall-clock tick."""
         return datetime.now(UTC) + timedelta(milliseconds=self.ctx.settings.tick_ms)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any] | None:
         """Copies of the store, the watermark state, the pending events and the live-state
-        marks not yet written."""
+        marks not yet written; None when the flow runs without recovery."""
+        if not self.ctx.snapshots:
+            return None
         return {
             "shard": self.shard,
             "store": self.store.snapshot(),
