@@ -221,7 +221,7 @@ def _start_flow(
         f'out_dir = "{run_dir / "flow"}"\n'
         f'catalog = "{scenario.catalog_path()}"\n'
         "[engine]\n"
-        'clock = "live"\n'
+        f'clock = "{scenario.clock}"\n'
         f"allowed_lateness_ms = {scenario.allowed_lateness_ms}\n"
         f"idle_timeout_ms = {IDLE_TIMEOUT_MS}\n"
         "[kafka]\n"

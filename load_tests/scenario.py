@@ -35,7 +35,9 @@ class Scenario:
     """One load-test scenario; times in seconds from the start of the live part.
 
     ``lead_s``: seconds between the producers' release (population and backfill are sent
-    then, at full speed) and the start of the live part.
+    then, at full speed) and the start of the live part. ``clock``: the flow's
+    ``engine.clock``; a backfill needs ``replay``, since in live mode a watermark that
+    followed the wall clock while the topic was empty makes all history late.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Scenario:
     population: int = 0
     burst: Burst | None = None
     lead_s: float = 0.0
+    clock: str = "live"
 
     def multiplier(self, t_s: float) -> float:
         """The profile's rate multiplier at ``t_s`` (clamped to its first and last points)."""
@@ -143,7 +146,7 @@ def parse_scenario(raw: dict[str, Any], where: str) -> Scenario:
     if not isinstance(raw.get("name"), str) or not raw["name"]:
         _bad(where, "name", "a non-empty string is required")
     values: dict[str, Any] = {"name": raw["name"]}
-    for key in ("description", "catalog"):
+    for key in ("description", "catalog", "clock"):
         if key in raw:
             if not isinstance(raw[key], str):
                 _bad(where, key, "expected a string")
@@ -155,6 +158,8 @@ def parse_scenario(raw: dict[str, Any], where: str) -> Scenario:
                 _bad(where, key, f"expected a number >= 0, got {value!r}")
             values[key] = kind(value)
     scenario = Scenario(**values)
+    if scenario.clock not in ("live", "replay"):
+        _bad(where, "clock", f"expected live or replay, got {scenario.clock!r}")
     if scenario.duration_s <= 0 or scenario.rate <= 0 or scenario.partitions <= 0:
         _bad(where, "duration_s/rate/partitions", "must be > 0")
     if scenario.warmup_s >= scenario.duration_s:

@@ -49,6 +49,7 @@ def test_every_shipped_scenario_loads() -> None:
         ({"name": "x", "burst": {"journey": "j"}}, "burst"),
         ({"name": "x", "duration_s": 10, "warmup_s": 10}, "warmup_s"),
         ({"rate": 5}, "name"),
+        ({"name": "x", "clock": "wall"}, "clock"),
     ],
 )
 def test_bad_scenarios_name_the_file_and_key(raw: dict[str, object], key: str) -> None:
