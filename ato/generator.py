@@ -125,6 +125,7 @@ class _Instance:
         stall_at = rng.randrange(len(steps)) if rng.random() < self.gen.cfg.stall_share else -1
         t = self.start
         channel = "app"
+        attempt = 0  # stalls of this instance so far (a burst can add one before stall_at)
         self.emit(t, channel, steps[0].on[0])
         for i, step in enumerate(steps):
             after = steps[i + 1] if i + 1 < len(steps) else success
@@ -138,7 +139,10 @@ class _Instance:
                 self.emit(t, channel, _event_type(after))
                 continue
             deadline = self._maybe_abandon(step, t, deadline)
-            stall = TruthStall(self.client, self.journey.name, step.name, self.start, 1, deadline)
+            attempt += 1
+            stall = TruthStall(
+                self.client, self.journey.name, step.name, self.start, attempt, deadline
+            )
             if rng.random() >= self.gen.cfg.resume_share:
                 self.gen.stalls.append(stall)
                 return

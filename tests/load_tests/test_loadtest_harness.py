@@ -11,6 +11,7 @@ import pytest
 from ato.catalog import load_catalog
 from ato.devservers import Server
 from ato.exceptions import ConfigError
+from ato.generator import TruthStall
 from load_tests.harness import _next_rate, lag_bounded, run_scenario
 from load_tests.scenario import Scenario, load_scenario, parse_scenario, scenario_names
 from load_tests.traffic import (
@@ -128,11 +129,20 @@ def test_stall_burst_makes_the_step_stall() -> None:
     )
     catalog = load_catalog(base.catalog_path())
 
-    def otp_stalls(scenario: Scenario) -> int:
+    def stalls(scenario: Scenario) -> list[TruthStall]:
         traffic = generate(catalog, generator_settings(scenario, 2_000, 5), shape=shape(scenario))
-        return sum(s.journey == "large_transfer" and s.step == "otp" for s in traffic.stalls)
+        return traffic.stalls
 
-    assert otp_stalls(burst) > 3 * otp_stalls(base)
+    def otp(found: list[TruthStall]) -> int:
+        return sum(s.journey == "large_transfer" and s.step == "otp" for s in found)
+
+    assert otp(stalls(burst)) > 3 * otp(stalls(base))
+    # a burst stall before the instance's own stall makes that one its second attempt
+    by_instance: dict[tuple[str, str, int], list[int]] = {}
+    for s in stalls(burst):
+        by_instance.setdefault((s.client_id, s.journey, s.instance_start), []).append(s.attempt)
+    assert all(a == list(range(1, len(a) + 1)) for a in by_instance.values())
+    assert any(len(a) == 2 for a in by_instance.values())
 
 
 def test_population_shares_cover_every_client_once() -> None:
