@@ -1,5 +1,7 @@
 """Generated traffic into the input topic: ``ato feed`` and the demo data of ``ato dev up``."""
 
+from collections.abc import Callable
+
 from confluent_kafka import KafkaError, Message, Producer
 
 from ato.catalog import Catalog
@@ -12,6 +14,26 @@ POLL_WHEN_FULL_S = 0.05
 
 class FeedError(AtoError):
     """Traffic could not be written to the input topic."""
+
+
+def produce_waiting(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    partition: int,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    wait_s: float = POLL_WHEN_FULL_S,
+) -> None:
+    """Queue one message on ``partition``, serving deliveries while the local queue is full."""
+    while True:
+        try:
+            if on_delivery is None:
+                producer.produce(topic, value, partition=partition)
+            else:
+                producer.produce(topic, value, partition=partition, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(wait_s)
 
 
 def feed(kafka: KafkaSettings, traffic: GeneratedTraffic, partitions: int) -> int:
@@ -30,12 +52,7 @@ def feed(kafka: KafkaSettings, traffic: GeneratedTraffic, partitions: int) -> in
     sent = 0
     for i, lines in enumerate(traffic.partitions.values()):
         for line in lines:
-            while True:
-                try:
-                    producer.produce(topic, line, partition=i % partitions, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(POLL_WHEN_FULL_S)
+            produce_waiting(producer, topic, line, i % partitions, on_delivery)
             sent += 1
         producer.poll(0)
     left = producer.flush(kafka.flush_timeout_s)

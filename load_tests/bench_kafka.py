@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, TopicPartition
 from ato.catalog import load_catalog
 from ato.config import KafkaSettings
 from ato.devservers import Server, create_topics, start_broker
+from ato.feed import produce_waiting
 from load_tests.bench_inprocess import CountSink, load_messages
 from load_tests.naive import build_naive_flow
 from sources.kafka import KafkaSource
@@ -52,12 +53,7 @@ def preload(brokers: str, topic: str, parts: list[list[bytes]]) -> float:
     n = 0
     for partition, messages in enumerate(parts):
         for message in messages:
-            while True:
-                try:
-                    producer.produce(topic, message, partition=partition)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_waiting(producer, topic, message, partition)
             n += 1
         producer.poll(0)
     if producer.flush(300):

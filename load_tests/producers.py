@@ -20,6 +20,7 @@ import orjson
 from confluent_kafka import KafkaError, Producer
 
 from ato.catalog import load_catalog
+from ato.feed import produce_waiting
 from ato.generator import generate
 from load_tests.scenario import Scenario
 from load_tests.traffic import (
@@ -37,6 +38,7 @@ CHUNK = 2_000  # most messages sent between two clock checks
 LINGER_MS = 20  # fewer, larger produce requests: less CPU for producer and broker
 MIN_SLEEP_S = 0.002  # pacing granularity: events leave at most this much after their time
 SAMPLE_EVERY_S = 0.02  # how often the send-time curve is sampled
+FULL_QUEUE_WAIT_S = 0.01  # poll this long when the local queue is full (pacing stays fine)
 HEAD = 3  # shared counters per producer: sent, max event time sent (ms), state; then sent
 # per topic partition
 READY, SENDING, DONE, FAILED = 1.0, 2.0, 3.0, -1.0
@@ -164,15 +166,6 @@ def _raise_fatal(error: KafkaError) -> None:
         raise RuntimeError(str(error))
 
 
-def _send(producer: Producer, topic: str, value: bytes, partition: int) -> None:
-    while True:
-        try:
-            producer.produce(topic, value, partition=partition)
-            return
-        except BufferError:
-            producer.poll(0.01)
-
-
 def _count(counters: Any, base: int, parts: np.ndarray) -> None:
     """Add a sent chunk to the shared counters (total and per partition)."""
     counters[base] += len(parts)
@@ -190,7 +183,13 @@ def _blast(
         now_ms = int(time.time() * 1000)
         parts = (chunk % partitions).astype(np.int32)
         for client, partition in zip(chunk.tolist(), parts.tolist(), strict=True):
-            _send(producer, topic, population_event(client, now_ms), partition)
+            produce_waiting(
+                producer,
+                topic,
+                population_event(client, now_ms),
+                partition,
+                wait_s=FULL_QUEUE_WAIT_S,
+            )
         producer.poll(0)
         _count(counters, base, parts)
 
@@ -216,7 +215,9 @@ def _pace(
             continue
         chunk = zip(values[i:j], stamps[i:j].tolist(), parts[i:j].tolist(), strict=True)
         for value, ts, partition in chunk:
-            _send(producer, topic, shifted(value, ts, shift), partition)
+            produce_waiting(
+                producer, topic, shifted(value, ts, shift), partition, wait_s=FULL_QUEUE_WAIT_S
+            )
         producer.poll(0)
         _count(counters, base, parts[i:j])
         high = int(send_at[j - 1]) + shift
