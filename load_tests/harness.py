@@ -34,7 +34,7 @@ from load_tests.monitor import InterventionReader, ProcessWatch, children
 from load_tests.producers import DONE, FAILED, READY, ProducerJob, start_producers
 from load_tests.scenario import Scenario, load_scenario
 from load_tests.traffic import clients_needed, target_events
-from sources.kafka import committed_positions, part_name
+from sources.kafka import PositionReader, part_name
 
 OUT_PARTITIONS = 4
 FLOW_READY_TIMEOUT_S = 300.0  # longest wait for the flow to start reading
@@ -104,12 +104,15 @@ def run_scenario(
     ]
     handles = start_producers(jobs)
     flow: subprocess.Popen[bytes] | None = None
+    parts = [part_name(topic, p) for p in range(scenario.partitions)]
+    positions: PositionReader | None = None
     try:
         _wait_ready(handles, run_dir, say)
         settings = KafkaSettings(brokers=brokers, input_topics=(topic,), group_id=f"{stem}.flow")
         flow_seconds = READY_DELAY_S + scenario.lead_s + scenario.duration_s + DRAIN_S
         flow = _start_flow(scenario, settings, out_topic, dlq, processes, flow_seconds, run_dir)
-        _wait_reading(flow, settings, scenario.partitions, say)
+        positions = PositionReader(settings)
+        _wait_reading(flow, positions, parts, say)
         release_ms = int((time.time() + READY_DELAY_S) * 1000)
         handles.release(release_ms)
         reader = InterventionReader(brokers, out_topic, OUT_PARTITIONS)
@@ -119,7 +122,7 @@ def run_scenario(
             watch.watch(f"producer-{i}", process.pid)
         if broker_pid is not None:
             watch.watch("broker", broker_pid)
-        timeline = _sample(scenario, settings, handles, flow, watch, reader, release_ms / 1000, say)
+        timeline = _sample(positions, parts, handles, flow, watch, reader, release_ms / 1000, say)
         reader.drain()
         summary = _flow_summary(flow, run_dir)
         for process in handles.processes:
@@ -127,6 +130,8 @@ def run_scenario(
         if any(s == FAILED for s in handles.states()):
             raise LoadTestError(_producer_errors(run_dir))
     finally:
+        if positions is not None:
+            positions.close()
         if flow is not None and flow.poll() is None:
             flow.kill()
             flow.wait()
@@ -188,16 +193,15 @@ def _producer_errors(run_dir: Path) -> str:
 
 
 def _wait_reading(
-    flow: "subprocess.Popen[bytes]", kafka: KafkaSettings, partitions: int, say: Any
+    flow: "subprocess.Popen[bytes]", positions: PositionReader, parts: list[str], say: Any
 ) -> None:
     """Wait until the flow has committed a read position on every input partition."""
-    parts = [part_name(kafka.input_topics[0], p) for p in range(partitions)]
     started = time.monotonic()
     while True:
         if flow.poll() is not None:
             msg = f"the flow exited with code {flow.returncode} while starting (see flow.err)"
             raise LoadTestError(msg)
-        if all(done is not None for done, _end in committed_positions(kafka, parts).values()):
+        if all(done is not None for done, _end in positions.read(parts).values()):
             say(f"flow reading after {time.monotonic() - started:.0f} s")
             return
         if time.monotonic() - started > FLOW_READY_TIMEOUT_S:
@@ -242,8 +246,8 @@ def _start_flow(
 
 
 def _sample(
-    scenario: Scenario,
-    kafka: KafkaSettings,
+    positions: PositionReader,
+    parts: list[str],
     handles: Any,
     flow: "subprocess.Popen[bytes]",
     watch: ProcessWatch,
@@ -252,7 +256,6 @@ def _sample(
     say: Any,
 ) -> dict[str, Any]:
     """Sample once a second until the flow exits; the timeline."""
-    parts = [part_name(kafka.input_topics[0], p) for p in range(scenario.partitions)]
     t_s: list[float] = []
     sent: list[int] = []
     processed: list[int] = []
@@ -269,8 +272,8 @@ def _sample(
         if now < 0:
             continue
         by_part = handles.sent_by_partition()
-        positions = committed_positions(kafka, parts)
-        done = [positions[p][0] or 0 for p in parts]
+        read = positions.read(parts)
+        done = [read[p][0] or 0 for p in parts]
         t_s.append(round(now, 2))
         sent.append(sum(by_part))
         processed.append(sum(done))

@@ -66,26 +66,41 @@ def list_partitions(settings: KafkaSettings) -> list[str]:
     return names
 
 
+class PositionReader:
+    """Reads, per partition, the position committed to ``group_id`` (``None`` before the
+    first commit) and the partition's end, through one consumer kept open between reads.
+
+    What the source's periodic commits (``kafka.commit_interval_ms``) left: it trails the flow
+    by up to one interval. The lag is the end minus the committed position.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.consumer = Consumer({**consumer_config(settings), "enable.partition.eof": False})
+
+    def read(self, parts: list[str]) -> dict[str, tuple[int | None, int]]:
+        """Committed position and end of each of ``parts``."""
+        tps = [TopicPartition(*split_part_name(name)) for name in parts]
+        committed = self.consumer.committed(tps, timeout=METADATA_TIMEOUT_S)
+        out: dict[str, tuple[int | None, int]] = {}
+        for name, tp in zip(parts, committed, strict=True):
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S)
+            out[name] = (int(tp.offset) if tp.offset >= 0 else None, int(high))
+        return out
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self.consumer.close()
+
+
 def committed_positions(
     settings: KafkaSettings, parts: list[str]
 ) -> dict[str, tuple[int | None, int]]:
-    """Per partition: the position committed to ``group_id`` (``None`` before the first
-    commit) and the partition's end.
-
-    Reads what the source's periodic commits (``kafka.commit_interval_ms``) left, so it trails
-    the flow by up to one interval. The lag is the end minus the committed position.
-    """
-    consumer = Consumer({**consumer_config(settings), "enable.partition.eof": False})
+    """One :meth:`PositionReader.read`."""
+    reader = PositionReader(settings)
     try:
-        tps = [TopicPartition(*split_part_name(name)) for name in parts]
-        committed = consumer.committed(tps, timeout=METADATA_TIMEOUT_S)
-        out: dict[str, tuple[int | None, int]] = {}
-        for name, tp in zip(parts, committed, strict=True):
-            _, high = consumer.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S)
-            out[name] = (int(tp.offset) if tp.offset >= 0 else None, int(high))
-        return out
+        return reader.read(parts)
     finally:
-        consumer.close()
+        reader.close()
 
 
 def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
