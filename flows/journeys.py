@@ -20,7 +20,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from ato.catalog import CHANNELS, Catalog, load_catalog
-from ato.columns import EventColumns
+from ato.columns import EventColumns, client_id_texts
 from ato.config import Settings
 from operators.batches import DeadLetter, DecodedBatch, RawBatch, ShardOutput
 from operators.decode import Decoder, wall_ms
@@ -265,10 +265,11 @@ def dead_letter_doc(dead: DeadLetter) -> dict[str, Any]:
 
 def late_docs(late: EventColumns, watermark: int) -> list[dict[str, Any]]:
     """Late events as documents: where they came from, their time, and the original bytes."""
+    client_ids = client_id_texts(late.client_id)
     return [
         {
             "reason": "late",
-            "client_id": str(late.client_id[i]),
+            "client_id": client_ids[i],
             "ts": int(late.ts[i]),
             "channel": CHANNELS[int(late.channel[i])],
             "watermark_after": watermark,

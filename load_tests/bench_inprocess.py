@@ -46,6 +46,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 
 from ato.catalog import SEGMENTS, Catalog, load_catalog
+from ato.columns import client_id_texts
 from ato.config import GeneratorSettings, Settings
 from ato.devservers import start_redis
 from ato.generator import generate
@@ -191,8 +192,8 @@ def run_full(
 def run_state_only(
     decoded: list[DecodedBatch], partitions: list[str], settings: Settings, catalog: Catalog
 ) -> float:
-    """Route and shard step on pre-decoded batches."""
-    ctx = ShardContext(catalog, settings.engine, partitions)
+    """Route and shard step on pre-decoded batches (no snapshots, as in :func:`run_full`)."""
+    ctx = ShardContext(catalog, settings.engine, partitions, snapshots=False)
     flow = Dataflow("state_only")
     batches = op.input("input", flow, TestingSource(decoded))
     keyed = op.flat_map("route", batches, Router(settings.engine.shards))
@@ -209,7 +210,7 @@ def client_segments(decoded: list[DecodedBatch]) -> dict[str, str]:
         events = batch.events
         known = events.segment >= 0
         for client, code in zip(
-            events.client_id[known].tolist(), events.segment[known].tolist(), strict=True
+            client_id_texts(events.client_id[known]), events.segment[known].tolist(), strict=True
         ):
             found[client] = SEGMENTS[code]
     return found

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from ato.catalog import CHANNELS, SEGMENTS, Catalog
-from ato.columns import EventColumns
+from ato.columns import EventColumns, client_id_bytes
 from ato.config import EngineSettings
 from operators import scan
 from operators.batches import DeadLetter, DecodedBatch, RawBatch
@@ -147,7 +147,7 @@ class Decoder:
         kept = messages if len(rows) == n else [messages[i] for i in rows.tolist()]
         return rows, EventColumns(
             hashes[rows],
-            scan.gather_text(buf, span_start[scan.F_CLIENT], span_len[scan.F_CLIENT], rows),
+            scan.gather_bytes(buf, span_start[scan.F_CLIENT], span_len[scan.F_CLIENT], rows),
             ts[rows],
             codes(self.scan_channels, scan.F_CHANNEL).astype(np.int8),
             type_code,
@@ -217,7 +217,7 @@ class Decoder:
         segment = np.fromiter(map(self._segment_code, attrs), np.int8, n)
         return EventColumns(
             hash_client_ids(ids),
-            ids,
+            client_id_bytes(ids),
             ts.astype(np.int64, copy=False),
             channel,
             type_code,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ato.columns import client_id_bytes, client_id_texts
 from operators.interventions import InterventionBuilder
 from operators.render import INT, TEXT, Template, Vocabulary, render
 from policy.exceptions import LiveStateError
@@ -79,7 +80,7 @@ class LiveStateTracker:
         self.base_type, self.base_channel, self.base_bool = bases[1], bases[2], bases[3]
         self.keys: list[np.ndarray] = []  # uint64 client hashes
         self.journeys: list[np.ndarray] = []  # int64 journey codes
-        self.client_ids: list[np.ndarray] = []  # object: client ids
+        self.client_ids: list[np.ndarray] = []  # S: client ids as UTF-8
         self.next_write_ms = 0
         self.in_flight: list[InFlight] = []
         self.failing = False
@@ -93,7 +94,7 @@ class LiveStateTracker:
         keep = np.asarray(journeys) >= 0
         if not keep.any():
             return
-        ids = np.asarray(client_ids, dtype=object)
+        ids = _as_bytes(client_ids)
         self.keys.append(np.asarray(keys, np.uint64)[keep])
         self.journeys.append(np.asarray(journeys, np.int64)[keep])
         self.client_ids.append(ids[keep])
@@ -115,7 +116,8 @@ class LiveStateTracker:
         keys, journeys, ids = self._unique()
         values = self.values(store, keys, journeys, now_ms)
         self._clear()
-        write = self.writer.submit_rows(ids.tolist(), self.journey_names[journeys].tolist(), values)
+        names = self.journey_names[journeys].tolist()
+        write = self.writer.submit_rows(client_id_texts(ids), names, values)
         self.in_flight.append(InFlight(write, keys, journeys, ids))
         if force or len(self.in_flight) > MAX_IN_FLIGHT:
             self._collect(wait=True, keep=0 if force else MAX_IN_FLIGHT)
@@ -213,4 +215,10 @@ class LiveStateTracker:
         """Marks from :meth:`snapshot`."""
         if snap.get("keys") is not None:
             self.keys, self.journeys = [snap["keys"]], [snap["journeys"]]
-            self.client_ids = [snap["client_ids"]]
+            self.client_ids = [_as_bytes(snap["client_ids"])]
+
+
+def _as_bytes(client_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Client ids as UTF-8 ``S`` (event columns already are; ``str`` ones are encoded)."""
+    ids = np.asarray(client_ids)
+    return ids if ids.dtype.kind == "S" else client_id_bytes(ids)

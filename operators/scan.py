@@ -158,10 +158,9 @@ def _container(buf: np.ndarray, i: int, end: int, find_segment: bool) -> tuple[i
     of the last ``segment`` member of this object when ``find_segment`` is set and that member
     is a string (length -1 otherwise). The top-level object counts towards ``MAX_DEPTH``.
     """
-    stack = np.empty(MAX_DEPTH, dtype=np.uint8)  # 123 object, 91 array
+    objects = np.uint64(1 if buf[i] == 123 else 0)  # bit d: level d is an object, else array
     seg_start = 0
     seg_len = -1
-    stack[0] = buf[i]
     depth = 1
     i += 1
     first = True
@@ -170,8 +169,8 @@ def _container(buf: np.ndarray, i: int, end: int, find_segment: bool) -> tuple[i
         if i >= end:
             return -1, seg_start, seg_len
         c = buf[i]
-        top = stack[depth - 1]
-        if first and ((top == 123 and c == 125) or (top == 91 and c == 93)):
+        in_object = (objects >> np.uint64(depth - 1)) & np.uint64(1) == np.uint64(1)
+        if first and ((in_object and c == 125) or (not in_object and c == 93)):
             depth -= 1
             i += 1
             if depth == 0:
@@ -179,7 +178,7 @@ def _container(buf: np.ndarray, i: int, end: int, find_segment: bool) -> tuple[i
             first = False
         else:
             is_segment = False
-            if top == 123:
+            if in_object:
                 if c != 34:
                     return -1, seg_start, seg_len
                 key_start = i
@@ -203,7 +202,10 @@ def _container(buf: np.ndarray, i: int, end: int, find_segment: bool) -> tuple[i
                     return -1, seg_start, seg_len
                 if is_segment:
                     seg_len = -1  # not a string
-                stack[depth] = c
+                if c == 123:
+                    objects |= np.uint64(1) << np.uint64(depth)
+                else:
+                    objects &= ~(np.uint64(1) << np.uint64(depth))
                 depth += 1
                 i += 1
                 first = True
@@ -225,11 +227,11 @@ def _container(buf: np.ndarray, i: int, end: int, find_segment: bool) -> tuple[i
             if i >= end:
                 return -1, seg_start, seg_len
             c = buf[i]
-            top = stack[depth - 1]
+            in_object = (objects >> np.uint64(depth - 1)) & np.uint64(1) == np.uint64(1)
             if c == 44:
                 i += 1
                 break
-            if (top == 123 and c == 125) or (top == 91 and c == 93):
+            if (in_object and c == 125) or (not in_object and c == 93):
                 depth -= 1
                 i += 1
                 if depth == 0:
@@ -392,13 +394,13 @@ def gather(
     return out
 
 
-def gather_text(
+def gather_bytes(
     buf: np.ndarray, span_start: np.ndarray, span_len: np.ndarray, rows: np.ndarray
 ) -> np.ndarray:
-    """The spans of ``rows`` as a numpy ``U`` array (ASCII only, as the scanner guarantees)."""
+    """The spans of ``rows`` as a numpy ``S`` array."""
     width = max(int(span_len[rows].max()) if len(rows) else 1, 1)
     matrix = gather(buf, span_start, span_len, rows, width)
-    return matrix.view(f"S{width}").ravel().astype(f"U{width}")
+    return matrix.view(f"S{width}").ravel()
 
 
 class Vocabulary:

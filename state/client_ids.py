@@ -4,10 +4,17 @@ import numpy as np
 
 
 def encode_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The UTF-8 bytes of a numpy ``U`` array of ids, back to back, and each id's length."""
+    """The UTF-8 bytes of a numpy ``S`` (UTF-8 already) or ``U`` array of ids, back to back,
+    and each id's length."""
     n = len(ids)
     if n == 0 or ids.dtype.itemsize == 0:
         return np.empty(0, np.uint8), np.zeros(n, np.int32)
+    if ids.dtype.kind == "S":
+        width = ids.dtype.itemsize
+        matrix = np.ascontiguousarray(ids).view(np.uint8).reshape(n, width)
+        lengths = np.strings.str_len(ids).astype(np.int32)
+        inside = np.arange(width) < lengths[:, None]
+        return matrix[inside], lengths
     width = ids.dtype.itemsize // 4
     points = np.ascontiguousarray(ids).view(np.uint32).reshape(n, width)
     if points.max() < 0x80:  # ASCII: one byte per code point

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from ato.catalog import CHANNELS, load_catalog
-from ato.columns import EventColumns
+from ato.columns import EventColumns, client_id_texts
 from ato.config import EngineSettings, GeneratorSettings
 from ato.generator import generate
 from operators.batches import RawBatch
@@ -83,6 +83,6 @@ def test_marks_are_written_once_each_and_kept_while_redis_fails(
     assert tracker.maybe_write(store, 2, force=True) == distinct
     assert tracker.pending() == 0 and tracker.stats["writes"] == 1
     journey = CATALOG.journeys[0].name
-    opened = [c for c in set(events.client_id.tolist()) if journey in lookup(r, c)]
+    opened = [c for c in set(client_id_texts(events.client_id)) if journey in lookup(r, c)]
     slots = store.find_instances(np.unique(events.client_key), np.zeros(distinct, np.int64))
     assert len(opened) == int((slots >= 0).sum())

@@ -251,3 +251,19 @@ def test_nesting_limit_counts_the_top_level_object() -> None:
     expected = [scan.OK, scan.OK, scan.FALLBACK] * 2
     assert status.tolist() == expected
     assert [t[0] for t in scan.scan_events_py(messages, 64)] == expected
+
+
+def test_mixed_nesting_closes_each_container_with_its_own_bracket() -> None:
+    """Objects inside arrays inside objects: the right bracket closes each level, a wrong
+    one falls back, at shallow depths and near the limit (where the level bits run out)."""
+    deep = scan.MAX_DEPTH // 2 - 1
+    good = ['[{"b":[{"c":1},[]]}]', "[" * 3 + "{}" + "]" * 3, '[{"a":' * deep + "1" + "}]" * deep]
+    bad = ['[{"b":[{"c":1},[]}]}', "[{]}", '[{"a":' * deep + "1" + "]}" * deep]
+    messages = [(HEAD + ',"a":' + v + "}").encode() for v in good + bad]
+    lengths = np.array([len(m) for m in messages], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(messages), np.uint8)
+    status, *_ = scan.scan_events(buf, ends - lengths, ends, 64)
+    expected = [scan.OK] * len(good) + [scan.FALLBACK] * len(bad)
+    assert status.tolist() == expected
+    assert [t[0] for t in scan.scan_events_py(messages, 64)] == expected

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ato.catalog import load_catalog
-from ato.columns import EventColumns
+from ato.columns import EventColumns, client_id_texts
 from state import kernels, shard_store
 from state.base import Effects, Records
 from state.hashing import hash_client_id_py, hash_client_ids, mix64_py
@@ -114,7 +114,7 @@ def scenarios(draw: st.DrawFn) -> list[Step]:
                 client_id = ids[key]
             rows.append((client_id, now, channel, type_code, *decode(type_code, journey), seg))
         cols = columns(rows)
-        ids.update(zip(cols.client_key.tolist(), cols.client_id.tolist(), strict=True))
+        ids.update(zip(cols.client_key.tolist(), client_id_texts(cols.client_id), strict=True))
         twin_apply(oracle, cols)
         now += draw(st.sampled_from(BATCH_GAPS))
         watermarks = []
