@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 
 from ato.catalog import CHANNELS, SEGMENTS, TIERS, Catalog
+from ato.columns import client_id_texts
 from operators.batches import InterventionBatch
 from operators.render import (
     FIXED4,
@@ -23,6 +24,7 @@ from operators.render import (
     json_string_spans,
     render,
 )
+from operators.uuid5 import uuid5_rows
 from policy.profiles import CONTACT_CHANNELS
 from state.base import Records
 from state.layout import (
@@ -47,6 +49,7 @@ from state.layout import (
 SCHEMA = "ato.intervention/1"
 ID_NAMESPACE = uuid.UUID("6f1c9a52-6a4e-4d0b-9f0e-2b8f4c1d7a31")
 _NAMESPACE_BYTES = ID_NAMESPACE.bytes
+_NAMESPACE_ARRAY = np.frombuffer(_NAMESPACE_BYTES, np.uint8)
 
 
 def intervention_id(client_id: str, journey: str, start_ts: int, step: str, attempt: int) -> str:
@@ -92,43 +95,11 @@ def intervention_ids(
     steps: list[str],
     attempts: list[int],
 ) -> list[str]:
-    """:func:`intervention_id` of many rows."""
-    chars = intervention_id_chars(client_ids, journeys, starts, steps, attempts)
-    return chars.view("S36").ravel().astype("U36").tolist()
-
-
-def intervention_id_chars(
-    client_ids: list[str],
-    journeys: list[str],
-    starts: list[int],
-    steps: list[str],
-    attempts: list[int],
-) -> np.ndarray:
-    """:func:`intervention_id` of many rows as ASCII, uint8 ``[n, 36]``.
-
-    Hashing is per row; the UUID formatting is vectorised.
-    """
-    names = [
-        f"{c}\x1f{j}\x1f{t}\x1f{s}\x1f{a}".encode()
+    """:func:`intervention_id` of many rows (the plain twin of :meth:`InterventionBuilder.ids`)."""
+    return [
+        intervention_id(c, j, t, s, a)
         for c, j, t, s, a in zip(client_ids, journeys, starts, steps, attempts, strict=True)
     ]
-    out = np.full((len(names), 36), ord("-"), np.uint8)
-    if not names:
-        return out
-    sha1, ns = hashlib.sha1, _NAMESPACE_BYTES
-    digests = b"".join([sha1(ns + name, usedforsecurity=False).digest() for name in names])
-    raw = np.frombuffer(digests, np.uint8).reshape(len(names), 20)[:, :16].copy()
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    hexed = _HEX_DIGITS[raw].reshape(len(names), 32)
-    for dst, src, width in ((0, 0, 8), (9, 8, 4), (14, 12, 4), (19, 16, 4), (24, 20, 12)):
-        out[:, dst : dst + width] = hexed[:, src : src + width]  # 8-4-4-4-12 groups
-    return out
-
-
-_HEX_DIGITS = np.array(
-    [[ord(f"{b:02x}"[0]), ord(f"{b:02x}"[1])] for b in range(256)], dtype=np.uint8
-)
 
 
 def priorities(
@@ -211,6 +182,29 @@ _REASONS = ("step_timeout", "abandon_signal")
 _ID_WIDTH = 38  # a quoted UUID
 
 
+def quoted_ids(ids: np.ndarray, span_start: np.ndarray, span_len: np.ndarray) -> np.ndarray:
+    """Client ids (``S``, UTF-8) as JSON strings in one buffer; fills each one's span.
+
+    Ids of printable ASCII without quote or backslash (the usual case) are quoted as they
+    are; otherwise orjson encodes them all.
+    """
+    n, width = len(ids), ids.dtype.itemsize
+    chars = ids.view(np.uint8).reshape(n, width)
+    lengths = np.strings.str_len(ids)
+    inside = np.arange(width) < lengths[:, None]
+    plain = (chars >= 0x20) & (chars < 0x7F) & (chars != ord('"')) & (chars != ord("\\"))
+    if not (plain | ~inside).all():
+        encoded = np.frombuffer(orjson.dumps(client_id_texts(ids)), np.uint8)
+        found = json_string_spans(encoded, span_start, span_len)
+        assert found == n, "client ids are strings"
+        return encoded
+    out = np.full((n, width + 2), ord('"'), np.uint8)
+    out[:, 1:-1] = np.where(inside, chars, ord('"'))
+    span_start[:] = np.arange(n) * (width + 2)
+    span_len[:] = lengths + 2
+    return out.ravel()
+
+
 class InterventionBuilder:
     """Turns stall records into intervention documents for one catalog.
 
@@ -241,6 +235,11 @@ class InterventionBuilder:
             np.array(SEGMENTS, dtype=object),
         ]  # fmt: skip
         self.vocabulary = Vocabulary.of([orjson.dumps(str(n)) for sec in sections for n in sec])
+        # journey names, then step names (journey * width + step): the names ids hash
+        names = [str(n).encode() for n in (*self.journey_names, *self.step_names.ravel())]
+        self.name_bytes = np.frombuffer(b"".join(names) or b"\0", np.uint8)
+        self.name_len = np.array([len(n) for n in names], np.int64)
+        self.name_start = np.cumsum(self.name_len) - self.name_len
         bases = np.cumsum([0] + [len(sec) for sec in sections])
         self.base_journey, self.base_step, self.base_tier = bases[0], bases[1], bases[2]
         self.base_reason, self.base_type, self.base_channel = bases[3], bases[4], bases[5]
@@ -258,13 +257,22 @@ class InterventionBuilder:
         )  # fmt: skip
 
     def ids(self, records: Records) -> np.ndarray:
-        """Intervention id of each record, as ASCII uint8 ``[n, 36]``."""
+        """Intervention id of each record (:func:`intervention_id`), as ASCII uint8
+        ``[n, 36]``, computed by the numba kernel :func:`operators.uuid5.uuid5_rows`."""
+        n = len(records)
+        out = np.empty((n, 36), np.uint8)
+        if not n:
+            return out
         ints = records.ints
-        j, s = ints[O_JOURNEY], ints[O_STEP]
-        return intervention_id_chars(
-            records.client_id, self.journey_names[j].tolist(), ints[O_START].tolist(),
-            self.step_names[j, s].tolist(), ints[O_ATTEMPT].tolist(),
+        j = ints[O_JOURNEY]
+        clients = records.client_id
+        uuid5_rows(
+            _NAMESPACE_ARRAY, clients.view(np.uint8).reshape(n, clients.dtype.itemsize),
+            np.strings.str_len(clients), self.name_bytes, self.name_start, self.name_len, j,
+            len(self.journey_names) + j * self.width + ints[O_STEP], ints[O_START],
+            ints[O_ATTEMPT], out,
         )  # fmt: skip
+        return out
 
     def build(
         self,
@@ -310,11 +318,9 @@ class InterventionBuilder:
                 self.base_channel + ints[O_LAST_CHANNEL],
             ]
         )
-        client_json = np.frombuffer(orjson.dumps(stalls.client_id), np.uint8)
         span_start = np.empty((3, n), np.int64)
         span_len = np.full((3, n), _ID_WIDTH, np.int64)
-        found = json_string_spans(client_json, span_start[1], span_len[1])
-        assert found == n, "client ids are strings"
+        client_json = quoted_ids(stalls.client_id, span_start[1], span_len[1])
         span_start[0] = len(client_json) + _ID_WIDTH * np.arange(n)
         quoted = np.full((n, _ID_WIDTH), ord('"'), np.uint8)
         quoted[:, 1:-1] = ids
@@ -340,10 +346,9 @@ class InterventionBuilder:
             template, self.vocabulary, order, numbers, fixed, codes, span_buf, span_start,
             span_len,
         )  # fmt: skip
-        clients = stalls.client_id
         return InterventionBatch(
             ids[order].view("S36").ravel().astype("U36").tolist(),
-            [clients[i] for i in order.tolist()],
+            client_id_texts(stalls.client_id[order]),
             lines,
             ends,
         )
@@ -367,8 +372,8 @@ class InterventionBuilder:
             ints[O_ABANDONED], attempt,
         )  # fmt: skip
         columns = zip(
-            intervention_ids(stalls.client_id, journey, starts, step, attempts),
-            stalls.client_id,
+            intervention_ids(stalls.client_texts(), journey, starts, step, attempts),
+            stalls.client_texts(),
             journey,
             step,
             s.tolist(),

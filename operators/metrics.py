@@ -138,7 +138,7 @@ class MetricRows:
         j, attempt = ints[O_JOURNEY], ints[O_ATTEMPT]
         return {
             "intervention_id": fixed_strings(ids),
-            "client_id": pa.array(records.client_id, pa.string()),
+            "client_id": pa.array(records.client_id, pa.binary()).cast(pa.string()),
             "journey": self.journeys[j],
             "step": self.steps[j, ints[O_STEP]],
             "attempt": attempt,

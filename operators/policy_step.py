@@ -235,7 +235,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         Returns (deferral decisions, candidates deferred past the watermark, candidates
         decided for good, their decisions).
         """
-        profiles = self.profiles.get_many(todo.records.client_id)
+        profiles = self.profiles.get_many(todo.records.client_texts())
         if self.caps is None:
             self.caps = CapStore(self.ctx.client, self.ctx.policy)
         deferrals: list[Decision] = []
@@ -291,7 +291,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             )  # fmt: skip
             for iid, client, journey, step, att, deadline, due, p, tier, resumed in zip(
                 todo.ids.view("S36").ravel().astype("U36").tolist(),
-                records.client_id,
+                records.client_texts(),
                 b.journey_names[j].tolist(),
                 b.step_names[j, s].tolist(),
                 attempt.tolist(),

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ato.columns import EventColumns
+from ato.columns import EventColumns, client_id_bytes, client_id_texts
 from state.layout import KIND_OUTCOME, KIND_STALL, N_OUT, N_OUT_F, O_KIND
 
 
@@ -14,24 +14,34 @@ from state.layout import KIND_OUTCOME, KIND_STALL, N_OUT, N_OUT_F, O_KIND
 class Records:
     """Stall and outcome records: ``ints``/``floats`` rows follow ``state.layout.O_*``/``OF_*``.
 
-    Row ``O_CLIENT`` holds the client slot; ``client_key``/``client_id`` name the client;
-    row ``O_KIND`` tells a stall from the outcome of an earlier stall.
+    Row ``O_CLIENT`` holds the client slot; ``client_key``/``client_id`` name the client
+    (``client_id`` as UTF-8 bytes, numpy ``S``, like an event column; a list of ``str`` given
+    here is encoded); row ``O_KIND`` tells a stall from the outcome of an earlier stall.
     """
 
     client_key: np.ndarray  # uint64 [n]
-    client_id: list[str]
+    client_id: np.ndarray  # S [n], UTF-8
     ints: np.ndarray  # int64 [N_OUT, n]
     floats: np.ndarray  # float64 [N_OUT_F, n]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.client_id, np.ndarray) or self.client_id.dtype.kind != "S":
+            # frozen: the one write goes around the dataclass's __setattr__
+            object.__setattr__(self, "client_id", client_id_bytes(self.client_id))
+
     def __len__(self) -> int:
         return len(self.client_id)
+
+    def client_texts(self) -> list[str]:
+        """The client ids as ``str``."""
+        return client_id_texts(self.client_id)
 
     @staticmethod
     def empty() -> "Records":
         """No records."""
         return Records(
             np.empty(0, np.uint64),
-            [],
+            np.empty(0, "S1"),
             np.empty((N_OUT, 0), np.int64),
             np.empty((N_OUT_F, 0), np.float64),
         )
@@ -44,7 +54,7 @@ class Records:
             return parts[0] if parts else Records.empty()
         return Records(
             np.concatenate([p.client_key for p in parts]),
-            [c for p in parts for c in p.client_id],
+            np.concatenate([p.client_id for p in parts]),
             np.concatenate([p.ints for p in parts], axis=1),
             np.concatenate([p.floats for p in parts], axis=1),
         )
@@ -54,7 +64,7 @@ class Records:
         rows = np.flatnonzero(index) if index.dtype == np.bool_ else index
         return Records(
             self.client_key[rows],
-            [self.client_id[k] for k in rows.tolist()],
+            self.client_id[rows],
             self.ints[:, rows],
             self.floats[:, rows],
         )

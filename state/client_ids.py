@@ -1,6 +1,7 @@
 """Client ids in a shard store: UTF-8 bytes in one arena, addressed by offset and length."""
 
 import numpy as np
+from numba import njit
 
 
 def encode_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,3 +33,20 @@ def decode_ids(arena: np.ndarray, off: np.ndarray, length: np.ndarray) -> list[s
     return [
         str(view[o : o + n], "utf-8") for o, n in zip(off.tolist(), length.tolist(), strict=True)
     ]
+
+
+def gather_ids(arena: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """The ids stored at ``off``/``length`` in ``arena`` as a numpy ``S`` array."""
+    n = len(off)
+    width = max(int(length.max()) if n else 1, 1)
+    out = np.zeros((n, width), np.uint8)
+    _gather(arena, off.astype(np.int64, copy=False), length.astype(np.int64, copy=False), out)
+    return out.view(f"S{width}").ravel()
+
+
+@njit(cache=True, nogil=True)
+def _gather(arena: np.ndarray, off: np.ndarray, length: np.ndarray, out: np.ndarray) -> None:
+    for k in range(len(off)):
+        base = off[k]
+        for m in range(length[k]):
+            out[k, m] = arena[base + m]

@@ -9,7 +9,7 @@ from ato.catalog import Catalog
 from ato.columns import EventColumns
 from state import kernels
 from state.base import Effects, Records, ShardStore
-from state.client_ids import decode_ids, encode_ids
+from state.client_ids import decode_ids, encode_ids, gather_ids
 from state.layout import (
     C_FIRST,
     C_LAST_INST,
@@ -222,6 +222,10 @@ class NumbaShardStore(ShardStore):
     def _client_ids(self, slots: np.ndarray) -> list[str]:
         return decode_ids(self.id_bytes, self.id_off[slots], self.id_len[slots])
 
+    def _client_id_bytes(self, slots: np.ndarray) -> np.ndarray:
+        """The ids of client ``slots`` as a numpy ``S`` array (UTF-8)."""
+        return gather_ids(self.id_bytes, self.id_off[slots], self.id_len[slots])
+
     # ------------------------------------------------------------------ work
 
     def apply(self, events: EventColumns) -> tuple[Records, Effects]:
@@ -286,7 +290,7 @@ class NumbaShardStore(ShardStore):
 
     def _records(self, ints: np.ndarray, floats: np.ndarray) -> Records:
         slots = ints[O_CLIENT]
-        return Records(self.ckey[slots], self._client_ids(slots), ints, floats)
+        return Records(self.ckey[slots], self._client_id_bytes(slots), ints, floats)
 
     # ------------------------------------------------------------------ inspection
 

@@ -63,6 +63,42 @@ def test_intervention_ids_match_uuid5(items: list[tuple[str, str, int, str, int]
         assert iid == str(uuid.uuid5(ID_NAMESPACE, f"{c}\x1f{j}\x1f{t}\x1f{s}\x1f{a}"))
 
 
+CATALOG = load_catalog()
+BUILDER = InterventionBuilder(CATALOG)
+WIDTH = BUILDER.width
+
+id_rows = st.lists(
+    st.tuples(
+        # any text but NUL (the decoder dead-letters it); long ones span SHA-1 blocks
+        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=90),
+        st.integers(0, len(CATALOG.journeys) - 1),
+        st.integers(0, WIDTH - 1),
+        st.integers(-(2**62), 2**62),
+        st.integers(1, 10**6),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(id_rows)
+def test_id_kernel_matches_its_twin(items: list[tuple[str, int, int, int, int]]) -> None:
+    """The numba UUID-5 kernel (InterventionBuilder.ids) equals intervention_id (hashlib)."""
+    n = len(items)
+    ints = np.zeros((N_OUT, n), np.int64)
+    for r, (_, j, s, start, attempt) in enumerate(items):
+        ints[O_JOURNEY, r], ints[O_STEP, r], ints[O_START, r], ints[O_ATTEMPT, r] = (
+            j, s, start, attempt,
+        )  # fmt: skip
+    records = Records(np.zeros(n, np.uint64), [c for c, *_ in items], ints, np.zeros((N_OUT_F, n)))
+    got = BUILDER.ids(records).view("S36").ravel().astype("U36").tolist()
+    expected = [
+        intervention_id(c, BUILDER.journey_names[j], start, BUILDER.step_names[j, s], attempt)
+        for c, j, s, start, attempt in items
+    ]
+    assert got == expected
+
+
 def test_id_depends_on_every_field() -> None:
     base = ("C1", "open_account", 1000, "start", 1)
     variants = [

@@ -5,8 +5,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ato.columns import client_id_bytes, client_id_texts
 from state import kernels
-from state.client_ids import decode_ids, encode_ids
+from state.client_ids import decode_ids, encode_ids, gather_ids
 from state.shard_store import NumbaShardStore, lazy_empty
 from state.twins import pack_ids_py
 from tests.state.test_hashing import IDS
@@ -25,6 +26,14 @@ def test_encode_decode_round_trip(ids: list[str]) -> None:
     assert lengths.tolist() == [len(i.encode()) for i in ids]
     offsets = np.cumsum(lengths, dtype=np.int64) - lengths
     assert decode_ids(data, offsets, lengths) == ids
+    # the numba gather (numpy S) against its twin decode_ids, and S ids encode the same
+    gathered = gather_ids(data, offsets, lengths)
+    assert client_id_texts(gathered) == ids
+    as_bytes = client_id_bytes(ids)
+    assert as_bytes.dtype.kind == "S"
+    again, again_lengths = encode_ids(as_bytes)
+    assert again.tobytes() == data.tobytes()
+    assert again_lengths.tolist() == lengths.tolist()
 
 
 @SETTINGS
@@ -64,7 +73,7 @@ def test_ids_survive_client_churn() -> None:
         store.apply(columns([(c, t, 0, start, *decode(start, -1)) for c in ids]))
         assert {c for c, _ in store.open_instances()} == set(ids)
         records = store.expire(t + 9 * DAY)  # stalls and closes all
-        assert set(records.client_id) == set(ids)
+        assert set(records.client_texts()) == set(ids)
         assert not len(store.expire(t + 9 * DAY))  # forgets the clients
         assert store.sizes()["clients"] == 0
         largest = max(largest, len(store.id_bytes))
