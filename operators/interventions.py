@@ -182,6 +182,20 @@ _REASONS = ("step_timeout", "abandon_signal")
 _ID_WIDTH = 38  # a quoted UUID
 
 
+def deadline_id_order(deadline: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row order by deadline, then intervention id (ASCII ``[n, 36]``).
+
+    Sorts on the first 8 characters of the id as one big-endian integer (the same order as
+    the text); only when two rows tie on that too does it sort on the whole id.
+    """
+    prefix = np.ascontiguousarray(ids[:, :8]).view(">u8").ravel()
+    order = np.lexsort((prefix, deadline))
+    d, p = deadline[order], prefix[order]
+    if np.any((d[1:] == d[:-1]) & (p[1:] == p[:-1])):
+        return np.lexsort((ids.view("S36").ravel(), deadline))
+    return order
+
+
 def quoted_ids(ids: np.ndarray, span_start: np.ndarray, span_len: np.ndarray) -> np.ndarray:
     """Client ids (``S``, UTF-8) as JSON strings in one buffer; fills each one's span.
 
@@ -295,7 +309,7 @@ class InterventionBuilder:
         start, deadline = ints[O_START], ints[O_DEADLINE]
         if ids is None:
             ids = self.ids(stalls)
-        order = np.lexsort((ids.view("S36").ravel(), deadline))
+        order = deadline_id_order(deadline, ids)
         fixed = np.rint(stalls.floats[[OF_CALLS, OF_SESSIONS]] * 10_000).astype(np.int64)
         prio = priorities(
             self.base_priority[j], ints[O_ERRORS], ints[O_BACK], ints[O_SWITCHES],

@@ -1,9 +1,7 @@
 """Shard routing: split a decoded batch into one :class:`ShardInput` per shard."""
 
-import numpy as np
-
 from operators.batches import DecodedBatch, ShardInput
-from state.hashing import shard_of
+from state.hashing import shard_order
 
 
 def shard_key(shard: int) -> str:
@@ -24,10 +22,8 @@ class Router:
         if len(events) == 0:
             parts = [events] * self.shards
         else:
-            shard = shard_of(events.client_key, self.shards)
-            order = np.argsort(shard, kind="stable")
+            order, bounds = shard_order(events.client_key, self.shards)
             ordered = events.take(order)
-            bounds = np.searchsorted(shard[order], np.arange(self.shards + 1))
             parts = [ordered.take(slice(bounds[s], bounds[s + 1])) for s in range(self.shards)]
         return [
             (

@@ -83,3 +83,31 @@ def shard_of(hashes: np.ndarray, n_shards: int) -> np.ndarray:
 def shard_of_py(client_hash: int, n_shards: int) -> int:
     """Plain-Python twin of :func:`shard_of` for one hash."""
     return mix64_py(client_hash) % n_shards
+
+
+@njit(cache=True, nogil=True)
+def shard_order(hashes: np.ndarray, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by shard, arrival order kept within a shard (a counting sort): returns
+    (row order, bounds) where shard s has ``order[bounds[s]:bounds[s + 1]]``."""
+    n = len(hashes)
+    shard = shard_of(hashes, n_shards)
+    bounds = np.zeros(n_shards + 1, np.int64)
+    for i in range(n):
+        bounds[shard[i] + 1] += 1
+    for s in range(n_shards):
+        bounds[s + 1] += bounds[s]
+    fill = bounds[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        s = shard[i]
+        order[fill[s]] = i
+        fill[s] += 1
+    return order, bounds
+
+
+def shard_order_py(hashes: list[int], n_shards: int) -> tuple[list[int], list[int]]:
+    """Plain-Python twin of :func:`shard_order`."""
+    shards = [shard_of_py(h, n_shards) for h in hashes]
+    order = sorted(range(len(hashes)), key=lambda i: shards[i])  # sorted() is stable
+    bounds = [sum(1 for s in shards if s < limit) for limit in range(n_shards + 1)]
+    return order, bounds

@@ -12,6 +12,7 @@ from operators.interventions import (
     ID_NAMESPACE,
     InterventionBuilder,
     Routing,
+    deadline_id_order,
     intervention_id,
     intervention_ids,
     priorities,
@@ -97,6 +98,26 @@ def test_id_kernel_matches_its_twin(items: list[tuple[str, int, int, int, int]])
         for c, j, s, start, attempt in items
     ]
     assert got == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3), st.sampled_from(["0", "7f", "ff"]), st.text("0af-", max_size=34)
+        ),
+        max_size=20,
+    )
+)
+def test_deadline_id_order_sorts_by_deadline_then_whole_id(
+    rows: list[tuple[int, str, str]],
+) -> None:
+    """Ties on the deadline and on the first 8 characters still sort by the whole id."""
+    texts = [(head + "0" * 8)[:8] + tail.ljust(28, "0") for _, head, tail in rows]
+    ids = np.array([list(t.encode()) for t in texts], np.uint8).reshape(len(rows), 36)
+    deadline = np.array([d for d, _, _ in rows], np.int64)
+    order = deadline_id_order(deadline, ids)
+    assert [(deadline[i], texts[i]) for i in order] == sorted(zip(deadline, texts, strict=True))
 
 
 def test_id_depends_on_every_field() -> None:

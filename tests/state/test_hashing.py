@@ -13,6 +13,8 @@ from state.hashing import (
     mix64_py,
     shard_of,
     shard_of_py,
+    shard_order,
+    shard_order_py,
 )
 
 SETTINGS = settings(deadline=None, max_examples=100)  # the first call may compile
@@ -76,3 +78,13 @@ def test_shards_are_balanced() -> None:
     ids = np.array([f"client-{i}" for i in range(16_000)])
     counts = np.bincount(shard_of(hash_client_ids(ids), 16), minlength=16)
     assert counts.min() > 800 and counts.max() < 1200
+
+
+@SETTINGS
+@given(hashes=st.lists(HASHES, max_size=60), n_shards=st.integers(1, 9))
+def test_shard_order_matches_twin(hashes: list[int], n_shards: int) -> None:
+    """The counting sort groups rows by shard in arrival order, like the twin."""
+    order, bounds = shard_order(np.array(hashes, dtype=np.uint64), n_shards)
+    expected_order, expected_bounds = shard_order_py(hashes, n_shards)
+    assert order.tolist() == expected_order
+    assert bounds.tolist() == expected_bounds
