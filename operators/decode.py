@@ -77,11 +77,15 @@ class Decoder:
         self.type_codes = catalog.type_codes
         self.journey_codes: dict[Any, int] = {None: -1, **catalog.journey_codes}
         self.step_codes: dict[Any, int] = {None: -1, **catalog.step_name_codes}
-        self.scan_types = scan.Vocabulary(catalog.type_codes, default=0, absent=0)
-        self.scan_channels = scan.Vocabulary(self.channel_codes, default=-1, absent=-1)
-        self.scan_journeys = scan.Vocabulary(catalog.journey_codes, default=-2, absent=-1)
-        self.scan_steps = scan.Vocabulary(catalog.step_name_codes, default=-2, absent=-1)
-        self.scan_segments = scan.Vocabulary(self.segment_codes, default=-1, absent=-1)
+        self.vocabularies = scan.Vocabularies(
+            {
+                scan.F_TYPE: scan.Vocabulary(catalog.type_codes, default=0, absent=0),
+                scan.F_CHANNEL: scan.Vocabulary(self.channel_codes, default=-1, absent=-1),
+                scan.F_JOURNEY: scan.Vocabulary(catalog.journey_codes, default=-2, absent=-1),
+                scan.F_STEP: scan.Vocabulary(catalog.step_name_codes, default=-2, absent=-1),
+                scan.F_SEGMENT: scan.Vocabulary(self.segment_codes, default=-1, absent=-1),
+            }
+        )
 
     def __call__(self, batch: RawBatch) -> DecodedBatch:
         """Decode one batch (the flow's map step)."""
@@ -135,28 +139,25 @@ class Decoder:
         lengths = np.fromiter(map(len, messages), np.int64, n)
         ends = np.cumsum(lengths)
         buf = np.frombuffer(b"".join(messages), np.uint8)
-        status, ts, span_start, span_len, hashes = scan.scan_events(
-            buf, ends - lengths, ends, self.settings.max_client_id_len
+        status, ts, span_start, span_len, hashes, all_codes = scan.scan_events(
+            buf, ends - lengths, ends, self.settings.max_client_id_len, self.vocabularies
         )
         rows = np.flatnonzero((status == scan.OK) & (lengths <= self.settings.max_message_bytes))
-
-        def codes(vocabulary: scan.Vocabulary, field: int) -> np.ndarray:
-            return vocabulary.lookup(buf, span_start[field], span_len[field], rows)
-
-        type_code = codes(self.scan_types, scan.F_TYPE).astype(np.int32)
+        codes = all_codes[:, rows]
+        type_code = codes[scan.F_TYPE].astype(np.int32)
         kept = messages if len(rows) == n else [messages[i] for i in rows.tolist()]
         return rows, EventColumns(
             hashes[rows],
             scan.gather_bytes(buf, span_start[scan.F_CLIENT], span_len[scan.F_CLIENT], rows),
             ts[rows],
-            codes(self.scan_channels, scan.F_CHANNEL).astype(np.int8),
+            codes[scan.F_CHANNEL].astype(np.int8),
             type_code,
-            codes(self.scan_journeys, scan.F_JOURNEY).astype(np.int16),
-            codes(self.scan_steps, scan.F_STEP).astype(np.int16),
+            codes[scan.F_JOURNEY].astype(np.int16),
+            codes[scan.F_STEP].astype(np.int16),
             self.catalog.tables.type_flags[type_code],
             _object_array(kept),
             offsets[rows],
-            codes(self.scan_segments, scan.F_SEGMENT).astype(np.int8),
+            codes[scan.F_SEGMENT].astype(np.int8),
         )
 
     def _decode_chunk(

@@ -277,7 +277,7 @@ class InterventionBuilder:
         out = np.empty((n, 36), np.uint8)
         if not n:
             return out
-        ints = records.ints
+        ints = np.ascontiguousarray(records.ints)  # a take of records may leave it F-ordered
         j = ints[O_JOURNEY]
         clients = records.client_id
         uuid5_rows(

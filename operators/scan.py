@@ -61,7 +61,7 @@ V_NULL = 3
 V_OTHER = 4  # true, false, object, array
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _ws(buf: np.ndarray, i: int, end: int) -> int:
     while i < end:
         c = buf[i]
@@ -71,7 +71,7 @@ def _ws(buf: np.ndarray, i: int, end: int) -> int:
     return i
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _string(buf: np.ndarray, i: int, end: int) -> int:
     """``buf[i]`` is a quote; return the index after the closing quote, or -1."""
     i += 1
@@ -85,7 +85,7 @@ def _string(buf: np.ndarray, i: int, end: int) -> int:
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _integer(buf: np.ndarray, i: int, end: int) -> int:
     """Index after a JSON integer at ``i`` (no fraction, no exponent), or -1."""
     if i < end and buf[i] == 45:
@@ -102,7 +102,7 @@ def _integer(buf: np.ndarray, i: int, end: int) -> int:
     return i
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _literal(buf: np.ndarray, i: int, end: int, word: np.ndarray) -> int:
     if i + len(word) > end:
         return -1
@@ -117,7 +117,7 @@ _FALSE = np.frombuffer(b"false", dtype=np.uint8)
 _NULL = np.frombuffer(b"null", dtype=np.uint8)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _scalar(buf: np.ndarray, i: int, end: int) -> tuple[int, int]:
     """(index after a scalar value at ``i``, kind), or (-1, V_BAD)."""
     c = buf[i]
@@ -139,7 +139,7 @@ def _scalar(buf: np.ndarray, i: int, end: int) -> tuple[int, int]:
     return j, V_OTHER if j >= 0 else V_BAD
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _is_segment(buf: np.ndarray, start: int, length: int) -> bool:
     """Whether ``buf[start:start + length]`` is the key ``segment``."""
     if length != len(_SEGMENT):
@@ -240,7 +240,7 @@ def _container(buf: np.ndarray, i: int, end: int, find_segment: bool) -> tuple[i
             return -1, seg_start, seg_len
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _key_index(buf: np.ndarray, start: int, length: int) -> int:
     for k in range(len(KEY_LENS)):
         if KEY_LENS[k] != length:
@@ -350,34 +350,73 @@ def _scan_one(
     return OK
 
 
-@njit(cache=True, nogil=True)
 def scan_events(
-    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_client_len: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    buf: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    max_client_len: int,
+    vocabularies: "Vocabularies | None" = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scan every message ``buf[starts[i]:ends[i]]``.
 
     Returns (status int8[n], ts int64[n], span_start int64[N_SPANS, n],
-    span_len int64[N_SPANS, n], client hash uint64[n]); spans index ``buf`` and have length
-    -1 when absent or null (``F_SEGMENT``: when not a string).
+    span_len int64[N_SPANS, n], client hash uint64[n], codes int64[N_SPANS, n]); spans index
+    ``buf`` and have length -1 when absent or null (``F_SEGMENT``: when not a string). For
+    the fields ``vocabularies`` covers, ``codes`` holds each accepted row's code (looked up
+    right after the row is scanned, while its bytes are in cache); other entries are 0.
     """
+    v = vocabularies if vocabularies is not None else Vocabularies({})
+    return _scan_events(buf, starts, ends, max_client_len, *v.arrays)
+
+
+@njit(cache=True, nogil=True)
+def _scan_events(
+    buf: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    max_client_len: int,
+    v_slots: np.ndarray,
+    v_base: np.ndarray,
+    v_mask: np.ndarray,
+    v_shift: np.ndarray,
+    v_codes: np.ndarray,
+    v_words: np.ndarray,
+    v_word_start: np.ndarray,
+    v_word_len: np.ndarray,
+    v_default: np.ndarray,
+    v_absent: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n = len(starts)
     status = np.empty(n, dtype=np.int8)
     ts = np.zeros(n, dtype=np.int64)
     span_start = np.zeros((N_SPANS, n), dtype=np.int64)
     span_len = np.zeros((N_SPANS, n), dtype=np.int64)
     hashes = np.zeros(n, dtype=np.uint64)
+    codes = np.zeros((N_SPANS, n), dtype=np.int64)
     for row in range(n):
         s = _scan_one(buf, starts[row], ends[row], row, span_start, span_len, ts)
         if s == OK and span_len[F_CLIENT, row] > max_client_len:
             s = FALLBACK
         status[row] = s
-        if s == OK:
-            h = _FNV_OFFSET
-            base = span_start[F_CLIENT, row]
-            for m in range(span_len[F_CLIENT, row]):
-                h = (h ^ np.uint64(buf[base + m])) * _FNV_PRIME
-            hashes[row] = h
-    return status, ts, span_start, span_len, hashes
+        if s != OK:
+            continue
+        h = _FNV_OFFSET
+        base = span_start[F_CLIENT, row]
+        for m in range(span_len[F_CLIENT, row]):
+            h = (h ^ np.uint64(buf[base + m])) * _FNV_PRIME
+        hashes[row] = h
+        for f in range(N_SPANS):
+            if v_mask[f] < 0:
+                continue
+            length = span_len[f, row]
+            if length < 0:
+                codes[f, row] = v_absent[f]
+                continue
+            codes[f, row] = _code_of(
+                buf, span_start[f, row], length, v_slots, v_base[f], v_mask[f], v_shift[f],
+                v_codes, v_words, v_word_start, v_word_len, v_default[f],
+            )  # fmt: skip
+    return status, ts, span_start, span_len, hashes, codes
 
 
 @njit(cache=True, nogil=True)
@@ -423,19 +462,50 @@ class Vocabulary:
         self.bytes = np.frombuffer(b"".join(words) or b"\0", dtype=np.uint8)
         self.default = default
         self.absent = absent
+        self.mapping = {w.decode(): codes[w.decode()] for w in words}
         for k, word in enumerate(words):
             i = _bucket_py(word, self.shift)
             while self.slots[i] >= 0:
                 i = (i + 1) & (size - 1)
             self.slots[i] = k
 
-    def lookup(
-        self, buf: np.ndarray, span_start: np.ndarray, span_len: np.ndarray, rows: np.ndarray
-    ) -> np.ndarray:
-        """Code of each span of ``rows``; ``default`` if unknown, ``absent`` if length -1."""
-        return _lookup(
-            buf, span_start, span_len, rows, self.slots, self.shift, self.codes, self.bytes,
-            self.starts, self.lens, self.default, self.absent,
+    def code(self, word: str | None) -> int:
+        """Plain-Python twin of the kernel's lookup: the code of ``word`` (None: absent)."""
+        return self.absent if word is None else self.mapping.get(word, self.default)
+
+
+class Vocabularies:
+    """One :class:`Vocabulary` per scanned field (``F_*`` rows), packed into the arrays the
+    scan kernel takes: word tables back to back, each field's slots at its own base."""
+
+    def __init__(self, by_field: dict[int, Vocabulary]) -> None:
+        slots, codes, words, word_start, word_len = [], [], [], [], []
+        base = np.zeros(N_SPANS, np.int64)
+        mask = np.full(N_SPANS, -1, np.int64)  # -1: the field is not looked up
+        shift = np.zeros(N_SPANS, np.int64)
+        default = np.zeros(N_SPANS, np.int64)
+        absent = np.zeros(N_SPANS, np.int64)
+        n_slots = n_words = n_bytes = 0
+        for f, v in sorted(by_field.items()):
+            base[f], mask[f], shift[f] = n_slots, len(v.slots) - 1, v.shift
+            default[f], absent[f] = v.default, v.absent
+            slots.append(np.where(v.slots >= 0, v.slots + n_words, -1))
+            codes.append(v.codes)
+            words.append(v.bytes)
+            word_start.append(v.starts + n_bytes)
+            word_len.append(v.lens)
+            n_slots += len(v.slots)
+            n_words += len(v.codes)
+            n_bytes += len(v.bytes)
+
+        def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(1, dtype)
+
+        self.by_field = by_field
+        self.arrays = (
+            joined(slots, np.int64), base, mask, shift, joined(codes, np.int64),
+            joined(words, np.uint8), joined(word_start, np.int64), joined(word_len, np.int64),
+            default, absent,
         )  # fmt: skip
 
 
@@ -449,7 +519,7 @@ def _bucket_py(word: bytes, shift: int) -> int:
     return ((key * int(_FIBONACCI)) & ((1 << 64) - 1)) >> shift
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _bucket(buf: np.ndarray, base: int, length: int, shift: int) -> np.int64:
     """Bucket of the ``length`` bytes at ``base``: top bits of (length, first, middle, last)."""
     if length == 0:
@@ -463,45 +533,35 @@ def _bucket(buf: np.ndarray, base: int, length: int, shift: int) -> np.int64:
     return np.int64((key * _FIBONACCI) >> np.uint64(shift))
 
 
-@njit(cache=True, nogil=True)
-def _lookup(
+@njit(cache=True, nogil=True, inline="always")
+def _code_of(
     buf: np.ndarray,
-    span_start: np.ndarray,
-    span_len: np.ndarray,
-    rows: np.ndarray,
+    base: int,
+    length: int,
     slots: np.ndarray,
+    slot_base: int,
+    mask: int,
     shift: int,
     codes: np.ndarray,
     words: np.ndarray,
     word_starts: np.ndarray,
     word_lens: np.ndarray,
     default: int,
-    absent: int,
-) -> np.ndarray:
-    out = np.empty(len(rows), dtype=np.int64)
-    mask = len(slots) - 1
-    for k in range(len(rows)):
-        r = rows[k]
-        length = span_len[r]
-        if length < 0:
-            out[k] = absent
-            continue
-        base = span_start[r]
-        i = _bucket(buf, base, length, shift)
-        code = default
-        while slots[i] >= 0:
-            w = slots[i]
-            if word_lens[w] == length:
-                ws = word_starts[w]
-                diff = 0  # no early exit: one branch per word instead of one per byte
-                for m in range(length):
-                    diff |= words[ws + m] ^ buf[base + m]
-                if diff == 0:
-                    code = codes[w]
-                    break
-            i = (i + 1) & mask
-        out[k] = code
-    return out
+) -> int:
+    """Code of the ``length`` bytes at ``buf[base:]`` in one packed table; ``default`` if
+    the word is not in it."""
+    i = _bucket(buf, base, length, shift)
+    while slots[slot_base + i] >= 0:
+        w = slots[slot_base + i]
+        if word_lens[w] == length:
+            ws = word_starts[w]
+            diff = 0  # no early exit: one branch per word instead of one per byte
+            for m in range(length):
+                diff |= words[ws + m] ^ buf[base + m]
+            if diff == 0:
+                return codes[w]
+        i = (i + 1) & mask
+    return default
 
 
 # ---------------------------------------------------------------- plain-Python twin

@@ -21,14 +21,14 @@ PROBE = textwrap.dedent(
     from ato.config import GeneratorSettings, Settings
     from ato.generator import generate
     from flows.journeys import FlowSinks, build_flow
-    from operators import render, scan
+    from operators import render, scan, uuid5
     from operators.batches import RawBatch
-    from state import hashing, kernels
+    from state import client_ids, hashing, kernels
 
     def signatures():
         return {
             f"{m.__name__}.{name}": len(f.signatures)
-            for m in (kernels, hashing, scan, render)
+            for m in (kernels, hashing, scan, render, uuid5, client_ids)
             for name, f in vars(m).items()
             if isinstance(f, CPUDispatcher)
         }
@@ -53,11 +53,13 @@ HOT_PATH = {
         "state.kernels.apply_events",
         "state.kernels.expire_instances",
         "state.kernels.expire_clients",
-        "state.hashing.shard_of",
+        "state.hashing.shard_order",
+        "state.client_ids._gather",
         "operators.render.render_rows",
+        "operators.uuid5.uuid5_rows",
     },
 }
-HOT_PATH["scan"] = HOT_PATH["orjson"] | {"operators.scan.scan_events", "operators.scan.gather"}
+HOT_PATH["scan"] = HOT_PATH["orjson"] | {"operators.scan._scan_events", "operators.scan.gather"}
 
 
 def test_warm_up_builds_one_intervention() -> None:

@@ -136,7 +136,10 @@ def test_scan_matches_its_twin(messages: list[bytes]) -> None:
     lengths = np.array([len(m) for m in messages], dtype=np.int64)
     ends = np.cumsum(lengths)
     buf = np.frombuffer(b"".join(messages) or b" ", dtype=np.uint8)
-    status, ts, span_start, span_len, hashes = scan.scan_events(buf, ends - lengths, ends, 64)
+    vocabularies = Decoder(CATALOG, EngineSettings()).vocabularies
+    status, ts, span_start, span_len, hashes, codes = scan.scan_events(
+        buf, ends - lengths, ends, 64, vocabularies
+    )
     for i, (t_status, t_ts, t_spans, t_hash) in enumerate(scan.scan_events_py(messages, 64)):
         assert status[i] == t_status, messages[i]
         if t_status == scan.OK:
@@ -145,6 +148,8 @@ def test_scan_matches_its_twin(messages: list[bytes]) -> None:
                 start, length = span_start[field, i], span_len[field, i]
                 got = None if length < 0 else bytes(buf[start : start + length]).decode()
                 assert got == value, (messages[i], field)
+                if field in vocabularies.by_field:  # the kernel's lookup against the dict's
+                    assert codes[field, i] == vocabularies.by_field[field].code(value)
 
 
 def _same(a: Decoder, b: Decoder, messages: list[bytes]) -> None:
@@ -216,7 +221,7 @@ def test_segment_spans_follow_orjson() -> None:
     lengths = np.array([len(m) for m in messages], dtype=np.int64)
     ends = np.cumsum(lengths)
     buf = np.frombuffer(b"".join(messages), np.uint8)
-    status, _, span_start, span_len, _ = scan.scan_events(buf, ends - lengths, ends, 64)
+    status, _, span_start, span_len, *_ = scan.scan_events(buf, ends - lengths, ends, 64)
     twin = scan.scan_events_py(messages, 64)
     for k, (message, (_, expected)) in enumerate(zip(messages, cases, strict=True)):
         assert status[k] == scan.OK == twin[k][0], message

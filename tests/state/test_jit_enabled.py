@@ -7,11 +7,11 @@ from numba.core.registry import CPUDispatcher
 from ato.catalog import load_catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
-from operators import render, scan
+from operators import render, scan, uuid5
 from operators.batches import RawBatch
 from operators.decode import Decoder
 from operators.interventions import InterventionBuilder
-from state import hashing, kernels
+from state import client_ids, hashing, kernels
 from state.shard_store import NumbaShardStore
 
 # Kernels called from Python; each gets a compiled signature once used.
@@ -27,8 +27,10 @@ ENTRY_POINTS = {
         "expire_instances",
         "expire_clients",
     ),
-    hashing: ("mix64", "hash_codepoints", "shard_of"),
-    scan: ("scan_events", "gather", "_lookup"),
+    hashing: ("mix64", "hash_codepoints", "shard_of", "shard_order"),
+    client_ids: ("_gather",),
+    uuid5: ("uuid5_rows",),
+    scan: ("_scan_events", "gather"),
     render: ("render_rows", "json_string_spans"),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
@@ -56,7 +58,10 @@ HELPERS = {
         "_is_segment",
         "_container",
         "_scan_one",
+        "_bucket",
+        "_code_of",
     ),
+    uuid5: ("_rotl", "_compress", "_sha1", "_put_text", "_put_int"),
     render: ("_write_uint", "_magnitude", "_write_int", "_write_fixed4"),
 }
 
@@ -95,6 +100,7 @@ def exercise_entry_points() -> None:
     kernels.ht_rebuild(table, slot_keys, np.ones(2, np.bool_))
     hashing.mix64(np.uint64(1))
     hashing.shard_of(np.array([1, 2], np.uint64), 4)
+    hashing.shard_order(np.array([1, 2], np.uint64), 4)
     decoded = Decoder(catalog, EngineSettings(decoder="scan"))(
         RawBatch("p", [b'{"event_id":"e","client_id":"c","ts":1,"channel":"app","type":"x"}'])
     )
