@@ -49,6 +49,10 @@ UNKNOWN_STEP = "unknown_step"
 
 
 DECODE_CHUNK = 1_000  # messages decoded together: their dicts stay in cache across the fields
+# messages scanned together: their joined bytes (~2 MB) stay in cache while the scan reads
+# them. Measured on 1 M clients' traffic, 50,000-message batches: 650 k events/s joined
+# whole (10 MB), 0.9-1.05 M with chunks of 4,096-16,384 messages, 0.8 M with 1,024.
+SCAN_CHUNK = 8_192
 
 
 class _SlowPath(Exception):
@@ -114,7 +118,14 @@ class Decoder:
         dead: list[DeadLetter] = []
         parts = []
         if self.settings.decoder == "scan" and n:
-            rows, columns = self._scan(messages, offsets)
+            scanned = [
+                self._scan(
+                    messages[start : start + SCAN_CHUNK], offsets[start : start + SCAN_CHUNK]
+                )
+                for start in range(0, n, SCAN_CHUNK)
+            ]
+            rows = np.concatenate([r + k * SCAN_CHUNK for k, (r, _) in enumerate(scanned)])
+            columns = EventColumns.concat([c for _, c in scanned])
             parts.append(self._check_values(columns, batch.partition, dead))
             others = np.setdiff1d(np.arange(n), rows, assume_unique=True)
         else:

@@ -5,13 +5,14 @@ import json
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ato.catalog import SEGMENTS, load_catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
-from operators import scan
+from operators import decode, scan
 from operators.batches import RawBatch
 from operators.decode import Decoder
 
@@ -169,10 +170,14 @@ def _same(a: Decoder, b: Decoder, messages: list[bytes]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(messages)
 def test_scan_decoder_equals_orjson_decoder(messages: list[bytes]) -> None:
-    """Whatever the input, both decoders give the same events and dead letters."""
+    """Whatever the input, both decoders give the same events and dead letters, also when
+    the scanner takes the batch in several chunks."""
     scanned = Decoder(CATALOG, EngineSettings(decoder="scan"), now_ms=lambda: NOW)
     parsed = Decoder(CATALOG, EngineSettings(decoder="orjson"), now_ms=lambda: NOW)
     _same(scanned, parsed, messages)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decode, "SCAN_CHUNK", 3)
+        _same(scanned, parsed, messages)
 
 
 def test_common_events_take_the_scan_path() -> None:
