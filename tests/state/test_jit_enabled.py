@@ -101,6 +101,8 @@ def exercise_entry_points() -> None:
     hashing.mix64(np.uint64(1))
     hashing.shard_of(np.array([1, 2], np.uint64), 4)
     hashing.shard_order(np.array([1, 2], np.uint64), 4)
+    spans = np.empty((2, 1), np.int64)  # client ids that need escaping take this path
+    render.json_string_spans(np.frombuffer(b'["a\\"b"]', np.uint8), spans[0], spans[1])
     decoded = Decoder(catalog, EngineSettings(decoder="scan"))(
         RawBatch("p", [b'{"event_id":"e","client_id":"c","ts":1,"channel":"app","type":"x"}'])
     )
