@@ -83,7 +83,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         else:
             self.store = NumbaShardStore.restore(ctx.catalog, resume["store"])
             self.tracker.restore(resume["watermark"], now)
-            self.pending = [resume["pending"]]
+            # replace() runs __post_init__, which unpickling skips: pending events of an older
+            # snapshot get their client ids as UTF-8 bytes like new ones
+            self.pending = [replace(resume["pending"])]
             if self.live is not None:
                 self.live.restore(resume.get("live", {}))
 

@@ -426,6 +426,22 @@ def test_snapshot_is_independent_of_later_work() -> None:
     ]
 
 
+def test_snapshot_with_text_client_ids_restores() -> None:
+    """Snapshots taken before client ids became UTF-8 bytes hold pending events with ``U``
+    ids; a restored shard turns them into bytes and goes on as before."""
+    shard = logic()
+    run(shard, [batch([("a", T0, "order_confirm_viewed")])])
+    snap = shard.snapshot()
+    assert snap is not None and len(snap["pending"]) == 1
+    old = snap["pending"]
+    object.__setattr__(old, "client_id", old.client_id.astype(str))  # the earlier layout
+    resumed = logic(resume=pickle.loads(pickle.dumps(snap)))
+    assert resumed.pending[0].client_id.dtype.kind == "S"
+    assert ids(run(resumed, [tick(T0 + 10 * CONFIRM)])) == [
+        stall_id("a", "wealth_purchase", T0, "confirm")
+    ]
+
+
 def test_no_snapshot_without_recovery() -> None:
     """Bytewax asks for snapshots at every epoch end even without recovery: the shard then
     copies nothing (at 10 M instances a copy stalled the flow for seconds every epoch)."""
