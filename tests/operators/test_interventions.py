@@ -104,7 +104,7 @@ def test_id_kernel_matches_its_twin(items: list[tuple[str, int, int, int, int]])
 @given(
     st.lists(
         st.tuples(
-            st.integers(0, 3), st.sampled_from(["0", "7f", "ff"]), st.text("0af-", max_size=34)
+            st.integers(0, 3), st.sampled_from(["0", "7f", "ff"]), st.text("0af-", max_size=28)
         ),
         max_size=20,
     )
