@@ -24,6 +24,7 @@ from ato.columns import EventColumns, client_id_bytes
 from ato.config import EngineSettings
 from operators import scan
 from operators.batches import DeadLetter, DecodedBatch, RawBatch
+from state.client_ids import gather_ids
 from state.hashing import hash_client_ids
 
 REQUIRED_FIELDS: tuple[tuple[str, type], ...] = (
@@ -159,7 +160,7 @@ class Decoder:
         kept = messages if len(rows) == n else [messages[i] for i in rows.tolist()]
         return rows, EventColumns(
             hashes[rows],
-            scan.gather_bytes(buf, span_start[scan.F_CLIENT], span_len[scan.F_CLIENT], rows),
+            gather_ids(buf, span_start[scan.F_CLIENT, rows], span_len[scan.F_CLIENT, rows]),
             ts[rows],
             codes[scan.F_CHANNEL].astype(np.int8),
             type_code,

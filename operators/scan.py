@@ -419,29 +419,6 @@ def _scan_events(
     return status, ts, span_start, span_len, hashes, codes
 
 
-@njit(cache=True, nogil=True)
-def gather(
-    buf: np.ndarray, span_start: np.ndarray, span_len: np.ndarray, rows: np.ndarray, width: int
-) -> np.ndarray:
-    """Bytes of the spans of ``rows`` as a zero-padded ``uint8[len(rows), width]`` matrix."""
-    out = np.zeros((len(rows), width), dtype=np.uint8)
-    for k in range(len(rows)):
-        r = rows[k]
-        base = span_start[r]
-        for m in range(span_len[r]):
-            out[k, m] = buf[base + m]
-    return out
-
-
-def gather_bytes(
-    buf: np.ndarray, span_start: np.ndarray, span_len: np.ndarray, rows: np.ndarray
-) -> np.ndarray:
-    """The spans of ``rows`` as a numpy ``S`` array."""
-    width = max(int(span_len[rows].max()) if len(rows) else 1, 1)
-    matrix = gather(buf, span_start, span_len, rows, width)
-    return matrix.view(f"S{width}").ravel()
-
-
 class Vocabulary:
     """Text -> code table the kernels can probe, verified byte by byte.
 

@@ -139,7 +139,6 @@ def uuid5_rows(
     w = np.empty(80, np.uint64)
     digest = np.empty(16, np.uint8)
     for row in range(n):
-        at = 0
         for k in range(len(namespace)):
             msg[k] = namespace[k]
         at = len(namespace)

@@ -10,18 +10,15 @@ def encode_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = len(ids)
     if n == 0 or ids.dtype.itemsize == 0:
         return np.empty(0, np.uint8), np.zeros(n, np.int32)
-    if ids.dtype.kind == "S":
-        width = ids.dtype.itemsize
-        matrix = np.ascontiguousarray(ids).view(np.uint8).reshape(n, width)
+    units: np.ndarray  # one row per id: its bytes (S) or code points (U)
+    if ids.dtype.kind == "S":  # UTF-8 bytes already
+        units = np.ascontiguousarray(ids).view(np.uint8).reshape(n, ids.dtype.itemsize)
+    else:
+        units = np.ascontiguousarray(ids).view(np.uint32).reshape(n, ids.dtype.itemsize // 4)
+    if ids.dtype.kind == "S" or units.max() < 0x80:  # bytes, or ASCII code points
         lengths = np.strings.str_len(ids).astype(np.int32)
-        inside = np.arange(width) < lengths[:, None]
-        return matrix[inside], lengths
-    width = ids.dtype.itemsize // 4
-    points = np.ascontiguousarray(ids).view(np.uint32).reshape(n, width)
-    if points.max() < 0x80:  # ASCII: one byte per code point
-        lengths = np.strings.str_len(ids).astype(np.int32)
-        inside = np.arange(width) < lengths[:, None]
-        return points[inside].astype(np.uint8), lengths
+        inside = np.arange(units.shape[1]) < lengths[:, None]
+        return units[inside].astype(np.uint8), lengths
     encoded = [s.encode() for s in ids.tolist()]
     lengths = np.array([len(b) for b in encoded], np.int32)
     return np.frombuffer(b"".join(encoded), np.uint8).copy(), lengths

@@ -59,7 +59,7 @@ HOT_PATH = {
         "operators.uuid5.uuid5_rows",
     },
 }
-HOT_PATH["scan"] = HOT_PATH["orjson"] | {"operators.scan._scan_events", "operators.scan.gather"}
+HOT_PATH["scan"] = HOT_PATH["orjson"] | {"operators.scan._scan_events"}
 
 
 def test_warm_up_builds_one_intervention() -> None:

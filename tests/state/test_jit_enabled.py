@@ -30,7 +30,7 @@ ENTRY_POINTS = {
     hashing: ("mix64", "hash_codepoints", "shard_of", "shard_order"),
     client_ids: ("_gather",),
     uuid5: ("uuid5_rows",),
-    scan: ("_scan_events", "gather"),
+    scan: ("_scan_events",),
     render: ("render_rows", "json_string_spans"),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
