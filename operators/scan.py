@@ -16,6 +16,8 @@ plain-Python twin of ``scan_events``.
 import numpy as np
 from numba import njit
 
+from ato.jit import njit_no_refcount
+
 OK = 0
 FALLBACK = 1
 MAX_DEPTH = 64
@@ -150,7 +152,7 @@ def _is_segment(buf: np.ndarray, start: int, length: int) -> bool:
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _container(buf: np.ndarray, i: int, end: int, find_segment: bool) -> tuple[int, int, int]:
     """``buf[i]`` opens a value of the top-level object that is an object or an array.
 
@@ -256,7 +258,7 @@ def _key_index(buf: np.ndarray, start: int, length: int) -> int:
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _scan_one(
     buf: np.ndarray,
     i: int,
@@ -366,10 +368,21 @@ def scan_events(
     right after the row is scanned, while its bytes are in cache); other entries are 0.
     """
     v = vocabularies if vocabularies is not None else Vocabularies({})
-    return _scan_events(buf, starts, ends, max_client_len, *v.arrays)
+    n = len(starts)
+    status = np.empty(n, dtype=np.int8)
+    ts = np.zeros(n, dtype=np.int64)
+    span_start = np.zeros((N_SPANS, n), dtype=np.int64)
+    span_len = np.zeros((N_SPANS, n), dtype=np.int64)
+    hashes = np.zeros(n, dtype=np.uint64)
+    codes = np.zeros((N_SPANS, n), dtype=np.int64)
+    _scan_events(
+        buf, starts, ends, max_client_len, *v.arrays, status, ts, span_start, span_len, hashes,
+        codes,
+    )  # fmt: skip
+    return status, ts, span_start, span_len, hashes, codes
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _scan_events(
     buf: np.ndarray,
     starts: np.ndarray,
@@ -385,15 +398,15 @@ def _scan_events(
     v_word_len: np.ndarray,
     v_default: np.ndarray,
     v_absent: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    n = len(starts)
-    status = np.empty(n, dtype=np.int8)
-    ts = np.zeros(n, dtype=np.int64)
-    span_start = np.zeros((N_SPANS, n), dtype=np.int64)
-    span_len = np.zeros((N_SPANS, n), dtype=np.int64)
-    hashes = np.zeros(n, dtype=np.uint64)
-    codes = np.zeros((N_SPANS, n), dtype=np.int64)
-    for row in range(n):
+    status: np.ndarray,
+    ts: np.ndarray,
+    span_start: np.ndarray,
+    span_len: np.ndarray,
+    hashes: np.ndarray,
+    codes: np.ndarray,
+) -> None:
+    """Fill the outputs of :func:`scan_events` (allocated by it: no allocation here)."""
+    for row in range(len(starts)):
         s = _scan_one(buf, starts[row], ends[row], row, span_start, span_len, ts)
         if s == OK and span_len[F_CLIENT, row] > max_client_len:
             s = FALLBACK
@@ -416,7 +429,6 @@ def _scan_events(
                 buf, span_start[f, row], length, v_slots, v_base[f], v_mask[f], v_shift[f],
                 v_codes, v_words, v_word_start, v_word_len, v_default[f],
             )  # fmt: skip
-    return status, ts, span_start, span_len, hashes, codes
 
 
 class Vocabulary:

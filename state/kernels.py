@@ -31,6 +31,7 @@ Events must be given in the order the caller sorted them (event time, see
 import numpy as np
 from numba import njit
 
+from ato.jit import njit_no_refcount
 from state.hashing import mix64
 from state.layout import (
     C_FIRST,
@@ -123,12 +124,12 @@ TERMINAL_SUCCESS = 1
 # shifts later entries back so no tombstones accumulate.
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _home(key: np.uint64, mask: int) -> np.int64:
     return np.int64(mix64(key) & np.uint64(mask))
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def ht_find(table: np.ndarray, slot_keys: np.ndarray, key: np.uint64) -> int:
     """Slot whose key is ``key``, or -1."""
     mask = len(table) - 1
@@ -142,7 +143,7 @@ def ht_find(table: np.ndarray, slot_keys: np.ndarray, key: np.uint64) -> int:
         i = (i + 1) & mask
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def ht_insert(table: np.ndarray, slot_keys: np.ndarray, slot: int) -> None:
     """Index ``slot`` under its key ``slot_keys[slot]`` (which must be absent)."""
     mask = len(table) - 1
@@ -152,7 +153,7 @@ def ht_insert(table: np.ndarray, slot_keys: np.ndarray, slot: int) -> None:
     table[i] = slot
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def ht_delete(table: np.ndarray, slot_keys: np.ndarray, slot: int) -> None:
     """Remove ``slot`` (which must be indexed), shifting its probe run back."""
     mask = len(table) - 1
@@ -176,7 +177,7 @@ def ht_delete(table: np.ndarray, slot_keys: np.ndarray, slot: int) -> None:
     table[i] = -1
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def ht_rebuild(table: np.ndarray, slot_keys: np.ndarray, used: np.ndarray) -> None:
     """Fill ``table`` with every used slot (``used`` may be shorter than ``slot_keys``)."""
     table[:] = -1
@@ -190,7 +191,7 @@ def ht_rebuild(table: np.ndarray, slot_keys: np.ndarray, used: np.ndarray) -> No
 # stack. A client's open instances form a list (``C_FIRST``, ``I_NEXT``) ordered by journey.
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _take_slot(free: np.ndarray, meta: np.ndarray, m_free: int, m_high: int) -> int:
     """A free slot: the last one freed, else the next never used."""
     if meta[m_free] > 0:
@@ -200,7 +201,7 @@ def _take_slot(free: np.ndarray, meta: np.ndarray, m_free: int, m_high: int) -> 
     return int(meta[m_high] - 1)
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def find_instance(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray, cs: int, journey: int) -> int:
     """The open instance of client slot ``cs`` in ``journey``, or -1."""
     slot = ci[C_FIRST, cs]
@@ -214,7 +215,7 @@ def find_instance(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray, cs: int, journ
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _link(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray, cs: int, slot: int) -> None:
     """Put instance ``slot`` in its client's list, in journey order."""
     journey = ih[H_JOURNEY, slot]
@@ -230,7 +231,7 @@ def _link(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray, cs: int, slot: int) ->
         ii[I_NEXT, prev] = slot
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _unlink(ci: np.ndarray, ii: np.ndarray, cs: int, slot: int) -> None:
     """Take instance ``slot`` out of its client's list."""
     prev = -1
@@ -245,7 +246,7 @@ def _unlink(ci: np.ndarray, ii: np.ndarray, cs: int, slot: int) -> None:
     ii[I_NEXT, slot] = -1
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def find_instances(
     c_ht: np.ndarray,
     ckey: np.ndarray,
@@ -262,7 +263,7 @@ def find_instances(
         out[k] = -1 if cs < 0 else find_instance(ci, ii, ih, cs, journeys[k])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)  # (slice copies need numba's runtime; not on the hot path)
 def pack_ids(
     src: np.ndarray, off: np.ndarray, length: np.ndarray, used: np.ndarray, dst: np.ndarray
 ) -> int:
@@ -281,7 +282,7 @@ def pack_ids(
 # ---------------------------------------------------------------- instance life cycle
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _emit_stall(
     slot: int,
     deadline: int,
@@ -322,7 +323,7 @@ def _emit_stall(
     out_f[OF_SESSIONS, n_out] = cf[F_SESSIONS, client] * decay
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _emit_outcome(
     slot: int,
     outcome: int,
@@ -361,7 +362,7 @@ def _emit_outcome(
     out_f[OF_SESSIONS, n_out] = 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _close(
     slot: int,
     client_ttl_ms: int,
@@ -386,7 +387,7 @@ def _close(
         meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], expiry)
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _settle(
     slot: int,
     now: int,
@@ -430,7 +431,7 @@ def _settle(
     return n_out, False
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def apply_events(
     e_ckey: np.ndarray,
     e_ts: np.ndarray,
@@ -620,7 +621,7 @@ def apply_events(
     return n_out, len(e_ts)
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def _attribute(
     slot: int,
     t: int,
@@ -641,7 +642,7 @@ def _attribute(
     it[T_LAST_EVENT, slot] = t
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def expire_instances(
     watermark: int,
     start: int,
@@ -683,7 +684,7 @@ def expire_instances(
     return n_out, high, smallest
 
 
-@njit(cache=True, nogil=True)
+@njit_no_refcount
 def expire_clients(
     watermark: int,
     client_ttl_ms: int,
