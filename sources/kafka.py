@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from ato.config import KafkaSettings
 from ato.exceptions import AtoError
+from ato.process import gc_paused
 from operators.batches import RawBatch
 from operators.decode import wall_ms
 
@@ -238,16 +239,20 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         return max(0, int(high) - self.next_offset) if high >= 0 else None
 
     def _read(self, timeout_s: float) -> RawBatch | None:
-        messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
-        if not messages:
-            return None
-        read_ms = int(time.time() * 1000)
-        if any([m.error() is not None for m in messages]):
-            messages = self._drop_errors(messages)
+        # A batch is tens of thousands of Message objects, which the cycle collector tracks:
+        # left on, it would scan them all about once per batch (7 % of a catch-up run).
+        with gc_paused():
+            messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
             if not messages:
                 return None
-        values = [m.value() or b"" for m in messages]
-        offsets = [int(m.offset() or 0) for m in messages]  # set on every consumed message
+            read_ms = int(time.time() * 1000)
+            if any([m.error() is not None for m in messages]):
+                messages = self._drop_errors(messages)
+                if not messages:
+                    return None
+            values = [m.value() or b"" for m in messages]
+            offsets = [int(m.offset() or 0) for m in messages]  # set on every consumed message
+            del messages  # freed before collections resume
         self.next_offset = offsets[-1] + 1
         lag = self._lag()
         # caught up only when nothing is left at the partition's end as of the last fetch: a
