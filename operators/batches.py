@@ -88,6 +88,25 @@ class ShardInput:
     max_ts: int | None
     read_wall_ms: int
     caught_up: bool = False  # see RawBatch
+    # Original bytes, for late events: ``events`` leaves its ``raw`` out; ``raw`` is that of
+    # the whole decoded batch (shared by every shard's item, not copied) and ``raw_rows``
+    # the rows of it holding ``events``, in order.
+    raw: np.ndarray | None = None
+    raw_rows: np.ndarray | None = None
+
+    def raw_of(self, rows: np.ndarray) -> np.ndarray | None:
+        """Original bytes of ``events`` at ``rows`` (an index array or mask), if known."""
+        if self.raw is None or self.raw_rows is None:
+            return self.events.raw[rows] if self.events.raw is not None else None
+        return self.raw[self.raw_rows[rows]]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled (sent to another worker process) with only its own events' bytes."""
+        raw, rows = self.raw, self.raw_rows
+        if raw is not None and rows is not None:
+            raw, rows = raw[rows], np.arange(len(rows))
+        fields = (self.shard, self.partition, self.events, self.max_ts, self.read_wall_ms)
+        return ShardInput, (*fields, self.caught_up, raw, rows)
 
 
 @dataclass(frozen=True)

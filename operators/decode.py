@@ -11,6 +11,7 @@ names one of ``SEGMENTS``, becomes the event's segment code (anything else reads
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -121,7 +122,11 @@ class Decoder:
                 for start in range(0, n, SCAN_CHUNK)
             ]
             rows = np.concatenate([r + k * SCAN_CHUNK for k, (r, _) in enumerate(scanned)])
-            columns = EventColumns.concat([c for _, c in scanned])
+            raw = _object_array(messages)  # one array of the batch's bytes, not one per chunk
+            columns = replace(
+                EventColumns.concat([c for _, c in scanned]),
+                raw=raw if len(rows) == n else raw[rows],
+            )
             parts.append(self._check_values(columns, batch.partition, dead))
             others = np.setdiff1d(np.arange(n), rows, assume_unique=True)
         else:
@@ -141,7 +146,8 @@ class Decoder:
         )  # fmt: skip
 
     def _scan(self, messages: list[bytes], offsets: np.ndarray) -> tuple[np.ndarray, EventColumns]:
-        """Rows the numba scanner accepts, and their columns (before the value rules)."""
+        """Rows the numba scanner accepts, and their columns (before the value rules; without
+        the original bytes)."""
         n = len(messages)
         lengths = np.fromiter(map(len, messages), np.int64, n)
         ends = np.cumsum(lengths)
@@ -152,7 +158,6 @@ class Decoder:
         rows = np.flatnonzero((status == scan.OK) & (lengths <= self.settings.max_message_bytes))
         codes = all_codes[:, rows]
         type_code = codes[scan.F_TYPE].astype(np.int32)
-        kept = messages if len(rows) == n else [messages[i] for i in rows.tolist()]
         return rows, EventColumns(
             hashes[rows],
             gather_ids(buf, span_start[scan.F_CLIENT, rows], span_len[scan.F_CLIENT, rows]),
@@ -162,7 +167,7 @@ class Decoder:
             codes[scan.F_JOURNEY].astype(np.int16),
             codes[scan.F_STEP].astype(np.int16),
             self.catalog.tables.type_flags[type_code],
-            _object_array(kept),
+            None,
             offsets[rows],
             codes[scan.F_SEGMENT].astype(np.int8),
         )

@@ -1,5 +1,7 @@
 """Shard routing: split a decoded batch into one :class:`ShardInput` per shard."""
 
+import numpy as np
+
 from operators.batches import DecodedBatch, ShardInput
 from state.hashing import shard_order
 
@@ -21,10 +23,13 @@ class Router:
         events = batch.events
         if len(events) == 0:
             parts = [events] * self.shards
+            rows = [np.empty(0, np.int64)] * self.shards
         else:
+            # the original bytes stay where they are (see ShardInput.raw)
             order, bounds = shard_order(events.client_key, self.shards)
-            ordered = events.take(order)
+            ordered = events.without_raw().take(order)
             parts = [ordered.take(slice(bounds[s], bounds[s + 1])) for s in range(self.shards)]
+            rows = [order[bounds[s] : bounds[s + 1]] for s in range(self.shards)]
         return [
             (
                 self.keys[s],
@@ -35,6 +40,8 @@ class Router:
                     batch.max_ts,
                     batch.read_wall_ms,
                     batch.caught_up,
+                    events.raw,
+                    rows[s],
                 ),
             )
             for s in range(self.shards)

@@ -102,7 +102,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             if len(events):
                 late = events.ts < self.tracker.current
                 if late.any():
-                    late_parts.append(events.take(late))
+                    late_parts.append(replace(events.take(late), raw=item.raw_of(late)))
                     events = events.take(~late)
                 self.pending.append(events.without_raw())
             self.tracker.observe(item.partition, item.max_ts, now, item.caught_up)

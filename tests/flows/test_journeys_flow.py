@@ -1,5 +1,6 @@
 """The whole journey flow through Bytewax: workers, stream-vs-batch, ground truth, recovery."""
 
+import base64
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -131,10 +132,15 @@ def test_late_events_are_counted_and_routed(traffic: GeneratedTraffic) -> None:
     items = _batches(traffic)
     first = orjson.loads(traffic.partitions["gen-0"][0])
     stale = dict(first, event_id="stale-1", ts=first["ts"] - 1)
-    items.append(RawBatch("gen-0", [orjson.dumps(stale)], 10**9))
+    last = orjson.loads(traffic.partitions["gen-0"][-1])
+    # in a batch with other clients' events: its shard's rows are not the batch's
+    fresh = [orjson.dumps(dict(last, event_id=f"f{k}", client_id=f"f{k}")) for k in range(6)]
+    items.append(RawBatch("gen-0", [*fresh[:5], orjson.dumps(stale), fresh[5]], 10**9))
     _, _, late = _run(items, list(traffic.partitions))
     assert len(late) == 1
-    assert orjson.loads(late[0])["client_id"] == first["client_id"]
+    doc = orjson.loads(late[0])
+    assert doc["client_id"] == first["client_id"]
+    assert base64.b64decode(doc["raw_b64"]) == orjson.dumps(stale)  # the original bytes
 
 
 def test_recovery_after_abort_emits_the_uninterrupted_ids(

@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 
 from ato.catalog import load_catalog
@@ -548,6 +550,21 @@ def test_router_splits_clients_across_shards_with_empty_items() -> None:
     assert sum(len(item.events) for _, item in items) == 40
     empty = replace(decoded, events=EventColumns.empty(), max_ts=None)
     assert all(len(item.events) == 0 for _, item in Router(4)(empty))
+
+
+def test_router_items_know_their_original_bytes_also_when_pickled() -> None:
+    """Shard items share the batch's bytes in process and carry only their own in pickles
+    (to another worker process); either way each event's bytes are its message's."""
+    messages = [raw_event(f"c{i}", T0 + i, "page_view") for i in range(40)]
+    by_client = {orjson.loads(m)["client_id"].encode(): m for m in messages}
+    for _, item in Router(4)(DECODER.decode(RawBatch("p0", messages))):
+        sent = pickle.loads(pickle.dumps(item))
+        assert sent.raw is not None and len(sent.raw) == len(item.events)  # its own only
+        for got in (item, sent):
+            everything = np.ones(len(got.events), np.bool_)
+            expected = [by_client[c] for c in got.events.client_id.tolist()]
+            assert list(got.raw_of(everything)) == expected
+        assert sent.events.client_id.tolist() == item.events.client_id.tolist()
 
 
 def test_a_blocked_worker_does_not_release_a_quiet_partition() -> None:
