@@ -142,6 +142,16 @@ def expand_envelopes(messages: list[bytes], offsets: list[int]) -> tuple[list[by
     return out, out_offsets
 
 
+def message_offsets(messages: list[Message]) -> tuple[int, int, list[int] | None]:
+    """(first, last, every offset) of consumed messages of one partition, in order; every
+    offset only when they are not consecutive (compaction or transaction markers left
+    gaps), else None: no call per message."""
+    first, last = int(messages[0].offset() or 0), int(messages[-1].offset() or 0)
+    if last - first == len(messages) - 1:
+        return first, last, None
+    return first, last, [int(m.offset() or 0) for m in messages]
+
+
 class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
     """One Kafka partition.
 
@@ -251,16 +261,17 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
                 if not messages:
                     return None
             values = [m.value() or b"" for m in messages]
-            offsets = [int(m.offset() or 0) for m in messages]  # set on every consumed message
+            first, last, offsets = message_offsets(messages)
             del messages  # freed before collections resume
-        self.next_offset = offsets[-1] + 1
+        self.next_offset = last + 1
         lag = self._lag()
         # caught up only when nothing is left at the partition's end as of the last fetch: a
         # short batch alone is no proof (a zero-timeout read returns what is queued locally)
         caught_up = lag == 0
         if any([v[:1] in _ENVELOPE_START for v in values]):
-            values, offsets = expand_envelopes(values, offsets)
-        return RawBatch(self.name, values, offsets[0], read_ms, offsets, caught_up, lag)
+            listed = offsets if offsets is not None else list(range(first, last + 1))
+            values, offsets = expand_envelopes(values, listed)
+        return RawBatch(self.name, values, first, read_ms, offsets, caught_up, lag)
 
     def _drop_errors(self, messages: list[Message]) -> list[Message]:
         kept = []

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, cluster_main, run_main
+from confluent_kafka import Message
 
 from ato.config import KafkaSettings
 from operators.batches import RawBatch
@@ -17,6 +18,7 @@ from sources.kafka import (
     KafkaSourceError,
     committed_positions,
     expand_envelopes,
+    message_offsets,
     part_name,
 )
 from tests.kafka.conftest import produce
@@ -42,8 +44,8 @@ def _events(n: int, partitions: int = 3) -> list[tuple[int, bytes]]:
 def _seen(batches: list[RawBatch]) -> dict[tuple[str, int], bytes]:
     out = {}
     for b in batches:
-        assert b.offsets is not None and len(b.offsets) == len(b.messages)
-        for offset, message in zip(b.offsets, b.messages, strict=True):
+        offsets = b.offset_array().tolist()
+        for offset, message in zip(offsets, b.messages, strict=True):
             assert (b.partition, offset) not in out
             out[(b.partition, offset)] = message
     return out
@@ -76,7 +78,7 @@ def test_envelopes_are_split_and_share_their_offset(topics: KafkaSettings) -> No
     produce(topics.brokers, topics.input_topics[0], [(0, b'{"a":0}'), (0, envelope), (0, b"[oops")])
     (batch,) = [b for b in _read(topics) if b.messages]
     assert batch.messages == [b'{"a":0}', b'{"a":1}', b'{"a":2}', b'{"a":3}', b"[oops"]
-    assert batch.offsets == [0, 1, 1, 1, 2]
+    assert batch.offset_array().tolist() == [0, 1, 1, 1, 2]
 
 
 def test_expand_envelopes_keeps_plain_and_broken_messages() -> None:
@@ -120,11 +122,11 @@ def test_resume_state_is_the_next_offset(topics: KafkaSettings) -> None:
     part = source.build_part("in", part_name(topic, 0), None)
     assert part.snapshot() == 0
     first = part.next_batch()
-    assert [b.offsets for b in first] == [[0, 1, 2, 3]]
+    assert [b.offset_array().tolist() for b in first] == [[0, 1, 2, 3]]
     assert part.snapshot() == 4
     part.close()
     resumed = source.build_part("in", part_name(topic, 0), 4)
-    assert resumed.next_batch()[0].offsets == [4, 5, 6, 7]
+    assert resumed.next_batch()[0].offset_array().tolist() == [4, 5, 6, 7]
     resumed.close()
 
 
@@ -237,3 +239,12 @@ def test_read_position_is_committed_for_lag_monitoring(topics: KafkaSettings) ->
     part.next_batch()
     part.close()
     assert committed_positions(off, parts[:1])[parts[0]][0] is None
+
+
+def test_message_offsets_are_listed_only_with_gaps() -> None:
+    def consumed(offsets: list[int]) -> list[Message]:
+        return [Message(topic="t", partition=0, offset=o, value=b"{}") for o in offsets]
+
+    assert message_offsets(consumed([7, 8, 9])) == (7, 9, None)
+    assert message_offsets(consumed([7])) == (7, 7, None)
+    assert message_offsets(consumed([7, 9, 10])) == (7, 10, [7, 9, 10])  # a compacted gap
