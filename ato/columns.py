@@ -1,6 +1,7 @@
 """Columnar event batches: what the decode step produces and the shards consume."""
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +42,7 @@ class EventColumns:
         # frozen: these writes go around the dataclass's __setattr__
         if self.segment is None:
             object.__setattr__(self, "segment", np.full(len(self.ts), -1, np.int8))
-        if self.client_id.dtype.kind != "S":
-            object.__setattr__(self, "client_id", client_id_bytes(self.client_id))
+        object.__setattr__(self, "client_id", client_id_bytes(self.client_id))
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -103,8 +103,11 @@ class EventColumns:
 _FIELDS = tuple(EventColumns.__dataclass_fields__)
 
 
-def client_id_bytes(ids: np.ndarray | list[str]) -> np.ndarray:
-    """Client ids (``str``) as a numpy ``S`` array of their UTF-8 bytes."""
+def client_id_bytes(ids: np.ndarray | Sequence[str]) -> np.ndarray:
+    """Client ids (``str``) as a numpy ``S`` array of their UTF-8 bytes; an ``S`` array (UTF-8
+    already) is returned as it is."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
+        return ids
     texts = np.asarray(ids, dtype=str)
     if texts.size == 0:
         return np.empty(0, "S1")

@@ -94,7 +94,7 @@ class LiveStateTracker:
         keep = np.asarray(journeys) >= 0
         if not keep.any():
             return
-        ids = _as_bytes(client_ids)
+        ids = client_id_bytes(client_ids)
         self.keys.append(np.asarray(keys, np.uint64)[keep])
         self.journeys.append(np.asarray(journeys, np.int64)[keep])
         self.client_ids.append(ids[keep])
@@ -215,10 +215,4 @@ class LiveStateTracker:
         """Marks from :meth:`snapshot`."""
         if snap.get("keys") is not None:
             self.keys, self.journeys = [snap["keys"]], [snap["journeys"]]
-            self.client_ids = [_as_bytes(snap["client_ids"])]
-
-
-def _as_bytes(client_ids: Sequence[str] | np.ndarray) -> np.ndarray:
-    """Client ids as UTF-8 ``S`` (event columns already are; ``str`` ones are encoded)."""
-    ids = np.asarray(client_ids)
-    return ids if ids.dtype.kind == "S" else client_id_bytes(ids)
+            self.client_ids = [client_id_bytes(snap["client_ids"])]

@@ -25,9 +25,8 @@ class Records:
     floats: np.ndarray  # float64 [N_OUT_F, n]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.client_id, np.ndarray) or self.client_id.dtype.kind != "S":
-            # frozen: the one write goes around the dataclass's __setattr__
-            object.__setattr__(self, "client_id", client_id_bytes(self.client_id))
+        # frozen: the one write goes around the dataclass's __setattr__
+        object.__setattr__(self, "client_id", client_id_bytes(self.client_id))
 
     def __len__(self) -> int:
         return len(self.client_id)
