@@ -150,8 +150,16 @@ class KafkaSettings:
     catch_up_batches: int = _knob(
         20, "After a wait of >= 1 s, a partition reads up to this many batches at once."
     )
-    consume_timeout_ms: int = _knob(
-        100, "Longest wait of one batched consume() on a partition with nothing to read (ms)."
+    poll_interval_ms: int = _knob(
+        50,
+        "A partition read to its end is read again after this long (ms): the most an event"
+        " waits to be read, and what keeps batches large at low rates. Reads never wait for"
+        " the broker, so a quiet partition never holds up the others.",
+    )
+    end_wait_ms: int = _knob(
+        100,
+        "With stop_at_end: how long (ms) an empty read at a partition's end waits for more"
+        " before the partition counts as finished.",
     )
     flush_timeout_s: float = _knob(
         30.0, "Longest wait for delivery at an epoch end; undelivered messages then fail the run."
@@ -189,13 +197,14 @@ class KafkaSettings:
             )
             raise ConfigError(msg)
         if (
-            self.consume_timeout_ms < 0
+            self.poll_interval_ms < 0
+            or self.end_wait_ms < 0
             or self.flush_timeout_s <= 0
             or self.catch_up_batches < 1
             or self.commit_interval_ms < 0
         ):
             msg = (
-                "kafka.consume_timeout_ms and commit_interval_ms must be >= 0,"
+                "kafka.poll_interval_ms, end_wait_ms and commit_interval_ms must be >= 0,"
                 " kafka.flush_timeout_s > 0 and kafka.catch_up_batches >= 1"
             )
             raise ConfigError(msg)

@@ -235,7 +235,6 @@ def _start_flow(
         f'dead_letter_topic = "{dlq}"\n'
         f'group_id = "{kafka.group_id}"\n'
         "commit_interval_ms = 500\n"
-        "consume_timeout_ms = 20\n"
         "[clickhouse]\n"
         "enabled = false\n"
     )

@@ -16,6 +16,7 @@ the flow; the flow's outputs are deterministic, so replays repeat the same inter
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from operators.decode import wall_ms
 log = logging.getLogger(__name__)
 
 METADATA_TIMEOUT_S = 30.0
+HEARTBEAT_S = 0.1  # a caught-up partition says so at most this often
 
 
 class KafkaSourceError(AtoError):
@@ -105,7 +107,7 @@ def committed_positions(
 
 
 def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
-    """Consumer properties: explicit assignment, no auto-commit, low fetch back-off."""
+    """Consumer properties: explicit assignment, no auto-commit, low fetch back-off and wait."""
     return {
         **settings.client_config(),
         "group.id": settings.group_id,  # commits are for monitoring; recovery uses snapshots
@@ -114,6 +116,9 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",  # the start offset was deleted by retention meanwhile
         # librdkafka's default (1000 ms) cuts throughput ~7x when the flow works between polls
         "fetch.queue.backoff.ms": 10,
+        # how long the broker may hold a fetch while it has nothing new: a broker that always
+        # holds it that long (Tansu) otherwise adds up to 500 ms (the default) to every event
+        "fetch.wait.max.ms": 100,
         "queued.max.messages.kbytes": 262_144,
         **settings.consumer_config,
     }
@@ -160,6 +165,13 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
     partitions than another therefore waits, and then (bytewax#556) would read just one batch
     per epoch and fall ever further behind. So a partition that was not called for a second
     or more reads up to ``catch_up_batches`` batches at once.
+
+    Reads never wait (Bytewax's sources must not block: while one partition waited for its
+    broker, every other partition and shard of the worker would wait too). A read that finds
+    less than a full batch asks Bytewax to come back after ``poll_interval_ms``, so batches
+    stay large when the input is slow; one that finds nothing also returns, when the
+    partition is known to be at its end, an empty *heartbeat* batch (at most every
+    ``HEARTBEAT_S``), which lets the watermark treat the partition as idle.
     """
 
     def __init__(
@@ -172,7 +184,10 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
     ) -> None:
         self.name = name
         self.batch_size = batch_size
-        self.timeout_s = settings.consume_timeout_ms / 1000
+        self.poll_interval = timedelta(milliseconds=settings.poll_interval_ms)
+        self.end_wait_s = settings.end_wait_ms / 1000
+        self.awake: datetime | None = None  # see next_awake
+        self.last_beat = -HEARTBEAT_S  # monotonic time of the last heartbeat
         self.catch_up = settings.catch_up_batches
         self.commit_every_s = settings.commit_interval_ms / 1000
         self.committed = -1
@@ -213,20 +228,34 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             raise StopIteration
         batches: list[RawBatch] = []
         for _ in range(self.catch_up if waited >= 1.0 else 1):
-            batch = self._read(timeout_s=0.0 if batches else self.timeout_s)
+            batch = self._read(timeout_s=0.0)
             if batch is None:
                 break
             batches.append(batch)
         if not batches and self.end is not None and self.next_offset >= self.end:
-            # Caught up with the end seen at start. Stopping only at an empty read also
+            # At the end seen at start: wait a little for more before stopping, which also
             # covers brokers that under-report the end (Tansu: the last batch's first offset).
-            raise StopIteration
+            batch = self._read(timeout_s=self.end_wait_s)
+            if batch is None:
+                raise StopIteration
+            batches.append(batch)
         if self.commit_every_s and now - self.last_commit >= self.commit_every_s:
             self._commit(now)
-        if not batches:  # a heartbeat: nothing to read, so the partition may go idle
-            lag = self._lag()
-            return [RawBatch(self.name, [], self.next_offset, wall_ms(), caught_up=True, lag=lag)]
-        return batches
+        if batches:
+            # a full batch leaves more to read at once; after reading to the end, wait
+            drained = len(batches[-1].messages) < self.batch_size
+            self.awake = datetime.now(UTC) + self.poll_interval if drained else None
+            return batches
+        self.awake = datetime.now(UTC) + self.poll_interval
+        lag = self._lag()
+        if lag == 0 and now - self.last_beat >= HEARTBEAT_S:
+            self.last_beat = now
+            return [RawBatch(self.name, [], self.next_offset, wall_ms(), caught_up=True, lag=0)]
+        return []  # nothing yet, or not known to be at the end: no news for the watermark
+
+    def next_awake(self) -> datetime | None:
+        """After a read that found nothing: the time to read again; else now."""
+        return self.awake
 
     def _commit(self, now: float) -> None:
         """Commit the read position for monitoring; failures are only logged."""

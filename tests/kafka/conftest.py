@@ -19,7 +19,7 @@ def topics(broker: Server, request: pytest.FixtureRequest) -> KafkaSettings:
         interventions_topic=f"{stem}.out",
         dead_letter_topic=f"{stem}.dlq",
         stop_at_end=True,
-        consume_timeout_ms=20,
+        end_wait_ms=20,
         flush_timeout_s=10.0,
     )
     create_topics(

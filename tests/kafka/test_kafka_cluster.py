@@ -21,7 +21,7 @@ def _config(tmp_path: Path, brokers: str, stem: str, out: str) -> Path:
         "[engine]\nepoch_interval_s = 1.0\n"
         f'[kafka]\nbrokers = "{brokers}"\ninput_topics = ["{stem}.in"]\n'
         f'interventions_topic = "{stem}.{out}"\ndead_letter_topic = "{stem}.dlq"\n'
-        "stop_at_end = true\nconsume_timeout_ms = 20\n"
+        "stop_at_end = true\nend_wait_ms = 20\n"
     )
     return path
 

@@ -44,7 +44,7 @@ def config_file(tmp_path: Path, settings: KafkaSettings) -> Path:
         f"input_topics = {json.dumps(list(settings.input_topics))}\n"
         f'interventions_topic = "{settings.interventions_topic}"\n'
         f'dead_letter_topic = "{settings.dead_letter_topic}"\n'
-        "stop_at_end = true\nconsume_timeout_ms = 20\n"
+        "stop_at_end = true\nend_wait_ms = 20\n"
     )
     return path
 

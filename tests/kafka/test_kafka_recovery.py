@@ -35,7 +35,7 @@ def _config(tmp_path: Path, brokers: str, out_topic: str) -> Path:
         "[engine]\nbatch_size = 2000\nepoch_interval_s = 0.3\n"
         f'[kafka]\nbrokers = "{brokers}"\ninput_topics = ["recovery.in"]\n'
         f'interventions_topic = "{out_topic}"\ndead_letter_topic = "recovery.dlq"\n'
-        "stop_at_end = true\nconsume_timeout_ms = 20\n"
+        "stop_at_end = true\nend_wait_ms = 20\n"
     )
     return path
 

@@ -2,7 +2,8 @@
 
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import bytewax.operators as op
 import orjson
@@ -14,6 +15,7 @@ from confluent_kafka import Message
 from ato.config import KafkaSettings
 from operators.batches import RawBatch
 from sources.kafka import (
+    HEARTBEAT_S,
     KafkaSource,
     KafkaSourceError,
     committed_positions,
@@ -121,13 +123,25 @@ def test_resume_state_is_the_next_offset(topics: KafkaSettings) -> None:
     source = KafkaSource(topics, batch_size=4)
     part = source.build_part("in", part_name(topic, 0), None)
     assert part.snapshot() == 0
-    first = part.next_batch()
+    first = _until_items(part)
     assert [b.offset_array().tolist() for b in first] == [[0, 1, 2, 3]]
     assert part.snapshot() == 4
     part.close()
     resumed = source.build_part("in", part_name(topic, 0), 4)
-    assert resumed.next_batch()[0].offset_array().tolist() == [4, 5, 6, 7]
+    assert _until_items(resumed)[0].offset_array().tolist() == [4, 5, 6, 7]
     resumed.close()
+
+
+def _until_items(part: Any, timeout_s: float = 10.0) -> list[RawBatch]:
+    """What a partition returns once it returns anything (reads never wait for the broker)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batches = part.next_batch()
+        if batches:
+            return batches
+        time.sleep(0.002)
+    msg = "the partition returned nothing"
+    raise AssertionError(msg)
 
 
 def _fields(settings: KafkaSettings) -> dict:
@@ -157,9 +171,9 @@ def test_idle_partitions_send_heartbeats_that_advance_the_watermark(
     busy = source.build_part("in", part_name(topic, 0), None)
     quiet = [source.build_part("in", part_name(topic, p), None) for p in (1, 2)]
     try:
-        (batch,) = busy.next_batch()
+        (batch,) = _until_items(busy)
         assert len(batch.messages) == 5 and batch.caught_up  # a short read: nothing more yet
-        beats = [b for part in quiet for b in part.next_batch()]
+        beats = [b for part in quiet for b in _until_items(part)]
         assert [(b.partition, b.messages, b.caught_up) for b in beats] == [
             (part_name(topic, 1), [], True),
             (part_name(topic, 2), [], True),
@@ -198,7 +212,7 @@ def test_batches_report_the_partition_lag(topics: KafkaSettings) -> None:
     part = KafkaSource(live, batch_size=4).build_part("in", part_name(topic, 0), None)
     lags = []
     for _ in range(50):
-        batches = part.next_batch()
+        batches = _until_items(part)
         lags += [(len(b.messages), b.lag) for b in batches]
         # a short batch is not proof of being caught up: only an empty end is
         assert all(b.caught_up == (b.lag == 0) for b in batches)
@@ -248,3 +262,40 @@ def test_message_offsets_are_listed_only_with_gaps() -> None:
     assert message_offsets(consumed([7, 8, 9])) == (7, 9, None)
     assert message_offsets(consumed([7])) == (7, 7, None)
     assert message_offsets(consumed([7, 9, 10])) == (7, 10, [7, 9, 10])  # a compacted gap
+
+
+def test_reads_never_wait_and_quiet_partitions_beat_at_most_every_heartbeat(
+    topics: KafkaSettings,
+) -> None:
+    """A read returns at once; after one that reached the partition's end (nothing, or less
+    than a full batch) Bytewax is asked to come back after the poll interval, after a full
+    batch at once; a caught-up partition sends a heartbeat at most every HEARTBEAT_S."""
+    topic = topics.input_topics[0]
+    live = replace(topics, stop_at_end=False, poll_interval_ms=7)
+    part = KafkaSource(live, batch_size=2).build_part("in", part_name(topic, 0), None)
+
+    def asks_to_wait() -> bool:
+        awake = part.next_awake()
+        return awake is not None and awake <= datetime.now(UTC) + timedelta(milliseconds=7)
+
+    try:
+        (beat,) = _until_items(part)  # the first fetch came back: the partition is empty
+        assert (beat.messages, beat.caught_up, beat.lag) == ([], True, 0)
+        started, beats, empty = time.monotonic(), 0, 0
+        while time.monotonic() - started < 5 * HEARTBEAT_S:
+            got = part.next_batch()
+            beats += len(got)
+            empty += not got
+            assert asks_to_wait()
+        elapsed = time.monotonic() - started
+        assert empty > beats  # most empty reads return nothing, not a heartbeat
+        assert 1 <= beats <= elapsed / HEARTBEAT_S + 1
+        produce(topics.brokers, topic, [(0, orjson.dumps({"i": i})) for i in range(3)])
+        (full,) = _until_items(part)
+        assert len(full.messages) == 2
+        assert part.next_awake() is None  # a full batch: more may be queued, read again at once
+        (rest,) = _until_items(part)
+        assert rest.messages == [orjson.dumps({"i": 2})]
+        assert asks_to_wait()
+    finally:
+        part.close()
