@@ -254,7 +254,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         return []  # nothing yet, or not known to be at the end: no news for the watermark
 
     def next_awake(self) -> datetime | None:
-        """After a read that found nothing: the time to read again; else now."""
+        """After a read that reached the partition's end: when to read again; else None (at
+        once)."""
         return self.awake
 
     def _commit(self, now: float) -> None:
