@@ -241,12 +241,12 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             batches.append(batch)
         if self.commit_every_s and now - self.last_commit >= self.commit_every_s:
             self._commit(now)
+        if batches and len(batches[-1].messages) >= self.batch_size:
+            self.awake = None  # a full batch: more may be queued, read again at once
+        else:
+            self.awake = datetime.now(UTC) + self.poll_interval  # read to the end: wait
         if batches:
-            # a full batch leaves more to read at once; after reading to the end, wait
-            drained = len(batches[-1].messages) < self.batch_size
-            self.awake = datetime.now(UTC) + self.poll_interval if drained else None
             return batches
-        self.awake = datetime.now(UTC) + self.poll_interval
         lag = self._lag()
         if lag == 0 and now - self.last_beat >= HEARTBEAT_S:
             self.last_beat = now
@@ -285,7 +285,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
             if not messages:
                 return None
-            read_ms = int(time.time() * 1000)
+            read_ms = wall_ms()
             if any([m.error() is not None for m in messages]):
                 messages = self._drop_errors(messages)
                 if not messages:
