@@ -23,6 +23,7 @@ from operators.decode import wall_ms
 from operators.funnel import MINUTE_MS, FunnelWindows
 from operators.interventions import InterventionBuilder
 from operators.live_changes import LiveStateTracker
+from operators.pending import PendingEvents
 from operators.watermark import WatermarkTracker
 from policy.live_state import LiveStateWriter
 from state.base import Records
@@ -73,7 +74,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             now,
             max_gap_ms=max_idle_gap_ms(s),
         )
-        self.pending: list[EventColumns] = []
+        self.pending = PendingEvents()
         self.reported_minute: int | None = None  # watermark minute the last output carried
         self.live: LiveStateTracker | None = None
         if ctx.live_state is not None:
@@ -85,7 +86,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             self.tracker.restore(resume["watermark"], now)
             # replace() runs __post_init__, which unpickling skips: pending events of an older
             # snapshot get their client ids as UTF-8 bytes like new ones
-            self.pending = [replace(resume["pending"])]
+            self.pending.add(replace(resume["pending"]))
             if self.live is not None:
                 self.live.restore(resume.get("live", {}))
 
@@ -104,7 +105,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
                 if late.any():
                     late_parts.append(replace(events.take(late), raw=item.raw_of(late)))
                     events = events.take(~late)
-                self.pending.append(events.without_raw())
+                self.pending.add(events.without_raw())
             self.tracker.observe(item.partition, item.max_ts, now, item.caught_up)
         outputs = self._advance(self.tracker.advance(now), late_parts, final=False)
         if outputs and read_at > 0:
@@ -139,7 +140,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             "shard": self.shard,
             "store": self.store.snapshot(),
             "watermark": self.tracker.snapshot(),
-            "pending": EventColumns.concat(self.pending),
+            "pending": self.pending.all(),
             "live": self.live.snapshot() if self.live is not None else {},
         }
 
@@ -148,13 +149,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
     def _advance(
         self, watermark: int, late_parts: list[EventColumns], final: bool
     ) -> list[ShardOutput]:
-        pending = EventColumns.concat(self.pending)
-        if final:
-            ready, rest = pending, EventColumns.empty()
-        else:
-            is_ready = pending.ts < watermark
-            ready, rest = pending.take(is_ready), pending.take(~is_ready)
-        self.pending = [rest] if len(rest) else []
+        ready = self.pending.pop_all() if final else self.pending.pop_ready(watermark)
         metrics, policy, live = self.ctx.metrics, self.ctx.policy, self.live
         counts = FunnelWindows()
         records: list[Records] = []
@@ -204,7 +199,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
                 late_count=len(late),
                 applied=len(ready),
                 watermark=watermark,
-                pending=len(rest),
+                pending=len(self.pending),
                 open_instances=sizes["instances"],
                 state_bytes=sizes["bytes"],
                 stalls=stalls if keep_records else Records.empty(),

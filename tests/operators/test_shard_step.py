@@ -438,7 +438,7 @@ def test_snapshot_with_text_client_ids_restores() -> None:
     old = snap["pending"]
     object.__setattr__(old, "client_id", old.client_id.astype(str))  # the earlier layout
     resumed = logic(resume=pickle.loads(pickle.dumps(snap)))
-    assert resumed.pending[0].client_id.dtype.kind == "S"
+    assert resumed.pending.all().client_id.dtype.kind == "S"
     assert ids(run(resumed, [tick(T0 + 10 * CONFIRM)])) == [
         stall_id("a", "wealth_purchase", T0, "confirm")
     ]
