@@ -227,9 +227,10 @@ def _intervention_records(out: ShardOutput) -> list[tuple[str, list[Record]]]:
     if not len(batch):
         return []
     schema = SCHEMA.encode()
+    clients, ids = batch.client_id_bytes.tolist(), batch.id_bytes.tolist()
     records = [
-        Record(client.encode(), value, [("schema", schema), ("intervention_id", iid.encode())])
-        for client, iid, value in zip(batch.client_ids, batch.ids, batch.values(), strict=True)
+        Record(client, value, [("schema", schema), ("intervention_id", iid)])
+        for client, iid, value in zip(clients, ids, batch.values(), strict=True)
     ]
     return [(out.shard, records)]
 

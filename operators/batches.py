@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ato.columns import EventColumns
+from ato.columns import EventColumns, client_id_texts
 from operators.funnel import FunnelRows
 from policy.rules import Decision
 from state.base import Records
@@ -113,17 +113,28 @@ class ShardInput:
 class InterventionBatch:
     """Intervention documents, encoded: one JSON line each, in one block of bytes.
 
-    ``ids`` and ``client_ids`` name the documents in line order; a sink producing one message
-    per document takes its key and value from here without decoding the JSON.
+    ``id_bytes`` (``S36``, ASCII) and ``client_id_bytes`` (``S``, UTF-8) name the documents
+    in line order; a sink producing one message per document takes its key and headers from
+    here without decoding the JSON. :attr:`ids` and :attr:`client_ids` give them as ``str``.
     """
 
-    ids: list[str]
-    client_ids: list[str]
+    id_bytes: np.ndarray
+    client_id_bytes: np.ndarray
     lines: bytes  # every document as one JSON line, each ending in a newline
     ends: np.ndarray  # int64: where each line ends in ``lines`` (after its newline)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ends)
+
+    @property
+    def ids(self) -> list[str]:
+        """Intervention ids, in line order."""
+        return self.id_bytes.astype("U36").tolist()
+
+    @property
+    def client_ids(self) -> list[str]:
+        """Client ids, in line order."""
+        return client_id_texts(self.client_id_bytes)
 
     def values(self) -> list[bytes]:
         """Each document's JSON, without the newline."""
@@ -138,7 +149,7 @@ class InterventionBatch:
     @staticmethod
     def empty() -> "InterventionBatch":
         """No interventions."""
-        return InterventionBatch([], [], b"", np.empty(0, np.int64))
+        return InterventionBatch(np.empty(0, "S36"), np.empty(0, "S1"), b"", np.empty(0, np.int64))
 
     @staticmethod
     def concat(parts: "list[InterventionBatch]") -> "InterventionBatch":
@@ -148,8 +159,8 @@ class InterventionBatch:
             return parts[0] if parts else InterventionBatch.empty()
         shifts = np.cumsum([0] + [len(p.lines) for p in parts[:-1]])
         return InterventionBatch(
-            [i for p in parts for i in p.ids],
-            [c for p in parts for c in p.client_ids],
+            np.concatenate([p.id_bytes for p in parts]),
+            np.concatenate([p.client_id_bytes for p in parts]),
             b"".join(p.lines for p in parts),
             np.concatenate([p.ends + shift for p, shift in zip(parts, shifts, strict=True)]),
         )

@@ -361,10 +361,7 @@ class InterventionBuilder:
             span_len,
         )  # fmt: skip
         return InterventionBatch(
-            ids[order].view("S36").ravel().astype("U36").tolist(),
-            client_id_texts(stalls.client_id[order]),
-            lines,
-            ends,
+            ids[order].view("S36").ravel(), stalls.client_id[order], lines, ends
         )
 
     def build_docs(
