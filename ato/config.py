@@ -249,7 +249,9 @@ class ClickHouseSettings:
     )
     database: str = _knob("ato", "Database of the metric tables (created by the migrations).")
     flush_interval_s: float = _knob(
-        5.0, "Buffered rows are inserted at least this often (s), and at every epoch end."
+        5.0,
+        "Buffered rows are inserted at least this often (s), at every epoch end of a run with"
+        " recovery (which waits for them), and at the end.",
     )
     flush_rows: int = _knob(100_000, "A table's buffered rows are inserted once this many.")
     max_buffer_rows: int = _knob(

@@ -128,11 +128,14 @@ def kafka_sinks(
     )
 
 
-def metrics_sink(settings: Settings, first_process: bool = True) -> ClickHouseSink:
+def metrics_sink(
+    settings: Settings, first_process: bool = True, recovery: bool = True
+) -> ClickHouseSink:
     """The ClickHouse sink of a run; the first process applies the migrations first.
 
     Opening the database here, before the flow starts, turns a bad URL or an unreachable
-    server into a clear error instead of a failure in the middle of the flow.
+    server into a clear error instead of a failure in the middle of the flow. Without
+    ``recovery`` the sink does not wait for its inserts at epoch ends (no snapshot needs them).
     """
     url = clickhouse_url(settings)
     if first_process:
@@ -141,7 +144,7 @@ def metrics_sink(settings: Settings, first_process: bool = True) -> ClickHouseSi
             store.migrate()
         finally:
             store.close()
-    return ClickHouseSink(settings.clickhouse, url)
+    return ClickHouseSink(settings.clickhouse, url, epoch_flush=recovery)
 
 
 def run(
@@ -195,8 +198,9 @@ def run(
             decisions=JsonLinesSink(out / DECISIONS_FILE) if settings.redis.enabled else None,
         )
     if settings.clickhouse.enabled:
+        first = not cluster or cluster[1] == 0
         sinks = replace(
-            sinks, metrics=metrics_sink(settings, first_process=not cluster or cluster[1] == 0)
+            sinks, metrics=metrics_sink(settings, first, recovery=recovery_dir is not None)
         )
     flow = build_flow(source, sinks, settings, catalog, snapshots=recovery_dir is not None)
     recovery = None

@@ -174,7 +174,9 @@ def run_full(
     """Whole flow from raw bytes; with ``metrics_url``, writing metrics to ClickHouse too;
     with ``settings.redis.url``, deciding with the contact policy and writing live state."""
     sink = CountSink()
-    metrics = None if metrics_url is None else ClickHouseSink(settings.clickhouse, metrics_url)
+    metrics = None
+    if metrics_url is not None:  # no recovery, as for the shards: epoch ends need not wait
+        metrics = ClickHouseSink(settings.clickhouse, metrics_url, epoch_flush=False)
     sinks = FlowSinks(
         sink, CountSink(), CountSink(), ProgressSink(RunStats(), None), metrics=metrics
     )

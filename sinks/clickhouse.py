@@ -21,7 +21,9 @@ and at close. Inserts run on a background thread (``background_inserts``, one in
 table in flight), so the flow keeps working while ClickHouse takes a block. A failed insert
 keeps its rows and is retried with backoff on later writes; an epoch end waits (retrying)
 until everything buffered is written, because rows emitted before a snapshot must be durable
-before it. Inserts failing for longer than
+before it. A flow without recovery takes no snapshots, and its sink (``epoch_flush=False``)
+lets epoch ends pass without waiting; close still writes everything. Inserts failing for
+longer than
 ``retry_timeout_s``, or more than ``max_buffer_rows`` rows waiting, fail the flow with
 :class:`ClickHouseError`: nothing is dropped silently.
 
@@ -526,11 +528,13 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         settings: ClickHouseSettings,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        epoch_flush: bool = True,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
+        self.epoch_flush = epoch_flush
         self.buffers: dict[str, list[MetricBlock]] = {}
         self.in_flight: dict[str, tuple[Future[int], MetricBlock]] = {}
         self.pool = (
@@ -562,8 +566,10 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         self._check_bounds()
 
     def snapshot(self) -> None:
-        """Epoch end: everything buffered is written before the snapshot (retrying)."""
-        self.flush()
+        """Epoch end: everything buffered is written before the snapshot (retrying); without
+        ``epoch_flush`` (no recovery, so no snapshot) nothing waits."""
+        if self.epoch_flush:
+            self.flush()
 
     def close(self) -> None:
         """Write what is left, close the database; an embedded one gets its hour tables
@@ -710,8 +716,9 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
     """Writes ``(key, MetricBlock)`` items to ClickHouse through one partition.
 
     One partition means one writer per cluster: the worker that owns it opens the database
-    (and applies the migrations, a no-op after the runner's). ``clock`` and ``sleep`` are
-    injected for tests.
+    (and applies the migrations, a no-op after the runner's). ``epoch_flush``: wait for every
+    buffered row at each epoch end (needed with recovery; see the module docstring).
+    ``clock`` and ``sleep`` are injected for tests.
     """
 
     PART = "clickhouse"
@@ -723,10 +730,12 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
         migrate: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        epoch_flush: bool = True,
     ) -> None:
         self.settings = settings
         self.url = url
         self.migrate = migrate
+        self.epoch_flush = epoch_flush
         self.clock = clock
         self.sleep = sleep
 
@@ -750,4 +759,6 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
         except BaseException:
             store.close()
             raise
-        return ClickHouseSinkPartition(store, self.settings, self.clock, self.sleep)
+        return ClickHouseSinkPartition(
+            store, self.settings, self.clock, self.sleep, self.epoch_flush
+        )

@@ -114,6 +114,22 @@ def test_snapshot_makes_everything_durable(part: ClickHouseSinkPartition) -> Non
     }  # fmt: skip
 
 
+def test_without_recovery_an_epoch_end_waits_for_nothing_and_close_writes_all(
+    url: str, database: str, clock: Clock
+) -> None:
+    config = settings(database, flush_rows=100, flush_interval_s=60.0, retry_timeout_s=30.0)
+    sink = ClickHouseSink(config, url, clock=clock, epoch_flush=False)
+    part = sink.build_part("metrics", "clickhouse", None)
+    part.write_batch([funnel_block(5), stall_block(7)])
+    part.snapshot()
+    part.wait_for_inserts()
+    assert count(part.store, "funnel_minute") == 0  # neither full nor due: still buffered
+    assert part.stats()["funnel_minute"].pending_rows == 5
+    part.close()
+    with ClickHouseStore(url, database) as store:
+        assert (count(store, "funnel_minute"), count(store, "stalls")) == (5, 7)
+
+
 def test_close_writes_the_rest_and_refreshes_the_hour_tables(
     part: ClickHouseSinkPartition, url: str, database: str
 ) -> None:
