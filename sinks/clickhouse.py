@@ -389,9 +389,14 @@ class ClickHouseStore:
                 msg = f"metric block for {block.table}: column {name} ({kind}) got {got} values"
                 raise ClickHouseError(msg)
 
-    def insert(self, block: MetricBlock) -> int:
-        """Insert ``block`` as one columnar (Arrow) insert; return its row count."""
-        self.validate(block)
+    def insert(self, block: MetricBlock, validated: bool = False) -> int:
+        """Insert ``block`` as one columnar (Arrow) insert; return its row count.
+
+        ``validated``: the caller checked ``block`` (or every block it was joined from) with
+        :meth:`validate` already.
+        """
+        if not validated:
+            self.validate(block)
         rows = len(block)
         if rows == 0:
             return 0
@@ -453,13 +458,18 @@ class ClickHouseStore:
         return [view for (view,) in rows]
 
     def refresh_rollups(self) -> list[str]:
-        """Recompute every hour table now and wait for it; return the views refreshed."""
+        """Recompute every hour table now and wait for it; return the views refreshed.
+
+        The refreshes are started together and run side by side, then waited for.
+        """
         views = self.rollup_views()
-        for view in views:
-            name = f"{self.database}.{view}"
+        names = [f"{self.database}.{view}" for view in views]
+        for name in names:
             with contextlib.suppress(DriverError):  # a refresh failed earlier: start afresh
                 self.client.command(f"SYSTEM WAIT VIEW {name}")
+        for name in names:
             self._command(f"SYSTEM REFRESH VIEW {name}")
+        for name in names:
             self._command(f"SYSTEM WAIT VIEW {name}")
         return views
 
@@ -621,11 +631,11 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         del self.buffers[table]
         future: Future[int]
         if self.pool is not None:
-            future = self.pool.submit(self.store.insert, block)
+            future = self.pool.submit(self.store.insert, block, True)
         else:
             future = Future()
             try:
-                future.set_result(self.store.insert(block))
+                future.set_result(self.store.insert(block, validated=True))
             except ClickHouseError as exc:
                 future.set_exception(exc)
         self.in_flight[table] = (future, block)
