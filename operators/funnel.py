@@ -2,8 +2,9 @@
 
 Each shard step counts what one call applied (events, instances started, advanced, completed,
 abandoned) per event-time minute, journey, step, channel and segment, and sends these counts
-with its watermark to the funnel step (:class:`FunnelLogic`, one per flow). The funnel step
-sums them and emits a minute once *every* shard's watermark has passed its end: every event of
+(a row per event, not summed: the benchmark's keys are mostly distinct within a call, so
+summing there cost a sort and saved few rows) with its watermark to the funnel step
+(:class:`FunnelLogic`, one per flow). The funnel step sums them and emits a minute once *every* shard's watermark has passed its end: every event of
 it that is not late has been applied and counted by then, so the row is final and the same in
 any run over the same input. The open minutes and the shard watermarks are part of the
 funnel step's snapshot, so a restarted flow re-emits exactly the rows it would have emitted
@@ -75,13 +76,59 @@ def unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 @dataclass(frozen=True)
 class FunnelRows:
-    """Closed minutes: packed keys and counts ``[n, len(MEASURES)]``."""
+    """Funnel counts: packed keys and counts ``[n, len(MEASURES)]`` (a key may repeat in rows
+    not summed yet)."""
 
     keys: np.ndarray
     counts: np.ndarray
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @staticmethod
+    def empty() -> "FunnelRows":
+        """No rows."""
+        return FunnelRows(np.empty(0, np.int64), np.empty((0, len(MEASURES)), np.int64))
+
+    @staticmethod
+    def concat(parts: "list[FunnelRows]") -> "FunnelRows":
+        """The rows of ``parts``, in order (not summed)."""
+        parts = [p for p in parts if len(p)]
+        if len(parts) <= 1:
+            return parts[0] if parts else FunnelRows.empty()
+        return FunnelRows(
+            np.concatenate([p.keys for p in parts]), np.concatenate([p.counts for p in parts])
+        )
+
+
+def event_rows(
+    ts: np.ndarray, channel: np.ndarray, segment: np.ndarray, effects: Effects
+) -> FunnelRows:
+    """One row per applied event: its minute, the journey and step it counted in, and what it
+    did (not summed)."""
+    keys = pack(ts // MINUTE_MS, effects.journey, effects.step, channel, segment)
+    counts = np.zeros((len(ts), len(MEASURES)), np.int64)
+    counts[:, 0] = 1
+    counts[:, 1] = effects.effect == EFFECT_STARTED
+    counts[:, 2] = effects.effect == EFFECT_ADVANCED
+    counts[:, 3] = effects.effect == EFFECT_COMPLETED
+    counts[:, 4] = effects.effect == EFFECT_FAILED
+    return FunnelRows(keys, counts)
+
+
+def outcome_rows(outcomes: Records) -> FunnelRows:
+    """One ``abandoned`` row per lapsed stall (closed without progress), at its close time."""
+    ints = outcomes.ints[:, outcomes.ints[O_OUTCOME] == OUTCOME_LAPSED]
+    keys = pack(
+        ints[O_RESOLVED_AT] // MINUTE_MS,
+        ints[O_JOURNEY],
+        ints[O_STEP],
+        ints[O_LAST_CHANNEL],
+        ints[O_SEGMENT],
+    )
+    counts = np.zeros((len(keys), len(MEASURES)), np.int64)
+    counts[:, _ABANDONED] = 1
+    return FunnelRows(keys, counts)
 
 
 class FunnelWindows:
@@ -104,41 +151,18 @@ class FunnelWindows:
         effects: Effects,
     ) -> None:
         """Count applied events by the minute, journey and step they counted in."""
-        if not len(ts):
-            return
-        keys = pack(ts // MINUTE_MS, effects.journey, effects.step, channel, segment)
-        counts = np.zeros((len(ts), len(MEASURES)), np.int64)
-        counts[:, 0] = 1
-        counts[:, 1] = effects.effect == EFFECT_STARTED
-        counts[:, 2] = effects.effect == EFFECT_ADVANCED
-        counts[:, 3] = effects.effect == EFFECT_COMPLETED
-        counts[:, 4] = effects.effect == EFFECT_FAILED
-        self._merge(keys, counts)
+        self.add_rows(event_rows(ts, channel, segment, effects))
 
     def add_outcomes(self, outcomes: Records) -> None:
         """Count lapsed stalls (closed without progress) as abandoned, at their close time."""
-        if not len(outcomes):
-            return
-        ints = outcomes.ints[:, outcomes.ints[O_OUTCOME] == OUTCOME_LAPSED]
-        if not ints.shape[1]:
-            return
-        keys = pack(
-            ints[O_RESOLVED_AT] // MINUTE_MS,
-            ints[O_JOURNEY],
-            ints[O_STEP],
-            ints[O_LAST_CHANNEL],
-            ints[O_SEGMENT],
-        )
-        counts = np.zeros((len(keys), len(MEASURES)), np.int64)
-        counts[:, _ABANDONED] = 1
-        self._merge(keys, counts)
+        self.add_rows(outcome_rows(outcomes))
 
     def close(self, watermark: int, final: bool = False) -> FunnelRows:
         """Remove and return the minutes that end at or before ``watermark`` (all if final)."""
         if self.first_minute is None or (
             not final and (self.first_minute + 1) * MINUTE_MS > watermark
         ):
-            return FunnelRows(np.empty(0, np.int64), np.empty((0, len(MEASURES)), np.int64))
+            return FunnelRows.empty()
         part_keys, part_counts = self._take_parts()
         if final:
             done, part_done = np.ones(len(self.keys), np.bool_), np.ones(len(part_keys), np.bool_)
@@ -224,9 +248,7 @@ class FunnelUpdate:
 
     shard: str
     watermark: int
-    rows: FunnelRows = field(
-        default_factory=lambda: FunnelRows(np.empty(0, np.int64), np.empty((0, len(MEASURES))))
-    )
+    rows: FunnelRows = field(default_factory=FunnelRows.empty)
     final: bool = False
 
 

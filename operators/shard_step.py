@@ -20,7 +20,7 @@ from ato.columns import EventColumns
 from ato.config import EngineSettings
 from operators.batches import InterventionBatch, ShardInput, ShardOutput
 from operators.decode import wall_ms
-from operators.funnel import MINUTE_MS, FunnelWindows
+from operators.funnel import MINUTE_MS, FunnelRows, event_rows, outcome_rows
 from operators.interventions import InterventionBuilder
 from operators.live_changes import LiveStateTracker
 from operators.pending import PendingEvents
@@ -151,14 +151,16 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
     ) -> list[ShardOutput]:
         ready = self.pending.pop_all() if final else self.pending.pop_ready(watermark)
         metrics, policy, live = self.ctx.metrics, self.ctx.policy, self.live
-        counts = FunnelWindows()
+        funnel_parts: list[FunnelRows] = []
         records: list[Records] = []
         if len(ready):
             ordered = ready.take(order_events(ready))
             applied, effects = self.store.apply(ordered)
             records.append(applied)
             if metrics:
-                counts.add_events(ordered.ts, ordered.channel, ordered.segment, effects)
+                funnel_parts.append(
+                    event_rows(ordered.ts, ordered.channel, ordered.segment, effects)
+                )
             if live is not None:
                 live.mark(ordered.client_key, effects.journey, ordered.client_id)
         records.append(self.store.expire(watermark))
@@ -174,8 +176,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         funnel = None
         minute = watermark // MINUTE_MS
         if metrics:
-            counts.add_outcomes(outcomes)
-            funnel = counts.close(watermark, final=True)  # this call's counts, for the funnel step
+            # this call's counts, not summed: the funnel step sums every shard's rows once
+            funnel = FunnelRows.concat([*funnel_parts, outcome_rows(outcomes)])
         quiet = not len(found) and not len(ready) and not len(late)
         # the funnel step closes a minute once every shard's watermark has passed it
         minute_passed = metrics and minute != self.reported_minute
