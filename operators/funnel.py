@@ -4,7 +4,8 @@ Each shard step counts what one call applied (events, instances started, advance
 abandoned) per event-time minute, journey, step, channel and segment, and sends these counts
 (a row per event, not summed: the benchmark's keys are mostly distinct within a call, so
 summing there cost a sort and saved few rows) with its watermark to the funnel step
-(:class:`FunnelLogic`, one per flow). The funnel step sums them and emits a minute once *every* shard's watermark has passed its end: every event of
+(:class:`FunnelLogic`, one per flow). The funnel step sums them and emits a minute once
+*every* shard's watermark has passed its end: every event of
 it that is not late has been applied and counted by then, so the row is final and the same in
 any run over the same input. The open minutes and the shard watermarks are part of the
 funnel step's snapshot, so a restarted flow re-emits exactly the rows it would have emitted
@@ -132,7 +133,7 @@ def outcome_rows(outcomes: Records) -> FunnelRows:
 
 
 class FunnelWindows:
-    """Open per-minute funnel counts of one shard."""
+    """Open per-minute funnel counts (the funnel step's, summed over shards)."""
 
     def __init__(self) -> None:
         self.keys = np.empty(0, np.int64)  # summed rows: sorted, unique
