@@ -144,20 +144,6 @@ class FunnelWindows:
         self.part_rows = 0
         self.first_minute: int | None = None  # earliest minute of any open row
 
-    def add_events(
-        self,
-        ts: np.ndarray,
-        channel: np.ndarray,
-        segment: np.ndarray,
-        effects: Effects,
-    ) -> None:
-        """Count applied events by the minute, journey and step they counted in."""
-        self.add_rows(event_rows(ts, channel, segment, effects))
-
-    def add_outcomes(self, outcomes: Records) -> None:
-        """Count lapsed stalls (closed without progress) as abandoned, at their close time."""
-        self.add_rows(outcome_rows(outcomes))
-
     def close(self, watermark: int, final: bool = False) -> FunnelRows:
         """Remove and return the minutes that end at or before ``watermark`` (all if final)."""
         if self.first_minute is None or (

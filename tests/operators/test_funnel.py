@@ -15,6 +15,8 @@ from operators.funnel import (
     FunnelRows,
     FunnelUpdate,
     FunnelWindows,
+    event_rows,
+    outcome_rows,
     pack,
     unpack,
 )
@@ -90,7 +92,7 @@ def test_counts_by_effect_minute_channel_segment() -> None:
         (EFFECT_FAILED, 3, 5),
         (EFFECT_ADVANCED, 3, 1),  # the next minute
     )
-    w.add_events(ts, channel, segment, eff)
+    w.add_rows(event_rows(ts, channel, segment, eff))
     m = T0 // MINUTE_MS
     assert MEASURES == ("events", "started", "advanced", "completed", "abandoned")
     assert counts_of(w) == {
@@ -117,10 +119,12 @@ def outcome_records(*rows: tuple[int, int, int, int, int, int]) -> Records:
 
 def test_lapsed_outcomes_count_as_abandoned_at_their_close_time() -> None:
     w = FunnelWindows()
-    w.add_outcomes(
-        outcome_records(
-            (OUTCOME_LAPSED, T0 + 5, 1, 2, 3, 4),
-            (OUTCOME_PROGRESSED, T0 + 6, 1, 2, 3, 4),  # recovered: not abandoned
+    w.add_rows(
+        outcome_rows(
+            outcome_records(
+                (OUTCOME_LAPSED, T0 + 5, 1, 2, 3, 4),
+                (OUTCOME_PROGRESSED, T0 + 6, 1, 2, 3, 4),  # recovered: not abandoned
+            )
         )
     )
     assert counts_of(w) == {(T0 // MINUTE_MS, 1, 2, 3, 4): [0, 0, 0, 0, 1]}
@@ -130,7 +134,7 @@ def test_merges_across_batches_and_closes_only_ended_minutes() -> None:
     w = FunnelWindows()
     one = effects((EFFECT_STARTED, 0, 0))
     for ts in (T0, T0 + 1, T0 + MINUTE_MS, T0 + 2 * MINUTE_MS - 1):
-        w.add_events(np.array([ts]), np.zeros(1, np.int8), np.zeros(1, np.int8), one)
+        w.add_rows(event_rows(np.array([ts]), np.zeros(1, np.int8), np.zeros(1, np.int8), one))
     assert len(w.close(T0 + MINUTE_MS - 1)) == 0  # the first minute has not ended
     closed = w.close(T0 + MINUTE_MS)
     assert (
@@ -147,9 +151,9 @@ def test_merges_across_batches_and_closes_only_ended_minutes() -> None:
 def test_snapshot_restore_is_an_independent_copy() -> None:
     w = FunnelWindows()
     one = effects((EFFECT_ADVANCED, 2, 1))
-    w.add_events(np.array([T0]), np.zeros(1, np.int8), np.zeros(1, np.int8), one)
+    w.add_rows(event_rows(np.array([T0]), np.zeros(1, np.int8), np.zeros(1, np.int8), one))
     back = FunnelWindows.restore(pickle.loads(pickle.dumps(w.snapshot())))
-    w.add_events(np.array([T0]), np.zeros(1, np.int8), np.zeros(1, np.int8), one)
+    w.add_rows(event_rows(np.array([T0]), np.zeros(1, np.int8), np.zeros(1, np.int8), one))
     assert back.close(0, final=True).counts.tolist() == [[1, 0, 1, 0, 0]]
     assert w.close(0, final=True).counts.tolist() == [[2, 0, 2, 0, 0]]
 
