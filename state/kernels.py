@@ -31,7 +31,7 @@ Events must be given in the order the caller sorted them (event time, see
 import numpy as np
 from numba import njit
 
-from ato.jit import njit_no_refcount
+from ato.jit import njit_no_refcount, prefetch
 from state.hashing import mix64
 from state.layout import (
     C_FIRST,
@@ -104,7 +104,6 @@ from state.layout import (
     OUTCOME_FAILED,
     OUTCOME_LAPSED,
     OUTCOME_PROGRESSED,
-    T_DEADLINE,
     T_ENTERED,
     T_LAST_EVENT,
     T_PROGRESS,
@@ -113,6 +112,12 @@ from state.layout import (
 )
 
 FLAG_ERROR = 1
+# How many events ahead the apply kernel prefetches: the index bucket of the client, then
+# the client's record, then its first instance (each stage reads what the one before
+# fetched). Measured on 1 M clients in 16 shards: 325-344 -> 218-238 ns per event.
+AHEAD_BUCKET = 16
+AHEAD_CLIENT = 8
+AHEAD_INSTANCE = 2
 FLAG_CALL = 2
 FLAG_SESSION = 4
 TERMINAL_SUCCESS = 1
@@ -204,46 +209,46 @@ def _take_slot(free: np.ndarray, meta: np.ndarray, m_free: int, m_high: int) -> 
 @njit_no_refcount
 def find_instance(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray, cs: int, journey: int) -> int:
     """The open instance of client slot ``cs`` in ``journey``, or -1."""
-    slot = ci[C_FIRST, cs]
+    slot = ci[cs, C_FIRST]
     while slot >= 0:
-        j = ih[H_JOURNEY, slot]
+        j = ih[slot, H_JOURNEY]
         if j == journey:
             return int(slot)
         if j > journey:
             return -1
-        slot = ii[I_NEXT, slot]
+        slot = ii[slot, I_NEXT]
     return -1
 
 
 @njit_no_refcount
 def _link(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray, cs: int, slot: int) -> None:
     """Put instance ``slot`` in its client's list, in journey order."""
-    journey = ih[H_JOURNEY, slot]
+    journey = ih[slot, H_JOURNEY]
     prev = -1
-    cur = ci[C_FIRST, cs]
-    while cur >= 0 and ih[H_JOURNEY, cur] < journey:
+    cur = ci[cs, C_FIRST]
+    while cur >= 0 and ih[cur, H_JOURNEY] < journey:
         prev = cur
-        cur = ii[I_NEXT, cur]
-    ii[I_NEXT, slot] = cur
+        cur = ii[cur, I_NEXT]
+    ii[slot, I_NEXT] = cur
     if prev < 0:
-        ci[C_FIRST, cs] = slot
+        ci[cs, C_FIRST] = slot
     else:
-        ii[I_NEXT, prev] = slot
+        ii[prev, I_NEXT] = slot
 
 
 @njit_no_refcount
 def _unlink(ci: np.ndarray, ii: np.ndarray, cs: int, slot: int) -> None:
     """Take instance ``slot`` out of its client's list."""
     prev = -1
-    cur = ci[C_FIRST, cs]
+    cur = ci[cs, C_FIRST]
     while cur != slot:
         prev = cur
-        cur = ii[I_NEXT, cur]
+        cur = ii[cur, I_NEXT]
     if prev < 0:
-        ci[C_FIRST, cs] = ii[I_NEXT, slot]
+        ci[cs, C_FIRST] = ii[slot, I_NEXT]
     else:
-        ii[I_NEXT, prev] = ii[I_NEXT, slot]
-    ii[I_NEXT, slot] = -1
+        ii[prev, I_NEXT] = ii[slot, I_NEXT]
+    ii[slot, I_NEXT] = -1
 
 
 @njit_no_refcount
@@ -279,6 +284,42 @@ def pack_ids(
     return end
 
 
+@njit_no_refcount
+def _prefetch_ahead(
+    e: int,
+    e_ckey: np.ndarray,
+    c_ht: np.ndarray,
+    ckey: np.ndarray,
+    cts: np.ndarray,
+    cf: np.ndarray,
+    ci: np.ndarray,
+    it: np.ndarray,
+    dl: np.ndarray,
+    ii: np.ndarray,
+    ih: np.ndarray,
+) -> None:
+    """Start loading the state later events of the batch will touch (no effect on results)."""
+    n = len(e_ckey)
+    mask = len(c_ht) - 1
+    if e + AHEAD_BUCKET < n:
+        prefetch(c_ht, _home(e_ckey[e + AHEAD_BUCKET], mask))
+    if e + AHEAD_CLIENT < n:
+        cs = c_ht[_home(e_ckey[e + AHEAD_CLIENT], mask)]  # the first probe is enough here
+        if cs >= 0:
+            prefetch(ckey, cs)
+            prefetch(ci, cs)
+            prefetch(cts, cs)
+            prefetch(cf, cs)
+    if e + AHEAD_INSTANCE < n:
+        cs = ht_find(c_ht, ckey, e_ckey[e + AHEAD_INSTANCE])
+        if cs >= 0 and ci[cs, C_FIRST] >= 0:
+            slot = ci[cs, C_FIRST]
+            prefetch(ii, slot)
+            prefetch(ih, slot)
+            prefetch(it, slot)
+            prefetch(dl, slot)
+
+
 # ---------------------------------------------------------------- instance life cycle
 
 
@@ -296,31 +337,31 @@ def _emit_stall(
     out_f: np.ndarray,
     n_out: int,
 ) -> None:
-    client = ii[I_CLIENT, slot]
+    client = ii[slot, I_CLIENT]
     out_i[O_CLIENT, n_out] = client
-    out_i[O_JOURNEY, n_out] = ih[H_JOURNEY, slot]
-    out_i[O_STEP, n_out] = ih[H_STEP, slot]
-    out_i[O_START, n_out] = it[T_START, slot]
+    out_i[O_JOURNEY, n_out] = ih[slot, H_JOURNEY]
+    out_i[O_STEP, n_out] = ih[slot, H_STEP]
+    out_i[O_START, n_out] = it[slot, T_START]
     out_i[O_DEADLINE, n_out] = deadline
-    out_i[O_ENTERED, n_out] = it[T_ENTERED, slot]
-    out_i[O_PROGRESS, n_out] = it[T_PROGRESS, slot]
-    out_i[O_LAST_TYPE, n_out] = ih[H_LAST_TYPE, slot]
-    out_i[O_LAST_CHANNEL, n_out] = ih[H_LAST_CHANNEL, slot]
-    out_i[O_EVENTS, n_out] = ii[I_EVENTS, slot]
-    out_i[O_ERRORS, n_out] = ii[I_ERRORS, slot]
-    out_i[O_BACK, n_out] = ii[I_BACK, slot]
-    out_i[O_SWITCHES, n_out] = ii[I_SWITCHES, slot]
-    out_i[O_ATTEMPT, n_out] = ii[I_ATTEMPT, slot]
-    out_i[O_ABANDONED, n_out] = ih[H_ABANDONED, slot]
+    out_i[O_ENTERED, n_out] = it[slot, T_ENTERED]
+    out_i[O_PROGRESS, n_out] = it[slot, T_PROGRESS]
+    out_i[O_LAST_TYPE, n_out] = ih[slot, H_LAST_TYPE]
+    out_i[O_LAST_CHANNEL, n_out] = ih[slot, H_LAST_CHANNEL]
+    out_i[O_EVENTS, n_out] = ii[slot, I_EVENTS]
+    out_i[O_ERRORS, n_out] = ii[slot, I_ERRORS]
+    out_i[O_BACK, n_out] = ii[slot, I_BACK]
+    out_i[O_SWITCHES, n_out] = ii[slot, I_SWITCHES]
+    out_i[O_ATTEMPT, n_out] = ii[slot, I_ATTEMPT]
+    out_i[O_ABANDONED, n_out] = ih[slot, H_ABANDONED]
     out_i[O_KIND, n_out] = KIND_STALL
     out_i[O_OUTCOME, n_out] = 0
     out_i[O_RESOLVED_AT, n_out] = -1
     out_i[O_RESOLVE_CHANNEL, n_out] = -1
-    out_i[O_SEGMENT, n_out] = ih[H_SEGMENT, slot]
-    age = deadline - cts[C_LAST_TS, client]
+    out_i[O_SEGMENT, n_out] = ih[slot, H_SEGMENT]
+    age = deadline - cts[client, C_LAST_TS]
     decay = 2.0 ** (-age / half_life_ms) if age > 0 else 1.0
-    out_f[OF_CALLS, n_out] = cf[F_CALLS, client] * decay
-    out_f[OF_SESSIONS, n_out] = cf[F_SESSIONS, client] * decay
+    out_f[OF_CALLS, n_out] = cf[client, F_CALLS] * decay
+    out_f[OF_SESSIONS, n_out] = cf[client, F_SESSIONS] * decay
 
 
 @njit_no_refcount
@@ -338,26 +379,26 @@ def _emit_outcome(
     n_out: int,
 ) -> None:
     """Record the outcome of the instance's last stall (fields of the stall, then the result)."""
-    out_i[O_CLIENT, n_out] = ii[I_CLIENT, slot]
-    out_i[O_JOURNEY, n_out] = ih[H_JOURNEY, slot]
-    out_i[O_STEP, n_out] = ih[H_STEP, slot]
-    out_i[O_START, n_out] = it[T_START, slot]
-    out_i[O_DEADLINE, n_out] = it[T_STALLED_AT, slot]
-    out_i[O_ENTERED, n_out] = it[T_ENTERED, slot]
-    out_i[O_PROGRESS, n_out] = it[T_PROGRESS, slot]
-    out_i[O_LAST_TYPE, n_out] = ih[H_LAST_TYPE, slot]
-    out_i[O_LAST_CHANNEL, n_out] = ih[H_LAST_CHANNEL, slot]
-    out_i[O_EVENTS, n_out] = ii[I_EVENTS, slot]
-    out_i[O_ERRORS, n_out] = ii[I_ERRORS, slot]
-    out_i[O_BACK, n_out] = ii[I_BACK, slot]
-    out_i[O_SWITCHES, n_out] = ii[I_SWITCHES, slot]
-    out_i[O_ATTEMPT, n_out] = ii[I_ATTEMPT, slot]
-    out_i[O_ABANDONED, n_out] = ih[H_ABANDONED, slot]
+    out_i[O_CLIENT, n_out] = ii[slot, I_CLIENT]
+    out_i[O_JOURNEY, n_out] = ih[slot, H_JOURNEY]
+    out_i[O_STEP, n_out] = ih[slot, H_STEP]
+    out_i[O_START, n_out] = it[slot, T_START]
+    out_i[O_DEADLINE, n_out] = it[slot, T_STALLED_AT]
+    out_i[O_ENTERED, n_out] = it[slot, T_ENTERED]
+    out_i[O_PROGRESS, n_out] = it[slot, T_PROGRESS]
+    out_i[O_LAST_TYPE, n_out] = ih[slot, H_LAST_TYPE]
+    out_i[O_LAST_CHANNEL, n_out] = ih[slot, H_LAST_CHANNEL]
+    out_i[O_EVENTS, n_out] = ii[slot, I_EVENTS]
+    out_i[O_ERRORS, n_out] = ii[slot, I_ERRORS]
+    out_i[O_BACK, n_out] = ii[slot, I_BACK]
+    out_i[O_SWITCHES, n_out] = ii[slot, I_SWITCHES]
+    out_i[O_ATTEMPT, n_out] = ii[slot, I_ATTEMPT]
+    out_i[O_ABANDONED, n_out] = ih[slot, H_ABANDONED]
     out_i[O_KIND, n_out] = KIND_OUTCOME
     out_i[O_OUTCOME, n_out] = outcome
     out_i[O_RESOLVED_AT, n_out] = resolved_at
     out_i[O_RESOLVE_CHANNEL, n_out] = channel
-    out_i[O_SEGMENT, n_out] = ih[H_SEGMENT, slot]
+    out_i[O_SEGMENT, n_out] = ih[slot, H_SEGMENT]
     out_f[OF_CALLS, n_out] = 0.0
     out_f[OF_SESSIONS, n_out] = 0.0
 
@@ -368,22 +409,22 @@ def _close(
     client_ttl_ms: int,
     cts: np.ndarray,
     ci: np.ndarray,
-    it: np.ndarray,
+    dl: np.ndarray,
     ii: np.ndarray,
     i_free: np.ndarray,
     meta: np.ndarray,
 ) -> None:
-    client = ii[I_CLIENT, slot]
+    client = ii[slot, I_CLIENT]
     _unlink(ci, ii, client, slot)
-    ii[I_CLIENT, slot] = -1
-    it[T_DEADLINE, slot] = NO_DEADLINE
+    ii[slot, I_CLIENT] = -1
+    dl[slot] = NO_DEADLINE
     i_free[meta[M_I_FREE]] = slot
     meta[M_I_FREE] += 1
-    ci[C_OPEN, client] -= 1
-    if ci[C_LAST_INST, client] == slot:
-        ci[C_LAST_INST, client] = -1
-    if ci[C_OPEN, client] == 0:
-        expiry = cts[C_LAST_TS, client] + client_ttl_ms
+    ci[client, C_OPEN] -= 1
+    if ci[client, C_LAST_INST] == slot:
+        ci[client, C_LAST_INST] = -1
+    if ci[client, C_OPEN] == 0:
+        expiry = cts[client, C_LAST_TS] + client_ttl_ms
         meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], expiry)
 
 
@@ -398,6 +439,7 @@ def _settle(
     cf: np.ndarray,
     ci: np.ndarray,
     it: np.ndarray,
+    dl: np.ndarray,
     ii: np.ndarray,
     ih: np.ndarray,
     i_free: np.ndarray,
@@ -411,21 +453,21 @@ def _settle(
 
     Returns the new number of stall records and whether the instance was closed.
     """
-    deadline = it[T_DEADLINE, slot]
-    if ih[H_STALLED, slot] == 0:
-        ii[I_ATTEMPT, slot] += 1
-        ih[H_STALLED, slot] = 1
+    deadline = dl[slot]
+    if ih[slot, H_STALLED] == 0:
+        ii[slot, I_ATTEMPT] += 1
+        ih[slot, H_STALLED] = 1
         _emit_stall(slot, deadline, half_life_ms, cts, cf, it, ii, ih, out_i, out_f, n_out)
         n_out += 1
         counters[K_STALLED] += 1
-        it[T_STALLED_AT, slot] = deadline
-        deadline = deadline + close_after[ih[H_JOURNEY, slot]]
-        it[T_DEADLINE, slot] = deadline
+        it[slot, T_STALLED_AT] = deadline
+        deadline = deadline + close_after[ih[slot, H_JOURNEY]]
+        dl[slot] = deadline
         meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
     if deadline <= now:
         _emit_outcome(slot, OUTCOME_LAPSED, deadline, -1, cf, it, ii, ih, out_i, out_f, n_out)
         n_out += 1
-        _close(slot, client_ttl_ms, cts, ci, it, ii, i_free, meta)
+        _close(slot, client_ttl_ms, cts, ci, dl, ii, i_free, meta)
         counters[K_CLOSED] += 1
         return n_out, True
     return n_out, False
@@ -454,6 +496,7 @@ def apply_events(
     ci: np.ndarray,
     c_free: np.ndarray,
     it: np.ndarray,
+    dl: np.ndarray,
     ii: np.ndarray,
     ih: np.ndarray,
     i_free: np.ndarray,
@@ -481,6 +524,7 @@ def apply_events(
     for e in range(start, len(e_ts)):
         if n_out + 2 * n_journeys + 1 > room:
             return n_out, e
+        _prefetch_ahead(e, e_ckey, c_ht, ckey, cts, cf, ci, it, dl, ii, ih)
         t = e_ts[e]
         counters[K_EVENTS] += 1
         cs = ht_find(c_ht, ckey, e_ckey[e])
@@ -489,20 +533,20 @@ def apply_events(
             cs = _take_slot(c_free, meta, M_C_FREE, M_C_HIGH)
             ckey[cs] = e_ckey[e]
             ht_insert(c_ht, ckey, cs)
-            cts[C_LAST_TS, cs] = t
-            cf[F_CALLS, cs] = 0.0
-            cf[F_SESSIONS, cs] = 0.0
-            ci[C_LAST_INST, cs] = -1
-            ci[C_OPEN, cs] = 0
-            ci[C_FIRST, cs] = -1
+            cts[cs, C_LAST_TS] = t
+            cf[cs, F_CALLS] = 0.0
+            cf[cs, F_SESSIONS] = 0.0
+            ci[cs, C_LAST_INST] = -1
+            ci[cs, C_OPEN] = 0
+            ci[cs, C_FIRST] = -1
             meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
-        elif ci[C_OPEN, cs] == 0 and cts[C_LAST_TS, cs] + client_ttl_ms <= t:
+        elif ci[cs, C_OPEN] == 0 and cts[cs, C_LAST_TS] + client_ttl_ms <= t:
             # idle long enough to be forgotten: start afresh whether or not the expiry
             # pass (which depends on how the watermark moved) has freed it yet
-            cts[C_LAST_TS, cs] = t
-            cf[F_CALLS, cs] = 0.0
-            cf[F_SESSIONS, cs] = 0.0
-            ci[C_LAST_INST, cs] = -1
+            cts[cs, C_LAST_TS] = t
+            cf[cs, F_CALLS] = 0.0
+            cf[cs, F_SESSIONS] = 0.0
+            ci[cs, C_LAST_INST] = -1
             meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
         e_cslot[e] = cs
         e_effect[e] = EFFECT_NONE
@@ -511,13 +555,13 @@ def apply_events(
 
         # time passes to t for this client first: its instances whose deadline passed stall
         # (or close) before the event counts in any feature
-        slot = int(ci[C_FIRST, cs])
+        slot = int(ci[cs, C_FIRST])
         while slot >= 0:
-            after = int(ii[I_NEXT, slot])  # read first: settling may close the instance
-            if it[T_DEADLINE, slot] <= t:
+            after = int(ii[slot, I_NEXT])  # read first: settling may close the instance
+            if dl[slot] <= t:
                 n_out, _closed = _settle(
                     slot, t, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
-                    it, ii, ih, i_free, meta, counters, out_i, out_f, n_out,
+                    it, dl, ii, ih, i_free, meta, counters, out_i, out_f, n_out,
                 )  # fmt: skip
             slot = after
 
@@ -526,19 +570,19 @@ def apply_events(
         if j >= 0:
             target = find_instance(ci, ii, ih, cs, j)
         else:
-            target = int(ci[C_LAST_INST, cs])
+            target = int(ci[cs, C_LAST_INST])
 
-        age = t - cts[C_LAST_TS, cs]
+        age = t - cts[cs, C_LAST_TS]
         if age > 0:
             decay = 2.0 ** (-age / half_life_ms)
-            cf[F_CALLS, cs] *= decay
-            cf[F_SESSIONS, cs] *= decay
-            cts[C_LAST_TS, cs] = t
+            cf[cs, F_CALLS] *= decay
+            cf[cs, F_SESSIONS] *= decay
+            cts[cs, C_LAST_TS] = t
         flags = e_flags[e]
         if flags & FLAG_CALL:
-            cf[F_CALLS, cs] += 1.0
+            cf[cs, F_CALLS] += 1.0
         if flags & FLAG_SESSION:
-            cf[F_SESSIONS, cs] += 1.0
+            cf[cs, F_SESSIONS] += 1.0
 
         if s >= 0:
             terminal = step_terminal[j, s]
@@ -546,27 +590,27 @@ def apply_events(
                 if terminal != 0:
                     continue  # a terminal event with nothing open: nothing to track
                 target = _take_slot(i_free, meta, M_I_FREE, M_I_HIGH)
-                ii[I_CLIENT, target] = cs
-                ih[H_JOURNEY, target] = j
+                ii[target, I_CLIENT] = cs
+                ih[target, H_JOURNEY] = j
                 _link(ci, ii, ih, cs, target)
-                ih[H_STEP, target] = s
-                ii[I_EVENTS, target] = 0
-                ii[I_ERRORS, target] = 0
-                ii[I_BACK, target] = 0
-                ii[I_SWITCHES, target] = 0
-                ii[I_ATTEMPT, target] = 0
-                ih[H_STALLED, target] = 0
-                ih[H_SEGMENT, target] = -1
-                ih[H_LAST_CHANNEL, target] = e_channel[e]
-                it[T_START, target] = t
-                it[T_ENTERED, target] = t
-                it[T_STALLED_AT, target] = -1
-                ci[C_OPEN, cs] += 1
+                ih[target, H_STEP] = s
+                ii[target, I_EVENTS] = 0
+                ii[target, I_ERRORS] = 0
+                ii[target, I_BACK] = 0
+                ii[target, I_SWITCHES] = 0
+                ii[target, I_ATTEMPT] = 0
+                ih[target, H_STALLED] = 0
+                ih[target, H_SEGMENT] = -1
+                ih[target, H_LAST_CHANNEL] = e_channel[e]
+                it[target, T_START] = t
+                it[target, T_ENTERED] = t
+                it[target, T_STALLED_AT] = -1
+                ci[cs, C_OPEN] += 1
                 counters[K_STARTED] += 1
                 e_effect[e] = EFFECT_STARTED
             else:
                 counters[K_ADVANCED] += 1
-                if ih[H_STALLED, target] == 1:
+                if ih[target, H_STALLED] == 1:
                     if terminal == 0:
                         outcome = OUTCOME_PROGRESSED
                     elif terminal == TERMINAL_SUCCESS:
@@ -577,46 +621,46 @@ def apply_events(
                         target, outcome, t, e_channel[e], cf, it, ii, ih, out_i, out_f, n_out
                     )
                     n_out += 1
-                    ih[H_STALLED, target] = 0
+                    ih[target, H_STALLED] = 0
                     counters[K_RESUMED] += 1
-                previous = ih[H_STEP, target]
+                previous = ih[target, H_STEP]
                 if s < previous:
-                    ii[I_BACK, target] += 1
+                    ii[target, I_BACK] += 1
                 if s != previous:
-                    it[T_ENTERED, target] = t
+                    it[target, T_ENTERED] = t
                 e_effect[e] = EFFECT_ADVANCED
             if terminal != 0:
                 e_effect[e] = EFFECT_COMPLETED if terminal == TERMINAL_SUCCESS else EFFECT_FAILED
             e_fjourney[e] = j
             e_fstep[e] = s
             if e_segment[e] >= 0:
-                ih[H_SEGMENT, target] = e_segment[e]
+                ih[target, H_SEGMENT] = e_segment[e]
             _attribute(target, t, e_type[e], e_channel[e], flags, ii, ih, it)
-            ih[H_STEP, target] = s
-            ih[H_ABANDONED, target] = 0
-            it[T_PROGRESS, target] = t
-            ci[C_LAST_INST, cs] = target
+            ih[target, H_STEP] = s
+            ih[target, H_ABANDONED] = 0
+            it[target, T_PROGRESS] = t
+            ci[cs, C_LAST_INST] = target
             if terminal != 0:
                 counters[K_COMPLETED if terminal == TERMINAL_SUCCESS else K_FAILED] += 1
-                _close(target, client_ttl_ms, cts, ci, it, ii, i_free, meta)
+                _close(target, client_ttl_ms, cts, ci, dl, ii, i_free, meta)
             else:
                 deadline = t + step_timeout[j, s]
-                it[T_DEADLINE, target] = deadline
+                dl[target] = deadline
                 meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
         elif target >= 0:
             e_effect[e] = EFFECT_COUNTED
-            e_fjourney[e] = ih[H_JOURNEY, target]
-            e_fstep[e] = ih[H_STEP, target]
+            e_fjourney[e] = ih[target, H_JOURNEY]
+            e_fstep[e] = ih[target, H_STEP]
             if e_segment[e] >= 0:
-                ih[H_SEGMENT, target] = e_segment[e]
+                ih[target, H_SEGMENT] = e_segment[e]
             _attribute(target, t, e_type[e], e_channel[e], flags, ii, ih, it)
-            grace = abandon_grace[ih[H_JOURNEY, target], e_type[e]]
-            if grace >= 0 and ih[H_STALLED, target] == 0:
+            grace = abandon_grace[ih[target, H_JOURNEY], e_type[e]]
+            if grace >= 0 and ih[target, H_STALLED] == 0:
                 counters[K_ABANDON_SIGNALS] += 1
                 deadline = t + grace
-                if deadline < it[T_DEADLINE, target]:
-                    it[T_DEADLINE, target] = deadline
-                    ih[H_ABANDONED, target] = 1
+                if deadline < dl[target]:
+                    dl[target] = deadline
+                    ih[target, H_ABANDONED] = 1
                     meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
     return n_out, len(e_ts)
 
@@ -632,14 +676,14 @@ def _attribute(
     ih: np.ndarray,
     it: np.ndarray,
 ) -> None:
-    if ii[I_EVENTS, slot] > 0 and ih[H_LAST_CHANNEL, slot] != channel:
-        ii[I_SWITCHES, slot] += 1
-    ii[I_EVENTS, slot] += 1
+    if ii[slot, I_EVENTS] > 0 and ih[slot, H_LAST_CHANNEL] != channel:
+        ii[slot, I_SWITCHES] += 1
+    ii[slot, I_EVENTS] += 1
     if flags & FLAG_ERROR:
-        ii[I_ERRORS, slot] += 1
-    ih[H_LAST_TYPE, slot] = type_code
-    ih[H_LAST_CHANNEL, slot] = channel
-    it[T_LAST_EVENT, slot] = t
+        ii[slot, I_ERRORS] += 1
+    ih[slot, H_LAST_TYPE] = type_code
+    ih[slot, H_LAST_CHANNEL] = channel
+    it[slot, T_LAST_EVENT] = t
 
 
 @njit_no_refcount
@@ -653,6 +697,7 @@ def expire_instances(
     cf: np.ndarray,
     ci: np.ndarray,
     it: np.ndarray,
+    dl: np.ndarray,
     ii: np.ndarray,
     ih: np.ndarray,
     i_free: np.ndarray,
@@ -671,15 +716,15 @@ def expire_instances(
     n_out = 0
     smallest = NO_DEADLINE
     for slot in range(start, high):
-        deadline = it[T_DEADLINE, slot]
+        deadline = dl[slot]
         if deadline <= watermark:
             if n_out + 2 > room:
                 return n_out, slot, smallest
             n_out, _closed = _settle(
                 slot, watermark, close_after, half_life_ms, client_ttl_ms, cts, cf, ci,
-                it, ii, ih, i_free, meta, counters, out_i, out_f, n_out,
+                it, dl, ii, ih, i_free, meta, counters, out_i, out_f, n_out,
             )  # fmt: skip
-            deadline = it[T_DEADLINE, slot]
+            deadline = dl[slot]
         smallest = min(smallest, deadline)
     return n_out, high, smallest
 
@@ -702,13 +747,13 @@ def expire_clients(
     freed = 0
     smallest = NO_DEADLINE
     for cs in range(meta[M_C_HIGH]):
-        if ci[C_OPEN, cs] != 0:
+        if ci[cs, C_OPEN] != 0:
             continue
-        expiry = cts[C_LAST_TS, cs] + client_ttl_ms
+        expiry = cts[cs, C_LAST_TS] + client_ttl_ms
         if expiry <= watermark:
             ht_delete(c_ht, ckey, cs)
-            ci[C_OPEN, cs] = -1
-            ci[C_LAST_INST, cs] = -1
+            ci[cs, C_OPEN] = -1
+            ci[cs, C_LAST_INST] = -1
             c_free[meta[M_C_FREE]] = cs
             meta[M_C_FREE] += 1
             freed += 1

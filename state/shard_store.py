@@ -50,7 +50,6 @@ from state.layout import (
     N_TIMES,
     NO_DEADLINE,
     O_CLIENT,
-    T_DEADLINE,
     T_ENTERED,
     T_LAST_EVENT,
     T_PROGRESS,
@@ -62,12 +61,12 @@ INITIAL_CAPACITY = 1024
 GROWTH = 1.5  # capacity factor when slots run out
 MAX_LOAD = 0.7  # client index: most entries per bucket before it doubles
 EXPIRE_CHUNK = 4_096  # most records one expire kernel call writes
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 LAZY_MIN_BYTES = 1 << 20  # smaller arrays come from numpy's allocator
 
 # Arrays indexed by client slot, then by instance slot: snapshots keep their used part.
 _CLIENT_FIELDS = ("ckey", "cts", "cf", "ci", "id_off", "id_len")
-_INSTANCE_FIELDS = ("it", "ii", "ih")
+_INSTANCE_FIELDS = ("it", "dl", "ii", "ih")
 
 
 def order_events(events: EventColumns) -> np.ndarray:
@@ -92,12 +91,13 @@ def table_size(n: int) -> int:
 
 
 def _resized(array: np.ndarray, capacity: int, keep: int) -> np.ndarray:
-    """``array`` with its last axis resized to ``capacity``, keeping the first ``keep`` slots.
+    """``array`` with its first axis (slots) resized to ``capacity``, keeping the first
+    ``keep`` slots.
 
     The rest is left uninitialised (and so takes no memory until used).
     """
-    out = lazy_empty((*array.shape[:-1], capacity), array.dtype)
-    out[..., :keep] = array[..., :keep]
+    out = lazy_empty((capacity, *array.shape[1:]), array.dtype)
+    out[:keep] = array[:keep]
     return out
 
 
@@ -114,7 +114,7 @@ def lazy_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 class NumbaShardStore(ShardStore):
-    """Slots of clients and of journey instances in ``[field, slot]`` arrays.
+    """Slots of clients and of journey instances in ``[slot, field]`` arrays.
 
     Clients are found by hash through an index of slots; a client's instances through a list
     (``C_FIRST``, ``I_NEXT``). Client ids are UTF-8 bytes in an arena (``id_bytes``) at
@@ -132,17 +132,18 @@ class NumbaShardStore(ShardStore):
         self.client_cap = 0
         self.inst_cap = 0
         self.ckey = np.empty(0, np.uint64)
-        self.cts = np.empty((N_CLIENT_TIMES, 0), np.int64)
-        self.cf = np.empty((2, 0), np.float64)
-        self.ci = np.empty((N_CLIENT_INTS, 0), np.int32)
+        self.cts = np.empty((0, N_CLIENT_TIMES), np.int64)
+        self.cf = np.empty((0, 2), np.float64)
+        self.ci = np.empty((0, N_CLIENT_INTS), np.int32)
         self.c_free = np.empty(0, np.int32)
         self.id_off = np.empty(0, np.int64)
         self.id_len = np.empty(0, np.int32)
         self.id_bytes = np.empty(0, np.uint8)
         self.id_end = 0  # arena bytes in use (ids of freed clients included until repacked)
-        self.it = np.empty((N_TIMES, 0), np.int64)
-        self.ii = np.empty((N_INTS, 0), np.int32)
-        self.ih = np.empty((N_HALVES, 0), np.int16)
+        self.it = np.empty((0, N_TIMES), np.int64)
+        self.dl = np.empty(0, np.int64)
+        self.ii = np.empty((0, N_INTS), np.int32)
+        self.ih = np.empty((0, N_HALVES), np.int16)
         self.i_free = np.empty(0, np.int32)
         self.meta = np.zeros(N_META, np.int64)
         self.meta[M_NEXT_DEADLINE] = NO_DEADLINE
@@ -176,7 +177,7 @@ class NumbaShardStore(ShardStore):
         """A client index sized for ``n`` clients, filled with the current ones."""
         high = int(self.meta[M_C_HIGH])
         self.c_ht = np.empty(table_size(n), np.int32)
-        kernels.ht_rebuild(self.c_ht, self.ckey, self.ci[C_OPEN, :high] >= 0)
+        kernels.ht_rebuild(self.c_ht, self.ckey, self.ci[:high, C_OPEN] >= 0)
 
     def _reserve(self, n: int) -> None:
         """Make sure ``n`` more clients and instances fit."""
@@ -213,7 +214,7 @@ class NumbaShardStore(ShardStore):
     def _repack_ids(self, extra: int) -> None:
         """A new arena with the ids of the known clients and room for ``extra`` more bytes."""
         high = int(self.meta[M_C_HIGH])
-        used = self.ci[C_OPEN, :high] >= 0
+        used = self.ci[:high, C_OPEN] >= 0
         live = int(self.id_len[:high][used].sum())
         arena = lazy_empty((max(int(GROWTH * (live + extra)), 1024),), np.dtype(np.uint8))
         self.id_end = kernels.pack_ids(self.id_bytes, self.id_off, self.id_len, used, arena)
@@ -250,7 +251,7 @@ class NumbaShardStore(ShardStore):
                 t.abandon_grace,
                 t.close_after, self.half_life_ms, self.client_ttl_ms,
                 self.c_ht, self.ckey, self.cts, self.cf, self.ci, self.c_free,
-                self.it, self.ii, self.ih, self.i_free, self.meta, self.counters_,
+                self.it, self.dl, self.ii, self.ih, self.i_free, self.meta, self.counters_,
                 e_cslot, e_new, effects.effect, effects.journey, effects.step, out_i, out_f,
                 start,
             )  # fmt: skip
@@ -279,8 +280,8 @@ class NumbaShardStore(ShardStore):
         while start < self.meta[M_I_HIGH]:
             n_out, start, part_smallest = kernels.expire_instances(
                 watermark, start, self.tables.close_after, self.half_life_ms,
-                self.client_ttl_ms, self.cts, self.cf, self.ci, self.it, self.ii, self.ih,
-                self.i_free, self.meta, self.counters_, out_i, out_f,
+                self.client_ttl_ms, self.cts, self.cf, self.ci, self.it, self.dl, self.ii,
+                self.ih, self.i_free, self.meta, self.counters_, out_i, out_f,
             )  # fmt: skip
             smallest = min(smallest, part_smallest)
             parts_i.append(out_i[:, :n_out].copy())
@@ -302,35 +303,35 @@ class NumbaShardStore(ShardStore):
         """Every open instance with its fields, keyed by (client id, journey code)."""
         out: dict[tuple[str, int], dict[str, Any]] = {}
         high = int(self.meta[M_I_HIGH])
-        for slot in np.flatnonzero(self.ii[I_CLIENT, :high] >= 0).tolist():
-            client = int(self.ii[I_CLIENT, slot])
+        for slot in np.flatnonzero(self.ii[:high, I_CLIENT] >= 0).tolist():
+            client = int(self.ii[slot, I_CLIENT])
             fields = {
                 "client_key": int(self.ckey[client]),
-                "journey": int(self.ih[H_JOURNEY, slot]),
-                "step": int(self.ih[H_STEP, slot]),
-                "start": int(self.it[T_START, slot]),
-                "progress": int(self.it[T_PROGRESS, slot]),
-                "entered": int(self.it[T_ENTERED, slot]),
-                "deadline": int(self.it[T_DEADLINE, slot]),
-                "last_type": int(self.ih[H_LAST_TYPE, slot]),
-                "last_channel": int(self.ih[H_LAST_CHANNEL, slot]),
-                "events": int(self.ii[I_EVENTS, slot]),
-                "errors": int(self.ii[I_ERRORS, slot]),
-                "back": int(self.ii[I_BACK, slot]),
-                "switches": int(self.ii[I_SWITCHES, slot]),
-                "attempt": int(self.ii[I_ATTEMPT, slot]),
-                "stalled": int(self.ih[H_STALLED, slot]),
-                "abandoned": int(self.ih[H_ABANDONED, slot]),
-                "segment": int(self.ih[H_SEGMENT, slot]),
-                "stalled_at": int(self.it[T_STALLED_AT, slot]),
-                "last_event": int(self.it[T_LAST_EVENT, slot]),
-                "calls": float(self.cf[F_CALLS, client]),
-                "sessions": float(self.cf[F_SESSIONS, client]),
-                "client_last_ts": int(self.cts[C_LAST_TS, client]),
-                "last_instance": bool(self.ci[C_LAST_INST, client] == slot),
+                "journey": int(self.ih[slot, H_JOURNEY]),
+                "step": int(self.ih[slot, H_STEP]),
+                "start": int(self.it[slot, T_START]),
+                "progress": int(self.it[slot, T_PROGRESS]),
+                "entered": int(self.it[slot, T_ENTERED]),
+                "deadline": int(self.dl[slot]),
+                "last_type": int(self.ih[slot, H_LAST_TYPE]),
+                "last_channel": int(self.ih[slot, H_LAST_CHANNEL]),
+                "events": int(self.ii[slot, I_EVENTS]),
+                "errors": int(self.ii[slot, I_ERRORS]),
+                "back": int(self.ii[slot, I_BACK]),
+                "switches": int(self.ii[slot, I_SWITCHES]),
+                "attempt": int(self.ii[slot, I_ATTEMPT]),
+                "stalled": int(self.ih[slot, H_STALLED]),
+                "abandoned": int(self.ih[slot, H_ABANDONED]),
+                "segment": int(self.ih[slot, H_SEGMENT]),
+                "stalled_at": int(self.it[slot, T_STALLED_AT]),
+                "last_event": int(self.it[slot, T_LAST_EVENT]),
+                "calls": float(self.cf[client, F_CALLS]),
+                "sessions": float(self.cf[client, F_SESSIONS]),
+                "client_last_ts": int(self.cts[client, C_LAST_TS]),
+                "last_instance": bool(self.ci[client, C_LAST_INST] == slot),
             }
             (client_id,) = self._client_ids(np.array([client]))
-            out[(client_id, int(self.ih[H_JOURNEY, slot]))] = fields
+            out[(client_id, int(self.ih[slot, H_JOURNEY]))] = fields
         return out
 
     def find_instances(self, client_keys: np.ndarray, journeys: np.ndarray) -> np.ndarray:
@@ -347,20 +348,20 @@ class NumbaShardStore(ShardStore):
         """Live-state fields of open instance ``slots``: step, since (entered), last event
         type, channel and time, stalled, attempt."""
         return {
-            "journey": self.ih[H_JOURNEY, slots],
-            "step": self.ih[H_STEP, slots],
-            "since_ms": self.it[T_ENTERED, slots],
-            "last_type": self.ih[H_LAST_TYPE, slots],
-            "last_channel": self.ih[H_LAST_CHANNEL, slots],
-            "last_ms": self.it[T_LAST_EVENT, slots],
-            "stalled": self.ih[H_STALLED, slots],
-            "attempt": self.ii[I_ATTEMPT, slots],
+            "journey": self.ih[slots, H_JOURNEY],
+            "step": self.ih[slots, H_STEP],
+            "since_ms": self.it[slots, T_ENTERED],
+            "last_type": self.ih[slots, H_LAST_TYPE],
+            "last_channel": self.ih[slots, H_LAST_CHANNEL],
+            "last_ms": self.it[slots, T_LAST_EVENT],
+            "stalled": self.ih[slots, H_STALLED],
+            "attempt": self.ii[slots, I_ATTEMPT],
         }
 
     def known_clients(self) -> set[int]:
         """Hashes of every client the store holds."""
         high = int(self.meta[M_C_HIGH])
-        return set(self.ckey[:high][self.ci[C_OPEN, :high] >= 0].tolist())
+        return set(self.ckey[:high][self.ci[:high, C_OPEN] >= 0].tolist())
 
     def sizes(self) -> dict[str, int]:
         """Open instances, known clients, and bytes held by the arrays."""
@@ -380,9 +381,9 @@ class NumbaShardStore(ShardStore):
         """Copies of the used part of every array, and the capacities to restore."""
         c_high, i_high = int(self.meta[M_C_HIGH]), int(self.meta[M_I_HIGH])
         snap: dict[str, Any] = {
-            name: getattr(self, name)[..., :c_high].copy() for name in _CLIENT_FIELDS
+            name: getattr(self, name)[:c_high].copy() for name in _CLIENT_FIELDS
         }
-        snap.update({name: getattr(self, name)[..., :i_high].copy() for name in _INSTANCE_FIELDS})
+        snap.update({name: getattr(self, name)[:i_high].copy() for name in _INSTANCE_FIELDS})
         snap["c_free"] = self.c_free[: self.meta[M_C_FREE]].copy()
         snap["i_free"] = self.i_free[: self.meta[M_I_FREE]].copy()
         snap["c_ht"] = self.c_ht.copy()
@@ -396,17 +397,16 @@ class NumbaShardStore(ShardStore):
 
     @classmethod
     def restore(cls, catalog: Catalog, snap: dict[str, Any]) -> "NumbaShardStore":
-        """Rebuild a store from :meth:`snapshot` output (or that of the earlier layout)."""
-        if snap.get("version") != SNAPSHOT_VERSION:
-            snap = upgrade_snapshot(snap)
+        """Rebuild a store from :meth:`snapshot` output (or that of an earlier format)."""
+        snap = upgrade_snapshot(snap)
         store = cls(catalog, capacity=1)
         store.meta = snap["meta"].copy()
         store.counters_ = snap["counters"].copy()
         client_cap, inst_cap = snap["capacity"]
         for name in _CLIENT_FIELDS:
-            setattr(store, name, _resized(snap[name], client_cap, snap[name].shape[-1]))
+            setattr(store, name, _resized(snap[name], client_cap, len(snap[name])))
         for name in _INSTANCE_FIELDS:
-            setattr(store, name, _resized(snap[name], inst_cap, snap[name].shape[-1]))
+            setattr(store, name, _resized(snap[name], inst_cap, len(snap[name])))
         store.c_free = _resized(snap["c_free"], client_cap, len(snap["c_free"]))
         store.i_free = _resized(snap["i_free"], inst_cap, len(snap["i_free"]))
         store.client_cap, store.inst_cap = client_cap, inst_cap
@@ -416,16 +416,43 @@ class NumbaShardStore(ShardStore):
         return store
 
 
-def upgrade_snapshot(old: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot of the earlier layout (hash tables of both clients and instances, every
-    slot initialised, client ids as objects, a deadline bound per client) in the current
-    one."""
+def upgrade_snapshot(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` in the current format (3), from format 1, 2 or 3."""
+    version = snap.get("version", 1)
+    if version == 1:
+        snap, version = _v1_to_v2(snap), 2
+    if version == 2:
+        snap, version = _v2_to_v3(snap), 3
+    if version != SNAPSHOT_VERSION:
+        msg = f"shard snapshot format {version} is unknown (this version reads 1 to 3)"
+        raise ValueError(msg)
+    return snap
+
+
+_V2_DEADLINE = 3  # row of the deadlines in format 2's instance times
+_V2_TIMES = 6
+
+
+def _v2_to_v3(old: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 (``[field, slot]`` arrays, deadlines among the instance times) as format 3."""
+    new = dict(old)
+    for name in ("cts", "cf", "ci", "ii", "ih"):
+        new[name] = np.ascontiguousarray(old[name].T)
+    new["dl"] = old["it"][_V2_DEADLINE].copy()
+    new["it"] = np.ascontiguousarray(np.delete(old["it"], _V2_DEADLINE, axis=0).T)
+    new["version"] = 3
+    return new
+
+
+def _v1_to_v2(old: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot of format 1 (hash tables of both clients and instances, every
+    slot initialised, client ids as objects, a deadline bound per client) as format 2."""
     meta = np.zeros(N_META, np.int64)
     meta[: len(old["meta"])] = old["meta"]
     client_cap, inst_cap = len(old["ckey"]), old["it"].shape[1]
     meta[M_C_HIGH], meta[M_I_HIGH] = client_cap, inst_cap  # free slots are all on the stacks
     it = old["it"]
-    if it.shape[0] < N_TIMES:  # a snapshot from before T_LAST_EVENT: use progress
+    if it.shape[0] < _V2_TIMES:  # a snapshot from before T_LAST_EVENT: use progress
         it = np.vstack([it, it[T_PROGRESS : T_PROGRESS + 1]])
     ints, halves = split_legacy_ints(old["ii"])
     ci = np.vstack([old["ci"], np.full((1, client_cap), -1, np.int32)])
@@ -445,7 +472,7 @@ def upgrade_snapshot(old: dict[str, Any]) -> dict[str, Any]:
         "c_free": old["c_free"][: meta[M_C_FREE]], "i_free": old["i_free"][: meta[M_I_FREE]],
         "c_ht": c_ht, "id_bytes": data, "id_capacity": max(len(data), 1024), "meta": meta,
         "counters": old["counters"], "capacity": (client_cap, inst_cap),
-        "version": SNAPSHOT_VERSION,
+        "version": 2,
     }  # fmt: skip
 
 
@@ -458,7 +485,7 @@ _LEGACY_HALVES = {
 
 
 def split_legacy_ints(old: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The earlier instance integers as the int32 and int16 arrays (``I_NEXT`` unset)."""
+    """Format 1's instance integers as format 2's int32 and int16 arrays (``I_NEXT`` unset)."""
     ints = np.full((N_INTS, old.shape[1]), -1, np.int32)
     halves = np.empty((N_HALVES, old.shape[1]), np.int16)
     for row, legacy in _LEGACY_INTS.items():
@@ -469,7 +496,8 @@ def split_legacy_ints(old: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def link_instances(ci: np.ndarray, ii: np.ndarray, ih: np.ndarray) -> None:
-    """Set every client's list of open instances (``C_FIRST``, ``I_NEXT``) in journey order."""
+    """Set every client's list of open instances (``C_FIRST``, ``I_NEXT``) in journey order,
+    in format 2's ``[field, slot]`` arrays."""
     ii[I_NEXT] = -1
     ci[C_FIRST] = -1
     slots = np.flatnonzero(ii[I_CLIENT] >= 0)

@@ -48,6 +48,7 @@ HELPERS = {
         "_close",
         "_settle",
         "_attribute",
+        "_prefetch_ahead",
     ),
     scan: (
         "_ws",

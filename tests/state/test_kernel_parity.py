@@ -436,11 +436,11 @@ def instance_list(store: NumbaShardStore, client_key: int) -> list[int]:
     from state.layout import C_FIRST, H_JOURNEY, I_CLIENT, I_NEXT
 
     cs = kernels.ht_find(store.c_ht, store.ckey, np.uint64(client_key))
-    journeys, slot = [], int(store.ci[C_FIRST, cs])
+    journeys, slot = [], int(store.ci[cs, C_FIRST])
     while slot >= 0:
-        assert store.ii[I_CLIENT, slot] == cs
-        journeys.append(int(store.ih[H_JOURNEY, slot]))
-        slot = int(store.ii[I_NEXT, slot])
+        assert store.ii[slot, I_CLIENT] == cs
+        journeys.append(int(store.ih[slot, H_JOURNEY]))
+        slot = int(store.ii[slot, I_NEXT])
     return journeys
 
 

@@ -1,19 +1,22 @@
-"""Snapshots written before the compact layout (hash tables with int64 values, client ids as
-Python objects) still restore, and the restored store continues like a fresh replay."""
+"""Snapshots of earlier formats restore, and the restored store continues like a fresh
+replay: format 1 (before the compact layout: hash tables with int64 values, client ids as
+Python objects) and format 2 (``[field, slot]`` arrays), both taken after the same scenario
+by the code of their time."""
 
 import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from state.shard_store import NumbaShardStore
 from tests.state.test_kernel_parity import CATALOG, DAY, T0, columns, decode
 
-LEGACY = Path(__file__).parent / "data" / "snapshot_v1.pickle"
+DATA = Path(__file__).parent / "data"
 
 
 def legacy_rows() -> list[tuple[str, int, int, int, int, int, int, int]]:
-    """Events of the scenario the legacy snapshot was taken after (with its watermark)."""
+    """Events of the scenario the legacy snapshots were taken after (with its watermark)."""
     codes = CATALOG.type_codes
     start, opened = codes["acct_open_start"], codes["account_opened"]
     transfer, payee = codes["transfer_start"], codes["payee_added"]
@@ -40,8 +43,11 @@ def later_rows() -> list[tuple[str, int, int, int, int, int, int]]:
     return [(c, ts, ch, tc, *decode(tc, -1)) for c, ts, ch, tc in rows]
 
 
-def test_legacy_snapshot_restores_and_continues() -> None:
-    legacy = NumbaShardStore.restore(CATALOG, pickle.loads(LEGACY.read_bytes()))
+@pytest.mark.parametrize("version", [1, 2])
+def test_legacy_snapshot_restores_and_continues(version: int) -> None:
+    snap = pickle.loads((DATA / f"snapshot_v{version}.pickle").read_bytes())
+    assert snap.get("version", 1) == version
+    legacy = NumbaShardStore.restore(CATALOG, snap)
     fresh = NumbaShardStore(CATALOG, capacity=2)
     fresh.apply(columns(legacy_rows()))
     fresh.expire(LEGACY_WATERMARK)
@@ -58,3 +64,10 @@ def test_legacy_snapshot_restores_and_continues() -> None:
     np.testing.assert_array_equal(np.sort(got.client_key), np.sort(want.client_key))
     assert legacy.open_instances() == fresh.open_instances()
     assert legacy.counters() == fresh.counters()
+
+
+def test_unknown_snapshot_format_is_refused() -> None:
+    snap = NumbaShardStore(CATALOG).snapshot()
+    snap["version"] = 99
+    with pytest.raises(ValueError, match="format 99 is unknown"):
+        NumbaShardStore.restore(CATALOG, snap)
