@@ -112,15 +112,17 @@ from state.layout import (
 )
 
 FLAG_ERROR = 1
-# How many events ahead the apply kernel prefetches: the index bucket of the client, then
-# the client's record, then its first instance (each stage reads what the one before
-# fetched). Measured on 1 M clients in 16 shards: 325-344 -> 218-238 ns per event.
-AHEAD_BUCKET = 16
-AHEAD_CLIENT = 8
-AHEAD_INSTANCE = 2
 FLAG_CALL = 2
 FLAG_SESSION = 4
 TERMINAL_SUCCESS = 1
+# How many events ahead the apply kernel prefetches: the index bucket of the client, then
+# the client's record, then its first instance (each stage reads what the one before
+# fetched). Measured on 1 M clients in 16 shards, together with the [slot, field] layout:
+# the kernel alone 325-344 -> 218-238 ns per event; inside the state-only flow 1.12-1.20 ->
+# 1.04-1.15 s for 6.7 M events.
+AHEAD_BUCKET = 16
+AHEAD_CLIENT = 8
+AHEAD_INSTANCE = 2
 
 
 # ---------------------------------------------------------------- client index

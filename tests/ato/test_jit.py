@@ -22,9 +22,7 @@ def test_prefetch_emits_the_instruction_and_keeps_results() -> None:
     values = rng.random(1000)
     rows = rng.random((1000, 3))
     index = rng.integers(0, 1000, 500)
-    assert _gather_sum(values, rows, index) == sum(
-        values[i] + rows[i, 1] for i in index.tolist()
-    )
+    assert _gather_sum(values, rows, index) == sum(values[i] + rows[i, 1] for i in index.tolist())
     (signature,) = _gather_sum.signatures
     assembly = _gather_sum.inspect_asm(signature)
     assert "prefetcht0" in assembly
