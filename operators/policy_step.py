@@ -159,6 +159,13 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         )  # fmt: skip
         return [replace(quiet, interventions=interventions, decisions=decisions)], self.RETAIN
 
+    def on_eof(self) -> tuple[list[ShardOutput], bool]:
+        """Input ended, every decision is made (the last batch waited for Redis): close this
+        worker's Redis connections (the shards' final live-state writes came before). A later
+        use would reconnect."""
+        self.ctx.client.connection_pool.disconnect()
+        return [], self.RETAIN
+
     def notify_at(self) -> datetime | None:
         """Soon, while decisions wait for Redis."""
         if not self._waiting():

@@ -307,7 +307,9 @@ def test_scripted_journeys_quiet_hours_resume_and_breakpoints(
     )
     settings = Settings().with_overrides("engine", shards=2).with_overrides("redis", url=redis_url)
     flow = build_flow(TestingSource([RawBatch("p0", events)]), sinks, settings, CATALOG, ["p0"])
+    connected = len(r.client_list())
     run_main(flow)
+    assert len(r.client_list()) == connected  # the flow (still referenced) closed its own
     decisions = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
     seen = [(d["client_id"], d["outcome"], d["reason"], d["decided_at_ms"]) for d in decisions]
     eight = _ms("2026-01-06 08:00")
