@@ -26,6 +26,8 @@ from ato.generator import GeneratedTraffic, generate
 from ato.runner import DECISIONS_FILE, INTERVENTIONS_FILE, RunResult, run, truth_ids
 from flows.journeys import FlowSinks, build_flow
 from operators.batches import RawBatch
+from operators.policy_step import PolicyContext, PolicyLogic
+from policy.connection import client_name, connect
 from policy.generated import generated_profiles
 from policy.live_state import lookup
 from policy.localtime import periods
@@ -307,9 +309,7 @@ def test_scripted_journeys_quiet_hours_resume_and_breakpoints(
     )
     settings = Settings().with_overrides("engine", shards=2).with_overrides("redis", url=redis_url)
     flow = build_flow(TestingSource([RawBatch("p0", events)]), sinks, settings, CATALOG, ["p0"])
-    connected = len(r.client_list())
     run_main(flow)
-    assert len(r.client_list()) == connected  # the flow (still referenced) closed its own
     decisions = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
     seen = [(d["client_id"], d["outcome"], d["reason"], d["decided_at_ms"]) for d in decisions]
     eight = _ms("2026-01-06 08:00")
@@ -331,3 +331,26 @@ def test_scripted_journeys_quiet_hours_resume_and_breakpoints(
         "attempt": 1,
     }  # fmt: skip
     assert lookup(r, "S3")["open_account"]["stalled"] is True
+
+
+def test_policy_step_closes_its_redis_connections_at_end_of_input(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """A worker's policy step releases the flow's Redis connections when input ends (they
+    would otherwise stay open as long as the flow object)."""
+    settings = Settings().with_overrides("redis", url=redis_url)
+    ctx = PolicyContext(CATALOG, load_policy(None), connect(settings.redis))
+    logic = PolicyLogic(ctx, None)
+
+    def ours() -> set[str]:
+        """This process's connections (other tests' clients may be open too)."""
+        return {c["id"] for c in r.client_list() if c["name"] == client_name()}
+
+    before = ours()
+    ctx.client.ping()
+    (opened,) = ours() - before
+    assert logic.on_eof() == ([], PolicyLogic.RETAIN)
+    assert opened not in ours()
+    ctx.client.ping()  # a later use reconnects
+    assert len(ours() - before) == 1
+    ctx.client.close()
