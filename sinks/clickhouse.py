@@ -631,7 +631,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         del self.buffers[table]
         future: Future[int]
         if self.pool is not None:
-            future = self.pool.submit(self.store.insert, block, True)
+            future = self.pool.submit(self.store.insert, block, validated=True)
         else:
             future = Future()
             try:

@@ -314,8 +314,8 @@ def _prefetch_ahead(
             prefetch(cf, cs)
     if e + AHEAD_INSTANCE < n:
         cs = ht_find(c_ht, ckey, e_ckey[e + AHEAD_INSTANCE])
-        if cs >= 0 and ci[cs, C_FIRST] >= 0:
-            slot = ci[cs, C_FIRST]
+        slot = ci[cs, C_FIRST] if cs >= 0 else -1
+        if slot >= 0:
             prefetch(ii, slot)
             prefetch(ih, slot)
             prefetch(it, slot)
@@ -323,6 +323,43 @@ def _prefetch_ahead(
 
 
 # ---------------------------------------------------------------- instance life cycle
+
+
+@njit_no_refcount
+def _emit_record(
+    slot: int,
+    deadline: int,
+    kind: int,
+    outcome: int,
+    resolved_at: int,
+    channel: int,
+    it: np.ndarray,
+    ii: np.ndarray,
+    ih: np.ndarray,
+    out_i: np.ndarray,
+    n_out: int,
+) -> None:
+    """Write record ``n_out``'s integers: the instance's fields, then the given ones."""
+    out_i[O_CLIENT, n_out] = ii[slot, I_CLIENT]
+    out_i[O_JOURNEY, n_out] = ih[slot, H_JOURNEY]
+    out_i[O_STEP, n_out] = ih[slot, H_STEP]
+    out_i[O_START, n_out] = it[slot, T_START]
+    out_i[O_DEADLINE, n_out] = deadline
+    out_i[O_ENTERED, n_out] = it[slot, T_ENTERED]
+    out_i[O_PROGRESS, n_out] = it[slot, T_PROGRESS]
+    out_i[O_LAST_TYPE, n_out] = ih[slot, H_LAST_TYPE]
+    out_i[O_LAST_CHANNEL, n_out] = ih[slot, H_LAST_CHANNEL]
+    out_i[O_EVENTS, n_out] = ii[slot, I_EVENTS]
+    out_i[O_ERRORS, n_out] = ii[slot, I_ERRORS]
+    out_i[O_BACK, n_out] = ii[slot, I_BACK]
+    out_i[O_SWITCHES, n_out] = ii[slot, I_SWITCHES]
+    out_i[O_ATTEMPT, n_out] = ii[slot, I_ATTEMPT]
+    out_i[O_ABANDONED, n_out] = ih[slot, H_ABANDONED]
+    out_i[O_KIND, n_out] = kind
+    out_i[O_OUTCOME, n_out] = outcome
+    out_i[O_RESOLVED_AT, n_out] = resolved_at
+    out_i[O_RESOLVE_CHANNEL, n_out] = channel
+    out_i[O_SEGMENT, n_out] = ih[slot, H_SEGMENT]
 
 
 @njit_no_refcount
@@ -339,27 +376,8 @@ def _emit_stall(
     out_f: np.ndarray,
     n_out: int,
 ) -> None:
+    _emit_record(slot, deadline, KIND_STALL, 0, -1, -1, it, ii, ih, out_i, n_out)
     client = ii[slot, I_CLIENT]
-    out_i[O_CLIENT, n_out] = client
-    out_i[O_JOURNEY, n_out] = ih[slot, H_JOURNEY]
-    out_i[O_STEP, n_out] = ih[slot, H_STEP]
-    out_i[O_START, n_out] = it[slot, T_START]
-    out_i[O_DEADLINE, n_out] = deadline
-    out_i[O_ENTERED, n_out] = it[slot, T_ENTERED]
-    out_i[O_PROGRESS, n_out] = it[slot, T_PROGRESS]
-    out_i[O_LAST_TYPE, n_out] = ih[slot, H_LAST_TYPE]
-    out_i[O_LAST_CHANNEL, n_out] = ih[slot, H_LAST_CHANNEL]
-    out_i[O_EVENTS, n_out] = ii[slot, I_EVENTS]
-    out_i[O_ERRORS, n_out] = ii[slot, I_ERRORS]
-    out_i[O_BACK, n_out] = ii[slot, I_BACK]
-    out_i[O_SWITCHES, n_out] = ii[slot, I_SWITCHES]
-    out_i[O_ATTEMPT, n_out] = ii[slot, I_ATTEMPT]
-    out_i[O_ABANDONED, n_out] = ih[slot, H_ABANDONED]
-    out_i[O_KIND, n_out] = KIND_STALL
-    out_i[O_OUTCOME, n_out] = 0
-    out_i[O_RESOLVED_AT, n_out] = -1
-    out_i[O_RESOLVE_CHANNEL, n_out] = -1
-    out_i[O_SEGMENT, n_out] = ih[slot, H_SEGMENT]
     age = deadline - cts[client, C_LAST_TS]
     decay = 2.0 ** (-age / half_life_ms) if age > 0 else 1.0
     out_f[OF_CALLS, n_out] = cf[client, F_CALLS] * decay
@@ -372,7 +390,6 @@ def _emit_outcome(
     outcome: int,
     resolved_at: int,
     channel: int,
-    cf: np.ndarray,
     it: np.ndarray,
     ii: np.ndarray,
     ih: np.ndarray,
@@ -381,26 +398,10 @@ def _emit_outcome(
     n_out: int,
 ) -> None:
     """Record the outcome of the instance's last stall (fields of the stall, then the result)."""
-    out_i[O_CLIENT, n_out] = ii[slot, I_CLIENT]
-    out_i[O_JOURNEY, n_out] = ih[slot, H_JOURNEY]
-    out_i[O_STEP, n_out] = ih[slot, H_STEP]
-    out_i[O_START, n_out] = it[slot, T_START]
-    out_i[O_DEADLINE, n_out] = it[slot, T_STALLED_AT]
-    out_i[O_ENTERED, n_out] = it[slot, T_ENTERED]
-    out_i[O_PROGRESS, n_out] = it[slot, T_PROGRESS]
-    out_i[O_LAST_TYPE, n_out] = ih[slot, H_LAST_TYPE]
-    out_i[O_LAST_CHANNEL, n_out] = ih[slot, H_LAST_CHANNEL]
-    out_i[O_EVENTS, n_out] = ii[slot, I_EVENTS]
-    out_i[O_ERRORS, n_out] = ii[slot, I_ERRORS]
-    out_i[O_BACK, n_out] = ii[slot, I_BACK]
-    out_i[O_SWITCHES, n_out] = ii[slot, I_SWITCHES]
-    out_i[O_ATTEMPT, n_out] = ii[slot, I_ATTEMPT]
-    out_i[O_ABANDONED, n_out] = ih[slot, H_ABANDONED]
-    out_i[O_KIND, n_out] = KIND_OUTCOME
-    out_i[O_OUTCOME, n_out] = outcome
-    out_i[O_RESOLVED_AT, n_out] = resolved_at
-    out_i[O_RESOLVE_CHANNEL, n_out] = channel
-    out_i[O_SEGMENT, n_out] = ih[slot, H_SEGMENT]
+    deadline = it[slot, T_STALLED_AT]
+    _emit_record(
+        slot, deadline, KIND_OUTCOME, outcome, resolved_at, channel, it, ii, ih, out_i, n_out
+    )
     out_f[OF_CALLS, n_out] = 0.0
     out_f[OF_SESSIONS, n_out] = 0.0
 
@@ -467,7 +468,7 @@ def _settle(
         dl[slot] = deadline
         meta[M_NEXT_DEADLINE] = min(meta[M_NEXT_DEADLINE], deadline)
     if deadline <= now:
-        _emit_outcome(slot, OUTCOME_LAPSED, deadline, -1, cf, it, ii, ih, out_i, out_f, n_out)
+        _emit_outcome(slot, OUTCOME_LAPSED, deadline, -1, it, ii, ih, out_i, out_f, n_out)
         n_out += 1
         _close(slot, client_ttl_ms, cts, ci, dl, ii, i_free, meta)
         counters[K_CLOSED] += 1
@@ -619,9 +620,7 @@ def apply_events(
                         outcome = OUTCOME_COMPLETED
                     else:
                         outcome = OUTCOME_FAILED
-                    _emit_outcome(
-                        target, outcome, t, e_channel[e], cf, it, ii, ih, out_i, out_f, n_out
-                    )
+                    _emit_outcome(target, outcome, t, e_channel[e], it, ii, ih, out_i, out_f, n_out)
                     n_out += 1
                     ih[target, H_STALLED] = 0
                     counters[K_RESUMED] += 1

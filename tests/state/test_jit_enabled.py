@@ -43,6 +43,7 @@ HELPERS = {
         "find_instance",
         "_link",
         "_unlink",
+        "_emit_record",
         "_emit_stall",
         "_emit_outcome",
         "_close",
