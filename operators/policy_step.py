@@ -27,16 +27,17 @@ import numpy as np
 import redis
 from bytewax.operators import StatefulBatchLogic
 
-from ato.catalog import Catalog
+from ato.catalog import SEGMENTS, TIERS, Catalog
 from operators.batches import InterventionBatch, ShardOutput
 from operators.decode import wall_ms
 from operators.interventions import InterventionBuilder, Routing
+from policy.batch_checks import CAP_REASON, PASS, QUIET, REASONS, BatchChecks, Checked, ProfileTable
 from policy.caps import CapStore
 from policy.connection import is_transient
 from policy.exceptions import PolicyError
 from policy.live_state import where
-from policy.profiles import Profile, ProfileStore
-from policy.rules import DEFERRED, SENT, Candidate, Decision, precheck
+from policy.profiles import CONTACT_CHANNELS, ProfileStore
+from policy.rules import OUTCOMES, SENT, Decision, decisions_of_columns
 from policy.settings import Policy
 from state.base import Records
 from state.layout import (
@@ -52,6 +53,10 @@ from state.layout import (
 log = logging.getLogger(__name__)
 RETRY_MS = 1_000  # wall-clock pause between attempts while Redis does not answer
 NEVER = np.iinfo(np.int64).max  # no progress seen after the stall
+_SEGMENTS, _TIERS, _CHANNELS, _REASONS, _OUTCOMES = (
+    np.array(names, dtype=object)
+    for names in (SEGMENTS, TIERS, CONTACT_CHANNELS, REASONS, OUTCOMES)
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             ctx.client, ctx.profile_ttl_s, max_entries=max(1, ctx.profile_cache)
         )
         self.caps: CapStore | None = None  # loads its script on first use
+        self.table = ProfileTable(max(1, ctx.profile_cache))
+        self.checks = BatchChecks(ctx.policy, ctx.catalog, self.table)
         self.last: ShardOutput | None = None  # the latest output passed on
         self.outage_since_ms: int | None = None
         self.stats = {"decided": 0, "sent": 0, "deferred": 0, "suppressed": 0, "outages": 0}
@@ -242,74 +249,93 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         Returns (deferral decisions, candidates deferred past the watermark, candidates
         decided for good, their decisions).
         """
-        profiles = self.profiles.get_many(todo.records.client_texts())
+        clients = todo.records.client_texts()
+        found = self.profiles.values_many(clients)
+        profile = self.table.encode([found[c] for c in clients])
         if self.caps is None:
             self.caps = CapStore(self.ctx.client, self.ctx.policy)
+        checked = self._check(todo, profile)
         deferrals: list[Decision] = []
         later: list[Held] = []
-        policy = self.ctx.policy
-        items = self._items(todo, profiles)
-        checks = [precheck(c, p, policy) for c, p in items]
         while True:
-            rows = np.array([e is not None and e.outcome == DEFERRED for _, e in checks], bool)
+            rows = checked.reason == QUIET
             if not rows.any():
                 break
-            deferred = [e for _, e in checks if e is not None and e.outcome == DEFERRED]
-            deferrals += deferred
-            recheck = np.array([e.recheck_at_ms for e in deferred], np.int64)
-            moved = replace(todo.take(rows), due=recheck)
+            deferrals += self._decision_list(todo.take(rows), profile[rows], checked.take(rows))
+            moved = replace(todo.take(rows), due=checked.recheck[rows])
             soon = moved.due <= self.watermark
             later.append(moved.take(~soon))
             again = moved.take(soon)  # quiet hours already over: decide now, as of their end
-            kept = np.flatnonzero(~rows).tolist()
-            new_items = self._items(again, profiles)
-            items = [items[i] for i in kept] + new_items
-            checks = [checks[i] for i in kept] + [precheck(c, p, policy) for c, p in new_items]
+            again_profile = profile[rows][soon]
             todo = Held.concat([todo.take(~rows), again])
+            profile = np.concatenate([profile[~rows], again_profile])
+            checked = Checked.concat([checked.take(~rows), self._check(again, again_profile)])
         order = np.lexsort((todo.ids.view("S36").ravel(), todo.due))
-        todo = todo.take(order)
-        ordered = order.tolist()
-        finals = self.caps.decide([items[i] for i in ordered], [checks[i] for i in ordered])
+        todo, profile, checked = todo.take(order), profile[order], checked.take(order)
+        replayed = np.zeros(len(todo), bool)
+        passed = np.flatnonzero(checked.reason == PASS)
+        if len(passed):
+            codes = self._cap_codes(todo.take(passed), profile[passed])
+            reason = checked.reason.copy()
+            reason[passed] = CAP_REASON[codes]
+            replayed[passed] = codes == 1
+            checked = replace(checked, reason=reason)
+        finals = self._decision_list(todo, profile, checked, replayed)
         return deferrals, Held.concat(later), todo, finals
 
-    def _items(self, todo: Held, profiles: dict[str, Profile]) -> list[tuple[Candidate, Profile]]:
-        """The candidates of ``todo`` as of their ``due``, with their clients' profiles."""
-        records = todo.records
-        ints = records.ints
-        b = self.builder
-        j, s, attempt = ints[O_JOURNEY], ints[O_STEP], ints[O_ATTEMPT]
-        prio = b.priorities(records)
-        tiers = b.tiers[j, np.minimum(attempt, 3) - 1].tolist()
-        return [
-            (
-                Candidate(
-                    intervention_id=iid,
-                    client_id=client,
-                    journey=journey,
-                    step=step,
-                    attempt=att,
-                    deadline_ms=deadline,
-                    now_ms=due,
-                    priority=p,
-                    tier=tier,
-                    resumed=resumed,
-                ),
-                profiles[client],
-            )  # fmt: skip
-            for iid, client, journey, step, att, deadline, due, p, tier, resumed in zip(
-                todo.ids.view("S36").ravel().astype("U36").tolist(),
-                records.client_texts(),
-                b.journey_names[j].tolist(),
-                b.step_names[j, s].tolist(),
-                attempt.tolist(),
-                ints[O_DEADLINE].tolist(),
-                todo.due.tolist(),
-                prio.tolist(),
-                tiers,
-                todo.resumed().tolist(),
-                strict=True,
-            )
-        ]
+    def _check(self, todo: Held, profile: np.ndarray) -> Checked:
+        """Checks 1-4 of the candidates of ``todo`` as of their ``due``."""
+        ints = todo.records.ints
+        return self.checks.check(
+            ints[O_JOURNEY], ints[O_STEP], ints[O_ATTEMPT], ints[O_DEADLINE], todo.due,
+            self.builder.priorities(todo.records), todo.resumed(), profile,
+        )  # fmt: skip
+
+    def _cap_codes(self, todo: Held, profile: np.ndarray) -> np.ndarray:
+        """The cap script's code of each candidate (in order; records the sends)."""
+        assert self.caps is not None
+        j = todo.records.ints[O_JOURNEY]
+        day_start, week_start = self.checks.period_starts(todo.due, profile)
+        rows = self.caps.rows(
+            todo.records.client_texts(), self.builder.journey_names[j].tolist(),
+            todo.ids.view("S36").ravel().astype("U36").tolist(), todo.due.tolist(),
+            day_start.tolist(), week_start.tolist(), self.checks.cooldown[j].tolist(),
+        )  # fmt: skip
+        return np.array(self.caps.codes(rows), np.int64)
+
+    def _decision_list(
+        self,
+        todo: Held,
+        profile: np.ndarray,
+        checked: Checked,
+        replayed: np.ndarray | None = None,
+    ) -> list[Decision]:
+        """The decisions of ``todo`` as ``checked`` (its reasons final), decided at ``due``."""
+        ints = todo.records.ints
+        j, s = ints[O_JOURNEY], ints[O_STEP]
+        reason = checked.reason
+        outcome = np.where(reason == PASS, 0, np.where(reason == QUIET, 1, 2))
+        offline = (checked.tier == TIERS.index("offline")).tolist()
+        rm_ids = self.table.rm_ids(profile)
+        return decisions_of_columns(
+            {
+                "intervention_id": todo.ids.view("S36").ravel().astype("U36").tolist(),
+                "client_id": todo.records.client_texts(),
+                "journey": self.builder.journey_names[j].tolist(),
+                "step": self.builder.step_names[j, s].tolist(),
+                "attempt": ints[O_ATTEMPT].tolist(),
+                "segment": _SEGMENTS[self.table.arrays()[0][profile]].tolist(),
+                "outcome": _OUTCOMES[outcome].tolist(),
+                "reason": _REASONS[reason].tolist(),
+                "tier": _TIERS[checked.tier].tolist(),
+                "channel": _CHANNELS[checked.channel].tolist(),
+                "priority": checked.priority.tolist(),
+                "rm_id": [rm if off else "" for rm, off in zip(rm_ids, offline, strict=True)],
+                "decided_at_ms": todo.due.tolist(),
+                "recheck_at_ms": checked.recheck.tolist(),
+                "replayed": [False] * len(todo) if replayed is None else replayed.tolist(),
+            }
+        )
 
     def _sent(self, decided: Held, decisions: list[Decision]) -> InterventionBatch:
         """Intervention documents of the sent candidates, routed as decided."""

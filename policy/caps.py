@@ -113,13 +113,7 @@ class CapStore:
             out.append(early)
             if early is None:
                 pending.append((i, c, profile, r))
-        rows = [self._row(c, profile) for _, c, profile, _ in pending]
-        scalars = [self.ttl_ms, self.policy.per_day, self.policy.per_week]
-        calls: list[Call] = [
-            ([], [*scalars, orjson.dumps(rows[start : start + self.chunk])])
-            for start in range(0, len(rows), self.chunk)
-        ]
-        codes = [int(code) for reply in self.script.run(calls) for code in reply]
+        codes = self.codes([self._row(c, profile) for _, c, profile, _ in pending])
         for (i, c, profile, r), code in zip(pending, codes, strict=True):
             if code in _REASONS:
                 out[i] = decision(c, profile, r, SUPPRESSED, _REASONS[code])
@@ -127,14 +121,39 @@ class CapStore:
                 out[i] = decision(c, profile, r, SENT, replayed=code == 1)
         return [d for d in out if d is not None]
 
+    def codes(self, rows: Sequence[Sequence[str | int]]) -> list[int]:
+        """The script's code of each row (:meth:`rows`), in order: 0 sent, 1 sent before
+        (a replay), 2 cooldown, 3 daily cap, 4 weekly cap. One pipeline."""
+        scalars = [self.ttl_ms, self.policy.per_day, self.policy.per_week]
+        calls: list[Call] = [
+            ([], [*scalars, orjson.dumps(rows[start : start + self.chunk])])
+            for start in range(0, len(rows), self.chunk)
+        ]
+        return [int(code) for reply in self.script.run(calls) for code in reply]
+
+    @staticmethod
+    def rows(
+        clients: Sequence[str],
+        journeys: Sequence[str],
+        ids: Sequence[str],
+        now: Sequence[int],
+        day_start: Sequence[int],
+        week_start: Sequence[int],
+        cooldown: Sequence[int],
+    ) -> list[list[str | int]]:
+        """The script's row of each candidate, from columns (``day_start`` and
+        ``week_start`` of :func:`policy.localtime.periods` in the client's zone)."""
+        return [
+            [f"{SENT_PREFIX}{{{c}}}", f"{j}{SEPARATOR}{i}", f"{j}{SEPARATOR}", n, d, w, cd]
+            for c, j, i, n, d, w, cd in zip(
+                clients, journeys, ids, now, day_start, week_start, cooldown, strict=True
+            )
+        ]
+
     def _row(self, c: Candidate, profile: Profile) -> list[str | int]:
         p = periods(c.now_ms, zone(profile.tz))
-        return [
-            sent_key(c.client_id),
-            f"{c.journey}{SEPARATOR}{c.intervention_id}",
-            f"{c.journey}{SEPARATOR}",
-            c.now_ms,
-            p.day_start,
-            p.week_start,
-            self.policy.cooldown_for(c.journey),
-        ]
+        cooldown = self.policy.cooldown_for(c.journey)
+        ids = [c.intervention_id]
+        return self.rows(
+            [c.client_id], [c.journey], ids, [c.now_ms], [p.day_start], [p.week_start], [cooldown]
+        )[0]

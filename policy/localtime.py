@@ -3,12 +3,16 @@
 All functions are pure: the instant comes in as epoch milliseconds, never from the wall clock.
 Zone conversions are cached: the UTC offset per zone and quarter hour (when it does not
 change within it), wall times to epoch ms per zone and day, and the periods of a local day.
+The ``*_many`` functions do the same over numpy arrays of instants in one zone, converting
+once per distinct quarter hour or local day.
 """
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
+
+import numpy as np
 
 DAY_MS = 86_400_000
 BUCKET_MS = 900_000  # offsets are cached per quarter hour of UTC
@@ -146,3 +150,48 @@ def _periods(today: date, tz: ZoneInfo) -> Periods:
         day=today.isoformat(),
         week=f"{year}-W{week:02d}",
     )
+
+
+_DAY_ZERO = date(1970, 1, 1)
+
+
+def wall_ms_many(now_ms: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    """The local wall time of each instant as ms since 1970-01-01 00:00 wall time (int64):
+    :func:`wall` over an array, one offset lookup per distinct quarter hour."""
+    buckets, inverse = np.unique(now_ms // BUCKET_MS, return_inverse=True)
+    offsets = [_bucket_offset_ms(tz, b) for b in buckets.tolist()]
+    out = now_ms + np.array([o or 0 for o in offsets], np.int64)[inverse]
+    changing = [i for i, o in enumerate(offsets) if o is None]  # a DST change inside
+    for row in np.flatnonzero(np.isin(inverse, changing)).tolist():
+        out[row] = (wall(int(now_ms[row]), tz) - _EPOCH) // timedelta(milliseconds=1)
+    return out
+
+
+def quiet_until_many(
+    now_ms: np.ndarray, wall_ms: np.ndarray, tz: ZoneInfo, window: Window
+) -> np.ndarray:
+    """:func:`quiet_until` of each instant (``wall_ms`` from :func:`wall_ms_many`), -1 where
+    it is not quiet; one conversion per distinct end of quiet hours."""
+    tod = wall_ms % DAY_MS
+    day = wall_ms // DAY_MS
+    if window.start_ms < window.end_ms:
+        quiet = (tod >= window.start_ms) & (tod < window.end_ms)
+    else:
+        quiet = (tod >= window.start_ms) | (tod < window.end_ms)
+        day = day + (tod >= window.start_ms)  # after the evening start: ends tomorrow morning
+    out = np.full(len(now_ms), -1, np.int64)
+    if quiet.any():
+        days, inverse = np.unique(day[quiet], return_inverse=True)
+        ends = [epoch_ms(_DAY_ZERO + timedelta(days=d), window.end_ms, tz) for d in days.tolist()]
+        out[quiet] = np.maximum(np.array(ends, np.int64)[inverse], now_ms[quiet] + 1)
+    return out
+
+
+def period_starts_many(wall_ms: np.ndarray, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray]:
+    """``day_start`` and ``week_start`` of :func:`periods` for each instant (``wall_ms`` from
+    :func:`wall_ms_many`); one conversion per distinct local day."""
+    days, inverse = np.unique(wall_ms // DAY_MS, return_inverse=True)
+    found = [_periods(_DAY_ZERO + timedelta(days=d), tz) for d in days.tolist()]
+    day_start = np.array([p.day_start for p in found], np.int64)[inverse]
+    week_start = np.array([p.week_start for p in found], np.int64)[inverse]
+    return day_start, week_start

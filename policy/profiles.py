@@ -250,15 +250,20 @@ class ProfileStore:
         """Profiles of ``client_ids`` (defaults for unknown ones): cache first, then one
         round trip for all the misses: a Lua script reads ``chunk`` hashes per call (one
         command per chunk, not per client; a single Redis, not a Redis Cluster)."""
+        of_values = Profile.of_values
+        return {c: of_values(c, v) for c, v in self.values_many(client_ids).items()}
+
+    def values_many(self, client_ids: Iterable[str]) -> dict[str, ProfileValues]:
+        """:meth:`get_many` as :meth:`Profile.values` tuples (no objects made)."""
         now = self.clock()
-        found: dict[str, Profile] = {}
+        found: dict[str, ProfileValues] = {}
         missing: dict[str, None] = {}  # insertion-ordered set
         for client_id in client_ids:
             if client_id in found or client_id in missing:
                 continue
             entry = self._cache.get(client_id)
             if entry is not None and entry[0] > now:
-                found[client_id] = Profile.of_values(client_id, entry[1])
+                found[client_id] = entry[1]
                 self.stats["hits"] += 1
             else:
                 missing[client_id] = None
@@ -276,7 +281,7 @@ class ProfileStore:
         expires = now + self.ttl_s
         for client_id, flat in zip(ids, replies, strict=True):
             values = self._values(client_id, tuple(zip(flat[::2], flat[1::2], strict=True)))
-            found[client_id] = Profile.of_values(client_id, values)
+            found[client_id] = values
             self._remember(client_id, expires, values)
         return found
 

@@ -61,14 +61,34 @@ def route_uncached(
     in 0..100. The channel is the profile's preferred one when the tier lists it, else the
     tier's first.
     """
+    tier, channel, adjust, index = route_parts(
+        policy, journey, step, attempt, profile.segment, profile.value_tier,
+        bool(profile.rm_id), profile.preferred_channel, tier,
+    )  # fmt: skip
+    return Route(tier, channel, min(max(priority + adjust, 0), 100), index)
+
+
+def route_parts(
+    policy: Policy,
+    journey: str,
+    step: str,
+    attempt: int,
+    segment: str,
+    value_tier: str,
+    has_rm: bool,
+    preferred_channel: str,
+    tier: str,
+) -> tuple[str, str, int, int]:
+    """What :func:`route_uncached` decides from these profile fields: (tier, channel,
+    priority adjustment, rule index); the priority is the caller's plus the adjustment."""
     index, adjust = -1, 0
     for rule in policy.rules:
-        if rule.matches(journey, step, profile.segment, profile.value_tier):
+        if rule.matches(journey, step, segment, value_tier):
             tier = rule.ladder[min(max(attempt, 1), len(rule.ladder)) - 1]
             index, adjust = rule.index, rule.priority
             break
-    if tier == "offline" and not profile.rm_id:
+    if tier == "offline" and not has_rm:
         tier = policy.offline_without_rm
     channels = policy.channels[tier]
-    channel = profile.preferred_channel if profile.preferred_channel in channels else channels[0]
-    return Route(tier, channel, min(max(priority + adjust, 0), 100), index)
+    channel = preferred_channel if preferred_channel in channels else channels[0]
+    return tier, channel, adjust, index

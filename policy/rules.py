@@ -20,7 +20,8 @@ Checks 5-6 need the client's send history: :func:`decide` takes it as :class:`Us
 reference), :class:`policy.caps.CapStore` applies them atomically in Redis.
 """
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 from policy.localtime import periods, quiet_until
 from policy.profiles import Profile, zone
@@ -73,6 +74,21 @@ class Decision:
     decided_at_ms: int
     recheck_at_ms: int = 0
     replayed: bool = False
+
+
+_DECISION_FIELDS = tuple(f.name for f in fields(Decision))
+
+
+def decisions_of_columns(columns: dict[str, Sequence[object]]) -> list[Decision]:
+    """Decisions from one equal-length column per field of :class:`Decision` (values as
+    ``__init__`` takes them), made without its per-field cost."""
+    new = object.__new__
+    out = []
+    for row in zip(*(columns[name] for name in _DECISION_FIELDS), strict=True):
+        d = new(Decision)
+        d.__dict__.update(zip(_DECISION_FIELDS, row, strict=True))
+        out.append(d)
+    return out
 
 
 @dataclass(frozen=True)
