@@ -10,6 +10,7 @@ input. Profiles come in as numbers of a :class:`ProfileTable`.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -85,6 +86,10 @@ class ProfileTable:
             self._arrays = tuple(np.array(f, np.int64) for f in self._fields)
         return self._arrays
 
+    def zones(self) -> list[ZoneInfo]:
+        """The ``ZoneInfo`` of each zone number."""
+        return [zone(name) for name in self.zone_names]
+
     def rm_ids(self, numbers: np.ndarray) -> list[str]:
         """The RM of each profile number."""
         values = self.values
@@ -144,6 +149,8 @@ class BatchChecks:
         self.segment_window = np.array(
             [-1 if w is None else self.windows.index(w) for w in windows], np.int64
         )
+        self.window_start = np.array([w.start_ms for w in self.windows], np.int64)
+        self.window_end = np.array([w.end_ms for w in self.windows], np.int64)
         self._routes: dict[int, tuple[int, int, int]] = {}
 
     def check(
@@ -231,27 +238,16 @@ class BatchChecks:
         return TIERS.index(tier), CONTACT_CHANNELS.index(channel), adjust
 
     def _quiet_until(self, now: np.ndarray, zone_no: np.ndarray, window: np.ndarray) -> np.ndarray:
-        """End of quiet hours of each row, -1 where it is not quiet."""
-        out = np.full(len(now), -1, np.int64)
-        names = self.profiles.zone_names
-        group = zone_no * len(self.windows) + window
-        for g in np.unique(group).tolist():
-            rows = np.flatnonzero(group == g)
-            tz = zone(names[g // len(self.windows)])
-            at = now[rows]
-            out[rows] = quiet_until_many(
-                at, wall_ms_many(at, tz), tz, self.windows[g % len(self.windows)]
-            )
-        return out
+        """End of quiet hours of each row (``window``: index into ``windows``), -1 where it is
+        not quiet."""
+        zones = self.profiles.zones()
+        return quiet_until_many(
+            now, wall_ms_many(now, zone_no, zones), zone_no, zones, self.window_start[window],
+            self.window_end[window],
+        )  # fmt: skip
 
     def period_starts(self, now: np.ndarray, profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Start of each row's local day and ISO week (:func:`policy.localtime.periods`)."""
         zone_no = self.profiles.arrays()[4][profile]
-        day = np.empty(len(now), np.int64)
-        week = np.empty(len(now), np.int64)
-        names = self.profiles.zone_names
-        for z in np.unique(zone_no).tolist():
-            rows = np.flatnonzero(zone_no == z)
-            tz = zone(names[z])
-            day[rows], week[rows] = period_starts_many(wall_ms_many(now[rows], tz), tz)
-        return day, week
+        zones = self.profiles.zones()
+        return period_starts_many(wall_ms_many(now, zone_no, zones), zone_no, zones)

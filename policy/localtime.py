@@ -155,43 +155,59 @@ def _periods(today: date, tz: ZoneInfo) -> Periods:
 _DAY_ZERO = date(1970, 1, 1)
 
 
-def wall_ms_many(now_ms: np.ndarray, tz: ZoneInfo) -> np.ndarray:
-    """The local wall time of each instant as ms since 1970-01-01 00:00 wall time (int64):
-    :func:`wall` over an array, one offset lookup per distinct quarter hour."""
-    buckets, inverse = np.unique(now_ms // BUCKET_MS, return_inverse=True)
-    offsets = [_bucket_offset_ms(tz, b) for b in buckets.tolist()]
+def wall_ms_many(now_ms: np.ndarray, zone_no: np.ndarray, zones: list[ZoneInfo]) -> np.ndarray:
+    """The local wall time of each instant in its zone ``zones[zone_no]``, as ms since
+    1970-01-01 00:00 wall time (int64): :func:`wall` over arrays, one offset lookup per
+    distinct zone and quarter hour."""
+    nz = len(zones)
+    keys, inverse = np.unique(now_ms // BUCKET_MS * nz + zone_no, return_inverse=True)
+    offsets = [_bucket_offset_ms(zones[k % nz], k // nz) for k in keys.tolist()]
     out = now_ms + np.array([o or 0 for o in offsets], np.int64)[inverse]
-    changing = [i for i, o in enumerate(offsets) if o is None]  # a DST change inside
+    changing = [i for i, o in enumerate(offsets) if o is None]  # an offset change inside
     for row in np.flatnonzero(np.isin(inverse, changing)).tolist():
+        tz = zones[zone_no[row]]
         out[row] = (wall(int(now_ms[row]), tz) - _EPOCH) // timedelta(milliseconds=1)
     return out
 
 
 def quiet_until_many(
-    now_ms: np.ndarray, wall_ms: np.ndarray, tz: ZoneInfo, window: Window
+    now_ms: np.ndarray,
+    wall_ms: np.ndarray,
+    zone_no: np.ndarray,
+    zones: list[ZoneInfo],
+    start_ms: np.ndarray,
+    end_ms: np.ndarray,
 ) -> np.ndarray:
-    """:func:`quiet_until` of each instant (``wall_ms`` from :func:`wall_ms_many`), -1 where
-    it is not quiet; one conversion per distinct end of quiet hours."""
+    """:func:`quiet_until` of each instant (``wall_ms`` from :func:`wall_ms_many`) for the
+    window ``start_ms``-``end_ms`` of its row, -1 where it is not quiet; one conversion per
+    distinct zone and end of quiet hours."""
     tod = wall_ms % DAY_MS
     day = wall_ms // DAY_MS
-    if window.start_ms < window.end_ms:
-        quiet = (tod >= window.start_ms) & (tod < window.end_ms)
-    else:
-        quiet = (tod >= window.start_ms) | (tod < window.end_ms)
-        day = day + (tod >= window.start_ms)  # after the evening start: ends tomorrow morning
+    crossing = start_ms > end_ms
+    inside = (tod >= start_ms) & (tod < end_ms)
+    quiet = np.where(crossing, (tod >= start_ms) | (tod < end_ms), inside)
+    day = day + (crossing & (tod >= start_ms))  # after an evening start: ends tomorrow
     out = np.full(len(now_ms), -1, np.int64)
     if quiet.any():
-        days, inverse = np.unique(day[quiet], return_inverse=True)
-        ends = [epoch_ms(_DAY_ZERO + timedelta(days=d), window.end_ms, tz) for d in days.tolist()]
+        nz = len(zones)
+        key = (day[quiet] * DAY_MS + end_ms[quiet]) * nz + zone_no[quiet]
+        keys, inverse = np.unique(key, return_inverse=True)
+        ends = [
+            epoch_ms(_DAY_ZERO + timedelta(days=k // nz // DAY_MS), k // nz % DAY_MS, zones[k % nz])
+            for k in keys.tolist()
+        ]
         out[quiet] = np.maximum(np.array(ends, np.int64)[inverse], now_ms[quiet] + 1)
     return out
 
 
-def period_starts_many(wall_ms: np.ndarray, tz: ZoneInfo) -> tuple[np.ndarray, np.ndarray]:
-    """``day_start`` and ``week_start`` of :func:`periods` for each instant (``wall_ms`` from
-    :func:`wall_ms_many`); one conversion per distinct local day."""
-    days, inverse = np.unique(wall_ms // DAY_MS, return_inverse=True)
-    found = [_periods(_DAY_ZERO + timedelta(days=d), tz) for d in days.tolist()]
+def period_starts_many(
+    wall_ms: np.ndarray, zone_no: np.ndarray, zones: list[ZoneInfo]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``day_start`` and ``week_start`` of :func:`periods` for each instant (``wall_ms``
+    from :func:`wall_ms_many`); one conversion per distinct zone and local day."""
+    nz = len(zones)
+    keys, inverse = np.unique(wall_ms // DAY_MS * nz + zone_no, return_inverse=True)
+    found = [_periods(_DAY_ZERO + timedelta(days=k // nz), zones[k % nz]) for k in keys.tolist()]
     day_start = np.array([p.day_start for p in found], np.int64)[inverse]
     week_start = np.array([p.week_start for p in found], np.int64)[inverse]
     return day_start, week_start

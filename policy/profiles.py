@@ -49,6 +49,7 @@ FIELDS: tuple[str, ...] = (
 DEFAULT_SEGMENT = "savvy_regular"
 DEFAULT_VALUE_TIER = "mass"
 DEFAULT_TZ = "Asia/Shanghai"
+_RM_NAMES = {"rm_id", b"rm_id"}
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"0", "false", "no", "n", ""}
 
@@ -288,15 +289,30 @@ class ProfileStore:
     def _values(
         self, client_id: str, shape: tuple[tuple[bytes | str, bytes | str], ...]
     ) -> ProfileValues:
-        """The validated values of a hash's fields (``shape``); the same contents are
-        validated once (at most ``max_entries`` kinds remembered)."""
-        known = self._shapes.get(shape)
+        """The validated values of a hash's fields (``shape``). Hashes that differ only in
+        ``rm_id`` (any text is a valid RM id) are validated once (at most ``max_entries``
+        kinds remembered), and the RM id is put in afterwards."""
+        rm: bytes | str = ""
+        fields_ = []
+        for name, value in shape:
+            if name in _RM_NAMES:
+                rm = value
+            fields_.append((name, "" if name in _RM_NAMES else value))
+        key = tuple(fields_)
+        known = self._shapes.get(key)
         if known is None:
-            known = self._decode(client_id, dict(shape))
+            known = self._decode(client_id, dict(key))
             if len(self._shapes) >= self.max_entries:
                 self._shapes.clear()
-            self._shapes[shape] = known
+            self._shapes[key] = known
         values, status = known
+        if rm and not status:
+            try:
+                text = rm.decode() if isinstance(rm, bytes) else rm
+            except UnicodeDecodeError:
+                values, status = Profile.default(client_id).values(), "invalid"
+            else:
+                values = (values[0], values[1], text.strip(), *values[3:])
         if status:
             self.stats[status] += 1
         return values

@@ -176,7 +176,10 @@ def test_wall_times_across_an_offset_change_inside_a_quarter_hour() -> None:
     now = change + np.arange(-40, 40, dtype=np.int64) * 30_000 + 7
     epoch = datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC")).replace(tzinfo=None)
     ms = timedelta(milliseconds=1)
-    assert wall_ms_many(now, tz).tolist() == [(wall(t, tz) - epoch) // ms for t in now.tolist()]
+    zone_no = np.zeros(len(now), np.int64)
+    assert wall_ms_many(now, zone_no, [tz]).tolist() == [
+        (wall(t, tz) - epoch) // ms for t in now.tolist()
+    ]
 
 
 def test_profile_table_numbers_each_distinct_profile_once_and_starts_over_when_full() -> None:

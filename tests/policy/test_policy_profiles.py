@@ -127,3 +127,20 @@ def test_a_hash_that_no_longer_parses_gets_defaults(r: redis.Redis) -> None:
     store = ProfileStore(r)
     assert store.get_many(["bad"])["bad"] == Profile.default("bad")
     assert store.stats["invalid"] == 1
+
+
+def test_hashes_that_differ_only_in_rm_id_are_validated_once_and_keep_their_rm(
+    r: redis.Redis,
+) -> None:
+    for i, rm in enumerate([" RM1 ", "RM2", ""]):
+        r.hset(profile_key(f"R{i}"), mapping={"segment": "executive", "rm_id": rm})
+    r.hset(profile_key("only-rm"), mapping={"rm_id": "RM3"})  # no segment: does not parse
+    r.hset(profile_key("bad-rm"), mapping={"segment": "executive", "rm_id": b"\xff"})
+    store = ProfileStore(r)
+    got = store.get_many(["R0", "R1", "R2", "only-rm", "bad-rm"])
+    assert [got[f"R{i}"].rm_id for i in range(3)] == ["RM1", "RM2", ""]
+    assert got["R1"] == Profile("R1", "executive", rm_id="RM2")
+    assert got["only-rm"] == Profile.default("only-rm")
+    assert got["bad-rm"] == Profile.default("bad-rm")
+    assert store.stats["invalid"] == 2
+    assert len(store._shapes) == 2  # executive with an RM field, and the RM field alone
