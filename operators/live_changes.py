@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ato.columns import client_id_bytes, client_id_texts
+from ato.columns import client_id_bytes
 from operators.interventions import InterventionBuilder
 from operators.render import INT, TEXT, Template, Vocabulary, render
 from policy.exceptions import LiveStateError
+from policy.live_commands import CLOSED
 from policy.live_state import LiveStateWriter
 from state.shard_store import NumbaShardStore
 
@@ -69,7 +70,7 @@ class LiveStateTracker:
     ) -> None:
         self.writer = writer
         self.interval_ms = interval_ms
-        self.journey_names = names.journey_names
+        self.name_bytes = [str(name).encode() for name in names.journey_names]
         self.width = names.step_names.shape[1]
         sections = [
             names.step_names.ravel(), names.type_names, names.channels,
@@ -114,10 +115,10 @@ class LiveStateTracker:
             return 0
         self.next_write_ms = now_ms + self.interval_ms
         keys, journeys, ids = self._unique()
-        values = self.values(store, keys, journeys, now_ms)
+        values, start, length = self.value_spans(store, keys, journeys, now_ms)
         self._clear()
-        names = self.journey_names[journeys].tolist()
-        write = self.writer.submit_rows(client_id_texts(ids), names, values)
+        calls, clients = self.writer.calls(ids, journeys, self.name_bytes, values, start, length)
+        write = self.writer.submit(calls, clients)
         self.in_flight.append(InFlight(write, keys, journeys, ids))
         if force or len(self.in_flight) > MAX_IN_FLIGHT:
             self._collect(wait=True, keep=0 if force else MAX_IN_FLIGHT)
@@ -158,13 +159,24 @@ class LiveStateTracker:
         self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
     ) -> list[str | None]:
         """The JSON value of each (client, journey) pair's open instance in the store, None
-        where none is open (``policy.live_state.encode_value`` of the same state, rendered
-        by the numba template kernel)."""
+        where none is open (``policy.live_state.encode_value`` of the same state)."""
+        buf, start, length = self.value_spans(store, keys, journeys, now_ms)
+        return [
+            None if n == CLOSED else buf[a : a + n].tobytes().decode()
+            for a, n in zip(start.tolist(), length.tolist(), strict=True)
+        ]
+
+    def value_spans(
+        self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`values` as spans of one buffer, rendered by the numba template kernel:
+        (buffer, start, length), length ``CLOSED`` where no instance is open."""
         slots = store.find_instances(keys, journeys)
         rows = np.flatnonzero(slots >= 0)
-        out: list[str | None] = [None] * len(keys)
+        start = np.zeros(len(keys), np.int64)
+        length = np.full(len(keys), CLOSED, np.int64)
         if not len(rows):
-            return out
+            return np.zeros(0, np.uint8), start, length
         f = store.instance_fields(slots[rows])
         j = journeys[rows]
         n = len(rows)
@@ -184,10 +196,10 @@ class LiveStateTracker:
             _VALUE, self.vocabulary, np.arange(n), ints, empty, codes,
             np.zeros(0, np.uint8), empty, empty,
         )  # fmt: skip
-        starts = [0, *ends[:-1].tolist()]
-        for row, a, b in zip(rows.tolist(), starts, ends.tolist(), strict=True):
-            out[row] = lines[a : b - 1].decode()
-        return out
+        begins = np.concatenate([[0], ends[:-1]])
+        start[rows] = begins
+        length[rows] = ends - begins - 1  # without the newline
+        return np.frombuffer(lines, np.uint8), start, length
 
     def _unique(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keys = np.concatenate(self.keys)

@@ -23,7 +23,8 @@ import orjson
 import redis
 
 from policy.exceptions import LiveStateError
-from policy.scripts import Call, Script
+from policy.live_commands import write_calls, write_commands_py
+from policy.scripts import Script
 
 KEY_PREFIX = "ato:journey:"
 # the JSON members of a field's value, in the order they are written
@@ -143,19 +144,23 @@ def _error(client: "redis.Redis", doing: str, exc: redis.RedisError) -> LiveStat
     return LiveStateError(f"{doing}: Redis at {where(client)}: {exc}", transient=transient)
 
 
-# ARGV[1]: TTL (s); ARGV[2]: a JSON array with one [key, [field, value, ...], [closed field,
-# ...]] per client. One JSON argument instead of one per field keeps the client library's
-# per-argument cost out of the flow (the keys are not declared: a single Redis only).
+# ARGV[1]: TTL (s); then per client: key, number of fields to set (n), number of fields to
+# remove (m), n field/value pairs, m fields (policy.live_commands builds the calls). The keys
+# are not declared: a single Redis only.
 WRITE_LUA = """
 local ttl = tonumber(ARGV[1])
-local rows = cjson.decode(ARGV[2])
-for _, row in ipairs(rows) do
-  local key, open, closed = row[1], row[2], row[3]
-  if #open > 0 then redis.call('HSET', key, unpack(open)) end
-  if #closed > 0 then redis.call('HDEL', key, unpack(closed)) end
+local i, clients = 2, 0
+while i <= #ARGV do
+  local key, n, m = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
+  if n > 0 then redis.call('HSET', key, unpack(ARGV, i, i + 2 * n - 1)) end
+  i = i + 2 * n
+  if m > 0 then redis.call('HDEL', key, unpack(ARGV, i, i + m - 1)) end
+  i = i + m
   redis.call('EXPIRE', key, ttl)
+  clients = clients + 1
 end
-return #rows
+return clients
 """
 
 
@@ -179,15 +184,13 @@ class LiveStateWriter:
         self.script = Script(client, WRITE_LUA)
         self._thread: ThreadPoolExecutor | None = None
 
-    def submit_rows(
-        self, client_ids: Sequence[str], journeys: Sequence[str], values: Sequence[str | None]
-    ) -> "Future[int]":
-        """:meth:`write_rows` on the writer's own thread (one per writer, so writes run in
-        the order they are submitted); the flow goes on while Redis works. The future
-        raises what :meth:`write_rows` raises."""
+    def submit(self, calls: Sequence[bytes], clients: int) -> "Future[int]":
+        """:meth:`send` on the writer's own thread (one per writer, so writes run in the order
+        they are submitted); the flow goes on while Redis works. The future raises what
+        :meth:`send` raises."""
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="ato-live-state")
-        return self._thread.submit(self.write_rows, client_ids, journeys, values)
+        return self._thread.submit(self.send, calls, clients)
 
     def write(self, changes: JourneyChanges) -> int:
         """Write the last change per (client, journey) and return the clients written.
@@ -223,24 +226,40 @@ class LiveStateWriter:
         """Write one field per row: ``values[i]`` (a JSON object, see the module doc) under
         ``journeys[i]`` of the client's hash, or remove the field when it is None. At most
         one row per (client, journey). Returns the clients written; errors as :meth:`write`.
+        (The flow builds the same calls from columns with :func:`write_calls`.)
         """
-        by_client: dict[str, tuple[list[str], list[str]]] = {}
+        by_client: dict[str, list[tuple[bytes, bytes | None]]] = {}
         for client_id, journey, value in zip(client_ids, journeys, values, strict=True):
-            open_, closed = by_client.setdefault(client_id, ([], []))
-            if value is None:
-                closed.append(journey)
-            else:
-                open_ += (journey, value)
-        rows = [[KEY_PREFIX + c, open_, closed] for c, (open_, closed) in by_client.items()]
-        calls: list[Call] = [
-            ([], [self.ttl_s, orjson.dumps(rows[start : start + self.chunk])])
-            for start in range(0, len(rows), self.chunk)
-        ]
+            field = (journey.encode(), None if value is None else value.encode())
+            by_client.setdefault(client_id, []).append(field)
+        clients = [(c.encode(), fields) for c, fields in by_client.items()]
+        prefix = KEY_PREFIX.encode()
+        calls = write_commands_py(self.script.sha, self.ttl_s, prefix, clients, self.chunk)
+        return self.send(calls, len(clients))
+
+    def calls(
+        self,
+        ids: np.ndarray,
+        journey: np.ndarray,
+        names: Sequence[bytes],
+        values: np.ndarray,
+        value_start: np.ndarray,
+        value_len: np.ndarray,
+    ) -> tuple[list[bytes], int]:
+        """:func:`policy.live_commands.write_calls` for this writer's script, TTL and chunk."""
+        return write_calls(
+            self.script.sha, self.ttl_s, KEY_PREFIX.encode(), ids, journey, names, values,
+            value_start, value_len, self.chunk,
+        )  # fmt: skip
+
+    def send(self, calls: Sequence[bytes], clients: int) -> int:
+        """Send the EVALSHA ``calls`` of a write (:meth:`calls`) in one round trip; return
+        ``clients``. Errors as :meth:`write`."""
         try:
-            self.script.run(calls)
+            self.script.run_packed(calls)
         except redis.RedisError as exc:
             raise _error(self.client, "writing live journey state", exc) from exc
-        return len(rows)
+        return clients
 
 
 def lookup(client: "redis.Redis", client_id: str) -> dict[str, dict[str, Any]]:

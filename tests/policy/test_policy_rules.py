@@ -13,9 +13,11 @@ from policy.rules import (
     SENT,
     SUPPRESSED,
     Candidate,
+    Decision,
     Usage,
     client_resumed,
     decide,
+    decisions_of_columns,
     usage_of,
 )
 from policy.settings import Policy
@@ -219,3 +221,18 @@ def test_cached_wall_time_equals_the_exact_conversion(tz: str, base: int, delta:
     assert wall(now, zone(tz)) == local(now, zone(tz)).replace(tzinfo=None)
     p = periods(now, zone(tz))
     assert p.day_start <= now < p.day_end and p.week_start <= now < p.week_end
+
+
+def test_decisions_of_columns_equal_decisions_made_by_init() -> None:
+    rows = [
+        Decision("i1", "C1", "open_account", "kyc", 1, "senior", SENT, "", "ai", "push", 50, "",
+                 1, 0, False),
+        Decision("i2", "C2", "loan_application", "offer", 2, "executive", DEFERRED,
+                 "quiet_hours", "offline", "rm_task", 80, "RM7", 2, 99, True),
+    ]  # fmt: skip
+    columns = {name: [getattr(d, name) for d in rows] for name in Decision.__annotations__}
+    made = decisions_of_columns(columns)
+    assert made == rows
+    assert [hash(d) for d in made] == [hash(d) for d in rows]
+    with pytest.raises(AttributeError):
+        made[0].outcome = SUPPRESSED  # type: ignore[misc]
