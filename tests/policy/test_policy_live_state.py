@@ -343,3 +343,27 @@ def test_a_field_that_is_json_but_not_an_object_is_a_clear_error(r: redis.Redis)
     r.hset(journey_key("C-odd"), "open_account", b"[1, 2]")
     with pytest.raises(LiveStateError, match="not a JSON object"):
         lookup(r, "C-odd")
+
+
+def test_a_flushed_script_is_loaded_again_and_the_write_goes_through(
+    r: redis.Redis, writer: LiveStateWriter
+) -> None:
+    writer.write(batch([row("F1", "open_account", "start", T0)]))
+    r.script_flush()
+    rows = [row(f"F{i}", "open_account", "id_upload", T0 + i) for i in range(1, 1_200)]
+    assert writer.write(batch(rows)) == 1_199  # three calls, each met NOSCRIPT once
+    assert writer.script.stats["script_loads"] == 2
+    assert stored(r, "F1199")["open_account"]["step"] == "id_upload"
+
+
+def test_an_error_reply_fails_the_write_and_leaves_the_connection_usable(
+    r: redis.Redis, writer: LiveStateWriter
+) -> None:
+    r.set(journey_key("S1"), "not a hash")
+    rows = [row("S0", "open_account", "start", T0), row("S1", "open_account", "start", T0)]
+    with pytest.raises(LiveStateError, match="WRONGTYPE") as failed:
+        writer.write(batch(rows))
+    assert not failed.value.transient
+    r.delete(journey_key("S1"))
+    assert writer.write(batch(rows)) == 2
+    assert stored(r, "S1")["open_account"]["step"] == "start"
