@@ -117,8 +117,8 @@ class LiveStateTracker:
         keys, journeys, ids = self._unique()
         values, start, length = self.value_spans(store, keys, journeys, now_ms)
         self._clear()
-        calls, clients = self.writer.calls(ids, journeys, self.name_bytes, values, start, length)
-        write = self.writer.submit(calls, clients)
+        commands = self.writer.commands(ids, journeys, self.name_bytes, values, start, length)
+        write = self.writer.submit(*commands)
         self.in_flight.append(InFlight(write, keys, journeys, ids))
         if force or len(self.in_flight) > MAX_IN_FLIGHT:
             self._collect(wait=True, keep=0 if force else MAX_IN_FLIGHT)

@@ -12,6 +12,7 @@ last field goes, so a client without open journeys has no key. Every write sets 
 of the keys it touches. See ``docs/policy.md`` ("Live journey state").
 """
 
+import socket
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -24,7 +25,6 @@ import redis
 
 from policy.exceptions import LiveStateError
 from policy.live_commands import write_calls, write_commands_py
-from policy.scripts import Script
 
 KEY_PREFIX = "ato:journey:"
 # the JSON members of a field's value, in the order they are written
@@ -144,60 +144,38 @@ def _error(client: "redis.Redis", doing: str, exc: redis.RedisError) -> LiveStat
     return LiveStateError(f"{doing}: Redis at {where(client)}: {exc}", transient=transient)
 
 
-# ARGV[1]: TTL (s); then per client: key, number of fields to set (n), number of fields to
-# remove (m), n field/value pairs, m fields (policy.live_commands builds the calls). The keys
-# are not declared: a single Redis only.
-WRITE_LUA = """
-local ttl = tonumber(ARGV[1])
-local i, clients = 2, 0
-while i <= #ARGV do
-  local key, n, m = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  i = i + 3
-  if n > 0 then redis.call('HSET', key, unpack(ARGV, i, i + 2 * n - 1)) end
-  i = i + 2 * n
-  if m > 0 then redis.call('HDEL', key, unpack(ARGV, i, i + m - 1)) end
-  i = i + m
-  redis.call('EXPIRE', key, ttl)
-  clients = clients + 1
-end
-return clients
-"""
-
-
 class LiveStateWriter:
     """Writes batches of :class:`JourneyChanges` to the clients' hashes, one round trip each.
 
     The keys a batch touches expire ``ttl_s`` seconds after it (clients that stop changing
-    fade away); untouched keys keep their expiry. Clients go ``chunk`` at a time into one
-    EVALSHA of a Lua script doing their HSET, HDEL and EXPIRE (one command per chunk instead
-    of up to three per client: the client library's per-command cost dominates otherwise).
-    The script touches many keys, so this needs a single Redis, not a Redis Cluster.
+    fade away); untouched keys keep their expiry. A write is one buffer of plain commands
+    (per client an HSET, an HDEL and an EXPIRE, built by :mod:`policy.live_commands`), sent
+    in one piece; their replies (integers, or errors) are counted as bytes, not parsed one
+    by one: the client library's per-command cost would dominate otherwise.
     """
 
-    def __init__(self, client: "redis.Redis", ttl_s: int, chunk: int = 500) -> None:
-        if ttl_s <= 0 or chunk <= 0:
-            msg = f"ttl_s and chunk must be > 0, got {ttl_s!r} and {chunk!r}"
+    def __init__(self, client: "redis.Redis", ttl_s: int) -> None:
+        if ttl_s <= 0:
+            msg = f"ttl_s must be > 0, got {ttl_s!r}"
             raise ValueError(msg)
         self.client = client
         self.ttl_s = int(ttl_s)
-        self.chunk = chunk
-        self.script = Script(client, WRITE_LUA)
         self._thread: ThreadPoolExecutor | None = None
+        self.stats = {"round_trips": 0, "commands": 0}
 
-    def submit(self, calls: Sequence[bytes], clients: int) -> "Future[int]":
+    def submit(self, commands: bytes, count: int, clients: int) -> "Future[int]":
         """:meth:`send` on the writer's own thread (one per writer, so writes run in the order
         they are submitted); the flow goes on while Redis works. The future raises what
         :meth:`send` raises."""
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="ato-live-state")
-        return self._thread.submit(self.send, calls, clients)
+        return self._thread.submit(self.send, commands, count, clients)
 
     def write(self, changes: JourneyChanges) -> int:
         """Write the last change per (client, journey) and return the clients written.
 
-        One pipeline (no MULTI/EXEC) per call: per touched client an HSET of its open
-        journeys, an HDEL of its closed ones and an EXPIRE, in script calls of ``chunk``
-        clients. An empty batch sends nothing.
+        One write (no MULTI/EXEC) per call: per touched client an HSET of its open
+        journeys, an HDEL of its closed ones and an EXPIRE. An empty batch sends nothing.
 
         On a connection error or timeout this raises :class:`LiveStateError` (``transient``)
         and some commands may have been applied. Sending the same ``changes`` again is
@@ -233,11 +211,10 @@ class LiveStateWriter:
             field = (journey.encode(), None if value is None else value.encode())
             by_client.setdefault(client_id, []).append(field)
         clients = [(c.encode(), fields) for c, fields in by_client.items()]
-        prefix = KEY_PREFIX.encode()
-        calls = write_commands_py(self.script.sha, self.ttl_s, prefix, clients, self.chunk)
-        return self.send(calls, len(clients))
+        commands, count = write_commands_py(self.ttl_s, KEY_PREFIX.encode(), clients)
+        return self.send(commands, count, len(clients))
 
-    def calls(
+    def commands(
         self,
         ids: np.ndarray,
         journey: np.ndarray,
@@ -245,21 +222,73 @@ class LiveStateWriter:
         values: np.ndarray,
         value_start: np.ndarray,
         value_len: np.ndarray,
-    ) -> tuple[list[bytes], int]:
-        """:func:`policy.live_commands.write_calls` for this writer's script, TTL and chunk."""
+    ) -> tuple[bytes, int, int]:
+        """:func:`policy.live_commands.write_calls` with this writer's TTL: (commands, their
+        number, clients)."""
         return write_calls(
-            self.script.sha, self.ttl_s, KEY_PREFIX.encode(), ids, journey, names, values,
-            value_start, value_len, self.chunk,
-        )  # fmt: skip
+            self.ttl_s, KEY_PREFIX.encode(), ids, journey, names, values, value_start, value_len
+        )
 
-    def send(self, calls: Sequence[bytes], clients: int) -> int:
-        """Send the EVALSHA ``calls`` of a write (:meth:`calls`) in one round trip; return
-        ``clients``. Errors as :meth:`write`."""
+    def send(self, commands: bytes, count: int, clients: int) -> int:
+        """Send ``count`` commands (:meth:`commands`) in one write and wait for their
+        replies; return ``clients``. Errors as :meth:`write`; an error reply of one command
+        does not stop the others."""
+        if not count:
+            return clients
         try:
-            self.script.run_packed(calls)
+            first_error = send_counting_replies(self.client, commands, count)
         except redis.RedisError as exc:
             raise _error(self.client, "writing live journey state", exc) from exc
+        self.stats["round_trips"] += 1
+        self.stats["commands"] += count
+        if first_error:
+            error = redis.ResponseError(first_error)
+            raise _error(self.client, "writing live journey state", error)
         return clients
+
+
+def send_counting_replies(client: "redis.Redis", commands: bytes, count: int) -> str:
+    """Send ``commands`` (protocol bytes of ``count`` commands whose replies are one line
+    each: integers or errors) on one of ``client``'s pooled connections and read the replies
+    as raw bytes until ``count`` lines have come; return the first error reply's text, or
+    ``""``. Reading the socket directly (redis-py's ``_sock``) skips a parser call per reply.
+    A connection that failed midway is dropped (``ConnectionError``/``TimeoutError``)."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([commands])
+        sock = conn._sock  # noqa: SLF001 (see the docstring)
+        parts: list[bytes] = []
+        lines = 0
+        while lines < count:
+            part = _receive(sock)
+            parts.append(part)
+            lines += part.count(b"\r\n")
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    replies = b"".join(parts)
+    if not replies.startswith(b"-") and b"\n-" not in replies:
+        return ""
+    at = 0 if replies.startswith(b"-") else replies.index(b"\n-") + 1
+    return replies[at + 1 : replies.index(b"\r\n", at)].decode(errors="replace")
+
+
+def _receive(sock: socket.socket | None) -> bytes:
+    """What the socket has (waiting up to its timeout), as redis-py's errors."""
+    problem = "Connection closed by server."
+    try:
+        if sock is not None and (part := sock.recv(1 << 20)):
+            return part
+    except TimeoutError as exc:
+        problem = "Timeout reading from socket"
+        raise redis.TimeoutError(problem) from exc
+    except OSError as exc:
+        problem = f"Error while reading from socket: {exc}"
+        raise redis.ConnectionError(problem) from exc
+    raise redis.ConnectionError(problem)
 
 
 def lookup(client: "redis.Redis", client_id: str) -> dict[str, dict[str, Any]]:
