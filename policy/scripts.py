@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 Call = tuple[Sequence[str | bytes], Sequence[str | bytes | int]]  # keys, arguments
 
@@ -41,45 +41,6 @@ class Script:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return replies
-
-    def run_packed(self, calls: Sequence[bytes]) -> list[Any]:
-        """Replies of EVALSHA calls of this script already in protocol bytes (each one whole
-        call, with :attr:`sha`), sent in one write; NOSCRIPT and errors as :meth:`run`."""
-        if not calls:
-            return []
-        if not self.loaded:
-            self._load()
-        replies = self._send(calls)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            self._load()
-            for i, reply in zip(missing, self._send([calls[i] for i in missing]), strict=True):
-                replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    def _send(self, calls: Sequence[bytes]) -> list[Any]:
-        """One write of ``calls`` on a pooled connection, then their replies (error replies
-        as exceptions in the list). A connection that failed midway is dropped."""
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(list(calls))
-            replies: list[Any] = []
-            for _ in calls:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
-        self.stats["round_trips"] += 1
         return replies
 
     def _load(self) -> None:
