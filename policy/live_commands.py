@@ -18,13 +18,20 @@ CLOSED = -1  # value length of a row whose field is removed
 
 
 @njit(cache=True, nogil=True)
-def _put_uint(out: np.ndarray, pos: int, value: int) -> int:
-    """Decimal digits of ``value`` >= 0 at ``pos``; returns the position after them."""
+def _digits(value: int) -> int:
+    """How many decimal digits ``value`` >= 0 has."""
     digits = 1
     rest = value // 10
     while rest:
         digits += 1
         rest //= 10
+    return digits
+
+
+@njit(cache=True, nogil=True)
+def _put_uint(out: np.ndarray, pos: int, value: int) -> int:
+    """Decimal digits of ``value`` >= 0 at ``pos``; returns the position after them."""
+    digits = _digits(value)
     for k in range(digits - 1, -1, -1):
         out[pos + k] = _ZERO + value % 10
         value //= 10
@@ -61,12 +68,8 @@ def _put_bulk(out: np.ndarray, pos: int, src: np.ndarray, start: int, length: in
 @njit(cache=True, nogil=True)
 def _put_bulk_uint(out: np.ndarray, pos: int, value: int) -> int:
     """A bulk string of the decimal digits of ``value`` >= 0."""
-    digits = 1
-    rest = value // 10
-    while rest:
-        digits += 1
-        rest //= 10
-    return _put_line_end(out, _put_uint(out, _put_bulk_head(out, pos, digits), value))
+    pos = _put_bulk_head(out, pos, _digits(value))
+    return _put_line_end(out, _put_uint(out, pos, value))
 
 
 @njit(cache=True, nogil=True)
