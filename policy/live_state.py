@@ -171,6 +171,13 @@ class LiveStateWriter:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="ato-live-state")
         return self._thread.submit(self.send, commands, count, clients)
 
+    def stop_thread(self) -> None:
+        """Wait for the writes submitted so far and end the writer's thread (a later
+        :meth:`submit` starts another), so no idle thread outlives the flow's input."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+
     def write(self, changes: JourneyChanges) -> int:
         """Write the last change per (client, journey) and return the clients written.
 

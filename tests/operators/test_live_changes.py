@@ -1,5 +1,7 @@
 """Live-state values rendered by the numba template equal the plain encoding, and marks."""
 
+import threading
+
 import numpy as np
 import orjson
 import pytest
@@ -82,6 +84,7 @@ def test_marks_are_written_once_each_and_kept_while_redis_fails(
     tracker.writer = LiveStateWriter(r, 60)
     assert tracker.maybe_write(store, 2, force=True) == distinct
     assert tracker.pending() == 0 and tracker.stats["writes"] == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("ato-live-state")]
     journey = CATALOG.journeys[0].name
     opened = [c for c in set(client_id_texts(events.client_id)) if journey in lookup(r, c)]
     slots = store.find_instances(np.unique(events.client_key), np.zeros(distinct, np.int64))
