@@ -214,8 +214,7 @@ class ProfileStore:
         self.max_entries = max_entries
         self.chunk = chunk
         self._cache: dict[str, tuple[float, ProfileValues]] = {}
-        self._shapes: dict[tuple[tuple[bytes | str, bytes | str], ...], tuple[ProfileValues, str]]
-        self._shapes = {}
+        self._shapes: dict[tuple[bytes | str, ...], tuple[ProfileValues, str]] = {}
         self.script = Script(client, READ_LUA)
         self.stats = {"hits": 0, "misses": 0, "unknown": 0, "invalid": 0, "round_trips": 0}
 
@@ -281,27 +280,26 @@ class ProfileStore:
         self.stats["round_trips"] += 1
         expires = now + self.ttl_s
         for client_id, flat in zip(ids, replies, strict=True):
-            values = self._values(client_id, tuple(zip(flat[::2], flat[1::2], strict=True)))
+            values = self._values(client_id, flat)
             found[client_id] = values
             self._remember(client_id, expires, values)
         return found
 
-    def _values(
-        self, client_id: str, shape: tuple[tuple[bytes | str, bytes | str], ...]
-    ) -> ProfileValues:
-        """The validated values of a hash's fields (``shape``). Hashes that differ only in
-        ``rm_id`` (any text is a valid RM id) are validated once (at most ``max_entries``
-        kinds remembered), and the RM id is put in afterwards."""
-        rm: bytes | str = ""
-        fields_ = []
-        for name, value in shape:
-            if name in _RM_NAMES:
-                rm = value
-            fields_.append((name, "" if name in _RM_NAMES else value))
-        key = tuple(fields_)
+    def _values(self, client_id: str, flat: list[bytes | str]) -> ProfileValues:
+        """The validated values of a hash's HGETALL reply ``flat`` (field, value, ...).
+        Hashes that differ only in ``rm_id`` (any text is a valid RM id) are validated once
+        (at most ``max_entries`` kinds remembered), and the RM id is put in afterwards."""
+        if len(flat) >= 6 and flat[4] in _RM_NAMES:  # where load() writes it
+            rm, key = flat[5], (*flat[:5], "", *flat[6:])
+        else:
+            rm, fields_ = "", list(flat)
+            for i in range(0, len(fields_) - 1, 2):
+                if fields_[i] in _RM_NAMES:
+                    rm, fields_[i + 1] = fields_[i + 1], ""
+            key = tuple(fields_)
         known = self._shapes.get(key)
         if known is None:
-            known = self._decode(client_id, dict(key))
+            known = self._decode(client_id, dict(zip(key[::2], key[1::2], strict=True)))
             if len(self._shapes) >= self.max_entries:
                 self._shapes.clear()
             self._shapes[key] = known
