@@ -126,6 +126,19 @@ class Catalog:
         """Return the journey called ``name``."""
         return self.journeys[self.journey_codes[name]]
 
+    def step_names(self) -> list[list[str]]:
+        """Step name by [journey code, step code], each journey's row padded to the longest
+        journey with its last step."""
+        width = max(len(j.steps) for j in self.journeys)
+        return [
+            [j.steps[min(s, len(j.steps) - 1)].name for s in range(width)] for j in self.journeys
+        ]
+
+    def ladder_tiers(self) -> list[list[str]]:
+        """The tier of the catalog ladder by [journey code, min(attempt, 3) - 1] (a ladder's
+        last tier repeats)."""
+        return [[j.tiers[min(a, len(j.tiers) - 1)] for a in range(3)] for j in self.journeys]
+
 
 def default_catalog_path() -> Path:
     """Return the path of the catalog shipped with ato-stream."""

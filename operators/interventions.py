@@ -231,14 +231,9 @@ class InterventionBuilder:
         journeys = catalog.journeys
         width = max(len(j.steps) for j in journeys)
         self.journey_names = np.array([j.name for j in journeys], dtype=object)
-        self.step_names = np.array(
-            [[j.steps[min(s, len(j.steps) - 1)].name for s in range(width)] for j in journeys],
-            dtype=object,
-        )
+        self.step_names = np.array(catalog.step_names(), dtype=object)
         self.base_priority = np.array([j.priority for j in journeys], dtype=np.int64)
-        self.tiers = np.array(
-            [[j.tiers[min(a, len(j.tiers) - 1)] for a in range(3)] for j in journeys], dtype=object
-        )
+        self.tiers = np.array(catalog.ladder_tiers(), dtype=object)
         self.type_names = np.array(catalog.type_names, dtype=object)
         self.channels = np.array(CHANNELS, dtype=object)
         # one vocabulary of every name a document holds; sections start at these codes

@@ -134,13 +134,10 @@ class BatchChecks:
         self.profiles = profiles
         journeys = catalog.journeys
         self.journey_names = [j.name for j in journeys]
-        self.width = max(len(j.steps) for j in journeys)
-        self.step_names = [
-            [j.steps[min(s, len(j.steps) - 1)].name for s in range(self.width)] for j in journeys
-        ]
+        self.step_names = catalog.step_names()
+        self.width = len(self.step_names[0])
         self.ladder_tier = np.array(
-            [[TIERS.index(j.tiers[min(a, len(j.tiers) - 1)]) for a in range(3)] for j in journeys],
-            np.int64,
+            [[TIERS.index(t) for t in row] for row in catalog.ladder_tiers()], np.int64
         )
         self.attempts = max([3, *(len(r.ladder) for r in policy.rules)])
         self.cooldown = np.array([policy.cooldown_for(n) for n in self.journey_names], np.int64)
