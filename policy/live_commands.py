@@ -193,7 +193,7 @@ NAMES3 = np.frombuffer(b"".join(_NAMES3), np.uint8)
 NAME3_START = np.cumsum([0] + [len(n) for n in _NAMES3]).astype(np.int64)
 
 
-def write_calls(
+def commands_of_rows(
     ttl_s: int,
     prefix: bytes,
     ids: np.ndarray,

@@ -24,7 +24,7 @@ import orjson
 import redis
 
 from policy.exceptions import LiveStateError
-from policy.live_commands import write_calls, write_commands_py
+from policy.live_commands import commands_of_rows, write_commands_py
 
 KEY_PREFIX = "ato:journey:"
 # the JSON members of a field's value, in the order they are written
@@ -211,7 +211,7 @@ class LiveStateWriter:
         """Write one field per row: ``values[i]`` (a JSON object, see the module doc) under
         ``journeys[i]`` of the client's hash, or remove the field when it is None. At most
         one row per (client, journey). Returns the clients written; errors as :meth:`write`.
-        (The flow builds the same calls from columns with :func:`write_calls`.)
+        (The flow builds the same commands from columns with :func:`commands_of_rows`.)
         """
         by_client: dict[str, list[tuple[bytes, bytes | None]]] = {}
         for client_id, journey, value in zip(client_ids, journeys, values, strict=True):
@@ -230,9 +230,9 @@ class LiveStateWriter:
         value_start: np.ndarray,
         value_len: np.ndarray,
     ) -> tuple[bytes, int, int]:
-        """:func:`policy.live_commands.write_calls` with this writer's TTL: (commands, their
+        """:func:`policy.live_commands.commands_of_rows` with this writer's TTL: (commands, their
         number, clients)."""
-        return write_calls(
+        return commands_of_rows(
             self.ttl_s, KEY_PREFIX.encode(), ids, journey, names, values, value_start, value_len
         )
 

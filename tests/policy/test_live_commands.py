@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.live_commands import CLOSED, write_calls, write_commands_py
+from policy.live_commands import CLOSED, commands_of_rows, write_commands_py
 
 NAMES = [b"open_account", b"loan", "\u7406\u8d22".encode(), b"x"]
 ids = st.text(st.characters(blacklist_characters="\x00", codec="utf-8"), min_size=1, max_size=9)
@@ -24,7 +24,7 @@ def test_kernel_commands_equal_the_twins(
     buf = b"".join(v for _, _, v in rows if v is not None)
     lengths = [CLOSED if v is None else len(v) for _, _, v in rows]
     starts = np.cumsum([0] + [max(n, 0) for n in lengths])[:-1]
-    commands, count, clients_written = write_calls(
+    commands, count, clients_written = commands_of_rows(
         ttl_s, b"ato:journey:", np.array([c.encode() for c, _, _ in rows], np.bytes_),
         np.array([j for _, j, _ in rows]), NAMES, np.frombuffer(buf or b"\0", np.uint8),
         starts, np.array(lengths),
@@ -44,7 +44,7 @@ def test_one_client_in_the_protocol() -> None:
         b"*3\r\n$6\r\nEXPIRE\r\n$4\r\nk:C1\r\n$2\r\n60\r\n",
         3,
     )
-    assert write_calls(
+    assert commands_of_rows(
         60, b"k:", np.array([], np.bytes_), np.array([], np.int64), [b"a"],
         np.zeros(1, np.uint8), np.array([], np.int64), np.array([], np.int64),
     ) == (b"", 0, 0)  # fmt: skip
