@@ -31,9 +31,10 @@ Delivery guarantee: at least once into the row tables, exactly once for readers.
 table is a ReplacingMergeTree keyed by its duplicate key, so rows a replay, a restart or a
 retried insert writes again collapse: a query with ``FINAL`` (``ato query`` sets
 ``final = 1``) counts each key once, at any time and with no window. The hour tables are
-recomputed from the row tables read with ``FINAL`` by refreshable materialized views (every
-minute, and when the sink of an embedded database closes), so they never double count
-either; they lag the row tables by at most a minute plus one refresh.
+recomputed from the row tables read with ``FINAL`` by refreshable materialized views, so
+they never double count either. A server refreshes them every minute (they lag the row
+tables by at most a minute plus one refresh); an embedded database is refreshed by the read
+that finds a row table changed since the last refresh (:meth:`ClickHouseStore.query`).
 """
 
 import contextlib
@@ -428,6 +429,8 @@ class ClickHouseStore:
         they stay out of the SQL that error messages quote).
         """
         self._use_database()
+        if self.embedded:
+            self.refresh_stale_rollups()
         for name, value in (settings or {}).items():
             self.client.set_client_setting(name, value)
         try:
@@ -464,14 +467,61 @@ class ClickHouseStore:
         """
         views = self.rollup_views()
         names = [f"{self.database}.{view}" for view in views]
-        for name in names:
-            with contextlib.suppress(DriverError):  # a refresh failed earlier: start afresh
-                self.client.command(f"SYSTEM WAIT VIEW {name}")
+        self._wait_for_refreshes(names)
         for name in names:
             self._command(f"SYSTEM REFRESH VIEW {name}")
         for name in names:
             self._command(f"SYSTEM WAIT VIEW {name}")
         return views
+
+    def _wait_for_refreshes(self, views: list[str]) -> None:
+        """Wait for the refreshes of ``views`` (qualified names) that are under way."""
+        for name in views:
+            with contextlib.suppress(DriverError):  # a refresh failed earlier: start afresh
+                self.client.command(f"SYSTEM WAIT VIEW {name}")
+
+    def rollups_stale(self) -> bool:
+        """Whether an hour table may lag its row table: a rollup view not refreshed since
+        the database was opened in this process, or a part of a row table written at or
+        after the start of the oldest latest refresh. Parts carry their time in seconds, so
+        a part from the same second as a refresh counts as newer: at worst one refresh too
+        many, never a stale answer (and a background merge of a row table's parts counts
+        too)."""
+        db = self.database
+        views = self._rows(
+            f"SELECT last_success_time FROM system.view_refreshes WHERE database = '{db}'"
+        )
+        if not views:
+            return False
+        starts = [start for (start,) in views]
+        if any(start is None for start in starts):
+            return True
+        targets = [
+            match.group(1)
+            for (query,) in self._rows(
+                f"SELECT create_table_query FROM system.tables WHERE database = '{db}'"
+                " AND engine = 'MaterializedView'"
+            )
+            if (match := re.search(rf"\bTO {db}\.(\w+)", query))
+        ]
+        hour_tables = ", ".join(f"'{name}'" for name in targets) or "''"
+        [(newest,)] = self._rows(
+            "SELECT max(modification_time) FROM system.parts"
+            f" WHERE database = '{db}' AND active AND table NOT IN ({hour_tables})"
+        )
+        return bool(newest >= min(starts))
+
+    def refresh_stale_rollups(self) -> bool:
+        """Embedded databases: bring the hour tables up to date before a read (nothing
+        refreshes them on a schedule between runs). Waits for refreshes under way (chDB
+        starts one per view when a process opens the database), then refreshes every view
+        if :meth:`rollups_stale`; returns whether it did."""
+        names = [f"{self.database}.{view}" for view in self.rollup_views()]
+        self._wait_for_refreshes(names)
+        if not names or not self.rollups_stale():
+            return False
+        self.refresh_rollups()
+        return True
 
     def close(self) -> None:
         """Close the client (for chDB: release the directory once no client is left)."""
@@ -582,15 +632,11 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
             self.flush()
 
     def close(self) -> None:
-        """Write what is left, close the database; an embedded one gets its hour tables
-        refreshed first (a server refreshes them on its own schedule)."""
+        """Write what is left and close the database. The hour tables are not refreshed
+        here: a server refreshes them on its schedule, and an embedded database when it is
+        next read (:meth:`ClickHouseStore.query`)."""
         try:
             self.flush()
-            try:
-                if self.store.embedded:
-                    self.store.refresh_rollups()
-            except ClickHouseError as exc:  # rows are durable; a scheduled refresh catches up
-                log.warning("hour rollups not refreshed at close: %s", exc)
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -120,6 +121,24 @@ def test_replayed_rows_collapse_and_hour_rollups_count_them_once(store: ClickHou
     recovered = o["time_to_recovery_ms"][o["time_to_recovery_ms"] >= 0]
     assert first["outcomes_hour"] == (120, int(recovered.sum()))
     assert first["flow_health_hour"] == (120, int(blocks["flow_health"].columns["events_in"].sum()))
+
+
+def test_an_embedded_read_refreshes_the_hour_tables_only_when_a_row_table_changed(
+    store: ClickHouseStore,
+) -> None:
+    store.insert(funnel_block(30, seed=1))
+    assert store.rollups_stale()
+    _, [(events,)] = store.query("SELECT sum(events) FROM funnel_hour")
+    assert events == funnel_block(30, seed=1).columns["events"].sum()
+    time.sleep(1.1)  # parts carry their time in seconds: a later second tells them apart
+    store.refresh_stale_rollups()  # if the read refreshed in the insert's second
+    assert not store.rollups_stale()
+    assert not store.refresh_stale_rollups()
+    store.insert(funnel_block(30, seed=2, first_minute=600))
+    assert store.rollups_stale()
+    _, [(events,)] = store.query("SELECT sum(events) FROM funnel_hour")
+    expected = sum(funnel_block(30, seed=s).columns["events"].sum() for s in (1, 2))
+    assert events == expected
 
 
 def _rollups(store: ClickHouseStore) -> dict[str, tuple[int, int]]:
