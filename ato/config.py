@@ -324,7 +324,7 @@ class RedisSettings:
         "", "Contact-policy TOML file. Empty: the shipped policy/default_policy.toml."
     )
     live_state_ttl_s: int = _knob(
-        7 * 86_400, "Live journey-state hashes expire this long (s) after their last write."
+        7 * 86_400, "Live journey-state hashes expire this long (s) after their last field set."
     )
     timeout_s: float = _knob(2.0, "Connect and command timeout (s) of every Redis call.")
     max_deferred: int = _knob(

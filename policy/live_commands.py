@@ -1,8 +1,9 @@
 """The Redis commands of a live-state write, as protocol bytes built by a numba kernel.
 
 A write of many clients' journey fields goes to Redis as plain commands, per client an
-``HSET`` of the fields it sets, an ``HDEL`` of those it removes and an ``EXPIRE`` of its
-key, all in one buffer sent in one write (``policy.live_state.LiveStateWriter.send``).
+``HSET`` of the fields it sets and an ``EXPIRE`` of its key (when it sets any) and an
+``HDEL`` of those it removes (when it removes any), all in one buffer sent in one write
+(``policy.live_state.LiveStateWriter.send``).
 
 :func:`write_commands` writes them in the Redis protocol (RESP) from columns (rows grouped
 by client); :func:`write_commands_py` is its plain-Python twin.
@@ -113,10 +114,11 @@ def write_commands(
     ``group_start[c + 1]`` (exclusive) and id ``ids[group_start[c], :id_len[...]]`` (uint8
     ``[rows, width]``). Row ``r`` sets field ``names[name_start[journey[r]]:...]`` to
     ``values[value_start[r]:][:value_len[r]]``, or removes it when ``value_len[r]`` is
-    ``CLOSED``. Per client: one HSET of its set fields, one HDEL of its removed ones (each
-    only when there are any), one EXPIRE. ``names3[name3_start[k]:name3_start[k + 1]]`` is
-    the bulk string of command ``k`` of HSET, HDEL, EXPIRE. ``out`` must be large enough
-    (:func:`buffer_size`).
+    ``CLOSED``. Per client: one HSET of its set fields and an EXPIRE of its key, when it
+    sets any; one HDEL of its removed ones, when it removes any (an HDEL never creates a
+    key, so the key keeps the expiry its last HSET gave it); in that order: HSET, HDEL,
+    EXPIRE. ``names3[name3_start[k]:name3_start[k + 1]]`` is the bulk string of command
+    ``k`` of HSET, HDEL, EXPIRE. ``out`` must be large enough (:func:`buffer_size`).
     """
     hset = names3[name3_start[0] : name3_start[1]]
     hdel = names3[name3_start[1] : name3_start[2]]
@@ -146,9 +148,10 @@ def write_commands(
                     j = journey[r]
                     pos = _put_bulk(out, pos, names, name_start[j], name_len[j])
             count += 1
-        pos = _put_key(out, _put_command(out, pos, 3, expire), prefix, client, size)
-        pos = _put_bulk_uint(out, pos, ttl_s)
-        count += 1
+        if opened:
+            pos = _put_key(out, _put_command(out, pos, 3, expire), prefix, client, size)
+            pos = _put_bulk_uint(out, pos, ttl_s)
+            count += 1
     return pos, count
 
 
@@ -184,7 +187,8 @@ def write_commands_py(
             commands.append(_command(b"HSET", key, *opened))
         if closed:
             commands.append(_command(b"HDEL", key, *closed))
-        commands.append(_command(b"EXPIRE", key, b"%d" % ttl_s))
+        if opened:
+            commands.append(_command(b"EXPIRE", key, b"%d" % ttl_s))
     return b"".join(commands), len(commands)
 
 

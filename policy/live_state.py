@@ -9,7 +9,7 @@ journey (the journey name), its value a compact JSON object::
 
 A closed instance (completed, failed, expired) loses its field; Redis deletes a hash whose
 last field goes, so a client without open journeys has no key. Every write sets the expiry
-of the keys it touches. See ``docs/policy.md`` ("Live journey state").
+of the keys it sets fields of. See ``docs/policy.md`` ("Live journey state").
 """
 
 import socket
@@ -147,9 +147,10 @@ def _error(client: "redis.Redis", doing: str, exc: redis.RedisError) -> LiveStat
 class LiveStateWriter:
     """Writes batches of :class:`JourneyChanges` to the clients' hashes, one round trip each.
 
-    The keys a batch touches expire ``ttl_s`` seconds after it (clients that stop changing
-    fade away); untouched keys keep their expiry. A write is one buffer of plain commands
-    (per client an HSET, an HDEL and an EXPIRE, built by :mod:`policy.live_commands`), sent
+    The keys a batch sets fields of expire ``ttl_s`` seconds after it (clients that stop
+    changing fade away); other keys keep their expiry. A write is one buffer of plain
+    commands (per client an HSET and an EXPIRE, an HDEL, built by
+    :mod:`policy.live_commands`), sent
     in one piece; their replies (integers, or errors) are counted as bytes, not parsed one
     by one: the client library's per-command cost would dominate otherwise.
     """
@@ -182,7 +183,7 @@ class LiveStateWriter:
         """Write the last change per (client, journey) and return the clients written.
 
         One write (no MULTI/EXEC) per call: per touched client an HSET of its open
-        journeys, an HDEL of its closed ones and an EXPIRE. An empty batch sends nothing.
+        journeys and an EXPIRE, an HDEL of its closed ones. An empty batch sends nothing.
 
         On a connection error or timeout this raises :class:`LiveStateError` (``transient``)
         and some commands may have been applied. Sending the same ``changes`` again is

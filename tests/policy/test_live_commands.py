@@ -44,6 +44,10 @@ def test_one_client_in_the_protocol() -> None:
         b"*3\r\n$6\r\nEXPIRE\r\n$4\r\nk:C1\r\n$2\r\n60\r\n",
         3,
     )
+    assert write_commands_py(60, b"k:", [(b"C2", [(b"b", None)])]) == (
+        b"*3\r\n$4\r\nHDEL\r\n$4\r\nk:C2\r\n$1\r\nb\r\n",
+        1,
+    )  # removals only: no EXPIRE (an HDEL never creates the key)
     assert commands_of_rows(
         60, b"k:", np.array([], np.bytes_), np.array([], np.int64), [b"a"],
         np.zeros(1, np.uint8), np.array([], np.int64), np.array([], np.int64),

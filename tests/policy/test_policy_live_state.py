@@ -162,14 +162,25 @@ def test_only_the_last_change_per_instance_is_written(
     assert not r.exists(journey_key("C5"))
 
 
-def test_ttl_is_set_on_touched_keys_only(r: redis.Redis, writer: LiveStateWriter) -> None:
-    writer.write(batch([row("A", "open_account", "start", T0), row("B", "loan", "apply", T0)]))
+def test_ttl_is_set_on_keys_with_fields_set_only(r: redis.Redis, writer: LiveStateWriter) -> None:
+    writer.write(
+        batch(
+            [
+                row("A", "open_account", "start", T0),
+                row("B", "loan", "apply", T0),
+                row("B", "open_account", "start", T0),
+            ]
+        )
+    )
     assert TTL - 2 <= r.ttl(journey_key("A")) <= TTL
     r.expire(journey_key("B"), 50)
     r.expire(journey_key("A"), 50)
     writer.write(batch([row("A", "open_account", "id_upload", T0 + 1)]))
     assert TTL - 2 <= r.ttl(journey_key("A")) <= TTL
-    assert r.ttl(journey_key("B")) <= 50
+    assert r.ttl(journey_key("B")) <= 50  # untouched
+    writer.write(batch([row("B", "loan", "apply", T0 + 2, closed=True)]))
+    assert set(stored(r, "B")) == {"open_account"}
+    assert r.ttl(journey_key("B")) <= 50  # a removal alone keeps the expiry
 
 
 def test_one_round_trip_per_write(counting: Any, r: redis.Redis) -> None:
