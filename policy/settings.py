@@ -63,9 +63,10 @@ class Policy:
     max_delay_ms: int = 24 * 3_600_000
     resume_on: str = "progress"
     resume_channels: tuple[str, ...] = CHANNELS
-    # routes already computed (policy.routing.route); not part of the policy's value
+    # routes already computed (policy.routing.route); not part of the policy's value, and
+    # not an __init__ argument, so a dataclasses.replace copy starts with its own
     route_cache: dict[tuple[object, ...], Any] = field(
-        default_factory=dict, compare=False, repr=False
+        default_factory=dict, init=False, compare=False, repr=False
     )
 
     def quiet_window(self, segment: str) -> Window | None:

@@ -2,6 +2,7 @@
 
 import itertools
 import tomllib
+from dataclasses import replace
 
 import pytest
 
@@ -111,3 +112,13 @@ def test_remembered_routes_equal_fresh_ones() -> None:
                 args = (POLICY, journey, step, attempt, profile, "ai", 40 + k % 20)
                 assert route(*args) == route_uncached(*args)
     assert 0 < len(POLICY.route_cache) <= ROUTE_CACHE
+
+
+def test_a_changed_copy_of_a_policy_does_not_reuse_its_routes() -> None:
+    profile = Profile("C1", "senior", "mass", "", "", "Asia/Shanghai")
+    args = ("loan_application", "apply", 2, profile, "ai", 40)
+    assert route(POLICY, *args).tier == "remote"  # senior's offline rung, no RM: the fallback
+    copy = replace(POLICY, offline_without_rm="ai")
+    assert copy.route_cache is not POLICY.route_cache
+    assert route(copy, *args) == route_uncached(copy, *args)
+    assert route(copy, *args).tier == "ai"
