@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ato.columns import EventColumns, client_id_texts
+from ato.columns import EventColumns, RawBytes, client_id_texts
 from operators.funnel import FunnelRows
 from policy.rules import Decision
 from state.base import Records
@@ -91,10 +91,10 @@ class ShardInput:
     # Original bytes, for late events: ``events`` leaves its ``raw`` out; ``raw`` is that of
     # the whole decoded batch (shared by every shard's item, not copied) and ``raw_rows``
     # the rows of it holding ``events``, in order.
-    raw: np.ndarray | None = None
+    raw: RawBytes | np.ndarray | None = None
     raw_rows: np.ndarray | None = None
 
-    def raw_of(self, rows: np.ndarray) -> np.ndarray | None:
+    def raw_of(self, rows: np.ndarray) -> RawBytes | np.ndarray | None:
         """Original bytes of ``events`` at ``rows`` (an index array or mask), if known."""
         if self.raw is None or self.raw_rows is None:
             return self.events.raw[rows] if self.events.raw is not None else None

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from ato.catalog import CHANNELS, SEGMENTS, Catalog
-from ato.columns import EventColumns, client_id_bytes
+from ato.columns import EventColumns, RawBytes, client_id_bytes
 from ato.config import EngineSettings
 from ato.process import gc_paused
 from operators import scan
@@ -122,7 +122,7 @@ class Decoder:
                 for start in range(0, n, SCAN_CHUNK)
             ]
             rows = np.concatenate([r + k * SCAN_CHUNK for k, (r, _) in enumerate(scanned)])
-            raw = _object_array(messages)  # one array of the batch's bytes, not one per chunk
+            raw = RawBytes(messages)  # the batch's own list of bytes, nothing copied
             columns = replace(
                 EventColumns.concat([c for _, c in scanned]),
                 raw=raw if len(rows) == n else raw[rows],
@@ -180,17 +180,17 @@ class Decoder:
                 raise _SlowPath
             loads = orjson.loads
             docs = [loads(m) for m in messages]
-            raw = _object_array(messages)
+            raw = RawBytes(messages)
             columns = self._columns(docs, raw, offsets)
         except (orjson.JSONDecodeError, _SlowPath, KeyError, TypeError):
             docs, keep = self._check_each(messages, offsets, partition, dead)
-            raw = _object_array([messages[i] for i in keep])
+            raw = RawBytes(messages, np.array(keep, np.int64))
             columns = self._columns(docs, raw, offsets[keep])
         return self._check_values(columns, partition, dead)
 
     # ------------------------------------------------------------------ fast extraction
 
-    def _columns(self, docs: list[Any], raw: np.ndarray, offsets: np.ndarray) -> EventColumns:
+    def _columns(self, docs: list[Any], raw: RawBytes, offsets: np.ndarray) -> EventColumns:
         """Columns of ``docs``; raises on anything the per-message check would reject."""
         n = len(docs)
         if n == 0:
@@ -370,9 +370,3 @@ _REQUIRED = itemgetter("client_id", "event_id", "type", "channel", "ts")
 
 def _all_str(values: Sequence[Any]) -> bool:
     return set(map(type, values)) == {str}
-
-
-def _object_array(items: list[bytes]) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
