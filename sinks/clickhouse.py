@@ -33,8 +33,9 @@ retried insert writes again collapse: a query with ``FINAL`` (``ato query`` sets
 ``final = 1``) counts each key once, at any time and with no window. The hour tables are
 recomputed from the row tables read with ``FINAL`` by refreshable materialized views, so
 they never double count either. A server refreshes them every minute (they lag the row
-tables by at most a minute plus one refresh); an embedded database is refreshed by the read
-that finds a row table changed since the last refresh (:meth:`ClickHouseStore.query`).
+tables by at most a minute plus one refresh). An embedded database is refreshed by the read
+that finds a row table changed since the last refresh (:meth:`ClickHouseStore.query`), and
+not on a schedule while a run writes it (nothing else can read it then).
 """
 
 import contextlib
@@ -511,12 +512,22 @@ class ClickHouseStore:
         )
         return bool(newest >= min(starts))
 
+    def pause_rollups(self) -> None:
+        """Stop the scheduled refreshes of the hour tables in this process (an embedded
+        database while a run writes it: no other process can read it meanwhile, and a read
+        of this one refreshes them first, :meth:`refresh_stale_rollups`)."""
+        for view in self.rollup_views():
+            self._command(f"SYSTEM STOP VIEW {self.database}.{view}")
+
     def refresh_stale_rollups(self) -> bool:
         """Embedded databases: bring the hour tables up to date before a read (nothing
-        refreshes them on a schedule between runs). Waits for refreshes under way (chDB
-        starts one per view when a process opens the database), then refreshes every view
-        if :meth:`rollups_stale`; returns whether it did."""
+        refreshes them on a schedule between runs). Resumes paused views, waits for
+        refreshes under way (chDB starts one per view when a process opens the database, or
+        resumes a paused one), then refreshes every view if :meth:`rollups_stale`; returns
+        whether it did."""
         names = [f"{self.database}.{view}" for view in self.rollup_views()]
+        for name in names:  # paused by a sink of this process: resumed, they refresh at once
+            self._command(f"SYSTEM START VIEW {name}")
         self._wait_for_refreshes(names)
         if not names or not self.rollups_stale():
             return False
@@ -812,6 +823,8 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
             if self.migrate:
                 store.migrate()
             store.tables()  # reads every table's columns while the server is up
+            if store.embedded:
+                store.pause_rollups()
         except BaseException:
             store.close()
             raise

@@ -135,6 +135,10 @@ def test_close_writes_the_rest_and_a_read_finds_the_hour_tables_current(
 ) -> None:
     block = funnel_block(40)
     part.write_batch([block])
+    status = part.store._rows(  # not query(): that would refresh them
+        f"SELECT DISTINCT status FROM system.view_refreshes WHERE database = '{database}'"
+    )
+    assert status == [("Disabled",)]  # no scheduled refresh while a run writes
     part.close()
     with ClickHouseStore(url, database) as store:
         assert store.rollups_stale()  # close wrote rows and refreshed nothing
