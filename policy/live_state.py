@@ -12,7 +12,6 @@ last field goes, so a client without open journeys has no key. Every write sets 
 of the keys it sets fields of. See ``docs/policy.md`` ("Live journey state").
 """
 
-import socket
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -25,6 +24,7 @@ import redis
 
 from policy.exceptions import LiveStateError
 from policy.live_commands import commands_of_rows, write_commands_py
+from policy.pipelines import send_counting_replies
 
 KEY_PREFIX = "ato:journey:"
 # the JSON members of a field's value, in the order they are written
@@ -253,50 +253,6 @@ class LiveStateWriter:
             error = redis.ResponseError(first_error)
             raise _error(self.client, "writing live journey state", error)
         return clients
-
-
-def send_counting_replies(client: "redis.Redis", commands: bytes, count: int) -> str:
-    """Send ``commands`` (protocol bytes of ``count`` commands whose replies are one line
-    each: integers or errors) on one of ``client``'s pooled connections and read the replies
-    as raw bytes until ``count`` lines have come; return the first error reply's text, or
-    ``""``. Reading the socket directly (redis-py's ``_sock``) skips a parser call per reply.
-    A connection that failed midway is dropped (``ConnectionError``/``TimeoutError``)."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([commands])
-        sock = conn._sock  # noqa: SLF001 (see the docstring)
-        parts: list[bytes] = []
-        lines = 0
-        while lines < count:
-            part = _receive(sock)
-            parts.append(part)
-            lines += part.count(b"\r\n")
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    replies = b"".join(parts)
-    if not replies.startswith(b"-") and b"\n-" not in replies:
-        return ""
-    at = 0 if replies.startswith(b"-") else replies.index(b"\n-") + 1
-    return replies[at + 1 : replies.index(b"\r\n", at)].decode(errors="replace")
-
-
-def _receive(sock: socket.socket | None) -> bytes:
-    """What the socket has (waiting up to its timeout), as redis-py's errors."""
-    problem = "Connection closed by server."
-    try:
-        if sock is not None and (part := sock.recv(1 << 20)):
-            return part
-    except TimeoutError as exc:
-        problem = "Timeout reading from socket"
-        raise redis.TimeoutError(problem) from exc
-    except OSError as exc:
-        problem = f"Error while reading from socket: {exc}"
-        raise redis.ConnectionError(problem) from exc
-    raise redis.ConnectionError(problem)
 
 
 def lookup(client: "redis.Redis", client_id: str) -> dict[str, dict[str, Any]]:

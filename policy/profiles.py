@@ -10,24 +10,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from functools import cache
+from itertools import chain
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
 import redis
 
 from ato.catalog import SEGMENTS
 from policy.exceptions import ProfileError
-from policy.scripts import Call, Script
+from policy.pipelines import bulk, send_reading_replies
 
 KEY_PREFIX = "ato:profile:"
-# ARGV[1]: a JSON array of profile hash keys (one argument: the client library's
-# per-argument cost stays out of the flow; the keys are not declared, so a single Redis
-# only). Returns each one's HGETALL (a flat field, value list; empty if none).
-READ_LUA = """
-local out = {}
-for i, key in ipairs(cjson.decode(ARGV[1])) do out[i] = redis.call('HGETALL', key) end
-return out
-"""
+_HGETALL = b"*2\r\n" + bulk(b"HGETALL")
 # value tiers, lowest first (a retail bank's mass / gold / platinum / diamond / private banking)
 VALUE_TIERS: tuple[str, ...] = ("mass", "gold", "platinum", "diamond", "private")
 # contact channels by tier; a profile's preferred channel is one of them or empty
@@ -215,7 +208,6 @@ class ProfileStore:
         self.chunk = chunk
         self._cache: dict[str, tuple[float, ProfileValues]] = {}
         self._shapes: dict[tuple[bytes | str, ...], tuple[ProfileValues, str]] = {}
-        self.script = Script(client, READ_LUA)
         self.stats = {"hits": 0, "misses": 0, "unknown": 0, "invalid": 0, "round_trips": 0}
 
     def load(self, profiles: Iterable[Profile]) -> int:
@@ -248,8 +240,8 @@ class ProfileStore:
 
     def get_many(self, client_ids: Iterable[str]) -> dict[str, Profile]:
         """Profiles of ``client_ids`` (defaults for unknown ones): cache first, then one
-        round trip for all the misses: a Lua script reads ``chunk`` hashes per call (one
-        command per chunk, not per client; a single Redis, not a Redis Cluster)."""
+        round trip for all the misses: one pipeline of plain ``HGETALL`` commands, written
+        and read by :mod:`policy.pipelines` (no per-command client-library cost)."""
         of_values = Profile.of_values
         return {c: of_values(c, v) for c, v in self.values_many(client_ids).items()}
 
@@ -271,15 +263,13 @@ class ProfileStore:
             return found
         self.stats["misses"] += len(missing)
         ids = list(missing)
-        keys = [profile_key(c) for c in ids]
-        calls: list[Call] = [
-            ([], [orjson.dumps(keys[start : start + self.chunk])])
-            for start in range(0, len(keys), self.chunk)
-        ]
-        replies = [hash_ for reply in self.script.run(calls) for hash_ in reply]
+        commands = b"".join([_HGETALL + bulk(profile_key(c).encode()) for c in ids])
+        replies = send_reading_replies(self.client, commands, len(ids))
         self.stats["round_trips"] += 1
         expires = now + self.ttl_s
-        for client_id, flat in zip(ids, replies, strict=True):
+        for client_id, reply in zip(ids, replies, strict=True):
+            # a map on a RESP3 connection (redis-py's default), a flat list on RESP2
+            flat = list(chain.from_iterable(reply.items())) if isinstance(reply, dict) else reply
             values = self._values(client_id, flat)
             found[client_id] = values
             self._remember(client_id, expires, values)

@@ -1,0 +1,38 @@
+"""Plain-command pipelines read straight from the socket: replies, error replies, failures."""
+
+import pytest
+import redis
+
+from policy.pipelines import bulk, send_counting_replies, send_reading_replies
+
+
+def command(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
+
+
+def test_replies_are_parsed_in_order_across_many_socket_reads(r: redis.Redis) -> None:
+    r.hset("h", mapping={"a": "1", "b": "2"})
+    commands = b"".join(command(b"HGETALL", b"h") for _ in range(20_000))
+    replies = send_reading_replies(r, commands + command(b"GET", b"absent"), 20_001)
+    assert len(replies) == 20_001 and replies[-1] is None
+    first = replies[0]  # a map on RESP3 (redis-py's default), a flat list on RESP2
+    fields = first if isinstance(first, dict) else dict(zip(first[::2], first[1::2], strict=True))
+    assert fields == {b"a": b"1", b"b": b"2"}
+
+
+def test_an_error_reply_is_raised_after_every_reply_and_the_connection_stays_usable(
+    r: redis.Redis,
+) -> None:
+    r.set("s", "x")
+    commands = command(b"HGETALL", b"s") + command(b"SET", b"after", b"1")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        send_reading_replies(r, commands, 2)
+    assert r.get("after") == b"1"  # the command after the error ran
+    assert send_reading_replies(r, command(b"GET", b"after"), 1) == [b"1"]
+    assert send_counting_replies(r, command(b"DEL", b"after"), 1) == ""
+
+
+def test_an_unreachable_server_is_a_connection_error() -> None:
+    broken = redis.Redis(port=1, socket_connect_timeout=0.2)
+    with pytest.raises(redis.ConnectionError):
+        send_reading_replies(broken, command(b"PING"), 1)
