@@ -13,9 +13,11 @@ One Lua script checks the cooldown and both caps and records the send in one ste
 processes deciding for the same client at once never exceed a cap. It takes up to ``chunk``
 candidates per call, in order; a batch costs one pipeline of such calls (one round trip).
 The calls touch many clients' keys, so this needs a single Redis, not a Redis Cluster.
-One range read per candidate gives the cooldown and both counts; a send also prunes members
-older than the retention (a week plus a day, or the longest cooldown), and the key expires
-that long (wall clock) after its last write.
+One read of the client's whole set per candidate (it holds a few sends: the caps bound
+it, and members older than the retention go) gives the replay check, the cooldown and both
+counts; a send prunes members older than the retention (a week plus a day, or the longest
+cooldown) when it saw one, and the key expires that long (wall clock) after its last
+write.
 """
 
 from collections.abc import Sequence
@@ -45,29 +47,31 @@ local out = {}
 for i, c in ipairs(cjson.decode(ARGV[4])) do
   local sent, member, prefix, now = c[1], c[2], c[3], c[4]
   local day_start, week_start, cooldown = c[5], c[6], c[7]
-  local code = 0
-  if redis.call('ZSCORE', sent, member) then
-    code = 1
-  else
-    local upto = string.format('%d', now)
-    local from = string.format('%d', math.min(week_start, now - cooldown))
-    local recent = redis.call('ZRANGEBYSCORE', sent, from, upto, 'WITHSCORES')
-    local day, week = 0, 0
-    for k = 1, #recent, 2 do
-      local score = tonumber(recent[k + 1])
-      if score > now - cooldown and string.sub(recent[k], 1, #prefix) == prefix then
-        code = 2
+  local code, replay, cooling, old = 0, false, false, false
+  local day, week = 0, 0
+  local all = redis.call('ZRANGE', sent, 0, -1, 'WITHSCORES')
+  for k = 1, #all, 2 do
+    local score = tonumber(all[k + 1])
+    if all[k] == member then replay = true end
+    if score <= now then
+      if score > now - cooldown and string.sub(all[k], 1, #prefix) == prefix then
+        cooling = true
       end
       if score >= day_start then day = day + 1 end
       if score >= week_start then week = week + 1 end
     end
-    if code == 0 and day >= per_day then code = 3 end
-    if code == 0 and week >= per_week then code = 4 end
-    if code == 0 then
+    if score < now - ttl then old = true end
+  end
+  if replay then code = 1
+  elseif cooling then code = 2
+  elseif day >= per_day then code = 3
+  elseif week >= per_week then code = 4
+  else
+    if old then
       redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. string.format('%d', now - ttl))
-      redis.call('ZADD', sent, upto, member)
-      redis.call('PEXPIRE', sent, ttl)
     end
+    redis.call('ZADD', sent, string.format('%d', now), member)
+    redis.call('PEXPIRE', sent, ttl)
   end
   out[i] = code
 end

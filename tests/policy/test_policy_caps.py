@@ -116,6 +116,18 @@ def test_keys_expire(r: redis.Redis) -> None:
     assert 0 < r.pttl(sent_key("C1")) <= 8 * 24 * HOUR
 
 
+def test_a_send_prunes_members_older_than_the_retention(r: redis.Redis) -> None:
+    store = CapStore(r, POLICY)
+    t = 1_767_600_000_000
+    key = sent_key("C1")
+    r.zadd(key, {f"loan{SEPARATOR}old": t - store.ttl_ms - 1, f"loan{SEPARATOR}kept": t - HOUR})
+    assert outcomes(store, [cand("new", t)]) == [SENT]
+    assert sorted(r.zrange(key, 0, -1)) == [f"loan{SEPARATOR}kept".encode(), b"open_account\x1fnew"]
+    r.zadd(key, {f"loan{SEPARATOR}old": t - store.ttl_ms - 1})
+    assert outcomes(store, [cand("new", t)]) == [SENT]  # a replay: nothing written, or pruned
+    assert r.zcard(key) == 3
+
+
 def test_matches_the_pure_reference(r: redis.Redis) -> None:
     policy = Policy(quiet_default=None, per_day=2, per_week=4, cooldown_ms=5 * HOUR)
     store = CapStore(r, policy)
