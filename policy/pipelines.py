@@ -69,11 +69,14 @@ def _receive(sock: socket.socket | None) -> bytes:
     raise redis.ConnectionError(problem)
 
 
-def send_reading_replies(client: "redis.Redis", commands: bytes, count: int) -> list[Any]:
+def send_reading_replies(
+    client: "redis.Redis", commands: bytes, count: int, raise_errors: bool = True
+) -> list[Any]:
     """Send ``commands`` (protocol bytes of ``count`` commands) on one of ``client``'s pooled
     connections and return their ``count`` replies, parsed by hiredis (bulk strings as
-    ``bytes``, arrays as lists). An error reply raises ``ResponseError`` once every reply
-    has been read, so the connection stays usable."""
+    ``bytes``, arrays as lists, maps as dicts). An error reply raises ``ResponseError`` once
+    every reply has been read, so the connection stays usable; with ``raise_errors`` False
+    it is returned in its place, as ``ResponseError``."""
     pool = client.connection_pool
     conn = pool.get_connection()
     reader = hiredis.Reader()
@@ -90,7 +93,9 @@ def send_reading_replies(client: "redis.Redis", commands: bytes, count: int) -> 
         raise
     finally:
         pool.release(conn)
-    for reply in replies:
+    for i, reply in enumerate(replies):
         if isinstance(reply, hiredis.ReplyError):
-            raise redis.ResponseError(str(reply))
+            if raise_errors:
+                raise redis.ResponseError(str(reply))
+            replies[i] = redis.ResponseError(str(reply))
     return replies

@@ -264,13 +264,17 @@ class ProfileStore:
         self.stats["misses"] += len(missing)
         ids = list(missing)
         commands = b"".join([_HGETALL + bulk(profile_key(c).encode()) for c in ids])
-        replies = send_reading_replies(self.client, commands, len(ids))
+        replies = send_reading_replies(self.client, commands, len(ids), raise_errors=False)
         self.stats["round_trips"] += 1
         expires = now + self.ttl_s
         for client_id, reply in zip(ids, replies, strict=True):
-            # a map on a RESP3 connection (redis-py's default), a flat list on RESP2
-            flat = list(chain.from_iterable(reply.items())) if isinstance(reply, dict) else reply
-            values = self._values(client_id, flat)
+            if isinstance(reply, redis.ResponseError):  # a key of another type: not a profile
+                values = Profile.default(client_id).values()
+                self.stats["invalid"] += 1
+            elif isinstance(reply, dict):  # a map on RESP3 (redis-py's default): flattened
+                values = self._values(client_id, list(chain.from_iterable(reply.items())))
+            else:  # a flat field, value list on RESP2
+                values = self._values(client_id, reply)
             found[client_id] = values
             self._remember(client_id, expires, values)
         return found

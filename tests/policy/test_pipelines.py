@@ -30,6 +30,9 @@ def test_an_error_reply_is_raised_after_every_reply_and_the_connection_stays_usa
     assert r.get("after") == b"1"  # the command after the error ran
     assert send_reading_replies(r, command(b"GET", b"after"), 1) == [b"1"]
     assert send_counting_replies(r, command(b"DEL", b"after"), 1) == ""
+    got = send_reading_replies(r, command(b"HGETALL", b"s") + command(b"GET", b"s"), 2, False)
+    assert isinstance(got[0], redis.ResponseError) and "WRONGTYPE" in str(got[0])
+    assert got[1] == b"x"  # with raise_errors False, errors come back in their place
 
 
 def test_an_unreachable_server_is_a_connection_error() -> None:

@@ -129,6 +129,16 @@ def test_a_hash_that_no_longer_parses_gets_defaults(r: redis.Redis) -> None:
     assert store.stats["invalid"] == 1
 
 
+def test_a_key_of_another_type_gets_defaults_and_the_others_are_read(r: redis.Redis) -> None:
+    r.set(profile_key("string"), "not a hash")
+    r.hset(profile_key("good"), mapping={"segment": "executive"})
+    store = ProfileStore(r)
+    got = store.get_many(["string", "good"])
+    assert got["string"] == Profile.default("string")
+    assert got["good"].segment == "executive"
+    assert store.stats["invalid"] == 1
+
+
 def test_hashes_that_differ_only_in_rm_id_are_validated_once_and_keep_their_rm(
     r: redis.Redis,
 ) -> None:
