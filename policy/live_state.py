@@ -150,9 +150,9 @@ class LiveStateWriter:
     The keys a batch sets fields of expire ``ttl_s`` seconds after it (clients that stop
     changing fade away); other keys keep their expiry. A write is one buffer of plain
     commands (per client an HSET and an EXPIRE, an HDEL, built by
-    :mod:`policy.live_commands`), sent
-    in one piece; their replies (integers, or errors) are counted as bytes, not parsed one
-    by one: the client library's per-command cost would dominate otherwise.
+    :mod:`policy.live_commands`), sent in one piece; their replies (integers, or errors) are
+    counted as bytes, not parsed one by one (:mod:`policy.pipelines`): the client library's
+    per-command cost would dominate otherwise.
     """
 
     def __init__(self, client: "redis.Redis", ttl_s: int) -> None:
