@@ -5,7 +5,7 @@ redis-py's own pipeline costs a few microseconds of Python per command (packing,
 call, response callbacks), more than Redis spends on a simple command; and a Lua script
 that loops over many keys to save those calls costs Redis several times the commands
 themselves (reading 100 k profile hashes: 1.1 s of Redis CPU through a script, 0.2 s as
-plain ``HGETALL`` commands). So the flow writes the commands' protocol bytes itself, sends
+plain commands). So the flow writes the commands' protocol bytes itself, sends
 them in one piece on a pooled connection and reads the replies from its socket (redis-py's
 ``_sock``): counted as bytes when every reply is one line
 (:func:`send_counting_replies`), or parsed by hiredis (:func:`send_reading_replies`).

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from functools import cache
-from itertools import chain
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
@@ -20,7 +19,6 @@ from policy.exceptions import ProfileError
 from policy.pipelines import bulk, send_reading_replies
 
 KEY_PREFIX = "ato:profile:"
-_HGETALL = b"*2\r\n" + bulk(b"HGETALL")
 # value tiers, lowest first (a retail bank's mass / gold / platinum / diamond / private banking)
 VALUE_TIERS: tuple[str, ...] = ("mass", "gold", "platinum", "diamond", "private")
 # contact channels by tier; a profile's preferred channel is one of them or empty
@@ -38,11 +36,16 @@ FIELDS: tuple[str, ...] = (
     "tz",
     "do_not_contact",
 )
+# a lookup reads the known fields and counts the hash's fields (more than it read: a field
+# it does not know, a typo usually, and the hash is invalid as parse_profile has it)
+_HMGET = b"*%d\r\n" % (2 + len(FIELDS)) + bulk(b"HMGET")
+_FIELD_NAMES_TAIL = b"".join(bulk(name.encode()) for name in FIELDS)
+_HLEN = b"*2\r\n" + bulk(b"HLEN")
+_RM = FIELDS.index("rm_id")
 # what an unknown client gets (documented in docs/policy.md)
 DEFAULT_SEGMENT = "savvy_regular"
 DEFAULT_VALUE_TIER = "mass"
 DEFAULT_TZ = "Asia/Shanghai"
-_RM_NAMES = {"rm_id", b"rm_id"}
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"0", "false", "no", "n", ""}
 
@@ -207,7 +210,7 @@ class ProfileStore:
         self.max_entries = max_entries
         self.chunk = chunk
         self._cache: dict[str, tuple[float, ProfileValues]] = {}
-        self._shapes: dict[tuple[bytes | str, ...], tuple[ProfileValues, str]] = {}
+        self._shapes: dict[tuple[bytes | int | None, ...], tuple[ProfileValues, str]] = {}
         self.stats = {"hits": 0, "misses": 0, "unknown": 0, "invalid": 0, "round_trips": 0}
 
     def load(self, profiles: Iterable[Profile]) -> int:
@@ -240,8 +243,9 @@ class ProfileStore:
 
     def get_many(self, client_ids: Iterable[str]) -> dict[str, Profile]:
         """Profiles of ``client_ids`` (defaults for unknown ones): cache first, then one
-        round trip for all the misses: one pipeline of plain ``HGETALL`` commands, written
-        and read by :mod:`policy.pipelines` (no per-command client-library cost)."""
+        round trip for all the misses: one pipeline of plain ``HMGET`` (the known fields)
+        and ``HLEN`` commands per client, written and read by :mod:`policy.pipelines` (no
+        per-command client-library cost)."""
         of_values = Profile.of_values
         return {c: of_values(c, v) for c, v in self.values_many(client_ids).items()}
 
@@ -263,44 +267,39 @@ class ProfileStore:
             return found
         self.stats["misses"] += len(missing)
         ids = list(missing)
-        commands = b"".join([_HGETALL + bulk(profile_key(c).encode()) for c in ids])
-        replies = send_reading_replies(self.client, commands, len(ids), raise_errors=False)
+        keys = [bulk(profile_key(c).encode()) for c in ids]
+        commands = b"".join([_HMGET + k + _FIELD_NAMES_TAIL + _HLEN + k for k in keys])
+        replies = send_reading_replies(self.client, commands, 2 * len(ids), raise_errors=False)
         self.stats["round_trips"] += 1
         expires = now + self.ttl_s
-        for client_id, reply in zip(ids, replies, strict=True):
-            if isinstance(reply, redis.ResponseError):  # a key of another type: not a profile
-                values = Profile.default(client_id).values()
+        for client_id, got, size in zip(ids, replies[::2], replies[1::2], strict=True):
+            if isinstance(got, redis.ResponseError) or isinstance(size, redis.ResponseError):
+                values = Profile.default(client_id).values()  # a key of another type
                 self.stats["invalid"] += 1
-            elif isinstance(reply, dict):  # a map on RESP3 (redis-py's default): flattened
-                values = self._values(client_id, list(chain.from_iterable(reply.items())))
-            else:  # a flat field, value list on RESP2
-                values = self._values(client_id, reply)
+            else:
+                values = self._values(client_id, got, size)
             found[client_id] = values
             self._remember(client_id, expires, values)
         return found
 
-    def _values(self, client_id: str, flat: list[bytes | str]) -> ProfileValues:
-        """The validated values of a hash's HGETALL reply ``flat`` (field, value, ...).
-        Hashes that differ only in ``rm_id`` (any text is a valid RM id) are validated once
-        (at most ``max_entries`` kinds remembered), and the RM id is put in afterwards."""
-        if len(flat) >= 6 and flat[4] in _RM_NAMES:  # where load() writes it
-            rm, key = flat[5], (*flat[:5], "", *flat[6:])
-        else:
-            rm, fields_ = "", list(flat)
-            for i in range(0, len(fields_) - 1, 2):
-                if fields_[i] in _RM_NAMES:
-                    rm, fields_[i + 1] = fields_[i + 1], ""
-            key = tuple(fields_)
+    def _values(self, client_id: str, got: list[bytes | None], size: int) -> ProfileValues:
+        """The validated values of a hash: ``got`` its values of :data:`FIELDS` (None where
+        absent), ``size`` its number of fields. Hashes that differ only in ``rm_id`` (any
+        text is a valid RM id) are validated once (at most ``max_entries`` kinds
+        remembered), and the RM id is put in afterwards."""
+        rm = got[_RM]
+        unknown = size - len(FIELDS) + got.count(None)  # fields it has that were not read
+        key = (*got[:_RM], *got[_RM + 1 :], unknown)
         known = self._shapes.get(key)
         if known is None:
-            known = self._decode(client_id, dict(zip(key[::2], key[1::2], strict=True)))
+            known = self._decode(client_id, got, size, unknown)
             if len(self._shapes) >= self.max_entries:
                 self._shapes.clear()
             self._shapes[key] = known
         values, status = known
         if rm and not status:
             try:
-                text = rm.decode() if isinstance(rm, bytes) else rm
+                text = rm.decode()
             except UnicodeDecodeError:
                 values, status = Profile.default(client_id).values(), "invalid"
             else:
@@ -309,18 +308,22 @@ class ProfileStore:
             self.stats[status] += 1
         return values
 
+    @staticmethod
     def _decode(
-        self, client_id: str, reply: Mapping[bytes | str, bytes | str]
+        client_id: str, got: list[bytes | None], size: int, unknown: int
     ) -> tuple[ProfileValues, str]:
-        """The values of a hash and what it was: ``""`` (valid), ``"unknown"`` (no hash) or
-        ``"invalid"`` (does not parse: the defaults)."""
-        if not reply:
+        """The values of a hash but its RM id, and what it was: ``""`` (valid),
+        ``"unknown"`` (no hash) or ``"invalid"`` (does not parse, or has a field not in
+        :data:`FIELDS`: the defaults)."""
+        if size == 0:
             return Profile.default(client_id).values(), "unknown"
+        if unknown:
+            return Profile.default(client_id).values(), "invalid"
         row: dict[str, object] = {"client_id": client_id}
         try:
-            for name, value in reply.items():
-                key = name.decode() if isinstance(name, bytes) else name
-                row[key] = value.decode() if isinstance(value, bytes) else value
+            for i, (name, value) in enumerate(zip(FIELDS, got, strict=True)):
+                if value is not None and i != _RM:
+                    row[name] = value.decode()
             return parse_profile(row).values(), ""
         except (ProfileError, UnicodeDecodeError):
             return Profile.default(client_id).values(), "invalid"

@@ -82,14 +82,14 @@ def test_load_replaces_the_whole_hash(r: redis.Redis) -> None:
 def test_get_many_one_round_trip_for_all_misses(counting: Any) -> None:
     ProfileStore(counting.client).load(profiles(300))
     store = ProfileStore(counting.client)
-    store.get_many(["warm-up"])  # loads the script
-    before_stats = counting.client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+    store.get_many(["warm-up"])
+    before = counting.client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
     counting.reset()
     ids = [f"C{i:05d}" for i in range(0, 300, 3)] + ["unknown-1", "unknown-2", "C00000"]
     got = store.get_many(ids)
     assert counting.sends == 1
-    after = counting.client.info("commandstats")["cmdstat_hgetall"]["calls"]
-    assert after - before_stats == 102  # each distinct id once
+    after = counting.client.info("commandstats")["cmdstat_hmget"]["calls"]
+    assert after - before == 102  # each distinct id once
     assert got["C00003"] == profiles(4)[3]
     assert got["unknown-1"] == Profile.default("unknown-1")
     assert store.stats["unknown"] == 3  # with warm-up
@@ -136,6 +136,16 @@ def test_a_key_of_another_type_gets_defaults_and_the_others_are_read(r: redis.Re
     got = store.get_many(["string", "good"])
     assert got["string"] == Profile.default("string")
     assert got["good"].segment == "executive"
+    assert store.stats["invalid"] == 1
+
+
+def test_a_hash_with_a_field_it_does_not_know_gets_defaults(r: redis.Redis) -> None:
+    r.hset(profile_key("typo"), mapping={"segment": "executive", "preferred_chanel": "phone"})
+    r.hset(profile_key("ok"), mapping={"segment": "executive", "preferred_channel": "phone"})
+    store = ProfileStore(r)
+    got = store.get_many(["typo", "ok"])
+    assert got["typo"] == Profile.default("typo")
+    assert got["ok"] == Profile("ok", "executive", preferred_channel="phone")
     assert store.stats["invalid"] == 1
 
 
