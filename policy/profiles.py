@@ -36,11 +36,9 @@ FIELDS: tuple[str, ...] = (
     "tz",
     "do_not_contact",
 )
-# a lookup reads the known fields and counts the hash's fields (more than it read: a field
-# it does not know, a typo usually, and the hash is invalid as parse_profile has it)
+# a lookup reads the known fields in one command (other fields of the hash are ignored)
 _HMGET = b"*%d\r\n" % (2 + len(FIELDS)) + bulk(b"HMGET")
 _FIELD_NAMES_TAIL = b"".join(bulk(name.encode()) for name in FIELDS)
-_HLEN = b"*2\r\n" + bulk(b"HLEN")
 _RM = FIELDS.index("rm_id")
 # what an unknown client gets (documented in docs/policy.md)
 DEFAULT_SEGMENT = "savvy_regular"
@@ -142,7 +140,8 @@ def parse_bool(value: object, name: str) -> bool:
 
 
 def parse_profile(row: Mapping[str, object]) -> Profile:
-    """A profile from text fields (a CSV row, a JSON object or a Redis hash).
+    """A profile from text fields (a CSV row, a JSON object, or the known fields of a Redis
+    hash).
 
     ``client_id`` and ``segment`` are required; missing or empty optional fields take the
     defaults of :meth:`Profile.default`. Unknown fields are errors (they are usually typos).
@@ -210,7 +209,7 @@ class ProfileStore:
         self.max_entries = max_entries
         self.chunk = chunk
         self._cache: dict[str, tuple[float, ProfileValues]] = {}
-        self._shapes: dict[tuple[bytes | int | None, ...], tuple[ProfileValues, str]] = {}
+        self._shapes: dict[tuple[bytes | bool | None, ...], tuple[ProfileValues, str]] = {}
         self.stats = {"hits": 0, "misses": 0, "unknown": 0, "invalid": 0, "round_trips": 0}
 
     def load(self, profiles: Iterable[Profile]) -> int:
@@ -243,9 +242,9 @@ class ProfileStore:
 
     def get_many(self, client_ids: Iterable[str]) -> dict[str, Profile]:
         """Profiles of ``client_ids`` (defaults for unknown ones): cache first, then one
-        round trip for all the misses: one pipeline of plain ``HMGET`` (the known fields)
-        and ``HLEN`` commands per client, written and read by :mod:`policy.pipelines` (no
-        per-command client-library cost)."""
+        round trip for all the misses: one pipeline of plain ``HMGET`` commands of the
+        known fields (others in the hash are ignored), written and read by
+        :mod:`policy.pipelines` (no per-command client-library cost)."""
         of_values = Profile.of_values
         return {c: of_values(c, v) for c, v in self.values_many(client_ids).items()}
 
@@ -267,32 +266,32 @@ class ProfileStore:
             return found
         self.stats["misses"] += len(missing)
         ids = list(missing)
-        keys = [bulk(profile_key(c).encode()) for c in ids]
-        commands = b"".join([_HMGET + k + _FIELD_NAMES_TAIL + _HLEN + k for k in keys])
-        replies = send_reading_replies(self.client, commands, 2 * len(ids), raise_errors=False)
+        commands = b"".join(
+            [_HMGET + bulk(profile_key(c).encode()) + _FIELD_NAMES_TAIL for c in ids]
+        )
+        replies = send_reading_replies(self.client, commands, len(ids), raise_errors=False)
         self.stats["round_trips"] += 1
         expires = now + self.ttl_s
-        for client_id, got, size in zip(ids, replies[::2], replies[1::2], strict=True):
-            if isinstance(got, redis.ResponseError) or isinstance(size, redis.ResponseError):
-                values = Profile.default(client_id).values()  # a key of another type
+        for client_id, got in zip(ids, replies, strict=True):
+            if isinstance(got, redis.ResponseError):  # a key of another type
+                values = Profile.default(client_id).values()
                 self.stats["invalid"] += 1
             else:
-                values = self._values(client_id, got, size)
+                values = self._values(client_id, got)
             found[client_id] = values
             self._remember(client_id, expires, values)
         return found
 
-    def _values(self, client_id: str, got: list[bytes | None], size: int) -> ProfileValues:
-        """The validated values of a hash: ``got`` its values of :data:`FIELDS` (None where
-        absent), ``size`` its number of fields. Hashes that differ only in ``rm_id`` (any
-        text is a valid RM id) are validated once (at most ``max_entries`` kinds
-        remembered), and the RM id is put in afterwards."""
+    def _values(self, client_id: str, got: list[bytes | None]) -> ProfileValues:
+        """The validated values of a hash, ``got`` its values of :data:`FIELDS` (None where
+        absent). Hashes that differ only in ``rm_id`` (any text is a valid RM id) are
+        validated once (at most ``max_entries`` kinds remembered), and the RM id is put in
+        afterwards."""
         rm = got[_RM]
-        unknown = size - len(FIELDS) + got.count(None)  # fields it has that were not read
-        key = (*got[:_RM], *got[_RM + 1 :], unknown)
+        key = (*got[:_RM], *got[_RM + 1 :], rm is None)
         known = self._shapes.get(key)
         if known is None:
-            known = self._decode(client_id, got, size, unknown)
+            known = self._decode(client_id, got)
             if len(self._shapes) >= self.max_entries:
                 self._shapes.clear()
             self._shapes[key] = known
@@ -309,16 +308,12 @@ class ProfileStore:
         return values
 
     @staticmethod
-    def _decode(
-        client_id: str, got: list[bytes | None], size: int, unknown: int
-    ) -> tuple[ProfileValues, str]:
+    def _decode(client_id: str, got: list[bytes | None]) -> tuple[ProfileValues, str]:
         """The values of a hash but its RM id, and what it was: ``""`` (valid),
-        ``"unknown"`` (no hash) or ``"invalid"`` (does not parse, or has a field not in
-        :data:`FIELDS`: the defaults)."""
-        if size == 0:
+        ``"unknown"`` (none of :data:`FIELDS`: no hash) or ``"invalid"`` (does not parse:
+        the defaults)."""
+        if got.count(None) == len(got):
             return Profile.default(client_id).values(), "unknown"
-        if unknown:
-            return Profile.default(client_id).values(), "invalid"
         row: dict[str, object] = {"client_id": client_id}
         try:
             for i, (name, value) in enumerate(zip(FIELDS, got, strict=True)):

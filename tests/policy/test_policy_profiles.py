@@ -139,14 +139,17 @@ def test_a_key_of_another_type_gets_defaults_and_the_others_are_read(r: redis.Re
     assert store.stats["invalid"] == 1
 
 
-def test_a_hash_with_a_field_it_does_not_know_gets_defaults(r: redis.Redis) -> None:
-    r.hset(profile_key("typo"), mapping={"segment": "executive", "preferred_chanel": "phone"})
-    r.hset(profile_key("ok"), mapping={"segment": "executive", "preferred_channel": "phone"})
+def test_fields_a_hash_has_beyond_the_known_ones_are_ignored(r: redis.Redis) -> None:
+    """Other tools may add fields to a hash; a typo loses only its own field, never the
+    do-not-contact flag of the rest (``ato profiles load`` rejects unknown file columns)."""
+    extra = {"segment": "executive", "do_not_contact": "1", "preferred_chanel": "phone"}
+    r.hset(profile_key("typo"), mapping=extra)
+    r.hset(profile_key("only-extra"), mapping={"updated_at": "2026-11-23"})
     store = ProfileStore(r)
-    got = store.get_many(["typo", "ok"])
-    assert got["typo"] == Profile.default("typo")
-    assert got["ok"] == Profile("ok", "executive", preferred_channel="phone")
-    assert store.stats["invalid"] == 1
+    got = store.get_many(["typo", "only-extra"])
+    assert got["typo"] == Profile("typo", "executive", do_not_contact=True)
+    assert got["only-extra"] == Profile.default("only-extra")
+    assert (store.stats["invalid"], store.stats["unknown"]) == (0, 1)
 
 
 def test_hashes_that_differ_only_in_rm_id_are_validated_once_and_keep_their_rm(
