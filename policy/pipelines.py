@@ -14,10 +14,13 @@ dropped) or ``ResponseError`` for an error reply.
 """
 
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import hiredis
 import redis
+
+T = TypeVar("T")
 
 
 def bulk(data: bytes) -> bytes:
@@ -31,27 +34,40 @@ def send_counting_replies(client: "redis.Redis", commands: bytes, count: int) ->
     as raw bytes until ``count`` lines have come; return the first error reply's text, or
     ``""``. Reading the socket directly (redis-py's ``_sock``) skips a parser call per reply.
     A connection that failed midway is dropped (``ConnectionError``/``TimeoutError``)."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([commands])
-        sock = conn._sock  # noqa: SLF001 (see the docstring)
+
+    def read(sock: socket.socket | None) -> list[bytes]:
         parts: list[bytes] = []
         lines = 0
         while lines < count:
             part = _receive(sock)
             parts.append(part)
             lines += part.count(b"\r\n")
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
+        return parts
+
+    parts = _exchange(client, commands, read)
     replies = b"".join(parts)
     if not replies.startswith(b"-") and b"\n-" not in replies:
         return ""
     at = 0 if replies.startswith(b"-") else replies.index(b"\n-") + 1
     return replies[at + 1 : replies.index(b"\r\n", at)].decode(errors="replace")
+
+
+def _exchange(
+    client: "redis.Redis", commands: bytes, read: Callable[[socket.socket | None], T]
+) -> T:
+    """Send ``commands`` on one of ``client``'s pooled connections and return what ``read``
+    makes of its socket (redis-py's ``_sock``: see the module docstring). A connection that
+    failed midway is dropped."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([commands])
+        return read(conn._sock)  # noqa: SLF001
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 def _receive(sock: socket.socket | None) -> bytes:
@@ -77,22 +93,17 @@ def send_reading_replies(
     ``bytes``, arrays as lists, maps as dicts). An error reply raises ``ResponseError`` once
     every reply has been read, so the connection stays usable; with ``raise_errors`` False
     it is returned in its place, as ``ResponseError``."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    reader = hiredis.Reader()
-    replies: list[Any] = []
-    try:
-        conn.send_packed_command([commands])
-        sock = conn._sock  # noqa: SLF001 (see the module docstring)
+
+    def read(sock: socket.socket | None) -> list[Any]:
+        reader = hiredis.Reader()
+        replies: list[Any] = []
         while len(replies) < count:
             reader.feed(_receive(sock))
             while (reply := reader.gets()) is not False:
                 replies.append(reply)
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
+        return replies
+
+    replies = _exchange(client, commands, read)
     for i, reply in enumerate(replies):
         if isinstance(reply, hiredis.ReplyError):
             if raise_errors:
