@@ -469,11 +469,16 @@ class ClickHouseStore:
         views = self.rollup_views()
         names = [f"{self.database}.{view}" for view in views]
         self._wait_for_refreshes(names)
-        for name in names:
-            self._command(f"SYSTEM REFRESH VIEW {name}")
-        for name in names:
-            self._command(f"SYSTEM WAIT VIEW {name}")
+        self._refresh(names)
         return views
+
+    def _refresh(self, views: list[str]) -> None:
+        """Start the refreshes of ``views`` (qualified names, none under way) together, then
+        wait for them."""
+        for name in views:
+            self._command(f"SYSTEM REFRESH VIEW {name}")
+        for name in views:
+            self._command(f"SYSTEM WAIT VIEW {name}")
 
     def _wait_for_refreshes(self, views: list[str]) -> None:
         """Wait for the refreshes of ``views`` (qualified names) that are under way."""
@@ -531,7 +536,7 @@ class ClickHouseStore:
         self._wait_for_refreshes(names)
         if not names or not self.rollups_stale():
             return False
-        self.refresh_rollups()
+        self._refresh(names)
         return True
 
     def close(self) -> None:
