@@ -28,8 +28,8 @@ from ato.columns import client_id_bytes
 from operators.interventions import InterventionBuilder
 from operators.render import INT, TEXT, Template, Vocabulary, render
 from policy.exceptions import LiveStateError
-from policy.live_commands import CLOSED
-from policy.live_state import LiveStateWriter
+from policy.live_commands import CLOSED, commands_of_rows
+from policy.live_state import KEY_PREFIX, LiveStateWriter
 from state.shard_store import NumbaShardStore
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class LiveStateTracker:
         self.writer = writer
         self.interval_ms = interval_ms
         self.name_bytes = [str(name).encode() for name in names.journey_names]
+        self.key_prefix = KEY_PREFIX.encode()
         self.width = names.step_names.shape[1]
         sections = [
             names.step_names.ravel(), names.type_names, names.channels,
@@ -119,7 +120,10 @@ class LiveStateTracker:
         keys, journeys, ids = self._unique()
         values, start, length = self.value_spans(store, keys, journeys, now_ms)
         self._clear()
-        commands = self.writer.commands(ids, journeys, self.name_bytes, values, start, length)
+        commands = commands_of_rows(
+            self.writer.ttl_s, self.key_prefix, ids, journeys, self.name_bytes, values, start,
+            length,
+        )  # fmt: skip
         write = self.writer.submit(*commands)
         self.in_flight.append(InFlight(write, keys, journeys, ids))
         if force or len(self.in_flight) > MAX_IN_FLIGHT:

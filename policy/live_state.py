@@ -23,7 +23,7 @@ import orjson
 import redis
 
 from policy.exceptions import LiveStateError
-from policy.live_commands import commands_of_rows, write_commands_py
+from policy.live_commands import write_commands_py
 from policy.pipelines import send_counting_replies
 
 KEY_PREFIX = "ato:journey:"
@@ -150,9 +150,10 @@ class LiveStateWriter:
     The keys a batch sets fields of expire ``ttl_s`` seconds after it (clients that stop
     changing fade away); other keys keep their expiry. A write is one buffer of plain
     commands (per client an HSET and an EXPIRE, an HDEL, built by
-    :mod:`policy.live_commands`), sent in one piece; their replies (integers, or errors) are
-    counted as bytes, not parsed one by one (:mod:`policy.pipelines`): the client library's
-    per-command cost would dominate otherwise.
+    :mod:`policy.live_commands` with this writer's ``ttl_s`` and :data:`KEY_PREFIX`), sent
+    in one piece; their replies (integers, or errors) are counted as bytes, not parsed one
+    by one (:mod:`policy.pipelines`): the client library's per-command cost would dominate
+    otherwise.
     """
 
     def __init__(self, client: "redis.Redis", ttl_s: int) -> None:
@@ -212,7 +213,8 @@ class LiveStateWriter:
         """Write one field per row: ``values[i]`` (a JSON object, see the module doc) under
         ``journeys[i]`` of the client's hash, or remove the field when it is None. At most
         one row per (client, journey). Returns the clients written; errors as :meth:`write`.
-        (The flow builds the same commands from columns with :func:`commands_of_rows`.)
+        (The flow builds the same commands from columns with
+        :func:`policy.live_commands.commands_of_rows`.)
         """
         by_client: dict[str, list[tuple[bytes, bytes | None]]] = {}
         for client_id, journey, value in zip(client_ids, journeys, values, strict=True):
@@ -221,21 +223,6 @@ class LiveStateWriter:
         clients = [(c.encode(), fields) for c, fields in by_client.items()]
         commands, count = write_commands_py(self.ttl_s, KEY_PREFIX.encode(), clients)
         return self.send(commands, count, len(clients))
-
-    def commands(
-        self,
-        ids: np.ndarray,
-        journey: np.ndarray,
-        names: Sequence[bytes],
-        values: np.ndarray,
-        value_start: np.ndarray,
-        value_len: np.ndarray,
-    ) -> tuple[bytes, int, int]:
-        """:func:`policy.live_commands.commands_of_rows` with this writer's TTL: (commands, their
-        number, clients)."""
-        return commands_of_rows(
-            self.ttl_s, KEY_PREFIX.encode(), ids, journey, names, values, value_start, value_len
-        )
 
     def send(self, commands: bytes, count: int, clients: int) -> int:
         """Send ``count`` commands (:meth:`commands`) in one write and wait for their
