@@ -57,6 +57,11 @@ class EngineSettings:
     decoder: str = _knob(
         "scan", "scan: numba scanner, orjson for the rest; orjson: orjson for every message."
     )
+    decode_threads: int = _knob(
+        2,
+        "Threads scanning a batch's chunks side by side (the numba scanner releases the GIL);"
+        " 1 scans on the flow's own thread.",
+    )
     max_message_bytes: int = _knob(65_536, "Larger messages are dead-lettered as oversized.")
     max_client_id_len: int = _knob(64, "Longer client ids are dead-lettered.")
     min_event_ts_ms: int = _knob(
@@ -70,7 +75,10 @@ class EngineSettings:
     )
 
     def __post_init__(self) -> None:
-        positive = ("shards", "batch_size", "tick_ms", "max_message_bytes", "max_client_id_len")
+        positive = (
+            "shards", "batch_size", "tick_ms", "decode_threads", "max_message_bytes",
+            "max_client_id_len",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 msg = f"engine.{name}: must be > 0, got {getattr(self, name)!r}"

@@ -11,7 +11,9 @@ names one of ``SEGMENTS``, becomes the event's segment code (anything else reads
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import cache
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -55,6 +57,13 @@ DECODE_CHUNK = 1_000  # messages decoded together: their dicts stay in cache acr
 # them. Measured on 1 M clients' traffic, 50,000-message batches: 650 k events/s joined
 # whole (10 MB), 0.9-1.05 M with chunks of 4,096-16,384 messages, 0.8 M with 1,024.
 SCAN_CHUNK = 8_192
+
+
+@cache
+def scan_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's threads that scan chunks for every decoder with ``threads`` (made on
+    first use, so a forked worker process makes its own)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="ato-scan")
 
 
 class _SlowPath(Exception):
@@ -115,12 +124,7 @@ class Decoder:
         dead: list[DeadLetter] = []
         parts = []
         if self.settings.decoder == "scan" and n:
-            scanned = [
-                self._scan(
-                    messages[start : start + SCAN_CHUNK], offsets[start : start + SCAN_CHUNK]
-                )
-                for start in range(0, n, SCAN_CHUNK)
-            ]
+            scanned = self._scan_chunks(messages, offsets)
             rows = np.concatenate([r + k * SCAN_CHUNK for k, (r, _) in enumerate(scanned)])
             raw = RawBytes(messages)  # the batch's own list of bytes, nothing copied
             columns = replace(
@@ -145,6 +149,20 @@ class Decoder:
             batch.lag,
         )  # fmt: skip
 
+    def _scan_chunks(
+        self, messages: list[bytes], offsets: np.ndarray
+    ) -> list[tuple[np.ndarray, EventColumns]]:
+        """:meth:`_scan` of every ``SCAN_CHUNK`` messages, in order; with ``decode_threads``
+        above 1 on that many threads, so one chunk's kernel runs while the next is prepared
+        (about 1.45x faster on 2 cores)."""
+        starts = range(0, len(messages), SCAN_CHUNK)
+        chunks = [(messages[i : i + SCAN_CHUNK], offsets[i : i + SCAN_CHUNK]) for i in starts]
+        threads = self.settings.decode_threads
+        if threads <= 1 or len(chunks) <= 1:
+            return [self._scan(*chunk) for chunk in chunks]
+        pool = scan_pool(threads)
+        return [f.result() for f in [pool.submit(self._scan, *chunk) for chunk in chunks]]
+
     def _scan(self, messages: list[bytes], offsets: np.ndarray) -> tuple[np.ndarray, EventColumns]:
         """Rows the numba scanner accepts, and their columns (before the value rules; without
         the original bytes)."""
@@ -156,19 +174,20 @@ class Decoder:
             buf, ends - lengths, ends, self.settings.max_client_id_len, self.vocabularies
         )
         rows = np.flatnonzero((status == scan.OK) & (lengths <= self.settings.max_message_bytes))
-        codes = all_codes[:, rows]
+        take = slice(None) if len(rows) == n else rows  # all accepted: views, no copies
+        codes = all_codes[:, take]
         type_code = codes[scan.F_TYPE].astype(np.int32)
         return rows, EventColumns(
-            hashes[rows],
-            gather_ids(buf, span_start[scan.F_CLIENT, rows], span_len[scan.F_CLIENT, rows]),
-            ts[rows],
+            hashes[take],
+            gather_ids(buf, span_start[scan.F_CLIENT, take], span_len[scan.F_CLIENT, take]),
+            ts[take],
             codes[scan.F_CHANNEL].astype(np.int8),
             type_code,
             codes[scan.F_JOURNEY].astype(np.int16),
             codes[scan.F_STEP].astype(np.int16),
             self.catalog.tables.type_flags[type_code],
             None,
-            offsets[rows],
+            offsets[take],
             codes[scan.F_SEGMENT].astype(np.int8),
         )
 

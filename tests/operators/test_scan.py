@@ -171,13 +171,17 @@ def _same(a: Decoder, b: Decoder, messages: list[bytes]) -> None:
 @given(messages)
 def test_scan_decoder_equals_orjson_decoder(messages: list[bytes]) -> None:
     """Whatever the input, both decoders give the same events and dead letters, also when
-    the scanner takes the batch in several chunks."""
+    the scanner takes the batch in several chunks, on its threads or on the caller's."""
     scanned = Decoder(CATALOG, EngineSettings(decoder="scan"), now_ms=lambda: NOW)
+    one_thread = Decoder(
+        CATALOG, EngineSettings(decoder="scan", decode_threads=1), now_ms=lambda: NOW
+    )
     parsed = Decoder(CATALOG, EngineSettings(decoder="orjson"), now_ms=lambda: NOW)
     _same(scanned, parsed, messages)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(decode, "SCAN_CHUNK", 3)
         _same(scanned, parsed, messages)
+        _same(one_thread, parsed, messages)
 
 
 def test_common_events_take_the_scan_path() -> None:
