@@ -7,8 +7,10 @@ Generates (once, cached under ``.bench-cache/``) single-event JSON messages, sta
 broker (unless ``--brokers`` names one), loads the messages into a topic with ``--partitions``
 partitions, then measures in one run:
 
-* ``ceiling_events_per_s``: a plain confluent-kafka consumer that only consumes and
-  ``orjson``-parses every message;
+* plain reads of the whole topic by one confluent-kafka consumer, each with its CPU per
+  message in this process and in the broker, and the rate that CPU allows on two cores
+  (``reads``): consuming alone, consuming and ``orjson``-parsing every message (the ceiling,
+  ``ceiling_events_per_s``), and consuming and running the flow's decode step;
 * per ``--processes`` value, ``ato run --config ... --processes P`` reading the topic from
   earliest to its end: events over the flow's own time (first poll to last output, start-up
   excluded) and over the whole command;
@@ -20,11 +22,14 @@ The last line printed is JSON.
 """
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,12 +38,14 @@ import orjson
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, TopicPartition
 
-from ato.catalog import load_catalog
-from ato.config import KafkaSettings
+from ato.catalog import Catalog, load_catalog
+from ato.config import EngineSettings, KafkaSettings
 from ato.devservers import Server, create_topics, start_broker
 from ato.feed import produce_waiting
 from load_tests.bench_inprocess import CountSink, load_messages
 from load_tests.naive import build_naive_flow
+from operators.batches import RawBatch
+from operators.decode import Decoder
 from sources.kafka import KafkaSource
 
 
@@ -62,24 +69,85 @@ def preload(brokers: str, topic: str, parts: list[list[bytes]]) -> float:
     return n / (time.perf_counter() - started)
 
 
-def ceiling(brokers: str, topic: str, partitions: int, total: int) -> float:
-    """Events/s of a consumer that only consumes and parses."""
-    consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": "bench-ceiling", "fetch.queue.backoff.ms": 10}
-    )
+# one consumer for every partition, fetching big: the fastest reads of the probes here
+READ_CONFIG = {
+    "fetch.queue.backoff.ms": 10,
+    "fetch.wait.max.ms": 10,
+    "fetch.max.bytes": 100 * 1024 * 1024,
+    "max.partition.fetch.bytes": 10 * 1024 * 1024,
+    "queued.min.messages": 1_000_000,
+}
+
+
+@dataclass(frozen=True)
+class Read:
+    """One plain read of the whole topic: its rate, and the CPU it took per message."""
+
+    events_per_s: float
+    client_us: float  # this process (Python and librdkafka's threads), per message
+    broker_us: float | None  # the broker's process, per message (None: not ours to measure)
+
+    def two_core_bound(self) -> float:
+        """Messages/s this work allows on two cores, were both busy with nothing else."""
+        return 2e6 / (self.client_us + (self.broker_us or 0.0))
+
+    def figures(self) -> dict[str, float | None]:
+        """The JSON figures."""
+        return {
+            "events_per_s": round(self.events_per_s),
+            "client_us_per_event": round(self.client_us, 3),
+            "broker_us_per_event": None if self.broker_us is None else round(self.broker_us, 3),
+            "two_core_bound_events_per_s": round(self.two_core_bound()),
+        }
+
+
+def read_topic(
+    brokers: str,
+    topic: str,
+    partitions: int,
+    total: int,
+    handle: Callable[[list[bytes]], object],
+    broker_pid: int | None,
+) -> Read:
+    """Consume the whole topic from earliest, handing each batch's values to ``handle``."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "bench-read", **READ_CONFIG})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    loads = orjson.loads
-    started = time.perf_counter()
+    broker_cpu = _cpu_s(broker_pid)
+    cpu, started = time.process_time(), time.perf_counter()
     n = 0
     while n < total:
-        batch = consumer.consume(10_000, timeout=1.0)
-        for m in batch:
-            if m.error() is None:
-                loads(m.value() or b"")
-                n += 1
+        values = [m.value() or b"" for m in consumer.consume(10_000, timeout=1.0)]
+        handle(values)
+        n += len(values)
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    broker = None if broker_cpu is None else (_cpu_s(broker_pid) or 0.0) - broker_cpu
     consumer.close()
-    return n / seconds
+    return Read(n / seconds, cpu / n * 1e6, None if broker is None else broker / n * 1e6)
+
+
+def orjson_all(values: list[bytes]) -> None:
+    """The ceiling's work: parse every message."""
+    loads = orjson.loads
+    for value in values:
+        loads(value)
+
+
+def decode_all(catalog: Catalog) -> Callable[[list[bytes]], object]:
+    """The flow's decode step on the caller's thread (``decode_threads = 1``)."""
+    decoder = Decoder(catalog, EngineSettings(decode_threads=1))
+    return lambda values: decoder.decode(RawBatch("bench", values))
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used, None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_flow(brokers: str, topic: str, processes: int, workdir: Path) -> dict[str, Any]:
@@ -156,8 +224,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             naive_events = sum(len(p) for p in naive_parts)
             preload(brokers, naive_topic, naive_parts)
             del parts, parts_by_name, naive_parts
-            ceiling_rate = ceiling(brokers, topic, args.partitions, total)
-            print(f"  ceiling {ceiling_rate:,.0f} events/s", file=sys.stderr)
+            broker_pid = server.process.pid if server and server.process else None
+            reads = {
+                name: read_topic(brokers, topic, args.partitions, total, handle, broker_pid)
+                for name, handle in (
+                    ("consume_only", lambda values: None),
+                    ("consume_orjson", orjson_all),
+                    ("consume_decode", decode_all(load_catalog())),
+                )
+            }
+            for name, read in reads.items():
+                print(f"  {name}: {read.figures()}", file=sys.stderr)
+            ceiling_rate = reads["consume_orjson"].events_per_s
             runs = [run_flow(brokers, topic, p, workdir) for p in args.processes]
             naive_seconds = run_naive(brokers, naive_topic)
             broker_rss = _rss_mb(server.process.pid) if server and server.process else None
@@ -182,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             for p, r in zip(args.processes, runs, strict=True)
         ],
+        "reads": {name: read.figures() for name, read in reads.items()},
         "naive_events": naive_events,
         "preload_msgs_per_s": round(produce_rate),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
