@@ -6,12 +6,15 @@ delay every output behind it, so :func:`warm_up` pushes two synthetic events thr
 throwaway decoder, router and shard, which compiles everything the hot path calls.
 """
 
+import numpy as np
 import orjson
 
 from ato.catalog import Catalog
 from ato.config import EngineSettings
 from operators.batches import RawBatch
 from operators.decode import Decoder
+from operators.funnel import MEASURES, sum_by_key
+from operators.live_changes import unique_pairs
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
 
@@ -48,4 +51,7 @@ def warm_up(catalog: Catalog, settings: EngineSettings) -> int:
     if shard is not None:
         outputs, _ = shard.on_eof()
         built += sum(len(out.interventions) for out in outputs)
+    # the funnel step's and the live-state writes' kernels, with the types they get there
+    sum_by_key(np.zeros(1, np.int64), np.zeros((1, len(MEASURES)), np.int64))
+    unique_pairs(np.zeros(1, np.uint64), np.zeros(1, np.int64))
     return built

@@ -12,7 +12,7 @@ last field goes, so a client without open journeys has no key. Every write sets 
 of the keys it sets fields of. See ``docs/policy.md`` ("Live journey state").
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -165,13 +165,14 @@ class LiveStateWriter:
         self._thread: ThreadPoolExecutor | None = None
         self.stats = {"round_trips": 0, "commands": 0}
 
-    def submit(self, commands: bytes, count: int, clients: int) -> "Future[int]":
-        """:meth:`send` on the writer's own thread (one per writer, so writes run in the order
-        they are submitted); the flow goes on while Redis works. The future raises what
-        :meth:`send` raises."""
+    def submit(self, build: Callable[[], tuple[bytes, int, int]]) -> "Future[int]":
+        """:meth:`send` of the commands ``build`` returns (commands, count, clients), both
+        on the writer's own thread (one per writer, so writes run in the order they are
+        submitted): the flow goes on while the commands are written (a numba kernel that
+        releases the GIL) and Redis works. The future raises what :meth:`send` raises."""
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="ato-live-state")
-        return self._thread.submit(self.send, commands, count, clients)
+        return self._thread.submit(lambda: self.send(*build()))
 
     def stop_thread(self) -> None:
         """Wait for the writes submitted so far and end the writer's thread (a later

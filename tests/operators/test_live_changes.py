@@ -6,6 +6,8 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ato.catalog import CHANNELS, load_catalog
 from ato.columns import EventColumns, client_id_texts
@@ -14,7 +16,7 @@ from ato.generator import generate
 from operators.batches import RawBatch
 from operators.decode import Decoder
 from operators.interventions import InterventionBuilder
-from operators.live_changes import LiveStateTracker
+from operators.live_changes import LiveStateTracker, unique_pairs, unique_pairs_twin
 from policy.live_state import LiveStateWriter, encode_value, lookup
 from state.shard_store import NumbaShardStore, order_events
 
@@ -89,3 +91,18 @@ def test_marks_are_written_once_each_and_kept_while_redis_fails(
     opened = [c for c in set(client_id_texts(events.client_id)) if journey in lookup(r, c)]
     slots = store.find_instances(np.unique(events.client_key), np.zeros(distinct, np.int64))
     assert len(opened) == int((slots >= 0).sum())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 4)), max_size=200))
+def test_unique_pairs_equals_its_twin(marks: list[tuple[int, int]]) -> None:
+    """The numba kernel and its plain-Python twin pick the same rows in the same order:
+    each (client, journey) pair once, a client's rows adjacent."""
+    keys = np.array([(k * 0x9E3779B97F4A7C15) % 2**64 for k, _ in marks], np.uint64)
+    journeys = np.array([j for _, j in marks], np.int64)
+    rows = unique_pairs(keys, journeys)
+    assert rows.tolist() == unique_pairs_twin(keys, journeys).tolist()
+    pairs = list(zip(keys[rows].tolist(), journeys[rows].tolist(), strict=True))
+    assert sorted(pairs) == sorted(set(zip(keys.tolist(), journeys.tolist(), strict=True)))
+    seen = [k for i, (k, _) in enumerate(pairs) if i == 0 or pairs[i - 1][0] != k]
+    assert len(seen) == len(set(seen))  # every client's rows in one run

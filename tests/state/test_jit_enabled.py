@@ -7,7 +7,7 @@ from numba.core.registry import CPUDispatcher
 from ato.catalog import load_catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
-from operators import funnel, render, scan, uuid5
+from operators import funnel, live_changes, render, scan, uuid5
 from operators.batches import RawBatch
 from operators.decode import Decoder
 from operators.interventions import InterventionBuilder
@@ -33,6 +33,7 @@ ENTRY_POINTS = {
     scan: ("_scan_events",),
     render: ("render_rows", "json_string_spans"),
     funnel: ("sum_by_key",),
+    live_changes: ("unique_pairs",),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
@@ -112,6 +113,8 @@ def exercise_entry_points() -> None:
     assert len(decoded.dead) == 1  # ts 1 is absurd, but the message was scanned
     keys, sums = funnel.sum_by_key(np.array([4, 4], np.int64), np.ones((2, 1), np.int64))
     assert (keys.tolist(), sums.tolist()) == ([4], [[2]])
+    pairs = live_changes.unique_pairs(np.array([9, 9], np.uint64), np.array([1, 1], np.int64))
+    assert pairs.tolist() == [0]
 
 
 def test_jit_is_enabled() -> None:
