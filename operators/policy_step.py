@@ -7,7 +7,10 @@ first, the end of the client's quiet hours after a deferral. It is decided once 
 watermark has reached ``due``, so every event before ``due`` has been applied and every
 outcome before it seen: a progress, completion or failure before ``due`` makes it
 ``resumed``. Candidates due together are decided in (due, id) order, and the caps count only
-sends at or before ``due`` (``policy.caps``), so a replay decides the same way.
+sends at or before ``due`` (``policy.caps``), so a replay decides the same way. Their cap
+scripts go out in one call and the replies are read in the next (:class:`Capping`), so the
+flow works while Redis runs them; a call reads the last call's replies before it sends its
+own scripts, which keeps the order.
 
 Profiles and caps need Redis. When Redis does not answer, the candidates wait in the step
 (and in its snapshot) and are decided, as of their own ``due``, once it answers: an outage
@@ -32,7 +35,7 @@ from operators.batches import InterventionBatch, ShardOutput
 from operators.decode import wall_ms
 from operators.interventions import InterventionBuilder, Routing
 from policy.batch_checks import CAP_REASON, PASS, QUIET, REASONS, BatchChecks, Checked, ProfileTable
-from policy.caps import CapStore
+from policy.caps import CapCodes, CapStore
 from policy.connection import is_transient
 from policy.exceptions import PolicyError
 from policy.live_state import where
@@ -117,6 +120,17 @@ class Held:
         return self.resolved < self.due
 
 
+@dataclass(frozen=True)
+class Capping:
+    """Candidates to decide for good once their cap codes are read, in (due, id) order."""
+
+    todo: Held
+    profile: np.ndarray  # ProfileTable codes, aligned with todo
+    checked: Checked  # checks 1-4; rows ``passed`` get their reason from the codes
+    passed: np.ndarray  # rows of todo whose cap scripts went out, in order
+    codes: CapCodes
+
+
 class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
     """Contact-policy decisions of one shard's stalls inside a ``stateful_batch`` step."""
 
@@ -132,6 +146,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         self.caps: CapStore | None = None  # loads its script on first use
         self.table = ProfileTable(max(1, ctx.profile_cache))
         self.checks = BatchChecks(ctx.policy, ctx.catalog, self.table)
+        self.capping: Capping | None = None  # cap scripts sent, replies not read yet
         self.last: ShardOutput | None = None  # the latest output passed on
         self.outage_since_ms: int | None = None
         self.stats = {"decided": 0, "sent": 0, "deferred": 0, "suppressed": 0, "outages": 0}
@@ -152,36 +167,49 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         return outputs, self.RETAIN
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
-        """Retry decisions waiting for Redis."""
-        if self.last is None or not self._waiting():
+        """Read cap codes sent in the last call; retry decisions waiting for Redis."""
+        if self.last is None or not (self.capping is not None or self._waiting()):
             return [], self.RETAIN
-        interventions, decisions = self._decide(wait=False)
-        if not decisions:
-            return [], self.RETAIN
+        return self._quiet(*self._decide(wait=False)), self.RETAIN
+
+    def on_eof(self) -> tuple[list[ShardOutput], bool]:
+        """Input ended, every decision is made (the last batch waited for Redis): close this
+        worker's Redis connections (the shards' final live-state writes came before). A later
+        use would reconnect."""
+        outputs = self._quiet(*self._decide(wait=True)) if self.capping is not None else []
+        self.ctx.client.connection_pool.disconnect()
+        return outputs, self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """At once while cap codes are on their way; soon while decisions wait for Redis."""
+        if self.capping is not None:
+            return datetime.now(UTC)
+        if not self._waiting():
+            return None
+        return datetime.now(UTC) + timedelta(milliseconds=RETRY_MS)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The candidates not decided for good (deferred, waiting for Redis, or waiting for
+        their cap codes: a resumed run decides those again, and the caps find any send a
+        script recorded)."""
+        held = self.held
+        if self.capping is not None:
+            held = Held.concat([held, self.capping.todo])
+        return {"shard": self.shard, "watermark": self.watermark, "held": held}
+
+    def _quiet(
+        self, interventions: InterventionBatch, decisions: list[Decision]
+    ) -> list[ShardOutput]:
+        """An output carrying only decisions (none without any), like the latest one."""
+        if not decisions or self.last is None:
+            return []
         quiet = replace(
             self.last, stalls=Records.empty(), stall_ids=None, outcomes=Records.empty(),
             outcome_ids=None,
             funnel=None, late=None, late_count=0, applied=0, latency_ms=None, final=False,
             emitted_at_ms=self.ctx.now_ms(),
         )  # fmt: skip
-        return [replace(quiet, interventions=interventions, decisions=decisions)], self.RETAIN
-
-    def on_eof(self) -> tuple[list[ShardOutput], bool]:
-        """Input ended, every decision is made (the last batch waited for Redis): close this
-        worker's Redis connections (the shards' final live-state writes came before). A later
-        use would reconnect."""
-        self.ctx.client.connection_pool.disconnect()
-        return [], self.RETAIN
-
-    def notify_at(self) -> datetime | None:
-        """Soon, while decisions wait for Redis."""
-        if not self._waiting():
-            return None
-        return datetime.now(UTC) + timedelta(milliseconds=RETRY_MS)
-
-    def snapshot(self) -> dict[str, Any]:
-        """The candidates not decided for good (deferred or waiting for Redis)."""
-        return {"shard": self.shard, "watermark": self.watermark, "held": self.held}
+        return [replace(quiet, interventions=interventions, decisions=decisions)]
 
     # ------------------------------------------------------------------ work
 
@@ -213,41 +241,78 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         self.held = held
 
     def _decide(self, wait: bool) -> tuple[InterventionBatch, list[Decision]]:
-        """Decide every candidate due at the watermark. When Redis does not answer they stay;
-        with ``wait`` this retries until it does or ``outage_wait_s`` passes."""
+        """Decide every candidate due at the watermark. Their cap scripts go out now and
+        their replies are read at the next call (:meth:`_collect`), so the flow works while
+        Redis runs them; with ``wait`` they are read at once. When Redis does not answer the
+        candidates stay; with ``wait`` this retries until it does or ``outage_wait_s``
+        passes."""
+        sent, decisions = self._collect()
         due = self.held.due <= self.watermark
         if not due.any():
-            return InterventionBatch.empty(), []
+            return sent, decisions
         todo = self.held.take(due)
         while True:
             try:
-                decided = self._decisions(todo)
+                deferrals, later, capping = self._prepare(todo)
+                if wait:
+                    finals = self._finish(capping)
                 break
             except redis.RedisError as exc:
-                if not is_transient(exc):
-                    msg = f"contact policy: Redis at {where(self.ctx.client)}: {exc}"
-                    raise PolicyError(msg) from exc
-                self._outage(exc, len(todo))
+                self._failed(exc, len(todo))
                 if not wait:
-                    return InterventionBatch.empty(), []
+                    return sent, decisions
                 self._pause(len(todo))
         self._recovered(len(todo))
-        deferrals, later, final, finals = decided
         self.held = Held.concat([self.held.take(~due), later])
+        self._count(deferrals, [])
+        if not wait:
+            self.capping = capping
+            return sent, [*decisions, *deferrals]
+        return (
+            InterventionBatch.concat([sent, self._sent(capping.todo, finals)]),
+            [*decisions, *deferrals, *finals],
+        )
+
+    def _collect(self) -> tuple[InterventionBatch, list[Decision]]:
+        """The decisions whose cap scripts went out in an earlier call, once their replies
+        are read; when Redis fails meanwhile, their candidates wait again (a script that ran
+        recorded its sends, and a retry finds them: ``replayed``)."""
+        capping, self.capping = self.capping, None
+        if capping is None:
+            return InterventionBatch.empty(), []
+        try:
+            finals = self._finish(capping)
+        except redis.RedisError as exc:
+            capping.codes.drop()
+            self.held = Held.concat([self.held, capping.todo])
+            self._failed(exc, len(self.held))
+            return InterventionBatch.empty(), []
+        self._recovered(len(capping.todo))
+        return self._sent(capping.todo, finals), finals
+
+    def _failed(self, exc: redis.RedisError, count: int) -> None:
+        """A transient Redis failure is an outage; any other is fatal."""
+        if not is_transient(exc):
+            msg = f"contact policy: Redis at {where(self.ctx.client)}: {exc}"
+            raise PolicyError(msg) from exc
+        self._outage(exc, count)
+
+    def _count(self, deferrals: list[Decision], finals: list[Decision]) -> None:
         for d in [*deferrals, *finals]:
             self.stats[d.outcome] += 1
         self.stats["decided"] += len(finals)
-        return self._sent(final, finals), [*deferrals, *finals]
 
-    def _decisions(self, todo: Held) -> tuple[list[Decision], Held, Held, list[Decision]]:
-        """Decide ``todo`` (raises RedisError; then nothing has changed but sends recorded
-        in Redis, which a retry finds again).
+    def _prepare(self, todo: Held) -> tuple[list[Decision], Held, "Capping"]:
+        """Checks of ``todo`` and the cap scripts of those that pass them, sent (raises
+        RedisError; then nothing has changed but sends recorded in Redis, which a retry
+        finds again).
 
         Deferrals come first: a candidate whose quiet hours end at or before the watermark
-        is deferred and then decided again at their end, in the same call. The rest are
-        decided in (due, id) order, so sends count towards caps in event-time order.
-        Returns (deferral decisions, candidates deferred past the watermark, candidates
-        decided for good, their decisions).
+        is deferred and then decided again at their end, in the same call. The rest go to
+        the caps in (due, id) order, so sends count towards caps in event-time order (the
+        next call's scripts go out only after these replied). Returns (deferral decisions,
+        candidates deferred past the watermark, the candidates decided for good, waiting
+        for their cap codes).
         """
         clients = todo.records.client_texts()
         found = self.profiles.values_many(clients)
@@ -272,16 +337,26 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             checked = Checked.concat([checked.take(~rows), self._check(again, again_profile)])
         order = np.lexsort((todo.ids.view("S36").ravel(), todo.due))
         todo, profile, checked = todo.take(order), profile[order], checked.take(order)
-        replayed = np.zeros(len(todo), bool)
         passed = np.flatnonzero(checked.reason == PASS)
+        codes = (
+            self._send_caps(todo.take(passed), profile[passed]) if len(passed) else CapCodes(None)
+        )
+        return deferrals, Held.concat(later), Capping(todo, profile, checked, passed, codes)
+
+    def _finish(self, capping: "Capping") -> list[Decision]:
+        """The final decisions of ``capping.todo``, once its cap codes are read (raises
+        RedisError)."""
+        todo, checked, passed = capping.todo, capping.checked, capping.passed
+        codes = np.array(capping.codes.read(), np.int64)
+        replayed = np.zeros(len(todo), bool)
         if len(passed):
-            codes = self._cap_codes(todo.take(passed), profile[passed])
             reason = checked.reason.copy()
             reason[passed] = CAP_REASON[codes]
             replayed[passed] = codes == 1
             checked = replace(checked, reason=reason)
-        finals = self._decision_list(todo, profile, checked, replayed)
-        return deferrals, Held.concat(later), todo, finals
+        finals = self._decision_list(todo, capping.profile, checked, replayed)
+        self._count([], finals)
+        return finals
 
     def _check(self, todo: Held, profile: np.ndarray) -> Checked:
         """Checks 1-4 of the candidates of ``todo`` as of their ``due``."""
@@ -291,8 +366,8 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             self.builder.priorities(todo.records), todo.resumed(), profile,
         )  # fmt: skip
 
-    def _cap_codes(self, todo: Held, profile: np.ndarray) -> np.ndarray:
-        """The cap script's code of each candidate (in order; records the sends)."""
+    def _send_caps(self, todo: Held, profile: np.ndarray) -> CapCodes:
+        """The cap scripts of the candidates (in order; they record the sends), sent."""
         assert self.caps is not None
         j = todo.records.ints[O_JOURNEY]
         day_start, week_start = self.checks.period_starts(todo.due, profile)
@@ -301,7 +376,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             todo.ids.view("S36").ravel().astype("U36").tolist(), todo.due.tolist(),
             day_start.tolist(), week_start.tolist(), self.checks.cooldown[j].tolist(),
         )  # fmt: skip
-        return np.array(self.caps.codes(rows), np.int64)
+        return self.caps.send(rows)
 
     def _decision_list(
         self,

@@ -29,7 +29,7 @@ from policy.localtime import periods
 from policy.profiles import Profile, zone
 from policy.routing import Route
 from policy.rules import SENT, SUPPRESSED, Candidate, Decision, decision, precheck
-from policy.scripts import Call, Script
+from policy.scripts import Call, Script, ScriptReplies
 from policy.settings import Policy
 
 RETAIN_MS = 8 * 86_400_000  # a week plus a day of local-time slack
@@ -128,12 +128,17 @@ class CapStore:
     def codes(self, rows: Sequence[Sequence[str | int]]) -> list[int]:
         """The script's code of each row (:meth:`rows`), in order: 0 sent, 1 sent before
         (a replay), 2 cooldown, 3 daily cap, 4 weekly cap. One pipeline."""
+        return self.send(rows).read()
+
+    def send(self, rows: Sequence[Sequence[str | int]]) -> "CapCodes":
+        """:meth:`codes` in two halves: the pipeline goes out now, the codes are read by the
+        result's :meth:`~CapCodes.read` (the sends are recorded as Redis runs the script)."""
         scalars = [self.ttl_ms, self.policy.per_day, self.policy.per_week]
         calls: list[Call] = [
             ([], [*scalars, orjson.dumps(rows[start : start + self.chunk])])
             for start in range(0, len(rows), self.chunk)
         ]
-        return [int(code) for reply in self.script.run(calls) for code in reply]
+        return CapCodes(self.script.send(calls) if calls else None)
 
     @staticmethod
     def rows(
@@ -161,3 +166,21 @@ class CapStore:
         return self.rows(
             [c.client_id], [c.journey], ids, [c.now_ms], [p.day_start], [p.week_start], [cooldown]
         )[0]
+
+
+class CapCodes:
+    """The codes of a :meth:`CapStore.send`, to be read once."""
+
+    def __init__(self, replies: ScriptReplies | None) -> None:
+        self.replies = replies
+
+    def read(self) -> list[int]:
+        """The codes, in order (raises redis-py's errors)."""
+        if self.replies is None:
+            return []
+        return [int(code) for reply in self.replies.read() for code in reply]
+
+    def drop(self) -> None:
+        """Give up on the codes (the connection is closed; sends may have been recorded)."""
+        if self.replies is not None:
+            self.replies.drop()

@@ -8,7 +8,8 @@ themselves (reading 100 k profile hashes: 1.1 s of Redis CPU through a script, 0
 plain commands). So the flow writes the commands' protocol bytes itself, sends
 them in one piece on a pooled connection and reads the replies from its socket (redis-py's
 ``_sock``): counted as bytes when every reply is one line
-(:func:`send_counting_replies`), or parsed by hiredis (:func:`send_reading_replies`).
+(:func:`send_counting_replies`), or parsed by hiredis (:func:`send_reading_replies`, or
+:class:`PendingReplies` to read them later while the connection waits outside the pool).
 Errors are redis-py's: ``ConnectionError``/``TimeoutError`` (the connection is then
 dropped) or ``ResponseError`` for an error reply.
 """
@@ -93,20 +94,56 @@ def send_reading_replies(
     ``bytes``, arrays as lists, maps as dicts). An error reply raises ``ResponseError`` once
     every reply has been read, so the connection stays usable; with ``raise_errors`` False
     it is returned in its place, as ``ResponseError``."""
+    return PendingReplies(client, commands, count).read(raise_errors)
 
-    def read(sock: socket.socket | None) -> list[Any]:
+
+class PendingReplies:
+    """Commands sent on a pooled connection (taken from the pool until their replies are
+    read), so the caller can work while Redis does: :meth:`read` later, or :meth:`drop`.
+    Sending raises redis-py's errors as :func:`send_reading_replies` does."""
+
+    def __init__(self, client: "redis.Redis", commands: bytes, count: int) -> None:
+        self.pool = client.connection_pool
+        self.count = count
+        self.conn: Any = self.pool.get_connection()
+        try:
+            self.conn.send_packed_command([commands])
+        except BaseException:
+            self.drop()
+            raise
+
+    def read(self, raise_errors: bool = True) -> list[Any]:
+        """The ``count`` replies, as :func:`send_reading_replies` returns them; the
+        connection goes back to the pool (dropped if reading failed)."""
+        if self.conn is None:
+            msg = "replies already read or dropped"
+            raise RuntimeError(msg)
+        try:
+            replies = self._parse(self.conn._sock)  # noqa: SLF001
+        except BaseException:
+            self.drop()
+            raise
+        self.pool.release(self.conn)
+        self.conn = None
+        for i, reply in enumerate(replies):
+            if isinstance(reply, hiredis.ReplyError):
+                if raise_errors:
+                    raise redis.ResponseError(str(reply))
+                replies[i] = redis.ResponseError(str(reply))
+        return replies
+
+    def drop(self) -> None:
+        """Give up on the replies: the connection is closed and goes back to the pool."""
+        if self.conn is not None:
+            self.conn.disconnect()
+            self.pool.release(self.conn)
+            self.conn = None
+
+    def _parse(self, sock: socket.socket | None) -> list[Any]:
         reader = hiredis.Reader()
         replies: list[Any] = []
-        while len(replies) < count:
+        while len(replies) < self.count:
             reader.feed(_receive(sock))
             while (reply := reader.gets()) is not False:
                 replies.append(reply)
         return replies
-
-    replies = _exchange(client, commands, read)
-    for i, reply in enumerate(replies):
-        if isinstance(reply, hiredis.ReplyError):
-            if raise_errors:
-                raise redis.ResponseError(str(reply))
-            replies[i] = redis.ResponseError(str(reply))
-    return replies

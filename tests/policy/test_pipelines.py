@@ -3,7 +3,7 @@
 import pytest
 import redis
 
-from policy.pipelines import bulk, send_counting_replies, send_reading_replies
+from policy.pipelines import PendingReplies, bulk, send_counting_replies, send_reading_replies
 
 
 def command(*args: bytes) -> bytes:
@@ -39,3 +39,17 @@ def test_an_unreachable_server_is_a_connection_error() -> None:
     broken = redis.Redis(port=1, socket_connect_timeout=0.2)
     with pytest.raises(redis.ConnectionError):
         send_reading_replies(broken, command(b"PING"), 1)
+
+
+def test_pending_replies_are_read_later_once_or_dropped(r: redis.Redis) -> None:
+    r.set("k", "v")
+    pending = PendingReplies(r, command(b"GET", b"k") + command(b"INCR", b"n"), 2)
+    assert r.get("k") == b"v"  # the client's other connections serve meanwhile
+    assert pending.read() == [b"v", 1]
+    with pytest.raises(RuntimeError, match="already read"):
+        pending.read()
+    dropped = PendingReplies(r, command(b"INCR", b"n"), 1)
+    dropped.drop()
+    dropped.drop()  # twice is harmless
+    assert int(r.get("n") or 0) in (1, 2)  # sent: it may have run before the close
+    assert send_reading_replies(r, command(b"PING"), 1) == [b"PONG"]  # the pool still serves
