@@ -62,6 +62,11 @@ class EngineSettings:
         "Threads scanning a batch's chunks side by side (the numba scanner releases the GIL);"
         " 1 scans on the flow's own thread.",
     )
+    decode_ahead: bool = _knob(
+        True,
+        "Decode each input partition's next batch in the background while the flow works on"
+        " the one before (one read held back per partition).",
+    )
     max_message_bytes: int = _knob(65_536, "Larger messages are dead-lettered as oversized.")
     max_client_id_len: int = _knob(64, "Longer client ids are dead-lettered.")
     min_event_ts_ms: int = _knob(

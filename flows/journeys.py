@@ -16,7 +16,7 @@ from typing import Any
 import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.outputs import Sink
 
 from ato.catalog import CHANNELS, Catalog, load_catalog
@@ -36,6 +36,7 @@ from policy.live_state import LiveStateWriter
 from policy.settings import check_names, load_policy
 from sinks.clickhouse import MetricBlock
 from sinks.kafka import Record
+from sources.read_ahead import ReadAheadSource
 
 OUTPUT_KEY = "out"  # single-writer sinks: every output line under one key
 FUNNEL_KEY = "funnel"  # the funnel step sums every shard's counts under one key
@@ -100,6 +101,8 @@ def build_flow(
         snapshots=snapshots,
     )
 
+    if engine.decode_ahead and isinstance(source, FixedPartitionedSource):
+        source = ReadAheadSource(source, decoder.start)
     flow = Dataflow("journeys")
     raw = op.input("input", flow, source)
     decoded = op.map("decode", raw, decoder)

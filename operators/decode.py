@@ -11,7 +11,7 @@ names one of ``SEGMENTS``, becomes the event's segment code (anything else reads
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import cache
 from itertools import repeat
@@ -66,6 +66,12 @@ def scan_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="ato-scan")
 
 
+@cache
+def ahead_pool() -> ThreadPoolExecutor:
+    """The process's thread decoding batches ahead of the decode step (:meth:`Decoder.start`)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="ato-decode-ahead")
+
+
 class _SlowPath(Exception):
     """The fast path met something it does not handle."""
 
@@ -86,6 +92,7 @@ class Decoder:
     ) -> None:
         self.catalog = catalog
         self.settings = settings
+        self._ahead: dict[int, tuple[RawBatch, Future[DecodedBatch]]] = {}
         self.now_ms = now_ms
         self.channel_codes = {name: code for code, name in enumerate(CHANNELS)}
         self.segment_codes = {name: code for code, name in enumerate(SEGMENTS)}
@@ -103,8 +110,17 @@ class Decoder:
         )
 
     def __call__(self, batch: RawBatch) -> DecodedBatch:
-        """Decode one batch (the flow's map step)."""
+        """Decode one batch (the flow's map step); a batch :meth:`start` began is waited for."""
+        ahead = self._ahead.pop(id(batch), None)
+        if ahead is not None and ahead[0] is batch:
+            return ahead[1].result()
         return self.decode(batch)
+
+    def start(self, batch: RawBatch) -> None:
+        """Begin decoding ``batch`` on the read-ahead thread (``sources.read_ahead``); the
+        decode step takes the result. The entry keeps ``batch`` alive, so its ``id`` stays
+        its own until then."""
+        self._ahead[id(batch)] = (batch, ahead_pool().submit(self.decode, batch))
 
     def decode(self, batch: RawBatch) -> DecodedBatch:
         """Decode every message of ``batch``; never raises on bad input.
