@@ -1,6 +1,7 @@
 """Process-wide settings a flow process applies once at start."""
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,18 +17,30 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+_pause_lock = threading.Lock()
+_pauses = 0  # blocks inside gc_paused now, on any thread
+_was_enabled = False  # collection was on when the first of them began
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """No automatic cycle collection inside the block (restored after it, if it was on).
 
     For code that makes many short-lived container objects without cycles: a collection
     they trigger would only scan them. Objects freed inside the block no longer count
-    towards the next collection.
+    towards the next collection. Blocks may overlap on several threads (the decode threads
+    and the flow's): collection resumes when the last one ends.
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    global _pauses, _was_enabled  # noqa: PLW0603 - one switch per process
+    with _pause_lock:
+        if _pauses == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _was_enabled:
+                gc.enable()
