@@ -7,9 +7,10 @@ reads the current state of every marked pair from the shard store and writes it 
 removed. Only the latest state is written, so a client's many events between two writes cost
 one field write.
 
-The state is read and encoded on the flow's thread; the Redis round trip runs on the
-writer's own thread (in submission order), so the flow goes on while Redis works; at most
-``MAX_IN_FLIGHT`` writes per shard are on their way, and a snapshot waits for them. When
+The state is read and rendered on the flow's thread; the commands are written (a numba
+kernel) and sent on the writer's own thread (in submission order), so the flow goes on
+meanwhile; at most ``MAX_IN_FLIGHT`` writes per shard are on their way, and a snapshot
+waits for them. When
 Redis is unreachable, a failed write's marks are kept and written again after
 ``interval_ms``: the state read then is the newest, so nothing needs replaying. Other Redis
 errors (a key of the wrong type, say) are logged and counted, and those marks dropped.
@@ -131,7 +132,7 @@ class LiveStateTracker:
                 values,
                 start,
                 length,
-            )  # fmt: skip
+            )
         )
         self.in_flight.append(InFlight(write, keys, journeys, ids))
         if force or len(self.in_flight) > MAX_IN_FLIGHT:
