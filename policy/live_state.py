@@ -226,9 +226,9 @@ class LiveStateWriter:
         return self.send(commands, count, len(clients))
 
     def send(self, commands: bytes, count: int, clients: int) -> int:
-        """Send ``count`` commands (:meth:`commands`) in one write and wait for their
-        replies; return ``clients``. Errors as :meth:`write`; an error reply of one command
-        does not stop the others."""
+        """Send ``count`` commands (built by :mod:`policy.live_commands`) in one write and
+        wait for their replies; return ``clients``. Errors as :meth:`write`; an error reply
+        of one command does not stop the others."""
         if not count:
             return clients
         try:

@@ -45,30 +45,11 @@ def send_counting_replies(client: "redis.Redis", commands: bytes, count: int) ->
             lines += part.count(b"\r\n")
         return parts
 
-    parts = _exchange(client, commands, read)
-    replies = b"".join(parts)
+    replies = b"".join(PendingReplies(client, commands, count).finish(read))
     if not replies.startswith(b"-") and b"\n-" not in replies:
         return ""
     at = 0 if replies.startswith(b"-") else replies.index(b"\n-") + 1
     return replies[at + 1 : replies.index(b"\r\n", at)].decode(errors="replace")
-
-
-def _exchange(
-    client: "redis.Redis", commands: bytes, read: Callable[[socket.socket | None], T]
-) -> T:
-    """Send ``commands`` on one of ``client``'s pooled connections and return what ``read``
-    makes of its socket (redis-py's ``_sock``: see the module docstring). A connection that
-    failed midway is dropped."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([commands])
-        return read(conn._sock)  # noqa: SLF001
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
 
 
 def _receive(sock: socket.socket | None) -> bytes:
@@ -113,24 +94,31 @@ class PendingReplies:
             raise
 
     def read(self, raise_errors: bool = True) -> list[Any]:
-        """The ``count`` replies, as :func:`send_reading_replies` returns them; the
-        connection goes back to the pool (dropped if reading failed)."""
-        if self.conn is None:
-            msg = "replies already read or dropped"
-            raise RuntimeError(msg)
-        try:
-            replies = self._parse(self.conn._sock)  # noqa: SLF001
-        except BaseException:
-            self.drop()
-            raise
-        self.pool.release(self.conn)
-        self.conn = None
+        """The ``count`` replies, as :func:`send_reading_replies` returns them (parsed by
+        hiredis; see :meth:`finish`)."""
+        replies = self.finish(self._parse)
         for i, reply in enumerate(replies):
             if isinstance(reply, hiredis.ReplyError):
                 if raise_errors:
                     raise redis.ResponseError(str(reply))
                 replies[i] = redis.ResponseError(str(reply))
         return replies
+
+    def finish(self, read: Callable[[socket.socket | None], T]) -> T:
+        """What ``read`` makes of the connection's socket (redis-py's ``_sock``: see the
+        module docstring); the connection goes back to the pool, dropped if reading
+        failed. Once only."""
+        if self.conn is None:
+            msg = "replies already read or dropped"
+            raise RuntimeError(msg)
+        try:
+            got = read(self.conn._sock)  # noqa: SLF001
+        except BaseException:
+            self.drop()
+            raise
+        self.pool.release(self.conn)
+        self.conn = None
+        return got
 
     def drop(self) -> None:
         """Give up on the replies: the connection is closed and goes back to the pool."""
