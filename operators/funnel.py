@@ -24,6 +24,7 @@ from bytewax.operators import StatefulBatchLogic
 from numba import njit
 
 from state.base import Effects, Records
+from state.hashing import fibonacci_slot, table_bits
 from state.layout import (
     EFFECT_ADVANCED,
     EFFECT_COMPLETED,
@@ -230,19 +231,15 @@ def sum_by_key(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nda
     rows in size; about 5x faster than ``np.unique`` and ``bincount`` on 100,000 rows (the
     sort was most of the funnel step's time). Twin: :func:`sum_by_key_twin`."""
     n, m = counts.shape
-    size, bits = 16, 4
-    while size < 2 * n:
-        size *= 2
-        bits += 1
-    mask = size - 1
-    slots = np.full(size, -1, np.int64)
+    bits = table_bits(n)
+    mask = (1 << bits) - 1
+    slots = np.full(1 << bits, -1, np.int64)
     unique = np.empty(n, np.int64)
     sums = np.zeros((n, m), np.int64)
     found = 0
     for i in range(n):
         key = keys[i]
-        # Fibonacci hashing: the top bits of the key times 2**64 / golden ratio
-        h = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+        h = fibonacci_slot(np.uint64(key), bits)
         while True:
             row = slots[h]
             if row < 0:

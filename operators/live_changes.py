@@ -32,6 +32,7 @@ from operators.render import INT, TEXT, Template, Vocabulary, render
 from policy.exceptions import LiveStateError
 from policy.live_commands import CLOSED, commands_of_rows
 from policy.live_state import KEY_PREFIX, LiveStateWriter
+from state.hashing import fibonacci_slot, table_bits
 from state.shard_store import NumbaShardStore
 
 log = logging.getLogger(__name__)
@@ -251,14 +252,10 @@ def unique_pairs(keys: np.ndarray, journeys: np.ndarray) -> np.ndarray:
     keys) and a counting sort by key, instead of sorting every mark (``np.lexsort`` was most
     of a live-state write's time on the flow's thread). Twin: :func:`unique_pairs_twin`."""
     n = len(keys)
-    size, bits = 16, 4
-    while size < 2 * n:
-        size *= 2
-        bits += 1
-    mask, shift = size - 1, np.uint64(64 - bits)
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    pair_slots = np.full(size, -1, np.int64)  # -> index into first
-    key_slots = np.full(size, -1, np.int64)  # -> group number
+    bits = table_bits(n)
+    mask = (1 << bits) - 1
+    pair_slots = np.full(1 << bits, -1, np.int64)  # -> index into first
+    key_slots = np.full(1 << bits, -1, np.int64)  # -> group number
     first = np.empty(n, np.int64)  # row of each distinct pair, in order of appearance
     group_of = np.empty(n, np.int64)  # its key's group
     group_key = np.empty(n, np.uint64)
@@ -266,7 +263,7 @@ def unique_pairs(keys: np.ndarray, journeys: np.ndarray) -> np.ndarray:
     pairs = groups = 0
     for i in range(n):
         key, journey = np.uint64(keys[i]), journeys[i]
-        h = np.int64(((key ^ np.uint64(journey)) * golden) >> shift)
+        h = fibonacci_slot(key ^ np.uint64(journey), bits)
         while True:
             u = pair_slots[h]
             if u < 0 or (np.uint64(keys[first[u]]) == key and journeys[first[u]] == journey):
@@ -276,7 +273,7 @@ def unique_pairs(keys: np.ndarray, journeys: np.ndarray) -> np.ndarray:
             continue  # a pair seen before
         pair_slots[h] = pairs
         first[pairs] = i
-        g_slot = np.int64((key * golden) >> shift)
+        g_slot = fibonacci_slot(key, bits)
         while key_slots[g_slot] >= 0 and group_key[key_slots[g_slot]] != key:
             g_slot = (g_slot + 1) & mask
         if key_slots[g_slot] < 0:

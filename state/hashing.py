@@ -23,6 +23,23 @@ def mix64(x: np.uint64) -> np.uint64:
     return x ^ (x >> np.uint64(31))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def table_bits(n: int) -> int:
+    """log2 of an open-addressing table's size for ``n`` entries: the smallest power of two
+    of at least ``2 * n`` (and 16)."""
+    bits = 4
+    while (1 << bits) < 2 * n:
+        bits += 1
+    return bits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def fibonacci_slot(key: np.uint64, bits: int) -> np.int64:
+    """The slot of ``key`` in a table of ``2 ** bits``: the top bits of ``key`` times
+    2**64 / golden ratio (Fibonacci hashing)."""
+    return np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+
+
 def mix64_py(x: int) -> int:
     """Plain-Python twin of :func:`mix64`."""
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64

@@ -67,6 +67,7 @@ HELPERS = {
     ),
     uuid5: ("_rotl", "_compress", "_sha1", "_put_text", "_put_int"),
     render: ("_write_uint", "_magnitude", "_write_int", "_write_fixed4"),
+    hashing: ("table_bits", "fibonacci_slot"),
 }
 
 
