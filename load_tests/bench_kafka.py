@@ -22,7 +22,6 @@ The last line printed is JSON.
 """
 
 import argparse
-import os
 import resource
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from ato.config import EngineSettings, KafkaSettings
 from ato.devservers import Server, create_topics, start_broker
 from ato.feed import produce_waiting
 from load_tests.bench_inprocess import CountSink, load_messages
+from load_tests.monitor import read_proc
 from load_tests.naive import build_naive_flow
 from operators.batches import RawBatch
 from operators.decode import Decoder
@@ -141,13 +141,8 @@ def decode_all(catalog: Catalog) -> Callable[[list[bytes]], object]:
 
 def _cpu_s(pid: int | None) -> float | None:
     """CPU seconds (user + system) process ``pid`` has used, None if unknown."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    proc = read_proc(pid) if pid is not None else None
+    return proc[2] if proc is not None else None
 
 
 def run_flow(brokers: str, topic: str, processes: int, workdir: Path) -> dict[str, Any]:
@@ -271,13 +266,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _rss_mb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    except OSError:
-        return None
-    return None
+    proc = read_proc(pid)
+    return int(proc[0]) if proc is not None else None
 
 
 if __name__ == "__main__":
