@@ -9,7 +9,7 @@ shard applies its piece with numba kernels. Outputs: interventions, dead letters
 import base64
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -210,7 +210,7 @@ def _dead_lines(batch: DecodedBatch) -> list[tuple[str, bytes]]:
 
 
 def _decision_lines(out: ShardOutput) -> list[tuple[str, bytes]]:
-    return _block(asdict(d) for d in out.decisions) if out.decisions else []
+    return _block(out.decisions.docs()) if out.decisions is not None and len(out.decisions) else []
 
 
 def _intervention_lines(out: ShardOutput) -> list[tuple[str, bytes]]:

@@ -9,7 +9,7 @@ import orjson
 
 from ato.columns import EventColumns, RawBytes, client_id_texts
 from operators.funnel import FunnelRows
-from policy.rules import Decision
+from policy.decision_columns import DecisionColumns
 from state.base import Records
 
 
@@ -192,4 +192,4 @@ class ShardOutput:
     final: bool = False  # the shard's last output: input ended
     emitted_at_ms: int = 0
     latency_ms: float | None = None
-    decisions: list[Decision] | None = None  # the contact policy's; None: no policy
+    decisions: DecisionColumns | None = None  # the contact policy's; None: no policy

@@ -24,7 +24,14 @@ from operators.batches import ShardOutput
 from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
 from operators.interventions import InterventionBuilder
 from operators.watermark import MIN_WATERMARK
-from policy.rules import Decision
+from policy.decision_columns import (
+    CHANNEL_NAMES,
+    DECISION_NAMES,
+    REASON_NAMES,
+    SEGMENT_NAMES,
+    TIER_NAMES,
+    DecisionColumns,
+)
 from sinks.clickhouse import Column, MetricBlock
 from state.base import Records
 from state.layout import (
@@ -113,7 +120,7 @@ class MetricRows:
             blocks.append(self.stalls(out.stalls, out.emitted_at_ms, common, priority))
             if out.decisions is None:
                 blocks.append(self.decisions(out.stalls, out.emitted_at_ms, common, priority))
-        if out.decisions:
+        if out.decisions is not None and len(out.decisions):
             blocks.append(self.policy_decisions(out.decisions, out.emitted_at_ms))
         if len(out.outcomes):
             blocks.append(self.outcome_rows(out.outcomes, out.outcome_ids))
@@ -201,30 +208,30 @@ class MetricRows:
         )
         return MetricBlock("decisions", columns)
 
-    def policy_decisions(self, decisions: list[Decision], emitted_at_ms: int) -> MetricBlock:
+    def policy_decisions(self, decisions: DecisionColumns, emitted_at_ms: int) -> MetricBlock:
         """``decisions`` rows of the contact policy: sent, deferred or suppressed."""
         n = len(decisions)
 
-        def text(name: str) -> pa.Array:
-            return pa.array([getattr(d, name) for d in decisions], pa.string())
+        def coded(codes: np.ndarray, names: np.ndarray) -> pa.Array:
+            return pa.DictionaryArray.from_arrays(
+                pa.array(codes, pa.int32()), pa.array(names.tolist(), pa.string())
+            )
 
-        def dictionary(name: str) -> pa.Array:
-            return text(name).dictionary_encode()
-
+        steps = decisions.step_names[decisions.journey, decisions.step].tolist()
         columns: dict[str, Column] = {
-            "intervention_id": text("intervention_id"),
-            "client_id": text("client_id"),
-            "journey": dictionary("journey"),
-            "step": dictionary("step"),
-            "attempt": np.array([d.attempt for d in decisions], np.int64),
-            "segment": dictionary("segment"),
-            "decision": dictionary("outcome"),
-            "reason": dictionary("reason"),
-            "tier": dictionary("tier"),
-            "channel": dictionary("channel"),
-            "rm_id": text("rm_id"),
-            "priority": np.array([d.priority for d in decisions], np.float64),
-            "decided_at": np.array([d.decided_at_ms for d in decisions], np.int64),
+            "intervention_id": pa.array(decisions.ids.view("S36").ravel(), pa.string()),
+            "client_id": pa.array(decisions.client_id, pa.string()),
+            "journey": coded(decisions.journey, decisions.journey_names),
+            "step": pa.array(steps, pa.string()).dictionary_encode(),
+            "attempt": decisions.attempt.astype(np.int64),
+            "segment": coded(decisions.segment, SEGMENT_NAMES),
+            "decision": coded(decisions.outcome, DECISION_NAMES),
+            "reason": coded(decisions.reason, REASON_NAMES),
+            "tier": coded(decisions.tier, TIER_NAMES),
+            "channel": coded(decisions.channel, CHANNEL_NAMES),
+            "rm_id": pa.array(decisions.rm_id, pa.string()),
+            "priority": decisions.priority.astype(np.float64),
+            "decided_at": decisions.decided_at_ms.astype(np.int64),
             "emitted_at": np.full(n, emitted_at_ms, np.int64),
         }
         return MetricBlock("decisions", columns)

@@ -34,13 +34,13 @@ from ato.catalog import SEGMENTS, TIERS, Catalog
 from operators.batches import InterventionBatch, ShardOutput
 from operators.decode import wall_ms
 from operators.interventions import InterventionBuilder, Routing
-from policy.batch_checks import CAP_REASON, PASS, QUIET, REASONS, BatchChecks, Checked, ProfileTable
+from policy.batch_checks import CAP_REASON, PASS, QUIET, BatchChecks, Checked, ProfileTable
 from policy.caps import CapCodes, CapStore
 from policy.connection import is_transient
+from policy.decision_columns import DecisionColumns
 from policy.exceptions import PolicyError
 from policy.live_state import where
 from policy.profiles import CONTACT_CHANNELS, ProfileStore
-from policy.rules import OUTCOMES, SENT, Decision, decisions_of_columns
 from policy.settings import Policy
 from state.base import Records
 from state.layout import (
@@ -56,10 +56,10 @@ from state.layout import (
 log = logging.getLogger(__name__)
 RETRY_MS = 1_000  # wall-clock pause between attempts while Redis does not answer
 NEVER = np.iinfo(np.int64).max  # no progress seen after the stall
-_SEGMENTS, _TIERS, _CHANNELS, _REASONS, _OUTCOMES = (
-    np.array(names, dtype=object)
-    for names in (SEGMENTS, TIERS, CONTACT_CHANNELS, REASONS, OUTCOMES)
+_SEGMENTS, _TIERS, _CHANNELS = (
+    np.array(names, dtype=object) for names in (SEGMENTS, TIERS, CONTACT_CHANNELS)
 )
+_OFFLINE = TIERS.index("offline")
 
 
 @dataclass(frozen=True)
@@ -198,10 +198,10 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         return {"shard": self.shard, "watermark": self.watermark, "held": held}
 
     def _quiet(
-        self, interventions: InterventionBatch, decisions: list[Decision]
+        self, interventions: InterventionBatch, decisions: DecisionColumns
     ) -> list[ShardOutput]:
         """An output carrying only decisions (none without any), like the latest one."""
-        if not decisions or self.last is None:
+        if not len(decisions) or self.last is None:
             return []
         quiet = replace(
             self.last, stalls=Records.empty(), stall_ids=None, outcomes=Records.empty(),
@@ -240,7 +240,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
                 held = replace(held, resolved=np.minimum(held.resolved, at))
         self.held = held
 
-    def _decide(self, wait: bool) -> tuple[InterventionBatch, list[Decision]]:
+    def _decide(self, wait: bool) -> tuple[InterventionBatch, DecisionColumns]:
         """Decide every candidate due at the watermark. Their cap scripts go out now and
         their replies are read at the next call (:meth:`_collect`), so the flow works while
         Redis runs them; with ``wait`` they are read at once. When Redis does not answer the
@@ -264,29 +264,29 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
                 self._pause(len(todo))
         self._recovered(len(todo))
         self.held = Held.concat([self.held.take(~due), later])
-        self._count(deferrals, [])
+        self._count(deferrals)
         if not wait:
             self.capping = capping
-            return sent, [*decisions, *deferrals]
+            return sent, DecisionColumns.concat([decisions, deferrals])
         return (
             InterventionBatch.concat([sent, self._sent(capping.todo, finals)]),
-            [*decisions, *deferrals, *finals],
+            DecisionColumns.concat([decisions, deferrals, finals]),
         )
 
-    def _collect(self) -> tuple[InterventionBatch, list[Decision]]:
+    def _collect(self) -> tuple[InterventionBatch, DecisionColumns]:
         """The decisions whose cap scripts went out in an earlier call, once their replies
         are read; when Redis fails meanwhile, their candidates wait again (a script that ran
         recorded its sends, and a retry finds them: ``replayed``)."""
         capping, self.capping = self.capping, None
         if capping is None:
-            return InterventionBatch.empty(), []
+            return InterventionBatch.empty(), self._no_decisions()
         try:
             finals = self._finish(capping)
         except redis.RedisError as exc:
             capping.codes.drop()
             self.held = Held.concat([self.held, capping.todo])
             self._failed(exc, len(self.held))
-            return InterventionBatch.empty(), []
+            return InterventionBatch.empty(), self._no_decisions()
         self._recovered(len(capping.todo))
         return self._sent(capping.todo, finals), finals
 
@@ -297,12 +297,16 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             raise PolicyError(msg) from exc
         self._outage(exc, count)
 
-    def _count(self, deferrals: list[Decision], finals: list[Decision]) -> None:
-        for d in [*deferrals, *finals]:
-            self.stats[d.outcome] += 1
-        self.stats["decided"] += len(finals)
+    def _no_decisions(self) -> DecisionColumns:
+        return DecisionColumns.empty(self.builder.journey_names, self.builder.step_names)
 
-    def _prepare(self, todo: Held) -> tuple[list[Decision], Held, "Capping"]:
+    def _count(self, decided: DecisionColumns, final: bool = False) -> None:
+        for outcome, n in decided.counts().items():
+            self.stats[outcome] += n
+        if final:
+            self.stats["decided"] += len(decided)
+
+    def _prepare(self, todo: Held) -> tuple[DecisionColumns, Held, "Capping"]:
         """Checks of ``todo`` and the cap scripts of those that pass them, sent (raises
         RedisError; then nothing has changed but sends recorded in Redis, which a retry
         finds again).
@@ -320,13 +324,15 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         if self.caps is None:
             self.caps = CapStore(self.ctx.client, self.ctx.policy)
         checked = self._check(todo, profile)
-        deferrals: list[Decision] = []
+        deferrals = [self._no_decisions()]
         later: list[Held] = []
         while True:
             rows = checked.reason == QUIET
             if not rows.any():
                 break
-            deferrals += self._decision_list(todo.take(rows), profile[rows], checked.take(rows))
+            deferrals.append(
+                self._decision_list(todo.take(rows), profile[rows], checked.take(rows))
+            )
             moved = replace(todo.take(rows), due=checked.recheck[rows])
             soon = moved.due <= self.watermark
             later.append(moved.take(~soon))
@@ -341,9 +347,10 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         codes = (
             self._send_caps(todo.take(passed), profile[passed]) if len(passed) else CapCodes(None)
         )
-        return deferrals, Held.concat(later), Capping(todo, profile, checked, passed, codes)
+        capping = Capping(todo, profile, checked, passed, codes)
+        return DecisionColumns.concat(deferrals), Held.concat(later), capping
 
-    def _finish(self, capping: "Capping") -> list[Decision]:
+    def _finish(self, capping: "Capping") -> DecisionColumns:
         """The final decisions of ``capping.todo``, once its cap codes are read (raises
         RedisError)."""
         todo, checked, passed = capping.todo, capping.checked, capping.passed
@@ -355,7 +362,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             replayed[passed] = codes == 1
             checked = replace(checked, reason=reason)
         finals = self._decision_list(todo, capping.profile, checked, replayed)
-        self._count([], finals)
+        self._count(finals, final=True)
         return finals
 
     def _check(self, todo: Held, profile: np.ndarray) -> Checked:
@@ -384,47 +391,36 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         profile: np.ndarray,
         checked: Checked,
         replayed: np.ndarray | None = None,
-    ) -> list[Decision]:
+    ) -> DecisionColumns:
         """The decisions of ``todo`` as ``checked`` (its reasons final), decided at ``due``."""
         ints = todo.records.ints
-        j, s = ints[O_JOURNEY], ints[O_STEP]
         reason = checked.reason
-        outcome = np.where(reason == PASS, 0, np.where(reason == QUIET, 1, 2))
-        offline = (checked.tier == TIERS.index("offline")).tolist()
+        offline = (checked.tier == _OFFLINE).tolist()
         rm_ids = self.table.rm_ids(profile)
-        return decisions_of_columns(
-            {
-                "intervention_id": todo.ids.view("S36").ravel().astype("U36").tolist(),
-                "client_id": todo.records.client_texts(),
-                "journey": self.builder.journey_names[j].tolist(),
-                "step": self.builder.step_names[j, s].tolist(),
-                "attempt": ints[O_ATTEMPT].tolist(),
-                "segment": _SEGMENTS[self.table.arrays()[0][profile]].tolist(),
-                "outcome": _OUTCOMES[outcome].tolist(),
-                "reason": _REASONS[reason].tolist(),
-                "tier": _TIERS[checked.tier].tolist(),
-                "channel": _CHANNELS[checked.channel].tolist(),
-                "priority": checked.priority.tolist(),
-                "rm_id": [rm if off else "" for rm, off in zip(rm_ids, offline, strict=True)],
-                "decided_at_ms": todo.due.tolist(),
-                "recheck_at_ms": checked.recheck.tolist(),
-                "replayed": [False] * len(todo) if replayed is None else replayed.tolist(),
-            }
-        )
+        n = len(todo)
+        return DecisionColumns(
+            self.builder.journey_names, self.builder.step_names, todo.ids,
+            todo.records.client_texts(), ints[O_JOURNEY], ints[O_STEP], ints[O_ATTEMPT],
+            self.table.arrays()[0][profile],
+            np.where(reason == PASS, 0, np.where(reason == QUIET, 1, 2)), reason,
+            checked.tier, checked.channel, checked.priority,
+            [rm if off else "" for rm, off in zip(rm_ids, offline, strict=True)],
+            todo.due, checked.recheck,
+            np.zeros(n, bool) if replayed is None else replayed,
+        )  # fmt: skip
 
-    def _sent(self, decided: Held, decisions: list[Decision]) -> InterventionBatch:
+    def _sent(self, decided: Held, decisions: DecisionColumns) -> InterventionBatch:
         """Intervention documents of the sent candidates, routed as decided."""
-        rows = [i for i, d in enumerate(decisions) if d.outcome == SENT]
-        if not rows:
+        rows = decisions.sent_rows()
+        if not len(rows):
             return InterventionBatch.empty()
-        sent = [decisions[i] for i in rows]
-        picked = decided.take(np.array(rows, np.int64))
+        picked = decided.take(rows)
         routing = Routing(
-            tier=[d.tier for d in sent],
-            channel=[d.channel for d in sent],
-            priority=[d.priority for d in sent],
-            segment=[d.segment for d in sent],
-            rm_id=[d.rm_id for d in sent],
+            tier=_TIERS[decisions.tier[rows]].tolist(),
+            channel=_CHANNELS[decisions.channel[rows]].tolist(),
+            priority=decisions.priority[rows].tolist(),
+            segment=_SEGMENTS[decisions.segment[rows]].tolist(),
+            rm_id=[decisions.rm_id[i] for i in rows.tolist()],
         )
         return self.builder.build(picked.records, self.ctx.now_ms(), picked.ids, routing)
 

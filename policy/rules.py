@@ -20,7 +20,7 @@ Checks 5-6 need the client's send history: :func:`decide` takes it as :class:`Us
 reference), :class:`policy.caps.CapStore` applies them atomically in Redis.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 from policy.localtime import periods, quiet_until
@@ -79,7 +79,7 @@ class Decision:
 _DECISION_FIELDS = tuple(f.name for f in fields(Decision))
 
 
-def decisions_of_columns(columns: dict[str, Sequence[object]]) -> list[Decision]:
+def decisions_of_columns(columns: Mapping[str, Sequence[object]]) -> list[Decision]:
     """Decisions from one equal-length column per field of :class:`Decision` (values as
     ``__init__`` takes them), made without its per-field cost."""
     new = object.__new__
