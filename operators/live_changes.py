@@ -7,13 +7,13 @@ reads the current state of every marked pair from the shard store and writes it 
 removed. Only the latest state is written, so a client's many events between two writes cost
 one field write.
 
-The state is read and rendered on the flow's thread; the commands are written (a numba
-kernel) and sent on the writer's own thread (in submission order), so the flow goes on
-meanwhile; at most ``MAX_IN_FLIGHT`` writes per shard are on their way, and a snapshot
-waits for them. When
-Redis is unreachable, a failed write's marks are kept and written again after
-``interval_ms``: the state read then is the newest, so nothing needs replaying. Other Redis
-errors (a key of the wrong type, say) are logged and counted, and those marks dropped.
+The state is read on the flow's thread; the values are rendered and the commands written
+(numba kernels that release the GIL) and sent on the writer's own thread (in submission
+order), so the flow goes on meanwhile; at most ``MAX_IN_FLIGHT`` writes per shard are on
+their way, and a snapshot waits for them. When Redis is unreachable, a failed write's marks
+are kept and written again after ``interval_ms``: the state read then is the newest, so
+nothing needs replaying. Other Redis errors (a key of the wrong type, say) are logged and
+counted, and those marks dropped.
 """
 
 import logging
@@ -37,6 +37,17 @@ from state.shard_store import NumbaShardStore
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 4  # writes handed to the writer's thread and not yet done, per shard
+
+
+@dataclass(frozen=True)
+class ValueFields:
+    """The fields of the open instances among ``pairs`` marked pairs: ``rows`` are their
+    indices, ``ints`` and ``codes`` the template's numbers and vocabulary codes by row."""
+
+    pairs: int
+    rows: np.ndarray
+    ints: np.ndarray
+    codes: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ class LiveStateTracker:
             return 0
         self.next_write_ms = now_ms + self.interval_ms
         keys, journeys, ids = self._unique()
-        values, start, length = self.value_spans(store, keys, journeys, now_ms)
+        fields = self.value_fields(store, keys, journeys, now_ms)
         self._clear()
         write = self.writer.submit(
             lambda: commands_of_rows(
@@ -130,9 +141,7 @@ class LiveStateTracker:
                 ids,
                 journeys,
                 self.name_bytes,
-                values,
-                start,
-                length,
+                *self.render_spans(fields),
             )
         )
         self.in_flight.append(InFlight(write, keys, journeys, ids))
@@ -189,15 +198,21 @@ class LiveStateTracker:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`values` as spans of one buffer, rendered by the numba template kernel:
         (buffer, start, length), length ``CLOSED`` where no instance is open."""
+        return self.render_spans(self.value_fields(store, keys, journeys, now_ms))
+
+    def value_fields(
+        self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
+    ) -> "ValueFields":
+        """What :meth:`render_spans` renders, read from the store (on the flow's thread:
+        the store changes with the next call)."""
         slots = store.find_instances(keys, journeys)
         rows = np.flatnonzero(slots >= 0)
-        start = np.zeros(len(keys), np.int64)
-        length = np.full(len(keys), CLOSED, np.int64)
-        if not len(rows):
-            return np.zeros(0, np.uint8), start, length
+        n = len(rows)
+        if not n:
+            empty = np.zeros((0, 0), np.int64)
+            return ValueFields(len(keys), rows, empty, empty)
         f = store.instance_fields(slots[rows])
         j = journeys[rows]
-        n = len(rows)
         ints = np.stack(
             [f["since_ms"], f["last_ms"], f["attempt"], np.full(n, now_ms, np.int64)]
         ).astype(np.int64)
@@ -209,9 +224,20 @@ class LiveStateTracker:
                 self.base_bool + (f["stalled"] != 0),
             ]
         ).astype(np.int64)
+        return ValueFields(len(keys), rows, ints, codes)
+
+    def render_spans(self, fields: "ValueFields") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The values of :meth:`value_fields` as (buffer, start, length) (the kernel
+        releases the GIL: the writer's thread renders while the flow goes on)."""
+        rows = fields.rows
+        start = np.zeros(fields.pairs, np.int64)
+        length = np.full(fields.pairs, CLOSED, np.int64)
+        n = len(rows)
+        if not n:
+            return np.zeros(0, np.uint8), start, length
         empty = np.zeros((0, n), np.int64)
         lines, ends = render(
-            _VALUE, self.vocabulary, np.arange(n), ints, empty, codes,
+            _VALUE, self.vocabulary, np.arange(n), fields.ints, empty, fields.codes,
             np.zeros(0, np.uint8), empty, empty,
         )  # fmt: skip
         begins = np.concatenate([[0], ends[:-1]])

@@ -10,7 +10,8 @@ outcome before it seen: a progress, completion or failure before ``due`` makes i
 sends at or before ``due`` (``policy.caps``), so a replay decides the same way. Their cap
 scripts go out in one call and the replies are read in the next (:class:`Capping`), so the
 flow works while Redis runs them; a call reads the last call's replies before it sends its
-own scripts, which keeps the order.
+own scripts, which keeps the order. The profile lookups of the candidates due go out before
+that read, so Redis answers them meanwhile.
 
 Profiles and caps need Redis. When Redis does not answer, the candidates wait in the step
 (and in its snapshot) and are decided, as of their own ``due``, once it answers: an outage
@@ -40,7 +41,7 @@ from policy.connection import is_transient
 from policy.decision_columns import DecisionColumns
 from policy.exceptions import PolicyError
 from policy.live_state import where
-from policy.profiles import CONTACT_CHANNELS, ProfileStore
+from policy.profiles import CONTACT_CHANNELS, ProfileLookup, ProfileStore, ProfileValues
 from policy.settings import Policy
 from state.base import Records
 from state.layout import (
@@ -246,14 +247,16 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         Redis runs them; with ``wait`` they are read at once. When Redis does not answer the
         candidates stay; with ``wait`` this retries until it does or ``outage_wait_s``
         passes."""
+        lookup = self._prefetch()
         sent, decisions = self._collect()
+        known = self._prefetched(lookup)
         due = self.held.due <= self.watermark
         if not due.any():
             return sent, decisions
         todo = self.held.take(due)
         while True:
             try:
-                deferrals, later, capping = self._prepare(todo)
+                deferrals, later, capping = self._prepare(todo, known)
                 if wait:
                     finals = self._finish(capping)
                 break
@@ -262,6 +265,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
                 if not wait:
                     return sent, decisions
                 self._pause(len(todo))
+                known = None
         self._recovered(len(todo))
         self.held = Held.concat([self.held.take(~due), later])
         self._count(deferrals)
@@ -272,6 +276,27 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             InterventionBatch.concat([sent, self._sent(capping.todo, finals)]),
             DecisionColumns.concat([decisions, deferrals, finals]),
         )
+
+    def _prefetch(self) -> ProfileLookup | None:
+        """The profile lookups of the candidates due now, sent, so that Redis answers them
+        while the last call's cap replies are read; None when there are none or Redis
+        fails (then :meth:`_prepare` looks them up itself)."""
+        due = np.flatnonzero(self.held.due <= self.watermark)
+        if not len(due):
+            return None
+        try:
+            return self.profiles.prefetch(self.held.records.take(due).client_texts())
+        except redis.RedisError:
+            return None
+
+    def _prefetched(self, lookup: ProfileLookup | None) -> dict[str, ProfileValues] | None:
+        """The profiles of ``lookup``, once read; None when it failed."""
+        if lookup is None:
+            return None
+        try:
+            return lookup.finish()
+        except redis.RedisError:
+            return None
 
     def _collect(self) -> tuple[InterventionBatch, DecisionColumns]:
         """The decisions whose cap scripts went out in an earlier call, once their replies
@@ -306,7 +331,9 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         if final:
             self.stats["decided"] += len(decided)
 
-    def _prepare(self, todo: Held) -> tuple[DecisionColumns, Held, "Capping"]:
+    def _prepare(
+        self, todo: Held, known: dict[str, ProfileValues] | None = None
+    ) -> tuple[DecisionColumns, Held, "Capping"]:
         """Checks of ``todo`` and the cap scripts of those that pass them, sent (raises
         RedisError; then nothing has changed but sends recorded in Redis, which a retry
         finds again).
@@ -314,12 +341,12 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         Deferrals come first: a candidate whose quiet hours end at or before the watermark
         is deferred and then decided again at their end, in the same call. The rest go to
         the caps in (due, id) order, so sends count towards caps in event-time order (the
-        next call's scripts go out only after these replied). Returns (deferral decisions,
-        candidates deferred past the watermark, the candidates decided for good, waiting
-        for their cap codes).
+        next call's scripts go out only after these replied). ``known``: profiles just read
+        (:meth:`_prefetch`). Returns (deferral decisions, candidates deferred past the
+        watermark, the candidates decided for good, waiting for their cap codes).
         """
         clients = todo.records.client_texts()
-        found = self.profiles.values_many(clients)
+        found = self.profiles.values_many(clients, known)
         profile = self.table.encode([found[c] for c in clients])
         if self.caps is None:
             self.caps = CapStore(self.ctx.client, self.ctx.policy)

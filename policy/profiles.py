@@ -10,13 +10,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from functools import cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
 
 from ato.catalog import SEGMENTS
 from policy.exceptions import ProfileError
-from policy.pipelines import bulk, send_reading_replies
+from policy.pipelines import PendingReplies, bulk
 
 KEY_PREFIX = "ato:profile:"
 # value tiers, lowest first (a retail bank's mass / gold / platinum / diamond / private banking)
@@ -248,13 +249,19 @@ class ProfileStore:
         of_values = Profile.of_values
         return {c: of_values(c, v) for c, v in self.values_many(client_ids).items()}
 
-    def values_many(self, client_ids: Iterable[str]) -> dict[str, ProfileValues]:
-        """:meth:`get_many` as :meth:`Profile.values` tuples (no objects made)."""
+    def values_many(
+        self, client_ids: Iterable[str], known: Mapping[str, ProfileValues] | None = None
+    ) -> dict[str, ProfileValues]:
+        """:meth:`get_many` as :meth:`Profile.values` tuples (no objects made). ``known``:
+        profiles just read (:meth:`prefetch`), taken before the cache."""
         now = self.clock()
         found: dict[str, ProfileValues] = {}
         missing: dict[str, None] = {}  # insertion-ordered set
         for client_id in client_ids:
             if client_id in found or client_id in missing:
+                continue
+            if known is not None and (values := known.get(client_id)) is not None:
+                found[client_id] = values
                 continue
             entry = self._cache.get(client_id)
             if entry is not None and entry[0] > now:
@@ -262,16 +269,39 @@ class ProfileStore:
                 self.stats["hits"] += 1
             else:
                 missing[client_id] = None
-        if not missing:
-            return found
-        self.stats["misses"] += len(missing)
-        ids = list(missing)
+        if missing:
+            found.update(self._send(list(missing), now).finish())
+        return found
+
+    def prefetch(self, client_ids: Iterable[str]) -> "ProfileLookup | None":
+        """Send the lookups of the clients of ``client_ids`` not in the cache now, and
+        return them to be read later (:meth:`ProfileLookup.finish`), so the caller works
+        while Redis answers; None when every one is cached. Raises redis-py's errors."""
+        now = self.clock()
+        cache_ = self._cache
+        missing: dict[str, None] = {}
+        for client_id in client_ids:
+            entry = cache_.get(client_id)
+            if entry is None or entry[0] <= now:
+                missing[client_id] = None
+        return self._send(list(missing), now) if missing else None
+
+    def _send(self, ids: list[str], now: float) -> "ProfileLookup":
+        """The lookups of ``ids``, sent (one round trip)."""
+        self.stats["misses"] += len(ids)
         commands = b"".join(
             [_HMGET + bulk(profile_key(c).encode()) + _FIELD_NAMES_TAIL for c in ids]
         )
-        replies = send_reading_replies(self.client, commands, len(ids), raise_errors=False)
+        replies = PendingReplies(self.client, commands, len(ids))
         self.stats["round_trips"] += 1
-        expires = now + self.ttl_s
+        return ProfileLookup(self, ids, now + self.ttl_s, replies)
+
+    def remember_replies(
+        self, ids: list[str], expires: float, replies: list[Any]
+    ) -> dict[str, ProfileValues]:
+        """The values of the replies of lookups of ``ids``, remembered in the cache until
+        ``expires``."""
+        found: dict[str, ProfileValues] = {}
         for client_id, got in zip(ids, replies, strict=True):
             if isinstance(got, redis.ResponseError):  # a key of another type
                 values = Profile.default(client_id).values()
@@ -337,3 +367,25 @@ class ProfileStore:
             return
         for client_id in client_ids:
             self._cache.pop(client_id, None)
+
+
+class ProfileLookup:
+    """Profile lookups sent on a pooled connection, their replies not read yet."""
+
+    def __init__(
+        self, store: ProfileStore, ids: list[str], expires: float, replies: PendingReplies
+    ) -> None:
+        self.store = store
+        self.ids = ids
+        self.expires = expires
+        self.replies = replies
+
+    def finish(self) -> dict[str, ProfileValues]:
+        """The looked-up clients' profiles (defaults for unknown ones), now cached too.
+        Raises redis-py's errors (the connection is then dropped)."""
+        replies = self.replies.read(raise_errors=False)
+        return self.store.remember_replies(self.ids, self.expires, replies)
+
+    def drop(self) -> None:
+        """Give up on the replies (the connection is closed)."""
+        self.replies.drop()

@@ -115,6 +115,37 @@ def test_cache_serves_until_ttl_then_refetches(counting: Any) -> None:
     assert fresh["nobody"].segment == "car_owner" and fresh["nobody"].known
 
 
+def test_prefetch_sends_the_misses_and_a_lookup_after_it_needs_no_round_trip(
+    counting: Any,
+) -> None:
+    ProfileStore(counting.client).load(profiles(20))
+    store = ProfileStore(counting.client)
+    store.get_many(["C00001"])
+    counting.reset()
+    lookup = store.prefetch(["C00001", "C00002", "C00003", "C00002", "nobody"])
+    assert lookup is not None and counting.sends == 1
+    assert lookup.ids == ["C00002", "C00003", "nobody"]  # misses only, once each
+    known = lookup.finish()
+    assert set(known) == {"C00002", "C00003", "nobody"}
+    got = store.values_many(["C00001", "C00002", "nobody"], known)
+    assert counting.sends == 1  # nothing more sent
+    assert got["C00002"] == profiles(3)[2].values()
+    assert got["nobody"] == Profile.default("nobody").values()
+    assert store.values_many(["C00003"]) == {"C00003": profiles(4)[3].values()}  # cached
+    assert counting.sends == 1
+    assert store.prefetch(["C00001", "C00003"]) is None
+    assert store.stats["misses"] == 4 and store.stats["round_trips"] == 2
+
+
+def test_a_dropped_prefetch_leaves_the_connection_pool_usable(r: redis.Redis) -> None:
+    ProfileStore(r).load(profiles(3))
+    store = ProfileStore(r)
+    lookup = store.prefetch(["C00000", "C00001"])
+    assert lookup is not None
+    lookup.drop()
+    assert store.get_many(["C00000"])["C00000"] == profiles(1)[0]
+
+
 def test_cache_is_bounded(r: redis.Redis) -> None:
     store = ProfileStore(r, max_entries=5)
     store.get_many([f"X{i}" for i in range(12)])
