@@ -8,8 +8,8 @@ themselves (reading 100 k profile hashes: 1.1 s of Redis CPU through a script, 0
 plain commands). So the flow writes the commands' protocol bytes itself, sends
 them in one piece on a pooled connection and reads the replies from its socket (redis-py's
 ``_sock``): counted as bytes when every reply is one line
-(:func:`send_counting_replies`), or parsed by hiredis (:func:`send_reading_replies`, or
-:class:`PendingReplies` to read them later while the connection waits outside the pool).
+(:func:`send_counting_replies`), or parsed by hiredis (:class:`PendingReplies`, read later
+while the connection waits outside the pool).
 Errors are redis-py's: ``ConnectionError``/``TimeoutError`` (the connection is then
 dropped) or ``ResponseError`` for an error reply.
 """
@@ -67,21 +67,10 @@ def _receive(sock: socket.socket | None) -> bytes:
     raise redis.ConnectionError(problem)
 
 
-def send_reading_replies(
-    client: "redis.Redis", commands: bytes, count: int, raise_errors: bool = True
-) -> list[Any]:
-    """Send ``commands`` (protocol bytes of ``count`` commands) on one of ``client``'s pooled
-    connections and return their ``count`` replies, parsed by hiredis (bulk strings as
-    ``bytes``, arrays as lists, maps as dicts). An error reply raises ``ResponseError`` once
-    every reply has been read, so the connection stays usable; with ``raise_errors`` False
-    it is returned in its place, as ``ResponseError``."""
-    return PendingReplies(client, commands, count).read(raise_errors)
-
-
 class PendingReplies:
     """Commands sent on a pooled connection (taken from the pool until their replies are
     read), so the caller can work while Redis does: :meth:`read` later, or :meth:`drop`.
-    Sending raises redis-py's errors as :func:`send_reading_replies` does."""
+    Sending raises redis-py's errors (``ConnectionError``/``TimeoutError``)."""
 
     def __init__(self, client: "redis.Redis", commands: bytes, count: int) -> None:
         self.pool = client.connection_pool
@@ -94,8 +83,10 @@ class PendingReplies:
             raise
 
     def read(self, raise_errors: bool = True) -> list[Any]:
-        """The ``count`` replies, as :func:`send_reading_replies` returns them (parsed by
-        hiredis; see :meth:`finish`)."""
+        """The ``count`` replies, parsed by hiredis (bulk strings as ``bytes``, arrays as
+        lists, maps as dicts; see :meth:`finish`). An error reply raises ``ResponseError``
+        once every reply has been read, so the connection stays usable; with
+        ``raise_errors`` False it is returned in its place, as ``ResponseError``."""
         replies = self.finish(self._parse)
         for i, reply in enumerate(replies):
             if isinstance(reply, hiredis.ReplyError):

@@ -3,7 +3,7 @@
 import pytest
 import redis
 
-from policy.pipelines import PendingReplies, bulk, send_counting_replies, send_reading_replies
+from policy.pipelines import PendingReplies, bulk, send_counting_replies
 
 
 def command(*args: bytes) -> bytes:
@@ -13,7 +13,7 @@ def command(*args: bytes) -> bytes:
 def test_replies_are_parsed_in_order_across_many_socket_reads(r: redis.Redis) -> None:
     r.hset("h", mapping={"a": "1", "b": "2"})
     commands = b"".join(command(b"HGETALL", b"h") for _ in range(20_000))
-    replies = send_reading_replies(r, commands + command(b"GET", b"absent"), 20_001)
+    replies = PendingReplies(r, commands + command(b"GET", b"absent"), 20_001).read()
     assert len(replies) == 20_001 and replies[-1] is None
     first = replies[0]  # a map on RESP3 (redis-py's default), a flat list on RESP2
     fields = first if isinstance(first, dict) else dict(zip(first[::2], first[1::2], strict=True))
@@ -26,11 +26,11 @@ def test_an_error_reply_is_raised_after_every_reply_and_the_connection_stays_usa
     r.set("s", "x")
     commands = command(b"HGETALL", b"s") + command(b"SET", b"after", b"1")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        send_reading_replies(r, commands, 2)
+        PendingReplies(r, commands, 2).read()
     assert r.get("after") == b"1"  # the command after the error ran
-    assert send_reading_replies(r, command(b"GET", b"after"), 1) == [b"1"]
+    assert PendingReplies(r, command(b"GET", b"after"), 1).read() == [b"1"]
     assert send_counting_replies(r, command(b"DEL", b"after"), 1) == ""
-    got = send_reading_replies(r, command(b"HGETALL", b"s") + command(b"GET", b"s"), 2, False)
+    got = PendingReplies(r, command(b"HGETALL", b"s") + command(b"GET", b"s"), 2).read(False)
     assert isinstance(got[0], redis.ResponseError) and "WRONGTYPE" in str(got[0])
     assert got[1] == b"x"  # with raise_errors False, errors come back in their place
 
@@ -38,7 +38,7 @@ def test_an_error_reply_is_raised_after_every_reply_and_the_connection_stays_usa
 def test_an_unreachable_server_is_a_connection_error() -> None:
     broken = redis.Redis(port=1, socket_connect_timeout=0.2)
     with pytest.raises(redis.ConnectionError):
-        send_reading_replies(broken, command(b"PING"), 1)
+        PendingReplies(broken, command(b"PING"), 1)
 
 
 def test_pending_replies_are_read_later_once_or_dropped(r: redis.Redis) -> None:
@@ -52,4 +52,4 @@ def test_pending_replies_are_read_later_once_or_dropped(r: redis.Redis) -> None:
     dropped.drop()
     dropped.drop()  # twice is harmless
     assert int(r.get("n") or 0) in (1, 2)  # sent: it may have run before the close
-    assert send_reading_replies(r, command(b"PING"), 1) == [b"PONG"]  # the pool still serves
+    assert PendingReplies(r, command(b"PING"), 1).read() == [b"PONG"]  # the pool still serves
