@@ -520,9 +520,13 @@ class ClickHouseStore:
     def pause_rollups(self) -> None:
         """Stop the scheduled refreshes of the hour tables in this process (an embedded
         database while a run writes it: no other process can read it meanwhile, and a read
-        of this one refreshes them first, :meth:`refresh_stale_rollups`)."""
-        for view in self.rollup_views():
-            self._command(f"SYSTEM STOP VIEW {self.database}.{view}")
+        of this one refreshes them first, :meth:`refresh_stale_rollups`). A refresh already
+        under way (chDB starts one per view when a process opens the database) is not
+        stopped by that: it is waited for, so none runs beside the run's inserts."""
+        names = [f"{self.database}.{view}" for view in self.rollup_views()]
+        for name in names:
+            self._command(f"SYSTEM STOP VIEW {name}")
+        self._wait_for_refreshes(names)
 
     def refresh_stale_rollups(self) -> bool:
         """Embedded databases: bring the hour tables up to date before a read (nothing

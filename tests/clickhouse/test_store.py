@@ -141,6 +141,37 @@ def test_an_embedded_read_refreshes_the_hour_tables_only_when_a_row_table_change
     assert events == expected
 
 
+_REOPEN_AND_PAUSE = """
+import sys
+from sinks.clickhouse import ClickHouseStore
+from tests.clickhouse.conftest import funnel_block
+url = sys.argv[1]
+with ClickHouseStore(url, "ato") as store:
+    store.migrate()
+    store.insert(funnel_block(1_000, seed=3))
+with ClickHouseStore(url, "ato") as store:  # reopened: chDB starts a refresh of every view
+    store.pause_rollups()
+    rows = store._rows("SELECT DISTINCT status FROM system.view_refreshes WHERE database = 'ato'")
+    print(sorted(status for (status,) in rows))
+"""
+
+
+def test_pausing_the_rollups_waits_for_refreshes_under_way(tmp_path: Path) -> None:
+    """A process that opens an embedded database refreshes every view at once, and stopping
+    a view does not stop that refresh: a sink's pause waits for it. (A process of its own:
+    this one holds the package's chDB directory, so its stores never reopen one.)"""
+    done = subprocess.run(
+        [sys.executable, "-c", _REOPEN_AND_PAUSE, f"chdb://{tmp_path / 'db'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['Disabled']"
+
+
 def _rollups(store: ClickHouseStore) -> dict[str, tuple[int, int]]:
     sums = {
         "funnel_hour": "sum(events), sum(completed)",
