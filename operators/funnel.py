@@ -40,6 +40,11 @@ from state.layout import (
 )
 
 MINUTE_MS = 60_000
+# the rows added to the open minutes are summed into them once they outnumber them
+# SUM_FACTOR times (and SUM_MIN_ROWS): each sum reads the summed rows again, so a larger
+# factor reads fewer rows in all (benchmark, 6.7 M rows added: 9.6 M read with a factor of 1
+# and 100,000, 7.0 M with 4 and 400,000) at the cost of holding more rows unsummed
+SUM_FACTOR, SUM_MIN_ROWS = 4, 400_000
 MEASURES = ("events", "started", "advanced", "completed", "abandoned")
 _ABANDONED = MEASURES.index("abandoned")
 
@@ -179,7 +184,7 @@ class FunnelWindows:
         self.part_rows += len(keys)
         first = int(keys.min()) >> MINUTE_SHIFT
         self.first_minute = first if self.first_minute is None else min(self.first_minute, first)
-        if self.part_rows > max(len(self.keys), 100_000):
+        if self.part_rows > max(SUM_FACTOR * len(self.keys), SUM_MIN_ROWS):
             self._sum()
 
     def _take_parts(self) -> tuple[np.ndarray, np.ndarray]:

@@ -2,12 +2,14 @@
 
 import pickle
 from typing import Any
+from unittest import mock
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ato.catalog import MAX_JOURNEYS, MAX_STEPS
+from operators import funnel
 from operators.funnel import (
     MEASURES,
     MINUTE_MS,
@@ -235,7 +237,14 @@ def test_a_restored_funnel_step_emits_what_the_first_would_have() -> None:
     )
 )
 def test_windows_match_a_dict_of_counts(ops: list[tuple[str, Any]]) -> None:
-    """However adds, closes and snapshots interleave, rows equal a plain dict's sums."""
+    """However adds, closes and snapshots interleave, rows equal a plain dict's sums; also
+    when added rows are summed into the open ones after every few rows."""
+    check_windows(ops)
+    with mock.patch.multiple(funnel, SUM_FACTOR=1, SUM_MIN_ROWS=2):
+        check_windows(ops)
+
+
+def check_windows(ops: list[tuple[str, Any]]) -> None:
     w = FunnelWindows()
     reference: dict[int, list[int]] = {}
     base = T0 // MINUTE_MS
