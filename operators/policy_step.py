@@ -31,17 +31,17 @@ import numpy as np
 import redis
 from bytewax.operators import StatefulBatchLogic
 
-from ato.catalog import SEGMENTS, TIERS, Catalog
+from ato.catalog import TIERS, Catalog
 from operators.batches import InterventionBatch, ShardOutput
 from operators.decode import wall_ms
 from operators.interventions import InterventionBuilder, Routing
 from policy.batch_checks import CAP_REASON, PASS, QUIET, BatchChecks, Checked, ProfileTable
 from policy.caps import CapCodes, CapStore
 from policy.connection import is_transient
-from policy.decision_columns import DecisionColumns
+from policy.decision_columns import CHANNEL_NAMES, SEGMENT_NAMES, TIER_NAMES, DecisionColumns
 from policy.exceptions import PolicyError
 from policy.live_state import where
-from policy.profiles import CONTACT_CHANNELS, ProfileLookup, ProfileStore, ProfileValues
+from policy.profiles import ProfileLookup, ProfileStore, ProfileValues
 from policy.settings import Policy
 from state.base import Records
 from state.layout import (
@@ -57,9 +57,6 @@ from state.layout import (
 log = logging.getLogger(__name__)
 RETRY_MS = 1_000  # wall-clock pause between attempts while Redis does not answer
 NEVER = np.iinfo(np.int64).max  # no progress seen after the stall
-_SEGMENTS, _TIERS, _CHANNELS = (
-    np.array(names, dtype=object) for names in (SEGMENTS, TIERS, CONTACT_CHANNELS)
-)
 _OFFLINE = TIERS.index("offline")
 
 
@@ -443,10 +440,10 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             return InterventionBatch.empty()
         picked = decided.take(rows)
         routing = Routing(
-            tier=_TIERS[decisions.tier[rows]].tolist(),
-            channel=_CHANNELS[decisions.channel[rows]].tolist(),
+            tier=TIER_NAMES[decisions.tier[rows]].tolist(),
+            channel=CHANNEL_NAMES[decisions.channel[rows]].tolist(),
             priority=decisions.priority[rows].tolist(),
-            segment=_SEGMENTS[decisions.segment[rows]].tolist(),
+            segment=SEGMENT_NAMES[decisions.segment[rows]].tolist(),
             rm_id=[decisions.rm_id[i] for i in rows.tolist()],
         )
         return self.builder.build(picked.records, self.ctx.now_ms(), picked.ids, routing)

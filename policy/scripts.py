@@ -39,7 +39,7 @@ class Script:
         """Send ``calls`` in one pipeline; their replies are read by the result's
         :meth:`~ScriptReplies.read`. Raises redis-py's errors when sending fails."""
         if not self.loaded:
-            self._load()
+            self.load()
         return ScriptReplies(
             self, calls, PendingReplies(self.client, self.commands(calls), len(calls))
         )
@@ -55,7 +55,8 @@ class Script:
             for keys, args in calls
         )
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Load the script into Redis (again, after Redis lost it)."""
         self.client.script_load(self.source)
         self.loaded = True
         self.stats["script_loads"] += 1
@@ -77,7 +78,7 @@ class ScriptReplies:
         replies = self.pending.read(raise_errors=False)
         missing = [i for i, r in enumerate(replies) if _no_script(r)]
         if missing:
-            script._load()  # noqa: SLF001
+            script.load()
             calls = [self.calls[i] for i in missing]
             again = PendingReplies(script.client, script.commands(calls), len(calls))
             for i, reply in zip(missing, again.read(raise_errors=False), strict=True):
