@@ -7,9 +7,8 @@ ASCII characters. Its plain-Python twin is
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, uint32
 
-_MASK = np.uint64(0xFFFFFFFF)
 _SEP = 0x1F
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 # where the 32 hex digits go in the 36 characters (8-4-4-4-12)
@@ -20,59 +19,80 @@ _DASHES = np.array([8, 13, 18, 23], np.int64)
 
 
 @njit(cache=True, nogil=True)
-def _rotl(x: np.uint64, n: int) -> np.uint64:
-    return ((x << np.uint64(n)) | (x >> np.uint64(32 - n))) & _MASK
+def _rotl(x: np.uint32, n: int) -> np.uint32:
+    """``x`` rotated left by ``n`` bits, as a 32-bit word (numba widens the shifts; the
+    cast drops the bits above 32)."""
+    return uint32((x << uint32(n)) | (x >> uint32(32 - n)))
 
 
 @njit(cache=True, nogil=True)
 def _compress(h: np.ndarray, msg: np.ndarray, base: int, w: np.ndarray) -> None:
-    """One SHA-1 round over the 64 bytes at ``msg[base:]``, into state ``h`` (uint64[5])."""
+    """One SHA-1 block: the 64 bytes at ``msg[base:]`` into state ``h`` (uint32[5]);
+    ``w`` is uint32[80] scratch. Sums are taken modulo 2**32 by the ``uint32`` casts; the
+    80 rounds are four loops of 20, one per round function, so none branches per round."""
     for t in range(16):
         k = base + 4 * t
         w[t] = (
-            (np.uint64(msg[k]) << np.uint64(24))
-            | (np.uint64(msg[k + 1]) << np.uint64(16))
-            | (np.uint64(msg[k + 2]) << np.uint64(8))
-            | np.uint64(msg[k + 3])
+            (uint32(msg[k]) << uint32(24))
+            | (uint32(msg[k + 1]) << uint32(16))
+            | (uint32(msg[k + 2]) << uint32(8))
+            | uint32(msg[k + 3])
         )
     for t in range(16, 80):
         w[t] = _rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
     a, b, c, d, e = h[0], h[1], h[2], h[3], h[4]
-    for t in range(80):
-        if t < 20:
-            f = (b & c) | ((~b & _MASK) & d)
-            k32 = np.uint64(0x5A827999)
-        elif t < 40:
-            f = b ^ c ^ d
-            k32 = np.uint64(0x6ED9EBA1)
-        elif t < 60:
-            f = (b & c) | (b & d) | (c & d)
-            k32 = np.uint64(0x8F1BBCDC)
-        else:
-            f = b ^ c ^ d
-            k32 = np.uint64(0xCA62C1D6)
-        temp = (_rotl(a, 5) + f + e + k32 + w[t]) & _MASK
-        e = d
-        d = c
-        c = _rotl(b, 30)
-        b = a
-        a = temp
-    h[0] = (h[0] + a) & _MASK
-    h[1] = (h[1] + b) & _MASK
-    h[2] = (h[2] + c) & _MASK
-    h[3] = (h[3] + d) & _MASK
-    h[4] = (h[4] + e) & _MASK
+    for t in range(20):
+        f = (b & c) | (~b & d)
+        a, b, c, d, e = (
+            uint32(_rotl(a, 5) + f + e + uint32(0x5A827999) + w[t]),
+            a,
+            _rotl(b, 30),
+            c,
+            d,
+        )
+    for t in range(20, 40):
+        f = b ^ c ^ d
+        a, b, c, d, e = (
+            uint32(_rotl(a, 5) + f + e + uint32(0x6ED9EBA1) + w[t]),
+            a,
+            _rotl(b, 30),
+            c,
+            d,
+        )
+    for t in range(40, 60):
+        f = (b & c) | (b & d) | (c & d)
+        a, b, c, d, e = (
+            uint32(_rotl(a, 5) + f + e + uint32(0x8F1BBCDC) + w[t]),
+            a,
+            _rotl(b, 30),
+            c,
+            d,
+        )
+    for t in range(60, 80):
+        f = b ^ c ^ d
+        a, b, c, d, e = (
+            uint32(_rotl(a, 5) + f + e + uint32(0xCA62C1D6) + w[t]),
+            a,
+            _rotl(b, 30),
+            c,
+            d,
+        )
+    h[0] = uint32(h[0] + a)
+    h[1] = uint32(h[1] + b)
+    h[2] = uint32(h[2] + c)
+    h[3] = uint32(h[3] + d)
+    h[4] = uint32(h[4] + e)
 
 
 @njit(cache=True, nogil=True)
 def _sha1(msg: np.ndarray, length: int, h: np.ndarray, w: np.ndarray) -> None:
-    """SHA-1 of ``msg[:length]`` into ``h``; ``msg`` has room for the padding (it is
-    overwritten past ``length``)."""
-    h[0] = np.uint64(0x67452301)
-    h[1] = np.uint64(0xEFCDAB89)
-    h[2] = np.uint64(0x98BADCFE)
-    h[3] = np.uint64(0x10325476)
-    h[4] = np.uint64(0xC3D2E1F0)
+    """SHA-1 of ``msg[:length]`` into ``h`` (uint32[5]); ``msg`` has room for the padding
+    (it is overwritten past ``length``)."""
+    h[0] = uint32(0x67452301)
+    h[1] = uint32(0xEFCDAB89)
+    h[2] = uint32(0x98BADCFE)
+    h[3] = uint32(0x10325476)
+    h[4] = uint32(0xC3D2E1F0)
     total = ((length + 8) // 64 + 1) * 64
     msg[length] = 0x80
     for k in range(length + 1, total - 8):
@@ -135,8 +155,8 @@ def uuid5_rows(
         longest = max(longest, name_len[k])
     room = len(namespace) + clients.shape[1] + 2 * longest + 4 + 2 * 21 + 72
     msg = np.empty(room, np.uint8)
-    h = np.empty(5, np.uint64)
-    w = np.empty(80, np.uint64)
+    h = np.empty(5, np.uint32)
+    w = np.empty(80, np.uint32)
     digest = np.empty(16, np.uint8)
     for row in range(n):
         for k in range(len(namespace)):
@@ -157,7 +177,7 @@ def uuid5_rows(
         at = _put_int(msg, at + 1, attempts[row])
         _sha1(msg, at, h, w)
         for k in range(16):
-            digest[k] = np.uint8((h[k // 4] >> np.uint64(24 - 8 * (k % 4))) & np.uint64(0xFF))
+            digest[k] = np.uint8((h[k // 4] >> uint32(24 - 8 * (k % 4))) & uint32(0xFF))
         digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
         digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
         for k in range(16):
