@@ -24,6 +24,19 @@ def connect(settings: RedisSettings) -> "redis.Redis":
     )
 
 
+_PASSING = (
+    redis.ConnectionError,  # BusyLoadingError (LOADING) too
+    redis.TimeoutError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ReadOnlyError,  # a replica answers: the primary is failing over
+)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Connection errors and timeouts: the same call can succeed once Redis answers."""
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+    """Connection errors and timeouts, and the error replies of a Redis that is loading its
+    data, running a long script or failing over (``LOADING``, ``BUSY``, ``TRYAGAIN``,
+    ``MASTERDOWN``, ``READONLY``): the same call can succeed later."""
+    if isinstance(exc, _PASSING):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("BUSY ")

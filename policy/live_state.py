@@ -22,9 +22,10 @@ import numpy as np
 import orjson
 import redis
 
+from policy.connection import is_transient
 from policy.exceptions import LiveStateError
 from policy.live_commands import write_commands_py
-from policy.pipelines import send_counting_replies
+from policy.pipelines import reply_error, send_counting_replies
 
 KEY_PREFIX = "ato:journey:"
 # the JSON members of a field's value, in the order they are written
@@ -140,7 +141,7 @@ def where(client: "redis.Redis") -> str:
 
 
 def _error(client: "redis.Redis", doing: str, exc: redis.RedisError) -> LiveStateError:
-    transient = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+    transient = is_transient(exc)
     return LiveStateError(f"{doing}: Redis at {where(client)}: {exc}", transient=transient)
 
 
@@ -238,8 +239,7 @@ class LiveStateWriter:
         self.stats["round_trips"] += 1
         self.stats["commands"] += count
         if first_error:
-            error = redis.ResponseError(first_error)
-            raise _error(self.client, "writing live journey state", error)
+            raise _error(self.client, "writing live journey state", reply_error(first_error))
         return clients
 
 

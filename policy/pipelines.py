@@ -11,7 +11,9 @@ them in one piece on a pooled connection and reads the replies from its socket (
 (:func:`send_counting_replies`), or parsed by hiredis (:class:`PendingReplies`, read later
 while the connection waits outside the pool).
 Errors are redis-py's: ``ConnectionError``/``TimeoutError`` (the connection is then
-dropped) or ``ResponseError`` for an error reply.
+dropped), or for an error reply the class redis-py itself gives it (:func:`reply_error`:
+``LOADING`` is a ``BusyLoadingError``, a ``ConnectionError``; ``NOPERM`` a
+``NoPermissionError``; other codes a ``ResponseError``).
 """
 
 import socket
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 
 import hiredis
 import redis
+from redis._parsers.base import BaseParser  # redis-py's map of error codes (redis pinned)
 
 T = TypeVar("T")
 
@@ -27,6 +30,14 @@ T = TypeVar("T")
 def bulk(data: bytes) -> bytes:
     """``data`` as a bulk string of the Redis protocol."""
     return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def reply_error(text: str) -> redis.RedisError:
+    """The exception redis-py raises for the error reply ``text`` (``"LOADING ..."`` ->
+    ``BusyLoadingError``), so callers tell a Redis that is loading or failing over from a
+    real error as they do for redis-py's own calls."""
+    error: redis.RedisError = BaseParser.parse_error(text)
+    return error
 
 
 def send_counting_replies(client: "redis.Redis", commands: bytes, count: int) -> str:
@@ -84,15 +95,15 @@ class PendingReplies:
 
     def read(self, raise_errors: bool = True) -> list[Any]:
         """The ``count`` replies, parsed by hiredis (bulk strings as ``bytes``, arrays as
-        lists, maps as dicts; see :meth:`finish`). An error reply raises ``ResponseError``
-        once every reply has been read, so the connection stays usable; with
-        ``raise_errors`` False it is returned in its place, as ``ResponseError``."""
+        lists, maps as dicts; see :meth:`finish`). An error reply raises its
+        :func:`reply_error` once every reply has been read, so the connection stays usable;
+        with ``raise_errors`` False that exception is returned in its place."""
         replies = self.finish(self._parse)
         for i, reply in enumerate(replies):
             if isinstance(reply, hiredis.ReplyError):
                 if raise_errors:
-                    raise redis.ResponseError(str(reply))
-                replies[i] = redis.ResponseError(str(reply))
+                    raise reply_error(str(reply))
+                replies[i] = reply_error(str(reply))
         return replies
 
     def finish(self, read: Callable[[socket.socket | None], T]) -> T:

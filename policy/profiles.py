@@ -3,9 +3,11 @@
 A profile lives in the Redis hash ``ato:profile:<client_id>`` with the string fields
 ``segment``, ``value_tier``, ``rm_id``, ``preferred_channel``, ``tz`` and ``do_not_contact``
 (``"1"`` or ``"0"``); see ``docs/policy.md``. A client without a hash gets
-:meth:`Profile.default`.
+:meth:`Profile.default`; a stored profile that does not parse gets the same defaults, but
+keeps contact barred unless its ``do_not_contact`` field reads as false or is absent.
 """
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -41,6 +43,7 @@ FIELDS: tuple[str, ...] = (
 _HMGET = b"*%d\r\n" % (2 + len(FIELDS)) + bulk(b"HMGET")
 _FIELD_NAMES_TAIL = b"".join(bulk(name.encode()) for name in FIELDS)
 _RM = FIELDS.index("rm_id")
+_DNC = FIELDS.index("do_not_contact")
 # what an unknown client gets (documented in docs/policy.md)
 DEFAULT_SEGMENT = "savvy_regular"
 DEFAULT_VALUE_TIER = "mass"
@@ -60,6 +63,18 @@ def zone(name: str) -> ZoneInfo:
 
 
 ProfileValues = tuple[str, str, str, str, str, bool, bool]
+# Profile.default(...).values(), without validating a client id
+DEFAULT_VALUES: ProfileValues = (
+    DEFAULT_SEGMENT,
+    DEFAULT_VALUE_TIER,
+    "",
+    "",
+    DEFAULT_TZ,
+    False,
+    False,
+)
+INVALID_LOGGED = 10  # invalid stored profiles logged one by one per store; the rest counted
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,21 @@ def parse_bool(value: object, name: str) -> bool:
     raise ProfileError(msg)
 
 
+def unreadable_values(stored_flag: bytes | None) -> ProfileValues:
+    """The values for a stored profile that does not parse: the defaults, with contact
+    barred unless ``stored_flag`` (its ``do_not_contact`` field) reads as false or is absent
+    (None). A key of another type passes ``b"1"``: nothing in it can be read."""
+    barred = True
+    if stored_flag is None:
+        barred = False
+    else:
+        try:
+            barred = parse_bool(stored_flag.decode(), "do_not_contact")
+        except (ProfileError, UnicodeDecodeError):
+            pass
+    return (*DEFAULT_VALUES[:5], barred, False)
+
+
 def parse_profile(row: Mapping[str, object]) -> Profile:
     """A profile from text fields (a CSV row, a JSON object, or the known fields of a Redis
     hash).
@@ -185,8 +215,11 @@ class ProfileStore:
 
     Found and unknown clients alike are cached in-process for ``ttl_s`` seconds of ``clock``
     (default ``time.monotonic``); the cache keeps at most ``max_entries`` entries and drops the
-    oldest first. A hash that no longer parses (edited by hand) counts in ``stats["invalid"]``
-    and the client gets the defaults, so a bad record never stops a flow.
+    oldest first. A hash that no longer parses (edited by hand), or a key of another type,
+    counts in ``stats["invalid"]``, is logged (the first :data:`INVALID_LOGGED`), and gives
+    :func:`unreadable_values`: the defaults with contact barred unless the record says
+    otherwise, so a bad record never stops a flow nor lifts an opt-out. Any other error
+    reply is raised (redis-py's class: a Redis still loading its data is transient).
 
     The cache holds tuples of strings (which Python's cycle collector stops scanning), not
     ``Profile`` objects: a million cached objects made every full collection slow. Hashes
@@ -210,7 +243,7 @@ class ProfileStore:
         self.max_entries = max_entries
         self.chunk = chunk
         self._cache: dict[str, tuple[float, ProfileValues]] = {}
-        self._shapes: dict[tuple[bytes | bool | None, ...], tuple[ProfileValues, str]] = {}
+        self._shapes: dict[tuple[bytes | bool | None, ...], tuple[ProfileValues, str, str]] = {}
         self.stats = {"hits": 0, "misses": 0, "unknown": 0, "invalid": 0, "round_trips": 0}
 
     def load(self, profiles: Iterable[Profile]) -> int:
@@ -301,11 +334,14 @@ class ProfileStore:
     ) -> dict[str, ProfileValues]:
         """The values of the replies of lookups of ``ids``, remembered in the cache until
         ``expires``."""
+        for got in replies:
+            if isinstance(got, redis.RedisError) and not _wrong_type(got):
+                raise got
         found: dict[str, ProfileValues] = {}
         for client_id, got in zip(ids, replies, strict=True):
-            if isinstance(got, redis.ResponseError):  # a key of another type
-                values = Profile.default(client_id).values()
-                self.stats["invalid"] += 1
+            if isinstance(got, redis.RedisError):
+                values = unreadable_values(b"1")
+                self._invalid(client_id, "the key is not a hash", values[5])
             else:
                 values = self._values(client_id, got)
             found[client_id] = values
@@ -321,37 +357,52 @@ class ProfileStore:
         key = (*got[:_RM], *got[_RM + 1 :], rm is None)
         known = self._shapes.get(key)
         if known is None:
-            known = self._decode(client_id, got)
+            known = self._decode(got)
             if len(self._shapes) >= self.max_entries:
                 self._shapes.clear()
             self._shapes[key] = known
-        values, status = known
+        values, status, problem = known
         if rm and not status:
             try:
                 text = rm.decode()
             except UnicodeDecodeError:
-                values, status = Profile.default(client_id).values(), "invalid"
+                values = (*DEFAULT_VALUES[:5], values[5], False)
+                status, problem = "invalid", "field 'rm_id': not UTF-8"
             else:
                 values = (values[0], values[1], text.strip(), *values[3:])
-        if status:
+        if status == "invalid":
+            self._invalid(client_id, problem, values[5])
+        elif status:
             self.stats[status] += 1
         return values
 
     @staticmethod
-    def _decode(client_id: str, got: list[bytes | None]) -> tuple[ProfileValues, str]:
-        """The values of a hash but its RM id, and what it was: ``""`` (valid),
-        ``"unknown"`` (none of :data:`FIELDS`: no hash) or ``"invalid"`` (does not parse:
-        the defaults)."""
+    def _decode(got: list[bytes | None]) -> tuple[ProfileValues, str, str]:
+        """The values of a hash but its RM id, what it was (``""`` valid, ``"unknown"``:
+        none of :data:`FIELDS`, so no hash; ``"invalid"``: does not parse, so
+        :func:`unreadable_values`), and why it is invalid. The client id plays no part (it is
+        checked where events are decoded), so equal hashes of all clients share the result."""
         if got.count(None) == len(got):
-            return Profile.default(client_id).values(), "unknown"
-        row: dict[str, object] = {"client_id": client_id}
+            return DEFAULT_VALUES, "unknown", ""
+        row: dict[str, object] = {"client_id": "profile"}
         try:
             for i, (name, value) in enumerate(zip(FIELDS, got, strict=True)):
                 if value is not None and i != _RM:
                     row[name] = value.decode()
-            return parse_profile(row).values(), ""
-        except (ProfileError, UnicodeDecodeError):
-            return Profile.default(client_id).values(), "invalid"
+            return parse_profile(row).values(), "", ""
+        except (ProfileError, UnicodeDecodeError) as exc:
+            return unreadable_values(got[_DNC]), "invalid", str(exc)
+
+    def _invalid(self, client_id: str, problem: str, barred: bool) -> None:
+        """Count (and log the first few) stored profiles that do not parse."""
+        self.stats["invalid"] += 1
+        if self.stats["invalid"] <= INVALID_LOGGED:
+            log.warning(
+                "stored profile %s is invalid (%s): the defaults, contact %s",
+                profile_key(client_id), problem, "barred" if barred else "allowed",
+            )  # fmt: skip
+            if self.stats["invalid"] == INVALID_LOGGED:
+                log.warning("further invalid stored profiles are only counted")
 
     def _remember(self, client_id: str, expires: float, values: ProfileValues) -> None:
         cache_ = self._cache
@@ -367,6 +418,11 @@ class ProfileStore:
             return
         for client_id in client_ids:
             self._cache.pop(client_id, None)
+
+
+def _wrong_type(error: Exception) -> bool:
+    """The reply to a command on a key of another type."""
+    return isinstance(error, redis.ResponseError) and str(error).startswith("WRONGTYPE")
 
 
 class ProfileLookup:

@@ -95,7 +95,7 @@ class ScriptReplies:
 
 
 def _no_script(reply: Any) -> bool:
-    return isinstance(reply, redis.ResponseError) and str(reply).startswith("NOSCRIPT")
+    return isinstance(reply, redis.exceptions.NoScriptError)
 
 
 def _bytes(value: str | bytes | int) -> bytes:

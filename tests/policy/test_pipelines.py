@@ -3,7 +3,8 @@
 import pytest
 import redis
 
-from policy.pipelines import PendingReplies, bulk, send_counting_replies
+from policy.connection import is_transient
+from policy.pipelines import PendingReplies, bulk, reply_error, send_counting_replies
 
 
 def command(*args: bytes) -> bytes:
@@ -53,3 +54,45 @@ def test_pending_replies_are_read_later_once_or_dropped(r: redis.Redis) -> None:
     dropped.drop()  # twice is harmless
     assert int(r.get("n") or 0) in (1, 2)  # sent: it may have run before the close
     assert PendingReplies(r, command(b"PING"), 1).read() == [b"PONG"]  # the pool still serves
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind", "transient"),
+    [
+        ("LOADING Redis is loading the dataset in memory", redis.BusyLoadingError, True),
+        ("BUSY Redis is busy running a script.", redis.ResponseError, True),
+        ("TRYAGAIN Multiple keys request during rehashing", redis.ResponseError, True),
+        ("MASTERDOWN Link with MASTER is down", redis.RedisError, True),
+        ("READONLY You can't write against a read only replica.", redis.ResponseError, True),
+        ("NOPERM this user has no permissions", redis.exceptions.NoPermissionError, False),
+        ("NOSCRIPT No matching script.", redis.exceptions.NoScriptError, False),
+        ("WRONGTYPE Operation against a key holding the wrong kind", redis.ResponseError, False),
+        ("ERR unknown command", redis.ResponseError, False),
+        ("OOM command not allowed when used memory > 'maxmemory'.", redis.ResponseError, False),
+    ],
+)
+def test_error_replies_get_redis_py_classes_and_passing_states_are_transient(
+    reply: str, kind: type[Exception], transient: bool
+) -> None:
+    """A Redis loading its data, busy with a script or failing over is an outage (the
+    decisions wait), not a fatal error; redis-py's own calls raise the same classes."""
+    error = reply_error(reply)
+    assert isinstance(error, kind)
+    assert is_transient(error) is transient
+
+
+def test_a_denied_command_raises_its_class_from_a_pipeline(r: redis.Redis) -> None:
+    r.acl_setuser("no-get", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-get"])
+    kwargs = r.connection_pool.connection_kwargs
+    limited = redis.Redis(
+        host=kwargs["host"], port=kwargs["port"], username="no-get", password="pw"
+    )
+    try:
+        commands = command(b"GET", b"k") + command(b"SET", b"after-denied", b"1")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            PendingReplies(limited, commands, 2).read()
+        replies = PendingReplies(limited, commands, 2).read(raise_errors=False)
+        assert isinstance(replies[0], redis.exceptions.NoPermissionError) and replies[1] == b"OK"
+    finally:
+        limited.close()
+        r.acl_deluser("no-get")

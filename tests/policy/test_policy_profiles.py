@@ -1,12 +1,20 @@
 """Client profiles: validation, defaults, loading and batch lookup against a real Redis."""
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
 
 from policy.exceptions import ProfileError
-from policy.profiles import Profile, ProfileStore, parse_profile, profile_key
+from policy.profiles import (
+    DEFAULT_VALUES,
+    INVALID_LOGGED,
+    Profile,
+    ProfileStore,
+    parse_profile,
+    profile_key,
+)
 
 
 class FakeClock:
@@ -154,20 +162,95 @@ def test_cache_is_bounded(r: redis.Redis) -> None:
 
 
 def test_a_hash_that_no_longer_parses_gets_defaults(r: redis.Redis) -> None:
-    r.hset(profile_key("bad"), mapping={"segment": "pirates"})
+    r.hset(profile_key("bad"), mapping={"segment": "pirates"})  # no do-not-contact flag
     store = ProfileStore(r)
     assert store.get_many(["bad"])["bad"] == Profile.default("bad")
     assert store.stats["invalid"] == 1
 
 
-def test_a_key_of_another_type_gets_defaults_and_the_others_are_read(r: redis.Redis) -> None:
+def test_a_key_of_another_type_gets_defaults_barred_and_the_others_are_read(
+    r: redis.Redis,
+) -> None:
+    """Nothing in the key can be read, its do-not-contact flag included: contact stays
+    barred."""
     r.set(profile_key("string"), "not a hash")
     r.hset(profile_key("good"), mapping={"segment": "executive"})
     store = ProfileStore(r)
     got = store.get_many(["string", "good"])
-    assert got["string"] == Profile.default("string")
+    assert got["string"] == replace(Profile.default("string"), do_not_contact=True)
     assert got["good"].segment == "executive"
     assert store.stats["invalid"] == 1
+
+
+@pytest.mark.parametrize(
+    ("stored", "barred"),
+    [
+        ({"segment": "senior", "tz": "Asia/Shangai", "do_not_contact": "1"}, True),
+        ({"segment": "senior", "do_not_contact": "on"}, True),  # the flag itself unreadable
+        ({"segment": "senior", "do_not_contact": b"\xff"}, True),
+        ({"segment": "pirates", "do_not_contact": "no"}, False),
+        ({"segment": "pirates"}, False),  # no flag stored: contact allowed, as for defaults
+    ],
+)
+def test_a_hash_that_does_not_parse_never_lifts_an_opt_out(
+    r: redis.Redis, caplog: pytest.LogCaptureFixture, stored: dict[str, Any], barred: bool
+) -> None:
+    r.hset(profile_key("bad"), mapping=stored)
+    store = ProfileStore(r)
+    got = store.get_many(["bad"])["bad"]
+    assert got == replace(Profile.default("bad"), do_not_contact=barred)
+    assert store.stats["invalid"] == 1
+    assert "stored profile ato:profile:bad is invalid" in caplog.text
+
+
+def test_only_the_first_invalid_profiles_are_logged(
+    r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(INVALID_LOGGED + 5):
+        r.hset(profile_key(f"bad{i}"), mapping={"segment": "pirates"})
+    store = ProfileStore(r)
+    store.get_many([f"bad{i}" for i in range(INVALID_LOGGED + 5)])
+    assert store.stats["invalid"] == INVALID_LOGGED + 5
+    assert caplog.text.count("is invalid") == INVALID_LOGGED
+    assert "further invalid stored profiles are only counted" in caplog.text
+
+
+def test_an_error_reply_other_than_a_wrong_type_is_raised_not_defaulted(
+    r: redis.Redis,
+) -> None:
+    """A user not allowed HMGET (NOPERM) must not read as "no profile": that would lift
+    every opt-out. The error is raised, as redis-py's class, and nothing is cached."""
+    r.hset(profile_key("dnc"), mapping={"segment": "senior", "do_not_contact": "1"})
+    r.acl_setuser(
+        "no-hmget", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-hmget"]
+    )
+    kwargs = r.connection_pool.connection_kwargs
+    limited = redis.Redis(
+        host=kwargs["host"], port=kwargs["port"], username="no-hmget", password="pw"
+    )
+    try:
+        store = ProfileStore(limited)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            store.get_many(["dnc"])
+        assert store._cache == {}
+        lookup = store.prefetch(["dnc"])
+        assert lookup is not None
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            lookup.finish()
+    finally:
+        limited.close()
+        r.acl_deluser("no-hmget")
+
+
+def test_a_blank_client_id_neither_fails_nor_changes_other_clients_profiles(
+    r: redis.Redis,
+) -> None:
+    """Equal hashes are validated once for all clients: the client id plays no part."""
+    for client in (" ", "ok"):
+        r.hset(profile_key(client), mapping={"segment": "executive"})
+    got = ProfileStore(r).values_many([" ", "ok", ""])
+    assert got[" "] == got["ok"] == Profile("ok", "executive").values()
+    assert got[""] == DEFAULT_VALUES == Profile.default("x").values()
 
 
 def test_fields_a_hash_has_beyond_the_known_ones_are_ignored(r: redis.Redis) -> None:
