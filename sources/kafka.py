@@ -125,26 +125,36 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def expand_envelopes(messages: list[bytes], offsets: list[int]) -> tuple[list[bytes], list[int]]:
-    """Split messages holding a JSON array of events into one message per element.
+    """Split messages holding a JSON array of events into one message per element, each at
+    the envelope's offset; never raises.
 
-    A message that starts with ``[`` but is no valid array stays whole: the decoder
-    dead-letters it with its reason.
+    A message that starts with ``[`` but cannot be split (no valid JSON, an empty array, an
+    element nested too deeply to re-encode) stays whole: the decoder dead-letters it with
+    its reason (an array is no event object).
     """
     out: list[bytes] = []
     out_offsets: list[int] = []
     for message, offset in zip(messages, offsets, strict=True):
-        if message.lstrip()[:1] == b"[":
-            try:
-                events = orjson.loads(message)
-            except orjson.JSONDecodeError:
-                events = None
-            if isinstance(events, list):
-                out.extend(bytes(memoryview(orjson.dumps(e))) for e in events)
-                out_offsets.extend([offset] * len(events))
-                continue
-        out.append(message)
-        out_offsets.append(offset)
+        events = split_envelope(message) if message.lstrip()[:1] == b"[" else None
+        if events:
+            out.extend(events)
+            out_offsets.extend([offset] * len(events))
+        else:
+            out.append(message)
+            out_offsets.append(offset)
     return out, out_offsets
+
+
+def split_envelope(message: bytes) -> list[bytes] | None:
+    """The elements of a JSON array, re-encoded; None when ``message`` is no valid array or
+    an element cannot be re-encoded (orjson reads 1024 levels of nesting, writes 254)."""
+    try:
+        events = orjson.loads(message)
+        if not isinstance(events, list):
+            return None
+        return [bytes(memoryview(orjson.dumps(e))) for e in events]
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
 
 
 def message_offsets(messages: list[Message]) -> tuple[int, int, list[int] | None]:

@@ -86,8 +86,8 @@ def test_envelopes_are_split_and_share_their_offset(topics: KafkaSettings) -> No
 def test_expand_envelopes_keeps_plain_and_broken_messages() -> None:
     messages = [b' [{"x":1}]', b"[]", b'{"y":2}', b"[1,"]
     assert expand_envelopes(messages, [5, 6, 7, 8]) == (
-        [b'{"x":1}', b'{"y":2}', b"[1,"],
-        [5, 7, 8],
+        [b'{"x":1}', b"[]", b'{"y":2}', b"[1,"],
+        [5, 6, 7, 8],
     )
 
 
