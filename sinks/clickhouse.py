@@ -702,7 +702,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
             future = Future()
             try:
                 future.set_result(self.store.insert(block, validated=True))
-            except ClickHouseError as exc:
+            except Exception as exc:  # as the background thread would: _collect sorts it out
                 future.set_exception(exc)
         self.in_flight[table] = (future, block)
         if self.pool is None:
@@ -720,7 +720,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
             del self.in_flight[table]
             stats = self._stats(table)
             try:
-                rows = future.result()  # other exceptions than ClickHouseError are bugs: raise
+                rows = future.result()
             except ClickHouseError as exc:
                 now = self.clock()
                 stats.failed_inserts += 1
@@ -733,6 +733,10 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
                 self.backoff[table] = pause
                 self.retry_at[table] = now + pause
                 continue
+            except Exception as exc:  # a bug, not ClickHouse: fail loudly, naming the rows
+                self.buffers[table] = [block, *self.buffers.get(table, [])]
+                msg = f"insert of {len(block)} rows into {table} failed: {exc!r}"
+                raise ClickHouseError(msg) from exc
             stats.inserted_rows += rows
             stats.inserts += 1
             stats.pending_rows -= rows

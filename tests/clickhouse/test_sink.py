@@ -154,6 +154,23 @@ def test_a_malformed_block_fails_the_write_at_once(part: ClickHouseSinkPartition
         part.write_batch([bad])
 
 
+def test_an_insert_failing_other_than_by_clickhouse_fails_loudly_naming_its_rows(
+    part: ClickHouseSinkPartition, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug below the sink (not a ClickHouse error, so not retried) stops the run with a
+    message naming the table and the rows not written, which stay buffered."""
+
+    def broken(block: object, validated: bool = False) -> int:
+        msg = "converter bug"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(part.store, "insert", broken)
+    with pytest.raises(ClickHouseError, match=r"insert of 120 rows into funnel_minute failed"):
+        part.write_batch([funnel_block(120)])
+        part.wait_for_inserts()
+    assert sum(len(b) for b in part.buffers["funnel_minute"]) == 120
+
+
 def test_inserts_into_a_detached_table_are_retried_and_land_once(
     part: ClickHouseSinkPartition, url: str, database: str, clock: Clock
 ) -> None:
