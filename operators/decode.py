@@ -5,10 +5,12 @@ each field with one list comprehension, checking types per column. Any message t
 breaks it sends the batch down the slow path, which checks each message alone and
 dead-letters the bad ones with a reason; the rest go through the fast extraction again.
 Value rules (known channel, journey and step, sane timestamp) are vectorised masks.
+A ``client_id`` that is only white space or holds an ASCII control character is a bad value.
 ``attrs``, when present and not null, must be an object; its ``segment`` member, when it
 names one of ``SEGMENTS``, becomes the event's segment code (anything else reads -1).
 """
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -183,9 +185,8 @@ class Decoder:
         """Rows the numba scanner accepts, and their columns (before the value rules; without
         the original bytes)."""
         n = len(messages)
-        lengths = np.fromiter(map(len, messages), np.int64, n)
+        buf, lengths = _join(messages)
         ends = np.cumsum(lengths)
-        buf = np.frombuffer(b"".join(messages), np.uint8)
         status, ts, span_start, span_len, hashes, all_codes = scan.scan_events(
             buf, ends - lengths, ends, self.settings.max_client_id_len, self.vocabularies
         )
@@ -211,6 +212,8 @@ class Decoder:
         self, messages: list[bytes], offsets: np.ndarray, partition: str, dead: list[DeadLetter]
     ) -> EventColumns:
         try:
+            if not set(map(type, messages)) <= _BYTES_LIKE:
+                raise _SlowPath  # orjson would read a str
             if max(map(len, messages)) > self.settings.max_message_bytes:
                 raise _SlowPath
             loads = orjson.loads
@@ -244,12 +247,12 @@ class Decoder:
             raise _SlowPath
         if not set(map(type, attrs)) <= _OBJECT_OR_NONE:
             raise _SlowPath
-        if min(map(len, client_ids)) == 0 or min(map(len, event_ids)) == 0:
-            raise _SlowPath
+        if not all(map(str.strip, client_ids)) or min(map(len, event_ids)) == 0:
+            raise _SlowPath  # an empty or blank client_id
         if min(map(len, types)) == 0 or min(map(len, channels)) == 0:
             raise _SlowPath
-        if "\x00" in "".join(client_ids):
-            raise _SlowPath  # numpy str_ arrays would drop a trailing NUL
+        if _CONTROL.search("".join(client_ids)):
+            raise _SlowPath  # also: numpy str_ arrays would drop a trailing NUL
         ids = np.array(client_ids)
         if ids.dtype.itemsize // 4 > self.settings.max_client_id_len:
             raise _SlowPath
@@ -333,8 +336,10 @@ class Decoder:
             return None, BAD_TYPE, f"attrs is {type(attrs).__name__}, not object"
         if not -(2**63) <= doc["ts"] < 2**63:
             return None, ABSURD_TS, "ts does not fit in 64 bits"
-        if "\x00" in doc["client_id"]:
-            return None, BAD_VALUE, "client_id contains a NUL character"
+        if not doc["client_id"].strip():
+            return None, BAD_VALUE, "client_id is only white space"
+        if _CONTROL.search(doc["client_id"]):
+            return None, BAD_VALUE, "client_id contains a control character"
         if len(doc["client_id"]) > self.settings.max_client_id_len:
             limit = self.settings.max_client_id_len
             return None, BAD_VALUE, f"client_id longer than {limit} characters"
@@ -400,8 +405,24 @@ class Decoder:
 
 _TEXT_OR_NONE = {str, type(None)}
 _OBJECT_OR_NONE = {dict, type(None)}
+_BYTES_LIKE = {bytes, bytearray, memoryview}
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # ASCII control characters, not in a client_id
 _REQUIRED = itemgetter("client_id", "event_id", "type", "channel", "ts")
 
 
 def _all_str(values: Sequence[Any]) -> bool:
     return set(map(type, values)) == {str}
+
+
+def _join(messages: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes of ``messages`` back to back, and each one's length. A message that is not
+    bytes (None, a str) is joined as ``b""``: the scanner falls back on it, and the
+    per-message path dead-letters the original as on the orjson path."""
+    try:
+        joined = b"".join(messages)  # TypeError on None, a str, ...
+        lengths = np.fromiter(map(len, messages), np.int64, len(messages))
+        if int(lengths.sum()) == len(joined):  # not so for a buffer whose len is not its size
+            return np.frombuffer(joined, np.uint8), lengths
+    except TypeError:
+        pass
+    return _join([m if isinstance(m, bytes) else b"" for m in messages])

@@ -5,12 +5,12 @@ escapes; integers without fraction or exponent; ``true``, ``false``, ``null``; n
 and arrays up to ``MAX_DEPTH`` deep (the top-level object counts); ASCII white space. Within
 that subset every value means exactly what orjson would make of it, so a message the scanner
 accepts (status ``OK``) decodes to the same event; anything else (escapes, non-ASCII, floats,
-bad syntax, missing or mistyped fields, an ``attrs`` that is neither an object nor null) gets
-status ``FALLBACK`` and goes through the orjson path, which also names the reason of a bad
-message. Besides the top-level text fields, the scanner records the span of ``attrs.segment``
-(a top-level member of the ``attrs`` object whose value is a string); when ``attrs`` or
-``segment`` is repeated, the last one counts, as in orjson. ``scan_events_py`` is the
-plain-Python twin of ``scan_events``.
+bad syntax, missing or mistyped fields, an ``attrs`` that is neither an object nor null, a
+``client_id`` of only spaces) gets status ``FALLBACK`` and goes through the orjson path,
+which also names the reason of a bad message. Besides the top-level text fields, the scanner
+records the span of ``attrs.segment`` (a top-level member of the ``attrs`` object whose value
+is a string); when ``attrs`` or ``segment`` is repeated, the last one counts, as in orjson.
+``scan_events_py`` is the plain-Python twin of ``scan_events``.
 """
 
 import numpy as np
@@ -415,8 +415,14 @@ def _scan_events(
             continue
         h = _FNV_OFFSET
         base = span_start[F_CLIENT, row]
+        blank = True
         for m in range(span_len[F_CLIENT, row]):
-            h = (h ^ np.uint64(buf[base + m])) * _FNV_PRIME
+            c = buf[base + m]
+            blank &= c == 32
+            h = (h ^ np.uint64(c)) * _FNV_PRIME
+        if blank:  # only spaces (the one white space the scanner takes): a bad value
+            status[row] = FALLBACK
+            continue
         hashes[row] = h
         for f in range(N_SPANS):
             if v_mask[f] < 0:
@@ -602,6 +608,7 @@ def _scan_one_py(
         and (attrs is None or isinstance(attrs, dict))
         and all(spans[f] for f in (F_CLIENT, F_TYPE, F_CHANNEL))
         and len(spans[F_CLIENT] or "") <= max_client_len
+        and (spans[F_CLIENT] or "").strip()
     )
     if not ok or not isinstance(ts, int):
         return FALLBACK, 0, {}, 0

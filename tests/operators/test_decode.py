@@ -88,6 +88,11 @@ BAD_INPUT = [
     pytest.param(event(event_id=""), d.BAD_VALUE, id="event_id-empty"),
     pytest.param(event(client_id="x" * 65), d.BAD_VALUE, id="client_id-too-long"),
     pytest.param(event(client_id="a\x00"), d.BAD_VALUE, id="client_id-trailing-nul"),
+    pytest.param(event(client_id="   "), d.BAD_VALUE, id="client_id-spaces"),
+    pytest.param(event(client_id=" \t\n "), d.BAD_VALUE, id="client_id-white-space"),
+    pytest.param(event(client_id="\u00a0\u2003"), d.BAD_VALUE, id="client_id-unicode-space"),
+    pytest.param(event(client_id="a\x01b"), d.BAD_VALUE, id="client_id-control"),
+    pytest.param(event(client_id="a\x7f"), d.BAD_VALUE, id="client_id-del"),
     pytest.param(event(channel="fax"), d.UNKNOWN_CHANNEL, id="unknown-channel"),
     pytest.param(event(journey="time_travel"), d.UNKNOWN_JOURNEY, id="unknown-journey"),
     pytest.param(
@@ -205,6 +210,70 @@ def test_client_id_with_nul_is_not_merged_with_another_client() -> None:
     out = decode([event(client_id="a\x00"), event(client_id="a")])
     assert client_id_texts(out.events.client_id) == ["a"]
     assert [(x.reason, x.offset) for x in out.dead] == [(d.BAD_VALUE, 0)]
+
+
+BAD_CLIENT_IDS = {
+    "": "client_id is empty",
+    " ": "client_id is only white space",
+    "    ": "client_id is only white space",
+    "\t": "client_id is only white space",
+    " \r\n": "client_id is only white space",
+    "\u3000": "client_id is only white space",
+    "c\x1f1": "client_id contains a control character",
+    "c1\x7f": "client_id contains a control character",
+    "\x00c1": "client_id contains a control character",
+    "c 1\n": "client_id contains a control character",
+}
+
+
+@pytest.mark.parametrize("chunk", [d.SCAN_CHUNK, 2])
+@pytest.mark.parametrize("mode", ["scan", "orjson"])
+@pytest.mark.parametrize(("client_id", "detail"), BAD_CLIENT_IDS.items())
+def test_blank_or_control_client_id_is_a_bad_value(
+    client_id: str, detail: str, mode: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty, white-space-only and control-character client ids: the same dead letter on
+    both decoders (the contact-policy step could not build a profile for them)."""
+    monkeypatch.setattr(d, "SCAN_CHUNK", chunk)
+    bad = event(client_id=client_id)
+    messages = [GOOD_A, bad, GOOD_B, event(client_id=" c 1 ")]  # inner/outer spaces are fine
+    out = decoder(decoder=mode).decode(RawBatch("p0", messages))
+    assert [(x.reason, x.detail, x.raw, x.offset) for x in out.dead] == [
+        (d.BAD_VALUE, detail, bad, 1)
+    ]
+    assert client_id_texts(out.events.client_id) == ["alice", "bob", " c 1 "]
+
+
+@pytest.mark.parametrize("chunk", [d.SCAN_CHUNK, 2])
+@pytest.mark.parametrize("mode", ["scan", "orjson"])
+def test_message_that_is_not_bytes_is_a_bad_type(
+    mode: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """None, a str (even of valid JSON) or an int in the batch: dead-lettered, not raised."""
+    monkeypatch.setattr(d, "SCAN_CHUNK", chunk)
+    odd: list[Any] = [None, GOOD_A.decode(), "nope", 7]
+    out = decoder(decoder=mode).decode(RawBatch("p0", [GOOD_A, *odd, GOOD_B], first_offset=5))
+    assert [(x.reason, x.raw, x.offset) for x in out.dead] == [
+        (d.BAD_TYPE, m, 6 + k) for k, m in enumerate(odd)
+    ]
+    assert [x.detail for x in out.dead] == [
+        "message is NoneType, not bytes",
+        "message is str, not bytes",
+        "message is str, not bytes",
+        "message is int, not bytes",
+    ]
+    assert client_id_texts(out.events.client_id) == ["alice", "bob"]
+    assert out.events.offset.tolist() == [5, 10]
+    assert out.events.raw is not None and out.events.raw.tolist() == [GOOD_A, GOOD_B]
+
+
+def test_bytearray_decodes_on_both_decoders() -> None:
+    """A bytearray is bytes-like: it decodes, on the scan decoder through the orjson path."""
+    for mode in ("scan", "orjson"):
+        messages: list[Any] = [GOOD_A, bytearray(GOOD_B)]
+        out = decoder(decoder=mode).decode(RawBatch("p0", messages))
+        assert out.dead == []
+        assert client_id_texts(out.events.client_id) == ["alice", "bob"]
 
 
 def fast_only(monkeypatch: pytest.MonkeyPatch) -> Decoder:
@@ -410,7 +479,11 @@ _VALUES = st.one_of(
 @st.composite
 def _jsonish(draw: st.DrawFn) -> bytes:
     """A valid event with some fields dropped or replaced by random values."""
-    doc = json.loads(event(client_id=draw(st.text(min_size=1, max_size=10))))
+    client_id = st.one_of(
+        st.text(min_size=1, max_size=10),
+        st.text(" \t\n\r\x0b\x0c\x1f\x7f\u00a0\u3000", min_size=1, max_size=4),
+    )
+    doc = json.loads(event(client_id=draw(client_id)))
     for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=3)):
         if draw(st.booleans()):
             doc.pop(name, None)
@@ -462,3 +535,6 @@ def test_valid_events_match_their_own_json(messages: list[bytes]) -> None:
         doc = orjson.loads(messages[offset])
         assert out.events.ts[i] == doc["ts"]
         assert int(out.events.client_key[i]) == hash_client_id_py(out.events.client_id[i].decode())
+        client_id = out.events.client_id[i].decode()
+        assert client_id.strip()  # what policy.profiles.Profile asks of a client_id
+        assert not any(ord(c) < 32 or ord(c) == 127 for c in client_id)

@@ -27,11 +27,13 @@ scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.fl
 json_value = st.recursive(
     scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3)
 )
+# client ids the decoders dead-letter: empty, white space only, control characters
+blank_id = st.sampled_from(["", " ", "   ", "\t", " \n", "\u3000", "C\x01", "C\x7f", " C "])
 event = st.fixed_dictionaries(
     {},
     optional={
         "event_id": st.one_of(text, scalar),
-        "client_id": st.one_of(st.sampled_from(["C1", "C2", "Ç3"]), scalar),
+        "client_id": st.one_of(st.sampled_from(["C1", "C2", "Ç3"]), blank_id, scalar),
         "ts": st.one_of(st.integers(NOW - 10**9, NOW), scalar),
         "channel": st.one_of(st.sampled_from(["app", "call", "branch", "ai"]), scalar),
         "type": st.one_of(st.sampled_from(CATALOG.type_names), scalar),
@@ -60,11 +62,12 @@ attrs = st.one_of(
     attrs_object,
     json_value,
 )
-# events the scanner can take: valid required fields, journey/session/attrs varying
+# events the scanner can take: valid required fields, journey/session/attrs varying (and now
+# and then a client_id of only spaces, which it must leave to the orjson path)
 scannable = st.fixed_dictionaries(
     {
         "event_id": st.sampled_from(["e1", "e-2"]),
-        "client_id": st.sampled_from(["C1", "C2"]),
+        "client_id": st.one_of(st.sampled_from(["C1", "C2"]), st.sampled_from([" ", "   "])),
         "ts": st.integers(NOW - 10**9, NOW),
         "channel": st.sampled_from(["app", "call", "branch", "ai"]),
         "type": st.sampled_from(CATALOG.type_names),
@@ -167,8 +170,13 @@ def _same(a: Decoder, b: Decoder, messages: list[bytes]) -> None:
     assert x.max_ts == y.max_ts
 
 
+# for the decoders only: messages that are not bytes (the batch's type says bytes)
+not_bytes = st.sampled_from([None, "{}", '{"event_id":"e1"}', 5])
+any_messages = st.lists(st.one_of(message(), repeated_keys(), not_bytes), min_size=1, max_size=12)
+
+
 @settings(max_examples=300, deadline=None)
-@given(messages)
+@given(any_messages)
 def test_scan_decoder_equals_orjson_decoder(messages: list[bytes]) -> None:
     """Whatever the input, both decoders give the same events and dead letters, also when
     the scanner takes the batch in several chunks, on its threads or on the caller's."""
@@ -202,6 +210,20 @@ def test_common_events_take_the_scan_path() -> None:
 
 
 HEAD = f'{{"event_id":"e1","client_id":"C1","ts":{NOW},"channel":"app","type":"x"'
+
+
+def test_client_id_of_only_spaces_falls_back() -> None:
+    """The scanner leaves a client_id of spaces to the orjson path; spaces around or inside
+    a client_id are fine. Control characters and other white space already fall back."""
+    ids = ["   ", " ", " C1", "C 1", "C1 ", "C\x7f", "\u00a0", "\t"]
+    messages = [HEAD.replace('"C1"', orjson.dumps(c).decode()).encode() + b"}" for c in ids]
+    lengths = np.array([len(m) for m in messages], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(messages), np.uint8)
+    status, *_ = scan.scan_events(buf, ends - lengths, ends, 64)
+    expected = [scan.FALLBACK] * 2 + [scan.OK] * 3 + [scan.FALLBACK] * 3
+    assert status.tolist() == expected
+    assert [t[0] for t in scan.scan_events_py(messages, 64)] == expected
 
 
 def test_segment_spans_follow_orjson() -> None:
