@@ -173,9 +173,16 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
     def on_eof(self) -> tuple[list[ShardOutput], bool]:
         """Input ended, every decision is made (the last batch waited for Redis): close this
         worker's Redis connections (the shards' final live-state writes came before). A later
-        use would reconnect."""
+        use would reconnect. Candidates deferred past the last watermark stay undecided (their
+        deferral was emitted); they are logged, and a run with recovery keeps them."""
         outputs = self._quiet(*self._decide(wait=True)) if self.capping is not None else []
         self.ctx.client.connection_pool.disconnect()
+        if len(self.held):
+            log.info(
+                "contact policy, shard %s: %d deferred candidates are due after the last"
+                " event (watermark %d); a run with recovery decides them when it resumes",
+                self.shard, len(self.held), self.watermark,
+            )  # fmt: skip
         return outputs, self.RETAIN
 
     def notify_at(self) -> datetime | None:
