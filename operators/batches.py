@@ -14,32 +14,6 @@ from state.base import Records
 
 
 @dataclass(frozen=True)
-class RawBatch:
-    """Raw messages read together from one input partition.
-
-    ``first_offset`` is the source position of ``messages[0]`` (line number, Kafka offset);
-    message ``i`` sits at ``first_offset + i`` unless ``offsets`` lists them explicitly.
-    ``caught_up``: after this batch the source had nothing more to read for the partition
-    (an empty batch with it set is a heartbeat); only this lets a partition go idle.
-    ``lag``: messages left in the partition after this batch, when the source knows.
-    """
-
-    partition: str
-    messages: list[bytes]
-    first_offset: int = 0
-    read_wall_ms: int = 0
-    offsets: list[int] | None = None
-    caught_up: bool = False
-    lag: int | None = None
-
-    def offset_array(self) -> np.ndarray:
-        """Source offset of every message."""
-        if self.offsets is not None:
-            return np.asarray(self.offsets, dtype=np.int64)
-        return np.arange(self.first_offset, self.first_offset + len(self.messages), dtype=np.int64)
-
-
-@dataclass(frozen=True)
 class DeadLetter:
     """A message that could not be used, with why and where it came from."""
 
@@ -58,6 +32,35 @@ class DeadLetter:
             "offset": self.offset,
             "raw_b64": base64.b64encode(self.raw).decode("ascii"),
         }
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """Raw messages read together from one input partition.
+
+    ``first_offset`` is the source position of ``messages[0]`` (line number, Kafka offset);
+    message ``i`` sits at ``first_offset + i`` unless ``offsets`` lists them explicitly.
+    ``caught_up``: after this batch the source had nothing more to read for the partition
+    (an empty batch with it set is a heartbeat); only this lets a partition go idle.
+    ``lag``: messages left in the partition after this batch, when the source knows.
+    ``unreadable``: dead letters of records the source could not read (Kafka's corrupt or
+    undecompressable records), which the decode step passes on with its own.
+    """
+
+    partition: str
+    messages: list[bytes]
+    first_offset: int = 0
+    read_wall_ms: int = 0
+    offsets: list[int] | None = None
+    caught_up: bool = False
+    lag: int | None = None
+    unreadable: tuple[DeadLetter, ...] = ()
+
+    def offset_array(self) -> np.ndarray:
+        """Source offset of every message."""
+        if self.offsets is not None:
+            return np.asarray(self.offsets, dtype=np.int64)
+        return np.arange(self.first_offset, self.first_offset + len(self.messages), dtype=np.int64)
 
 
 @dataclass(frozen=True)

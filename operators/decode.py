@@ -49,6 +49,7 @@ MISSING_FIELD = "missing_field"
 BAD_TYPE = "bad_type"
 BAD_VALUE = "bad_value"
 ABSURD_TS = "absurd_ts"
+UNREADABLE = "unreadable"  # the source could not read the record (RawBatch.unreadable)
 UNKNOWN_CHANNEL = "unknown_channel"
 UNKNOWN_JOURNEY = "unknown_journey"
 UNKNOWN_STEP = "unknown_step"
@@ -139,7 +140,7 @@ class Decoder:
         messages = batch.messages
         offsets = batch.offset_array()
         n = len(messages)
-        dead: list[DeadLetter] = []
+        dead: list[DeadLetter] = list(batch.unreadable)
         parts = []
         if self.settings.decoder == "scan" and n:
             scanned = self._scan_chunks(messages, offsets)
@@ -161,9 +162,12 @@ class Decoder:
         if len(others) and len(rows):  # put the two kinds back in input order
             events = events.take(np.argsort(events.offset, kind="stable"))
             dead.sort(key=lambda d: d.offset)
+        elif batch.unreadable:
+            dead.sort(key=lambda d: d.offset)
         max_ts = int(events.ts.max()) if len(events) else None
+        n_in = n + len(batch.unreadable)
         return DecodedBatch(
-            batch.partition, events, dead, max_ts, batch.read_wall_ms, n, batch.caught_up,
+            batch.partition, events, dead, max_ts, batch.read_wall_ms, n_in, batch.caught_up,
             batch.lag,
         )  # fmt: skip
 

@@ -27,10 +27,22 @@ from confluent_kafka.admin import AdminClient
 from ato.config import KafkaSettings
 from ato.exceptions import AtoError
 from ato.process import gc_paused
-from operators.batches import RawBatch
-from operators.decode import wall_ms
+from operators.batches import DeadLetter, RawBatch
+from operators.decode import UNREADABLE, wall_ms
 
 log = logging.getLogger(__name__)
+# errors of one record (corrupt, or compressed in a way that cannot be read): librdkafka moves
+# past it, so it becomes a dead letter; other message errors concern the partition
+RECORD_ERRORS = frozenset(
+    [
+        KafkaError._BAD_MSG,  # noqa: SLF001
+        KafkaError._BAD_COMPRESSION,  # noqa: SLF001
+        KafkaError.INVALID_MSG,
+        KafkaError.UNSUPPORTED_COMPRESSION_TYPE,
+        KafkaError._KEY_DESERIALIZATION,  # noqa: SLF001
+        KafkaError._VALUE_DESERIALIZATION,  # noqa: SLF001
+    ]
+)
 
 METADATA_TIMEOUT_S = 30.0
 HEARTBEAT_S = 0.1  # a caught-up partition says so at most this often
@@ -155,6 +167,32 @@ def split_envelope(message: bytes) -> list[bytes] | None:
         return [bytes(memoryview(orjson.dumps(e))) for e in events]
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
+
+
+def split_errors(name: str, messages: list[Message]) -> tuple[list[Message], list[DeadLetter]]:
+    """The readable messages of partition ``name``, and a dead letter (reason
+    ``unreadable``, its bytes if any) per record that cannot be read (:data:`RECORD_ERRORS`).
+    A fatal error, or a topic or partition that does not exist, raises
+    :class:`KafkaSourceError`; other errors concern the partition, not a record, and are
+    logged (librdkafka retries)."""
+    kept: list[Message] = []
+    dead: list[DeadLetter] = []
+    for m in messages:
+        error = m.error()
+        if error is None:
+            kept.append(m)
+        elif error.fatal() or error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            msg = f"{name}: {error}"
+            raise KafkaSourceError(msg)
+        elif error.code() in RECORD_ERRORS and (m.offset() or -1) >= 0:
+            detail = f"{error.name()}: {error.str()}"
+            log.warning("%s: offset %d: %s", name, m.offset(), detail)
+            dead.append(
+                DeadLetter(UNREADABLE, detail, m.value() or b"", name, int(m.offset() or 0))
+            )
+        else:
+            log.warning("%s: %s", name, error)  # transient; librdkafka retries
+    return kept, dead
 
 
 def message_offsets(messages: list[Message]) -> tuple[int, int, list[int] | None]:
@@ -296,13 +334,19 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             if not messages:
                 return None
             read_ms = wall_ms()
+            unreadable: list[DeadLetter] = []
             if any([m.error() is not None for m in messages]):
-                messages = self._drop_errors(messages)
-                if not messages:
+                messages, unreadable = split_errors(self.name, messages)
+                if not messages and not unreadable:
                     return None
             values = [m.value() or b"" for m in messages]
-            first, last, offsets = message_offsets(messages)
+            if messages:
+                first, last, offsets = message_offsets(messages)
+            else:
+                first = last = unreadable[0].offset
+                offsets = None
             del messages  # freed before collections resume
+        last = max([last, *[d.offset for d in unreadable]])
         self.next_offset = last + 1
         lag = self._lag()
         # caught up only when nothing is left at the partition's end as of the last fetch: a
@@ -311,20 +355,9 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if any([v[:1] in _ENVELOPE_START for v in values]):
             listed = offsets if offsets is not None else list(range(first, last + 1))
             values, offsets = expand_envelopes(values, listed)
-        return RawBatch(self.name, values, first, read_ms, offsets, caught_up, lag)
-
-    def _drop_errors(self, messages: list[Message]) -> list[Message]:
-        kept = []
-        for m in messages:
-            error = m.error()
-            if error is None:
-                kept.append(m)
-            elif error.fatal() or error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                msg = f"{self.name}: {error}"
-                raise KafkaSourceError(msg)
-            else:
-                log.warning("%s: %s", self.name, error)  # transient; librdkafka retries
-        return kept
+        return RawBatch(
+            self.name, values, first, read_ms, offsets, caught_up, lag, tuple(unreadable)
+        )
 
     def snapshot(self) -> int:
         return self.next_offset
