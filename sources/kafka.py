@@ -16,6 +16,7 @@ the flow; the flow's outputs are deterministic, so replays repeat the same inter
 
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -184,15 +185,35 @@ def split_errors(name: str, messages: list[Message]) -> tuple[list[Message], lis
         elif error.fatal() or error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
             msg = f"{name}: {error}"
             raise KafkaSourceError(msg)
-        elif error.code() in RECORD_ERRORS and (m.offset() or -1) >= 0:
+        elif error.code() in RECORD_ERRORS and (offset := m.offset()) is not None and offset >= 0:
             detail = f"{error.name()}: {error.str()}"
-            log.warning("%s: offset %d: %s", name, m.offset(), detail)
-            dead.append(
-                DeadLetter(UNREADABLE, detail, m.value() or b"", name, int(m.offset() or 0))
-            )
+            log.warning("%s: offset %d: %s", name, offset, detail)
+            dead.append(DeadLetter(UNREADABLE, detail, m.value() or b"", name, offset))
         else:
             log.warning("%s: %s", name, error)  # transient; librdkafka retries
     return kept, dead
+
+
+def consumed_batch(name: str, messages: list[Message], read_ms: int) -> tuple[RawBatch, int] | None:
+    """The raw batch of messages consumed from partition ``name`` (envelopes split,
+    unreadable records as dead letters: :func:`split_errors`) and the offset to read next;
+    None when no message held a record."""
+    unreadable: list[DeadLetter] = []
+    if any([m.error() is not None for m in messages]):
+        messages, unreadable = split_errors(name, messages)
+    values = [m.value() or b"" for m in messages]
+    offsets: list[int] | None = None
+    if messages:
+        first, last, offsets = message_offsets(messages)
+        if any([v[:1] in _ENVELOPE_START for v in values]):
+            listed = offsets if offsets is not None else list(range(first, last + 1))
+            values, offsets = expand_envelopes(values, listed)
+    elif unreadable:
+        first = last = unreadable[0].offset
+    else:
+        return None
+    end = max([last, *[d.offset for d in unreadable]])
+    return RawBatch(name, values, first, read_ms, offsets, unreadable=tuple(unreadable)), end + 1
 
 
 def message_offsets(messages: list[Message]) -> tuple[int, int, list[int] | None]:
@@ -333,31 +354,15 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
             if not messages:
                 return None
-            read_ms = wall_ms()
-            unreadable: list[DeadLetter] = []
-            if any([m.error() is not None for m in messages]):
-                messages, unreadable = split_errors(self.name, messages)
-                if not messages and not unreadable:
-                    return None
-            values = [m.value() or b"" for m in messages]
-            if messages:
-                first, last, offsets = message_offsets(messages)
-            else:
-                first = last = unreadable[0].offset
-                offsets = None
+            got = consumed_batch(self.name, messages, wall_ms())
             del messages  # freed before collections resume
-        last = max([last, *[d.offset for d in unreadable]])
-        self.next_offset = last + 1
+        if got is None:
+            return None
+        batch, self.next_offset = got
         lag = self._lag()
         # caught up only when nothing is left at the partition's end as of the last fetch: a
         # short batch alone is no proof (a zero-timeout read returns what is queued locally)
-        caught_up = lag == 0
-        if any([v[:1] in _ENVELOPE_START for v in values]):
-            listed = offsets if offsets is not None else list(range(first, last + 1))
-            values, offsets = expand_envelopes(values, listed)
-        return RawBatch(
-            self.name, values, first, read_ms, offsets, caught_up, lag, tuple(unreadable)
-        )
+        return replace(batch, caught_up=lag == 0, lag=lag)
 
     def snapshot(self) -> int:
         return self.next_offset

@@ -10,7 +10,7 @@ from ato.catalog import load_catalog
 from ato.config import EngineSettings
 from operators.batches import DeadLetter, RawBatch
 from operators.decode import UNREADABLE, Decoder
-from sources.kafka import KafkaSourceError, split_errors
+from sources.kafka import KafkaSourceError, consumed_batch, split_errors
 
 EVENT = (
     b'{"event_id":"e-1","client_id":"c-1","ts":1767600000000,"channel":"app",'
@@ -60,3 +60,39 @@ def test_the_decoder_passes_unreadable_records_on_in_offset_order(
         assert out.events.offset.tolist() == [10]
         assert [(d.reason, d.offset) for d in out.dead] == [(UNREADABLE, 11), ("not_json", 12)]
         assert out.n_in == len(out.events) + len(out.dead) == 3
+
+
+def test_a_batch_keeps_its_offsets_when_an_unreadable_record_ends_it() -> None:
+    bad = KafkaError(KafkaError._BAD_MSG)
+    messages = [message(5), message(6), message(7), message(8), message(9, None, bad)]
+    got = consumed_batch("in#0", messages, 123)
+    assert got is not None
+    batch, next_offset = got
+    assert (len(batch.messages), batch.offset_array().tolist(), next_offset) == (
+        4,
+        [5, 6, 7, 8],
+        10,
+    )
+    assert [d.offset for d in batch.unreadable] == [9]
+
+
+def test_envelopes_split_beside_an_unreadable_record() -> None:
+    bad = KafkaError(KafkaError._BAD_COMPRESSION)
+    messages = [message(5, b"[" + EVENT + b"," + EVENT + b"]"), message(6), message(7, None, bad)]
+    got = consumed_batch("in#0", messages, 123)
+    assert got is not None
+    batch, next_offset = got
+    assert (batch.offset_array().tolist(), next_offset) == ([5, 5, 6], 8)
+    assert batch.messages == [EVENT, EVENT, EVENT]
+
+
+def test_an_unreadable_record_at_offset_zero_alone_makes_a_batch() -> None:
+    got = consumed_batch("in#0", [message(0, None, KafkaError(KafkaError._BAD_MSG))], 123)
+    assert got is not None
+    batch, next_offset = got
+    assert (batch.messages, [d.offset for d in batch.unreadable], next_offset) == ([], [0], 1)
+
+
+def test_only_partition_errors_make_no_batch() -> None:
+    transport = KafkaError(KafkaError._TRANSPORT)
+    assert consumed_batch("in#0", [message(-1001, None, transport)], 123) is None
