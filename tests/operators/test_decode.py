@@ -244,6 +244,31 @@ def test_blank_or_control_client_id_is_a_bad_value(
     assert client_id_texts(out.events.client_id) == ["alice", "bob", " c 1 "]
 
 
+@pytest.mark.parametrize("mode", ["scan", "orjson"])
+def test_a_repeated_required_key_counts_its_last_value_on_both_decoders(mode: str) -> None:
+    """As orjson reads JSON: the last of repeated keys wins, for the fields the scanner reads
+    too (client, time, channel, type)."""
+    repeated = (
+        b'{"event_id":"e-1","client_id":"first","ts":1,"channel":"call","type":"x",'
+        b'"client_id":"alice","ts":%d,"channel":"app","type":"product_viewed"}' % T0
+    )
+    out = decoder(decoder=mode).decode(RawBatch("p0", [repeated, GOOD_B]))
+    assert out.dead == []
+    assert client_id_texts(out.events.client_id) == ["alice", "bob"]
+    assert out.events.ts.tolist() == [T0, T0 + 5]
+    assert out.events.channel.tolist()[0] == CHANNELS.index("app")
+    assert out.events.type_code.tolist()[0] == CATALOG.type_codes["product_viewed"]
+
+
+@pytest.mark.parametrize("mode", ["scan", "orjson"])
+def test_a_nineteen_digit_ts_in_64_bits_is_an_absurd_time_not_a_failure(mode: str) -> None:
+    """The widest integer the scanner reads: in range for int64, far past any sane time."""
+    far = event(ts=9_000_000_000_000_000_000)
+    out = decoder(decoder=mode).decode(RawBatch("p0", [GOOD_A, far]))
+    assert [(x.reason, x.offset) for x in out.dead] == [(d.ABSURD_TS, 1)]
+    assert client_id_texts(out.events.client_id) == ["alice"]
+
+
 @pytest.mark.parametrize("chunk", [d.SCAN_CHUNK, 2])
 @pytest.mark.parametrize("mode", ["scan", "orjson"])
 def test_message_that_is_not_bytes_is_a_bad_type(
