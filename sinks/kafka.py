@@ -65,7 +65,8 @@ class TopicProducer:
             self.failures[-1] = f"... and more; last: {error}"
 
     def produce(self, records: list[Record]) -> None:
-        """Queue ``records``; waits for room when the local queue is full."""
+        """Queue ``records``; waits for room when the local queue is full, and raises as soon
+        as a delivery has failed (a full queue is often a broker that is gone)."""
         self._raise_failures()
         produce, topic, callback = self.producer.produce, self.topic, self._on_delivery
         with self.lock:
@@ -76,6 +77,7 @@ class TopicProducer:
                         break
                     except BufferError:
                         self.producer.poll(POLL_WHEN_FULL_S)
+                        self._raise_failures()
             self.producer.poll(0)
 
     def flush(self) -> None:

@@ -48,3 +48,25 @@ def test_undelivered_messages_fail_loudly_when_the_broker_is_gone(tmp_path: Path
     producer.produce([Record(b"k", b"after", [])])
     with pytest.raises(SinkError, match="topic out: .*(not delivered|delivery failed)"):
         producer.flush()
+
+
+def test_a_full_queue_with_the_broker_gone_fails_while_producing(tmp_path: Path) -> None:
+    """The local queue fills when the broker is gone; produce raises once a delivery has
+    failed, rather than queueing the rest of its records first."""
+    server = start_broker(None, tmp_path)
+    try:
+        create_topics(server.address, {"out": 1})
+        settings = KafkaSettings(
+            brokers=server.address,
+            flush_timeout_s=1.0,
+            producer_config={"queue.buffering.max.messages": 5, "linger.ms": 0},
+        )
+        producer = TopicProducer(settings, "out")
+        producer.produce([Record(b"k", b"before", [])])
+        producer.flush()
+    finally:
+        server.stop()
+    records = [Record(b"k", b"after-%d" % i, []) for i in range(200)]
+    with pytest.raises(SinkError, match="topic out: delivery failed"):
+        producer.produce(records)
+    assert producer.delivered == 1
