@@ -42,6 +42,8 @@ TERMINAL_NONE = 0
 TERMINAL_SUCCESS = 1
 TERMINAL_FAILURE = 2
 
+OTHER_TYPE = "other"  # type code 0: every event type the catalog does not name
+RESERVED_TYPE = "'other' is reserved: it stands for the event types the catalog does not name"
 _JOURNEY_KEYS = {"name", "title", "priority", "tiers", "close_after", "abandon", "steps"}
 _STEP_KEYS = {"name", "on", "timeout", "terminal"}
 _FEATURE_KEYS = {
@@ -153,6 +155,9 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
     except FileNotFoundError as exc:
         msg = f"{file}: catalog file not found"
         raise CatalogError(msg) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{file}: cannot read the catalog file: {exc}"
+        raise CatalogError(msg) from exc
     except tomllib.TOMLDecodeError as exc:
         msg = f"{file}: not valid TOML: {exc}"
         raise CatalogError(msg) from exc
@@ -244,6 +249,8 @@ class _Checker:
         value = table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise self.fail(key, "expected a list of non-empty strings")
+        if OTHER_TYPE in value:
+            raise self.fail(key, RESERVED_TYPE)
         return tuple(value)
 
     def duration(
@@ -282,6 +289,8 @@ def _parse_journey(raw: object, index: int, source: str) -> Journey:
         raise check.fail("abandon", "expected a table of event type = grace duration")
     abandon: dict[str, int] = {}
     for signal in raw_abandon:
+        if signal == OTHER_TYPE:
+            raise check.fail("abandon", RESERVED_TYPE)
         abandon[signal] = check.duration(raw_abandon, signal)
     raw_steps = raw.get("steps")
     if not isinstance(raw_steps, list) or len(raw_steps) < 2:
@@ -335,8 +344,8 @@ def _parse_step(raw: object, index: int, source: str, journey_label: str) -> Ste
 
 
 def _type_vocabulary(journeys: list[Journey], *lists: tuple[str, ...]) -> list[str]:
-    names = ["other"]
-    seen = {"other"}
+    names = [OTHER_TYPE]
+    seen = {OTHER_TYPE}
     for journey in journeys:
         for step in journey.steps:
             for t in step.on:

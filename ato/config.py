@@ -6,6 +6,7 @@ the defaults, then a TOML file (:func:`load_settings`), then ``ATO_<SECTION>_<KE
 environment variables, then command-line options.
 """
 
+import math
 import os
 import re
 import tomllib
@@ -439,6 +440,12 @@ class Settings:
     workers: int = _knob(1, "Bytewax worker threads in each process.")
     processes: int = _knob(1, "Processes of a local Bytewax cluster (ato run --processes).")
 
+    def __post_init__(self) -> None:
+        for name in ("workers", "processes"):
+            if getattr(self, name) < 1:
+                msg = f"{name}: must be >= 1, got {getattr(self, name)}"
+                raise ConfigError(msg)
+
     def with_overrides(self, section: str, **values: Any) -> "Settings":
         """Return a copy with ``values`` replaced in ``section`` ("engine", "generator", "")."""
         clean = {k: v for k, v in values.items() if v is not None}
@@ -547,7 +554,10 @@ def _from_env(hint: Any, text: str, where: str) -> Any:
     if hint == tuple[str, ...]:
         return [part.strip() for part in text.split(",") if part.strip()]
     if hint is bool:
-        return text.strip().lower() in ("1", "true", "yes", "on")
+        word = text.strip().lower()
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return word in _TRUE_WORDS
+        return text  # _coerce names the key and the expected type
     if hint is int:
         return _parse(int, text)
     if hint is float:
@@ -556,6 +566,10 @@ def _from_env(hint: Any, text: str, where: str) -> Any:
         msg = f"{where}: tables of properties can only be set in the settings file"
         raise ConfigError(msg)
     return text
+
+
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
 def _parse(kind: type, text: str) -> Any:
@@ -574,12 +588,17 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     elif hint == dict[str, str]:
         ok = isinstance(value, dict)
         value = {str(k): str(v) for k, v in value.items()} if ok else value
+    elif hint == Path | None and value == "":
+        ok, value = True, None  # unset: the default
     elif hint in (Path, Path | None):
-        ok = isinstance(value, str)
+        ok = isinstance(value, str) and value != ""
         value = Path(value) if ok else value
     elif hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            msg = f"{where}: expected a finite number, got {value!r}"
+            raise ConfigError(msg)
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is str:

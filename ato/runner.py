@@ -103,6 +103,19 @@ def read_decisions(path: Path) -> dict[str, str]:
     return final
 
 
+def start_outputs(out: Path, empty: bool) -> None:
+    """Create the output directory; with ``empty`` (a fresh run, not a resume) start every
+    output file empty, so none keeps an earlier run's lines when this run writes none."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if empty:
+            for name in (INTERVENTIONS_FILE, DEAD_LETTERS_FILE, LATE_FILE, DECISIONS_FILE):
+                (out / name).write_bytes(b"")
+    except OSError as exc:
+        msg = f"out_dir {out}: cannot write the run's outputs there: {exc}"
+        raise ConfigError(msg) from exc
+
+
 def prepare_recovery_dir(path: Path) -> None:
     """Create and initialise a Bytewax recovery directory unless it exists."""
     if not path.exists():
@@ -180,6 +193,10 @@ def run(
         out = f"kafka topics {kafka.interventions_topic}, {kafka.dead_letter_topic}"
     else:
         if inputs:
+            missing = [str(p) for p in inputs if not Path(p).is_file()]
+            if missing:
+                msg = f"input file not found (or not a file): {', '.join(missing)}"
+                raise ConfigError(msg)
             source = JsonLinesSource(inputs, engine.batch_size)
         else:
             if traffic is None:
@@ -189,7 +206,8 @@ def run(
                 traffic, engine.batch_size, settings.generator.rate, live, duration_s
             )
         out = settings.out_dir
-        out.mkdir(parents=True, exist_ok=True)
+        fresh = recovery_dir is None or not recovery_dir.exists()
+        start_outputs(out, empty=fresh and (not cluster or cluster[1] == 0))
         sinks = FlowSinks(
             interventions=JsonLinesSink(out / INTERVENTIONS_FILE),
             dead_letters=JsonLinesSink(out / DEAD_LETTERS_FILE),

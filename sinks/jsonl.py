@@ -20,6 +20,14 @@ class _JsonLinesPartition(StatefulSinkPartition[bytes, int]):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.file = open(path, "ab")  # noqa: SIM115 - closed by close()
+        size = self.file.seek(0, os.SEEK_END)
+        if resume_size is not None and resume_size > size:
+            self.file.close()
+            msg = (
+                f"cannot resume {path}: the snapshot covers {resume_size} bytes but the file"
+                f" holds {size} (was it removed, cut, or is --out another directory?)"
+            )
+            raise SinkError(msg)
         self.file.truncate(resume_size or 0)
         self.file.seek(0, os.SEEK_END)
 
@@ -32,6 +40,7 @@ class _JsonLinesPartition(StatefulSinkPartition[bytes, int]):
 
     def snapshot(self) -> int:
         self.file.flush()
+        os.fsync(self.file.fileno())  # what the snapshot covers survives a host crash
         return self.file.tell()
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import orjson
+import pytest
 
 from ato.cli import main
 
@@ -58,3 +59,42 @@ def test_live_clock_run_stops_after_its_duration(tmp_path: Path, capsys) -> None
     assert summary["events"] > 0
     assert summary["seconds"] < 20
     assert "precision" not in summary  # the ground truth assumes the whole traffic
+
+
+def test_a_new_run_starts_every_output_empty(tmp_path: Path, capsys) -> None:
+    """Outputs left by an earlier run in the same --out never count in a new run, even when
+    the new run writes none of its own."""
+    for name in ("interventions", "dead_letters", "late_events", "decisions"):
+        (tmp_path / f"{name}.jsonl").write_bytes(b'{"stale": true}\n')
+    event = {
+        "event_id": "e1", "client_id": "C1", "ts": 1_767_600_000_000, "channel": "app",
+        "type": "page_view",
+    }  # fmt: skip
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(orjson.dumps(event) + b"\n")
+    assert main(["run", "--input", str(events), "--out", str(tmp_path)]) == 0
+    summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["interventions"] == 0
+    for name in ("interventions", "dead_letters", "late_events", "decisions"):
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "workers: must be >= 1, got 0"),
+        (["--processes", "-1"], "processes: must be >= 1, got -1"),
+        (["--input", "nope.jsonl"], "input file not found (or not a file): nope.jsonl"),
+        (["--out", "a-file"], "out_dir a-file: cannot write the run's outputs there"),
+    ],
+)
+def test_bad_run_options_are_clear_errors_before_the_flow_starts(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    argv = ["run", "--clients", "50", *args]
+    if "--out" not in args:
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -100,6 +100,9 @@ def bad_steps(
         (journey(extra='abandon = { demo_start = "1m" }'), "journey 'demo'", "abandon"),
         ("[features]\nerror_types = 'error'\n" + journey(), "features", "error_types"),
         ("[features]\nfavourite = 1\n" + journey(), "features", "favourite"),
+        (bad_steps(done_on="other"), "journey 'demo' step 'done'", "on"),
+        (journey(extra='abandon = { other = "1m" }'), "journey 'demo'", "abandon"),
+        ("[features]\nerror_types = ['other']\n" + journey(), "features", "error_types"),
     ],
     ids=[
         "unknown-journey-field",
@@ -118,6 +121,9 @@ def bad_steps(
         "abandon-is-step-event",
         "features-not-a-list",
         "unknown-feature",
+        "reserved-type-on-a-step",
+        "reserved-type-abandons",
+        "reserved-type-is-an-error",
     ],
 )
 def test_validation_error_names_file_journey_and_field(
@@ -144,6 +150,15 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="not found") as info:
         load_catalog(path)
     assert str(path) in str(info.value)
+
+
+def test_a_directory_or_undecodable_file_is_named(tmp_path: Path) -> None:
+    undecodable = tmp_path / "latin1.toml"
+    undecodable.write_bytes(b"# caf\xe9\n")
+    for path in (tmp_path, undecodable):
+        with pytest.raises(CatalogError, match="cannot read the catalog file") as info:
+            load_catalog(path)
+        assert str(info.value).startswith(str(path))
 
 
 def test_invalid_toml_is_named(tmp_path: Path) -> None:

@@ -77,3 +77,27 @@ def test_password_is_never_in_the_repr() -> None:
 
 def test_start_accepts_a_timestamp() -> None:
     assert load_settings(None, {"ATO_KAFKA_START": "1767600000000"}).kafka.start == "1767600000000"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ATO_WORKERS": "0"}, r"workers: must be >= 1, got 0"),
+        ({"ATO_PROCESSES": "-2"}, r"processes: must be >= 1, got -2"),
+        ({"ATO_ENGINE_EPOCH_INTERVAL_S": "nan"}, r"ATO_ENGINE_EPOCH_INTERVAL_S: expected a finite"),
+        ({"ATO_KAFKA_FLUSH_TIMEOUT_S": "inf"}, r"ATO_KAFKA_FLUSH_TIMEOUT_S: expected a finite"),
+        ({"ATO_CLICKHOUSE_ENABLED": "ture"}, r"ATO_CLICKHOUSE_ENABLED: expected bool, got 'ture'"),
+        ({"ATO_OUT_DIR": ""}, r"ATO_OUT_DIR: expected Path, got ''"),
+    ],
+)
+def test_values_that_would_fail_deep_in_a_run_are_rejected_by_name(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, env)
+
+
+def test_yes_no_words_and_an_empty_catalog_variable() -> None:
+    on = load_settings(None, {"ATO_ENGINE_DECODE_AHEAD": "Off", "ATO_CATALOG": ""})
+    assert on.engine.decode_ahead is False and on.catalog is None
+    assert load_settings(None, {"ATO_ENGINE_DECODE_AHEAD": "yes"}).engine.decode_ahead is True
