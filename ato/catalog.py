@@ -5,6 +5,7 @@ raises :class:`~ato.exceptions.CatalogError` naming the file, the journey and th
 ``Catalog.tables`` holds the numpy lookup tables the decode step and the numba kernels use.
 """
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -127,6 +128,13 @@ class Catalog:
     def journey(self, name: str) -> Journey:
         """Return the journey called ``name``."""
         return self.journeys[self.journey_codes[name]]
+
+    def codes_fingerprint(self) -> str:
+        """A digest of the names that journey, step and event-type codes number, in order:
+        state saved under one catalog reads the same under another only if they agree."""
+        names = [[j.name, [s.name for s in j.steps]] for j in self.journeys]
+        text = repr((names, self.type_names, sorted(self.step_name_codes.items())))
+        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
 
     def step_names(self) -> list[list[str]]:
         """Step name by [journey code, step code], each journey's row padded to the longest

@@ -448,6 +448,36 @@ def main(argv: list[str] | None = None) -> int:
     except AtoError as exc:
         print(f"ato: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # Bytewax wraps what a step raised in its own error
+        cause = _cause(exc, (AtoError, KeyboardInterrupt))
+        if isinstance(cause, AtoError):
+            print(f"ato: error: {cause}", file=sys.stderr)
+            return 2
+        if isinstance(cause, KeyboardInterrupt):
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+        raise
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+INTERRUPTED = (
+    "ato: interrupted; the output files hold whole lines (with --recovery-dir, the same"
+    " command resumes from the last snapshot)"
+)
+
+
+def _cause(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in the chain of causes of ``exc``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from bytewax.operators import StatefulBatchLogic
 from ato.catalog import Catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
+from ato.exceptions import ConfigError
 from operators.batches import InterventionBatch, ShardInput, ShardOutput
 from operators.decode import wall_ms
 from operators.funnel import MINUTE_MS, FunnelRows, event_rows, outcome_rows
@@ -57,6 +58,29 @@ class ShardContext:
     snapshots: bool = True
 
 
+def check_resume(resume: dict[str, Any], ctx: ShardContext) -> None:
+    """Refuse a snapshot taken with another shard count or catalog: clients would land in
+    shards without their state, or codes would name other journeys. (Snapshots older than
+    this check carry neither, and are taken as they are.)"""
+    where = f"recovery snapshot of shard {resume.get('shard', '?')}"
+    shards = resume.get("shards")
+    if shards is not None and shards != ctx.settings.shards:
+        msg = (
+            f"{where} was taken with engine.shards = {shards}, this run has"
+            f" {ctx.settings.shards}: resume with the same shards, or use a new recovery"
+            " directory"
+        )
+        raise ConfigError(msg)
+    fingerprint = resume.get("catalog")
+    if fingerprint is not None and fingerprint != ctx.catalog.codes_fingerprint():
+        msg = (
+            f"{where} was taken with another journey catalog (its journeys, steps or event"
+            f" types differ from {ctx.catalog.source}): resume with that catalog, or use a new"
+            " recovery directory"
+        )
+        raise ConfigError(msg)
+
+
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | None]):
     """Journey state of one shard inside a Bytewax ``stateful_batch`` step."""
 
@@ -82,6 +106,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         if resume is None:
             self.store = NumbaShardStore(ctx.catalog)
         else:
+            check_resume(resume, ctx)
             self.store = NumbaShardStore.restore(ctx.catalog, resume["store"])
             self.tracker.restore(resume["watermark"], now)
             # replace() runs __post_init__, which unpickling skips: pending events of an older
@@ -138,6 +163,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             return None
         return {
             "shard": self.shard,
+            "shards": self.ctx.settings.shards,
+            "catalog": self.ctx.catalog.codes_fingerprint(),
             "store": self.store.snapshot(),
             "watermark": self.tracker.snapshot(),
             "pending": self.pending.all(),

@@ -98,3 +98,16 @@ def test_bad_run_options_are_clear_errors_before_the_flow_starts(
         argv += ["--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_resuming_with_another_shard_count_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    """Clients hash into shards by the shard count: state saved under 8 shards would sit in
+    shards the resumed run's clients no longer reach."""
+    base = ["run", "--clients", "100", "--span-s", "3600", "--out", str(tmp_path / "out")]
+    recovery = ["--recovery-dir", str(tmp_path / "recovery")]
+    assert main([*base, *recovery, "--shards", "8"]) == 0
+    capsys.readouterr()
+    assert main([*base, *recovery, "--shards", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "was taken with engine.shards = 8, this run has 4" in err
+    assert "Traceback" not in err

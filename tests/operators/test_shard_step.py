@@ -18,6 +18,7 @@ import pytest
 from ato.catalog import load_catalog
 from ato.columns import EventColumns, client_id_texts
 from ato.config import EngineSettings
+from ato.exceptions import ConfigError
 from operators.batches import RawBatch, ShardInput, ShardOutput
 from operators.decode import Decoder
 from operators.interventions import SCHEMA, intervention_id
@@ -609,3 +610,20 @@ def test_with_metrics_a_quiet_shard_reports_each_minute_its_watermark_passes() -
     assert last.final
     quiet = ShardLogic(ShardContext(CATALOG, EngineSettings(), ["p0"], Clock()), None)
     assert run(quiet, [tick(start + 10), tick(start + minute + 5)]) == []  # no metrics: silent
+
+
+def test_a_snapshot_of_another_catalog_or_shard_count_is_refused() -> None:
+    """Codes are positions in the catalog's vocabularies: state saved under one catalog would
+    name other journeys under another."""
+    ctx = ShardContext(CATALOG, EngineSettings(), ["p0"], Clock())
+    snap = ShardLogic(ctx, None).snapshot()
+    assert snap is not None
+    ShardLogic(ctx, pickle.loads(pickle.dumps(snap)))  # same catalog and shards: resumes
+    other = load_catalog(CATALOG.source)
+    assert other.codes_fingerprint() == CATALOG.codes_fingerprint()
+    with pytest.raises(ConfigError, match="another journey catalog"):
+        ShardLogic(ctx, {**snap, "catalog": "0" * 16})
+    with pytest.raises(ConfigError, match="engine.shards = 4, this run has 16"):
+        ShardLogic(ctx, {**snap, "shards": 4})
+    older = {k: v for k, v in snap.items() if k not in ("catalog", "shards")}
+    ShardLogic(ctx, older)  # snapshots from before the check carry neither
