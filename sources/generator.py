@@ -40,10 +40,16 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         self.started = time.monotonic()
         self.start_position = position
         self.awake: datetime | None = None
+        self.ended = False  # the end was reported (see next_batch)
 
     def next_batch(self) -> list[RawBatch]:
         if self.position >= len(self.lines):
-            raise StopIteration
+            if self.ended:
+                raise StopIteration
+            # once, at the end (an empty partition too): caught up, so the watermark stops
+            # waiting for this partition once it has been idle, instead of until all input ends
+            self.ended = True
+            return [RawBatch(self.name, [], self.position, wall_ms(), caught_up=True)]
         if self.stop_at is not None and time.monotonic() >= self.stop_at:
             self.cut.add(self.name)  # --duration ran out before the traffic did
             raise StopIteration

@@ -17,6 +17,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         self.file = open(path, "rb")  # noqa: SIM115 - closed by close()
         self.offset = resume_offset or 0
         self.file.seek(self.offset)
+        self.ended = False  # the end was reported (see next_batch)
 
     def next_batch(self) -> list[RawBatch]:
         lines: list[bytes] = []
@@ -30,7 +31,12 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
             if len(lines) >= self.batch_size:
                 break
         if not lines:
-            raise StopIteration
+            if self.ended:
+                raise StopIteration
+            # once, at the end (an empty file too): caught up, so the watermark stops waiting
+            # for this partition once it has been idle, instead of until every input ends
+            self.ended = True
+            return [RawBatch(self.path.name, [], self.offset, wall_ms(), caught_up=True)]
         self.offset = position
         keep = [i for i, body in enumerate(lines) if body.strip()]  # blank lines are no events
         if len(keep) != len(lines):
