@@ -16,6 +16,7 @@ Keys are packed into one int64 (minute, journey+1, step+1, channel, segment+1) s
 is summed by one numba kernel (:func:`sum_by_key`). Rows come out in no particular order.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,8 +289,14 @@ class FunnelUpdate:
 class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
     """Sums every shard's funnel counts; emits the minutes every shard's watermark passed."""
 
-    def __init__(self, shards: list[str], resume: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        shards: list[str],
+        resume: dict[str, Any] | None,
+        paused_at_end: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.shards = list(shards)
+        self.paused_at_end = paused_at_end
         self.windows = FunnelWindows()
         self.watermarks: dict[str, int] = {}
         if resume is not None:
@@ -309,7 +316,11 @@ class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
         return ([rows] if len(rows) else []), self.RETAIN
 
     def on_eof(self) -> tuple[list[FunnelRows], bool]:
-        """Input ended: every open minute is final."""
+        """Input ended: every open minute is final; but when the input was only cut in a run
+        that can resume (see ``ShardContext.paused_at_end``), the open minutes stay in the
+        snapshot, since a second row of the same minute would replace, not add to, the first."""
+        if self.paused_at_end():
+            return [], self.RETAIN
         rows = self.windows.close(0, final=True)
         return ([rows] if len(rows) else []), self.DISCARD
 

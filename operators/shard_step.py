@@ -56,6 +56,9 @@ class ShardContext:
     # Bytewax asks for a snapshot at every epoch end even without recovery; copying the whole
     # store each time (2 GB at 10 M instances) stalls the flow, so without recovery: none
     snapshots: bool = True
+    # at the end of input: True when the input was cut before its end in a run that can
+    # resume (--duration-s with a recovery directory): a pause, so nothing is flushed
+    paused_at_end: Callable[[], bool] = lambda: False
 
 
 def check_resume(resume: dict[str, Any], ctx: ShardContext) -> None:
@@ -149,8 +152,18 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         return self._advance(after, [], final=False), self.RETAIN
 
     def on_eof(self) -> tuple[list[ShardOutput], bool]:
-        """Input ended: apply everything pending and expire up to the last event time."""
-        return self._advance(self.tracker.final(), [], final=True), self.RETAIN
+        """Input ended: apply everything pending and expire up to the last event time. When
+        the input was only cut in a run that can resume (:attr:`ShardContext.paused_at_end`),
+        that would settle deadlines against events not read yet and make them late once
+        resumed: the shard only advances as usual (and writes its live state), and its
+        snapshot resumes as if the run had never stopped."""
+        if not self.ctx.paused_at_end():
+            return self._advance(self.tracker.final(), [], final=True), self.RETAIN
+        now = self.ctx.now_ms()
+        outputs = self._advance(self.tracker.advance(now), [], final=False)
+        if self.live is not None:
+            self.live.maybe_write(self.store, now, force=True)
+        return outputs, self.RETAIN
 
     def notify_at(self) -> datetime | None:
         """Next wall-clock tick."""

@@ -252,6 +252,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         stop_at: float | None,
     ) -> None:
         self.name = name
+        self.cut: set[str] = set()  # shared with the source's (KafkaSource.build_part)
         self.batch_size = batch_size
         self.poll_interval = timedelta(milliseconds=settings.poll_interval_ms)
         self.end_wait_s = settings.end_wait_ms / 1000
@@ -294,6 +295,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         now = time.monotonic()
         waited, self.last_call = now - self.last_call, now
         if self.stop_at is not None and now >= self.stop_at:
+            self.cut.add(self.name)  # the duration ran out: a pause, not the end of the topic
             raise StopIteration
         batches: list[RawBatch] = []
         for _ in range(self.catch_up if waited >= 1.0 else 1):
@@ -384,6 +386,7 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
         self.batch_size = batch_size
         self.duration_s = duration_s
         self.stop_at: float | None = None  # set when the first partition is built
+        self.cut: set[str] = set()  # partitions the duration stopped (see flows.journeys)
         self._parts: list[str] | None = None
 
     def input_partitions(self) -> list[str]:
@@ -404,4 +407,6 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
         """
         if self.stop_at is None and self.duration_s is not None:
             self.stop_at = time.monotonic() + self.duration_s
-        return _KafkaPartition(self.settings, for_part, self.batch_size, resume_state, self.stop_at)
+        part = _KafkaPartition(self.settings, for_part, self.batch_size, resume_state, self.stop_at)
+        part.cut = self.cut
+        return part

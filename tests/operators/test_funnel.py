@@ -197,6 +197,19 @@ def test_a_minute_closes_when_every_shard_has_passed_it_summed_over_shards() -> 
     assert out == []
 
 
+def test_a_paused_end_of_input_keeps_open_minutes_for_the_resumed_run() -> None:
+    """A run cut short with recovery keeps its open minutes in the snapshot: closing them
+    now would write a partial row that the resumed run's row of the same minute replaces."""
+    logic = FunnelLogic(["a"], None, paused_at_end=lambda: True)
+    logic.on_batch([FunnelUpdate("a", T0 + 30_000, _rows((0, 3)))])
+    out, keep = logic.on_eof()
+    assert out == [] and keep == FunnelLogic.RETAIN
+    resumed = FunnelLogic(["a"], pickle.loads(pickle.dumps(logic.snapshot())))
+    resumed.on_batch([FunnelUpdate("a", T0 + 40_000, _rows((0, 2)))])
+    out, _ = resumed.on_eof()
+    assert _events(out) == {0: 5}
+
+
 def test_counts_arriving_with_a_watermark_count_before_it_closes() -> None:
     """Within one batch, counts are added before any watermark moves."""
     logic = FunnelLogic(["a", "b"], None)
