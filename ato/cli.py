@@ -41,6 +41,17 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         rate=args.rate,
     )
+    generated = {
+        "--clients": args.clients, "--span-s": args.span_s, "--seed": args.seed,
+        "--rate": args.rate,
+    }  # fmt: skip
+    given = [name for name, value in generated.items() if value is not None]
+    if given and (settings.kafka.enabled or args.input):
+        msg = f"{', '.join(given)}: only for generated traffic, not --input files or Kafka"
+        raise ConfigError(msg)
+    if args.input and args.duration_s is not None:
+        msg = "--duration-s: only for generated traffic and Kafka, not --input files"
+        raise ConfigError(msg)
     if settings.kafka.enabled:
         feed = f"kafka {settings.kafka.brokers} topics {', '.join(settings.kafka.input_topics)}"
     elif args.input:

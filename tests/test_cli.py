@@ -85,6 +85,8 @@ def test_a_new_run_starts_every_output_empty(tmp_path: Path, capsys) -> None:
         (["--workers", "0"], "workers: must be >= 1, got 0"),
         (["--processes", "-1"], "processes: must be >= 1, got -1"),
         (["--input", "nope.jsonl"], "input file not found (or not a file): nope.jsonl"),
+        (["--input", "a-file", "--seed", "4"], "--seed: only for generated traffic, not --input"),
+        (["--input", "a-file", "--duration-s", "3"], "--duration-s: only for generated traffic"),
         (["--out", "a-file"], "out_dir a-file: cannot write the run's outputs there"),
     ],
 )
@@ -93,7 +95,7 @@ def test_bad_run_options_are_clear_errors_before_the_flow_starts(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("x")
-    argv = ["run", "--clients", "50", *args]
+    argv = ["run", *args] if "--input" in args else ["run", "--clients", "50", *args]
     if "--out" not in args:
         argv += ["--out", str(tmp_path / "out")]
     assert main(argv) == 2
