@@ -518,6 +518,9 @@ def load_settings(
         where = f"environment variable {var}"
         value = _coerce(hint, _from_env(hint, text, where), where)
         (sections[section] if section else top)[key] = value
+    applied = sorted(v for v in environ if v.startswith("ATO_"))
+    if path is not None and applied:  # the bad value may come from either
+        origin = f"{origin} with {', '.join(applied)}"
     try:
         built = {name: _SECTIONS[name](**values) for name, values in sections.items()}
         return Settings(**built, **top)

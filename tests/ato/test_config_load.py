@@ -101,3 +101,10 @@ def test_yes_no_words_and_an_empty_catalog_variable() -> None:
     on = load_settings(None, {"ATO_ENGINE_DECODE_AHEAD": "Off", "ATO_CATALOG": ""})
     assert on.engine.decode_ahead is False and on.catalog is None
     assert load_settings(None, {"ATO_ENGINE_DECODE_AHEAD": "yes"}).engine.decode_ahead is True
+
+
+def test_a_bad_value_names_the_variables_beside_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[engine]\nshards = 4\n")
+    with pytest.raises(ConfigError, match=r"s.toml with ATO_ENGINE_SHARDS: engine.shards: must"):
+        load_settings(path, {"ATO_ENGINE_SHARDS": "0"})
