@@ -25,6 +25,15 @@ def _rotl(x: np.uint32, n: int) -> np.uint32:
     return uint32((x << uint32(n)) | (x >> uint32(32 - n)))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _round(
+    a: np.uint32, b: np.uint32, c: np.uint32, d: np.uint32, e: np.uint32, f: int, k: int, wt: int
+) -> tuple[np.uint32, np.uint32, np.uint32, np.uint32, np.uint32]:
+    """One SHA-1 round: ``f`` is the round function of ``b``, ``c``, ``d``; ``k`` its
+    constant; ``wt`` the schedule word (sums modulo 2**32 by the ``uint32`` casts)."""
+    return uint32(_rotl(a, 5) + f + e + uint32(k) + wt), a, _rotl(b, 30), c, d
+
+
 @njit(cache=True, nogil=True)
 def _compress(h: np.ndarray, msg: np.ndarray, base: int, w: np.ndarray) -> None:
     """One SHA-1 block: the 64 bytes at ``msg[base:]`` into state ``h`` (uint32[5]);
@@ -42,41 +51,13 @@ def _compress(h: np.ndarray, msg: np.ndarray, base: int, w: np.ndarray) -> None:
         w[t] = _rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
     a, b, c, d, e = h[0], h[1], h[2], h[3], h[4]
     for t in range(20):
-        f = (b & c) | (~b & d)
-        a, b, c, d, e = (
-            uint32(_rotl(a, 5) + f + e + uint32(0x5A827999) + w[t]),
-            a,
-            _rotl(b, 30),
-            c,
-            d,
-        )
+        a, b, c, d, e = _round(a, b, c, d, e, (b & c) | (~b & d), 0x5A827999, w[t])
     for t in range(20, 40):
-        f = b ^ c ^ d
-        a, b, c, d, e = (
-            uint32(_rotl(a, 5) + f + e + uint32(0x6ED9EBA1) + w[t]),
-            a,
-            _rotl(b, 30),
-            c,
-            d,
-        )
+        a, b, c, d, e = _round(a, b, c, d, e, b ^ c ^ d, 0x6ED9EBA1, w[t])
     for t in range(40, 60):
-        f = (b & c) | (b & d) | (c & d)
-        a, b, c, d, e = (
-            uint32(_rotl(a, 5) + f + e + uint32(0x8F1BBCDC) + w[t]),
-            a,
-            _rotl(b, 30),
-            c,
-            d,
-        )
+        a, b, c, d, e = _round(a, b, c, d, e, (b & c) | (b & d) | (c & d), 0x8F1BBCDC, w[t])
     for t in range(60, 80):
-        f = b ^ c ^ d
-        a, b, c, d, e = (
-            uint32(_rotl(a, 5) + f + e + uint32(0xCA62C1D6) + w[t]),
-            a,
-            _rotl(b, 30),
-            c,
-            d,
-        )
+        a, b, c, d, e = _round(a, b, c, d, e, b ^ c ^ d, 0xCA62C1D6, w[t])
     h[0] = uint32(h[0] + a)
     h[1] = uint32(h[1] + b)
     h[2] = uint32(h[2] + c)

@@ -65,7 +65,7 @@ HELPERS = {
         "_bucket",
         "_code_of",
     ),
-    uuid5: ("_rotl", "_compress", "_sha1", "_put_text", "_put_int"),
+    uuid5: ("_rotl", "_round", "_compress", "_sha1", "_put_text", "_put_int"),
     render: ("_write_uint", "_magnitude", "_write_int", "_write_fixed4"),
     hashing: ("table_bits", "fibonacci_slot"),
 }
