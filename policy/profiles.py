@@ -159,14 +159,10 @@ def unreadable_values(stored_flag: bytes | None) -> ProfileValues:
     """The values for a stored profile that does not parse: the defaults, with contact
     barred unless ``stored_flag`` (its ``do_not_contact`` field) reads as false or is absent
     (None). A key of another type passes ``b"1"``: nothing in it can be read."""
-    barred = True
-    if stored_flag is None:
-        barred = False
-    else:
-        try:
-            barred = parse_bool(stored_flag.decode(), "do_not_contact")
-        except (ProfileError, UnicodeDecodeError):
-            pass
+    try:
+        barred = stored_flag is not None and parse_bool(stored_flag.decode(), "do_not_contact")
+    except (ProfileError, UnicodeDecodeError):
+        barred = True
     return (*DEFAULT_VALUES[:5], barred, False)
 
 
@@ -366,7 +362,7 @@ class ProfileStore:
             try:
                 text = rm.decode()
             except UnicodeDecodeError:
-                values = (*DEFAULT_VALUES[:5], values[5], False)
+                values = unreadable_values(got[_DNC])  # the rest parsed: so does the flag
                 status, problem = "invalid", "field 'rm_id': not UTF-8"
             else:
                 values = (values[0], values[1], text.strip(), *values[3:])
