@@ -250,9 +250,10 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         batch_size: int,
         resume: int | None,
         stop_at: float | None,
+        cut: set[str],
     ) -> None:
         self.name = name
-        self.cut: set[str] = set()  # shared with the source's (KafkaSource.build_part)
+        self.cut = cut  # the source's: partitions the duration stopped
         self.batch_size = batch_size
         self.poll_interval = timedelta(milliseconds=settings.poll_interval_ms)
         self.end_wait_s = settings.end_wait_ms / 1000
@@ -407,6 +408,6 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
         """
         if self.stop_at is None and self.duration_s is not None:
             self.stop_at = time.monotonic() + self.duration_s
-        part = _KafkaPartition(self.settings, for_part, self.batch_size, resume_state, self.stop_at)
-        part.cut = self.cut
-        return part
+        return _KafkaPartition(
+            self.settings, for_part, self.batch_size, resume_state, self.stop_at, self.cut
+        )
