@@ -159,10 +159,10 @@ class Decoder:
             subset = [messages[i] for i in chunk.tolist()]
             parts.append(self._decode_chunk(subset, offsets[chunk], batch.partition, dead))
         events = EventColumns.concat(parts)
-        if len(others) and len(rows):  # put the two kinds back in input order
+        mixed = len(others) and len(rows)
+        if mixed:  # put the two kinds back in input order
             events = events.take(np.argsort(events.offset, kind="stable"))
-            dead.sort(key=lambda d: d.offset)
-        elif batch.unreadable:
+        if mixed or batch.unreadable:  # the source's dead letters too
             dead.sort(key=lambda d: d.offset)
         max_ts = int(events.ts.max()) if len(events) else None
         n_in = n + len(batch.unreadable)
