@@ -8,6 +8,7 @@ raises :class:`~ato.exceptions.CatalogError` naming the file, the journey and th
 import hashlib
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ class Catalog:
         """Return the journey called ``name``."""
         return self.journeys[self.journey_codes[name]]
 
+    @cached_property
     def codes_fingerprint(self) -> str:
         """A digest of the names that journey, step and event-type codes number, in order:
         state saved under one catalog reads the same under another only if they agree."""

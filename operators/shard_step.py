@@ -75,7 +75,7 @@ def check_resume(resume: dict[str, Any], ctx: ShardContext) -> None:
         )
         raise ConfigError(msg)
     fingerprint = resume.get("catalog")
-    if fingerprint is not None and fingerprint != ctx.catalog.codes_fingerprint():
+    if fingerprint is not None and fingerprint != ctx.catalog.codes_fingerprint:
         msg = (
             f"{where} was taken with another journey catalog (its journeys, steps or event"
             f" types differ from {ctx.catalog.source}): resume with that catalog, or use a new"
@@ -177,7 +177,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         return {
             "shard": self.shard,
             "shards": self.ctx.settings.shards,
-            "catalog": self.ctx.catalog.codes_fingerprint(),
+            "catalog": self.ctx.catalog.codes_fingerprint,
             "store": self.store.snapshot(),
             "watermark": self.tracker.snapshot(),
             "pending": self.pending.all(),

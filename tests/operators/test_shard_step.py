@@ -620,7 +620,7 @@ def test_a_snapshot_of_another_catalog_or_shard_count_is_refused() -> None:
     assert snap is not None
     ShardLogic(ctx, pickle.loads(pickle.dumps(snap)))  # same catalog and shards: resumes
     other = load_catalog(CATALOG.source)
-    assert other.codes_fingerprint() == CATALOG.codes_fingerprint()
+    assert other.codes_fingerprint == CATALOG.codes_fingerprint
     with pytest.raises(ConfigError, match="another journey catalog"):
         ShardLogic(ctx, {**snap, "catalog": "0" * 16})
     with pytest.raises(ConfigError, match="engine.shards = 4, this run has 16"):
