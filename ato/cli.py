@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_cluster(processes: int, args: argparse.Namespace) -> int:
     """Start ``processes`` copies of this command as one Bytewax cluster on this machine."""
     from ato.devservers import free_port  # noqa: PLC0415
-    from ato.runner import prepare_recovery_dir  # noqa: PLC0415
+    from ato.recovery_dir import prepare_recovery_dir  # noqa: PLC0415
 
     if args.recovery_dir is not None:
         prepare_recovery_dir(args.recovery_dir)  # once, before the processes race for it

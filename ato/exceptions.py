@@ -11,3 +11,7 @@ class CatalogError(AtoError):
 
 class ConfigError(AtoError):
     """A setting is invalid; the message names the key."""
+
+
+class RecoveryError(AtoError):
+    """A recovery directory cannot be read or prepared; the message names the file."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.recovery import RecoveryConfig
 from bytewax.testing import cluster_main, run_main
 
 from ato.catalog import Catalog, load_catalog
@@ -16,6 +16,7 @@ from ato.config import KafkaSettings, Settings, clickhouse_url
 from ato.exceptions import ConfigError
 from ato.generator import GeneratedTraffic, generate
 from ato.process import tune_gc
+from ato.recovery_dir import drop_unfinished_snapshots, prepare_recovery_dir
 from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
 from operators.interventions import intervention_id
@@ -114,13 +115,6 @@ def start_outputs(out: Path, empty: bool) -> None:
     except OSError as exc:
         msg = f"out_dir {out}: cannot write the run's outputs there: {exc}"
         raise ConfigError(msg) from exc
-
-
-def prepare_recovery_dir(path: Path) -> None:
-    """Create and initialise a Bytewax recovery directory unless it exists."""
-    if not path.exists():
-        path.mkdir(parents=True)
-        init_db_dir(path, 1)
 
 
 def kafka_sinks(
@@ -224,6 +218,13 @@ def run(
     recovery = None
     if recovery_dir is not None:
         prepare_recovery_dir(recovery_dir)
+        if not cluster or cluster[1] == 0:
+            # before Bytewax starts: the other processes of a cluster wait for this one
+            # to join before any of them writes a snapshot
+            dropped = drop_unfinished_snapshots(recovery_dir)
+            if dropped and progress is not None:
+                note = f"dropped {dropped} snapshots of epochs the last run did not finish"
+                print(f"ato run: {recovery_dir}: {note}", file=progress)
         recovery = RecoveryConfig(str(recovery_dir))
     epoch = timedelta(seconds=engine.epoch_interval_s)
     started = time.perf_counter()

@@ -1,0 +1,84 @@
+"""Bytewax recovery directories: create them, and clear what an aborted run left before a resume.
+
+Bytewax 0.21 resumes from the *resume epoch* R: the last epoch every worker of the latest
+execution finished. For each (step, key) it loads the newest snapshot from before R. Snapshots
+that an aborted execution wrote at R or later stay in the database. The resumed execution
+overwrites only those of keys it wakes in the same epochs (Bytewax snapshots a key only in an
+epoch in which it was woken). A key it leaves alone in epoch E keeps the aborted execution's
+snapshot at E. Once the resumed execution finishes E, the *next* resume loads that snapshot:
+state from a timeline that was rolled back, next to the other steps' state from the replayed
+one. The SIGKILL recovery test caught it: the funnel step restored shard watermarks an hour
+ahead of the shards' own, and closed the same minutes twice.
+
+:func:`drop_unfinished_snapshots` deletes every snapshot at or after R before a resume. This
+resume can load none of them, and the resumed execution writes again every one it needs.
+"""
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from bytewax.recovery import init_db_dir
+
+from ato.exceptions import RecoveryError
+
+
+def prepare_recovery_dir(path: Path) -> None:
+    """Create and initialise a Bytewax recovery directory unless it exists."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        init_db_dir(path, 1)
+
+
+def part_files(path: Path) -> list[Path]:
+    """The recovery partition files Bytewax opens in ``path`` (every ``*.sqlite3``)."""
+    return sorted(p for p in path.iterdir() if p.suffix == ".sqlite3")
+
+
+def resume_epoch(path: Path) -> int | None:
+    """The epoch Bytewax will resume from, as its ``resume_from`` computes it over all
+    partition files; None before the first execution."""
+    executions: dict[int, tuple[int, int]] = {}  # ex_num: (worker_count, resume_epoch)
+    fronts: dict[tuple[int, int], int] = {}  # (ex_num, worker): greatest frontier
+    for part in part_files(path):
+        with _open(part) as db:
+            for ex_num, workers, epoch in db.execute(
+                "SELECT ex_num, worker_count, resume_epoch FROM exs"
+            ):
+                executions[ex_num] = (workers, epoch)
+            for ex_num, worker, frontier in db.execute(
+                "SELECT ex_num, worker_index, worker_frontier FROM fronts"
+            ):
+                fronts[ex_num, worker] = max(frontier, fronts.get((ex_num, worker), frontier))
+    if not executions:
+        return None
+    last = max(executions)
+    workers, started_at = executions[last]
+    return min(max(started_at, fronts.get((last, w), started_at)) for w in range(workers))
+
+
+def drop_unfinished_snapshots(path: Path) -> int:
+    """Delete the snapshots of epochs no worker finished (at or after the resume epoch) from
+    every partition file of ``path``; returns how many were deleted. Call it once before a
+    resume, while no process of the flow runs."""
+    epoch = resume_epoch(path)
+    if epoch is None:
+        return 0
+    dropped = 0
+    for part in part_files(path):
+        with _open(part) as db:
+            dropped += db.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,)).rowcount
+    return dropped
+
+
+@contextmanager
+def _open(part: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to one partition file, committed and closed after use; SQLite errors
+    name the file."""
+    try:
+        with closing(sqlite3.connect(part, timeout=30.0)) as db, db:
+            yield db
+    except sqlite3.Error as exc:
+        msg = f"recovery file {part}: {exc} (is it a Bytewax recovery partition?)"
+        raise RecoveryError(msg) from exc

@@ -1,0 +1,109 @@
+"""Snapshots of unfinished epochs are dropped before a resume, and only those."""
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from ato.exceptions import RecoveryError
+from ato.recovery_dir import drop_unfinished_snapshots, prepare_recovery_dir, resume_epoch
+
+
+def _insert(part: Path, sql: str, rows: list[tuple]) -> None:
+    with sqlite3.connect(part) as db:
+        db.executemany(sql, rows)
+    db.close()
+
+
+def _snap_epochs(path: Path) -> list[int]:
+    epochs = []
+    for part in sorted(path.glob("*.sqlite3")):
+        with sqlite3.connect(part) as db:
+            epochs += [e for (e,) in db.execute("SELECT snap_epoch FROM snaps")]
+        db.close()
+    return sorted(epochs)
+
+
+def test_a_new_directory_has_no_resume_epoch_and_nothing_to_drop(tmp_path: Path) -> None:
+    prepare_recovery_dir(tmp_path / "rec")
+    assert resume_epoch(tmp_path / "rec") is None
+    assert drop_unfinished_snapshots(tmp_path / "rec") == 0
+
+
+def test_snapshots_at_or_after_the_resume_epoch_are_dropped_from_every_part(
+    tmp_path: Path,
+) -> None:
+    """Rows as Bytewax writes them, spread over two partition files: the last execution had
+    two workers and resumed at 5; worker 0 finished up to 9, worker 1 wrote no progress (it
+    counts as at 5), so the next resume is from 5. An older execution's fronts do not count."""
+    init_db_dir(tmp_path, 2)
+    part0, part1 = tmp_path / "part-0.sqlite3", tmp_path / "part-1.sqlite3"
+    _insert(
+        part0,
+        "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)",
+        [(0, 1, 1)],
+    )
+    _insert(
+        part1,
+        "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)",
+        [(1, 2, 5)],
+    )
+    fronts = "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)"
+    _insert(part0, fronts, [(0, 0, 12), (1, 0, 9)])
+    snaps = "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)"
+    _insert(part0, snaps, [("s", "a", e, b"x") for e in (3, 4, 5, 7)])
+    _insert(part1, snaps, [("s", "b", e, b"x") for e in (2, 9, 11)])
+    assert resume_epoch(tmp_path) == 5
+    assert drop_unfinished_snapshots(tmp_path) == 4
+    assert _snap_epochs(tmp_path) == [2, 3, 4]
+    _insert(part1, fronts, [(1, 1, 8)])  # worker 1 finished up to 8: now min(9, 8)
+    assert resume_epoch(tmp_path) == 8
+
+
+def test_a_file_that_is_not_a_recovery_partition_is_named(tmp_path: Path) -> None:
+    (tmp_path / "part-0.sqlite3").write_bytes(b"not a database" * 100)
+    with pytest.raises(RecoveryError, match="part-0.sqlite3"):
+        drop_unfinished_snapshots(tmp_path)
+
+
+def _running_sums(items: list, recovery: RecoveryConfig) -> list[tuple[str, int]]:
+    """A keyed running sum over ``items``, one epoch per item, with recovery."""
+    out: list[tuple[str, int]] = []
+    flow = Dataflow("sums")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(items)), lambda x: x[0])
+    summed = op.stateful_map(
+        "sum",
+        op.map("value", keyed, lambda kv: (kv[0], kv[1][1])),
+        lambda total, x: ((total or 0) + x, (total or 0) + x),
+    )
+    op.output("out", summed, TestingSink(out))
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+    return out
+
+
+def test_a_real_resume_after_dropping_gets_the_uninterrupted_result(tmp_path: Path) -> None:
+    """On the database of Bytewax's own aborted run: the resume epoch is found, only the
+    snapshots from it on are dropped, and the resume still gets the uninterrupted sums."""
+    values = [("a" if i % 3 else "b", i) for i in range(1, 40)]
+    clean = _running_sums(values, RecoveryConfig(str(_fresh(tmp_path / "clean"))))
+    path = _fresh(tmp_path / "aborted")
+    with_abort = [*values[:25], TestingSource.ABORT(), *values[25:]]
+    first = _running_sums(with_abort, RecoveryConfig(str(path)))
+    assert 0 < len(first) < len(clean)
+    epoch = resume_epoch(path)
+    assert epoch is not None and epoch > 1
+    drop_unfinished_snapshots(path)
+    assert all(e < epoch for e in _snap_epochs(path))
+    second = _running_sums(with_abort, RecoveryConfig(str(path)))
+    assert dict(first) | dict(second) == dict(clean)
+    assert second[-1] == clean[-1]
+
+
+def _fresh(path: Path) -> Path:
+    prepare_recovery_dir(path)
+    return path
