@@ -61,7 +61,8 @@ def resume_epoch(path: Path) -> int | None:
 def drop_unfinished_snapshots(path: Path) -> int:
     """Delete the snapshots of epochs no worker finished (at or after the resume epoch) from
     every partition file of ``path``; returns how many were deleted. Call it once before a
-    resume, while no process of the flow runs."""
+    resume, before any process of the flow writes a snapshot (the processes of a cluster
+    wait for each other before their first epoch, so the first may call it)."""
     epoch = resume_epoch(path)
     if epoch is None:
         return 0
