@@ -74,7 +74,9 @@ class EngineSettings:
         946_684_800_000, "Events before this epoch-ms (2000-01-01) are absurd: dead-lettered."
     )
     max_future_ms: int = _knob(
-        86_400_000, "Events this far (ms) ahead of the wall clock are absurd: dead-lettered."
+        86_400_000,
+        "Events this far (ms) ahead of the wall clock are absurd: dead-lettered (nearer ones"
+        " wait, with the live clock, until the wall clock reaches them).",
     )
     epoch_interval_s: float = _knob(
         10.0, "Bytewax epoch length (s): snapshot and sink-flush interval."

@@ -8,7 +8,10 @@ alone never makes a partition idle: a source that is merely behind (another proc
 up, a worker held back by Bytewax's epoch gating) still has events queued, and releasing the
 watermark past them would make them late. A partition never heard of holds the watermark.
 When every partition is idle, a live clock lets the watermark follow the wall clock (minus
-the lateness); a replay clock keeps it where it is. The watermark never goes back.
+the lateness); a replay clock keeps it where it is. The watermark never goes back. With a
+live clock a partition's event time counts at most up to the wall clock when it reports, so
+the watermark never runs ahead of the wall clock: an event stamped in the future waits,
+pending, until the wall clock reaches it, and the on-time events around it are not late.
 
 Idleness is timed on an *idle clock*: wall time, except that one gap between two calls counts
 at most ``max_gap_ms``. A worker blocked for seconds (a kernel compiling, a long batch in
@@ -81,6 +84,11 @@ class WatermarkTracker:
         if max_ts is None:
             return  # a batch without valid events is no sign of event-time progress
         part.last_valid_ms = idle_now
+        if self.live:
+            # live, event time cannot be ahead of the wall clock: an event stamped ahead (a
+            # skewed device clock) counts as now, else it would hold its partition's event
+            # time there and make every on-time event after it late
+            max_ts = min(max_ts, now_ms)
         if part.max_ts is None or max_ts > part.max_ts:
             part.max_ts = max_ts
 

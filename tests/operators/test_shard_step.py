@@ -478,6 +478,22 @@ def test_live_clock_idle_inputs_let_watermark_follow_wall_clock() -> None:
     assert shard.on_notify() == ([], shard.RETAIN)  # nothing moved
 
 
+def test_live_an_event_stamped_an_hour_ahead_makes_nothing_late() -> None:
+    """A skewed device clock, live: the event waits, pending, until the wall clock reaches
+    it, and the on-time events after it are applied in their turn, not late."""
+    clock = Clock(T0)
+    shard = logic(clock, clock="live")
+    ahead = T0 + 3_600_000
+    out = run(shard, [batch([("c2", ahead, "order_confirm_viewed"), ("c1", T0, "product_viewed")])])
+    clock.now = T0 + 2_000
+    out += run(shard, [batch([("c1", T0 + 1_000, "order_confirm_viewed")])])
+    assert sum(o.late_count for o in out) == 0
+    assert (shard.tracker.current, sum(o.applied for o in out)) == (T0 + 1_000 - LATE, 1)
+    clock.now = ahead + LATE + 1
+    out = run(shard, [batch([("c3", ahead + LATE + 1, "product_viewed")])])
+    assert (out[0].late_count, out[0].applied, out[0].pending) == (0, 2, 1)  # c3 waits
+
+
 def test_replay_clock_idle_inputs_hold_the_watermark() -> None:
     """Replay: however long the inputs are silent, on_notify moves nothing."""
     clock = Clock(T0)

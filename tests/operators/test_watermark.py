@@ -235,3 +235,17 @@ def test_wall_clock_going_back_adds_no_idle_time() -> None:
     assert wm.idle_ms == 500
     wm.advance(W0 + 700)
     assert wm.idle_ms == 700
+
+
+def test_live_an_event_stamped_ahead_of_the_wall_clock_counts_as_now() -> None:
+    """A skewed device clock: one event an hour ahead must not carry the watermark an hour
+    ahead, which would make every on-time event after it late. Replay is history: no cap."""
+    live = tracker(("p0",), live=True)
+    live.observe("p0", W0 + 3_600_000, W0)
+    assert live.advance(W0) == W0 - LATE
+    assert not live.is_late(W0 + 10)
+    live.observe("p0", W0 + 10, W0 + 20)
+    assert live.advance(W0 + 20) == W0 + 10 - LATE
+    replay = tracker(("p0",), live=False)
+    replay.observe("p0", W0 + 3_600_000, W0)
+    assert replay.advance(W0) == W0 + 3_600_000 - LATE
