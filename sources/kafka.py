@@ -10,7 +10,8 @@ Every ``kafka.commit_interval_ms`` a partition also commits its position to ``ka
 (asynchronously, for lag monitoring with standard Kafka tools; recovery never reads it).
 A fresh run starts at ``kafka.start``: earliest, latest, or the first offset at or after an
 epoch-ms timestamp. Messages whose value is a JSON array (collector envelopes) are split into
-their elements, which share the envelope's offset. Delivery guarantee: at least once into
+their elements, with their original bytes, which share the envelope's offset
+(:mod:`sources.envelopes`). Delivery guarantee: at least once into
 the flow; the flow's outputs are deterministic, so replays repeat the same interventions.
 """
 
@@ -20,7 +21,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -30,6 +30,7 @@ from ato.exceptions import AtoError
 from ato.process import gc_paused
 from operators.batches import DeadLetter, RawBatch
 from operators.decode import UNREADABLE, wall_ms
+from sources.envelopes import expand_envelopes
 
 log = logging.getLogger(__name__)
 # errors of one record (corrupt, or compressed in a way that cannot be read): librdkafka moves
@@ -135,39 +136,6 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
         "queued.max.messages.kbytes": 262_144,
         **settings.consumer_config,
     }
-
-
-def expand_envelopes(messages: list[bytes], offsets: list[int]) -> tuple[list[bytes], list[int]]:
-    """Split messages holding a JSON array of events into one message per element, each at
-    the envelope's offset; never raises.
-
-    A message that starts with ``[`` but cannot be split (no valid JSON, an empty array, an
-    element nested too deeply to re-encode) stays whole: the decoder dead-letters it with
-    its reason (an array is no event object).
-    """
-    out: list[bytes] = []
-    out_offsets: list[int] = []
-    for message, offset in zip(messages, offsets, strict=True):
-        events = split_envelope(message) if message.lstrip()[:1] == b"[" else None
-        if events:
-            out.extend(events)
-            out_offsets.extend([offset] * len(events))
-        else:
-            out.append(message)
-            out_offsets.append(offset)
-    return out, out_offsets
-
-
-def split_envelope(message: bytes) -> list[bytes] | None:
-    """The elements of a JSON array, re-encoded; None when ``message`` is no valid array or
-    an element cannot be re-encoded (orjson reads 1024 levels of nesting, writes 254)."""
-    try:
-        events = orjson.loads(message)
-        if not isinstance(events, list):
-            return None
-        return [bytes(memoryview(orjson.dumps(e))) for e in events]
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
-        return None
 
 
 def split_errors(name: str, messages: list[Message]) -> tuple[list[Message], list[DeadLetter]]:

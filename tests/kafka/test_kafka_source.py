@@ -14,12 +14,12 @@ from confluent_kafka import Message
 
 from ato.config import KafkaSettings
 from operators.batches import RawBatch
+from sources.envelopes import expand_envelopes
 from sources.kafka import (
     HEARTBEAT_S,
     KafkaSource,
     KafkaSourceError,
     committed_positions,
-    expand_envelopes,
     message_offsets,
     part_name,
 )

@@ -11,6 +11,7 @@ from operators import funnel, live_changes, render, scan, uuid5
 from operators.batches import RawBatch
 from operators.decode import Decoder
 from operators.interventions import InterventionBuilder
+from sources import envelopes
 from state import client_ids, hashing, kernels
 from state.shard_store import NumbaShardStore
 
@@ -34,6 +35,7 @@ ENTRY_POINTS = {
     render: ("render_rows", "json_string_spans"),
     funnel: ("sum_by_key",),
     live_changes: ("unique_pairs",),
+    envelopes: ("element_bounds",),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
@@ -116,6 +118,7 @@ def exercise_entry_points() -> None:
     assert (keys.tolist(), sums.tolist()) == ([4], [[2]])
     pairs = live_changes.unique_pairs(np.array([9, 9], np.uint64), np.array([1, 1], np.int64))
     assert pairs.tolist() == [0]
+    assert envelopes.split_envelope(b'[{"a":1}, 2]') == [b'{"a":1}', b"2"]
 
 
 def test_jit_is_enabled() -> None:
