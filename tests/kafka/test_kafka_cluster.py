@@ -1,9 +1,14 @@
 """Cluster mode on a real broker: 2 processes give the same interventions as 1."""
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from ato import cli
 from ato.catalog import load_catalog
@@ -55,3 +60,54 @@ def test_two_processes_equal_one(
     one_ids, two_ids = ids(f"{stem}.one"), ids(f"{stem}.two")
     assert sorted(two_ids) == sorted(one_ids)
     assert set(one_ids) == truth_ids(traffic)
+
+
+def test_a_cluster_killed_twice_and_resumed_emits_every_id(broker: Server, tmp_path: Path) -> None:
+    """Two processes sharing a recovery directory, SIGKILLed together (the whole process
+    group) while they produce, then restarted: every ground-truth id reaches the topic and no
+    other. The first process clears the snapshots of unfinished epochs before each resume."""
+    stem = "clusterkill"
+    create_topics(broker.address, {f"{stem}.in": 4, f"{stem}.out": 1, f"{stem}.dlq": 1})
+    cfg = GeneratorSettings(clients=6_000, partitions=4, span_s=12 * 3600, seed=11)
+    traffic = generate(load_catalog(), cfg)
+    rows = [(i, line) for i, lines in enumerate(traffic.partitions.values()) for line in lines]
+    produce(broker.address, f"{stem}.in", rows)
+    config = tmp_path / "kill.toml"
+    config.write_text(
+        f'out_dir = "{tmp_path / "out"}"\n'
+        "[engine]\nbatch_size = 2000\nepoch_interval_s = 0.3\n"
+        f'[kafka]\nbrokers = "{broker.address}"\ninput_topics = ["{stem}.in"]\n'
+        f'interventions_topic = "{stem}.out"\ndead_letter_topic = "{stem}.dlq"\n'
+        "stop_at_end = true\nend_wait_ms = 20\n"
+    )
+    argv = [sys.executable, "-m", "ato.cli", "run", "--config", str(config), "--processes", "2"]
+    argv += ["--recovery-dir", str(tmp_path / "recovery")]
+    expected = truth_ids(traffic)
+    thresholds = [0.3 * len(expected), 0.6 * len(expected)]
+    counter = Consumer({"bootstrap.servers": broker.address, "group.id": "cluster-kill"})
+    counter.assign([TopicPartition(f"{stem}.out", 0, 0)])
+    produced = kills = 0
+    try:
+        for _ in range(8):
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
+            while proc.poll() is None:
+                produced += len(counter.consume(10_000, timeout=0.05))
+                if kills < len(thresholds) and produced >= thresholds[kills]:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    kills += 1
+            if proc.returncode == 0:
+                break
+            assert proc.returncode == -signal.SIGKILL
+        else:
+            pytest.fail("the cluster never finished")
+    finally:
+        counter.close()
+    assert kills == 2, f"only {kills} kills fell inside the run"
+    seen = {
+        orjson.loads(m.value())["intervention_id"]
+        for m in consume_all(broker.address, f"{stem}.out")
+    }
+    assert seen == expected
