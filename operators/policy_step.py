@@ -6,8 +6,9 @@ shard's watermark. A candidate is decided at event time ``due``: its stall deadl
 first, the end of the client's quiet hours after a deferral. It is decided once the shard's
 watermark has reached ``due``, so every event before ``due`` has been applied and every
 outcome before it seen: a progress, completion or failure before ``due`` makes it
-``resumed``. Candidates due together are decided in (due, id) order, and the caps count only
-sends at or before ``due`` (``policy.caps``), so a replay decides the same way. Their cap
+``resumed``. Candidates due together are decided in (due, id) order, and the caps count every
+send of the day and week, before or after ``due`` (``policy.caps``), so no ordering of sends
+lets a cap be exceeded, and a replay decides the same way. Their cap
 scripts go out in one call and the replies are read in the next (:class:`Capping`), so the
 flow works while Redis runs them; a call reads the last call's replies before it sends its
 own scripts, which keeps the order. The profile lookups of the candidates due go out before
@@ -408,11 +409,12 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         """The cap scripts of the candidates (in order; they record the sends), sent."""
         assert self.caps is not None
         j = todo.records.ints[O_JOURNEY]
-        day_start, week_start = self.checks.period_starts(todo.due, profile)
+        day_start, day_end, week_start, week_end = self.checks.period_bounds(todo.due, profile)
         rows = self.caps.rows(
             todo.records.client_texts(), self.builder.journey_names[j].tolist(),
             todo.ids.view("S36").ravel().astype("U36").tolist(), todo.due.tolist(),
-            day_start.tolist(), week_start.tolist(), self.checks.cooldown[j].tolist(),
+            day_start.tolist(), day_end.tolist(), week_start.tolist(), week_end.tolist(),
+            self.checks.cooldown[j].tolist(),
         )  # fmt: skip
         return self.caps.send(rows)
 

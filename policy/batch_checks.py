@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from ato.catalog import SEGMENTS, TIERS, Catalog
-from policy.localtime import period_starts_many, quiet_until_many, wall_ms_many
+from policy.localtime import period_bounds_many, quiet_until_many, wall_ms_many
 from policy.profiles import CONTACT_CHANNELS, VALUE_TIERS, ProfileValues, zone
 from policy.routing import route_parts
 from policy.settings import Policy
@@ -243,8 +243,11 @@ class BatchChecks:
             self.window_end[window],
         )  # fmt: skip
 
-    def period_starts(self, now: np.ndarray, profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Start of each row's local day and ISO week (:func:`policy.localtime.periods`)."""
+    def period_bounds(
+        self, now: np.ndarray, profile: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Start and end of each row's local day and ISO week
+        (:func:`policy.localtime.periods`): day start, day end, week start, week end."""
         zone_no = self.profiles.arrays()[4][profile]
         zones = self.profiles.zones()
-        return period_starts_many(wall_ms_many(now, zone_no, zones), zone_no, zones)
+        return period_bounds_many(wall_ms_many(now, zone_no, zones), zone_no, zones)

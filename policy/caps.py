@@ -3,11 +3,14 @@
 Per client one key (the braces are a Redis Cluster hash tag, kept for a future cluster mode):
 ``ato:sent:{<client_id>}``, a sorted set with one member per sent intervention,
 ``<journey>`` U+001F ``<intervention id>``, scored by the epoch ms it was sent at (event time).
-A candidate decided at ``now`` counts only the sends at or before ``now``: the caps count
-them in the client's local day and ISO week, the cooldown looks for one of the same journey
-less than the cooldown before ``now``. Sends later in event time (a replay after a restart
-re-deciding older candidates) never change a decision, and the member doubles as the
-idempotency record, so a replayed id never counts twice.
+A candidate decided at ``now`` counts every send recorded in the client's local day and ISO
+week of ``now``, before or after ``now`` in event time, and the cooldown looks for a send of
+the same journey less than the cooldown away from ``now`` on either side. So a cap holds
+even when sends are recorded out of event-time order: two flows sharing the Redis at
+different event times, or a pipeline retried after some of its calls ran. A replay after a
+restart decides the same way: an id it decided before is in the set (the member doubles as
+the idempotency record: reported sent again, never counted twice), and one it suppressed
+meets at least the sends it met then.
 
 One Lua script checks the cooldown and both caps and records the send in one step, so two
 processes deciding for the same client at once never exceed a cap. It takes up to ``chunk``
@@ -37,29 +40,29 @@ SENT_PREFIX = "ato:sent:"
 SEPARATOR = "\x1f"  # between journey and intervention id in a member
 
 # ARGV: retention and expiry (ms), per_day, per_week, and a JSON array with one [sent set key,
-# member (journey SEP id), journey SEP, now, day_start, week_start, cooldown_ms] per
-# candidate, in decision order (one JSON argument: the client library's per-argument cost
-# stays out of the flow; the keys are not declared, so a single Redis only). Returns one code
-# per candidate: 0 sent, 1 already sent (replay), 2 cooldown, 3 daily cap, 4 weekly cap.
+# member (journey SEP id), journey SEP, now, day_start, day_end, week_start, week_end,
+# cooldown_ms] per candidate, in decision order (one JSON argument: the client library's
+# per-argument cost stays out of the flow; the keys are not declared, so a single Redis
+# only). Returns one code per candidate: 0 sent, 1 already sent (replay), 2 cooldown,
+# 3 daily cap, 4 weekly cap.
 LUA = """
 local ttl, per_day, per_week = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 for i, c in ipairs(cjson.decode(ARGV[4])) do
   local sent, member, prefix, now = c[1], c[2], c[3], c[4]
-  local day_start, week_start, cooldown = c[5], c[6], c[7]
+  local day_start, day_end, week_start, week_end, cooldown = c[5], c[6], c[7], c[8], c[9]
   local code, replay, cooling, old = 0, false, false, false
   local day, week = 0, 0
   local all = redis.call('ZRANGE', sent, 0, -1, 'WITHSCORES')
   for k = 1, #all, 2 do
     local score = tonumber(all[k + 1])
     if all[k] == member then replay = true end
-    if score <= now then
-      if score > now - cooldown and string.sub(all[k], 1, #prefix) == prefix then
-        cooling = true
-      end
-      if score >= day_start then day = day + 1 end
-      if score >= week_start then week = week + 1 end
+    if score > now - cooldown and score < now + cooldown
+        and string.sub(all[k], 1, #prefix) == prefix then
+      cooling = true
     end
+    if score >= day_start and score < day_end then day = day + 1 end
+    if score >= week_start and score < week_end then week = week + 1 end
     if score < now - ttl then old = true end
   end
   if replay then code = 1
@@ -147,16 +150,17 @@ class CapStore:
         ids: Sequence[str],
         now: Sequence[int],
         day_start: Sequence[int],
+        day_end: Sequence[int],
         week_start: Sequence[int],
+        week_end: Sequence[int],
         cooldown: Sequence[int],
     ) -> list[list[str | int]]:
-        """The script's row of each candidate, from columns (``day_start`` and
-        ``week_start`` of :func:`policy.localtime.periods` in the client's zone)."""
+        """The script's row of each candidate, from columns (the day and week bounds of
+        :func:`policy.localtime.periods` in the client's zone)."""
+        columns = (clients, journeys, ids, now, day_start, day_end, week_start, week_end)
         return [
-            [f"{SENT_PREFIX}{{{c}}}", f"{j}{SEPARATOR}{i}", f"{j}{SEPARATOR}", n, d, w, cd]
-            for c, j, i, n, d, w, cd in zip(
-                clients, journeys, ids, now, day_start, week_start, cooldown, strict=True
-            )
+            [f"{SENT_PREFIX}{{{c}}}", f"{j}{SEPARATOR}{i}", f"{j}{SEPARATOR}", n, *bounds, cd]
+            for c, j, i, n, *bounds, cd in zip(*columns, cooldown, strict=True)
         ]
 
     def _row(self, c: Candidate, profile: Profile) -> list[str | int]:
@@ -164,8 +168,9 @@ class CapStore:
         cooldown = self.policy.cooldown_for(c.journey)
         ids = [c.intervention_id]
         return self.rows(
-            [c.client_id], [c.journey], ids, [c.now_ms], [p.day_start], [p.week_start], [cooldown]
-        )[0]
+            [c.client_id], [c.journey], ids, [c.now_ms],
+            [p.day_start], [p.day_end], [p.week_start], [p.week_end], [cooldown],
+        )[0]  # fmt: skip
 
 
 class CapCodes:

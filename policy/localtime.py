@@ -200,14 +200,17 @@ def quiet_until_many(
     return out
 
 
-def period_starts_many(
+def period_bounds_many(
     wall_ms: np.ndarray, zone_no: np.ndarray, zones: list[ZoneInfo]
-) -> tuple[np.ndarray, np.ndarray]:
-    """``day_start`` and ``week_start`` of :func:`periods` for each instant (``wall_ms``
-    from :func:`wall_ms_many`); one conversion per distinct zone and local day."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``day_start``, ``day_end``, ``week_start`` and ``week_end`` of :func:`periods` for each
+    instant (``wall_ms`` from :func:`wall_ms_many`); one conversion per distinct zone and
+    local day."""
     nz = len(zones)
     keys, inverse = np.unique(wall_ms // DAY_MS * nz + zone_no, return_inverse=True)
     found = [_periods(_DAY_ZERO + timedelta(days=k // nz), zones[k % nz]) for k in keys.tolist()]
-    day_start = np.array([p.day_start for p in found], np.int64)[inverse]
-    week_start = np.array([p.week_start for p in found], np.int64)[inverse]
-    return day_start, week_start
+    names = ("day_start", "day_end", "week_start", "week_end")
+    day_start, day_end, week_start, week_end = (
+        np.array([getattr(p, name) for p in found], np.int64)[inverse] for name in names
+    )
+    return day_start, day_end, week_start, week_end

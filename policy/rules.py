@@ -8,13 +8,14 @@ replay repeats every decision. Checks run in this order, the first that fails de
 3. ``stale``: ``now`` (or the end of quiet hours) is later than the stall deadline plus
    ``dispatch.max_delay`` (suppressed);
 4. ``quiet_hours``: ``now`` is in the client's local quiet hours (deferred to their end);
-5. ``cooldown``: the journey's last send to the client at or before ``now`` is less than its
-   cooldown before ``now`` (suppressed);
-6. ``daily_cap`` / ``weekly_cap``: the client's local day / ISO week up to ``now`` already
-   has the capped number of sent interventions (suppressed).
+5. ``cooldown``: a send of the journey to the client is less than its cooldown away from
+   ``now``, before or after it (suppressed);
+6. ``daily_cap`` / ``weekly_cap``: the client's local day / ISO week of ``now`` already has
+   the capped number of sent interventions, before or after ``now`` (suppressed).
 
-Only sends at or before ``now`` count, so re-deciding an old candidate after later ones were
-sent (a replay after a restart) gives the same decision.
+Sends after ``now`` in event time count too, so a cap holds however the sends were ordered
+(two flows at different event times, a retried pipeline); see :mod:`policy.caps` for why
+replays still decide the same way.
 
 Checks 5-6 need the client's send history: :func:`decide` takes it as :class:`Usage` (the
 reference), :class:`policy.caps.CapStore` applies them atomically in Redis.
@@ -93,8 +94,8 @@ def decisions_of_columns(columns: Mapping[str, Sequence[object]]) -> list[Decisi
 
 @dataclass(frozen=True)
 class Usage:
-    """A client's sent interventions in the local day and week of ``now`` up to ``now``, and
-    the time of the last one sent for the candidate's journey at or before ``now`` (None if
+    """A client's sent interventions in the local day and week of ``now``, and the time of
+    the one sent for the candidate's journey nearest to ``now``, before or after it (None if
     none is remembered)."""
 
     day: int = 0
@@ -168,7 +169,7 @@ def precheck(c: Candidate, profile: Profile, policy: Policy) -> tuple[Route, Dec
 def usage_reason(policy: Policy, journey: str, now_ms: int, usage: Usage) -> str:
     """Checks 5-6 against ``usage``: ``cooldown``, ``daily_cap``, ``weekly_cap`` or ``""``."""
     cooldown = policy.cooldown_for(journey)
-    if usage.last_sent_ms is not None and 0 <= now_ms - usage.last_sent_ms < cooldown:
+    if usage.last_sent_ms is not None and abs(now_ms - usage.last_sent_ms) < cooldown:
         return "cooldown"
     if usage.day >= policy.per_day:
         return "daily_cap"
@@ -192,10 +193,9 @@ def decide(c: Candidate, profile: Profile, policy: Policy, usage: Usage) -> Deci
 def usage_of(sends: list[tuple[int, str]], journey: str, now_ms: int, tz: str) -> Usage:
     """:class:`Usage` from a list of (sent at ms, journey): what Redis counts, in Python."""
     p = periods(now_ms, zone(tz))
-    before = [(t, j) for t, j in sends if t <= now_ms]
-    last = [t for t, j in before if j == journey]
+    same = [t for t, j in sends if j == journey]
     return Usage(
-        day=sum(p.day_start <= t for t, _ in before),
-        week=sum(p.week_start <= t for t, _ in before),
-        last_sent_ms=max(last) if last else None,
+        day=sum(p.day_start <= t < p.day_end for t, _ in sends),
+        week=sum(p.week_start <= t < p.week_end for t, _ in sends),
+        last_sent_ms=min(same, key=lambda t: abs(now_ms - t)) if same else None,
     )

@@ -114,7 +114,7 @@ def assert_agree(which: int, rows: list[Row]) -> None:
     arrays = [np.array(c, np.int64) for c in (j, s, attempt, deadline, now, priority)]
     profile = checks.profiles.encode([p.values() for p in profs])
     got = checks.check(*arrays, np.array(resumed, bool), profile)
-    day_start, week_start = checks.period_starts(arrays[4], profile)
+    day_start, day_end, week_start, week_end = checks.period_bounds(arrays[4], profile)
     for i, (jj, ss, att, dl, t, prio, res, prof) in enumerate(rows):
         journey = JOURNEYS[jj]
         tier = journey.tiers[min(att, 3, len(journey.tiers)) - 1]
@@ -132,7 +132,8 @@ def assert_agree(which: int, rows: list[Row]) -> None:
             assert (got.reason[i] == QUIET) == (early.outcome == DEFERRED)
             assert got.recheck[i] == early.recheck_at_ms
         p = periods(t, zone(prof.tz))
-        assert (day_start[i], week_start[i]) == (p.day_start, p.week_start)
+        bounds = (day_start[i], day_end[i], week_start[i], week_end[i])
+        assert bounds == (p.day_start, p.day_end, p.week_start, p.week_end)
 
 
 @settings(max_examples=300, deadline=None)
@@ -206,7 +207,8 @@ def test_cap_rows_from_columns_match_the_reference_rows() -> None:
     c = Candidate("id-9", "C9", "card_activation", "start", 1, now, now)
     p = periods(now, zone(prof.tz))
     rows = CapStore.rows(
-        ["C9"], ["card_activation"], ["id-9"], [now], [p.day_start], [p.week_start], [0]
-    )
+        ["C9"], ["card_activation"], ["id-9"], [now],
+        [p.day_start], [p.day_end], [p.week_start], [p.week_end], [0],
+    )  # fmt: skip
     assert rows == [store._row(c, prof)]
     assert rows[0][:3] == ["ato:sent:{C9}", "card_activation\x1fid-9", "card_activation\x1f"]
