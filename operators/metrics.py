@@ -352,10 +352,15 @@ class HealthLogic(StatefulBatchLogic[dict[str, Any], MetricBlock, None]):
         now = self.now_ms()
         if now < self.window.interval_start_ms + self.interval_ms:
             return []
-        done = self.window.block()
-        lags = self.window.lags  # a partition's lag holds until it reports again
+        done, last = self.window.block(), self.window
         self.window = self._new_window(now)
-        self.window.lags = dict(lags)
+        # levels hold until their partition or shard reports again: a quiet shard still has
+        # its open instances and state, and a stuck one is the slowest watermark
+        self.window.lags = dict(last.lags)
+        self.window.watermarks = dict(last.watermarks)
+        self.window.open_instances = dict(last.open_instances)
+        self.window.state_bytes = dict(last.state_bytes)
+        self.window.max_event_ts = last.max_event_ts
         return [done]
 
     def on_batch(self, values: list[dict[str, Any]]) -> tuple[list[MetricBlock], bool]:

@@ -61,3 +61,30 @@ def test_watermark_delay_is_unknown_until_every_shard_has_a_watermark() -> None:
     )
     (block,), _ = logic.on_eof()
     assert block.columns["watermark_delay_ms"][0] == -1
+
+
+def test_a_quiet_shard_keeps_its_state_and_its_watermark_in_later_intervals() -> None:
+    """Shard s0 reports once and goes quiet: later rows still count its open instances and
+    state, and its watermark, the slowest, still sets the delay."""
+    clock = Clock()
+    logic = HealthLogic("run", 10_000, clock)
+    logic.on_batch(
+        [
+            _item(**{"in": 5, "dead": 0, "max_ts": 50_000}),
+            _item(shard="s0", latency_ms=1.0, late=0, watermark=40_000, open=10_000, bytes=9_000),
+            _item(shard="s1", latency_ms=1.0, late=0, watermark=49_000, open=10, bytes=100),
+        ]
+    )
+    clock.now += 10_000
+    logic.on_batch([])
+    logic.on_batch(
+        [
+            _item(**{"in": 5, "dead": 0, "max_ts": 60_000}),
+            _item(shard="s1", latency_ms=1.0, late=0, watermark=59_000, open=12, bytes=100),
+        ]
+    )
+    clock.now += 10_000
+    (block,), _ = logic.on_notify()
+    row = {k: v[0] for k, v in block.columns.items()}
+    assert (row["open_instances"], row["state_bytes"]) == (10_012, 9_100)
+    assert row["watermark_delay_ms"] == 60_000 - 40_000
