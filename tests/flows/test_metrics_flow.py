@@ -132,6 +132,12 @@ def test_stalls_match_the_ground_truth(
     top = Counter((s.journey, s.step) for s in truth if s.deadline // 86_400_000 == last_day)
     rows = got["5. Top stalled steps on the latest day"]
     assert {(j, s): n for j, s, n in rows} == dict(top.most_common(len(rows)))
+    rows = got["2. Stall rate per step per hour"]
+    assert all(0 <= rate <= 1 for *_, rate in rows)
+    stalls_at: Counter[tuple[str, str]] = Counter()
+    for _, journey, step, _, stalls, _ in rows:
+        stalls_at[journey, step] += stalls
+    assert stalls_at == Counter((s.journey, s.step) for s in truth)  # every stall, once
     rows = got["10. Stalls per hour by segment, from the rollup"]
     by_segment = Counter(traffic.clients[s.client_id] for s in truth)
     totals: Counter[str] = Counter()
