@@ -159,9 +159,14 @@ def test_decisions_outcomes_and_rates_match_the_ground_truth(
     channels = Counter(s.resume_channel for s in recovered(traffic))
     rows = got["4. Conversion after intervention, by recovery channel and tier"]
     by_channel: Counter[str] = Counter()
-    for _, channel, n, _ in rows:
+    for _, channel, n, conversion, _ in rows:
         by_channel[channel] += n
+        assert 0 < conversion <= 1
     assert by_channel == channels
+    per_tier: Counter[str] = Counter()
+    for tier, _, _, conversion, _ in rows:
+        per_tier[tier] += conversion
+    assert all(share <= 1.0001 for share in per_tier.values())  # shares of one tier's sends
     rows = got["8. Touch rate and conversion rate per journey (the seeds' two rates)"]
     per_journey = Counter(s.journey for s in truth)
     back = Counter(s.journey for s in recovered(traffic))
