@@ -91,12 +91,23 @@ def wall(now_ms: int, tz: ZoneInfo) -> datetime:
 
 
 @lru_cache(maxsize=1 << 16)
-def epoch_ms(day: date, ms_of_day: int, tz: ZoneInfo) -> int:
-    """Epoch ms of local wall time ``ms_of_day`` on ``day`` in ``tz`` (a time skipped by a DST
-    change maps as Python's ``fold=0`` does, to just after the change)."""
+def epoch_ms(day: date, ms_of_day: int, tz: ZoneInfo, fold: int = 0) -> int:
+    """Epoch ms of local wall time ``ms_of_day`` on ``day`` in ``tz``. A time a DST change
+    repeats is its first instance (``fold=1``: its second); a time it skips maps as Python
+    does, by the offset before the change (so, one gap length after the change)."""
     seconds = ms_of_day // 1000
-    wall = datetime.combine(day, time(seconds // 3600, seconds // 60 % 60, seconds % 60), tz)
-    return int(wall.timestamp()) * 1000 + ms_of_day % 1000
+    clock = time(seconds // 3600, seconds // 60 % 60, seconds % 60, fold=fold)
+    return int(datetime.combine(day, clock, tz).timestamp()) * 1000 + ms_of_day % 1000
+
+
+def _end_after(day: date, end_ms_of_day: int, tz: ZoneInfo, now_ms: int) -> int:
+    """The end of quiet hours at wall time ``end_ms_of_day`` on ``day``, after ``now_ms``: a
+    wall time that a DST fall-back repeats ends at its second instance when ``now_ms`` is
+    already past the first (inside the repeated hour), not at once."""
+    end = epoch_ms(day, end_ms_of_day, tz)
+    if end <= now_ms:
+        end = epoch_ms(day, end_ms_of_day, tz, fold=1)
+    return max(end, now_ms + 1)
 
 
 def ms_of_day(moment: datetime) -> int:
@@ -117,7 +128,7 @@ def quiet_until(now_ms: int, tz: ZoneInfo, window: Window | None) -> int | None:
     day = moment.date()
     if window.start_ms > window.end_ms and tod >= window.start_ms:
         day += timedelta(days=1)  # after the evening start: ends tomorrow morning
-    return max(epoch_ms(day, window.end_ms, tz), now_ms + 1)
+    return _end_after(day, window.end_ms, tz, now_ms)
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,11 @@ def quiet_until_many(
             for k in keys.tolist()
         ]
         out[quiet] = np.maximum(np.array(ends, np.int64)[inverse], now_ms[quiet] + 1)
+        rows = np.flatnonzero(quiet)
+        for i in np.flatnonzero(out[rows] == now_ms[rows] + 1).tolist():  # rare: see _end_after
+            row, k = int(rows[i]), int(keys[inverse[i]])
+            day_of, end_of, tz = k // nz // DAY_MS, k // nz % DAY_MS, zones[k % nz]
+            out[row] = _end_after(_DAY_ZERO + timedelta(days=day_of), end_of, tz, int(now_ms[row]))
     return out
 
 

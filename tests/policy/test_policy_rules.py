@@ -2,11 +2,20 @@
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.localtime import Window, local, periods, quiet_until, wall
+from policy.localtime import (
+    Window,
+    local,
+    periods,
+    quiet_until,
+    quiet_until_many,
+    wall,
+    wall_ms_many,
+)
 from policy.profiles import Profile, zone
 from policy.rules import (
     DEFERRED,
@@ -101,6 +110,25 @@ def test_quiet_end_on_a_dst_change_day(at: At) -> None:
     until = quiet_until(now, zone("Europe/London"), Window.parse("21:00-08:00"))
     assert until == at("2026-03-29 07:00", "UTC")
     assert until - now == 9 * HOUR
+
+
+def test_quiet_hours_ending_in_a_repeated_hour_end_at_its_second_pass(at: At) -> None:
+    """New York falls back on 2026-11-01 at 06:00 UTC (02:00 EDT -> 01:00 EST), so 01:00-01:59
+    comes twice. Inside the second pass the end, 01:30, is the second 01:30, not the first
+    (already past: the candidate was re-deferred by a millisecond at a time, a million
+    times an hour). The batch path agrees."""
+    tz, window = zone("America/New_York"), Window.parse("21:00-01:30")
+    second_pass = at("2026-11-01 06:10", "UTC")  # 01:10 EST
+    assert quiet_until(second_pass, tz, window) == at("2026-11-01 06:30", "UTC")
+    first_pass = at("2026-11-01 05:10", "UTC")  # 01:10 EDT: ends at the first 01:30
+    assert quiet_until(first_pass, tz, window) == at("2026-11-01 05:30", "UTC")
+    now = np.array([second_pass, first_pass], np.int64)
+    zone_no = np.zeros(2, np.int64)
+    got = quiet_until_many(
+        now, wall_ms_many(now, zone_no, [tz]), zone_no, [tz],
+        np.full(2, window.start_ms, np.int64), np.full(2, window.end_ms, np.int64),
+    )  # fmt: skip
+    assert got.tolist() == [at("2026-11-01 06:30", "UTC"), at("2026-11-01 05:30", "UTC")]
 
 
 def test_do_not_contact_beats_everything(at: At) -> None:
