@@ -32,7 +32,7 @@ import numpy as np
 import redis
 from bytewax.operators import StatefulBatchLogic
 
-from ato.catalog import TIERS, Catalog
+from ato.catalog import CHANNELS, TIERS, Catalog
 from operators.batches import InterventionBatch, ShardOutput
 from operators.decode import wall_ms
 from operators.interventions import InterventionBuilder, Routing
@@ -50,6 +50,7 @@ from state.layout import (
     O_DEADLINE,
     O_JOURNEY,
     O_OUTCOME,
+    O_RESOLVE_CHANNEL,
     O_RESOLVED_AT,
     O_STEP,
     OUTCOME_LAPSED,
@@ -145,6 +146,10 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         self.caps: CapStore | None = None  # loads its script on first use
         self.table = ProfileTable(max(1, ctx.profile_cache))
         self.checks = BatchChecks(ctx.policy, ctx.catalog, self.table)
+        # channel codes (the catalog's order) on which an event after the stall is a resume
+        self.resume_channels = np.array(
+            [CHANNELS.index(c) for c in ctx.policy.resume_channels], np.int64
+        )
         self.capping: Capping | None = None  # cap scripts sent, replies not read yet
         self.last: ShardOutput | None = None  # the latest output passed on
         self.outage_since_ms: int | None = None
@@ -236,7 +241,9 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         outcomes = out.outcomes
         if len(outcomes) and len(held):
             ids = out.outcome_ids if out.outcome_ids is not None else self.builder.ids(outcomes)
-            moved = outcomes.ints[O_OUTCOME] != OUTCOME_LAPSED
+            moved = (outcomes.ints[O_OUTCOME] != OUTCOME_LAPSED) & np.isin(
+                outcomes.ints[O_RESOLVE_CHANNEL], self.resume_channels
+            )
             moved_ids = ids[moved].view("S36").ravel().tolist()
             at_list = outcomes.ints[O_RESOLVED_AT][moved].tolist()
             resolved = dict(zip(moved_ids, at_list, strict=True))

@@ -103,19 +103,12 @@ class Usage:
     last_sent_ms: int | None = None
 
 
-def client_resumed(
-    policy: Policy, deadline_ms: int, progress_ms: int, activity_ms: int, channel: str
-) -> bool:
-    """Did the client resume before dispatch? ``progress_ms`` is the instance's last step
-    change, ``activity_ms`` its last event, ``channel`` that event's channel.
-
-    With ``resume.on = "progress"`` a step change at or after the stall deadline counts, with
-    ``"activity"`` any event at or after it; either only on one of ``resume.channels``.
-    """
-    if channel not in policy.resume_channels:
-        return False
-    moment = progress_ms if policy.resume_on == "progress" else max(progress_ms, activity_ms)
-    return moment >= deadline_ms
+def client_resumed(policy: Policy, deadline_ms: int, event_ms: int, channel: str) -> bool:
+    """Did the client resume before dispatch? ``event_ms`` is the instance's first event at
+    or after the stall deadline (the flow's outcome record: a move, a back-step, the stalled
+    step again, a completion or a failure), ``channel`` its channel, which must be one of
+    ``resume.channels``."""
+    return channel in policy.resume_channels and event_ms >= deadline_ms
 
 
 def decision(

@@ -17,7 +17,7 @@ from policy.exceptions import PolicyError
 from policy.localtime import Window
 from policy.profiles import TIER_CHANNELS, VALUE_TIERS
 
-RESUME_ON = ("progress", "activity")
+RESUME_ON = ("progress",)
 _TOP_KEYS = {"version", "routing", "channels", "quiet_hours", "caps", "cooldown", "dispatch"}
 _TOP_KEYS |= {"resume"}
 _RULE_MATCH = ("journey", "step", "segment", "value_tier")
@@ -204,6 +204,12 @@ def parse_policy(raw: dict[str, Any], source: str = "<policy>") -> Policy:
 
     resume = check.table(raw, "resume", {"on", "channels"})
     resume_on = resume.get("on", defaults.resume_on)
+    if resume_on == "activity":
+        check.fail(
+            "resume.on",
+            "'activity' is not supported: the instance's first event after its stall deadline"
+            " (any step, the stalled one again included) already ends the stall; use 'progress'",
+        )
     if resume_on not in RESUME_ON:
         check.fail("resume.on", f"expected one of {', '.join(RESUME_ON)}, got {resume_on!r}")
     resume_channels = defaults.resume_channels

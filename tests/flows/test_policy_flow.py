@@ -275,9 +275,61 @@ def test_redis_outage_delays_but_never_changes_decisions(
         server.stop()
 
 
-def _event(client: str, ts: int, type_: str, n: int) -> bytes:
-    doc = {"event_id": f"e{n}", "client_id": client, "ts": ts, "channel": "app", "type": type_}
+def _event(client: str, ts: int, type_: str, n: int, channel: str = "app") -> bytes:
+    doc = {"event_id": f"e{n}", "client_id": client, "ts": ts, "channel": channel, "type": type_}
     return orjson.dumps(doc)
+
+
+def _decisions(events: list[bytes], settings: Settings) -> list[tuple[str, str, str]]:
+    got: dict[str, list] = {name: [] for name in ("out", "dead", "late", "progress", "dec")}
+    sinks = FlowSinks(
+        TestingSink(got["out"]),
+        TestingSink(got["dead"]),
+        TestingSink(got["late"]),
+        TestingSink(got["progress"]),
+        decisions=TestingSink(got["dec"]),
+    )
+    flow = build_flow(TestingSource([RawBatch("p0", events)]), sinks, settings, CATALOG, ["p0"])
+    run_main(flow)
+    docs = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
+    return sorted((d["client_id"], d["outcome"], d["reason"]) for d in docs)
+
+
+def test_only_events_on_the_resume_channels_count_as_a_resume(
+    r: redis.Redis, redis_url: str, tmp_path: Path, at: Callable[[str, str], int]
+) -> None:
+    """Both clients stall at night and are deferred to 08:00; at 07:00 R1 moves on in the app
+    and R2 in a branch. With ``resume.channels = ["branch"]`` only R2 resumed by themselves:
+    R1's first stall is sent at 08:00 (before, any channel counted)."""
+
+    def _ms(local_time: str) -> int:
+        return at(local_time, "Asia/Shanghai")
+
+    ProfileStore(r).load(Profile(c, "savvy_regular", tz="Asia/Shanghai") for c in ["R1", "R2"])
+    events = [
+        _event("R1", _ms("2026-01-05 22:00"), "acct_open_start", 1),
+        _event("R2", _ms("2026-01-05 22:00"), "acct_open_start", 2),
+        _event("R1", _ms("2026-01-06 07:00"), "id_card_uploaded", 3, channel="app"),
+        _event("R2", _ms("2026-01-06 07:00"), "id_card_uploaded", 4, channel="branch"),
+        _event("R3", _ms("2026-01-06 09:00"), "page_view", 5),  # moves event time past 08:00
+    ]
+    text = default_policy_path().read_text()
+    text = text.replace('channels = ["app", "call", "branch", "ai"]', 'channels = ["branch"]')
+    assert 'channels = ["branch"]' in text
+    (tmp_path / "policy.toml").write_text(text)
+    redis_settings = {"url": redis_url, "policy_file": str(tmp_path / "policy.toml")}
+    settings = Settings().with_overrides("engine", shards=2)
+    got = _decisions(events, settings.with_overrides("redis", **redis_settings))
+    assert got == [  # each client stalls again at its next step, also deferred to 08:00
+        ("R1", "deferred", "quiet_hours"),
+        ("R1", "deferred", "quiet_hours"),
+        ("R1", "sent", ""),  # the first stall: the app event is no resume here
+        ("R1", "suppressed", "cooldown"),  # the second: the journey's cooldown
+        ("R2", "deferred", "quiet_hours"),
+        ("R2", "deferred", "quiet_hours"),
+        ("R2", "sent", ""),  # the second stall
+        ("R2", "suppressed", "resumed"),  # the first: the branch event is a resume
+    ]
 
 
 def test_scripted_journeys_quiet_hours_resume_and_breakpoints(

@@ -52,6 +52,7 @@ def test_empty_file_gives_the_documented_defaults() -> None:
         ("[cooldown.journeys]\nopen_account = 'x'", "cooldown.journeys.open_account"),
         ("[dispatch]\nmax_delay = '1 week'", "dispatch.max_delay"),
         ("[resume]\non = 'vibes'", "resume.on"),
+        ("[resume]\non = 'activity'", "resume.on"),
         ("[resume]\nchannels = ['pigeon']", "resume.channels"),
     ],
 )

@@ -213,11 +213,11 @@ def test_periods_are_local(at: At) -> None:
 
 def test_client_resumed() -> None:
     policy = Policy()
-    assert client_resumed(policy, 1000, 1000, 0, "app")
-    assert not client_resumed(policy, 1000, 999, 5000, "app")  # activity only
-    activity = Policy(resume_on="activity", resume_channels=("app",))
-    assert client_resumed(activity, 1000, 999, 1000, "app")
-    assert not client_resumed(activity, 1000, 999, 5000, "branch")
+    assert client_resumed(policy, 1000, 1000, "app")
+    assert not client_resumed(policy, 1000, 999, "app")  # before the deadline: no stall yet
+    branch_only = Policy(resume_channels=("branch",))
+    assert client_resumed(branch_only, 1000, 5000, "branch")
+    assert not client_resumed(branch_only, 1000, 5000, "app")
 
 
 def test_decision_fields(at: At) -> None:
