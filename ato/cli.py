@@ -112,6 +112,8 @@ def _merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged["events_per_s"] = round(merged["events"] / merged["seconds"]) if merged["seconds"] else 0
     if "precision" not in merged:  # interventions went to Kafka: each process counted its own
         merged["interventions"] = sum(p["interventions"] for p in parts)
+    if "redis_outages" in merged:  # each process's policy steps met their own
+        merged["redis_outages"] = sum(p.get("redis_outages", 0) for p in parts)
     return merged
 
 

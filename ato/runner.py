@@ -65,6 +65,7 @@ class RunResult:
         detected = self.intervention_ids
         if self.decisions is not None:  # with the policy, every stall has a decision
             out["decisions"] = dict(sorted(Counter(self.decisions.values()).items()))
+            out["redis_outages"] = s.redis_outages
             detected = set(self.decisions)
         if self.truth_ids is not None and detected is not None:
             hits = len(detected & self.truth_ids)

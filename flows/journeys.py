@@ -307,4 +307,6 @@ def _shard_progress(out: ShardOutput) -> dict[str, Any]:
         "watermark": out.watermark,
         "open": out.open_instances,
         "bytes": out.state_bytes,
+        "redis_outages": out.redis_outages,
+        "redis_waiting": out.redis_waiting,
     }

@@ -196,3 +196,5 @@ class ShardOutput:
     emitted_at_ms: int = 0
     latency_ms: float | None = None
     decisions: DecisionColumns | None = None  # the contact policy's; None: no policy
+    redis_outages: int = 0  # Redis outages the policy step met since its previous output
+    redis_waiting: int = 0  # candidates due and waiting for Redis at this output

@@ -154,6 +154,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         self.last: ShardOutput | None = None  # the latest output passed on
         self.outage_since_ms: int | None = None
         self.stats = {"decided": 0, "sent": 0, "deferred": 0, "suppressed": 0, "outages": 0}
+        self.outages_reported = 0  # of stats["outages"], those already on an output
 
     # ------------------------------------------------------------------ Bytewax hooks
 
@@ -167,7 +168,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             crowded = self._waiting() > self.ctx.max_waiting
             interventions, decisions = self._decide(wait=crowded or out.final)
             self.last = out
-            outputs.append(replace(out, interventions=interventions, decisions=decisions))
+            outputs.append(self._counted(out, interventions, decisions))
         return outputs, self.RETAIN
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
@@ -220,7 +221,18 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             funnel=None, late=None, late_count=0, applied=0, latency_ms=None, final=False,
             emitted_at_ms=self.ctx.now_ms(),
         )  # fmt: skip
-        return [replace(quiet, interventions=interventions, decisions=decisions)]
+        return [self._counted(quiet, interventions, decisions)]
+
+    def _counted(
+        self, out: ShardOutput, interventions: InterventionBatch, decisions: DecisionColumns
+    ) -> ShardOutput:
+        """``out`` with the decisions, and the Redis outages and waiting candidates to count."""
+        outages = self.stats["outages"] - self.outages_reported
+        self.outages_reported = self.stats["outages"]
+        return replace(
+            out, interventions=interventions, decisions=decisions, redis_outages=outages,
+            redis_waiting=self._waiting(),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ work
 

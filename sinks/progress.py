@@ -21,6 +21,8 @@ class RunStats:
     watermarks: dict[str, int] = field(default_factory=dict)
     open_instances: dict[str, int] = field(default_factory=dict)
     state_bytes: dict[str, int] = field(default_factory=dict)
+    redis_outages: int = 0  # outages of the contact policy's Redis (each shard's policy step)
+    redis_waiting: dict[str, int] = field(default_factory=dict)  # decisions waiting for it
     started: float = field(default_factory=time.perf_counter)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -40,6 +42,8 @@ class RunStats:
                 self.watermarks[shard] = item["watermark"]
                 self.open_instances[shard] = item["open"]
                 self.state_bytes[shard] = item["bytes"]
+                self.redis_outages += item.get("redis_outages", 0)
+                self.redis_waiting[shard] = item.get("redis_waiting", 0)
 
     def watermark(self) -> int | None:
         """The slowest shard's watermark."""
@@ -57,13 +61,17 @@ class RunStats:
             lag = f"{max(self.max_event_ts - wm, 0) / 1000:.1f}s"
         else:
             lag = "-"
-        return (
+        line = (
             f"[{elapsed:6.1f}s] events {self.events_in:,} ({self.events_in / elapsed:,.0f}/s)"
             f" | interventions {self.interventions:,} | dead letters {self.dead_letters:,}"
             f" | late {self.late:,} | watermark lag {lag}"
             f" | open {sum(self.open_instances.values()):,}"
             f" | state {sum(self.state_bytes.values()) / 1e6:,.1f} MB"
         )
+        waiting = sum(self.redis_waiting.values())
+        if self.redis_outages or waiting:
+            line += f" | redis outages {self.redis_outages:,}, decisions waiting {waiting:,}"
+        return line
 
 
 class _ProgressPartition(StatelessSinkPartition[dict[str, Any]]):

@@ -267,6 +267,8 @@ def test_redis_outage_delays_but_never_changes_decisions(
         result = results[0]
         assert down_at < decisions.stat().st_size
         assert "does not answer" in caplog.text and "answers again" in caplog.text
+        assert result.summary()["redis_outages"] >= 1  # counted, not only logged
+        assert base_result.summary()["redis_outages"] == 0
         assert result.decisions == base_result.decisions
         assert result.intervention_ids == base_result.intervention_ids
         assert final_decisions(decisions) == final_decisions(base_out / DECISIONS_FILE)
