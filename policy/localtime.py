@@ -100,11 +100,32 @@ def epoch_ms(day: date, ms_of_day: int, tz: ZoneInfo, fold: int = 0) -> int:
     return int(datetime.combine(day, clock, tz).timestamp()) * 1000 + ms_of_day % 1000
 
 
+@lru_cache(maxsize=1 << 16)
+def quiet_end_ms(day: date, end_ms_of_day: int, tz: ZoneInfo) -> int:
+    """Epoch ms at which quiet hours ending at wall time ``end_ms_of_day`` on ``day`` end:
+    that time, or, when a DST spring-forward skips it, the change itself (the first instant
+    the wall clock shows a later time; ``fold=0`` alone would add the length of the gap)."""
+    after = epoch_ms(day, end_ms_of_day, tz)
+    shown = local(after, tz)
+    if shown.date() == day and ms_of_day(shown) == end_ms_of_day:
+        return after
+    before = epoch_ms(day, end_ms_of_day, tz, fold=1)  # the offset after the change: before it
+    offset = local(after, tz).utcoffset()
+    low, high = before // 1000, after // 1000  # seconds; the change is in (low, high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if local(middle * 1000, tz).utcoffset() == offset:
+            high = middle
+        else:
+            low = middle
+    return high * 1000
+
+
 def _end_after(day: date, end_ms_of_day: int, tz: ZoneInfo, now_ms: int) -> int:
     """The end of quiet hours at wall time ``end_ms_of_day`` on ``day``, after ``now_ms``: a
     wall time that a DST fall-back repeats ends at its second instance when ``now_ms`` is
     already past the first (inside the repeated hour), not at once."""
-    end = epoch_ms(day, end_ms_of_day, tz)
+    end = quiet_end_ms(day, end_ms_of_day, tz)
     if end <= now_ms:
         end = epoch_ms(day, end_ms_of_day, tz, fold=1)
     return max(end, now_ms + 1)
@@ -204,7 +225,9 @@ def quiet_until_many(
         key = (day[quiet] * DAY_MS + end_ms[quiet]) * nz + zone_no[quiet]
         keys, inverse = np.unique(key, return_inverse=True)
         ends = [
-            epoch_ms(_DAY_ZERO + timedelta(days=k // nz // DAY_MS), k // nz % DAY_MS, zones[k % nz])
+            quiet_end_ms(
+                _DAY_ZERO + timedelta(days=k // nz // DAY_MS), k // nz % DAY_MS, zones[k % nz]
+            )
             for k in keys.tolist()
         ]
         out[quiet] = np.maximum(np.array(ends, np.int64)[inverse], now_ms[quiet] + 1)

@@ -131,6 +131,25 @@ def test_quiet_hours_ending_in_a_repeated_hour_end_at_its_second_pass(at: At) ->
     assert got.tolist() == [at("2026-11-01 06:30", "UTC"), at("2026-11-01 05:30", "UTC")]
 
 
+def test_quiet_hours_ending_in_a_skipped_hour_end_at_the_change(at: At) -> None:
+    """New York springs forward on 2026-03-08 at 07:00 UTC (02:00 EST -> 03:00 EDT): 02:30
+    never shows. Quiet hours until 02:30 end at the change, 03:00 EDT, when the wall clock
+    first shows a later time (not at 03:30 EDT, half an hour after 03:05 is already no longer
+    quiet). The batch path agrees."""
+    tz, window = zone("America/New_York"), Window.parse("21:00-02:30")
+    night = at("2026-03-08 06:00", "UTC")  # 01:00 EST
+    change = at("2026-03-08 07:00", "UTC")
+    assert quiet_until(night, tz, window) == change
+    assert quiet_until(change + 5 * 60_000, tz, window) is None  # 03:05 EDT
+    now = np.array([night], np.int64)
+    zone_no = np.zeros(1, np.int64)
+    got = quiet_until_many(
+        now, wall_ms_many(now, zone_no, [tz]), zone_no, [tz],
+        np.full(1, window.start_ms, np.int64), np.full(1, window.end_ms, np.int64),
+    )  # fmt: skip
+    assert got.tolist() == [change]
+
+
 def test_do_not_contact_beats_everything(at: At) -> None:
     profile = Profile("C1", "car_owner", tz="Europe/London", do_not_contact=True)
     d = decide(
