@@ -255,7 +255,9 @@ def _profiles_generate(args: argparse.Namespace) -> int:
         msg = f"--out {args.out}: use a JSON-lines name ({', '.join(JSONL_SUFFIXES)})"
         raise ConfigError(msg)
     settings = load_settings(args.config).with_overrides("", catalog=args.catalog)
-    settings = settings.with_overrides("generator", clients=args.clients, seed=args.seed)
+    settings = settings.with_overrides(
+        "generator", clients=args.clients, seed=args.seed, span_s=args.span_s
+    )
     traffic = generate(load_catalog(settings.catalog), settings.generator)
     try:
         count = write_profiles_jsonl(generated_profiles(traffic), args.out)
@@ -432,6 +434,12 @@ def _add_profiles_parser(sub: Any) -> None:
     )
     gen.add_argument("--clients", type=int, help="generated clients (default: generator.clients)")
     gen.add_argument("--seed", type=int, help="generator seed (default: generator.seed)")
+    gen.add_argument(
+        "--span-s",
+        type=int,
+        help="event-time span, s (default: generator.span_s); the generator's draws depend on"
+        " it, so give the run's --clients, --span-s and --seed to get its clients' segments",
+    )
     gen.add_argument("--catalog", type=Path, help="journey catalog TOML (default: shipped)")
     gen.add_argument("--out", type=Path, required=True, help="output file (.jsonl)")
     gen.add_argument("--config", type=Path, help=config_help)

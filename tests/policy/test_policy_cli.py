@@ -95,6 +95,11 @@ def test_generate_load_show_round_trip(
     written = read_profiles(out)
     traffic = generate(load_catalog(None), GeneratorSettings(clients=300, seed=3))
     assert written == generated_profiles(traffic)
+    short = tmp_path / "short.jsonl"  # a run with --span-s 21600 has other segments
+    argv = ["--clients", "300", "--seed", "3", "--span-s", "21600", "--out", str(short)]
+    assert main(["profiles", "generate", *argv]) == 0
+    run_traffic = generate(load_catalog(None), GeneratorSettings(clients=300, seed=3, span_s=21600))
+    assert read_profiles(short) == generated_profiles(run_traffic) != written
     assert main(["profiles", "load", str(out), "--redis-url", redis_url]) == 0
     capsys.readouterr()
     for profile in written[:5]:
