@@ -1,5 +1,8 @@
 """Kafka test helpers: fresh topics per test on the session broker (tests/conftest.py)."""
 
+import os
+import signal
+import subprocess
 import time
 
 import pytest
@@ -65,3 +68,33 @@ def consume_all(brokers: str, topic: str, quiet_s: float = 1.0) -> list[Message]
         return out
     finally:
         consumer.close()
+
+
+def run_with_kills(
+    argv: list[str], brokers: str, topic: str, thresholds: list[float], max_starts: int
+) -> int:
+    """Run ``argv`` (stdout and stderr discarded) until it exits 0, restarting it after each
+    SIGKILL. Its whole process group is killed each time ``topic`` has received the next of
+    ``thresholds`` messages (counted over every start, replays included), so the kills fall
+    while the run produces. Returns how many kills fell; fails the test if the run exits any
+    other way or has not finished after ``max_starts`` starts."""
+    counter = Consumer({"bootstrap.servers": brokers, "group.id": f"kill-counter-{topic}"})
+    counter.assign([TopicPartition(topic, 0, 0)])
+    produced = kills = 0
+    try:
+        for _ in range(max_starts):
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
+            while proc.poll() is None:
+                produced += len(counter.consume(10_000, timeout=0.05))
+                if kills < len(thresholds) and produced >= thresholds[kills]:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    kills += 1
+            if proc.returncode == 0:
+                return kills
+            assert proc.returncode == -signal.SIGKILL
+        pytest.fail(f"{' '.join(argv[2:])}: not finished after {max_starts} starts")
+    finally:
+        counter.close()

@@ -1,14 +1,10 @@
 """Cluster mode on a real broker: 2 processes give the same interventions as 1."""
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from ato import cli
 from ato.catalog import load_catalog
@@ -16,7 +12,7 @@ from ato.config import GeneratorSettings
 from ato.devservers import Server, create_topics
 from ato.generator import generate
 from ato.runner import truth_ids
-from tests.kafka.conftest import consume_all, produce
+from tests.kafka.conftest import consume_all, produce, run_with_kills
 
 
 def _config(tmp_path: Path, brokers: str, stem: str, out: str) -> Path:
@@ -84,27 +80,7 @@ def test_a_cluster_killed_twice_and_resumed_emits_every_id(broker: Server, tmp_p
     argv += ["--recovery-dir", str(tmp_path / "recovery")]
     expected = truth_ids(traffic)
     thresholds = [0.3 * len(expected), 0.6 * len(expected)]
-    counter = Consumer({"bootstrap.servers": broker.address, "group.id": "cluster-kill"})
-    counter.assign([TopicPartition(f"{stem}.out", 0, 0)])
-    produced = kills = 0
-    try:
-        for _ in range(8):
-            proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-            )
-            while proc.poll() is None:
-                produced += len(counter.consume(10_000, timeout=0.05))
-                if kills < len(thresholds) and produced >= thresholds[kills]:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    kills += 1
-            if proc.returncode == 0:
-                break
-            assert proc.returncode == -signal.SIGKILL
-        else:
-            pytest.fail("the cluster never finished")
-    finally:
-        counter.close()
+    kills = run_with_kills(argv, broker.address, f"{stem}.out", thresholds, max_starts=8)
     assert kills == 2, f"only {kills} kills fell inside the run"
     seen = {
         orjson.loads(m.value())["intervention_id"]

@@ -6,22 +6,19 @@ each run wrote to its embedded ClickHouse must agree too: nothing counted twice 
 """
 
 import random
-import signal
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from ato.catalog import load_catalog
 from ato.config import GeneratorSettings
 from ato.devservers import Server, create_topics
 from ato.generator import generate
 from sinks.clickhouse import ClickHouseStore
-from tests.kafka.conftest import consume_all, produce
+from tests.kafka.conftest import consume_all, produce, run_with_kills
 
 KILLS = 3
 MAX_RESTARTS = 12
@@ -40,12 +37,14 @@ def _config(tmp_path: Path, brokers: str, out_topic: str) -> Path:
     return path
 
 
+def _argv(config: Path, recovery: Path) -> list[str]:
+    run = [sys.executable, "-m", "ato.cli", "run", "--config", str(config)]
+    return [*run, "--recovery-dir", str(recovery)]
+
+
 def _start(config: Path, recovery: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "ato.cli", "run", "--config", str(config)]
     return subprocess.Popen(
-        [*argv, "--recovery-dir", str(recovery)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        _argv(config, recovery), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
@@ -74,26 +73,8 @@ def test_sigkill_at_random_points_loses_and_invents_nothing(broker: Server, tmp_
     recovery = tmp_path / "rec-killed"
     rnd = random.Random(20261122)
     thresholds = sorted(rnd.uniform(0.1, 0.9) * len(whole) for _ in range(KILLS))
-    counter = Consumer({"bootstrap.servers": broker.address, "group.id": "recovery-test"})
-    counter.assign([TopicPartition("recovery.killed", 0, 0)])
-    produced = 0
-    kills = 0
-    try:
-        for _ in range(MAX_RESTARTS):
-            proc = _start(killed_config, recovery)
-            while proc.poll() is None:
-                produced += len(counter.consume(10_000, timeout=0.05))
-                if kills < KILLS and produced >= thresholds[kills]:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    kills += 1
-            if proc.returncode == 0:
-                break
-            assert proc.returncode == -signal.SIGKILL
-        else:
-            pytest.fail("the flow never finished")
-    finally:
-        counter.close()
+    argv = _argv(killed_config, recovery)
+    kills = run_with_kills(argv, broker.address, "recovery.killed", thresholds, MAX_RESTARTS)
     assert kills >= 2, f"only {kills} kills fell inside the run: too little was tested"
 
     seen = Counter(_ids(broker.address, "recovery.killed"))
