@@ -282,7 +282,10 @@ def _event(client: str, ts: int, type_: str, n: int, channel: str = "app") -> by
     return orjson.dumps(doc)
 
 
-def _decisions(events: list[bytes], settings: Settings) -> list[tuple[str, str, str]]:
+def _scripted(
+    events: list[bytes], settings: Settings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The decisions and the sent interventions of a flow over ``events`` (one partition)."""
     got: dict[str, list] = {name: [] for name in ("out", "dead", "late", "progress", "dec")}
     sinks = FlowSinks(
         TestingSink(got["out"]),
@@ -293,8 +296,9 @@ def _decisions(events: list[bytes], settings: Settings) -> list[tuple[str, str, 
     )
     flow = build_flow(TestingSource([RawBatch("p0", events)]), sinks, settings, CATALOG, ["p0"])
     run_main(flow)
-    docs = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
-    return sorted((d["client_id"], d["outcome"], d["reason"]) for d in docs)
+    decisions = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
+    sent = [orjson.loads(x) for _, block in got["out"] for x in block.splitlines()]
+    return decisions, sent
 
 
 def test_only_events_on_the_resume_channels_count_as_a_resume(
@@ -321,7 +325,8 @@ def test_only_events_on_the_resume_channels_count_as_a_resume(
     (tmp_path / "policy.toml").write_text(text)
     redis_settings = {"url": redis_url, "policy_file": str(tmp_path / "policy.toml")}
     settings = Settings().with_overrides("engine", shards=2)
-    got = _decisions(events, settings.with_overrides("redis", **redis_settings))
+    decisions, _ = _scripted(events, settings.with_overrides("redis", **redis_settings))
+    got = sorted((d["client_id"], d["outcome"], d["reason"]) for d in decisions)
     assert got == [  # each client stalls again at its next step, also deferred to 08:00
         ("R1", "deferred", "quiet_hours"),
         ("R1", "deferred", "quiet_hours"),
@@ -353,18 +358,8 @@ def test_scripted_journeys_quiet_hours_resume_and_breakpoints(
         _event("S1", _ms("2026-01-06 07:00"), "account_opened", 4),
         _event("S4", _ms("2026-01-06 09:00"), "page_view", 5),  # moves event time past 08:00
     ]
-    got: dict[str, list] = {name: [] for name in ("out", "dead", "late", "progress", "dec")}
-    sinks = FlowSinks(
-        TestingSink(got["out"]),
-        TestingSink(got["dead"]),
-        TestingSink(got["late"]),
-        TestingSink(got["progress"]),
-        decisions=TestingSink(got["dec"]),
-    )
     settings = Settings().with_overrides("engine", shards=2).with_overrides("redis", url=redis_url)
-    flow = build_flow(TestingSource([RawBatch("p0", events)]), sinks, settings, CATALOG, ["p0"])
-    run_main(flow)
-    decisions = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
+    decisions, sent = _scripted(events, settings)
     seen = [(d["client_id"], d["outcome"], d["reason"], d["decided_at_ms"]) for d in decisions]
     eight = _ms("2026-01-06 08:00")
     assert sorted(seen) == [
@@ -374,7 +369,6 @@ def test_scripted_journeys_quiet_hours_resume_and_breakpoints(
         ("S2", "sent", "", eight),
         ("S3", "sent", "", _ms("2026-01-05 12:10")),
     ]
-    sent = [orjson.loads(x) for _, block in got["out"] for x in block.splitlines()]
     assert sorted(d["client_id"] for d in sent) == ["S2", "S3"]
     assert all((d["tier"], d["channel"]) == ("ai", "push") for d in sent)
     assert lookup(r, "S1") == {}  # finished: no open journey
