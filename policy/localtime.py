@@ -110,7 +110,7 @@ def quiet_end_ms(day: date, end_ms_of_day: int, tz: ZoneInfo) -> int:
     if shown.date() == day and ms_of_day(shown) == end_ms_of_day:
         return after
     before = epoch_ms(day, end_ms_of_day, tz, fold=1)  # the offset after the change: before it
-    offset = local(after, tz).utcoffset()
+    offset = shown.utcoffset()
     low, high = before // 1000, after // 1000  # seconds; the change is in (low, high]
     while high - low > 1:
         middle = (low + high) // 2

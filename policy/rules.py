@@ -100,7 +100,7 @@ class Usage:
 
     day: int = 0
     week: int = 0
-    last_sent_ms: int | None = None
+    nearest_sent_ms: int | None = None
 
 
 def client_resumed(policy: Policy, deadline_ms: int, event_ms: int, channel: str) -> bool:
@@ -162,7 +162,7 @@ def precheck(c: Candidate, profile: Profile, policy: Policy) -> tuple[Route, Dec
 def usage_reason(policy: Policy, journey: str, now_ms: int, usage: Usage) -> str:
     """Checks 5-6 against ``usage``: ``cooldown``, ``daily_cap``, ``weekly_cap`` or ``""``."""
     cooldown = policy.cooldown_for(journey)
-    if usage.last_sent_ms is not None and abs(now_ms - usage.last_sent_ms) < cooldown:
+    if usage.nearest_sent_ms is not None and abs(now_ms - usage.nearest_sent_ms) < cooldown:
         return "cooldown"
     if usage.day >= policy.per_day:
         return "daily_cap"
@@ -190,5 +190,5 @@ def usage_of(sends: list[tuple[int, str]], journey: str, now_ms: int, tz: str) -
     return Usage(
         day=sum(p.day_start <= t < p.day_end for t, _ in sends),
         week=sum(p.week_start <= t < p.week_end for t, _ in sends),
-        last_sent_ms=min(same, key=lambda t: abs(now_ms - t)) if same else None,
+        nearest_sent_ms=min(same, key=lambda t: abs(now_ms - t)) if same else None,
     )

@@ -190,15 +190,15 @@ def test_caps_at_exactly_n() -> None:
 
 def test_cooldown_edges() -> None:
     now = 1_767_600_000_000
-    at_edge = Usage(last_sent_ms=now - 6 * HOUR)
+    at_edge = Usage(nearest_sent_ms=now - 6 * HOUR)
     assert decide(cand(now), LONDON, POLICY, at_edge).outcome == SENT
-    d = decide(cand(now), LONDON, POLICY, Usage(last_sent_ms=now - 6 * HOUR + 1))
+    d = decide(cand(now), LONDON, POLICY, Usage(nearest_sent_ms=now - 6 * HOUR + 1))
     assert (d.outcome, d.reason) == (SUPPRESSED, "cooldown")
-    later = Usage(last_sent_ms=now + 6 * HOUR - 1)  # a send after now counts the same way
+    later = Usage(nearest_sent_ms=now + 6 * HOUR - 1)  # a send after now counts the same way
     assert decide(cand(now), LONDON, POLICY, later).reason == "cooldown"
-    assert decide(cand(now), LONDON, POLICY, Usage(last_sent_ms=now + 6 * HOUR)).outcome == SENT
+    assert decide(cand(now), LONDON, POLICY, Usage(nearest_sent_ms=now + 6 * HOUR)).outcome == SENT
     no_cooldown = cand(now, journey="card_activation")
-    assert decide(no_cooldown, LONDON, POLICY, Usage(last_sent_ms=now)).outcome == SENT
+    assert decide(no_cooldown, LONDON, POLICY, Usage(nearest_sent_ms=now)).outcome == SENT
 
 
 def test_usage_counts_local_day_and_week(at: At) -> None:
@@ -211,13 +211,13 @@ def test_usage_counts_local_day_and_week(at: At) -> None:
         (at("2026-01-12 00:00:00.000", tz), "b"),  # next Monday
     ]
     u = usage_of(sends, "a", at("2026-01-11 23:59:59.999", tz), tz)
-    assert (u.day, u.week, u.last_sent_ms) == (1, 3, at("2026-01-11 23:59:59.999", tz))
+    assert (u.day, u.week, u.nearest_sent_ms) == (1, 3, at("2026-01-11 23:59:59.999", tz))
     u = usage_of(sends, "a", at("2026-01-12 00:00:00.000", tz), tz)
     assert (u.day, u.week) == (1, 1)
     u = usage_of(sends, "a", at("2026-01-07 11:59", tz), tz)  # later sends count too
-    assert (u.day, u.week, u.last_sent_ms) == (1, 3, at("2026-01-05 00:00:00.000", tz))
+    assert (u.day, u.week, u.nearest_sent_ms) == (1, 3, at("2026-01-05 00:00:00.000", tz))
     u = usage_of(sends, "a", at("2026-01-10 12:00", tz), tz)  # the nearest send of "a"
-    assert u.last_sent_ms == at("2026-01-11 23:59:59.999", tz)
+    assert u.nearest_sent_ms == at("2026-01-11 23:59:59.999", tz)
 
 
 def test_periods_are_local(at: At) -> None:
