@@ -284,6 +284,8 @@ class HealthWindow:
     open_instances: dict[str, int] = field(default_factory=dict)
     state_bytes: dict[str, int] = field(default_factory=dict)
     max_event_ts: int | None = None
+    redis_outages: int = 0
+    decisions_waiting: dict[str, int] = field(default_factory=dict)  # per shard, latest
 
     def add(self, item: dict[str, Any]) -> None:
         """Add one progress item of the decode or a shard step."""
@@ -303,6 +305,8 @@ class HealthWindow:
             self.watermarks[shard] = item["watermark"]
             self.open_instances[shard] = item["open"]
             self.state_bytes[shard] = item["bytes"]
+            self.redis_outages += item.get("redis_outages", 0)
+            self.decisions_waiting[shard] = item.get("redis_waiting", 0)
 
     def block(self) -> MetricBlock:
         """The interval as one ``flow_health`` row."""
@@ -326,6 +330,8 @@ class HealthWindow:
             "batch_latency_max_ms": float(lat.max()),
             "open_instances": sum(self.open_instances.values()),
             "state_bytes": sum(self.state_bytes.values()),
+            "redis_outages": self.redis_outages,
+            "decisions_waiting": sum(self.decisions_waiting.values()),
         }
         columns = {
             k: np.array([v], dtype=object if isinstance(v, str) else None) for k, v in row.items()
@@ -360,6 +366,7 @@ class HealthLogic(StatefulBatchLogic[dict[str, Any], MetricBlock, None]):
         self.window.watermarks = dict(last.watermarks)
         self.window.open_instances = dict(last.open_instances)
         self.window.state_bytes = dict(last.state_bytes)
+        self.window.decisions_waiting = dict(last.decisions_waiting)
         self.window.max_event_ts = last.max_event_ts
         return [done]
 

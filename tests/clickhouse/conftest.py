@@ -200,6 +200,8 @@ def health_block(n: int, seed: int = 0, run_id: str = "run-1") -> MetricBlock:
             "batch_latency_max_ms": rng.uniform(50, 90, n),
             "open_instances": rng.integers(0, 100_000, n),
             "state_bytes": rng.integers(0, 10**9, n),
+            "redis_outages": rng.integers(0, 2, n),
+            "decisions_waiting": rng.integers(0, 500, n),
         },
     )
 

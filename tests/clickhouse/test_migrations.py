@@ -19,6 +19,7 @@ def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, databa
             "0002_rollups",
             "0003_funnel_over_shards",
             "0004_decision_channel",
+            "0005_health_redis",
         ]
         assert set(store.tables()) == {"schema_migrations"} | ROW_TABLES | HOUR_TABLES | {
             f"{t}_mv" for t in HOUR_TABLES
@@ -28,7 +29,7 @@ def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, databa
         assert [(v, c) for v, c, _at in applied] == [(m.version, m.checksum) for m in migrations()]
     with ClickHouseStore(url, database) as again:  # start-up of the next run
         assert again.migrate() == []
-        assert len(again.applied()) == 4
+        assert len(again.applied()) == 5
 
 
 def test_engines_and_keys_collapse_duplicates(store: ClickHouseStore) -> None:
@@ -106,10 +107,43 @@ def test_funnel_rows_of_the_per_shard_table_are_summed_over_shards(
             f" ({key}, 's01', 4, 0, 4, 0, 1), ({key}, 's01', 4, 0, 4, 0, 1)"
         )  # the last row is a replayed duplicate
     with ClickHouseStore(url, database) as store:
-        assert store.migrate() == ["0003_funnel_over_shards", "0004_decision_channel"]
+        assert store.migrate() == [
+            "0003_funnel_over_shards",
+            "0004_decision_channel",
+            "0005_health_redis",
+        ]
         assert "shard" not in store.columns("funnel_minute")
         _, rows = store.query(
             "SELECT journey, events, started, advanced, abandoned FROM funnel_minute"
         )
         assert rows == [("open_account", 7, 1, 6, 1)]
         assert "funnel_minute_by_shard" not in store.tables()
+
+
+def test_flow_health_rows_of_an_older_database_keep_their_counts_and_roll_up(
+    url: str, database: str, tmp_path: Path
+) -> None:
+    """A database made before 0005: its flow_health rows read 0 Redis outages, and the hour
+    table, whose view 0005 makes again, rolls up old and new rows."""
+    schema = tmp_path / "schema"
+    schema.mkdir()
+    for migration in migrations()[:4]:
+        shutil.copy(migration.path, schema / migration.path.name)
+    old_row = "'2026-01-05 09:00:00', 'run-1', 'h:1:w0', 100, 2, 0, 0, 5, NULL, 1, 2, 3, 7, 99"
+    with ClickHouseStore(url, database, schema_dir=schema) as store:
+        store.migrate()
+        store.client.command(f"INSERT INTO {database}.flow_health VALUES ({old_row})")
+    with ClickHouseStore(url, database) as store:
+        assert store.migrate() == ["0005_health_redis"]
+        store.client.command(
+            f"INSERT INTO {database}.flow_health (interval_start, run_id, worker, events_in,"
+            " redis_outages, decisions_waiting)"
+            " VALUES ('2026-01-05 09:00:10', 'run-1', 'h:1:w0', 50, 1, 12)"
+        )
+        assert store.rollup_views() == sorted(f"{t}_mv" for t in HOUR_TABLES)
+        store.refresh_rollups()
+        _, rows = store.query(
+            "SELECT intervals, events_in, redis_outages, decisions_waiting_max"
+            " FROM flow_health_hour"
+        )
+        assert rows == [(2, 150, 1, 12)]

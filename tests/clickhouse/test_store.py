@@ -121,6 +121,11 @@ def test_replayed_rows_collapse_and_hour_rollups_count_them_once(store: ClickHou
     recovered = o["time_to_recovery_ms"][o["time_to_recovery_ms"] >= 0]
     assert first["outcomes_hour"] == (120, int(recovered.sum()))
     assert first["flow_health_hour"] == (120, int(blocks["flow_health"].columns["events_in"].sum()))
+    h = blocks["flow_health"].columns
+    _, [redis_row] = store.query(
+        "SELECT sum(redis_outages), max(decisions_waiting_max) FROM flow_health_hour"
+    )
+    assert redis_row == (int(h["redis_outages"].sum()), int(h["decisions_waiting"].max()))
 
 
 def test_an_embedded_read_refreshes_the_hour_tables_only_when_a_row_table_changed(

@@ -20,7 +20,7 @@ import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from ato.catalog import load_catalog
-from ato.config import GeneratorSettings, Settings
+from ato.config import GeneratorSettings, Settings, clickhouse_url
 from ato.devservers import Server, start_redis
 from ato.generator import GeneratedTraffic, generate
 from ato.runner import DECISIONS_FILE, INTERVENTIONS_FILE, RunResult, run, truth_ids
@@ -34,6 +34,7 @@ from policy.localtime import periods
 from policy.profiles import Profile, ProfileStore, zone
 from policy.rules import DEFER_REASONS, SUPPRESS_REASONS
 from policy.settings import Policy, default_policy_path, load_policy
+from sinks.clickhouse import ClickHouseStore
 
 CATALOG = load_catalog()
 # the shipped policy with tighter caps and cooldown, so a small run reaches them
@@ -237,7 +238,8 @@ def test_redis_outage_delays_but_never_changes_decisions(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Stop redis-server in mid-run and start it again: the flow keeps going, and decisions,
-    interventions and live state equal the uninterrupted run's."""
+    interventions and live state equal the uninterrupted run's; flow_health counts the
+    outage."""
     base_result, base_out, base_state = baseline
     server = start_redis(None, tmp_path / "redis")
     url = f"redis://{server.address}/0"
@@ -245,12 +247,11 @@ def test_redis_outage_delays_but_never_changes_decisions(
         load(url, profiles)
         out = tmp_path / "run"
         rate = 1_500.0  # events/s per partition: the run lasts several seconds
-        results: list[RunResult] = []
-        flow = threading.Thread(
-            target=lambda: results.append(
-                run(settings_for(out, url, policy_file, rate), traffic=traffic)
-            )
+        settings = settings_for(out, url, policy_file, rate).with_overrides(
+            "clickhouse", enabled=True, health_interval_s=0.5
         )
+        results: list[RunResult] = []
+        flow = threading.Thread(target=lambda: results.append(run(settings, traffic=traffic)))
         flow.start()
         decisions = out / DECISIONS_FILE
         deadline = time.monotonic() + 60
@@ -273,6 +274,14 @@ def test_redis_outage_delays_but_never_changes_decisions(
         assert result.intervention_ids == base_result.intervention_ids
         assert final_decisions(decisions) == final_decisions(base_out / DECISIONS_FILE)
         assert live_state(url) == base_state
+        with ClickHouseStore(clickhouse_url(settings), settings.clickhouse.database) as store:
+            _, rows = store.query(
+                "SELECT sum(redis_outages), max(decisions_waiting), sum(events_in) FROM flow_health"
+            )
+        outages, waiting_max, events_in = rows[0]
+        assert outages == result.summary()["redis_outages"]
+        assert waiting_max > 0  # candidates came due while Redis was away
+        assert events_in == traffic.n_events
     finally:
         server.stop()
 

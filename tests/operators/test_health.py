@@ -88,3 +88,25 @@ def test_a_quiet_shard_keeps_its_state_and_its_watermark_in_later_intervals() ->
     row = {k: v[0] for k, v in block.columns.items()}
     assert (row["open_instances"], row["state_bytes"]) == (10_012, 9_100)
     assert row["watermark_delay_ms"] == 60_000 - 40_000
+
+
+def test_redis_outages_sum_per_interval_and_waiting_decisions_hold_per_shard() -> None:
+    """Outages are counted in the interval they were met; decisions waiting for Redis are a
+    level: each shard's latest report, kept while the shard is quiet."""
+    clock = Clock()
+    logic = HealthLogic("run", 10_000, clock)
+    shard = {"latency_ms": 1.0, "late": 0, "watermark": 1, "open": 0, "bytes": 0}
+    logic.on_batch(
+        [
+            _item(shard="s0", redis_outages=1, redis_waiting=40, **shard),
+            _item(shard="s1", redis_outages=1, redis_waiting=2, **shard),
+            _item(shard="s0", redis_outages=0, redis_waiting=30, **shard),
+        ]
+    )
+    clock.now += 10_000
+    (block,), _ = logic.on_notify()
+    assert (block.columns["redis_outages"][0], block.columns["decisions_waiting"][0]) == (2, 32)
+    logic.on_batch([_item(shard="s1", redis_outages=0, redis_waiting=0, **shard)])
+    clock.now += 10_000
+    (block,), _ = logic.on_notify()
+    assert (block.columns["redis_outages"][0], block.columns["decisions_waiting"][0]) == (0, 30)
