@@ -228,7 +228,7 @@ def run(
                 print(f"ato run: {recovery_dir}: {note}", file=progress)
         recovery = RecoveryConfig(str(recovery_dir))
     epoch = timedelta(seconds=engine.epoch_interval_s)
-    started = time.perf_counter()
+    started = stats.started = time.perf_counter()  # progress lines count from here too
     if settings.workers == 1 and not cluster:
         run_main(flow, epoch_interval=epoch, recovery_config=recovery)
     else:

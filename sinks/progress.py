@@ -23,7 +23,7 @@ class RunStats:
     state_bytes: dict[str, int] = field(default_factory=dict)
     redis_outages: int = 0  # outages of the contact policy's Redis (each shard's policy step)
     redis_waiting: dict[str, int] = field(default_factory=dict)  # decisions waiting for it
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)  # the flow's start (set by the run)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, item: dict[str, Any]) -> None:
@@ -50,7 +50,8 @@ class RunStats:
         return min(self.watermarks.values()) if self.watermarks else None
 
     def elapsed(self) -> float:
-        """Seconds since the run started."""
+        """Seconds since the flow started (traffic generation and set-up before it do not
+        count, as in the run summary's ``seconds``)."""
         return time.perf_counter() - self.started
 
     def line(self) -> str:
