@@ -46,7 +46,8 @@ class EngineSettings:
     idle_timeout_ms: int = _knob(
         10_000,
         "A partition with no valid event this long (wall clock, ms) stops holding the"
-        " watermark, once its source said it is caught up (or it sends only bad input).",
+        " watermark, once its source said it is caught up (or it has sent only bad input this"
+        " long).",
     )
     clock: str = _knob(
         "replay", "replay: event time only; live: watermark follows wall clock when all idle."

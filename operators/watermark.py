@@ -3,7 +3,8 @@
 ``watermark = min over active partitions of (partition max event time - allowed lateness)``.
 A partition is *idle*, and stops holding the watermark back, when it has delivered no valid
 event for ``idle_timeout_ms`` and either its source said it is caught up (it read everything
-there was: a live input with nothing new) or it keeps delivering only bad messages. Silence
+there was: a live input with nothing new) or it keeps delivering only bad messages (for a
+whole ``idle_timeout_ms``, the last of them within it). Silence
 alone never makes a partition idle: a source that is merely behind (another process catching
 up, a worker held back by Bytewax's epoch gating) still has events queued, and releasing the
 watermark past them would make them late. A partition never heard of holds the watermark.
@@ -31,11 +32,21 @@ class _Partition:
     last_valid_ms: int  # idle clock of the last batch with a valid event
     last_report_ms: int | None = None  # idle clock of the last batch of any kind
     caught_up: bool = False  # what the source said with its last batch
+    bad_since_ms: int | None = None  # idle clock of the first batch of only bad messages
+    # since the last valid event (None: none since)
 
     def idle(self, idle_now: int, timeout: int) -> bool:
         if self.last_report_ms is None or idle_now - self.last_valid_ms < timeout:
             return False
-        return self.caught_up or idle_now - self.last_report_ms < timeout
+        if self.caught_up:
+            return True
+        # only bad messages for a whole timeout, the last of them within it: one bad batch
+        # and then silence is a source that is behind, not one that keeps sending bad input
+        return (
+            self.bad_since_ms is not None
+            and idle_now - self.bad_since_ms >= timeout
+            and idle_now - self.last_report_ms < timeout
+        )
 
 
 class WatermarkTracker:
@@ -81,9 +92,12 @@ class WatermarkTracker:
             part = self.parts[partition] = _Partition(None, idle_now)
         part.last_report_ms = idle_now
         part.caught_up = caught_up
-        if max_ts is None:
-            return  # a batch without valid events is no sign of event-time progress
+        if max_ts is None:  # a batch without valid events is no sign of event-time progress
+            if part.bad_since_ms is None and not caught_up:  # an empty read is not bad input
+                part.bad_since_ms = idle_now
+            return
         part.last_valid_ms = idle_now
+        part.bad_since_ms = None
         if self.live:
             # live, event time cannot be ahead of the wall clock: an event stamped ahead (a
             # skewed device clock) counts as now, else it would hold its partition's event

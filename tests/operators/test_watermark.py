@@ -189,16 +189,45 @@ def test_is_late_at_the_boundary() -> None:
 
 
 def test_partition_with_only_bad_messages_goes_idle() -> None:
-    """Batches without valid events (max_ts None) do not keep a partition active."""
+    """Batches without valid events (max_ts None) for a whole idle timeout do not keep a
+    partition active."""
     wm = tracker()
     wm.observe("p0", T0, W0)
-    for k in range(1, 10):
-        wm.observe("p1", None, W0 + k * 1_000)  # all dead letters
+    for k in range(1, 11):
+        wm.observe("p1", None, W0 + k * 1_000)  # all dead letters, from W0 + 1 s on
         wm.observe("p0", T0 + k, W0 + k * 1_000)
-    assert wm.advance(W0 + IDLE - 1) == MIN_WATERMARK
-    wm.observe("p1", None, W0 + IDLE)
-    wm.observe("p0", T0 + 10, W0 + IDLE)
-    assert wm.advance(W0 + IDLE) == T0 + 10 - LATE
+    assert wm.advance(W0 + 1_000 + IDLE - 1) == MIN_WATERMARK
+    wm.observe("p1", None, W0 + 1_000 + IDLE)
+    wm.observe("p0", T0 + 11, W0 + 1_000 + IDLE)
+    assert wm.advance(W0 + 1_000 + IDLE) == T0 + 11 - LATE
+
+
+def test_one_bad_batch_and_then_silence_holds() -> None:
+    """A partition behind its traffic (valid events queued) that happened to read one batch
+    of only bad messages is not one that keeps sending bad input: it still holds."""
+    wm = tracker()
+    wm.observe("p0", T0, W0)
+    wm.observe("p1", T0, W0)
+    wm.observe("p1", None, W0 + IDLE - 200)  # the one bad batch, then nothing
+    for k in range(1, 30):
+        wm.observe("p0", T0 + k * 60_000, W0 + k * 1_000)
+        assert wm.advance(W0 + k * 1_000) == T0 - LATE
+    wm.observe("p1", T0 + 1, W0 + 30_000)
+    assert not wm.is_late(T0 + 1)
+
+
+def test_a_valid_event_ends_a_run_of_bad_batches() -> None:
+    """Bad batches before a valid event do not count towards a later run of them."""
+    wm = tracker()
+    wm.observe("p0", T0, W0)
+    wm.observe("p1", None, W0 + 1_000)
+    wm.observe("p1", T0, W0 + 2_000)
+    for k in range(3, 2 * IDLE // 1_000 + 2):
+        wm.observe("p0", T0 + k, W0 + k * 1_000)
+        if W0 + k * 1_000 >= W0 + 2_000 + IDLE:
+            wm.observe("p1", None, W0 + k * 1_000)  # bad only, from 12 s on
+    # p1: last valid at 2 s, bad from 12 s; at 21 s the bad run has lasted 9 s, not IDLE
+    assert wm.advance(W0 + 2 * IDLE + 1_000) == T0 - LATE
 
 
 def test_a_long_gap_counts_at_most_max_gap() -> None:
