@@ -228,7 +228,7 @@ def _late_lines(out: ShardOutput) -> list[tuple[str, bytes]]:
     late = out.late
     if late is None:
         return []
-    return _block(late_docs(late, out.watermark))
+    return _block(late_docs(late, out.watermark, out.late_partitions))
 
 
 def _intervention_records(out: ShardOutput) -> list[tuple[str, list[Record]]]:
@@ -259,7 +259,7 @@ def _late_records(out: ShardOutput) -> list[tuple[str, list[Record]]]:
         return []
     records = [
         Record(doc["client_id"].encode(), orjson.dumps(doc), [("reason", b"late")])
-        for doc in late_docs(out.late, out.watermark)
+        for doc in late_docs(out.late, out.watermark, out.late_partitions)
     ]
     return [(out.shard, records)]
 
@@ -267,15 +267,28 @@ def _late_records(out: ShardOutput) -> list[tuple[str, list[Record]]]:
 def dead_letter_doc(dead: DeadLetter) -> dict[str, Any]:
     """A dead letter as a document; Kafka partitions (``topic#N``) name topic and partition."""
     doc = dead.to_doc()
-    topic, sep, number = dead.partition.rpartition("#")
-    if sep and number.isdigit():
-        doc["source_topic"], doc["source_partition"] = topic, int(number)
+    doc.update(_source_of(dead.partition))
     return doc
 
 
-def late_docs(late: EventColumns, watermark: int) -> list[dict[str, Any]]:
-    """Late events as documents: where they came from, their time, and the original bytes."""
+def _source_of(partition: str) -> dict[str, Any]:
+    """``source_topic`` and ``source_partition`` of a Kafka partition name (``topic#N``)."""
+    topic, sep, number = partition.rpartition("#")
+    if sep and number.isdigit():
+        return {"source_topic": topic, "source_partition": int(number)}
+    return {}
+
+
+def late_docs(
+    late: EventColumns, watermark: int, partitions: tuple[tuple[str, int], ...] = ()
+) -> list[dict[str, Any]]:
+    """Late events as documents: where they came from (``partitions``: the input partition of
+    each run of rows, see :attr:`ShardOutput.late_partitions`), their time, and the original
+    bytes."""
     client_ids = client_id_texts(late.client_id)
+    names = [name for name, count in partitions for _ in range(count)]
+    if len(names) != len(late):
+        names = [""] * len(late)  # not known
     return [
         {
             "reason": "late",
@@ -283,7 +296,9 @@ def late_docs(late: EventColumns, watermark: int) -> list[dict[str, Any]]:
             "ts": int(late.ts[i]),
             "channel": CHANNELS[int(late.channel[i])],
             "watermark_after": watermark,
+            "partition": names[i],
             "offset": int(late.offset[i]),
+            **_source_of(names[i]),
             "raw_b64": None if late.raw is None else base64.b64encode(late.raw[i]).decode("ascii"),
         }
         for i in range(len(late))

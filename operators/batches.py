@@ -182,6 +182,8 @@ class ShardOutput:
     interventions: InterventionBatch = field(default_factory=InterventionBatch.empty)
     late: EventColumns | None = None
     late_count: int = 0
+    # the input partition of the late events: (partition, count) runs in the order of ``late``
+    late_partitions: tuple[tuple[str, int], ...] = ()
     applied: int = 0
     watermark: int = 0
     pending: int = 0

@@ -124,6 +124,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         """Take sub-batches from any partitions, then advance to the new watermark."""
         now = self.ctx.now_ms()
         late_parts: list[EventColumns] = []
+        late_from: list[tuple[str, int]] = []  # partition and count of each late part
         read_at = min(item.read_wall_ms for item in values)  # 0: the source did not say
         for item in values:
             self.shard = item.shard
@@ -132,10 +133,13 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
                 late = events.ts < self.tracker.current
                 if late.any():
                     late_parts.append(replace(events.take(late), raw=item.raw_of(late)))
+                    late_from.append((item.partition, int(late.sum())))
                     events = events.take(~late)
                 self.pending.add(events.without_raw())
             self.tracker.observe(item.partition, item.max_ts, now, item.caught_up)
         outputs = self._advance(self.tracker.advance(now), late_parts, final=False)
+        if late_from and outputs:
+            outputs[0] = replace(outputs[0], late_partitions=tuple(late_from))
         if outputs and read_at > 0:
             outputs[0] = replace(outputs[0], latency_ms=float(self.ctx.now_ms() - read_at))
         return outputs, self.RETAIN

@@ -5,6 +5,7 @@ import random
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -12,10 +13,11 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from reference import reference_ids
 
 from ato.catalog import load_catalog
+from ato.columns import EventColumns
 from ato.config import GeneratorSettings, Settings
 from ato.generator import GeneratedTraffic, generate
 from ato.runner import truth_ids
-from flows.journeys import FlowSinks, build_flow
+from flows.journeys import FlowSinks, build_flow, late_docs
 from operators.batches import RawBatch
 
 CATALOG = load_catalog()
@@ -141,6 +143,25 @@ def test_late_events_are_counted_and_routed(traffic: GeneratedTraffic) -> None:
     doc = orjson.loads(late[0])
     assert doc["client_id"] == first["client_id"]
     assert base64.b64decode(doc["raw_b64"]) == orjson.dumps(stale)  # the original bytes
+    assert (doc["partition"], doc["offset"]) == ("gen-0", 10**9 + 5)  # where to find it
+
+
+def test_late_documents_name_the_partition_of_each_event() -> None:
+    """Late rows of several partitions in one output each name their own; a Kafka partition
+    (``topic#N``) also gives topic and number, as dead letters do."""
+    events = EventColumns(
+        np.arange(3, dtype=np.uint64), np.array([b"a", b"b", b"c"]), np.array([5, 6, 7]),
+        np.zeros(3, np.int8), np.zeros(3, np.int32), np.full(3, -1, np.int16),
+        np.full(3, -1, np.int16), np.zeros(3, np.int8), None, np.array([10, 11, 40]),
+    )  # fmt: skip
+    docs = late_docs(events, 100, (("events#0", 2), ("events#3", 1)))
+    assert [(d["partition"], d["offset"], d["client_id"]) for d in docs] == [
+        ("events#0", 10, "a"), ("events#0", 11, "b"), ("events#3", 40, "c"),
+    ]  # fmt: skip
+    assert [(d["source_topic"], d["source_partition"]) for d in docs] == [
+        ("events", 0), ("events", 0), ("events", 3),
+    ]  # fmt: skip
+    assert "source_topic" not in late_docs(events, 100, (("file.jsonl", 3),))[0]
 
 
 def test_recovery_after_abort_emits_the_uninterrupted_ids(
