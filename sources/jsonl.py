@@ -4,6 +4,7 @@ from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from ato.exceptions import ConfigError
 from operators.batches import RawBatch
 from operators.decode import wall_ms
 
@@ -57,8 +58,13 @@ class JsonLinesSource(FixedPartitionedSource[RawBatch, int]):
     def __init__(self, paths: list[Path], batch_size: int) -> None:
         self.paths = {p.name: p for p in map(Path, paths)}
         if len(self.paths) != len(paths):
-            msg = "input files must have distinct names (each is a partition)"
-            raise ValueError(msg)
+            names = [Path(p).name for p in paths]
+            same = sorted({str(p) for p in paths if names.count(Path(p).name) > 1})
+            msg = (
+                "input files must have distinct names (a file's name is its partition, which"
+                f" recovery and the watermark track): {', '.join(same)}; rename or link them"
+            )
+            raise ConfigError(msg)
         self.batch_size = batch_size
 
     def list_parts(self) -> list[str]:

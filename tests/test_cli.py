@@ -114,3 +114,16 @@ def test_resuming_with_another_shard_count_is_refused_by_name(tmp_path: Path, ca
     last = err.strip().splitlines()[-1]  # Bytewax may print its own traceback before it
     assert last.startswith("ato: error: recovery snapshot of shard")
     assert "was taken with engine.shards = 8, this run has 4" in last
+
+
+def test_input_files_with_the_same_name_are_a_clear_error(tmp_path: Path, capsys) -> None:
+    """A file's name is its partition: two files of one name are refused, naming them."""
+    files = []
+    for day in ("mon", "tue"):
+        (tmp_path / day).mkdir()
+        files.append(tmp_path / day / "events.jsonl")
+        files[-1].write_text("")
+    assert main(["run", "--input", *map(str, files), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "distinct names" in err and str(files[0]) in err and str(files[1]) in err
+    assert "Traceback" not in err
