@@ -89,11 +89,6 @@ def build_flow(
     live = None
     if policy_ctx is not None and config.redis.live_state:
         live = LiveStateWriter(policy_ctx.client, config.redis.live_state_ttl_s)
-    cut = getattr(source, "cut", None)  # partitions a --duration-s stopped before their end
-
-    def paused() -> bool:
-        return snapshots and bool(cut)
-
     ctx = ShardContext(
         catalog,
         engine,
@@ -104,7 +99,6 @@ def build_flow(
         live_state=live,
         live_state_interval_ms=config.redis.live_state_interval_ms,
         snapshots=snapshots,
-        paused_at_end=paused,
     )
 
     if engine.decode_ahead and isinstance(source, FixedPartitionedSource):
@@ -145,7 +139,7 @@ def build_flow(
         blocks = op.flat_map("metric_blocks", outputs, rows)
         updates = op.flat_map("funnel_updates", outputs, _funnel_update)
         funnel = op.stateful_batch(
-            "funnel", updates, lambda resume: FunnelLogic(router.keys, resume, paused)
+            "funnel", updates, lambda resume: FunnelLogic(router.keys, resume)
         )
         funnel_blocks = op.map("funnel_blocks", funnel, lambda key_rows: rows.funnel(key_rows[1]))
         interval_ms = max(1, int(config.clickhouse.health_interval_s * 1000))
@@ -199,7 +193,8 @@ def _funnel_update(out: ShardOutput) -> list[tuple[str, FunnelUpdate]]:
     """A shard output's funnel counts and watermark, for the one funnel step."""
     if out.funnel is None:
         return []
-    return [(FUNNEL_KEY, FunnelUpdate(out.shard, out.watermark, out.funnel, out.final))]
+    update = FunnelUpdate(out.shard, out.watermark, out.funnel, out.final, out.paused)
+    return [(FUNNEL_KEY, update)]
 
 
 def _metric_item(block: MetricBlock) -> tuple[str, MetricBlock]:

@@ -45,6 +45,8 @@ class RawBatch:
     ``lag``: messages left in the partition after this batch, when the source knows.
     ``unreadable``: dead letters of records the source could not read (Kafka's corrupt or
     undecompressable records), which the decode step passes on with its own.
+    ``cut``: an empty batch saying ``--duration-s`` stopped the partition before its end
+    (nothing follows it); the shards learn from it that the end of input is a pause.
     """
 
     partition: str
@@ -55,6 +57,7 @@ class RawBatch:
     caught_up: bool = False
     lag: int | None = None
     unreadable: tuple[DeadLetter, ...] = ()
+    cut: bool = False
 
     def offset_array(self) -> np.ndarray:
         """Source offset of every message."""
@@ -75,6 +78,7 @@ class DecodedBatch:
     n_in: int
     caught_up: bool = False  # see RawBatch
     lag: int | None = None  # see RawBatch
+    cut: bool = False  # see RawBatch
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class ShardInput:
     # the rows of it holding ``events``, in order.
     raw: RawBytes | np.ndarray | None = None
     raw_rows: np.ndarray | None = None
+    cut: bool = False  # see RawBatch
 
     def raw_of(self, rows: np.ndarray) -> RawBytes | np.ndarray | None:
         """Original bytes of ``events`` at ``rows`` (an index array or mask), if known."""
@@ -109,7 +114,7 @@ class ShardInput:
         if raw is not None and rows is not None:
             raw, rows = raw[rows], np.arange(len(rows))
         fields = (self.shard, self.partition, self.events, self.max_ts, self.read_wall_ms)
-        return ShardInput, (*fields, self.caught_up, raw, rows)
+        return ShardInput, (*fields, self.caught_up, raw, rows, self.cut)
 
 
 @dataclass(frozen=True)
@@ -200,3 +205,4 @@ class ShardOutput:
     decisions: DecisionColumns | None = None  # the contact policy's; None: no policy
     redis_outages: int = 0  # Redis outages the policy step met since its previous output
     redis_waiting: int = 0  # candidates due and waiting for Redis at this output
+    paused: bool = False  # the shard's last output when the input was cut: its end is a pause

@@ -16,7 +16,6 @@ Keys are packed into one int64 (minute, journey+1, step+1, channel, segment+1) s
 is summed by one numba kernel (:func:`sum_by_key`). Rows come out in no particular order.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -284,19 +283,15 @@ class FunnelUpdate:
     watermark: int
     rows: FunnelRows = field(default_factory=FunnelRows.empty)
     final: bool = False
+    paused: bool = False  # see ShardOutput.paused
 
 
 class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
     """Sums every shard's funnel counts; emits the minutes every shard's watermark passed."""
 
-    def __init__(
-        self,
-        shards: list[str],
-        resume: dict[str, Any] | None,
-        paused_at_end: Callable[[], bool] = lambda: False,
-    ) -> None:
+    def __init__(self, shards: list[str], resume: dict[str, Any] | None) -> None:
         self.shards = list(shards)
-        self.paused_at_end = paused_at_end
+        self.paused = False  # a shard paused at the end of input (see ShardOutput.paused)
         self.windows = FunnelWindows()
         self.watermarks: dict[str, int] = {}
         if resume is not None:
@@ -307,6 +302,7 @@ class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
         """Add the counts first, then move the watermarks, then close what every shard passed."""
         for update in values:
             self.windows.add_rows(update.rows)
+            self.paused = self.paused or update.paused
         for update in values:
             mark = FINAL_WATERMARK if update.final else update.watermark
             self.watermarks[update.shard] = max(self.watermarks.get(update.shard, mark), mark)
@@ -316,10 +312,11 @@ class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
         return ([rows] if len(rows) else []), self.RETAIN
 
     def on_eof(self) -> tuple[list[FunnelRows], bool]:
-        """Input ended: every open minute is final; but when the input was only cut in a run
-        that can resume (see ``ShardContext.paused_at_end``), the open minutes stay in the
-        snapshot, since a second row of the same minute would replace, not add to, the first."""
-        if self.paused_at_end():
+        """Input ended: every open minute is final; but when the shards paused (the input was
+        only cut in a run that can resume, see ``ShardOutput.paused``), the open minutes stay
+        in the snapshot, since a second row of the same minute would replace, not add to, the
+        first. (The shards' last outputs come before this end.)"""
+        if self.paused:
             return [], self.RETAIN
         rows = self.windows.close(0, final=True)
         return ([rows] if len(rows) else []), self.DISCARD

@@ -42,6 +42,7 @@ class Router:
                     batch.caught_up,
                     events.raw,
                     rows[s],
+                    batch.cut,
                 ),
             )
             for s in range(self.shards)

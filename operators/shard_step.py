@@ -54,11 +54,9 @@ class ShardContext:
     live_state: LiveStateWriter | None = None  # write live journey state to Redis
     live_state_interval_ms: int = 1_000
     # Bytewax asks for a snapshot at every epoch end even without recovery; copying the whole
-    # store each time (2 GB at 10 M instances) stalls the flow, so without recovery: none
+    # store each time (2 GB at 10 M instances) stalls the flow, so without recovery: none.
+    # With snapshots, an input cut before its end (--duration-s) ends in a pause, not a flush.
     snapshots: bool = True
-    # at the end of input: True when the input was cut before its end in a run that can
-    # resume (--duration-s with a recovery directory): a pause, so nothing is flushed
-    paused_at_end: Callable[[], bool] = lambda: False
 
 
 def check_resume(resume: dict[str, Any], ctx: ShardContext) -> None:
@@ -103,6 +101,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         )
         self.pending = PendingEvents()
         self.reported_minute: int | None = None  # watermark minute the last output carried
+        # a source said --duration-s stopped its partition before the end (RawBatch.cut);
+        # every shard hears it, in whichever process it runs
+        self.input_cut = False
         self.live: LiveStateTracker | None = None
         if ctx.live_state is not None:
             self.live = LiveStateTracker(self.builder, ctx.live_state, ctx.live_state_interval_ms)
@@ -128,6 +129,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         read_at = min(item.read_wall_ms for item in values)  # 0: the source did not say
         for item in values:
             self.shard = item.shard
+            if item.cut:
+                self.input_cut = True  # no news of event time: not observed
+                continue
             events = item.events
             if len(events):
                 late = events.ts < self.tracker.current
@@ -157,14 +161,16 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
 
     def on_eof(self) -> tuple[list[ShardOutput], bool]:
         """Input ended: apply everything pending and expire up to the last event time. When
-        the input was only cut in a run that can resume (:attr:`ShardContext.paused_at_end`),
-        that would settle deadlines against events not read yet and make them late once
-        resumed: the shard only advances as usual (and writes its live state), and its
-        snapshot resumes as if the run had never stopped."""
-        if not self.ctx.paused_at_end():
+        the input was only cut (a source sent :attr:`RawBatch.cut`) in a run that can resume
+        (with snapshots), that would settle deadlines against events not read yet and make
+        them late once resumed: the shard only advances as usual (and writes its live
+        state), its last output says it paused (so the funnel step keeps its open minutes
+        too), and its snapshot resumes as if the run had never stopped."""
+        if not (self.ctx.snapshots and self.input_cut):
             return self._advance(self.tracker.final(), [], final=True), self.RETAIN
         now = self.ctx.now_ms()
-        outputs = self._advance(self.tracker.advance(now), [], final=False)
+        outputs = self._advance(self.tracker.advance(now), [], final=False, force=True)
+        outputs[-1] = replace(outputs[-1], paused=True)
         if self.live is not None:
             self.live.maybe_write(self.store, now, force=True)
         return outputs, self.RETAIN
@@ -191,8 +197,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
     # ------------------------------------------------------------------ work
 
     def _advance(
-        self, watermark: int, late_parts: list[EventColumns], final: bool
+        self, watermark: int, late_parts: list[EventColumns], final: bool, force: bool = False
     ) -> list[ShardOutput]:
+        """Apply the events the watermark passed and expire deadlines; the output, if there is
+        news (always with ``final`` or ``force``)."""
         ready = self.pending.pop_all() if final else self.pending.pop_ready(watermark)
         metrics, policy, live = self.ctx.metrics, self.ctx.policy, self.live
         funnel_parts: list[FunnelRows] = []
@@ -225,7 +233,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         quiet = not len(found) and not len(ready) and not len(late)
         # the funnel step closes a minute once every shard's watermark has passed it
         minute_passed = metrics and minute != self.reported_minute
-        if quiet and not final and (funnel is None or not len(funnel)) and not minute_passed:
+        news = not quiet or final or force or minute_passed
+        if not news and (funnel is None or not len(funnel)):
             return []
         self.reported_minute = minute
         now = self.ctx.now_ms()

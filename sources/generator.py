@@ -26,7 +26,6 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         live: bool,
         position: int,
         stop_at: float | None,
-        cut: set[str],
     ) -> None:
         self.name = name
         self.lines = lines
@@ -36,7 +35,6 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         self.live = live
         self.position = position
         self.stop_at = stop_at
-        self.cut = cut
         self.started = time.monotonic()
         self.start_position = position
         self.awake: datetime | None = None
@@ -51,8 +49,11 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
             self.ended = True
             return [RawBatch(self.name, [], self.position, wall_ms(), caught_up=True)]
         if self.stop_at is not None and time.monotonic() >= self.stop_at:
-            self.cut.add(self.name)  # --duration ran out before the traffic did
-            raise StopIteration
+            if self.ended:
+                raise StopIteration
+            # --duration ran out before the traffic did: say so (once), then stop
+            self.ended = True
+            return [RawBatch(self.name, [], self.position, wall_ms(), cut=True)]
         end = min(self.position + self.batch_size, len(self.lines))
         caught_up = False
         if self.live:
@@ -103,7 +104,6 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
         self.live = live
         self.duration_s = duration_s
         self.stop_at: float | None = None
-        self.cut: set[str] = set()  # partitions stopped by the duration before their end
 
     def list_parts(self) -> list[str]:
         """Generator partitions."""
@@ -128,5 +128,4 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
             self.live,
             resume_state or 0,
             self.stop_at,
-            self.cut,
         )

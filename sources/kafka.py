@@ -218,10 +218,9 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         batch_size: int,
         resume: int | None,
         stop_at: float | None,
-        cut: set[str],
     ) -> None:
         self.name = name
-        self.cut = cut  # the source's: partitions the duration stopped
+        self.cut = False  # the duration ran out and the cut batch was sent
         self.batch_size = batch_size
         self.poll_interval = timedelta(milliseconds=settings.poll_interval_ms)
         self.end_wait_s = settings.end_wait_ms / 1000
@@ -264,8 +263,11 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         now = time.monotonic()
         waited, self.last_call = now - self.last_call, now
         if self.stop_at is not None and now >= self.stop_at:
-            self.cut.add(self.name)  # the duration ran out: a pause, not the end of the topic
-            raise StopIteration
+            if self.cut:
+                raise StopIteration
+            # the duration ran out: a pause, not the end of the topic; say so (once), then stop
+            self.cut = True
+            return [RawBatch(self.name, [], self.next_offset, wall_ms(), cut=True)]
         batches: list[RawBatch] = []
         for _ in range(self.catch_up if waited >= 1.0 else 1):
             batch = self._read(timeout_s=0.0)
@@ -355,7 +357,6 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
         self.batch_size = batch_size
         self.duration_s = duration_s
         self.stop_at: float | None = None  # set when the first partition is built
-        self.cut: set[str] = set()  # partitions the duration stopped (see flows.journeys)
         self._parts: list[str] | None = None
 
     def input_partitions(self) -> list[str]:
@@ -376,6 +377,4 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
         """
         if self.stop_at is None and self.duration_s is not None:
             self.stop_at = time.monotonic() + self.duration_s
-        return _KafkaPartition(
-            self.settings, for_part, self.batch_size, resume_state, self.stop_at, self.cut
-        )
+        return _KafkaPartition(self.settings, for_part, self.batch_size, resume_state, self.stop_at)

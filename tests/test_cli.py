@@ -1,5 +1,8 @@
 """`ato run` end to end on a small generated population and on a JSON-lines file."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -127,3 +130,30 @@ def test_input_files_with_the_same_name_are_a_clear_error(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "distinct names" in err and str(files[0]) in err and str(files[1]) in err
     assert "Traceback" not in err
+
+
+def test_a_cluster_run_cut_short_pauses_in_a_process_without_input(tmp_path: Path) -> None:
+    """Two processes, one generator partition: process 1 reads nothing, yet its shards learn
+    from the cut batch that --duration-s stopped the input and pause (no flush), so the
+    resumed run finds no event late and detects every stall."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
+        "ATO_GENERATOR_PARTITIONS": "1",
+        "ATO_CLICKHOUSE_ENABLED": "false",
+    }
+    argv = [
+        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clients", "2000",
+        "--span-s", "60", "--rate", "1000", "--recovery-dir", str(tmp_path / "recovery"),
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    summaries = []
+    for extra in (["--duration-s", "3"], []):
+        done = subprocess.run(
+            [*argv, *extra], env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2_000:]
+        summaries.append(orjson.loads(done.stdout.strip().splitlines()[-1]))
+    cut, resumed = summaries
+    assert cut["processes"] == 2 and 0 < cut["events"] < resumed["events"]
+    assert resumed["late_events"] == 0
+    assert resumed["recall"] == 1.0 and resumed["precision"] == 1.0

@@ -200,8 +200,9 @@ def test_a_minute_closes_when_every_shard_has_passed_it_summed_over_shards() -> 
 def test_a_paused_end_of_input_keeps_open_minutes_for_the_resumed_run() -> None:
     """A run cut short with recovery keeps its open minutes in the snapshot: closing them
     now would write a partial row that the resumed run's row of the same minute replaces."""
-    logic = FunnelLogic(["a"], None, paused_at_end=lambda: True)
+    logic = FunnelLogic(["a"], None)
     logic.on_batch([FunnelUpdate("a", T0 + 30_000, _rows((0, 3)))])
+    logic.on_batch([FunnelUpdate("a", T0 + 30_000, paused=True)])  # the shard's last output
     out, keep = logic.on_eof()
     assert out == [] and keep == FunnelLogic.RETAIN
     resumed = FunnelLogic(["a"], pickle.loads(pickle.dumps(logic.snapshot())))
