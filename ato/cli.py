@@ -3,6 +3,8 @@
 import argparse
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -25,6 +27,15 @@ def _run(args: argparse.Namespace) -> int:
     if (args.process_id is None) != (args.addresses is None):
         msg = "--process-id and --addresses go together"
         raise ConfigError(msg)
+    if args.addresses is not None:
+        _check_cluster(args.addresses, args.process_id)
+    if args.duration_s is not None and args.duration_s <= 0:
+        msg = f"--duration-s: must be > 0, got {args.duration_s}"
+        raise ConfigError(msg)
+    if args.recovery_dir is not None and args.recovery_dir.exists():
+        if not args.recovery_dir.is_dir():
+            msg = f"--recovery-dir {args.recovery_dir}: not a directory"
+            raise ConfigError(msg)
     if settings.processes > 1 and args.process_id is None:
         return _run_cluster(settings.processes, args)
     settings = settings.with_overrides(
@@ -79,6 +90,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_cluster(addresses: str, process_id: int) -> None:
+    """Refuse --addresses that are not HOST:PORT pairs, or a --process-id outside them."""
+    for address in addresses.split(","):
+        host, sep, port = address.rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            msg = f"--addresses: expected HOST:PORT[,HOST:PORT...], got {address!r}"
+            raise ConfigError(msg)
+    count = len(addresses.split(","))
+    if not 0 <= process_id < count:
+        msg = f"--process-id {process_id}: must be from 0 to {count - 1} (one per address)"
+        raise ConfigError(msg)
+
+
 def _run_cluster(processes: int, args: argparse.Namespace) -> int:
     """Start ``processes`` copies of this command as one Bytewax cluster on this machine."""
     from ato.devservers import free_port  # noqa: PLC0415
@@ -93,14 +117,50 @@ def _run_cluster(processes: int, args: argparse.Namespace) -> int:
         subprocess.Popen([*member, "--process-id", str(i)], stdout=subprocess.PIPE)
         for i in range(processes)
     ]
-    outputs = [child.communicate()[0] for child in children]
-    codes = [child.returncode for child in children]
-    if any(codes):
-        print(f"ato: error: cluster processes exited with {codes}", file=sys.stderr)
+    outputs, failed = _wait_for(children)
+    if failed is not None:
+        codes = [child.returncode for child in children]
+        print(
+            f"ato: error: cluster process {failed} exited with {codes[failed]}; the others were"
+            f" stopped (exit codes {codes})",
+            file=sys.stderr,
+        )
         return 1
     summaries = [orjson.loads(out.splitlines()[-1]) for out in outputs]
     _print_summary(_merge_summaries(summaries) | {"processes": processes})
     return 0
+
+
+def _wait_for(children: list[subprocess.Popen[bytes]]) -> tuple[list[bytes], int | None]:
+    """Every child's standard output, and the first that failed (None: none did). Once one
+    fails the others are stopped: they would wait for it forever."""
+    outputs = [b""] * len(children)
+
+    def drain(i: int) -> None:
+        stream = children[i].stdout
+        outputs[i] = stream.read() if stream is not None else b""
+
+    readers = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(children))]
+    for reader in readers:
+        reader.start()
+    failed = None
+    while failed is None and any(child.poll() is None for child in children):
+        failed = next((i for i, c in enumerate(children) if c.returncode not in (None, 0)), None)
+        time.sleep(0.1)
+    failed = next((i for i, c in enumerate(children) if c.returncode not in (None, 0)), failed)
+    if failed is not None:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    for reader in readers:
+        reader.join()
+    return outputs, failed
 
 
 def _merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:

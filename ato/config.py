@@ -322,6 +322,20 @@ class ClickHouseSettings:
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
+def _check_redis_address(url: str) -> None:
+    """Refuse a redis(s):// URL whose port or database number is not a number."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        msg = f"redis.url: the port is not a number in {mask_url(url)!r}"
+        raise ConfigError(msg) from None
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        msg = f"redis.url: the database after the port must be a number, got {mask_url(url)!r}"
+        raise ConfigError(msg)
+
+
 @dataclass(frozen=True)
 class RedisSettings:
     """Redis: client profiles, contact-policy caps and live journey state (docs/policy.md)."""
@@ -367,6 +381,8 @@ class RedisSettings:
                 f" unix:///PATH, got {mask_url(self.url)!r}"
             )
             raise ConfigError(msg)
+        if scheme in ("redis", "rediss"):
+            _check_redis_address(self.url)
         if self.profile_ttl_s < 0:
             msg = f"redis.profile_ttl_s: must be >= 0, got {self.profile_ttl_s!r}"
             raise ConfigError(msg)

@@ -26,6 +26,7 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         live: bool,
         position: int,
         stop_at: float | None,
+        cut: set[str],
     ) -> None:
         self.name = name
         self.lines = lines
@@ -35,6 +36,7 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
         self.live = live
         self.position = position
         self.stop_at = stop_at
+        self.cut = cut
         self.started = time.monotonic()
         self.start_position = position
         self.awake: datetime | None = None
@@ -53,6 +55,7 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
                 raise StopIteration
             # --duration ran out before the traffic did: say so (once), then stop
             self.ended = True
+            self.cut.add(self.name)
             return [RawBatch(self.name, [], self.position, wall_ms(), cut=True)]
         end = min(self.position + self.batch_size, len(self.lines))
         caught_up = False
@@ -104,6 +107,9 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
         self.live = live
         self.duration_s = duration_s
         self.stop_at: float | None = None
+        # partitions this process stopped before their end (the run summary then has no
+        # precision and recall: the ground truth is of the whole traffic)
+        self.cut: set[str] = set()
 
     def list_parts(self) -> list[str]:
         """Generator partitions."""
@@ -128,4 +134,5 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, int]):
             self.live,
             resume_state or 0,
             self.stop_at,
+            self.cut,
         )

@@ -91,6 +91,10 @@ def test_a_new_run_starts_every_output_empty(tmp_path: Path, capsys) -> None:
         (["--input", "a-file", "--seed", "4"], "--seed: only for generated traffic, not --input"),
         (["--input", "a-file", "--duration-s", "3"], "--duration-s: only for generated traffic"),
         (["--out", "a-file"], "out_dir a-file: cannot write the run's outputs there"),
+        (["--duration-s", "-1"], "--duration-s: must be > 0, got -1.0"),
+        (["--recovery-dir", "a-file"], "--recovery-dir a-file: not a directory"),
+        (["--process-id", "0", "--addresses", "nohost"], "--addresses: expected HOST:PORT"),
+        (["--process-id", "3", "--addresses", "127.0.0.1:2101"], "must be from 0 to 0"),
     ],
 )
 def test_bad_run_options_are_clear_errors_before_the_flow_starts(
@@ -157,3 +161,20 @@ def test_a_cluster_run_cut_short_pauses_in_a_process_without_input(tmp_path: Pat
     assert cut["processes"] == 2 and 0 < cut["events"] < resumed["events"]
     assert resumed["late_events"] == 0
     assert resumed["recall"] == 1.0 and resumed["precision"] == 1.0
+
+
+def test_a_cluster_process_failing_at_start_stops_the_run(tmp_path: Path) -> None:
+    """Process 0 cannot reach ClickHouse and exits; the others, which would wait for it
+    forever, are stopped and the run fails naming it."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
+        "ATO_CLICKHOUSE_URL": "http://127.0.0.1:1",
+    }
+    argv = [sys.executable, "-m", "ato.cli", "run", "--input", str(events), "--processes", "2"]
+    argv += ["--out", str(tmp_path / "out")]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert "cannot connect to ClickHouse" in done.stderr
+    assert "cluster process" in done.stderr and "were stopped" in done.stderr

@@ -108,3 +108,23 @@ def test_a_bad_value_names_the_variables_beside_the_file(tmp_path: Path) -> None
     path.write_text("[engine]\nshards = 4\n")
     with pytest.raises(ConfigError, match=r"s.toml with ATO_ENGINE_SHARDS: engine.shards: must"):
         load_settings(path, {"ATO_ENGINE_SHARDS": "0"})
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:abc/0", "redis.url: the port is not a number"),
+        ("redis://127.0.0.1:6379/notadb", "the database after the port must be a number"),
+        ("http://127.0.0.1:6379/0", "expected redis://HOST:PORT/DB"),
+    ],
+)
+def test_a_malformed_redis_url_is_a_clear_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings().with_overrides("redis", url=url)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "redis://:secret@host:1/15", "redis://h", "unix:///s"]
+)
+def test_well_formed_redis_urls_are_accepted(url: str) -> None:
+    assert Settings().with_overrides("redis", url=url).redis.url == url
