@@ -289,7 +289,10 @@ def _parse_journey(raw: object, index: int, source: str) -> Journey:
     priority = raw.get("priority", 50)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 100:
         raise check.fail("priority", "an integer from 0 to 100 is required")
-    tiers = check.names(raw, "tiers") or ("ai", "remote", "offline")
+    tiers = check.names(raw, "tiers")
+    if "tiers" in raw and not tiers:
+        raise check.fail("tiers", "at least one tier is required (leave tiers out for all three)")
+    tiers = tiers or ("ai", "remote", "offline")
     for tier in tiers:
         if tier not in TIERS:
             raise check.fail("tiers", f"unknown tier {tier!r} (allowed: {', '.join(TIERS)})")
