@@ -8,8 +8,8 @@ generator, then in one run measures, each ``--repeat`` times (medians reported):
 
 * ``events_per_s``: the whole journey flow from raw bytes (decode, route, shards, outputs),
 * ``metrics_events_per_s``: the same with live metrics written to an embedded ClickHouse
-  (chDB in a temporary directory, a fresh database each round), and ``metrics_cost``, the
-  share of throughput they cost,
+  (chDB in a temporary directory, a fresh database each round, dropped after it), and
+  ``metrics_cost``, the share of throughput they cost,
 * ``policy_events_per_s``: the same with the contact policy and live journey state in a
   redis-server the benchmark starts (every client's generated profile loaded first; sent
   sets and live state cleared each round), and ``policy_cost``, the share of throughput
@@ -59,7 +59,7 @@ from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
 from policy.generated import generated_profile
 from policy.profiles import ProfileStore
-from sinks.clickhouse import ClickHouseSink
+from sinks.clickhouse import ClickHouseSink, ClickHouseStore
 from sinks.progress import ProgressSink, RunStats
 
 CACHE = Path(".bench-cache")
@@ -225,6 +225,14 @@ def load_profiles(url: str, segments: dict[str, str]) -> int:
         return store.load(generated_profile(c, seg) for c, seg in segments.items())
 
 
+def drop_database(url: str, database: str) -> None:
+    """Drop a round's metrics database: chDB would otherwise go on merging its parts (and
+    refreshing its hour tables) in this process during the next rounds, which measured
+    1.5-3 s of extra chDB CPU by round 3 (``/tmp`` probe)."""
+    with ClickHouseStore(url, database) as store:
+        store.client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
+
+
 def clear_policy_state(url: str) -> None:
     """Remove sent sets and live journey state (profiles stay) between rounds."""
     with redis.Redis.from_url(url) as client:
@@ -305,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         figures["metrics"].append(
             run_full(batches, partitions, with_db, catalog, metrics_url=f"chdb://{chdb_dir}")
         )
+        drop_database(f"chdb://{chdb_dir}", with_db.clickhouse.database)
         if redis_server is not None:
             figures["policy"].append(run_full(batches, partitions, with_redis, catalog))
             clear_policy_state(with_redis.redis.url)
