@@ -40,6 +40,7 @@ not on a schedule while a run writes it (nothing else can read it then).
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import re
@@ -392,15 +393,19 @@ class ClickHouseStore:
             raise ClickHouseError(msg)
         for name, kind in expected.items():
             values = block.columns[name]
-            if isinstance(values, pa.Array | pa.ChunkedArray):
-                # text for a String column; for others, what _arrow_column made of numpy values
-                ok = (_base_type(kind) == "String") == _is_arrow_text(values.type)
-                got = f"Arrow {values.type}"
+            base = _base_type(kind)
+            arrow_type = values.type if isinstance(values, pa.Array | pa.ChunkedArray) else None
+            if arrow_type is not None:  # text for a String column; else what _arrow_column made
+                ok = (base == "String") == _is_arrow_text(arrow_type)
             else:
-                dtype = np.asarray(values).dtype
-                ok = dtype.kind in _DTYPE_KINDS[_base_type(kind)]
-                got = str(dtype)
-            if not ok:
+                dtype = values.dtype if isinstance(values, np.ndarray) else np.asarray(values).dtype
+                ok = dtype.kind in _DTYPE_KINDS[base]
+            if not ok:  # the message only now: naming a dtype is dear, and blocks are many
+                got = (
+                    f"Arrow {arrow_type}"
+                    if arrow_type is not None
+                    else str(np.asarray(values).dtype)
+                )
                 msg = f"metric block for {block.table}: column {name} ({kind}) got {got} values"
                 raise ClickHouseError(msg)
 
@@ -576,6 +581,7 @@ def _unwrap(kind: str, wrapper: str) -> str:
     return kind
 
 
+@functools.cache
 def _base_type(kind: str) -> str:
     """``String``, ``DateTime64``, ``Int64``, ... of a column type (wrappers removed)."""
     base = _unwrap(_unwrap(kind, "LowCardinality"), "Nullable")
