@@ -8,8 +8,9 @@ generator, then in one run measures, each ``--repeat`` times (medians reported):
 
 * ``events_per_s``: the whole journey flow from raw bytes (decode, route, shards, outputs),
 * ``metrics_events_per_s``: the same with live metrics written to an embedded ClickHouse
-  (chDB in a temporary directory, a fresh database each round, dropped after it), and
-  ``metrics_cost``, the share of throughput they cost,
+  (chDB in a temporary directory, a fresh database each round, migrated before the flow
+  starts as ``ato run`` does, and dropped after it), and ``metrics_cost``, the share of
+  throughput they cost,
 * ``policy_events_per_s``: the same with the contact policy and live journey state in a
   redis-server the benchmark starts (every client's generated profile loaded first; sent
   sets and live state cleared each round), and ``policy_cost``, the share of throughput
@@ -51,6 +52,7 @@ from ato.config import GeneratorSettings, Settings
 from ato.devservers import start_redis
 from ato.generator import generate
 from ato.process import tune_gc
+from ato.runner import metrics_sink
 from flows.journeys import FlowSinks, build_flow
 from load_tests.naive import build_naive_flow
 from operators.batches import DecodedBatch, RawBatch
@@ -59,7 +61,7 @@ from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
 from policy.generated import generated_profile
 from policy.profiles import ProfileStore
-from sinks.clickhouse import ClickHouseSink, ClickHouseStore
+from sinks.clickhouse import ClickHouseStore
 from sinks.progress import ProgressSink, RunStats
 
 CACHE = Path(".bench-cache")
@@ -176,7 +178,9 @@ def run_full(
     sink = CountSink()
     metrics = None
     if metrics_url is not None:  # no recovery, as for the shards: epoch ends need not wait
-        metrics = ClickHouseSink(settings.clickhouse, metrics_url, epoch_flush=False)
+        # as ato run does: the migrations are applied before the flow starts (not timed)
+        with_url = replace(settings, clickhouse=replace(settings.clickhouse, url=metrics_url))
+        metrics = metrics_sink(with_url, recovery=False)
     sinks = FlowSinks(
         sink, CountSink(), CountSink(), ProgressSink(RunStats(), None), metrics=metrics
     )
