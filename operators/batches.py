@@ -47,6 +47,9 @@ class RawBatch:
     undecompressable records), which the decode step passes on with its own.
     ``cut``: an empty batch saying ``--duration-s`` stopped the partition before its end
     (nothing follows it); the shards learn from it that the end of input is a pause.
+    ``arrived_ms``: when the newest message of the batch reached the source system (Kafka's
+    message timestamp), if known; with the replay clock a partition's event time counts at
+    most up to it, as it counts at most up to the wall clock when live.
     """
 
     partition: str
@@ -58,6 +61,7 @@ class RawBatch:
     lag: int | None = None
     unreadable: tuple[DeadLetter, ...] = ()
     cut: bool = False
+    arrived_ms: int | None = None
 
     def offset_array(self) -> np.ndarray:
         """Source offset of every message."""
@@ -79,6 +83,7 @@ class DecodedBatch:
     caught_up: bool = False  # see RawBatch
     lag: int | None = None  # see RawBatch
     cut: bool = False  # see RawBatch
+    arrived_ms: int | None = None  # see RawBatch
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class ShardInput:
     raw: RawBytes | np.ndarray | None = None
     raw_rows: np.ndarray | None = None
     cut: bool = False  # see RawBatch
+    arrived_ms: int | None = None  # see RawBatch
 
     def raw_of(self, rows: np.ndarray) -> RawBytes | np.ndarray | None:
         """Original bytes of ``events`` at ``rows`` (an index array or mask), if known."""
@@ -114,7 +120,7 @@ class ShardInput:
         if raw is not None and rows is not None:
             raw, rows = raw[rows], np.arange(len(rows))
         fields = (self.shard, self.partition, self.events, self.max_ts, self.read_wall_ms)
-        return ShardInput, (*fields, self.caught_up, raw, rows, self.cut)
+        return ShardInput, (*fields, self.caught_up, raw, rows, self.cut, self.arrived_ms)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Router:
                     events.raw,
                     rows[s],
                     batch.cut,
+                    batch.arrived_ms,
                 ),
             )
             for s in range(self.shards)

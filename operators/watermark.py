@@ -13,6 +13,9 @@ the lateness); a replay clock keeps it where it is. The watermark never goes bac
 live clock a partition's event time counts at most up to the wall clock when it reports, so
 the watermark never runs ahead of the wall clock: an event stamped in the future waits,
 pending, until the wall clock reaches it, and the on-time events around it are not late.
+Replayed, the time a batch arrived at the source system (Kafka's message timestamp, when
+the source knows it) plays the wall clock's part, so a replay finds the same events late as
+the live run did.
 
 Idleness is timed on an *idle clock*: wall time, except that one gap between two calls counts
 at most ``max_gap_ms``. A worker blocked for seconds (a kernel compiling, a long batch in
@@ -80,11 +83,18 @@ class WatermarkTracker:
         return self.idle_ms
 
     def observe(
-        self, partition: str, max_ts: int | None, now_ms: int, caught_up: bool = False
+        self,
+        partition: str,
+        max_ts: int | None,
+        now_ms: int,
+        caught_up: bool = False,
+        arrived_ms: int | None = None,
     ) -> None:
         """Record that ``partition`` delivered a batch whose greatest event time is ``max_ts``.
 
         ``caught_up``: the source had nothing more to read for it after this batch.
+        ``arrived_ms``: when the batch's newest message reached the source system (Kafka's
+        message timestamp), if known: replayed, event time counts at most up to it.
         """
         idle_now = self.elapse(now_ms)
         part = self.parts.get(partition)
@@ -103,6 +113,11 @@ class WatermarkTracker:
             # skewed device clock) counts as now, else it would hold its partition's event
             # time there and make every on-time event after it late
             max_ts = min(max_ts, now_ms)
+        elif arrived_ms is not None:
+            # replayed, the same for the time the batch arrived then: an event stamped hours
+            # ahead would otherwise move the watermark past the on-time events after it, and
+            # the replay would differ from the live run
+            max_ts = min(max_ts, arrived_ms)
         if part.max_ts is None or max_ts > part.max_ts:
             part.max_ts = max_ts
 

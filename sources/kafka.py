@@ -22,7 +22,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from ato.config import KafkaSettings
@@ -181,7 +188,22 @@ def consumed_batch(name: str, messages: list[Message], read_ms: int) -> tuple[Ra
     else:
         return None
     end = max([last, *[d.offset for d in unreadable]])
-    return RawBatch(name, values, first, read_ms, offsets, unreadable=tuple(unreadable)), end + 1
+    batch = RawBatch(
+        name, values, first, read_ms, offsets, unreadable=tuple(unreadable),
+        arrived_ms=_newest_timestamp(messages),
+    )  # fmt: skip
+    return batch, end + 1
+
+
+def _newest_timestamp(messages: list[Message]) -> int | None:
+    """The greatest Kafka timestamp of the batch's last messages (CreateTime or LogAppendTime,
+    as the topic keeps them), or None when the broker gives none."""
+    stamps = [
+        ts
+        for kind, ts in (m.timestamp() for m in messages[-16:])  # CreateTime may not be ordered
+        if kind != TIMESTAMP_NOT_AVAILABLE and ts > 0
+    ]
+    return max(stamps) if stamps else None
 
 
 def message_offsets(messages: list[Message]) -> tuple[int, int, list[int] | None]:

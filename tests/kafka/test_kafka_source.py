@@ -314,3 +314,16 @@ def test_reads_never_wait_and_quiet_partitions_beat_at_most_every_heartbeat(
         assert asks_to_wait()
     finally:
         part.close()
+
+
+def test_batches_carry_the_time_their_messages_arrived(topics: KafkaSettings) -> None:
+    """Each batch knows when its newest message reached Kafka (the message timestamp): with
+    the replay clock, event time counts at most up to it."""
+    before = int(time.time() * 1000)
+    produce(topics.brokers, topics.input_topics[0], _events(30))
+    after = int(time.time() * 1000)
+    batches = [b for b in _read(topics, batch_size=7) if b.messages]
+    assert batches
+    for batch in batches:
+        assert batch.arrived_ms is not None
+        assert before - 1_000 <= batch.arrived_ms <= after + 1_000

@@ -278,3 +278,19 @@ def test_live_an_event_stamped_ahead_of_the_wall_clock_counts_as_now() -> None:
     replay = tracker(("p0",), live=False)
     replay.observe("p0", W0 + 3_600_000, W0)
     assert replay.advance(W0) == W0 + 3_600_000 - LATE
+
+
+def test_replay_an_event_stamped_ahead_of_its_arrival_counts_as_arrived() -> None:
+    """Replayed from Kafka, a batch's arrival time plays the wall clock's part: an event
+    stamped 6 h ahead (a skewed device clock) does not drag the watermark past the on-time
+    events that follow it, as it would not have live."""
+    hour = 3_600_000
+    wm = tracker(("p0",))
+    wm.observe("p0", T0 + 6 * hour, W0, arrived_ms=T0 + 3_000)
+    assert wm.advance(W0) == T0 + 3_000 - LATE
+    assert not wm.is_late(T0 + 4_000)  # the on-time events after it
+    wm.observe("p0", T0 + 30_000, W0 + 1, arrived_ms=T0 + 31_000)
+    assert wm.advance(W0 + 1) == T0 + 30_000 - LATE
+    unknown = tracker(("p0",))  # a file: no arrival time, the event counts as stamped
+    unknown.observe("p0", T0 + 6 * hour, W0)
+    assert unknown.advance(W0) == T0 + 6 * hour - LATE
