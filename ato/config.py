@@ -6,6 +6,7 @@ the defaults, then a TOML file (:func:`load_settings`), then ``ATO_<SECTION>_<KE
 environment variables, then command-line options.
 """
 
+import json
 import math
 import os
 import re
@@ -38,7 +39,11 @@ def _default(f: Any) -> Any:
 class EngineSettings:
     """How the journey flow batches, keys and times its work."""
 
-    shards: int = _knob(16, "Clients hash into this many state shards (fixed; >= workers).")
+    shards: int = _knob(
+        16,
+        "Clients hash into this many state shards (fixed; at least the workers of all"
+        " processes, or some workers own none).",
+    )
     batch_size: int = _knob(50_000, "Most raw messages a source hands over as one batch.")
     allowed_lateness_ms: int = _knob(
         500, "Watermark = per-partition max event time minus this (ms)."
@@ -482,6 +487,19 @@ _SECTIONS: dict[str, type] = {
     "clickhouse": ClickHouseSettings,
     "redis": RedisSettings,
 }
+
+
+def toml_literal(value: Any) -> str:
+    """``value`` as a settings file writes it (``(unset)`` for None: leave the key out)."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    return str(value)
 
 
 def documented_defaults() -> dict[str, tuple[Any, str]]:

@@ -573,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``ato loadtest``; print the result's headline figures as one JSON line."""
     args = build_parser().parse_args(argv)
     scenario = load_scenario(args.scenario)
+    for name in ("rate", "duration"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            msg = f"--{name}: must be > 0, got {value}"
+            raise LoadTestError(msg)
     if args.rate:
         scenario = scenario.with_rate(args.rate)
     if args.duration:

@@ -178,6 +178,7 @@ def _lock_holder(path: Path) -> str | None:
 
 def _message(exc: BaseException, password: str | None) -> str:
     text = " ".join(str(exc).split())
+    text = text.partition(" Stack trace")[0]  # chDB appends its C++ frames: kilobytes
     head, expected, tail = text.partition(" Expected one of: ")  # a syntax error's long list
     if expected:
         text = f"{head} ({tail.rpartition('(')[2]}"

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from ato.config import EngineSettings, GeneratorSettings, Settings, documented_defaults
+from ato.config import (
+    EngineSettings,
+    GeneratorSettings,
+    Settings,
+    documented_defaults,
+    toml_literal,
+)
 from ato.exceptions import ConfigError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -13,7 +19,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 def test_every_key_is_documented_with_its_default() -> None:
     rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", DOC.read_text(), re.MULTILINE))
-    expected = {k: str(default) for k, (default, _doc) in documented_defaults().items()}
+    expected = {k: toml_literal(d) for k, (d, _doc) in documented_defaults().items()}
     assert rows == expected
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sinks.clickhouse import ClickHouseStore, MetricBlock
+from sinks.clickhouse import ClickHouseStore, MetricBlock, _message
 from sinks.exceptions import ClickHouseError
 from tests.clickhouse.conftest import BLOCKS, T0, funnel_block, health_block, outcome_block
 
@@ -224,3 +224,14 @@ def test_another_process_cannot_open_a_directory_this_one_holds(store: ClickHous
     assert done.returncode == 2
     assert f"in use by process {os.getpid()}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_error_messages_leave_out_chdbs_stack_trace() -> None:
+    error = RuntimeError(
+        'Code: 1001. DB::Exception: create_directories: No such file or directory ["/proc/x"].'
+        " Stack trace (when copying this message, always include the lines below):\n\n"
+        "0. arrow::acero::TableSinkNodeConsumer::Finish() @ 0x000000000b5d1b7c\n" * 3
+    )
+    text = _message(error, None)
+    assert text.endswith('No such file or directory ["/proc/x"].')
+    assert "Stack trace" not in text and "arrow::" not in text

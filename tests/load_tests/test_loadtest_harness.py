@@ -12,7 +12,8 @@ from ato.catalog import load_catalog
 from ato.devservers import Server
 from ato.exceptions import ConfigError
 from ato.generator import TruthStall
-from load_tests.harness import _next_rate, lag_bounded, run_scenario
+from load_tests.harness import LoadTestError, _next_rate, lag_bounded, run_scenario
+from load_tests.harness import main as harness_main
 from load_tests.scenario import Scenario, load_scenario, parse_scenario, scenario_names
 from load_tests.traffic import (
     clients_needed,
@@ -203,3 +204,10 @@ def test_smoke_run_reports_every_figure(broker: Server, tmp_path: Path) -> None:
 def _topic(result: dict[str, object]) -> str:
     lag = result["timeline"]["lag_by_partition"]  # type: ignore[index]
     return next(iter(lag)).rsplit("#", 1)[0]
+
+
+@pytest.mark.parametrize("option", ["--rate", "--duration"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_rate_or_duration_not_above_zero_is_a_clear_error(option: str, value: str) -> None:
+    with pytest.raises(LoadTestError, match=f"{option}: must be > 0"):
+        harness_main(["smoke", option, value])
