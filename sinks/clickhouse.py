@@ -460,7 +460,19 @@ class ClickHouseStore:
         except (DriverError, OSError) as exc:
             what = "query failed"
             raise self._fail(what, exc) from exc
-        return list(result.column_names), [tuple(row) for row in result.result_rows]
+        names = list(result.column_names)
+        if not names and not result.result_rows:
+            names = self._result_names(sql)
+        return names, [tuple(row) for row in result.result_rows]
+
+    def _result_names(self, sql: str) -> list[str]:
+        """The column names ``sql`` would give (chDB leaves them out of an empty result);
+        none for a statement that is not a query."""
+        try:
+            described = self.client.query(f"DESCRIBE ({sql.strip().rstrip(';')})")
+        except (DriverError, OSError):
+            return []
+        return [str(row[0]) for row in described.result_rows]
 
     def _use_database(self) -> None:
         if self._in_database:

@@ -88,6 +88,20 @@ def test_query_formats_csv_and_json_with_nulls(url: str, env: str, capsys) -> No
     assert isinstance(docs[0]["time_to_recovery_ms"], int)
 
 
+def test_an_empty_result_still_names_its_columns(url: str, env: str, capsys) -> None:
+    """chDB gives an empty result without column names; a CSV with no header would break the
+    analyst's pipeline, so the names come from the query itself."""
+    with ClickHouseStore(url, env) as store:
+        store.migrate()
+    sql = "SELECT journey, count() AS stalls FROM stalls GROUP BY journey;"
+    assert main(["query", sql, "--url", url, "--format", "csv"]) == 0
+    assert capsys.readouterr().out == "journey,stalls\n"
+    assert main(["query", sql, "--url", url]) == 0
+    table = capsys.readouterr().out
+    assert "journey" in table and "stalls" in table and "(0 rows)" in table
+    assert main(["query", "SYSTEM FLUSH LOGS", "--url", url]) == 0  # no columns to name
+
+
 def test_sql_errors_exit_2_with_the_message_and_no_traceback(url: str, env: str, capsys) -> None:
     with ClickHouseStore(url, env) as store:
         store.migrate()
