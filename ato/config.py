@@ -186,6 +186,11 @@ class KafkaSettings:
     flush_timeout_s: float = _knob(
         30.0, "Longest wait for delivery at an epoch end; undelivered messages then fail the run."
     )
+    max_envelope_bytes: int = _knob(
+        16 * 1024 * 1024,
+        "A JSON-array message (a collector's envelope of events) larger than this is not split:"
+        " it is dead-lettered whole as oversized (it bounds what one message costs to parse).",
+    )
     group_id: str = _knob(
         "ato-stream", "Consumer group the read position is committed under (monitoring only)."
     )
@@ -224,10 +229,11 @@ class KafkaSettings:
             or self.flush_timeout_s <= 0
             or self.catch_up_batches < 1
             or self.commit_interval_ms < 0
+            or self.max_envelope_bytes < 1
         ):
             msg = (
                 "kafka.poll_interval_ms, end_wait_ms and commit_interval_ms must be >= 0,"
-                " kafka.flush_timeout_s > 0 and kafka.catch_up_batches >= 1"
+                " kafka.flush_timeout_s > 0, kafka.catch_up_batches and max_envelope_bytes >= 1"
             )
             raise ConfigError(msg)
         if not self.group_id:

@@ -19,17 +19,21 @@ _OPEN_ARRAY, _CLOSE_ARRAY, _OPEN_OBJECT, _CLOSE_OBJECT = 0x5B, 0x5D, 0x7B, 0x7D
 _SPACE, _TAB, _LF, _CR = 0x20, 0x09, 0x0A, 0x0D
 
 
-def expand_envelopes(messages: list[bytes], offsets: list[int]) -> tuple[list[bytes], list[int]]:
+def expand_envelopes(
+    messages: list[bytes], offsets: list[int], max_bytes: int | None = None
+) -> tuple[list[bytes], list[int]]:
     """Split messages holding a JSON array of events into one message per element, each at
     the envelope's offset; never raises.
 
-    A message that starts with ``[`` but cannot be split (no valid JSON, an empty array)
-    stays whole: the decoder dead-letters it with its reason (an array is no event object).
+    A message that starts with ``[`` but cannot be split (no valid JSON, an empty array), or
+    is longer than ``max_bytes``, stays whole: the decoder dead-letters it with its reason
+    (an array is no event object; a message over ``engine.max_message_bytes`` is oversized).
     """
     out: list[bytes] = []
     out_offsets: list[int] = []
     for message, offset in zip(messages, offsets, strict=True):
-        events = split_envelope(message) if message.lstrip()[:1] == b"[" else None
+        splits = message.lstrip()[:1] == b"[" and (max_bytes is None or len(message) <= max_bytes)
+        events = split_envelope(message) if splits else None
         if events:
             out.extend(events)
             out_offsets.extend([offset] * len(events))

@@ -169,10 +169,12 @@ def split_errors(name: str, messages: list[Message]) -> tuple[list[Message], lis
     return kept, dead
 
 
-def consumed_batch(name: str, messages: list[Message], read_ms: int) -> tuple[RawBatch, int] | None:
-    """The raw batch of messages consumed from partition ``name`` (envelopes split,
-    unreadable records as dead letters: :func:`split_errors`) and the offset to read next;
-    None when no message held a record."""
+def consumed_batch(
+    name: str, messages: list[Message], read_ms: int, max_envelope_bytes: int | None = None
+) -> tuple[RawBatch, int] | None:
+    """The raw batch of messages consumed from partition ``name`` (envelopes up to
+    ``max_envelope_bytes`` split, unreadable records as dead letters: :func:`split_errors`)
+    and the offset to read next; None when no message held a record."""
     unreadable: list[DeadLetter] = []
     if any([m.error() is not None for m in messages]):
         messages, unreadable = split_errors(name, messages)
@@ -182,7 +184,7 @@ def consumed_batch(name: str, messages: list[Message], read_ms: int) -> tuple[Ra
         first, last, offsets = message_offsets(messages)
         if any([v[:1] in _ENVELOPE_START for v in values]):
             listed = offsets if offsets is not None else list(range(first, last + 1))
-            values, offsets = expand_envelopes(values, listed)
+            values, offsets = expand_envelopes(values, listed, max_envelope_bytes)
     elif unreadable:
         first = last = unreadable[0].offset
     else:
@@ -243,6 +245,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
     ) -> None:
         self.name = name
         self.cut = False  # the duration ran out and the cut batch was sent
+        self.max_envelope_bytes = settings.max_envelope_bytes
         self.batch_size = batch_size
         self.poll_interval = timedelta(milliseconds=settings.poll_interval_ms)
         self.end_wait_s = settings.end_wait_ms / 1000
@@ -349,7 +352,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
             if not messages:
                 return None
-            got = consumed_batch(self.name, messages, wall_ms())
+            got = consumed_batch(self.name, messages, wall_ms(), self.max_envelope_bytes)
             del messages  # freed before collections resume
         if got is None:
             return None

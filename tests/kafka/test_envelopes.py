@@ -82,6 +82,20 @@ def test_decoder_dead_letters_what_stayed_whole() -> None:
     ]
 
 
+def test_an_envelope_over_the_limit_stays_whole_and_is_dead_lettered_as_oversized() -> None:
+    """One message's parse is bounded: an array over ``kafka.max_envelope_bytes`` is not
+    split, and the decoder finds it over ``engine.max_message_bytes``."""
+    big = b"[" + b",".join([EVENT] * 400) + b"]"
+    messages, offsets = expand_envelopes([EVENT, big], [0, 1], max_bytes=len(big) - 1)
+    assert messages == [EVENT, big] and offsets == [0, 1]
+    assert expand_envelopes([big], [1], max_bytes=len(big))[0] == [EVENT] * 400
+    settings = EngineSettings(max_message_bytes=len(big) - 1)
+    decoder = Decoder(load_catalog(), settings, now_ms=lambda: 1_767_600_000_000)
+    out = decoder.decode(RawBatch("in#0", messages, offsets=offsets))
+    assert out.events.offset.tolist() == [0]
+    assert [(x.reason, x.offset) for x in out.dead] == [(d.OVERSIZED, 1)]
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
