@@ -54,6 +54,7 @@ RECORD_ERRORS = frozenset(
 )
 
 METADATA_TIMEOUT_S = 30.0
+REACH_TIMEOUT_S = 10.0  # the start-up look at the input topics: brokers that do not answer
 HEARTBEAT_S = 0.1  # a caught-up partition says so at most this often
 
 
@@ -73,10 +74,15 @@ def split_part_name(name: str) -> tuple[str, int]:
 
 
 def list_partitions(settings: KafkaSettings) -> list[str]:
-    """Every partition of the input topics, as Bytewax partition names, sorted."""
-    admin = AdminClient(settings.client_config())
+    """Every partition of the input topics, as Bytewax partition names, sorted.
+
+    This is the run's first contact with the brokers: brokers that do not answer within
+    :data:`REACH_TIMEOUT_S` are a clear error, without librdkafka's log line per connection
+    attempt (hundreds in that time) before it.
+    """
+    admin = AdminClient({**settings.client_config(), "log_level": 2})  # critical only
     try:
-        meta = admin.list_topics(timeout=METADATA_TIMEOUT_S)
+        meta = admin.list_topics(timeout=REACH_TIMEOUT_S)
     except Exception as exc:
         msg = f"cannot reach Kafka at {settings.brokers}: {exc}"
         raise KafkaSourceError(msg) from exc

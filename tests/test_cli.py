@@ -178,3 +178,18 @@ def test_a_cluster_process_failing_at_start_stops_the_run(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert "cannot connect to ClickHouse" in done.stderr
     assert "cluster process" in done.stderr and "were stopped" in done.stderr
+
+
+def test_brokers_that_do_not_answer_are_one_clear_error(
+    tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No broker at the address: the run stops at start-up with one error line, not after
+    librdkafka's log line per connection attempt (hundreds, written straight to stderr)."""
+    from ato.devservers import free_port  # noqa: PLC0415
+
+    monkeypatch.setenv("ATO_KAFKA_BROKERS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("ATO_CLICKHOUSE_ENABLED", "false")
+    assert main(["run", "--out", str(tmp_path)]) == 2
+    err = capfd.readouterr().err
+    assert "cannot reach Kafka at 127.0.0.1:" in err
+    assert "rdkafka" not in err and len(err.splitlines()) <= 3
