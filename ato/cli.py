@@ -63,6 +63,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.input and args.duration_s is not None:
         msg = "--duration-s: only for generated traffic and Kafka, not --input files"
         raise ConfigError(msg)
+    if settings.generator.rate > 0 and settings.engine.clock == "live":
+        msg = (
+            "--rate (generator.rate): only with the replay clock; the live clock releases each"
+            " event when the wall clock reaches its arrival time"
+        )
+        raise ConfigError(msg)
     if settings.kafka.enabled:
         feed = f"kafka {settings.kafka.brokers} topics {', '.join(settings.kafka.input_topics)}"
     elif args.input:

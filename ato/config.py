@@ -132,7 +132,11 @@ class GeneratorSettings:
     disorder_ms: int = _knob(
         400, "Events arrive shuffled by up to this much (ms); keep < allowed lateness."
     )
-    rate: float = _knob(0.0, "Events/s to pace the generator at; 0 = as fast as possible.")
+    rate: float = _knob(
+        0.0,
+        "Events/s to pace the generator at; 0 = as fast as possible. Replay clock only (live,"
+        " events come at their arrival times).",
+    )
 
     def __post_init__(self) -> None:
         if self.clients <= 0 or self.partitions <= 0 or self.span_s <= 0:

@@ -92,6 +92,7 @@ def test_a_new_run_starts_every_output_empty(tmp_path: Path, capsys) -> None:
         (["--input", "a-file", "--duration-s", "3"], "--duration-s: only for generated traffic"),
         (["--out", "a-file"], "out_dir a-file: cannot write the run's outputs there"),
         (["--duration-s", "-1"], "--duration-s: must be > 0, got -1.0"),
+        (["--clock", "live", "--rate", "500"], "--rate (generator.rate): only with the replay"),
         (["--recovery-dir", "a-file"], "--recovery-dir a-file: not a directory"),
         (["--process-id", "0", "--addresses", "nohost"], "--addresses: expected HOST:PORT"),
         (["--process-id", "3", "--addresses", "127.0.0.1:2101"], "must be from 0 to 0"),
