@@ -58,8 +58,8 @@ class RunResult:
             ),
             "dead_letters": s.dead_letters,
             "late_events": s.late,
-            "open_instances": sum(s.open_instances.values()),
-            "state_mb": round(sum(s.state_bytes.values()) / 1e6, 1),
+            "open_instances": s.levels.total_open(),
+            "state_mb": round(s.levels.total_bytes() / 1e6, 1),
             "outputs": str(self.out_dir),
         }
         detected = self.intervention_ids

@@ -23,6 +23,7 @@ from ato.catalog import CHANNELS, SEGMENTS, Catalog
 from operators.batches import ShardOutput
 from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
 from operators.interventions import InterventionBuilder
+from operators.shard_levels import ShardLevels
 from operators.watermark import MIN_WATERMARK
 from policy.decision_columns import (
     CHANNEL_NAMES,
@@ -280,12 +281,9 @@ class HealthWindow:
     watermark_delay_ms: int = 0
     lags: dict[str, int] = field(default_factory=dict)  # latest lag per input partition
     latencies_ms: list[float] = field(default_factory=list)
-    watermarks: dict[str, int] = field(default_factory=dict)
-    open_instances: dict[str, int] = field(default_factory=dict)
-    state_bytes: dict[str, int] = field(default_factory=dict)
+    levels: ShardLevels = field(default_factory=ShardLevels)
     max_event_ts: int | None = None
     redis_outages: int = 0
-    decisions_waiting: dict[str, int] = field(default_factory=dict)  # per shard, latest
 
     def add(self, item: dict[str, Any]) -> None:
         """Add one progress item of the decode or a shard step."""
@@ -300,20 +298,17 @@ class HealthWindow:
         if ts is not None and (self.max_event_ts is None or ts > self.max_event_ts):
             self.max_event_ts = ts
         self.lags.update(item.get("lag", {}))
-        shard = item.get("shard")
-        if shard is not None:
-            self.watermarks[shard] = item["watermark"]
-            self.open_instances[shard] = item["open"]
-            self.state_bytes[shard] = item["bytes"]
+        if item.get("shard") is not None:
+            self.levels.update(item)
             self.redis_outages += item.get("redis_outages", 0)
-            self.decisions_waiting[shard] = item.get("redis_waiting", 0)
 
     def block(self) -> MetricBlock:
         """The interval as one ``flow_health`` row."""
         lat = np.array(self.latencies_ms or [0.0], np.float64)
         delay = -1
-        known = [w for w in self.watermarks.values() if w > MIN_WATERMARK]
-        if known and len(known) == len(self.watermarks) and self.max_event_ts is not None:
+        marks = self.levels.watermark
+        known = [w for w in marks.values() if w > MIN_WATERMARK]
+        if known and len(known) == len(marks) and self.max_event_ts is not None:
             delay = max(self.max_event_ts - min(known), 0)  # -1 until every shard has one
         row: dict[str, Any] = {
             "interval_start": self.interval_start_ms,
@@ -328,10 +323,10 @@ class HealthWindow:
             "batch_latency_p50_ms": float(np.percentile(lat, 50)),
             "batch_latency_p99_ms": float(np.percentile(lat, 99)),
             "batch_latency_max_ms": float(lat.max()),
-            "open_instances": sum(self.open_instances.values()),
-            "state_bytes": sum(self.state_bytes.values()),
+            "open_instances": self.levels.total_open(),
+            "state_bytes": self.levels.total_bytes(),
             "redis_outages": self.redis_outages,
-            "decisions_waiting": sum(self.decisions_waiting.values()),
+            "decisions_waiting": self.levels.total_waiting(),
         }
         columns = {
             k: np.array([v], dtype=object if isinstance(v, str) else None) for k, v in row.items()
@@ -363,10 +358,7 @@ class HealthLogic(StatefulBatchLogic[dict[str, Any], MetricBlock, None]):
         # levels hold until their partition or shard reports again: a quiet shard still has
         # its open instances and state, and a stuck one is the slowest watermark
         self.window.lags = dict(last.lags)
-        self.window.watermarks = dict(last.watermarks)
-        self.window.open_instances = dict(last.open_instances)
-        self.window.state_bytes = dict(last.state_bytes)
-        self.window.decisions_waiting = dict(last.decisions_waiting)
+        self.window.levels = last.levels.copy()
         self.window.max_event_ts = last.max_event_ts
         return [done]
 

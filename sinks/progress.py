@@ -7,6 +7,8 @@ from typing import Any, TextIO
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from operators.shard_levels import ShardLevels
+
 
 @dataclass
 class RunStats:
@@ -18,11 +20,8 @@ class RunStats:
     late: int = 0
     interventions: int = 0
     max_event_ts: int | None = None
-    watermarks: dict[str, int] = field(default_factory=dict)
-    open_instances: dict[str, int] = field(default_factory=dict)
-    state_bytes: dict[str, int] = field(default_factory=dict)
+    levels: ShardLevels = field(default_factory=ShardLevels)
     redis_outages: int = 0  # outages of the contact policy's Redis (each shard's policy step)
-    redis_waiting: dict[str, int] = field(default_factory=dict)  # decisions waiting for it
     started: float = field(default_factory=time.perf_counter)  # the flow's start (set by the run)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -37,17 +36,9 @@ class RunStats:
             ts = item.get("max_ts")
             if ts is not None and (self.max_event_ts is None or ts > self.max_event_ts):
                 self.max_event_ts = ts
-            shard = item.get("shard")
-            if shard is not None:
-                self.watermarks[shard] = item["watermark"]
-                self.open_instances[shard] = item["open"]
-                self.state_bytes[shard] = item["bytes"]
+            if item.get("shard") is not None:
+                self.levels.update(item)
                 self.redis_outages += item.get("redis_outages", 0)
-                self.redis_waiting[shard] = item.get("redis_waiting", 0)
-
-    def watermark(self) -> int | None:
-        """The slowest shard's watermark."""
-        return min(self.watermarks.values()) if self.watermarks else None
 
     def elapsed(self) -> float:
         """Seconds since the flow started (traffic generation and set-up before it do not
@@ -57,7 +48,7 @@ class RunStats:
     def line(self) -> str:
         """One progress line."""
         elapsed = max(self.elapsed(), 1e-9)
-        wm = self.watermark()
+        wm = self.levels.slowest_watermark()
         if wm is not None and self.max_event_ts is not None and wm > 0:
             lag = f"{max(self.max_event_ts - wm, 0) / 1000:.1f}s"
         else:
@@ -66,10 +57,10 @@ class RunStats:
             f"[{elapsed:6.1f}s] events {self.events_in:,} ({self.events_in / elapsed:,.0f}/s)"
             f" | interventions {self.interventions:,} | dead letters {self.dead_letters:,}"
             f" | late {self.late:,} | watermark lag {lag}"
-            f" | open {sum(self.open_instances.values()):,}"
-            f" | state {sum(self.state_bytes.values()) / 1e6:,.1f} MB"
+            f" | open {self.levels.total_open():,}"
+            f" | state {self.levels.total_bytes() / 1e6:,.1f} MB"
         )
-        waiting = sum(self.redis_waiting.values())
+        waiting = self.levels.total_waiting()
         if self.redis_outages or waiting:
             line += f" | redis outages {self.redis_outages:,}, decisions waiting {waiting:,}"
         return line
