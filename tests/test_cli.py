@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ato.cli import main
+from ato.cli import _merge_summaries, main
 
 
 def test_ato_run_generator_reports_perfect_detection(tmp_path: Path, capsys) -> None:
@@ -160,6 +160,7 @@ def test_a_cluster_run_cut_short_pauses_in_a_process_without_input(tmp_path: Pat
         summaries.append(orjson.loads(done.stdout.strip().splitlines()[-1]))
     cut, resumed = summaries
     assert cut["processes"] == 2 and 0 < cut["events"] < resumed["events"]
+    assert "precision" not in cut  # the ground truth is of the whole traffic
     assert resumed["late_events"] == 0
     assert resumed["recall"] == 1.0 and resumed["precision"] == 1.0
 
@@ -194,3 +195,17 @@ def test_brokers_that_do_not_answer_are_one_clear_error(
     err = capfd.readouterr().err
     assert "cannot reach Kafka at 127.0.0.1:" in err
     assert "rdkafka" not in err and len(err.splitlines()) <= 3
+
+
+def test_a_cluster_summary_has_no_precision_when_any_process_cut_its_input() -> None:
+    """Only a process that owns a cut partition knows of the cut; its word wins."""
+    base = {"events": 10, "dead_letters": 0, "late_events": 0, "open_instances": 1,
+            "state_mb": 1.0, "seconds": 2.0, "interventions": 4}  # fmt: skip
+    truth = {"truth_stalls": 4, "precision": 1.0, "recall": 0.5}
+    merged = _merge_summaries([{**base, **truth}, dict(base)])
+    assert "precision" not in merged and "recall" not in merged
+    assert merged["interventions"] == 4 and merged["events"] == 20
+    both = _merge_summaries([{**base, **truth}, {**base, **truth}])
+    assert both["precision"] == 1.0 and both["interventions"] == 4
+    kafka = _merge_summaries([dict(base), dict(base)])
+    assert kafka["interventions"] == 8
