@@ -37,7 +37,9 @@ def _run(args: argparse.Namespace) -> int:
             msg = f"--recovery-dir {args.recovery_dir}: not a directory"
             raise ConfigError(msg)
     if settings.processes > 1 and args.process_id is None:
-        return _run_cluster(settings.processes, args)
+        live = (args.clock or settings.engine.clock) == "live"
+        from_generator = not settings.kafka.enabled and not args.input
+        return _run_cluster(settings.processes, args, live_generator=live and from_generator)
     settings = settings.with_overrides(
         "engine",
         clock=args.clock,
@@ -109,13 +111,16 @@ def _check_cluster(addresses: str, process_id: int) -> None:
         raise ConfigError(msg)
 
 
-def _run_cluster(processes: int, args: argparse.Namespace) -> int:
+def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool = False) -> int:
     """Start ``processes`` copies of this command as one Bytewax cluster on this machine."""
     from ato.devservers import free_port  # noqa: PLC0415
-    from ato.recovery_dir import prepare_recovery_dir  # noqa: PLC0415
+    from ato.recovery_dir import live_start_ms, prepare_recovery_dir  # noqa: PLC0415
+    from operators.decode import wall_ms  # noqa: PLC0415
 
     if args.recovery_dir is not None:
         prepare_recovery_dir(args.recovery_dir)  # once, before the processes race for it
+        if live_generator:  # every process generates the same traffic from one start
+            live_start_ms(args.recovery_dir, wall_ms())
     addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     print(f"ato run: cluster of {processes} processes at {addresses}", file=sys.stderr)
     member = [sys.executable, "-m", "ato.cli", *args.argv, "--addresses", addresses]

@@ -23,6 +23,24 @@ from bytewax.recovery import init_db_dir
 
 from ato.exceptions import RecoveryError
 
+LIVE_START_FILE = "live_start_ms"  # beside Bytewax's *.sqlite3 files, which it never opens
+
+
+def live_start_ms(path: Path, now_ms: int) -> int:
+    """Event time of the first generated event of a live run recovering into ``path``: the
+    one the run that made the directory recorded, else ``now_ms`` (recorded now). The
+    generator makes the same traffic again from it, so the positions in the snapshots point
+    at the same events. ``path`` must be prepared (:func:`prepare_recovery_dir`)."""
+    file = path / LIVE_START_FILE
+    try:
+        return int(file.read_text())
+    except FileNotFoundError:
+        file.write_text(str(now_ms))
+        return now_ms
+    except ValueError as exc:
+        msg = f"{file}: not a start time ({exc}); remove it only with the whole directory"
+        raise RecoveryError(msg) from exc
+
 
 def prepare_recovery_dir(path: Path) -> None:
     """Create and initialise a Bytewax recovery directory unless it exists."""

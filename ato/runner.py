@@ -16,7 +16,7 @@ from ato.config import KafkaSettings, Settings, clickhouse_url
 from ato.exceptions import ConfigError
 from ato.generator import GeneratedTraffic, generate
 from ato.process import tune_gc
-from ato.recovery_dir import drop_unfinished_snapshots, prepare_recovery_dir
+from ato.recovery_dir import drop_unfinished_snapshots, live_start_ms, prepare_recovery_dir
 from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
 from operators.interventions import intervention_id
@@ -178,6 +178,7 @@ def run(
     live = engine.clock == "live"
     stats = RunStats()
     out: Path | str
+    fresh = recovery_dir is None or not recovery_dir.exists()  # before anything creates it
     if settings.kafka.enabled:
         if inputs or traffic is not None:
             msg = "kafka.brokers is set: input comes from the Kafka topics, not files or traffic"
@@ -195,13 +196,17 @@ def run(
             source = JsonLinesSource(inputs, engine.batch_size)
         else:
             if traffic is None:
-                start = wall_ms() if live else None
+                start = None
+                if live:
+                    start = wall_ms()
+                    if recovery_dir is not None:  # resumed, the traffic must be the same
+                        prepare_recovery_dir(recovery_dir)
+                        start = live_start_ms(recovery_dir, start)
                 traffic = generate(catalog, settings.generator, start_ms=start)
             source = GeneratorSource(
                 traffic, engine.batch_size, settings.generator.rate, live, duration_s
             )
         out = settings.out_dir
-        fresh = recovery_dir is None or not recovery_dir.exists()
         start_outputs(out, empty=fresh and (not cluster or cluster[1] == 0))
         sinks = FlowSinks(
             interventions=JsonLinesSink(out / INTERVENTIONS_FILE),

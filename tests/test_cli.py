@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -209,3 +210,21 @@ def test_a_cluster_summary_has_no_precision_when_any_process_cut_its_input() -> 
     assert both["precision"] == 1.0 and both["interventions"] == 4
     kafka = _merge_summaries([dict(base), dict(base)])
     assert kafka["interventions"] == 8
+
+
+def test_a_resumed_live_run_generates_the_traffic_of_the_run_it_resumes(
+    tmp_path: Path, capsys
+) -> None:
+    """Live, the generator's traffic starts at the wall clock; resumed from a recovery
+    directory, it starts where the first run's did, so the snapshots' positions point at the
+    same events (a new start made them point into other traffic)."""
+    recovery = tmp_path / "recovery"
+    argv = ["run", "--clock", "live", "--clients", "100", "--span-s", "5", "--duration-s", "1",
+            "--recovery-dir", str(recovery), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    first = (recovery / "live_start_ms").read_text()
+    time.sleep(0.05)
+    assert main(argv) == 0
+    assert (recovery / "live_start_ms").read_text() == first
+    runs = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line[:1] == "{"]
+    assert [r["late_events"] for r in runs] == [0, 0] and runs[1]["events"] >= runs[0]["events"]

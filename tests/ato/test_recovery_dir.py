@@ -12,7 +12,13 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from ato.exceptions import RecoveryError
-from ato.recovery_dir import drop_unfinished_snapshots, prepare_recovery_dir, resume_epoch
+from ato.recovery_dir import (
+    LIVE_START_FILE,
+    drop_unfinished_snapshots,
+    live_start_ms,
+    prepare_recovery_dir,
+    resume_epoch,
+)
 
 
 def _insert(part: Path, sql: str, rows: list[tuple]) -> None:
@@ -143,3 +149,14 @@ def test_a_snapshot_left_by_an_aborted_run_is_loaded_only_without_the_drop(
         last = _running_sums(items, RecoveryConfig(str(path)))
     b_total = sum(v for k, v in mixed if k == "b") + 7
     assert last[-1] == ("b", STALE + 7 if not drop else b_total)
+
+
+def test_a_live_run_keeps_its_start_time_for_the_runs_that_resume_it(tmp_path: Path) -> None:
+    """The first live run records when its generated traffic starts; a resumed run, later,
+    generates the same traffic from that time, not from its own now."""
+    prepare_recovery_dir(tmp_path / "r")
+    assert live_start_ms(tmp_path / "r", 1_000) == 1_000
+    assert live_start_ms(tmp_path / "r", 9_999) == 1_000
+    (tmp_path / "r" / LIVE_START_FILE).write_text("soon")
+    with pytest.raises(RecoveryError, match="not a start time"):
+        live_start_ms(tmp_path / "r", 9_999)
