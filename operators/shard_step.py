@@ -101,6 +101,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         )
         self.pending = PendingEvents()
         self.reported_minute: int | None = None  # watermark minute the last output carried
+        self.reported_watermark: int | None = None  # the watermark the last output carried
         # a source said --duration-s stopped its partition before the end (RawBatch.cut);
         # every shard hears it, in whichever process it runs
         self.input_cut = False
@@ -235,10 +236,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         quiet = not len(found) and not len(ready) and not len(late)
         # the funnel step closes a minute once every shard's watermark has passed it
         minute_passed = metrics and minute != self.reported_minute
-        news = not quiet or final or force or minute_passed
+        # the policy step decides a deferred candidate once the shard's watermark reaches its
+        # due time: it must hear of every move, also of a shard with nothing else to say
+        moved = policy and watermark != self.reported_watermark
+        news = not quiet or final or force or minute_passed or moved
         if not news and (funnel is None or not len(funnel)):
             return []
         self.reported_minute = minute
+        self.reported_watermark = watermark
         now = self.ctx.now_ms()
         stall_ids = self.builder.ids(stalls) if keep_records else None
         outcome_ids = self.builder.ids(outcomes) if len(outcomes) else None

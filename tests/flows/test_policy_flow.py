@@ -26,7 +26,9 @@ from ato.generator import GeneratedTraffic, generate
 from ato.runner import DECISIONS_FILE, INTERVENTIONS_FILE, RunResult, run, truth_ids
 from flows.journeys import FlowSinks, build_flow
 from operators.batches import RawBatch
+from operators.decode import Decoder
 from operators.policy_step import PolicyContext, PolicyLogic
+from operators.route import Router
 from policy.connection import client_name, connect
 from policy.generated import generated_profiles
 from policy.live_state import lookup
@@ -308,6 +310,47 @@ def _scripted(
     decisions = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
     sent = [orjson.loads(x) for _, block in got["out"] for x in block.splitlines()]
     return decisions, sent
+
+
+def test_a_deferral_is_decided_once_its_quiet_shards_watermark_passes_it(
+    r: redis.Redis, redis_url: str, at: Callable[[str, str], int]
+) -> None:
+    """D1 stalls at night and is deferred to 08:00; then only a client of the other shard
+    sends events, which move event time (and D1's shard's watermark) to 14:00. D1's shard
+    has nothing else to say, yet the policy step hears of its watermark and sends D1. The
+    run stops before its input ends, so no final flush decides it instead."""
+
+    def _ms(local_time: str) -> int:
+        return at(local_time, "Asia/Shanghai")
+
+    settings = Settings().with_overrides("engine", shards=2)
+    decoder, router = Decoder(CATALOG, settings.engine), Router(2)
+
+    def shard(client: str) -> str:
+        decoded = decoder(RawBatch("p0", [_event(client, _ms("2026-01-05 12:00"), "x", 0)]))
+        return next(key for key, item in router(decoded) if len(item.events))
+
+    clients = [f"K{i}" for i in range(40)]
+    d1 = clients[0]
+    other = next(c for c in clients if shard(c) != shard(d1))
+    ProfileStore(r).load(Profile(c, "savvy_regular", tz="Asia/Shanghai") for c in (d1, other))
+    batches = [[_event(d1, _ms("2026-01-05 22:00"), "acct_open_start", 1)]]
+    batches += [
+        [_event(other, _ms(f"2026-01-06 {hour}"), "page_view", n)]
+        for n, hour in enumerate(["07:00", "09:00", "09:30", "12:00", "13:00", "14:00"], 2)
+    ]
+    got: dict[str, list] = {name: [] for name in ("out", "dead", "late", "progress", "dec")}
+    sinks = FlowSinks(
+        TestingSink(got["out"]), TestingSink(got["dead"]), TestingSink(got["late"]),
+        TestingSink(got["progress"]), decisions=TestingSink(got["dec"]),
+    )  # fmt: skip
+    source = TestingSource([*(RawBatch("p0", b) for b in batches), TestingSource.ABORT()])
+    flow = build_flow(source, sinks, settings.with_overrides("redis", url=redis_url), CATALOG)
+    run_main(flow)
+    decisions = [orjson.loads(x) for _, block in got["dec"] for x in block.splitlines()]
+    assert [(d["client_id"], d["outcome"]) for d in decisions] == [
+        (d1, "deferred"), (d1, "sent"),
+    ]  # fmt: skip
 
 
 def test_only_events_on_the_resume_channels_count_as_a_resume(
