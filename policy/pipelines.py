@@ -50,10 +50,12 @@ def send_counting_replies(client: "redis.Redis", commands: bytes, count: int) ->
     def read(sock: socket.socket | None) -> list[bytes]:
         parts: list[bytes] = []
         lines = 0
+        cr = False  # the last part ended in "\r": a "\n" first in the next one ends a line
         while lines < count:
             part = _receive(sock)
             parts.append(part)
-            lines += part.count(b"\r\n")
+            lines += part.count(b"\r\n") + (cr and part[:1] == b"\n")
+            cr = part[-1:] == b"\r"
         return parts
 
     replies = b"".join(PendingReplies(client, commands, count).finish(read))

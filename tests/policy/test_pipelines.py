@@ -3,6 +3,7 @@
 import pytest
 import redis
 
+from policy import pipelines
 from policy.connection import is_transient
 from policy.pipelines import PendingReplies, bulk, reply_error, send_counting_replies
 
@@ -96,3 +97,22 @@ def test_a_denied_command_raises_its_class_from_a_pipeline(r: redis.Redis) -> No
     finally:
         limited.close()
         r.acl_deluser("no-get")
+
+
+def test_replies_are_counted_whatever_bytes_each_socket_read_brings(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read may end between a reply's "\\r" and its "\\n"; the line still counts (it was
+    missed, and the writer waited for a reply that had come until the socket timed out)."""
+    real = pipelines._receive
+    pending: list[bytes] = []
+
+    def byte_by_byte(sock: object) -> bytes:
+        if not pending:
+            pending.extend(bytes([b]) for b in real(sock))  # type: ignore[arg-type]
+        return pending.pop(0)
+
+    monkeypatch.setattr(pipelines, "_receive", byte_by_byte)
+    commands = b"".join(command(b"INCR", b"k") for _ in range(12))
+    assert send_counting_replies(r, commands, 12) == ""
+    assert r.get("k") == b"12" and not pending
