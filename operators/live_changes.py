@@ -122,13 +122,13 @@ class LiveStateTracker:
     def maybe_write(self, store: NumbaShardStore, now_ms: int, force: bool = False) -> int:
         """Hand the marked instances' state to the writer's thread when ``interval_ms`` has
         passed (or ``force``, at end of input: then wait until everything handed over is
-        written and stop the writer's thread); return the rows handed over. Writes that
+        written); return the rows handed over. Writes that
         failed since the last call are marked again."""
         self._collect(wait=False)
         if not self.keys or (not force and now_ms < self.next_write_ms):
             if force:
                 self._collect(wait=True)
-                self.writer.stop_thread()
+                self.writer.flush()
             return 0
         self.next_write_ms = now_ms + self.interval_ms
         keys, journeys, ids = self._unique()
@@ -148,7 +148,7 @@ class LiveStateTracker:
         if force or len(self.in_flight) > MAX_IN_FLIGHT:
             self._collect(wait=True, keep=0 if force else MAX_IN_FLIGHT)
         if force:
-            self.writer.stop_thread()  # input has ended
+            self.writer.flush()  # input has ended
         return len(keys)
 
     def _collect(self, wait: bool, keep: int = 0) -> None:

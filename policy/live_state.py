@@ -12,6 +12,7 @@ last field goes, so a client without open journeys has no key. Every write sets 
 of the keys it sets fields of. See ``docs/policy.md`` ("Live journey state").
 """
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -164,6 +165,8 @@ class LiveStateWriter:
         self.client = client
         self.ttl_s = int(ttl_s)
         self._thread: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # the shards of every worker thread share the writer
+        self._unfinished = 0  # writes submitted and not done
         self.stats = {"round_trips": 0, "commands": 0}
 
     def submit(self, build: Callable[[], tuple[bytes, int, int]]) -> "Future[int]":
@@ -171,16 +174,35 @@ class LiveStateWriter:
         on the writer's own thread (one per writer, so writes run in the order they are
         submitted): the flow goes on while the commands are written (a numba kernel that
         releases the GIL) and Redis works. The future raises what :meth:`send` raises."""
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="ato-live-state")
-        return self._thread.submit(lambda: self.send(*build()))
+        with self._lock:
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="ato-live-state")
+            future = self._thread.submit(lambda: self.send(*build()))
+            self._unfinished += 1
+        future.add_done_callback(self._finished)
+        return future
 
-    def stop_thread(self) -> None:
-        """Wait for the writes submitted so far and end the writer's thread (a later
-        :meth:`submit` starts another), so no idle thread outlives the flow's input."""
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-            self._thread = None
+    def _finished(self, _future: "Future[int]") -> None:
+        with self._lock:
+            self._unfinished -= 1
+
+    def flush(self) -> None:
+        """Wait for every write submitted so far, by any shard, then end the writer's thread
+        unless writes came meanwhile (a later :meth:`submit` starts another), so no idle
+        thread outlives the flow's input. The shards of a process share the writer, and one
+        shard's end of input is not the others': ending the thread under their writes (as
+        this did) failed them."""
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return
+        thread.submit(lambda: None).result()  # runs after every write submitted before it
+        with self._lock:
+            idle = self._thread is thread and self._unfinished == 0
+            if idle:
+                self._thread = None
+        if idle:
+            thread.shutdown(wait=True)  # nothing left in it: returns at once
 
     def write(self, changes: JourneyChanges) -> int:
         """Write the last change per (client, journey) and return the clients written.

@@ -1,6 +1,8 @@
 """Live journey state (``policy.live_state``, ``ato lookup``) against the test redis-server."""
 
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -376,3 +378,21 @@ def test_an_error_reply_fails_the_write_and_leaves_the_connection_usable(
     r.delete(journey_key("S1"))
     assert writer.write(batch(rows)) == 2
     assert stored(r, "S1")["open_account"]["step"] == "start"
+
+
+def test_one_shards_end_of_input_leaves_the_shared_writer_working(r: redis.Redis) -> None:
+    """The shards of a process share one writer: while one waits for the writes at its end
+    of input, another's write goes through (ending the writer's thread then made it fail
+    with "cannot schedule new futures after shutdown")."""
+    writer = LiveStateWriter(r, 60)
+    gate = threading.Event()
+    writer.send = lambda _commands, _count, clients: clients if gate.wait(5) else -1  # type: ignore[method-assign]
+    first = writer.submit(lambda: (b"", 0, 1))
+    ending = threading.Thread(target=writer.flush)
+    ending.start()
+    time.sleep(0.05)  # the first shard now waits in flush()
+    second = writer.submit(lambda: (b"", 0, 2))
+    gate.set()
+    ending.join(5)
+    assert not ending.is_alive()
+    assert (first.result(5), second.result(5)) == (1, 2)
