@@ -10,7 +10,8 @@ one field write.
 The state is read on the flow's thread; the values are rendered and the commands written
 (numba kernels that release the GIL) and sent on the writer's own thread (in submission
 order), so the flow goes on meanwhile; at most ``MAX_IN_FLIGHT`` writes per shard are on
-their way, and a snapshot waits for them. When Redis is unreachable, a failed write's marks
+their way (while that many are, new marks wait: a Redis that hangs slows the writes, not
+the flow), and a snapshot waits for them. When Redis is unreachable, a failed write's marks
 are kept and written again after ``interval_ms``: the state read then is the newest, so
 nothing needs replaying. Other Redis errors (a key of the wrong type, say) are logged and
 counted, and those marks dropped.
@@ -130,6 +131,8 @@ class LiveStateTracker:
                 self._collect(wait=True)
                 self.writer.flush()
             return 0
+        if not force and len(self.in_flight) >= MAX_IN_FLIGHT:
+            return 0  # Redis is behind (or hangs): the marks wait for a later call, not the flow
         self.next_write_ms = now_ms + self.interval_ms
         keys, journeys, ids = self._unique()
         fields = self.value_fields(store, keys, journeys, now_ms)
@@ -145,10 +148,9 @@ class LiveStateTracker:
             )
         )
         self.in_flight.append(InFlight(write, keys, journeys, ids))
-        if force or len(self.in_flight) > MAX_IN_FLIGHT:
-            self._collect(wait=True, keep=0 if force else MAX_IN_FLIGHT)
-        if force:
-            self.writer.flush()  # input has ended
+        if force:  # input has ended
+            self._collect(wait=True)
+            self.writer.flush()
         return len(keys)
 
     def _collect(self, wait: bool, keep: int = 0) -> None:

@@ -24,7 +24,7 @@ on, for at most ``outage_wait_s``, then fails with an error.
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,7 @@ from ato.catalog import CHANNELS, TIERS, Catalog
 from operators.batches import InterventionBatch, ShardOutput
 from operators.decode import wall_ms
 from operators.interventions import InterventionBuilder, Routing
+from policy.backoff import RedisBackoff
 from policy.batch_checks import CAP_REASON, PASS, QUIET, BatchChecks, Checked, ProfileTable
 from policy.caps import CapCodes, CapStore
 from policy.connection import is_transient
@@ -75,6 +76,8 @@ class PolicyContext:
     outage_wait_s: float = 300.0
     now_ms: Callable[[], int] = wall_ms
     sleep: Callable[[float], None] = time.sleep
+    # when to try a Redis that does not answer again: one schedule for every shard
+    backoff: RedisBackoff = field(default_factory=RedisBackoff)
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,10 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         their replies are read at the next call (:meth:`_collect`), so the flow works while
         Redis runs them; with ``wait`` they are read at once. When Redis does not answer the
         candidates stay; with ``wait`` this retries until it does or ``outage_wait_s``
-        passes."""
+        passes. Without ``wait``, while Redis is in a pause (:class:`RedisBackoff`) this
+        leaves it alone."""
+        if not wait and not self.ctx.backoff.may_try(self.ctx.now_ms()):
+            return InterventionBatch.empty(), self._no_decisions()
         lookup = self._prefetch()
         sent, decisions = self._collect()
         known = self._prefetched(lookup)
@@ -477,6 +483,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         return self.builder.build(picked.records, self.ctx.now_ms(), picked.ids, routing)
 
     def _outage(self, exc: Exception, count: int) -> None:
+        self.ctx.backoff.failed(self.ctx.now_ms())
         if self.outage_since_ms is None:
             self.outage_since_ms = self.ctx.now_ms()
             self.stats["outages"] += 1
@@ -500,6 +507,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         self.ctx.sleep(RETRY_MS / 1000)
 
     def _recovered(self, count: int) -> None:
+        self.ctx.backoff.answered()
         if self.outage_since_ms is not None:
             log.warning("contact policy: Redis answers again; %d waiting decisions made", count)
             self.outage_since_ms = None

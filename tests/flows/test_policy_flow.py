@@ -7,6 +7,7 @@ restarted in the middle: the flow goes on, and decisions, interventions and live
 out the same as without the outage.
 """
 
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -351,6 +352,61 @@ def test_a_deferral_is_decided_once_its_quiet_shards_watermark_passes_it(
     assert [(d["client_id"], d["outcome"]) for d in decisions] == [
         (d1, "deferred"), (d1, "sent"),
     ]  # fmt: skip
+
+
+class _HungRedis:
+    """A server that takes connections and never answers (a Redis stopped with SIGSTOP, or
+    behind a dead network path): every call waits for the client's timeout."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.connections = 0
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.held.append(conn)
+
+    def close(self) -> None:
+        for conn in [self.listener, *self.held]:
+            conn.close()
+
+
+def test_a_redis_that_hangs_is_tried_once_per_pause_not_by_every_shard_call() -> None:
+    """Redis takes connections and never answers. Every shard's policy step has candidates
+    due at every output, yet the process tries Redis once, and again only after a pause
+    (1 s, doubling): the other calls leave it alone instead of each waiting for the
+    timeout, so the flow goes on (it slowed to about a tenth of its speed)."""
+    hung = _HungRedis()
+    try:
+        settings = Settings().with_overrides("engine", shards=4)
+        settings = settings.with_overrides("redis", url=hung.url, timeout_s=0.3, live_state=False)
+        t0 = 1_767_600_000_000
+        batches = [
+            [_event(f"H{n}-{k}", t0 + n * 600_000 + k, "acct_open_start", n * 100 + k)
+             for k in range(20)]
+            for n in range(12)
+        ]  # fmt: skip  # each batch stalls the clients of the one before, in every shard
+        got: dict[str, list] = {name: [] for name in ("out", "dead", "late", "progress")}
+        sinks = FlowSinks(*(TestingSink(got[name]) for name in got))
+        source = TestingSource([*(RawBatch("p0", b) for b in batches), TestingSource.ABORT()])
+        run_main(build_flow(source, sinks, settings, CATALOG, ["p0"]))
+        outputs = [p for p in got["progress"] if p.get("shard") is not None]
+        assert len(outputs) >= 40  # 4 shards x 12 batches: that many calls had work due
+        assert sum(p.get("redis_outages", 0) for p in outputs) >= 1
+        assert 1 <= hung.connections <= 3  # one try (a second after a pause, at most two)
+    finally:
+        hung.close()
 
 
 def test_only_events_on_the_resume_channels_count_as_a_resume(

@@ -16,7 +16,12 @@ from ato.generator import generate
 from operators.batches import RawBatch
 from operators.decode import Decoder
 from operators.interventions import InterventionBuilder
-from operators.live_changes import LiveStateTracker, unique_pairs, unique_pairs_twin
+from operators.live_changes import (
+    MAX_IN_FLIGHT,
+    LiveStateTracker,
+    unique_pairs,
+    unique_pairs_twin,
+)
 from policy.live_state import LiveStateWriter, encode_value, lookup
 from state.shard_store import NumbaShardStore, order_events
 
@@ -91,6 +96,29 @@ def test_marks_are_written_once_each_and_kept_while_redis_fails(
     opened = [c for c in set(client_id_texts(events.client_id)) if journey in lookup(r, c)]
     slots = store.find_instances(np.unique(events.client_key), np.zeros(distinct, np.int64))
     assert len(opened) == int((slots >= 0).sum())
+
+
+def test_while_writes_hang_new_marks_wait_and_the_flow_does_not(
+    store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
+) -> None:
+    """With MAX_IN_FLIGHT writes of a shard on their way (a Redis that hangs), a new write
+    is not handed over and nothing waits for the old ones: the marks wait for a later call."""
+    store, events = store_and_events
+    writer = LiveStateWriter(r, 60)
+    gate = threading.Event()
+    real_send = writer.send
+    writer.send = lambda *a: real_send(*a) if gate.wait(10) else 0  # type: ignore[method-assign]
+    tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
+    keys, ids = events.client_key, events.client_id
+    for now in range(MAX_IN_FLIGHT):
+        tracker.mark(keys[now : now + 1], np.zeros(1, np.int64), ids[now : now + 1])
+        assert tracker.maybe_write(store, now) == 1
+    tracker.mark(keys[10:12], np.zeros(2, np.int64), ids[10:12])
+    assert tracker.maybe_write(store, 99) == 0  # returned at once: four writes hang
+    assert tracker.pending() == 2
+    gate.set()
+    assert tracker.maybe_write(store, 100, force=True) == 2
+    assert tracker.pending() == 0 and tracker.stats["writes"] == MAX_IN_FLIGHT + 1
 
 
 @settings(max_examples=200, deadline=None)
