@@ -181,12 +181,14 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         return self._quiet(*self._decide(wait=False)), self.RETAIN
 
     def on_eof(self) -> tuple[list[ShardOutput], bool]:
-        """Input ended, every decision is made (the last batch waited for Redis): close this
-        worker's Redis connections (the shards' final live-state writes came before). A later
-        use would reconnect. Candidates deferred past the last watermark stay undecided (their
+        """Input ended, every decision is made (the last batch waited for Redis): close the
+        process's idle Redis connections (the shards' final live-state writes came before). A
+        later use would reconnect. Candidates deferred past the last watermark stay undecided (their
         deferral was emitted); they are logged, and a run with recovery keeps them."""
         outputs = self._quiet(*self._decide(wait=True)) if self.capping is not None else []
-        self.ctx.client.connection_pool.disconnect()
+        # idle connections only: the other worker threads of the process share the pool, and
+        # closing one they are using would look to them like Redis going away
+        self.ctx.client.connection_pool.disconnect(inuse_connections=False)
         if len(self.held):
             log.info(
                 "contact policy, shard %s: %d deferred candidates are due after the last"

@@ -513,3 +513,19 @@ def test_policy_step_closes_its_redis_connections_at_end_of_input(
     ctx.client.ping()  # a later use reconnects
     assert len(ours() - before) == 1
     ctx.client.close()
+
+
+def test_one_workers_end_of_input_leaves_the_connections_others_use(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """The worker threads of a process share one Redis client: a policy step's end of input
+    closes the idle connections, not one another worker is reading a reply on."""
+    settings = Settings().with_overrides("redis", url=redis_url)
+    ctx = PolicyContext(CATALOG, load_policy(None), connect(settings.redis))
+    busy = ctx.client.connection_pool.get_connection()  # another worker's, mid-call
+    busy.send_command("PING")
+    ctx.client.ping()  # an idle one goes back to the pool
+    PolicyLogic(ctx, None).on_eof()
+    assert busy.read_response() in (b"PONG", "PONG", True)  # still connected
+    ctx.client.connection_pool.release(busy)
+    ctx.client.close()
