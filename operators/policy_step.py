@@ -277,6 +277,9 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         candidates stay; with ``wait`` this retries until it does or ``outage_wait_s``
         passes. Without ``wait``, while Redis is in a pause (:class:`RedisBackoff`) this
         leaves it alone."""
+        redis_work = self.capping is not None or bool((self.held.due <= self.watermark).any())
+        if not redis_work:
+            return InterventionBatch.empty(), self._no_decisions()
         if not wait and not self.ctx.backoff.may_try(self.ctx.now_ms()):
             return InterventionBatch.empty(), self._no_decisions()
         lookup = self._prefetch()
