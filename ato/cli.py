@@ -32,10 +32,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.duration_s is not None and args.duration_s <= 0:
         msg = f"--duration-s: must be > 0, got {args.duration_s}"
         raise ConfigError(msg)
-    if args.recovery_dir is not None and args.recovery_dir.exists():
-        if not args.recovery_dir.is_dir():
-            msg = f"--recovery-dir {args.recovery_dir}: not a directory"
-            raise ConfigError(msg)
+    recovery_dir = args.recovery_dir
+    if recovery_dir is not None and recovery_dir.exists() and not recovery_dir.is_dir():
+        msg = f"--recovery-dir {recovery_dir}: not a directory"
+        raise ConfigError(msg)
     if settings.processes > 1 and args.process_id is None:
         live = (args.clock or settings.engine.clock) == "live"
         from_generator = not settings.kafka.enabled and not args.input
@@ -100,12 +100,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_cluster(addresses: str, process_id: int) -> None:
     """Refuse --addresses that are not HOST:PORT pairs, or a --process-id outside them."""
-    for address in addresses.split(","):
+    listed = addresses.split(",")
+    for address in listed:
         host, sep, port = address.rpartition(":")
         if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
             msg = f"--addresses: expected HOST:PORT[,HOST:PORT...], got {address!r}"
             raise ConfigError(msg)
-    count = len(addresses.split(","))
+    count = len(listed)
     if not 0 <= process_id < count:
         msg = f"--process-id {process_id}: must be from 0 to {count - 1} (one per address)"
         raise ConfigError(msg)
@@ -154,11 +155,13 @@ def _wait_for(children: list[subprocess.Popen[bytes]]) -> tuple[list[bytes], int
     readers = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(children))]
     for reader in readers:
         reader.start()
-    failed = None
-    while failed is None and any(child.poll() is None for child in children):
-        failed = next((i for i, c in enumerate(children) if c.returncode not in (None, 0)), None)
+
+    def first_failed() -> int | None:
+        return next((i for i, c in enumerate(children) if c.returncode not in (None, 0)), None)
+
+    while any(child.poll() is None for child in children) and first_failed() is None:
         time.sleep(0.1)
-    failed = next((i for i, c in enumerate(children) if c.returncode not in (None, 0)), failed)
+    failed = first_failed()
     if failed is not None:
         for child in children:
             if child.poll() is None:

@@ -277,12 +277,12 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         candidates stay; with ``wait`` this retries until it does or ``outage_wait_s``
         passes. Without ``wait``, while Redis is in a pause (:class:`RedisBackoff`) this
         leaves it alone."""
-        redis_work = self.capping is not None or bool((self.held.due <= self.watermark).any())
-        if not redis_work:
-            return InterventionBatch.empty(), self._no_decisions()
+        due_now = np.flatnonzero(self.held.due <= self.watermark)
+        if self.capping is None and not len(due_now):
+            return InterventionBatch.empty(), self._no_decisions()  # nothing for Redis
         if not wait and not self.ctx.backoff.may_try(self.ctx.now_ms()):
             return InterventionBatch.empty(), self._no_decisions()
-        lookup = self._prefetch()
+        lookup = self._prefetch(due_now)
         sent, decisions = self._collect()
         known = self._prefetched(lookup)
         due = self.held.due <= self.watermark
@@ -312,11 +312,10 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             DecisionColumns.concat([decisions, deferrals, finals]),
         )
 
-    def _prefetch(self) -> ProfileLookup | None:
-        """The profile lookups of the candidates due now, sent, so that Redis answers them
-        while the last call's cap replies are read; None when there are none or Redis
-        fails (then :meth:`_prepare` looks them up itself)."""
-        due = np.flatnonzero(self.held.due <= self.watermark)
+    def _prefetch(self, due: np.ndarray) -> ProfileLookup | None:
+        """The profile lookups of the candidates due now (rows ``due`` of ``held``), sent, so
+        that Redis answers them while the last call's cap replies are read; None when there
+        are none or Redis fails (then :meth:`_prepare` looks them up itself)."""
         if not len(due):
             return None
         try:

@@ -402,11 +402,7 @@ class ClickHouseStore:
                 dtype = values.dtype if isinstance(values, np.ndarray) else np.asarray(values).dtype
                 ok = dtype.kind in _DTYPE_KINDS[base]
             if not ok:  # the message only now: naming a dtype is dear, and blocks are many
-                got = (
-                    f"Arrow {arrow_type}"
-                    if arrow_type is not None
-                    else str(np.asarray(values).dtype)
-                )
+                got = f"Arrow {arrow_type}" if arrow_type is not None else str(dtype)
                 msg = f"metric block for {block.table}: column {name} ({kind}) got {got} values"
                 raise ClickHouseError(msg)
 
