@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     generated = {
         "--clients": args.clients, "--span-s": args.span_s, "--seed": args.seed,
-        "--rate": args.rate,
+        "--rate": args.rate, "--live-start-ms": args.live_start_ms,
     }  # fmt: skip
     given = [name for name, value in generated.items() if value is not None]
     if given and (settings.kafka.enabled or args.input):
@@ -64,6 +64,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(msg)
     if args.input and args.duration_s is not None:
         msg = "--duration-s: only for generated traffic and Kafka, not --input files"
+        raise ConfigError(msg)
+    if args.live_start_ms is not None and settings.engine.clock != "live":
+        msg = "--live-start-ms: only with the live clock (--clock live)"
         raise ConfigError(msg)
     if settings.generator.rate > 0 and settings.engine.clock == "live":
         msg = (
@@ -93,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=sys.stderr,
         duration_s=args.duration_s,
         cluster=cluster,
+        live_start_ms=args.live_start_ms,
     )
     _print_summary(result.summary())
     return 0
@@ -118,13 +122,17 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
     from ato.recovery_dir import live_start_ms, prepare_recovery_dir  # noqa: PLC0415
     from operators.decode import wall_ms  # noqa: PLC0415
 
+    start: int | None = None
     if args.recovery_dir is not None:
         prepare_recovery_dir(args.recovery_dir)  # once, before the processes race for it
-        if live_generator:  # every process generates the same traffic from one start
-            live_start_ms(args.recovery_dir, wall_ms())
+    if live_generator and args.live_start_ms is None:
+        # every process generates the same traffic from one start (the recorded one if resumed)
+        start = wall_ms()
+        if args.recovery_dir is not None:
+            start = live_start_ms(args.recovery_dir, start)
     addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     print(f"ato run: cluster of {processes} processes at {addresses}", file=sys.stderr)
-    member = [sys.executable, "-m", "ato.cli", *args.argv, "--addresses", addresses]
+    member = _member_argv(args.argv, addresses, start)
     children = [
         subprocess.Popen([*member, "--process-id", str(i)], stdout=subprocess.PIPE)
         for i in range(processes)
@@ -141,6 +149,14 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
     summaries = [orjson.loads(out.splitlines()[-1]) for out in outputs]
     _print_summary(_merge_summaries(summaries) | {"processes": processes})
     return 0
+
+
+def _member_argv(argv: list[str], addresses: str, live_start: int | None) -> list[str]:
+    """The command of one process of a cluster on this machine (``--process-id`` follows)."""
+    member = [sys.executable, "-m", "ato.cli", *argv, "--addresses", addresses]
+    if live_start is not None:
+        member += ["--live-start-ms", str(live_start)]
+    return member
 
 
 def _wait_for(children: list[subprocess.Popen[bytes]]) -> tuple[list[bytes], int | None]:
@@ -433,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--recovery-dir", type=Path, help="Bytewax recovery directory (resume after a crash)"
+    )
+    run.add_argument(
+        "--live-start-ms",
+        type=int,
+        help="live clock, generated traffic: epoch ms of its first event (default: now, or the"
+        " start recorded in --recovery-dir); every process of a cluster across machines needs"
+        " the same (--processes passes it to its own)",
     )
     run.set_defaults(handler=_run)
     dev = sub.add_parser("dev", help="local Tansu broker and Redis: up, down, status")

@@ -16,7 +16,8 @@ from ato.config import KafkaSettings, Settings, clickhouse_url
 from ato.exceptions import ConfigError
 from ato.generator import GeneratedTraffic, generate
 from ato.process import tune_gc
-from ato.recovery_dir import drop_unfinished_snapshots, live_start_ms, prepare_recovery_dir
+from ato.recovery_dir import drop_unfinished_snapshots, prepare_recovery_dir
+from ato.recovery_dir import live_start_ms as recorded_start_ms
 from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
 from operators.interventions import intervention_id
@@ -155,6 +156,24 @@ def metrics_sink(
     return ClickHouseSink(settings.clickhouse, url, epoch_flush=recovery)
 
 
+def _live_start(recovery_dir: Path | None, given: int | None, progress: TextIO | None) -> int:
+    """Event time of the first event of live generated traffic: ``given`` or now, or, resumed
+    from ``recovery_dir``, the start the run that made it recorded (the same traffic)."""
+    start = wall_ms() if given is None else given
+    if recovery_dir is not None:
+        prepare_recovery_dir(recovery_dir)
+        start = recorded_start_ms(recovery_dir, start)
+    if given is not None and start != given:
+        msg = (
+            f"--live-start-ms {given}: {recovery_dir} holds a run that started at {start};"
+            " a resumed run generates the same traffic"
+        )
+        raise ConfigError(msg)
+    if progress is not None:  # the processes of a cluster across machines need the same
+        print(f"ato run: live traffic from {start} (--live-start-ms)", file=progress)
+    return start
+
+
 def run(
     settings: Settings,
     inputs: list[Path] | None = None,
@@ -164,6 +183,7 @@ def run(
     catalog: Catalog | None = None,
     duration_s: float | None = None,
     cluster: tuple[list[str], int] | None = None,
+    live_start_ms: int | None = None,
 ) -> RunResult:
     """Run the journey flow on files (``inputs``) or generated traffic, to JSON-lines files.
 
@@ -171,6 +191,8 @@ def run(
     (for live runs, whose traffic lasts as long as its journeys: minutes to days); precision
     and recall are then not reported, as the ground truth assumes the whole traffic.
     ``cluster`` is (addresses of every process, this process's index) for a Bytewax cluster.
+    ``live_start_ms`` is the event time of the first generated event with the live clock
+    (default: now), which every process of a cluster must share.
     """
     tune_gc()
     catalog = catalog if catalog is not None else load_catalog(settings.catalog)
@@ -198,10 +220,7 @@ def run(
             if traffic is None:
                 start = None
                 if live:
-                    start = wall_ms()
-                    if recovery_dir is not None:  # resumed, the traffic must be the same
-                        prepare_recovery_dir(recovery_dir)
-                        start = live_start_ms(recovery_dir, start)
+                    start = _live_start(recovery_dir, live_start_ms, progress)
                 traffic = generate(catalog, settings.generator, start_ms=start)
             source = GeneratorSource(
                 traffic, engine.batch_size, settings.generator.rate, live, duration_s

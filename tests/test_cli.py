@@ -1,6 +1,7 @@
 """`ato run` end to end on a small generated population and on a JSON-lines file."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -164,6 +165,40 @@ def test_a_cluster_run_cut_short_pauses_in_a_process_without_input(tmp_path: Pat
     assert "precision" not in cut  # the ground truth is of the whole traffic
     assert resumed["late_events"] == 0
     assert resumed["recall"] == 1.0 and resumed["precision"] == 1.0
+
+
+def test_a_live_cluster_generates_one_traffic_from_one_start(tmp_path: Path) -> None:
+    """Live, without a recovery directory, every process of a cluster generates its traffic
+    from the start its parent took (each took its own wall clock before, so the processes'
+    traffic differed by the milliseconds between their starts)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
+        "ATO_CLICKHOUSE_ENABLED": "false",
+    }
+    argv = [
+        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clock", "live",
+        "--clients", "200", "--span-s", "5", "--duration-s", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2_000:]
+    starts = re.findall(r"live traffic from (\d+)", done.stderr)
+    assert len(starts) == 2 and starts[0] == starts[1], done.stderr[-2_000:]
+
+
+def test_live_start_ms_sets_the_first_event_time(tmp_path: Path, capsys) -> None:
+    """--live-start-ms places the live traffic (here an hour back, so all of it is due at
+    once); with a recovery directory that recorded another start it is an error."""
+    start = int(time.time() * 1000) - 3_600_000
+    recovery = tmp_path / "recovery"
+    argv = ["run", "--clock", "live", "--clients", "200", "--span-s", "5", "--duration-s", "1",
+            "--out", str(tmp_path / "out"), "--recovery-dir", str(recovery)]  # fmt: skip
+    assert main([*argv, "--live-start-ms", str(start)]) == 0
+    assert (recovery / "live_start_ms").read_text() == str(start)
+    assert f"live traffic from {start}" in capsys.readouterr().err
+    assert main([*argv, "--live-start-ms", str(start + 1)]) == 2
+    assert f"started at {start}" in capsys.readouterr().err
+    assert main(["run", "--live-start-ms", "1", "--out", str(tmp_path)]) == 2
+    assert "only with the live clock" in capsys.readouterr().err
 
 
 def test_a_cluster_process_failing_at_start_stops_the_run(tmp_path: Path) -> None:
