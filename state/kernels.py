@@ -133,7 +133,11 @@ AHEAD_INSTANCE = 2
 
 @njit_no_refcount
 def _home(key: np.uint64, mask: int) -> np.int64:
-    return np.int64(mix64(key) & np.uint64(mask))
+    # The hash's halves swapped: a shard is chosen by ``mix64(key) % shards``, so the clients
+    # of one shard share the low bits (all 4 of them with 16 shards), and a bucket taken from
+    # them left 15 of 16 buckets unused as homes (6.7 probes a lookup instead of 2.1).
+    h = mix64(key)
+    return np.int64(((h >> np.uint64(32)) | (h << np.uint64(32))) & np.uint64(mask))
 
 
 @njit_no_refcount

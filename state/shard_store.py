@@ -61,7 +61,7 @@ INITIAL_CAPACITY = 1024
 GROWTH = 1.5  # capacity factor when slots run out
 MAX_LOAD = 0.7  # client index: most entries per bucket before it doubles
 EXPIRE_CHUNK = 4_096  # most records one expire kernel call writes
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 LAZY_MIN_BYTES = 1 << 20  # smaller arrays come from numpy's allocator
 
 # Arrays indexed by client slot, then by instance slot: snapshots keep their used part.
@@ -386,7 +386,7 @@ class NumbaShardStore(ShardStore):
         snap.update({name: getattr(self, name)[:i_high].copy() for name in _INSTANCE_FIELDS})
         snap["c_free"] = self.c_free[: self.meta[M_C_FREE]].copy()
         snap["i_free"] = self.i_free[: self.meta[M_I_FREE]].copy()
-        snap["c_ht"] = self.c_ht.copy()
+        snap["index_size"] = len(self.c_ht)  # the index is rebuilt from the keys on restore
         snap["id_bytes"] = self.id_bytes[: self.id_end].copy()
         snap["id_capacity"] = len(self.id_bytes)
         snap["meta"] = self.meta.copy()
@@ -410,23 +410,36 @@ class NumbaShardStore(ShardStore):
         store.c_free = _resized(snap["c_free"], client_cap, len(snap["c_free"]))
         store.i_free = _resized(snap["i_free"], inst_cap, len(snap["i_free"]))
         store.client_cap, store.inst_cap = client_cap, inst_cap
-        store.c_ht = snap["c_ht"].copy()
+        store.c_ht = np.empty(snap["index_size"], np.int32)
+        high = int(store.meta[M_C_HIGH])
+        kernels.ht_rebuild(store.c_ht, store.ckey, store.ci[:high, C_OPEN] >= 0)
         store.id_end = len(snap["id_bytes"])
         store.id_bytes = _resized(snap["id_bytes"], snap["id_capacity"], store.id_end)
         return store
 
 
 def upgrade_snapshot(snap: dict[str, Any]) -> dict[str, Any]:
-    """``snap`` in the current format (3), from format 1, 2 or 3."""
+    """``snap`` in the current format (4), from format 1, 2, 3 or 4."""
     version = snap.get("version", 1)
     if version == 1:
         snap, version = _v1_to_v2(snap), 2
     if version == 2:
         snap, version = _v2_to_v3(snap), 3
+    if version == 3:
+        snap, version = _v3_to_v4(snap), 4
     if version != SNAPSHOT_VERSION:
-        msg = f"shard snapshot format {version} is unknown (this version reads 1 to 3)"
+        msg = f"shard snapshot format {version} is unknown (this version reads 1 to 4)"
         raise ValueError(msg)
     return snap
+
+
+def _v3_to_v4(old: dict[str, Any]) -> dict[str, Any]:
+    """Format 3 (with the client index, whose buckets format 4 places differently) as format
+    4, which keeps only the index's size and rebuilds it on restore."""
+    new = {name: value for name, value in old.items() if name != "c_ht"}
+    new["index_size"] = len(old["c_ht"])
+    new["version"] = 4
+    return new
 
 
 _V2_DEADLINE = 3  # row of the deadlines in format 2's instance times

@@ -1,6 +1,7 @@
 """Snapshots of earlier formats restore, and the restored store continues like a fresh
 replay: format 1 (before the compact layout: hash tables with int64 values, client ids as
-Python objects) and format 2 (``[field, slot]`` arrays), both taken after the same scenario
+Python objects), format 2 (``[field, slot]`` arrays) and format 3 (with the client index,
+whose buckets format 4 places by other bits of the hash), all taken after the same scenario
 by the code of their time."""
 
 import pickle
@@ -43,7 +44,7 @@ def later_rows() -> list[tuple[str, int, int, int, int, int, int]]:
     return [(c, ts, ch, tc, *decode(tc, -1)) for c, ts, ch, tc in rows]
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_legacy_snapshot_restores_and_continues(version: int) -> None:
     snap = pickle.loads((DATA / f"snapshot_v{version}.pickle").read_bytes())
     assert snap.get("version", 1) == version
