@@ -547,14 +547,6 @@ def apply_events(
             ci[cs, C_OPEN] = 0
             ci[cs, C_FIRST] = -1
             meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
-        elif ci[cs, C_OPEN] == 0 and cts[cs, C_LAST_TS] + client_ttl_ms <= t:
-            # idle long enough to be forgotten: start afresh whether or not the expiry
-            # pass (which depends on how the watermark moved) has freed it yet
-            cts[cs, C_LAST_TS] = t
-            cf[cs, F_CALLS] = 0.0
-            cf[cs, F_SESSIONS] = 0.0
-            ci[cs, C_LAST_INST] = -1
-            meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
         e_cslot[e] = cs
         e_effect[e] = EFFECT_NONE
         e_fjourney[e] = -1
@@ -571,6 +563,15 @@ def apply_events(
                     it, dl, ii, ih, i_free, meta, counters, out_i, out_f, n_out,
                 )  # fmt: skip
             slot = after
+        if ci[cs, C_OPEN] == 0 and cts[cs, C_LAST_TS] + client_ttl_ms <= t:
+            # idle long enough to be forgotten (its last instance may have just closed
+            # above): start afresh whether or not the expiry pass (which depends on how
+            # the watermark moved) has freed it yet
+            cts[cs, C_LAST_TS] = t
+            cf[cs, F_CALLS] = 0.0
+            cf[cs, F_SESSIONS] = 0.0
+            ci[cs, C_LAST_INST] = -1
+            meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], t + client_ttl_ms)
 
         j = e_journey[e]
         s = e_step[e]

@@ -129,14 +129,16 @@ class PyShard:
         """Apply one event; return its effect."""
         self.counters["events"] += 1
         client = self.clients.get(key)
-        if client is not None and client.open == 0 and client.last_ts + self.client_ttl_ms <= t:
-            client = None  # idle long enough to be forgotten, freed yet or not
         if client is None:
             client = self.clients[key] = PyClient(last_ts=t)
         for jj in range(self.tables.step_timeout.shape[0]):  # time passes to t first
             other = self.instances.get((key, jj))
             if other is not None and other.deadline <= t:
                 self._settle(other, t, out)
+        if client.open == 0 and client.last_ts + self.client_ttl_ms <= t:
+            # idle long enough to be forgotten (its last instance may have just closed
+            # above), freed yet or not
+            client = self.clients[key] = PyClient(last_ts=t)
         ik = (key, j) if j >= 0 else client.last_instance
         inst = self.instances.get(ik) if ik is not None else None
 

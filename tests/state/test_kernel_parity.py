@@ -542,3 +542,30 @@ def test_idle_client_is_forgotten_whether_or_not_it_was_freed() -> None:
         stalls.append(store_records(found))
     assert stalls[0] == stalls[1] != []
     assert stalls[0][0][-2] == 0.0  # no recent calls: the call before the idle time is gone
+
+
+def test_client_whose_last_instance_lapses_is_forgotten_however_the_watermark_moved() -> None:
+    """The client's only instance stalls and lapses (``close_after``) at C, past the client
+    TTL; the client returns at C + 200 ms and stalls again. Its second stall is the same
+    whether the watermark stopped between C and its return (the expiry pass closed the
+    instance) or jumped over both (the event closes it first): before, the jump kept the
+    old calls (0.99 instead of 0)."""
+    call, start = CATALOG.type_codes["call_started"], CATALOG.type_codes["acct_open_start"]
+    journey = CATALOG.journey("open_account")
+    first = columns(
+        [("a", T0, 1, call, *decode(call, -1))] * 8 + [("a", T0 + 1, 0, start, *decode(start, -1))]
+    )
+    stalled = T0 + 1 + journey.steps[0].timeout_ms
+    closed = stalled + journey.close_after_ms
+    back = closed + 200
+    assert T0 + 1 + CATALOG.client_idle_ttl_ms <= back
+    later = columns([("a", back, 0, start, *decode(start, -1))])
+    stalls = []
+    for between in ([closed], []):
+        store, twin = NumbaShardStore(CATALOG), new_twin()
+        run_in_parallel([(first, [stalled, *between]), (later, [])], store, twin)
+        found = store.expire(back + DAY)
+        assert_same_stalls(found, twin_expire(twin, back + DAY))
+        stalls.append(store_records(found))
+    assert stalls[0] == stalls[1] != []
+    assert stalls[1][0][-2] == 0.0  # the calls before the idle time are gone
