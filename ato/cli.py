@@ -1,6 +1,8 @@
 """The ``ato`` command."""
 
 import argparse
+import math
+import signal
 import subprocess
 import sys
 import threading
@@ -18,8 +20,6 @@ from ato.exceptions import AtoError, ConfigError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ato.runner import run  # noqa: PLC0415 - keeps `ato --help` fast
-
     settings = load_settings(args.config)
     settings = settings.with_overrides(
         "", catalog=args.catalog, out_dir=args.out, workers=args.workers, processes=args.processes
@@ -29,17 +29,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(msg)
     if args.addresses is not None:
         _check_cluster(args.addresses, args.process_id)
-    if args.duration_s is not None and args.duration_s <= 0:
-        msg = f"--duration-s: must be > 0, got {args.duration_s}"
+    if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
+        msg = f"--duration-s: must be a number > 0, got {args.duration_s}"
         raise ConfigError(msg)
     recovery_dir = args.recovery_dir
     if recovery_dir is not None and recovery_dir.exists() and not recovery_dir.is_dir():
         msg = f"--recovery-dir {recovery_dir}: not a directory"
         raise ConfigError(msg)
-    if settings.processes > 1 and args.process_id is None:
-        live = (args.clock or settings.engine.clock) == "live"
-        from_generator = not settings.kafka.enabled and not args.input
-        return _run_cluster(settings.processes, args, live_generator=live and from_generator)
     settings = settings.with_overrides(
         "engine",
         clock=args.clock,
@@ -74,6 +70,56 @@ def _run(args: argparse.Namespace) -> int:
             " event when the wall clock reaches its arrival time"
         )
         raise ConfigError(msg)
+    with _run_lock(settings, args), _sigterm_interrupts():
+        if settings.processes > 1 and args.process_id is None:
+            live = settings.engine.clock == "live"
+            from_generator = not settings.kafka.enabled and not args.input
+            return _run_cluster(settings.processes, args, live_generator=live and from_generator)
+        return _run_here(settings, args)
+
+
+@contextmanager
+def _run_lock(settings: Settings, args: argparse.Namespace) -> Iterator[None]:
+    """Hold the output directory of a run writing files (a cluster's parent holds it for
+    its processes on this machine)."""
+    if settings.kafka.enabled or args.process_id is not None:
+        yield
+        return
+    from ato.out_lock import lock_out_dir  # noqa: PLC0415
+
+    lock = lock_out_dir(settings.out_dir)
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, which ends a run as Ctrl-C does (exit code 143)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a supervisor's stop) raises :class:`Terminated` meanwhile, so a run stops
+    as on Ctrl-C: a cluster's parent stops its processes first."""
+    if threading.current_thread() is not threading.main_thread():  # only it can handle one
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_here(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the flow in this process (alone, or as one process of a cluster)."""
+    from ato.runner import run  # noqa: PLC0415 - keeps `ato --help` fast
+
     if settings.kafka.enabled:
         feed = f"kafka {settings.kafka.brokers} topics {', '.join(settings.kafka.input_topics)}"
     elif args.input:
@@ -133,11 +179,14 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
     addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     print(f"ato run: cluster of {processes} processes at {addresses}", file=sys.stderr)
     member = _member_argv(args.argv, addresses, start)
-    children = [
-        subprocess.Popen([*member, "--process-id", str(i)], stdout=subprocess.PIPE)
-        for i in range(processes)
-    ]
-    outputs, failed = _wait_for(children)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(processes):
+            child = subprocess.Popen([*member, "--process-id", str(i)], stdout=subprocess.PIPE)
+            children.append(child)
+        outputs, failed = _wait_for(children)
+    finally:  # interrupted or terminated: the processes must not outlive this one
+        _stop(children)
     if failed is not None:
         codes = [child.returncode for child in children]
         print(
@@ -179,18 +228,23 @@ def _wait_for(children: list[subprocess.Popen[bytes]]) -> tuple[list[bytes], int
         time.sleep(0.1)
     failed = first_failed()
     if failed is not None:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        _stop(children)
     for reader in readers:
         reader.join()
     return outputs, failed
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the children still running; kill those that do not end within 10 s."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -578,11 +632,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if isinstance(cause, KeyboardInterrupt):
             print(INTERRUPTED, file=sys.stderr)
-            return 130
+            return 143 if isinstance(cause, Terminated) else 130
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(INTERRUPTED, file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 INTERRUPTED = (

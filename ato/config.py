@@ -139,15 +139,20 @@ class GeneratorSettings:
     )
 
     def __post_init__(self) -> None:
-        if self.clients <= 0 or self.partitions <= 0 or self.span_s <= 0:
-            msg = "generator.clients, partitions and span_s must be > 0"
-            raise ConfigError(msg)
+        for name in ("clients", "partitions", "span_s"):
+            if getattr(self, name) <= 0:
+                msg = f"generator.{name}: must be > 0, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
         for name in ("stall_share", "resume_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 msg = f"generator.{name}: must be within [0, 1], got {getattr(self, name)!r}"
                 raise ConfigError(msg)
-        if self.disorder_ms < 0 or self.rate < 0 or self.journeys_per_client <= 0:
-            msg = "generator.disorder_ms and rate must be >= 0, journeys_per_client > 0"
+        for name in ("disorder_ms", "rate"):  # also refuses nan and inf from the command line
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                msg = f"generator.{name}: must be a finite number >= 0, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
+        if not (math.isfinite(self.journeys_per_client) and self.journeys_per_client > 0):
+            msg = f"generator.journeys_per_client: must be > 0, got {self.journeys_per_client!r}"
             raise ConfigError(msg)
 
 

@@ -226,7 +226,6 @@ def run(
                 traffic, engine.batch_size, settings.generator.rate, live, duration_s
             )
         out = settings.out_dir
-        start_outputs(out, empty=fresh and (not cluster or cluster[1] == 0))
         sinks = FlowSinks(
             interventions=JsonLinesSink(out / INTERVENTIONS_FILE),
             dead_letters=JsonLinesSink(out / DEAD_LETTERS_FILE),
@@ -239,6 +238,8 @@ def run(
         sinks = replace(
             sinks, metrics=metrics_sink(settings, first, recovery=recovery_dir is not None)
         )
+    if isinstance(out, Path):  # after ClickHouse opened: a refused run leaves them as they are
+        start_outputs(out, empty=fresh and (not cluster or cluster[1] == 0))
     flow = build_flow(source, sinks, settings, catalog, snapshots=recovery_dir is not None)
     recovery = None
     if recovery_dir is not None:

@@ -93,7 +93,12 @@ def test_a_new_run_starts_every_output_empty(tmp_path: Path, capsys) -> None:
         (["--input", "a-file", "--seed", "4"], "--seed: only for generated traffic, not --input"),
         (["--input", "a-file", "--duration-s", "3"], "--duration-s: only for generated traffic"),
         (["--out", "a-file"], "out_dir a-file: cannot write the run's outputs there"),
-        (["--duration-s", "-1"], "--duration-s: must be > 0, got -1.0"),
+        (["--duration-s", "-1"], "--duration-s: must be a number > 0, got -1.0"),
+        (["--duration-s", "nan"], "--duration-s: must be a number > 0, got nan"),
+        (["--duration-s", "inf"], "--duration-s: must be a number > 0, got inf"),
+        (["--rate", "inf"], "generator.rate: must be a finite number >= 0, got inf"),
+        (["--rate", "nan"], "generator.rate: must be a finite number >= 0, got nan"),
+        (["--processes", "2", "--clients", "0"], "generator.clients: must be > 0, got 0"),
         (["--clock", "live", "--rate", "500"], "--rate (generator.rate): only with the replay"),
         (["--recovery-dir", "a-file"], "--recovery-dir a-file: not a directory"),
         (["--process-id", "0", "--addresses", "nohost"], "--addresses: expected HOST:PORT"),
@@ -199,6 +204,59 @@ def test_live_start_ms_sets_the_first_event_time(tmp_path: Path, capsys) -> None
     assert f"started at {start}" in capsys.readouterr().err
     assert main(["run", "--live-start-ms", "1", "--out", str(tmp_path)]) == 2
     assert "only with the live clock" in capsys.readouterr().err
+
+
+def test_a_second_run_in_the_same_out_dir_is_refused_before_it_touches_anything(
+    tmp_path: Path, capsys
+) -> None:
+    """A fresh run empties the output files, so a run that another run's output directory
+    refuses (ClickHouse in use, or the run lock) must not have started: before, a refused
+    run emptied the files of the run in progress first."""
+    from ato.out_lock import lock_out_dir  # noqa: PLC0415
+
+    (tmp_path / "interventions.jsonl").write_bytes(b'{"from": "the run in progress"}\n')
+    held = lock_out_dir(tmp_path)  # as the run in progress holds it
+    try:
+        assert main(["run", "--clients", "50", "--out", str(tmp_path)]) == 2
+    finally:
+        held.close()
+    assert "another ato run (pid" in capsys.readouterr().err
+    assert (tmp_path / "interventions.jsonl").read_bytes() == b'{"from": "the run in progress"}\n'
+    assert main(["run", "--clients", "50", "--out", str(tmp_path)]) == 0  # released
+
+
+def test_sigterm_to_a_cluster_stops_its_processes(tmp_path: Path) -> None:
+    """A supervisor's SIGTERM to `ato run --processes 2` stops its processes too (they kept
+    running, re-parented, for as long as their traffic lasted) and exits 143."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
+        "ATO_CLICKHOUSE_ENABLED": "false",
+    }
+    argv = [
+        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clock", "live",
+        "--clients", "200", "--span-s", "600", "--out", str(tmp_path),
+    ]  # fmt: skip
+    parent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        members = _members_of(parent.pid)
+        while len(members) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            members = _members_of(parent.pid)
+        assert len(members) == 2
+        time.sleep(2)  # the members are running their flows
+        parent.terminate()
+        assert parent.wait(timeout=30) == 143
+        assert not [pid for pid in members if Path(f"/proc/{pid}").exists()]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _members_of(parent: int) -> list[int]:
+    """Pids of the processes whose parent is ``parent``."""
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
 def test_a_cluster_process_failing_at_start_stops_the_run(tmp_path: Path) -> None:
