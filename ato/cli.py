@@ -381,7 +381,7 @@ def _profiles_load(args: argparse.Namespace) -> int:
     redis_settings = _redis_settings(args)
     try:
         with _redis_errors(redis_settings):
-            count = load_profiles_file(redis_settings.connection_url(), args.file)
+            count = load_profiles_file(redis_settings, args.file)
     except ProfileFileError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)

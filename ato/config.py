@@ -624,7 +624,7 @@ def _from_env(hint: Any, text: str, where: str) -> Any:
 
 
 _TRUE_WORDS = ("1", "true", "yes", "on")
-_FALSE_WORDS = ("0", "false", "no", "off", "")
+_FALSE_WORDS = ("0", "false", "no", "off")  # an empty value is an error, not "no"
 
 
 def _parse(kind: type, text: str) -> Any:

@@ -9,8 +9,9 @@ import csv
 from pathlib import Path
 
 import orjson
-import redis
 
+from ato.config import RedisSettings
+from policy.connection import connect
 from policy.exceptions import ProfileError, ProfileFileError
 from policy.profiles import Profile, ProfileStore, parse_profile
 
@@ -60,20 +61,27 @@ def read_profiles(path: Path | str) -> list[Profile]:
 def _csv_rows(path: Path) -> list[tuple[int, dict[str, object] | str]]:
     """(line number, row or problem); line numbers count the header as line 1."""
     rows: list[tuple[int, dict[str, object] | str]] = []
-    with path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: spreadsheets' "CSV UTF-8" starts with a byte-order mark
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            return [(1, "field 'client_id': the header row is missing (empty file)")]
-        names = [h.strip() for h in header]
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(names):
-                rows.append((line, f"expected {len(names)} columns, got {len(row)}"))
-                continue
-            rows.append((line, dict(zip(names, row, strict=True))))
+        try:
+            header = next(reader, None)
+            if header is None:
+                return [(1, "field 'client_id': the header row is missing (empty file)")]
+            names = [h.strip() for h in header]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                return [(1, f"header: column(s) {', '.join(map(repr, twice))} given twice")]
+            for row in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(names):
+                    rows.append((line, f"expected {len(names)} columns, got {len(row)}"))
+                    continue
+                rows.append((line, dict(zip(names, row, strict=True))))
+        except csv.Error as exc:  # a field over csv's size limit, say: the rest is unreadable
+            rows.append((reader.line_num, f"not readable as CSV: {exc}"))
     return rows
 
 
@@ -95,9 +103,10 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, object] | str]]:
     return rows
 
 
-def load_profiles_file(redis_url: str, path: Path | str, chunk: int = 1_000) -> int:
-    """Read ``path`` (all rows valid, else ``ProfileFileError``) and write it to Redis at
-    ``redis_url`` in pipelines of ``chunk`` clients; return the number of profiles."""
+def load_profiles_file(settings: RedisSettings, path: Path | str, chunk: int = 1_000) -> int:
+    """Read ``path`` (all rows valid, else ``ProfileFileError``) and write it to the Redis of
+    ``settings`` (with its timeouts) in pipelines of ``chunk`` clients; return the number of
+    profiles."""
     profiles = read_profiles(path)
-    with redis.Redis.from_url(redis_url) as client:
+    with connect(settings) as client:
         return ProfileStore(client, chunk=chunk).load(profiles)

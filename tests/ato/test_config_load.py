@@ -88,6 +88,7 @@ def test_start_accepts_a_timestamp() -> None:
         ({"ATO_KAFKA_FLUSH_TIMEOUT_S": "inf"}, r"ATO_KAFKA_FLUSH_TIMEOUT_S: expected a finite"),
         ({"ATO_CLICKHOUSE_ENABLED": "ture"}, r"ATO_CLICKHOUSE_ENABLED: expected bool, got 'ture'"),
         ({"ATO_OUT_DIR": ""}, r"ATO_OUT_DIR: expected Path, got ''"),
+        ({"ATO_REDIS_LIVE_STATE": ""}, r"ATO_REDIS_LIVE_STATE: expected bool, got ''"),
     ],
 )
 def test_values_that_would_fail_deep_in_a_run_are_rejected_by_name(

@@ -1,10 +1,13 @@
 """Profile files: CSV and JSON lines, every bad row reported with file, line and field."""
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from ato.config import RedisSettings
 from policy.exceptions import ProfileError, ProfileFileError
 from policy.profile_files import load_profiles_file, read_profiles
 from policy.profiles import Profile, ProfileStore
@@ -86,7 +89,7 @@ def test_load_profiles_file_writes_redis(tmp_path: Path, redis_url: str, r: redi
     path = tmp_path / "p.jsonl"
     rows = [f'{{"client_id": "J{i}", "segment": "senior", "rm_id": "RM{i}"}}' for i in range(2_345)]
     path.write_text("\n".join(rows) + "\n")
-    assert load_profiles_file(redis_url, path) == 2_345
+    assert load_profiles_file(RedisSettings(url=redis_url), path) == 2_345
     got = ProfileStore(r).get_many(["J0", "J2344", "J9999"])
     assert got["J2344"] == Profile("J2344", "senior", rm_id="RM2344")
     assert not got["J9999"].known
@@ -96,7 +99,7 @@ def test_a_bad_file_loads_nothing(tmp_path: Path, redis_url: str, r: redis.Redis
     path = tmp_path / "p.csv"
     path.write_text("client_id,segment\nC1,senior\nC2,nobody\n")
     with pytest.raises(ProfileFileError):
-        load_profiles_file(redis_url, path)
+        load_profiles_file(RedisSettings(url=redis_url), path)
     assert r.dbsize() == 0
 
 
@@ -104,3 +107,36 @@ def _segments() -> str:
     from ato.catalog import SEGMENTS
 
     return ", ".join(SEGMENTS)
+
+
+def test_csv_header_problems_and_a_byte_order_mark(tmp_path: Path) -> None:
+    """A column named twice is an error (its values overwrote each other, silently); an
+    unreadable field is a row error, not a traceback; a spreadsheet's byte-order mark is
+    not part of the first column's name."""
+    path = tmp_path / "p.csv"
+    path.write_text("client_id,segment,segment\nD1,senior,executive\n")
+    with pytest.raises(ProfileFileError) as twice:
+        read_profiles(path)
+    assert twice.value.errors == [f"{path}:1: header: column(s) 'segment' given twice"]
+    path.write_text("client_id,segment\nD1,senior\nD2," + "x" * 200_000 + "\n")
+    with pytest.raises(ProfileFileError) as big:
+        read_profiles(path)
+    assert len(big.value.errors) == 1 and "not readable as CSV: field larger" in big.value.errors[0]
+    path.write_bytes("client_id,segment\nD1,senior\n".encode("utf-8-sig"))
+    assert [p.client_id for p in read_profiles(path)] == ["D1"]
+
+
+def test_loading_into_a_redis_that_never_answers_takes_the_settings_timeout(
+    tmp_path: Path,
+) -> None:
+    """`ato profiles load` honours `redis.timeout_s`, as every other Redis call does."""
+    path = tmp_path / "p.csv"
+    path.write_text("client_id,segment\nD1,senior\n")
+    with socket.socket() as sock:  # accepts connections (backlog) but never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        settings = RedisSettings(url=f"redis://127.0.0.1:{sock.getsockname()[1]}/0", timeout_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            load_profiles_file(settings, path)
+        assert time.monotonic() - started < 3
