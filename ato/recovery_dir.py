@@ -14,16 +14,19 @@ ahead of the shards' own, and closed the same minutes twice.
 resume can load none of them, and the resumed execution writes again every one it needs.
 """
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import orjson
 from bytewax.recovery import init_db_dir
 
 from ato.exceptions import RecoveryError
 
 LIVE_START_FILE = "live_start_ms"  # beside Bytewax's *.sqlite3 files, which it never opens
+GENERATOR_FILE = "generator.json"
 
 
 def live_start_ms(path: Path, now_ms: int) -> int:
@@ -40,6 +43,34 @@ def live_start_ms(path: Path, now_ms: int) -> int:
     except ValueError as exc:
         msg = f"{file}: not a start time ({exc}); remove it only with the whole directory"
         raise RecoveryError(msg) from exc
+
+
+def check_generator_options(path: Path, options: dict[str, object]) -> None:
+    """Record in ``path`` the options that shape a run's generated traffic, or refuse a
+    resumed run whose options differ: it would generate other traffic, so the snapshots'
+    positions would point into it (late events, missed stalls). ``path`` must be prepared."""
+    file = path / GENERATOR_FILE
+    try:
+        recorded = orjson.loads(file.read_bytes())
+    except FileNotFoundError:
+        part = path / f"{GENERATOR_FILE}.{os.getpid()}"  # the processes of a cluster race
+        part.write_bytes(orjson.dumps(options))
+        os.replace(part, file)
+        return
+    except orjson.JSONDecodeError as exc:
+        msg = f"{file}: not generator options ({exc}); remove it only with the whole directory"
+        raise RecoveryError(msg) from exc
+    differ = [
+        f"{name} {recorded.get(name)!r} -> {value!r}"
+        for name, value in options.items()
+        if recorded.get(name) != value
+    ]
+    if differ:
+        msg = (
+            f"{path} holds a run of other generated traffic ({', '.join(differ)}); resume it"
+            " with the same generator options, or use a new --recovery-dir"
+        )
+        raise RecoveryError(msg)
 
 
 def prepare_recovery_dir(path: Path) -> None:

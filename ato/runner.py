@@ -2,7 +2,7 @@
 
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,7 +16,11 @@ from ato.config import KafkaSettings, Settings, clickhouse_url
 from ato.exceptions import ConfigError
 from ato.generator import GeneratedTraffic, generate
 from ato.process import tune_gc
-from ato.recovery_dir import drop_unfinished_snapshots, prepare_recovery_dir
+from ato.recovery_dir import (
+    check_generator_options,
+    drop_unfinished_snapshots,
+    prepare_recovery_dir,
+)
 from ato.recovery_dir import live_start_ms as recorded_start_ms
 from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
@@ -156,6 +160,16 @@ def metrics_sink(
     return ClickHouseSink(settings.clickhouse, url, epoch_flush=recovery)
 
 
+def _traffic_options(settings: Settings) -> dict[str, object]:
+    """The generator settings that shape its traffic (not ``rate``, which paces it; nor
+    ``start_ms`` with the live clock, whose start is recorded apart)."""
+    options = asdict(settings.generator)
+    del options["rate"]
+    if settings.engine.clock == "live":
+        del options["start_ms"]
+    return options
+
+
 def _live_start(recovery_dir: Path | None, given: int | None, progress: TextIO | None) -> int:
     """Event time of the first event of live generated traffic: ``given`` or now, or, resumed
     from ``recovery_dir``, the start the run that made it recorded (the same traffic)."""
@@ -219,6 +233,9 @@ def run(
         else:
             if traffic is None:
                 start = None
+                if recovery_dir is not None:
+                    prepare_recovery_dir(recovery_dir)
+                    check_generator_options(recovery_dir, _traffic_options(settings))
                 if live:
                     start = _live_start(recovery_dir, live_start_ms, progress)
                 traffic = generate(catalog, settings.generator, start_ms=start)

@@ -259,6 +259,18 @@ def _members_of(parent: int) -> list[int]:
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
+def test_a_resume_with_other_generator_options_is_refused(tmp_path: Path, capsys) -> None:
+    """Resumed, the generator makes its traffic again; with other options it is other
+    traffic, and the snapshots' positions point into it (898 late events and recall 0.82
+    before). The pace (--rate) may change."""
+    argv = ["run", "--clients", "300", "--span-s", "3600", "--out", str(tmp_path / "out"),
+            "--recovery-dir", str(tmp_path / "recovery")]  # fmt: skip
+    assert main(argv) == 0
+    assert main([*argv, "--clients", "400"]) == 2
+    assert "other generated traffic (clients 300 -> 400)" in capsys.readouterr().err
+    assert main([*argv, "--rate", "100000"]) == 0
+
+
 def test_a_cluster_process_failing_at_start_stops_the_run(tmp_path: Path) -> None:
     """Process 0 cannot reach ClickHouse and exits; the others, which would wait for it
     forever, are stopped and the run fails naming it."""
