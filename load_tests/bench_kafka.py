@@ -18,7 +18,8 @@ partitions, then measures in one run:
   event, orjson per event, dict state keyed by client) on the first ``--naive-events``
   messages, read from the same broker in batches and then passed on one item per message.
 
-The last line printed is JSON.
+The last line printed is JSON: ``peak_rss_mb`` is the benchmark process's peak RSS,
+``children_peak_rss_mb`` the largest of its finished children (a flow run or Tansu).
 """
 
 import argparse
@@ -49,6 +50,10 @@ from operators.decode import Decoder
 from sources.kafka import KafkaSource
 
 
+class BenchError(RuntimeError):
+    """The benchmark could not be carried out."""
+
+
 def preload(brokers: str, topic: str, parts: list[list[bytes]]) -> float:
     """Write partition ``i`` of ``parts`` to partition ``i`` of ``topic``; messages/s."""
     from confluent_kafka import Producer  # noqa: PLC0415
@@ -65,9 +70,11 @@ def preload(brokers: str, topic: str, parts: list[list[bytes]]) -> float:
         producer.poll(0)
     if producer.flush(300):
         msg = f"preloading {topic}: messages left undelivered"
-        raise RuntimeError(msg)
+        raise BenchError(msg)
     return n / (time.perf_counter() - started)
 
+
+READ_IDLE_S = 60.0  # a read fails after this long without a message
 
 # one consumer for every partition, fetching big: the fastest reads of the probes here
 READ_CONFIG = {
@@ -108,21 +115,33 @@ def read_topic(
     total: int,
     handle: Callable[[list[bytes]], object],
     broker_pid: int | None,
+    idle_timeout_s: float = READ_IDLE_S,
 ) -> Read:
-    """Consume the whole topic from earliest, handing each batch's values to ``handle``."""
+    """Consume the whole topic from earliest, handing each batch's values to ``handle``;
+    :class:`BenchError` when no message came for ``idle_timeout_s`` before ``total``."""
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "bench-read", **READ_CONFIG})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     broker_cpu = _cpu_s(broker_pid)
     cpu, started = time.process_time(), time.perf_counter()
-    n = 0
-    while n < total:
-        values = [m.value() or b"" for m in consumer.consume(10_000, timeout=1.0)]
-        handle(values)
-        n += len(values)
+    n, last = 0, time.monotonic()
+    try:
+        while n < total:
+            values = [m.value() or b"" for m in consumer.consume(10_000, timeout=1.0)]
+            if values:
+                last = time.monotonic()
+            elif time.monotonic() - last > idle_timeout_s:
+                msg = (
+                    f"reading {topic}: {n:,} of {total:,} messages, then none for"
+                    f" {idle_timeout_s:g} s"
+                )
+                raise BenchError(msg)
+            handle(values)
+            n += len(values)
+    finally:
+        consumer.close()
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu
     broker = None if broker_cpu is None else (_cpu_s(broker_pid) or 0.0) - broker_cpu
-    consumer.close()
     return Read(n / seconds, cpu / n * 1e6, None if broker is None else broker / n * 1e6)
 
 
@@ -165,7 +184,7 @@ def run_flow(brokers: str, topic: str, processes: int, workdir: Path) -> dict[st
     wall = time.perf_counter() - started
     if done.returncode != 0:
         msg = f"ato run --processes {processes} failed:\n{done.stderr.decode()[-3000:]}"
-        raise RuntimeError(msg)
+        raise BenchError(msg)
     summary: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
     summary["wall_seconds"] = round(wall, 2)
     print(f"  {processes} process(es): {summary}", file=sys.stderr)
@@ -258,11 +277,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reads": {name: read.figures() for name, read in reads.items()},
         "naive_events": naive_events,
         "preload_msgs_per_s": round(produce_rate),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+        **peak_rss(),
         "broker_rss_mb": broker_rss,
     }
     print(orjson.dumps(result).decode())
     return result
+
+
+def peak_rss() -> dict[str, int]:
+    """Peak RSS (MB) of this process, and of the largest of its finished children."""
+    return {
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "children_peak_rss_mb": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        ),
+    }
 
 
 def _rss_mb(pid: int) -> int | None:
@@ -271,4 +300,8 @@ def _rss_mb(pid: int) -> int | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BenchError as exc:
+        print(f"bench_kafka: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -7,30 +7,33 @@ flow's committed read positions (its lag), the interventions on the output topic
 processes' memory and CPU. After the live part and a drain the flow stops on its own; the
 harness computes the figures (``report.json``) and writes the report.
 
-``--find-max`` repeats runs at rising rates until the lag stops being bounded (see
-:func:`lag_bounded`) and reports the highest rate that held.
+``--find-max`` repeats runs at rising rates until a run does not hold (see
+:func:`lag_bounded` and ``HOLDS_RULE``) and reports the highest peak rate that held.
 """
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import orjson
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from ato.catalog import load_catalog
 from ato.config import KafkaSettings
 from ato.devservers import Server, create_topics, start_broker
 from ato.exceptions import AtoError
 from load_tests import report
-from load_tests.monitor import InterventionReader, ProcessWatch, children
+from load_tests.monitor import QUIET, InterventionReader, ProcessWatch, children
 from load_tests.producers import DONE, FAILED, READY, ProducerJob, start_producers
 from load_tests.scenario import Scenario, load_scenario
 from load_tests.traffic import clients_needed, target_events
@@ -42,36 +45,74 @@ READY_DELAY_S = 1.0  # between the flow reading and the producers' release
 IDLE_TIMEOUT_MS = 2_000  # the flow's engine.idle_timeout_ms
 DRAIN_S = 8.0  # the flow keeps running this long after the live part
 LAG_BOUND_S = 2.0  # "bounded": lag below this many seconds of input (see lag_bounded)
+LAG_GROWTH_SHARE = 0.4  # "bounded": the lag's trend over the window rises less than this x bound
 KEEP_UP = 0.95  # producers must reach this share of the target rate for a valid step
 PRODUCER_RATE = 150_000  # events/s one producer process paces comfortably
+BROKER_TIMEOUT_S = 10.0  # longest wait for the brokers to answer before a run
 HOLDS_RULE = (
     f"a rate holds when the producers reach {KEEP_UP:.0%} of it over the measured window and"
-    f" the lag stays bounded: at most {LAG_BOUND_S:g} s of input at that rate throughout the"
-    " second half of the measured window (warm-up excluded)"
+    f" the lag stays bounded: at most {LAG_BOUND_S:g} s of input at the peak target rate"
+    " throughout the second half of the measured window (warm-up excluded), and its"
+    f" least-squares trend over the measured window rising by less than {LAG_GROWTH_SHARE:.0%}"
+    " of that bound"
 )
+MAX_RATE_MEANS = "the peak target rate (base rate x the profile's peak) of the best step that held"
 
 
 class LoadTestError(AtoError):
     """A load-test run could not be carried out."""
 
 
+class BrokerError(LoadTestError):
+    """The Kafka brokers could not be reached, or failed during a run."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: stop like on Ctrl-C."""
+
+
+def lag_growth(lag: list[int], t_s: list[float], window: tuple[float, float]) -> float:
+    """How much the total lag's least-squares line rises over the measured window (messages;
+    0 with fewer than two samples)."""
+    inside = [(t, n) for n, t in zip(lag, t_s, strict=True) if window[0] <= t <= window[1]]
+    if len(inside) < 2 or inside[0][0] == inside[-1][0]:
+        return 0.0
+    times, values = zip(*inside, strict=True)
+    slope = float(np.polyfit(times, values, 1)[0])
+    return slope * (window[1] - window[0])
+
+
 def lag_bounded(
     lag: list[int], t_s: list[float], window: tuple[float, float], rate: float
 ) -> tuple[bool, str]:
     """Whether the flow kept up: over the second half of the measured window the total lag
-    never exceeded ``LAG_BOUND_S`` seconds of input at ``rate``."""
+    never exceeded ``LAG_BOUND_S`` seconds of input at ``rate``, and over the whole window its
+    least-squares line rose by less than ``LAG_GROWTH_SHARE`` of that bound."""
     bound = max(LAG_BOUND_S * rate, 1_000)
     middle = (window[0] + window[1]) / 2
     tail = [n for n, t in zip(lag, t_s, strict=True) if middle <= t <= window[1]]
     rule = (
         f"lag <= {bound:,.0f} messages ({LAG_BOUND_S:g} s of input) throughout the second"
-        f" half of the measured window ({middle:.0f}-{window[1]:.0f} s)"
+        f" half of the measured window ({middle:.0f}-{window[1]:.0f} s), and its"
+        f" least-squares line over the window ({window[0]:.0f}-{window[1]:.0f} s) rising by"
+        f" less than {LAG_GROWTH_SHARE * bound:,.0f} messages"
     )
-    return bool(tail) and max(tail) <= bound, rule
+    growing = lag_growth(lag, t_s, window) >= LAG_GROWTH_SHARE * bound
+    return bool(tail) and max(tail) <= bound and not growing, rule
 
 
 def _producers_for(rate: float, asked: int | None) -> int:
-    return asked or max(1, math.ceil(rate / PRODUCER_RATE))
+    return asked if asked is not None else max(1, math.ceil(rate / PRODUCER_RATE))
+
+
+def check_brokers(brokers: str) -> None:
+    """Fail in one line when the brokers do not answer within ``BROKER_TIMEOUT_S``."""
+    admin = AdminClient({"bootstrap.servers": brokers, "logger": QUIET})  # type: ignore[dict-item]
+    try:
+        admin.list_topics(timeout=BROKER_TIMEOUT_S)
+    except KafkaException as exc:
+        msg = f"cannot reach the Kafka brokers {brokers}: {exc.args[0].str()}"
+        raise BrokerError(msg) from exc
 
 
 def run_scenario(
@@ -84,8 +125,29 @@ def run_scenario(
     progress: TextIO | None = sys.stderr,
     broker_pid: int | None = None,
 ) -> dict[str, Any]:
-    """One load-test run; its figures (also written, with the report, to ``run_dir``)."""
+    """One load-test run; its figures (also written, with the report, to ``run_dir``).
+
+    Kafka failing (unreachable, or gone during the run) raises :class:`BrokerError`; the
+    flow and the producers are stopped whatever happens."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_brokers(brokers)
+    try:
+        return _run(scenario, brokers, run_dir, processes, producers, progress, broker_pid)
+    except (KafkaException, TimeoutError) as exc:
+        why = exc.args[0].str() if isinstance(exc, KafkaException) else "timed out"
+        msg = f"Kafka on {brokers} failed during the run ({why}); no report (see {run_dir})"
+        raise BrokerError(msg) from exc
+
+
+def _run(
+    scenario: Scenario,
+    brokers: str,
+    run_dir: Path,
+    processes: int,
+    producers: int | None,
+    progress: TextIO | None,
+    broker_pid: int | None,
+) -> dict[str, Any]:
     say = _printer(progress)
     n_producers = _producers_for(scenario.peak_rate(), producers)
     catalog = load_catalog(scenario.catalog_path())
@@ -106,12 +168,13 @@ def run_scenario(
     flow: subprocess.Popen[bytes] | None = None
     parts = [part_name(topic, p) for p in range(scenario.partitions)]
     positions: PositionReader | None = None
+    reader: InterventionReader | None = None
     try:
         _wait_ready(handles, run_dir, say)
         settings = KafkaSettings(brokers=brokers, input_topics=(topic,), group_id=f"{stem}.flow")
         flow_seconds = READY_DELAY_S + scenario.lead_s + scenario.duration_s + DRAIN_S
         flow = _start_flow(scenario, settings, out_topic, dlq, processes, flow_seconds, run_dir)
-        positions = PositionReader(settings)
+        positions = PositionReader(settings, logger=QUIET)
         _wait_reading(flow, positions, parts, say)
         release_ms = int((time.time() + READY_DELAY_S) * 1000)
         handles.release(release_ms)
@@ -130,14 +193,15 @@ def run_scenario(
         if any(s == FAILED for s in handles.states()):
             raise LoadTestError(_producer_errors(run_dir))
     finally:
-        if positions is not None:
-            positions.close()
-        if flow is not None and flow.poll() is None:
-            flow.kill()
-            flow.wait()
+        if flow is not None:
+            stop_group(flow)
         for process in handles.processes:
             if process.is_alive():
                 process.kill()
+        if reader is not None and reader.is_alive():
+            reader.stop()
+        if positions is not None:
+            positions.close()
     outputs = [
         orjson.loads((run_dir / f"producer-{i}.json").read_bytes()) for i in range(n_producers)
     ]
@@ -241,7 +305,17 @@ def _start_flow(
     argv = [sys.executable, "-m", "ato.cli", "run", "--config", str(config)]
     argv += ["--processes", str(processes), "--duration-s", f"{seconds:.1f}"]
     with (run_dir / "flow.out").open("wb") as out, (run_dir / "flow.err").open("wb") as err:
-        return subprocess.Popen(argv, stdout=out, stderr=err)  # noqa: S603 - our own command
+        # its own process group: stop_group reaches the cluster members of --processes N
+        return subprocess.Popen(  # noqa: S603 - our own command
+            argv, stdout=out, stderr=err, start_new_session=True
+        )
+
+
+def stop_group(process: "subprocess.Popen[bytes]") -> None:
+    """Kill ``process`` and what is left of its process group, and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _sample(
@@ -386,8 +460,8 @@ def _figures(
     detected = {i for i, d in zip(reader.ids, reader.deadlines, strict=True) if d <= end_wall}
     hits = len(truth & detected)
     input_rate = _window_rate(timeline["sent"], t_s, window)
-    bounded, rule = lag_bounded(timeline["lag"], t_s, window, scenario.peak_rate())
     target = scenario.peak_rate()
+    bounded, rule = lag_bounded(timeline["lag"], t_s, window, target)
     return {
         "kind": "run",
         "scenario": scenario.describe(),
@@ -412,6 +486,7 @@ def _figures(
             "bounded": bounded,
             "rule": rule,
             "max": max(timeline["lag"], default=0),
+            "growth": round(lag_growth(timeline["lag"], t_s, window), 1),
             "final": timeline["lag"][-1] if timeline["lag"] else 0,
             "p95": float(np.percentile(timeline["lag"], 95)) if timeline["lag"] else 0,
         },
@@ -472,41 +547,70 @@ def find_max(
     progress: TextIO | None,
     broker_pid: int | None,
 ) -> dict[str, Any]:
-    """Raise the rate by ``factor`` per step until the lag is not bounded (or producers cannot
-    keep up), then try once halfway between the last good and the first bad rate."""
+    """Raise the rate by ``factor`` per step until a step does not hold, then narrow the gap
+    between the best rate that held and the lowest that did not (see :func:`_next_rate`).
+
+    A step whose run fails counts as not held, with its reason; Kafka failing ends the search.
+    The report of the steps so far is written however the search ends."""
     say = _printer(progress)
+    started_at = datetime.now(UTC).isoformat()
     steps: list[dict[str, Any]] = []
     rate, best, bad = scenario.rate, 0.0, math.inf
-    for _ in range(max_steps):
-        step_dir = run_dir / f"step-{len(steps) + 1:02d}-{rate:.0f}"
-        result = run_scenario(
-            scenario.with_rate(rate),
-            brokers=brokers,
-            run_dir=step_dir,
-            processes=processes,
-            producers=producers,
-            progress=progress,
-            broker_pid=broker_pid,
-        )
-        ok = bool(result["lag"]["bounded"] and result["input"]["kept_up"])
-        steps.append(_step_row(result, step_dir, ok))
-        say(f"step {len(steps)}: {rate:,.0f}/s {'held' if ok else 'did not hold'}")
-        best, bad = (max(best, rate), bad) if ok else (best, min(bad, rate))
-        next_rate = _next_rate(rate, best, bad, factor)
-        if next_rate is None:
-            break
-        rate = next_rate
-    out: dict[str, Any] = {
+    try:
+        for _ in range(max_steps):
+            step_dir = run_dir / f"step-{len(steps) + 1:02d}-{rate:.0f}"
+            step = scenario.with_rate(rate)
+            try:
+                result = run_scenario(
+                    step,
+                    brokers=brokers,
+                    run_dir=step_dir,
+                    processes=processes,
+                    producers=producers,
+                    progress=progress,
+                    broker_pid=broker_pid,
+                )
+                steps.append(_step_row(result, step_dir, rate))
+            except AtoError as exc:
+                steps.append(_failed_step(step, step_dir, str(exc)))
+                if isinstance(exc, BrokerError):
+                    raise
+            held = steps[-1]["held"]
+            say(f"step {len(steps)}: {rate:,.0f}/s {'held' if held else 'did not hold'}")
+            best, bad = (max(best, rate), bad) if held else (best, min(bad, rate))
+            next_rate = _next_rate(rate, best, bad, factor)
+            if next_rate is None:
+                break
+            rate = next_rate
+    finally:
+        out = _search_result(scenario, steps, started_at, processes, brokers, factor)
+        report.write_report(out, run_dir)
+    return out
+
+
+def _search_result(
+    scenario: Scenario,
+    steps: list[dict[str, Any]],
+    started_at: str,
+    processes: int,
+    brokers: str,
+    factor: float,
+) -> dict[str, Any]:
+    """The capacity search's result: its steps and the best one that held."""
+    held = [i for i, step in enumerate(steps) if step["held"]]
+    best = max(held, key=lambda i: steps[i]["base_rate"]) if held else None
+    return {
         "kind": "find_max",
         "scenario": scenario.describe(),
         "settings": {"processes": processes, "brokers": brokers, "factor": factor},
-        "started_at": datetime.now(UTC).isoformat(),
+        "started_at": started_at,
         "steps": steps,
-        "max_sustainable_rate": best or None,
+        "max_sustainable_rate": None if best is None else steps[best]["target_rate"],
+        "max_sustainable_achieved_rate": None if best is None else steps[best]["achieved_rate"],
+        "max_sustainable_step": None if best is None else best + 1,
+        "max_sustainable_means": MAX_RATE_MEANS,
         "rule": HOLDS_RULE,
     }
-    report.write_report(out, run_dir)
-    return out
 
 
 def _next_rate(rate: float, best: float, bad: float, factor: float) -> float | None:
@@ -521,18 +625,44 @@ def _next_rate(rate: float, best: float, bad: float, factor: float) -> float | N
     return None
 
 
-def _step_row(result: dict[str, Any], step_dir: Path, ok: bool) -> dict[str, Any]:
+def _step_row(result: dict[str, Any], step_dir: Path, base_rate: float) -> dict[str, Any]:
+    lag_ok = bool(result["lag"]["bounded"])
+    kept_up = bool(result["input"]["kept_up"])
     return {
+        "base_rate": base_rate,
         "target_rate": result["target_rate"],
         "achieved_rate": result["input"]["achieved_rate"],
         "processed_rate": result["processing"]["rate"],
         "lag_max": result["lag"]["max"],
         "lag_final": result["lag"]["final"],
-        "bounded": ok,
+        "lag_bounded": lag_ok,
+        "kept_up": kept_up,
+        "held": lag_ok and kept_up,
+        "error": None,
         "latency_ms": result["latency_ms"],
         "precision": result["detection"]["precision"],
         "recall": result["detection"]["recall"],
         "report_dir": step_dir.name,
+    }
+
+
+def _failed_step(scenario: Scenario, step_dir: Path, error: str) -> dict[str, Any]:
+    """The row of a step whose run failed: not held, with the reason."""
+    return {
+        "base_rate": scenario.rate,
+        "target_rate": scenario.peak_rate(),
+        "achieved_rate": None,
+        "processed_rate": None,
+        "lag_max": None,
+        "lag_final": None,
+        "lag_bounded": None,
+        "kept_up": None,
+        "held": False,
+        "error": error,
+        "latency_ms": None,
+        "precision": None,
+        "recall": None,
+        "report_dir": None,
     }
 
 
@@ -569,39 +699,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``ato loadtest``; print the result's headline figures as one JSON line."""
-    args = build_parser().parse_args(argv)
-    scenario = load_scenario(args.scenario)
+def _check_options(args: argparse.Namespace) -> None:
+    """Every option's range, before anything starts."""
     for name in ("rate", "duration"):
         value = getattr(args, name)
-        if value is not None and value <= 0:
+        if value is not None and not (math.isfinite(value) and value > 0):
             msg = f"--{name}: must be > 0, got {value}"
             raise LoadTestError(msg)
+    for name in ("processes", "producers", "max_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            msg = f"--{name.replace('_', '-')}: must be >= 1, got {value}"
+            raise LoadTestError(msg)
+    if not (math.isfinite(args.factor) and args.factor > 1):
+        msg = f"--factor: must be > 1 (the capacity search's rate step), got {args.factor}"
+        raise LoadTestError(msg)
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+    raise Terminated
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ato loadtest``; print the result's headline figures as one JSON line.
+
+    Ctrl-C (exit 130) and SIGTERM (exit 143) stop the flow, the producers and a broker the
+    harness started."""
+    args = build_parser().parse_args(argv)
+    _check_options(args)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("ato loadtest: interrupted; flow, producers and own broker stopped", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("ato loadtest: terminated; flow, producers and own broker stopped", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
     if args.rate:
         scenario = scenario.with_rate(args.rate)
     if args.duration:
-        scenario = replace(scenario, duration_s=args.duration)
-        if scenario.warmup_s >= scenario.duration_s:
-            scenario = replace(scenario, warmup_s=scenario.duration_s / 3)
+        scenario = scenario.with_duration(args.duration)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     run_dir = Path(args.out) / f"{stamp}-{scenario.name}{'-find-max' if args.find_max else ''}"
     run_dir.mkdir(parents=True, exist_ok=True)
     brokers, server, broker_pid = _broker(args, run_dir)
     try:
         if args.find_max:
-            result = find_max(
-                scenario,
-                brokers=brokers,
-                run_dir=run_dir,
-                processes=args.processes,
-                producers=args.producers,
-                factor=args.factor,
-                max_steps=args.max_steps,
-                progress=sys.stderr,
-                broker_pid=broker_pid,
-            )
-            headline = {"max_sustainable_rate": result["max_sustainable_rate"]}
+            try:
+                result = find_max(
+                    scenario,
+                    brokers=brokers,
+                    run_dir=run_dir,
+                    processes=args.processes,
+                    producers=args.producers,
+                    factor=args.factor,
+                    max_steps=args.max_steps,
+                    progress=sys.stderr,
+                    broker_pid=broker_pid,
+                )
+            except LoadTestError as exc:
+                msg = f"{exc}; the search's report so far: {run_dir / 'report.md'}"
+                raise LoadTestError(msg) from exc
+            headline = {
+                "max_sustainable_rate": result["max_sustainable_rate"],
+                "max_sustainable_achieved_rate": result["max_sustainable_achieved_rate"],
+            }
         else:
             result = run_scenario(
                 scenario,

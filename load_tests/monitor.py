@@ -1,5 +1,6 @@
 """What ``ato loadtest`` watches while a run goes: the interventions topic and the processes."""
 
+import logging
 import os
 import threading
 import time
@@ -10,6 +11,10 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# librdkafka logs every failed connection; the harness reports broker failures in one line
+QUIET = logging.getLogger("load_tests.librdkafka")
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
 
 
 class InterventionReader(threading.Thread):
@@ -24,6 +29,7 @@ class InterventionReader(threading.Thread):
                 "group.id": f"{topic}.loadtest-reader",
                 "enable.auto.commit": False,
                 "fetch.queue.backoff.ms": 10,
+                "logger": QUIET,
             }
         )
         self.consumer.assign(
@@ -48,6 +54,11 @@ class InterventionReader(threading.Thread):
                 self.deadlines.append(doc["deadline_ts"])
                 self.last_message = time.monotonic()
         self.consumer.close()
+
+    def stop(self) -> None:
+        """Stop reading now (a run that failed)."""
+        self._halt.set()
+        self.join(5)
 
     def drain(self, quiet_s: float = 2.0, limit_s: float = 30.0) -> None:
         """Wait until no message came for ``quiet_s`` (at most ``limit_s``), then stop."""

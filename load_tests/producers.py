@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, Producer
 from ato.catalog import load_catalog
 from ato.feed import produce_waiting
 from ato.generator import generate
+from load_tests.monitor import QUIET
 from load_tests.scenario import Scenario
 from load_tests.traffic import (
     generator_settings,
@@ -138,6 +139,7 @@ def _produce(job: ProducerJob, counters: Any, base: int, release_ms: Any) -> Non
             "queue.buffering.max.messages": 1_000_000,
             "acks": 1,
             "error_cb": _raise_fatal,
+            "logger": QUIET,  # broker failures are the harness's to report, in one line
         }
     )
     counters[base + 2] = SENDING

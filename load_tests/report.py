@@ -43,9 +43,10 @@ DEADLINE_TEXT = (
 )
 INGEST_TEXT = (
     "**Ingest latency** is the time the engine itself takes: the topic timestamp of the "
-    "intervention minus the time the input event that first made the stall due (the first "
-    "event whose event time passed the deadline) was produced to Kafka. It excludes the wait "
-    "for that event to exist, so it measures consuming, processing and producing."
+    "intervention minus the moment every producer had sent its events up to the stall's "
+    "deadline plus the allowed lateness (the earliest moment the flow could know the stall "
+    "is due). It excludes waiting for input, so it measures consuming, processing and "
+    "producing."
 )
 
 
@@ -325,13 +326,22 @@ def _find_max_markdown(result: dict[str, Any], images: list[str] | None) -> str:
     lines = [f"# Capacity search: {name} ({_date(result.get('started_at'))})", ""]
     best = result.get("max_sustainable_rate")
     if _is_number(best):
-        conclusion = f"**Maximum sustainable rate: {_rate(best)}.**"
+        conclusion = f"**Maximum sustainable rate: {_rate(best)}**"
+        if result.get("max_sustainable_step"):
+            conclusion += f" (step {result['max_sustainable_step']}"
+            achieved = result.get("max_sustainable_achieved_rate")
+            conclusion += f"; achieved input {_rate(achieved)})." if _is_number(achieved) else ")."
+        else:
+            conclusion += "."
+        if result.get("max_sustainable_means"):
+            conclusion += f" It is {result['max_sustainable_means']}."
     else:
         conclusion = "**No step was sustainable: maximum sustainable rate n/a.**"
     lines += [conclusion, ""]
     if result.get("rule"):
-        lines += [f"A step is sustainable when: {result['rule']}", ""]
+        lines += [f"A step is sustainable (held) when: {result['rule']}", ""]
     lines += ["## Steps", "", *_steps_table(result.get("steps")), ""]
+    lines += _step_errors(result.get("steps"))
     lines += ["## Charts", "", *_image_links(images, _find_max_charts(result)), ""]
     lines += ["## Latency definitions", "", DEADLINE_TEXT, "", INGEST_TEXT, ""]
     lines += ["## Settings", "", *_key_values(result.get("settings")), ""]
@@ -353,7 +363,9 @@ def _steps_table(steps: Any) -> list[str]:
                 _count(step.get("processed_rate")),
                 _count(step.get("lag_max")),
                 _count(step.get("lag_final")),
-                _yes_no(step.get("bounded")),
+                _yes_no(step.get("lag_bounded")),
+                _yes_no(step.get("kept_up")),
+                _yes_no(step.get("held")),
                 _ms(_get(step, "latency_ms", "deadline", "p50")),
                 _ms(_get(step, "latency_ms", "deadline", "p99")),
                 _ms(_get(step, "latency_ms", "ingest", "p99")),
@@ -361,17 +373,27 @@ def _steps_table(steps: Any) -> list[str]:
         )
     header = [
         "Step",
-        "Target (events/s)",
+        "Peak target (events/s)",
         "Achieved input (events/s)",
         "Processed (events/s)",
         "Lag max",
         "Lag final",
-        "Bounded",
+        "Lag bounded",
+        "Producers kept up",
+        "Held",
         "Deadline p50 (ms)",
         "Deadline p99 (ms)",
         "Ingest p99 (ms)",
     ]
     return _table(header, rows)
+
+
+def _step_errors(steps: Any) -> list[str]:
+    """A line per step whose run failed, with its reason."""
+    failed = [(i, s["error"]) for i, s in enumerate(steps or [], start=1) if s.get("error")]
+    if not failed:
+        return []
+    return [*(f"Step {i} failed (not held): {error}" for i, error in failed), ""]
 
 
 def _find_max_charts(result: dict[str, Any]) -> list[str]:
@@ -632,19 +654,23 @@ def _find_max_figure(result: dict[str, Any]) -> Figure | None:
     fig, (top, bottom) = _figure(rows=2, height=8.0)
     x = np.arange(1, len(steps) + 1)
     labels = [_count(s.get("target_rate")) for s in steps]
-    bounded = np.array([bool(s.get("bounded")) for s in steps])
-    _step_rates(top, x, steps, bounded)
+    marks = _step_marks(steps)
+    _step_rates(top, x, steps, marks)
     _style(top, f"Capacity search: {_subtitle(result)}", "", "events/s")
     best = _number(result.get("max_sustainable_rate"))
     if best is not None:
         top.axhline(
-            best, color="green", linewidth=1, alpha=0.6, label=f"max sustainable {best:,.0f}"
+            best,
+            color="green",
+            linewidth=1,
+            alpha=0.6,
+            label=f"max sustainable (peak target) {best:,.0f}",
         )
     _thousands(top)
     top.set_ylim(bottom=0)
     _legend(top, "upper left")
-    _style(bottom, "p99 latency per step", "step target rate (events/s)", "ms")
-    _step_latencies(bottom, x, steps, bounded)
+    _style(bottom, "p99 latency per step", "step peak target rate (events/s)", "ms")
+    _step_latencies(bottom, x, steps, marks)
     _legend(bottom, "upper left")
     for ax in (top, bottom):
         ax.set_xticks(x, labels)
@@ -656,30 +682,61 @@ def _step_values(steps: list[dict[str, Any]], *keys: str) -> np.ndarray:
     return _series([_get(s, *keys) for s in steps])
 
 
-def _step_rates(ax: Axes, x: np.ndarray, steps: list[dict[str, Any]], bounded: np.ndarray) -> None:
+# how a step is marked: held; lag bounded but the producers fell short; lag not bounded
+MARKS = {
+    "held": ("o", 40, None, "held"),
+    "short": ("^", 60, "darkorange", "lag bounded, producers fell short"),
+    "unbounded": ("X", 70, "red", "lag NOT bounded"),
+}
+
+
+def _step_marks(steps: list[dict[str, Any]]) -> list[str | None]:
+    """Each step's mark (a key of ``MARKS``; None for a step whose run failed)."""
+    marks: list[str | None] = []
+    for step in steps:
+        if step.get("held"):
+            marks.append("held")
+        elif step.get("lag_bounded") is False:
+            marks.append("unbounded")
+        elif step.get("lag_bounded"):
+            marks.append("short")
+        else:
+            marks.append(None)
+    return marks
+
+
+def _scatter_marks(
+    ax: Axes, x: np.ndarray, y: np.ndarray, marks: list[str | None], color: str
+) -> None:
+    for key, (marker, size, mark_color, _label) in MARKS.items():
+        chosen = np.array([m == key for m in marks], dtype=bool)
+        ax.scatter(x[chosen], y[chosen], color=mark_color or color, marker=marker, s=size, zorder=3)
+
+
+def _step_rates(
+    ax: Axes, x: np.ndarray, steps: list[dict[str, Any]], marks: list[str | None]
+) -> None:
     target = _step_values(steps, "target_rate")
-    ax.plot(x, target, color="gray", linestyle="--", linewidth=1.2, label="target")
+    ax.plot(x, target, color="gray", linestyle="--", linewidth=1.2, label="peak target")
     for key, label, color in (
         ("achieved_rate", "achieved input", "tab:blue"),
         ("processed_rate", "processed", "tab:orange"),
     ):
         y = _step_values(steps, key)
         ax.plot(x, y, color=color, linewidth=1.2, label=label)
-        ax.scatter(x[bounded], y[bounded], color=color, marker="o", s=40, zorder=3)
-        ax.scatter(x[~bounded], y[~bounded], color="red", marker="X", s=70, zorder=3)
-    _mark_legend(ax, bounded)
+        _scatter_marks(ax, x, y, marks, color)
+    _mark_legend(ax, marks)
 
 
-def _mark_legend(ax: Axes, bounded: np.ndarray) -> None:
-    """Legend entries for the bounded/unbounded step markers."""
-    if bounded.any():
-        ax.scatter([], [], color="dimgray", marker="o", s=40, label="lag bounded")
-    if (~bounded).any():
-        ax.scatter([], [], color="red", marker="X", s=70, label="lag NOT bounded")
+def _mark_legend(ax: Axes, marks: list[str | None]) -> None:
+    """Legend entries for the step markers in use."""
+    for key, (marker, size, color, label) in MARKS.items():
+        if key in marks:
+            ax.scatter([], [], color=color or "dimgray", marker=marker, s=size, label=label)
 
 
 def _step_latencies(
-    ax: Axes, x: np.ndarray, steps: list[dict[str, Any]], bounded: np.ndarray
+    ax: Axes, x: np.ndarray, steps: list[dict[str, Any]], marks: list[str | None]
 ) -> None:
     for keys, label, color in (
         (("latency_ms", "deadline", "p99"), "deadline p99", "tab:blue"),
@@ -689,8 +746,7 @@ def _step_latencies(
         if not np.isfinite(y).any():
             continue
         ax.plot(x, y, color=color, linewidth=1.2, label=label)
-        ax.scatter(x[bounded], y[bounded], color=color, marker="o", s=40, zorder=3)
-        ax.scatter(x[~bounded], y[~bounded], color="red", marker="X", s=70, zorder=3)
+        _scatter_marks(ax, x, y, marks, color)
     ax.axhline(TARGET_P99_MS, color="red", linestyle="--", linewidth=1.2, label="target p99 ≤ 1 s")
     every = np.concatenate([_step_values(steps, "latency_ms", k, "p99") for k in KINDS])
     if np.nanmax(every, initial=0.0) > 5 * TARGET_P99_MS:

@@ -7,13 +7,15 @@ population of idle clients, each with one open journey, loaded before the live p
 """
 
 import bisect
+import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ato.exceptions import ConfigError
+from ato.catalog import Catalog, load_catalog
+from ato.exceptions import AtoError, ConfigError
 
 SCENARIO_DIR = "load_tests.scenarios"
 CATALOG_DIR = "load_tests.catalogs"
@@ -71,12 +73,27 @@ class Scenario:
         return m0 + (m1 - m0) * (t_s - t0) / (t1 - t0)
 
     def peak_rate(self) -> float:
-        """The highest rate the profile asks for (events/s)."""
-        return self.rate * max([m for _, m in self.profile] or [1.0])
+        """The highest rate the profile asks for during the live part (events/s); points past
+        ``duration_s`` (a shortened run) do not count."""
+        inside = [t for t, _ in self.profile if 0.0 <= t <= self.duration_s]
+        return self.rate * max(self.multiplier(t) for t in [0.0, self.duration_s, *inside])
 
     def with_rate(self, rate: float) -> "Scenario":
         """The same shape at another base rate."""
         return replace(self, rate=rate)
+
+    def with_duration(self, duration_s: float) -> "Scenario":
+        """The same scenario with ``duration_s`` live seconds (the warm-up shrinks to a third
+        if it would not fit); a burst starting at or after the end is an error."""
+        if self.burst is not None and self.burst.at_s >= duration_s:
+            msg = (
+                f"--duration {duration_s:g}: scenario {self.name}'s burst starts at"
+                f" {self.burst.at_s:g} s, after the run would end; use a duration over"
+                f" {self.burst.at_s:g}"
+            )
+            raise ConfigError(msg)
+        warmup_s = self.warmup_s if self.warmup_s < duration_s else duration_s / 3
+        return replace(self, duration_s=duration_s, warmup_s=warmup_s)
 
     def catalog_path(self) -> Path:
         """The catalog file: a bare name is one of ``load_tests/catalogs``."""
@@ -154,9 +171,10 @@ def parse_scenario(raw: dict[str, Any], where: str) -> Scenario:
     for key, kind in _NUMBERS.items():
         if key in raw:
             value = raw[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                _bad(where, key, f"expected a number >= 0, got {value!r}")
-            values[key] = kind(value)
+            if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+                _bad(where, key, f"expected an integer >= 0, got {value!r}")
+            number = _number(value, where, key)
+            values[key] = value if kind is int else number
     scenario = Scenario(**values)
     if scenario.clock not in ("live", "replay"):
         _bad(where, "clock", f"expected live or replay, got {scenario.clock!r}")
@@ -165,8 +183,22 @@ def parse_scenario(raw: dict[str, Any], where: str) -> Scenario:
     if scenario.warmup_s >= scenario.duration_s:
         _bad(where, "warmup_s", "must be shorter than duration_s")
     profile = _profile(raw.get("profile", []), scenario.duration_s, where)
+    try:
+        catalog = load_catalog(scenario.catalog_path())
+    except AtoError as exc:
+        _bad(where, "catalog", str(exc))
     burst = _burst(raw["burst"], where) if "burst" in raw else None
+    if burst is not None:
+        _check_burst(burst, scenario, catalog, where)
     return replace(scenario, profile=profile, burst=burst)
+
+
+def _number(value: Any, where: str, key: str) -> float:
+    """A finite number >= 0 (a TOML int or float)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value < 0:
+        _bad(where, key, f"expected a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _profile(raw: Any, duration_s: float, where: str) -> tuple[tuple[float, float], ...]:
@@ -175,7 +207,10 @@ def _profile(raw: Any, duration_s: float, where: str) -> tuple[tuple[float, floa
     points: list[tuple[float, float]] = []
     for point in raw:
         ok = isinstance(point, list) and len(point) == 2
-        if not ok or not all(isinstance(v, int | float) and v >= 0 for v in point):
+        if not ok or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in point
+        ):
             _bad(where, "profile", f"expected [seconds, multiplier >= 0], got {point!r}")
         if points and point[0] <= points[-1][0]:
             _bad(where, "profile", "times must increase")
@@ -190,12 +225,24 @@ def _profile(raw: Any, duration_s: float, where: str) -> tuple[tuple[float, floa
 def _burst(raw: Any, where: str) -> Burst:
     if not isinstance(raw, dict) or set(raw) != {"journey", "step", "at_s", "for_s", "share"}:
         _bad(where, "burst", "expected a table with journey, step, at_s, for_s, share")
-    if not 0.0 <= raw["share"] <= 1.0:
+    for key in ("journey", "step"):
+        if not isinstance(raw[key], str):
+            _bad(where, f"burst.{key}", f"expected a string, got {raw[key]!r}")
+    at_s, for_s, share = (_number(raw[k], where, f"burst.{k}") for k in ("at_s", "for_s", "share"))
+    if for_s <= 0:
+        _bad(where, "burst.for_s", "must be > 0")
+    if share > 1.0:
         _bad(where, "burst.share", "must be within [0, 1]")
-    return Burst(
-        str(raw["journey"]),
-        str(raw["step"]),
-        float(raw["at_s"]),
-        float(raw["for_s"]),
-        float(raw["share"]),
-    )
+    return Burst(raw["journey"], raw["step"], float(at_s), float(for_s), float(share))
+
+
+def _check_burst(burst: Burst, scenario: Scenario, catalog: Catalog, where: str) -> None:
+    """The burst starts within the live part, at a journey and step of the catalog."""
+    if burst.at_s >= scenario.duration_s:
+        _bad(where, "burst.at_s", f"must be before duration_s ({scenario.duration_s:g})")
+    journeys = {j.name: j for j in catalog.journeys}
+    if burst.journey not in journeys:
+        _bad(where, "burst.journey", f"no journey {burst.journey!r} in {scenario.catalog}")
+    steps = [s.name for s in journeys[burst.journey].steps]
+    if burst.step not in steps:
+        _bad(where, "burst.step", f"no step {burst.step!r} in journey {burst.journey!r}")

@@ -104,8 +104,11 @@ class PositionReader:
     by up to one interval. The lag is the end minus the committed position.
     """
 
-    def __init__(self, settings: KafkaSettings) -> None:
-        self.consumer = Consumer({**consumer_config(settings), "enable.partition.eof": False})
+    def __init__(self, settings: KafkaSettings, logger: logging.Logger | None = None) -> None:
+        config: dict[str, Any] = {**consumer_config(settings), "enable.partition.eof": False}
+        if logger is not None:  # librdkafka's log lines go there instead of stderr
+            config["logger"] = logger
+        self.consumer = Consumer(config)
 
     def read(self, parts: list[str]) -> dict[str, tuple[int | None, int]]:
         """Committed position and end of each of ``parts``."""

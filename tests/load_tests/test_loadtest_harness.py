@@ -2,18 +2,29 @@
 smoke run against the real broker (so the harness never rots)."""
 
 import math
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
 from ato.catalog import load_catalog
-from ato.devservers import Server
+from ato.cli import main as cli_main
+from ato.devservers import Server, create_topics, start_broker
 from ato.exceptions import ConfigError
 from ato.generator import TruthStall
-from load_tests.harness import LoadTestError, _next_rate, lag_bounded, run_scenario
+from load_tests import bench_kafka, harness, report
+from load_tests.harness import LoadTestError, _next_rate, lag_bounded, lag_growth, run_scenario
 from load_tests.harness import main as harness_main
+from load_tests.monitor import children
 from load_tests.scenario import Scenario, load_scenario, parse_scenario, scenario_names
 from load_tests.traffic import (
     clients_needed,
@@ -211,3 +222,296 @@ def _topic(result: dict[str, object]) -> str:
 def test_a_rate_or_duration_not_above_zero_is_a_clear_error(option: str, value: str) -> None:
     with pytest.raises(LoadTestError, match=f"{option}: must be > 0"):
         harness_main(["smoke", option, value])
+
+
+# --- review fixes -------------------------------------------------------------------------
+
+BURST = {"journey": "large_transfer", "step": "otp", "at_s": 1, "for_s": 2, "share": 0.5}
+
+
+def test_peak_rate_covers_only_the_part_of_the_profile_the_run_covers() -> None:
+    peak = load_scenario("morning_peak")  # 1x until 30 s, ramp to 5x at 90 s
+    assert peak.peak_rate() == 5 * peak.rate
+    assert peak.with_duration(10).peak_rate() == peak.rate
+    assert peak.with_duration(60).peak_rate() == pytest.approx(3 * peak.rate)
+    assert harness._producers_for(peak.with_rate(300_000).with_duration(10).peak_rate(), None) == 2
+    shortened = peak.with_duration(10)
+    assert shortened.warmup_s == pytest.approx(10 / 3)  # the warm-up shrinks to fit
+
+
+def test_a_burst_after_the_end_of_a_shortened_run_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--duration 20: .*burst starts at 30 s"):
+        harness_main(["stall_burst", "--duration", "20", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # nothing started
+    assert load_scenario("stall_burst").with_duration(31).burst is not None
+
+
+def test_lag_that_grows_for_the_whole_window_is_not_bounded() -> None:
+    t = [float(i) for i in range(41)]
+    growing = [5_000 * i for i in range(41)]  # never above 2 s of input, but always growing
+    assert not lag_bounded(growing, t, (20.0, 40.0), 100_000)[0]
+    assert lag_growth(growing, t, (20.0, 40.0)) == pytest.approx(100_000)
+    rng = np.random.default_rng(3)
+    flat = [int(v) for v in rng.uniform(0, 150_000, 41)]  # noisy but level
+    ok, rule = lag_bounded(flat, t, (20.0, 40.0), 100_000)
+    assert ok
+    assert "least-squares" in rule
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"name": "x", "burst": {**BURST, "share": "lots"}}, "burst.share"),
+        ({"name": "x", "burst": {**BURST, "at_s": "soon"}}, "burst.at_s"),
+        ({"name": "x", "burst": {**BURST, "at_s": -5}}, "burst.at_s"),
+        ({"name": "x", "burst": {**BURST, "for_s": -1}}, "burst.for_s"),
+        ({"name": "x", "burst": {**BURST, "for_s": 0}}, "burst.for_s"),
+        ({"name": "x", "burst": {**BURST, "at_s": 60}}, "burst.at_s"),  # duration_s is 60
+        ({"name": "x", "burst": {**BURST, "journey": "nope"}}, "burst.journey"),
+        ({"name": "x", "burst": {**BURST, "step": "nope"}}, "burst.step"),
+        ({"name": "x", "burst": {**BURST, "journey": 3}}, "burst.journey"),
+        ({"name": "x", "partitions": 2.7}, "partitions"),
+        ({"name": "x", "population": 1e30}, "population"),
+        ({"name": "x", "rate": math.inf}, "rate"),
+        ({"name": "x", "duration_s": math.nan}, "duration_s"),
+        ({"name": "x", "profile": [[0, math.inf]]}, "profile"),
+        ({"name": "x", "catalog": "nosuch.toml"}, "catalog"),
+    ],
+)
+def test_more_bad_scenarios_name_the_file_and_key(raw: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"scenario s\.toml: {re.escape(key)}: "):
+        parse_scenario(raw, "s.toml")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--processes", "0"], "--processes: must be >= 1"),
+        (["--producers", "0"], "--producers: must be >= 1"),
+        (["--factor", "1"], "--factor: must be > 1"),
+        (["--factor", "0.5"], "--factor: must be > 1"),
+        (["--factor", "nan"], "--factor: must be > 1"),
+        (["--max-steps", "0"], "--max-steps: must be >= 1"),
+        (["--rate", "inf"], "--rate: must be > 0"),
+        (["--duration", "nan"], "--duration: must be > 0"),
+    ],
+)
+def test_bad_options_are_clear_errors_before_anything_starts(
+    args: list[str], option: str, tmp_path: Path
+) -> None:
+    with pytest.raises(LoadTestError, match=re.escape(option)):
+        harness_main(["smoke", "--brokers", "127.0.0.1:1", "--out", str(tmp_path), *args])
+    assert not list(tmp_path.iterdir())
+
+
+def test_asked_producers_are_used_as_given() -> None:
+    assert harness._producers_for(400_000, 1) == 1
+    assert harness._producers_for(400_000, None) == 3
+
+
+def test_unreachable_brokers_are_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(harness, "BROKER_TIMEOUT_S", 2.0)
+    code = cli_main(["loadtest", "smoke", "--brokers", "127.0.0.1:1", "--out", str(tmp_path)])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "ato: error: cannot reach the Kafka brokers 127.0.0.1:1: Failed to get metadata:"
+        " Local: Broker transport failure"
+    ]
+
+
+def test_stop_group_kills_the_members_of_the_flows_group() -> None:
+    parent = subprocess.Popen(  # a parent with a child, like `ato run --processes 2`
+        [sys.executable, "-c", CHILD_AND_WAIT], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert parent.stdout is not None
+    with parent.stdout:
+        child = int(parent.stdout.readline())
+    harness.stop_group(parent)
+    assert _gone(child)
+
+
+CHILD_AND_WAIT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _gone(pid: int, within_s: float = 5.0) -> bool:
+    """Whether ``pid`` is gone (or a zombie) within ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _step_result(target: float, achieved: float, bounded: bool) -> dict[str, Any]:
+    latency = {"count": 10, "p50": 300.0, "p95": 400.0, "p99": 500.0, "max": 600.0}
+    return {
+        "target_rate": target,
+        "input": {"achieved_rate": achieved, "kept_up": achieved >= 0.95 * target},
+        "processing": {"rate": achieved},
+        "lag": {"bounded": bounded, "max": 100, "final": 0},
+        "latency_ms": {"deadline": latency, "ingest": latency},
+        "detection": {"precision": 1.0, "recall": 1.0},
+    }
+
+
+def test_find_max_reports_the_peak_rate_and_survives_a_failed_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flat 2x profile: 300/s (600/s peak) holds, 450/s crashes, 375/s only falls short."""
+    scenario = Scenario(name="x2", duration_s=10, warmup_s=4, rate=300, profile=((0, 2.0),))
+    calls: list[datetime] = []
+
+    def fake_run(step: Scenario, **_kwargs: object) -> dict[str, Any]:
+        calls.append(datetime.now(UTC))
+        time.sleep(0.01)
+        if step.rate == 450:
+            msg = "the flow exited with code 1 (see flow.err)"
+            raise LoadTestError(msg)
+        if step.rate == 375:  # lag bounded, but the producers fell short
+            return _step_result(step.peak_rate(), 0.8 * step.peak_rate(), bounded=True)
+        return _step_result(step.peak_rate(), step.peak_rate(), bounded=True)
+
+    monkeypatch.setattr(harness, "run_scenario", fake_run)
+    result = harness.find_max(
+        scenario,
+        brokers="b",
+        run_dir=tmp_path,
+        processes=1,
+        producers=None,
+        factor=1.5,
+        max_steps=3,
+        progress=None,
+        broker_pid=None,
+    )
+    steps = result["steps"]
+    assert [s["base_rate"] for s in steps] == [300, 450, 375]
+    assert [s["held"] for s in steps] == [True, False, False]
+    assert steps[1]["error"] == "the flow exited with code 1 (see flow.err)"
+    assert (steps[2]["lag_bounded"], steps[2]["kept_up"]) == (True, False)
+    assert result["max_sustainable_rate"] == 600  # the peak target of the step that held
+    assert result["max_sustainable_achieved_rate"] == 600
+    assert datetime.fromisoformat(result["started_at"]) <= calls[0]
+    md = (tmp_path / "report.md").read_text()
+    assert "**Maximum sustainable rate: 600 events/s** (step 1; achieved input 600" in md
+    assert "Step 2 failed (not held): the flow exited with code 1" in md
+    assert "| 2 | 900 | n/a | n/a | n/a | n/a | n/a | n/a | **no** |" in md
+    assert "| 750 | 600 | 600 | 100 | 0 | yes | **no** | **no** |" in md  # producers short
+    assert (tmp_path / "find_max.png").exists()
+
+
+def test_find_max_ends_with_its_report_when_kafka_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = Scenario(name="x", duration_s=10, warmup_s=4, rate=300)
+
+    def fake_run(step: Scenario, **_kwargs: object) -> dict[str, Any]:
+        if step.rate > 300:
+            msg = "Kafka on b failed during the run"
+            raise harness.BrokerError(msg)
+        return _step_result(step.peak_rate(), step.peak_rate(), bounded=True)
+
+    monkeypatch.setattr(harness, "run_scenario", fake_run)
+    with pytest.raises(harness.BrokerError):
+        harness.find_max(
+            scenario,
+            brokers="b",
+            run_dir=tmp_path,
+            processes=1,
+            producers=None,
+            factor=1.5,
+            max_steps=6,
+            progress=None,
+            broker_pid=None,
+        )
+    saved = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert len(saved["steps"]) == 2
+    assert saved["max_sustainable_rate"] == 300
+
+
+def test_ingest_latency_definition_matches_the_measurement() -> None:
+    assert "every producer had sent" in report.INGEST_TEXT
+    assert "allowed lateness" in report.INGEST_TEXT
+
+
+def test_bench_peak_rss_is_this_process() -> None:
+    rss = bench_kafka.peak_rss()
+    assert rss["peak_rss_mb"] == round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    assert "children_peak_rss_mb" in rss
+
+
+@pytest.mark.slow
+def test_bench_read_topic_gives_up_when_messages_stop(broker: Server) -> None:
+    topic = f"bench.short.{time.time_ns()}"
+    create_topics(broker.address, {topic: 1})
+    bench_kafka.preload(broker.address, topic, [[b"{}", b"{}"]])
+    with pytest.raises(bench_kafka.BenchError, match=r"2 of 5 messages, then none for 2 s"):
+        bench_kafka.read_topic(broker.address, topic, 1, 5, lambda _v: None, None, 2.0)
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _start_loadtest(args: list[str], err: Path) -> "subprocess.Popen[bytes]":
+    argv = [sys.executable, "-m", "ato.cli", "loadtest", "smoke", "--duration", "40", *args]
+    with err.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)  # noqa: S603
+    deadline = time.monotonic() + 120
+    while "flow reading" not in err.read_text():
+        assert process.poll() is None, err.read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    time.sleep(2)
+    return process
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_flow_cluster_and_the_producers(broker: Server, tmp_path: Path) -> None:
+    err = tmp_path / "err"
+    process = _start_loadtest(
+        ["--brokers", broker.address, "--processes", "2", "--out", str(tmp_path)], err
+    )
+    started = _descendants(process.pid)
+    assert len(started) >= 3  # the flow, its cluster members, the producer
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 143
+    assert all(_gone(pid) for pid in started)
+    assert "terminated" in err.read_text().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_broker_gone_mid_run_is_one_line(tmp_path: Path) -> None:
+    server = start_broker(None, tmp_path / "tansu")
+    try:
+        err = tmp_path / "err"
+        process = _start_loadtest(["--brokers", server.address, "--out", str(tmp_path)], err)
+        started = _descendants(process.pid)
+        server.stop()
+        assert process.wait(120) == 2
+    finally:
+        server.stop()
+    text = err.read_text()
+    assert "Traceback" not in text
+    assert "%3|" not in text  # no librdkafka log lines
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("ato: error: "), last
+    assert all(_gone(pid) for pid in started)

@@ -81,18 +81,22 @@ def run_result(seconds: int = 30, partitions: int = 4, interventions: int = 400)
 
 
 def find_max_result() -> dict[str, Any]:
-    """A capacity search: 20k-60k sustainable, 80k not."""
+    """A capacity search: 20k-60k sustainable, 80k not (lag unbounded)."""
     steps = []
     for i, rate in enumerate([20000.0, 40000.0, 60000.0, 80000.0], start=1):
         ok = rate <= 60000
         steps.append(
             {
+                "base_rate": rate,
                 "target_rate": rate,
                 "achieved_rate": rate * 0.99,
                 "processed_rate": min(rate * 0.99, 66000.0),
                 "lag_max": 5000 if ok else 3_600_000,
                 "lag_final": 0 if ok else 1_600_000,
-                "bounded": ok,
+                "lag_bounded": ok,
+                "kept_up": True,
+                "held": ok,
+                "error": None,
                 "latency_ms": {
                     "deadline": {
                         "count": 100,
@@ -119,6 +123,9 @@ def find_max_result() -> dict[str, Any]:
         "started_at": "2026-11-23T03:00:00Z",
         "steps": steps,
         "max_sustainable_rate": 60000.0,
+        "max_sustainable_achieved_rate": 59400.0,
+        "max_sustainable_step": 3,
+        "max_sustainable_means": "the peak target rate of the best step that held",
         "rule": "lag bounded and deadline p99 <= 1 s",
     }
 
@@ -253,10 +260,14 @@ def test_find_max_report(tmp_path: Path) -> None:
     assert orjson.loads((tmp_path / "report.json").read_bytes()) == result
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# Capacity search: steady (2026-11-23 03:00:00 UTC)")
-    assert "**Maximum sustainable rate: 60,000 events/s.**" in md
-    assert "| [3](step-03-60000/report.md) | 60,000 | 59,400 | 59,400 | 5,000 | 0 | yes |" in md
+    assert (
+        "**Maximum sustainable rate: 60,000 events/s** (step 3; achieved input 59,400 events/s)."
+        " It is the peak target rate of the best step that held." in md
+    )
+    row = "| [3](step-03-60000/report.md) | 60,000 | 59,400 | 59,400 | 5,000 | 0 | yes | yes | yes"
+    assert row in md
     assert "| [4](step-04-80000/report.md) | 80,000 |" in md
-    assert "| **no** | 400 | 32,000 | 28,000 |" in md
+    assert "| **no** | yes | **no** | 400 | 32,000 | 28,000 |" in md  # lag not bounded
     assert "![Rates and p99 latency per step](find_max.png)" in md
 
 
