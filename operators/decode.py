@@ -5,7 +5,7 @@ each field with one list comprehension, checking types per column. Any message t
 breaks it sends the batch down the slow path, which checks each message alone and
 dead-letters the bad ones with a reason; the rest go through the fast extraction again.
 Value rules (known channel, journey and step, sane timestamp) are vectorised masks.
-A ``client_id`` that is only white space or holds an ASCII control character is a bad value.
+A ``client_id`` that is only white space or holds a control character (C0, DEL, C1) is a bad value.
 ``attrs``, when present and not null, must be an object; its ``segment`` member, when it
 names one of ``SEGMENTS``, becomes the event's segment code (anything else reads -1).
 """
@@ -156,14 +156,13 @@ class Decoder:
             rows, others = np.empty(0, np.int64), np.arange(n)
         for start in range(0, len(others), DECODE_CHUNK):
             chunk = others[start : start + DECODE_CHUNK]
-            subset = [messages[i] for i in chunk.tolist()]
-            parts.append(self._decode_chunk(subset, offsets[chunk], batch.partition, dead))
+            parts.append(self._decode_chunk(messages, chunk, offsets[chunk], batch.partition, dead))
         events = EventColumns.concat(parts)
-        mixed = len(others) and len(rows)
-        if mixed:  # put the two kinds back in input order
-            events = events.take(np.argsort(events.offset, kind="stable"))
-        if mixed or batch.unreadable:  # the source's dead letters too
-            dead.sort(key=lambda d: d.offset)
+        if len(others) and len(rows):  # the two kinds back in input order
+            # by input row, not offset: the events of one envelope share its offset
+            events = events.take(np.argsort(events.raw.rows, kind="stable"))
+        # whichever path found them, and the source's own: in offset order
+        dead.sort(key=lambda d: d.offset)
         max_ts = int(events.ts.max()) if len(events) else None
         n_in = n + len(batch.unreadable)
         return DecodedBatch(
@@ -213,8 +212,16 @@ class Decoder:
         )
 
     def _decode_chunk(
-        self, messages: list[bytes], offsets: np.ndarray, partition: str, dead: list[DeadLetter]
+        self,
+        batch_messages: list[bytes],
+        rows: np.ndarray,
+        offsets: np.ndarray,
+        partition: str,
+        dead: list[DeadLetter],
     ) -> EventColumns:
+        """orjson's decoding of ``batch_messages[rows]`` (their ``raw`` keeps the batch's
+        row numbers, which order the events in the end)."""
+        messages = [batch_messages[i] for i in rows.tolist()]
         try:
             if not set(map(type, messages)) <= _BYTES_LIKE:
                 raise _SlowPath  # orjson would read a str
@@ -222,11 +229,10 @@ class Decoder:
                 raise _SlowPath
             loads = orjson.loads
             docs = [loads(m) for m in messages]
-            raw = RawBytes(messages)
-            columns = self._columns(docs, raw, offsets)
+            columns = self._columns(docs, RawBytes(batch_messages, rows), offsets)
         except (orjson.JSONDecodeError, _SlowPath, KeyError, TypeError):
             docs, keep = self._check_each(messages, offsets, partition, dead)
-            raw = RawBytes(messages, np.array(keep, np.int64))
+            raw = RawBytes(batch_messages, rows[np.array(keep, np.int64)])
             columns = self._columns(docs, raw, offsets[keep])
         return self._check_values(columns, partition, dead)
 
@@ -324,9 +330,11 @@ class Decoder:
             if name not in doc:
                 return None, MISSING_FIELD, name
             value = doc[name]
-            if name == "ts" and type(value) is float and not -(2**63) < value < 2**63:
-                # orjson reads integers beyond 64 bits as floats
-                return None, ABSURD_TS, "ts does not fit in 64 bits"
+            if name == "ts" and type(value) is float:
+                if not -(2**63) < value < 2**63:  # orjson reads integers beyond 64 bits so
+                    return None, ABSURD_TS, "ts does not fit in 64 bits"
+                if value.is_integer():  # 1767596400000.0 or 1.7675964e12: a JSON integer
+                    doc["ts"] = value = int(value)
             if type(value) is not kind:
                 return None, BAD_TYPE, f"{name} is {type(value).__name__}, not {kind.__name__}"
             if kind is str and not value:
@@ -410,7 +418,7 @@ class Decoder:
 _TEXT_OR_NONE = {str, type(None)}
 _OBJECT_OR_NONE = {dict, type(None)}
 _BYTES_LIKE = {bytes, bytearray, memoryview}
-_CONTROL = re.compile("[\x00-\x1f\x7f]")  # ASCII control characters, not in a client_id
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # control characters (C0, DEL, C1)
 _REQUIRED = itemgetter("client_id", "event_id", "type", "channel", "ts")
 
 

@@ -3,7 +3,8 @@ the original bytes of each element.
 
 The elements keep their bytes as the collector sent them, so a dead letter holds the bad
 element itself, not a re-encoding of it (numbers, escapes and key order unchanged), and one
-element that no encoder could write back (nested past 254 levels, say) costs only itself.
+element nested deeper than an event may be costs only itself (the whole message stays
+whole only past the 1,024 levels orjson reads).
 :func:`split_envelope` checks the whole message with orjson, then :func:`element_bounds`
 (numba; twin :func:`element_bounds_twin`) finds where each top-level element starts and
 ends. A message that is not a valid, non-empty array stays whole, and the decoder

@@ -93,6 +93,7 @@ BAD_INPUT = [
     pytest.param(event(client_id="\u00a0\u2003"), d.BAD_VALUE, id="client_id-unicode-space"),
     pytest.param(event(client_id="a\x01b"), d.BAD_VALUE, id="client_id-control"),
     pytest.param(event(client_id="a\x7f"), d.BAD_VALUE, id="client_id-del"),
+    pytest.param(event(client_id="c\x9b"), d.BAD_VALUE, id="client_id-c1-control"),
     pytest.param(event(channel="fax"), d.UNKNOWN_CHANNEL, id="unknown-channel"),
     pytest.param(event(journey="time_travel"), d.UNKNOWN_JOURNEY, id="unknown-journey"),
     pytest.param(
@@ -563,3 +564,16 @@ def test_valid_events_match_their_own_json(messages: list[bytes]) -> None:
         client_id = out.events.client_id[i].decode()
         assert client_id.strip()  # what policy.profiles.Profile asks of a client_id
         assert not any(ord(c) < 32 or ord(c) == 127 for c in client_id)
+
+
+@pytest.mark.parametrize("written", [f"{T0}.0", f"{T0 // 1000}.0e3", f"{T0 / 1e12}e12"])
+def test_a_ts_written_as_an_integral_float_is_an_integer(written: str) -> None:
+    """JSON Schema's "integer" (the published schema's type of ts) includes 1767...000.0 and
+    1.7675964e12: they are read as that integer, in a batch of their own and among events
+    the scanner reads (before, they were dead-lettered as bad_type)."""
+    message = event().replace(str(T0).encode(), written.encode())
+    assert int(float(written)) == T0 and f"{T0},".encode() not in message
+    for batch in ([message], [GOOD_A, message, GOOD_B]):
+        out = decode(batch)
+        assert out.dead == []
+        assert T0 in out.events.ts.tolist()

@@ -156,9 +156,13 @@ def test_scan_matches_its_twin(messages: list[bytes]) -> None:
                     assert codes[field, i] == vocabularies.by_field[field].code(value)
 
 
-def _same(a: Decoder, b: Decoder, messages: list[bytes]) -> None:
-    x = a(RawBatch("p", messages, 100))
-    y = b(RawBatch("p", messages, 100))
+def _same(a: Decoder, b: Decoder, messages: list[bytes], offsets: list[int] | None = None) -> None:
+    batch = (
+        RawBatch("p", messages, 100)
+        if offsets is None
+        else RawBatch("p", messages, offsets=offsets)
+    )
+    x, y = a(batch), b(batch)
     for field in dataclasses.fields(EventColumns):  # every column, segment included
         if field.name != "raw":
             a, b = getattr(x.events, field.name), getattr(y.events, field.name)
@@ -303,3 +307,26 @@ def test_mixed_nesting_closes_each_container_with_its_own_bracket() -> None:
     expected = [scan.OK] * len(good) + [scan.FALLBACK] * len(bad)
     assert status.tolist() == expected
     assert [t[0] for t in scan.scan_events_py(messages, 64)] == expected
+
+
+def test_both_decoders_keep_input_order_of_dead_letters_and_of_an_envelopes_events() -> None:
+    """Dead letters come out in offset order whichever check found them (the orjson path
+    listed a chunk's missing fields before its absurd times); the events of one envelope,
+    which share its offset, keep their order when the scanner takes some and orjson the
+    others (they were ordered by offset, so by path)."""
+    scanned = Decoder(CATALOG, EngineSettings(decoder="scan"), now_ms=lambda: NOW)
+    plain = Decoder(CATALOG, EngineSettings(decoder="orjson"), now_ms=lambda: NOW)
+    absurd = HEAD.replace(f'"ts":{NOW}', '"ts":5').encode() + b"}"
+    no_type = f'{{"event_id":"e2","client_id":"C1","ts":{NOW},"channel":"app"}}'.encode()
+    good = HEAD.encode() + b"}"
+    _same(scanned, plain, [absurd, no_type, good])
+    batch = plain(RawBatch("p", [absurd, no_type, good], 100))
+    assert [(d.offset, d.reason) for d in batch.dead] == [
+        (100, "absurd_ts"),
+        (101, "missing_field"),
+    ]
+    escaped = HEAD.replace('"e1"', '"e\\u002d0"').encode() + b"}"  # orjson's path
+    second = HEAD.replace('"e1"', '"e2"').encode() + b"}"  # the scanner's
+    _same(scanned, plain, [escaped, second], offsets=[42, 42])
+    events = scanned(RawBatch("p", [escaped, second], offsets=[42, 42])).events
+    assert list(events.raw) == [escaped, second]
