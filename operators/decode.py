@@ -160,6 +160,7 @@ class Decoder:
         events = EventColumns.concat(parts)
         if len(others) and len(rows):  # the two kinds back in input order
             # by input row, not offset: the events of one envelope share its offset
+            assert isinstance(events.raw, RawBytes)  # rows over the batch's own list
             events = events.take(np.argsort(events.raw.rows, kind="stable"))
         # whichever path found them, and the source's own: in offset order
         dead.sort(key=lambda d: d.offset)
