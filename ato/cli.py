@@ -215,7 +215,9 @@ def _wait_for(children: list[subprocess.Popen[bytes]]) -> tuple[list[bytes], int
 
     def drain(i: int) -> None:
         stream = children[i].stdout
-        outputs[i] = stream.read() if stream is not None else b""
+        if stream is not None:
+            with stream:
+                outputs[i] = stream.read()
 
     readers = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(children))]
     for reader in readers:
