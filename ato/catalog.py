@@ -138,6 +138,15 @@ class Catalog:
         text = repr((names, self.type_names, sorted(self.step_name_codes.items())))
         return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
 
+    def digest(self) -> str:
+        """A digest of everything the catalog says (timeouts, graces, rules, names), not
+        of where it was read from: generated traffic is the same only if they agree."""
+        text = repr((
+            self.journeys, self.error_types, self.call_types, self.session_types,
+            self.decay_half_life_ms, self.client_idle_ttl_ms, self.type_names,
+        ))  # fmt: skip
+        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
+
     def step_names(self) -> list[list[str]]:
         """Step name by [journey code, step code], each journey's row padded to the longest
         journey with its last step."""

@@ -256,12 +256,14 @@ def _merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
         merged[key] = round(sum(p[key] for p in parts), 1)
     merged["seconds"] = max(p["seconds"] for p in parts)
     merged["events_per_s"] = round(merged["events"] / merged["seconds"]) if merged["seconds"] else 0
-    if not any("precision" in p for p in parts):  # to Kafka: each process counted its own
+    if str(merged["outputs"]).startswith("kafka "):  # each process counted its own
         merged["interventions"] = sum(p["interventions"] for p in parts)
-    elif not all("precision" in p for p in parts):
+    else:  # each read the one shared file: the last to read it saw it whole
+        merged["interventions"] = max(p["interventions"] for p in parts)
+    if any("precision" in p for p in parts) and not all("precision" in p for p in parts):
         # a process cut its partitions short (--duration-s): the ground truth, of the whole
         # traffic, does not hold, though a process that read no partition could not know
-        for key in ("truth_stalls", "precision", "recall"):
+        for key in ("truth_stalls", "deadline_mismatches", "precision", "recall"):
             merged.pop(key, None)
     if "redis_outages" in merged:  # each process's policy steps met their own
         merged["redis_outages"] = sum(p.get("redis_outages", 0) for p in parts)

@@ -61,9 +61,9 @@ def check_generator_options(path: Path, options: dict[str, object]) -> None:
         msg = f"{file}: not generator options ({exc}); remove it only with the whole directory"
         raise RecoveryError(msg) from exc
     differ = [
-        f"{name} {recorded.get(name)!r} -> {value!r}"
-        for name, value in options.items()
-        if recorded.get(name) != value
+        f"{name} {recorded.get(name, '(none)')!r} -> {options.get(name, '(none)')!r}"
+        for name in sorted(recorded.keys() | options.keys())
+        if recorded.get(name) != options.get(name)
     ]
     if differ:
         msg = (

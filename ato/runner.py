@@ -50,6 +50,8 @@ class RunResult:
     intervention_ids: set[str] | None  # None when they went to Kafka
     truth_ids: set[str] | None
     decisions: dict[str, str] | None = None  # final decision per id (contact policy, files)
+    deadlines: dict[str, int] | None = None  # deadline_ts per written intervention id
+    truth_deadlines: dict[str, int] | None = None  # the deadline each true stall has
 
     def summary(self) -> dict[str, Any]:
         """Figures of the run (JSON-ready)."""
@@ -73,9 +75,16 @@ class RunResult:
             out["redis_outages"] = s.redis_outages
             detected = set(self.decisions)
         if self.truth_ids is not None and detected is not None:
-            hits = len(detected & self.truth_ids)
+            # an id names the stall (client, journey, start, step, attempt), not its time:
+            # one raised at another deadline (an abandon signal missed, say) is no hit
+            known, truth = self.deadlines or {}, self.truth_deadlines or {}
+            late_or_early = {
+                i for i in detected & self.truth_ids if i in known and known[i] != truth.get(i)
+            }
+            hits = len(detected & self.truth_ids) - len(late_or_early)
             found = len(detected)
             out["truth_stalls"] = len(self.truth_ids)
+            out["deadline_mismatches"] = len(late_or_early)
             out["precision"] = round(hits / found, 6) if found else 1.0
             out["recall"] = round(hits / len(self.truth_ids), 6) if self.truth_ids else 1.0
         return out
@@ -83,18 +92,33 @@ class RunResult:
 
 def truth_ids(traffic: GeneratedTraffic) -> set[str]:
     """Intervention ids the generator's detectable stalls should produce."""
+    return set(truth_deadlines(traffic))
+
+
+def truth_deadlines(traffic: GeneratedTraffic) -> dict[str, int]:
+    """The deadline of each intervention the generator's detectable stalls should produce."""
     return {
-        intervention_id(t.client_id, t.journey, t.instance_start, t.step, t.attempt)
+        intervention_id(t.client_id, t.journey, t.instance_start, t.step, t.attempt): t.deadline
         for t in traffic.detectable_stalls()
     }
 
 
 def read_ids(path: Path) -> set[str]:
     """Intervention ids in a JSON-lines file."""
+    return set(read_deadlines(path))
+
+
+def read_deadlines(path: Path) -> dict[str, int]:
+    """``deadline_ts`` of each intervention id in a JSON-lines file."""
     if not path.exists():
-        return set()
+        return {}
+    out: dict[str, int] = {}
     with path.open("rb") as f:
-        return {orjson.loads(line)["intervention_id"] for line in f if line.strip()}
+        for line in f:
+            if line.strip():
+                doc = orjson.loads(line)
+                out[doc["intervention_id"]] = doc["deadline_ts"]
+    return out
 
 
 def read_decisions(path: Path) -> dict[str, str]:
@@ -160,13 +184,16 @@ def metrics_sink(
     return ClickHouseSink(settings.clickhouse, url, epoch_flush=recovery)
 
 
-def _traffic_options(settings: Settings) -> dict[str, object]:
-    """The generator settings that shape its traffic (not ``rate``, which paces it; nor
-    ``start_ms`` with the live clock, whose start is recorded apart)."""
+def _traffic_options(settings: Settings, catalog: Catalog) -> dict[str, object]:
+    """What shapes the generated traffic: the generator settings (not ``rate``, which paces
+    it; nor ``start_ms`` with the live clock, whose start is recorded apart), the clock, and
+    the catalog's timings and names (a digest)."""
     options = asdict(settings.generator)
     del options["rate"]
     if settings.engine.clock == "live":
         del options["start_ms"]
+    options["clock"] = settings.engine.clock
+    options["catalog"] = catalog.digest()
     return options
 
 
@@ -235,7 +262,7 @@ def run(
                 start = None
                 if recovery_dir is not None:
                     prepare_recovery_dir(recovery_dir)
-                    check_generator_options(recovery_dir, _traffic_options(settings))
+                    check_generator_options(recovery_dir, _traffic_options(settings, catalog))
                 if live:
                     start = _live_start(recovery_dir, live_start_ms, progress)
                 traffic = generate(catalog, settings.generator, start_ms=start)
@@ -286,14 +313,19 @@ def run(
     seconds = time.perf_counter() - started
     if progress is not None:
         print(stats.line(), file=progress, flush=True)
+    deadlines = read_deadlines(out / INTERVENTIONS_FILE) if isinstance(out, Path) else None
+    # ground truth only holds for traffic served to its end
+    served = traffic is not None and not getattr(source, "cut", None)
+    truth = truth_deadlines(traffic) if served and traffic is not None else None
     return RunResult(
         stats,
         seconds,
         out,
-        read_ids(out / INTERVENTIONS_FILE) if isinstance(out, Path) else None,
-        # ground truth only holds for traffic served to its end
-        truth_ids(traffic) if traffic is not None and not getattr(source, "cut", None) else None,
+        None if deadlines is None else set(deadlines),
+        None if truth is None else set(truth),
         read_decisions(out / DECISIONS_FILE)
         if isinstance(out, Path) and settings.redis.enabled
         else None,
+        deadlines,
+        truth,
     )

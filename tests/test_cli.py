@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from ato.catalog import default_catalog_path
 from ato.cli import _merge_summaries, main
 
 
@@ -20,6 +21,7 @@ def test_ato_run_generator_reports_perfect_detection(tmp_path: Path, capsys) -> 
     assert summary["events"] > 1000
     assert summary["interventions"] == summary["truth_stalls"] > 0
     assert summary["precision"] == 1.0 and summary["recall"] == 1.0
+    assert summary["deadline_mismatches"] == 0
     lines = (tmp_path / "interventions.jsonl").read_bytes().splitlines()
     assert len(lines) == summary["interventions"]
 
@@ -268,6 +270,14 @@ def test_a_resume_with_other_generator_options_is_refused(tmp_path: Path, capsys
     assert main(argv) == 0
     assert main([*argv, "--clients", "400"]) == 2
     assert "other generated traffic (clients 300 -> 400)" in capsys.readouterr().err
+    assert main([*argv, "--clock", "live", "--duration-s", "1"]) == 2  # other events
+    assert "clock 'replay' -> 'live'" in capsys.readouterr().err
+    catalog = tmp_path / "catalog.toml"  # the same catalog with one timeout changed
+    text = default_catalog_path().read_text()
+    catalog.write_text(text.replace('timeout = "30m"', 'timeout = "31m"', 1))
+    assert text != catalog.read_text()
+    assert main([*argv, "--catalog", str(catalog)]) == 2
+    assert "catalog '" in capsys.readouterr().err
     assert main([*argv, "--rate", "100000"]) == 0
 
 
@@ -306,15 +316,19 @@ def test_brokers_that_do_not_answer_are_one_clear_error(
 def test_a_cluster_summary_has_no_precision_when_any_process_cut_its_input() -> None:
     """Only a process that owns a cut partition knows of the cut; its word wins."""
     base = {"events": 10, "dead_letters": 0, "late_events": 0, "open_instances": 1,
-            "state_mb": 1.0, "seconds": 2.0, "interventions": 4}  # fmt: skip
+            "state_mb": 1.0, "seconds": 2.0, "interventions": 4, "outputs": "runs/x"}  # fmt: skip
     truth = {"truth_stalls": 4, "precision": 1.0, "recall": 0.5}
     merged = _merge_summaries([{**base, **truth}, dict(base)])
     assert "precision" not in merged and "recall" not in merged
     assert merged["interventions"] == 4 and merged["events"] == 20
     both = _merge_summaries([{**base, **truth}, {**base, **truth}])
     assert both["precision"] == 1.0 and both["interventions"] == 4
-    kafka = _merge_summaries([dict(base), dict(base)])
-    assert kafka["interventions"] == 8
+    # files without a ground truth (--input, or every process cut): still one shared file
+    # (this summed the processes' counts, twice the file's lines with 2 processes)
+    files = _merge_summaries([dict(base), {**base, "interventions": 3}])
+    assert files["interventions"] == 4
+    kafka = {**base, "outputs": "kafka topics ato.interventions, ato.dead_letters"}
+    assert _merge_summaries([kafka, dict(kafka)])["interventions"] == 8
 
 
 def test_a_resumed_live_run_generates_the_traffic_of_the_run_it_resumes(

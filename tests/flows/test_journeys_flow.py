@@ -16,7 +16,7 @@ from ato.catalog import load_catalog
 from ato.columns import EventColumns
 from ato.config import GeneratorSettings, Settings
 from ato.generator import GeneratedTraffic, generate
-from ato.runner import truth_ids
+from ato.runner import truth_deadlines, truth_ids
 from flows.journeys import FlowSinks, build_flow, late_docs
 from operators.batches import RawBatch
 
@@ -92,6 +92,8 @@ def test_flow_finds_exactly_the_generated_stalls(traffic: GeneratedTraffic) -> N
     truth = truth_ids(traffic)
     assert len(truth) > 100
     assert _ids(docs) == truth
+    # at the deadlines the catalog defines (abandon signals shorten some), not only the ids
+    assert {d["intervention_id"]: d["deadline_ts"] for d in docs} == truth_deadlines(traffic)
     assert len(docs) == len(truth), "each stall is emitted once"
     assert dead == [] and late == []
     journeys = {d["journey"] for d in docs}
