@@ -120,15 +120,21 @@ class GeneratorSettings:
     """The built-in traffic generator (the default input)."""
 
     clients: int = _knob(100_000, "Simulated clients.")
-    journeys_per_client: float = _knob(1.5, "Mean journey instances a client starts.")
-    span_s: int = _knob(3 * 86_400, "Event-time span of the generated traffic (s).")
+    journeys_per_client: float = _knob(
+        1.5, "Mean journey instances a client starts (at least 1, at most one per journey)."
+    )
+    span_s: int = _knob(
+        3 * 86_400,
+        "Event-time span of the journeys' starts (s); their later steps and resumes run on"
+        " past it, for as long as the catalog's timeouts (up to weeks).",
+    )
     start_ms: int = _knob(
         1_767_600_000_000, "Event time of the first event (epoch ms; replay clock)."
     )
     seed: int = _knob(7, "Random seed: the same seed gives the same events and ground truth.")
     stall_share: float = _knob(0.3, "Share of journey instances made to stall at some step.")
     resume_share: float = _knob(0.4, "Share of stalled instances that resume after the stall.")
-    partitions: int = _knob(4, "Input partitions (clients split by hash).")
+    partitions: int = _knob(4, "Input partitions (clients dealt round-robin).")
     disorder_ms: int = _knob(
         400, "Events arrive shuffled by up to this much (ms); keep < allowed lateness."
     )

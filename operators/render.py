@@ -7,7 +7,8 @@ Hole kinds:
 * ``INT``: ``ints[index, row]`` as a decimal integer;
 * ``FIXED4``: ``fixed[index, row]``, a count of 1/10,000ths, as the shortest decimal with at
   most four fraction digits and at least one (``12500`` -> ``1.25``, ``0`` -> ``0.0``): what
-  ``orjson`` writes for ``round(value, 4)`` of values below 10**15;
+  ``orjson`` writes for that count / 10,000 below 10**15 (the caller rounds with ``np.rint``
+  of ``value * 1e4``, halves to even, where ``round(value, 4)`` may differ at a tie);
 * ``TEXT``: piece ``codes[index, row]`` of a vocabulary of pre-encoded JSON values;
 * ``SPAN``: bytes ``span_buf[start : start + length]`` of the row (per-row JSON values,
   such as escaped strings).

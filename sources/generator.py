@@ -1,7 +1,8 @@
 """Bytewax source over generated traffic: one partition per generator partition.
 
 Replay clock: batches go out as fast as the flow takes them, or paced at ``rate`` events/s.
-Live clock: an event goes out when the wall clock reaches its (shuffled) arrival time.
+Live clock: an event goes out when the wall clock reaches its event time (the traffic's
+shuffle only reorders events within ``disorder_ms``).
 Resumes from the snapshotted position after a crash.
 """
 
