@@ -1,11 +1,15 @@
 """Seeded, deterministic ATO traffic with its ground truth.
 
-Clients of the eight segments run journeys from the catalog across channels: most steps in the
-app, a share with noise events (page views, AI chat), some that stall at a chosen step
-(sometimes after an abandon signal), some of those resuming later through the remote-agent or
-branch channel (a hand-off). Every gap between progress events is below the step timeout
-except at the chosen stall, so the catalog's timeouts define exactly which instances stall;
-the generator records those stalls (``TruthStall``) and their deadlines.
+Clients of the eight segments run journeys from the catalog across channels: most start in
+the app (app sessions), the personal segments often with an agent or their RM; between steps
+come noise (page views, AI chat), errors, abandon signals the client beats, steps back, now
+and then a step the AI bot takes; some instances are declined (a failure terminal), some
+stall at a chosen step (sometimes after an abandon signal), some of those resume later
+through the remote-agent or branch channel (a hand-off; a second one goes from the call to the
+branch) and may stall again further on (attempt 2). Every gap between progress events is
+below the deadline in force except at a chosen stall, so the catalog's timeouts define
+exactly which instances stall; the generator records those stalls (``TruthStall``) and their
+deadlines.
 
 Events of a partition arrive in event-time order shuffled by up to ``disorder_ms``.
 """
@@ -20,6 +24,7 @@ import orjson
 from ato.catalog import SEGMENTS, Catalog, Journey, Step
 from ato.config import GeneratorSettings
 
+TRAFFIC_VERSION = 2  # raised whenever the same options give other traffic (caches key on it)
 SEGMENT_WEIGHTS = (3, 1, 8, 14, 30, 16, 20, 8)
 # journeys a segment favours (weight x3); others keep weight 1
 SEGMENT_FAVOURITES: dict[str, tuple[str, ...]] = {
@@ -122,21 +127,26 @@ class _Instance:
         rng = self.gen.rng
         steps = [s for s in self.journey.steps if s.terminal is None]
         success = next(s for s in self.journey.steps if s.terminal == "success")
+        failure = next((s for s in self.journey.steps if s.terminal == "failure"), None)
         stall_at = rng.randrange(len(steps)) if rng.random() < self.gen.cfg.stall_share else -1
         t = self.start
-        channel = "app"
+        channel = _start_channel(rng, self.segment)
         attempt = 0  # stalls of this instance so far (a burst can add one before stall_at)
+        if channel == "app" and rng.random() < 0.5:
+            self.emit(t - 1, "app", "app_session_start", journey=False)
         self.emit(t, channel, steps[0].on[0])
         for i, step in enumerate(steps):
             after = steps[i + 1] if i + 1 < len(steps) else success
             deadline = t + step.timeout_ms
             if i != stall_at and not self._in_burst(step, t):
                 gap = int(step.timeout_ms * rng.uniform(0.05, 0.7))
-                if rng.random() < 0.3:
-                    noise = "ai_chat_message" if rng.random() < 0.3 else "page_view"
-                    self.emit(t + gap // 2, "ai" if noise == "ai_chat_message" else channel, noise)
+                self._between(steps, i, t, gap, channel)
                 t += gap
-                self.emit(t, channel, _event_type(after))
+                if after is success and failure is not None and rng.random() < 0.2:
+                    self.emit(t, channel, _event_type(failure))  # declined: closed, no stall
+                    return
+                # now and then the bot takes a step, in the app or beside an agent
+                self.emit(t, "ai" if rng.random() < 0.05 else channel, _event_type(after))
                 continue
             deadline = self._maybe_abandon(step, t, deadline)
             attempt += 1
@@ -146,13 +156,38 @@ class _Instance:
             if rng.random() >= self.gen.cfg.resume_share:
                 self.gen.stalls.append(stall)
                 return
-            # hand-off: the client comes back through an agent call or a branch visit
+            # hand-off: the client comes back through an agent call or a branch visit (a
+            # second hand-off goes on from the call to the branch)
             t = deadline + 1 + int((self.journey.close_after_ms - 2) * rng.uniform(0.05, 0.9))
-            channel = "call" if rng.random() < 0.7 else "branch"
+            channel = _handoff_channel(rng, self.segment, channel)
             self.gen.stalls.append(replace(stall, resumed_at=t, resume_channel=channel))
             if channel == "call":
                 self.emit(t - 1, "call", "call_started", journey=False)
             self.emit(t, channel, _event_type(after))
+            if i + 1 < len(steps) and rng.random() < 0.3:  # stalls again further on
+                stall_at = rng.randrange(i + 1, len(steps))
+
+    def _between(self, steps: list[Step], i: int, t: int, gap: int, channel: str) -> None:
+        """What happens on step ``i`` (entered at ``t``) before the next progress at
+        ``t + gap``, none of which makes it stall: noise, an error, an abandon signal whose
+        grace the progress beats, or a step back whose timeout it beats."""
+        rng = self.gen.rng
+        roll = rng.random()
+        if roll < 0.25:
+            noise = "ai_chat_message" if rng.random() < 0.3 else "page_view"
+            self.emit(t + gap // 2, "ai" if noise == "ai_chat_message" else channel, noise)
+        elif roll < 0.3:
+            self.emit(t + gap // 2, channel, "error")
+        elif roll < 0.4 and self.journey.abandon_ms:
+            signal = rng.choice(sorted(self.journey.abandon_ms))
+            grace = self.journey.abandon_ms[signal]
+            at = t + gap - grace + 1 + int((grace - 2) * rng.random())  # t + gap < at + grace
+            if t < at < t + gap:
+                self.emit(at, "call" if signal == "ivr_hangup" else channel, signal)
+        elif roll < 0.45 and i > 1:  # not to the first step: its event starts an instance
+            back = t + gap // 3
+            if t < back and t + gap < back + steps[i - 1].timeout_ms:  # beats the old timeout
+                self.emit(back, channel, _event_type(steps[i - 1]))
 
     def _in_burst(self, step: Step, t: int) -> bool:
         """Whether the shape's stall burst makes this instance stall at ``step``."""
@@ -174,6 +209,25 @@ class _Instance:
 
 def _event_type(step: Step) -> str:
     return step.on[0]
+
+
+# segments that reach the bank through people more than through the app
+PERSONAL_SEGMENTS = ("senior", "ultra_high_net_worth", "executive")
+
+
+def _start_channel(rng: random.Random, segment: str) -> str:
+    """Where a journey starts: mostly the app; a personal segment often with an agent or RM."""
+    if segment in PERSONAL_SEGMENTS and rng.random() < 0.3:
+        return "call" if rng.random() < 0.6 else "branch"
+    return "app"
+
+
+def _handoff_channel(rng: random.Random, segment: str, current: str) -> str:
+    """Where a stalled client comes back: a call, else the branch; after a call, the branch."""
+    if current == "call":
+        return "branch"
+    branch_share = 0.5 if segment in PERSONAL_SEGMENTS else 0.3
+    return "branch" if rng.random() < branch_share else "call"
 
 
 class _Generator:
@@ -205,7 +259,7 @@ class _Generator:
             while len(chosen) < n:
                 chosen.add(rng.choices(range(len(self.catalog.journeys)), self.weights[segment])[0])
             if rng.random() < 0.2:
-                self._background_call(client, rng.randrange(span_ms))
+                self._background_call(client, segment, rng.randrange(span_ms))
             for j in sorted(chosen):
                 if shape.start_fraction is None:
                     start = self.start_ms + int(rng.random() * span_ms * 0.8)
@@ -214,13 +268,14 @@ class _Generator:
                 _Instance(self, client, segment, self.catalog.journeys[j], start).run()
         return self._partition(clients)
 
-    def _background_call(self, client: str, offset: int) -> None:
+    def _background_call(self, client: str, segment: str, offset: int) -> None:
         doc = {
             "event_id": f"{client}-call-{offset}",
             "client_id": client,
             "ts": self.start_ms + offset,
             "channel": "call",
-            "type": "call_started",
+            "type": "call_started" if self.rng.random() < 0.7 else "ivr_started",
+            "attrs": {"segment": segment},
         }
         self.events.append((self.start_ms + offset, client, _compact(orjson.dumps(doc))))
 

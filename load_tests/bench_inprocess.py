@@ -50,7 +50,7 @@ from ato.catalog import SEGMENTS, Catalog, load_catalog
 from ato.columns import client_id_texts
 from ato.config import GeneratorSettings, Settings
 from ato.devservers import start_redis
-from ato.generator import generate
+from ato.generator import TRAFFIC_VERSION, generate
 from ato.process import tune_gc
 from ato.runner import metrics_sink
 from flows.journeys import FlowSinks, build_flow
@@ -114,7 +114,7 @@ def load_messages(
     )
     if span_s != DEFAULT_SPAN_S:
         shape += f"-span{span_s}"
-    path = CACHE / f"events-{clients}-{seed}{shape}.jsonl"
+    path = CACHE / f"events-v{TRAFFIC_VERSION}-{clients}-{seed}{shape}.jsonl"
     if not path.exists():
         CACHE.mkdir(exist_ok=True)
         t0 = time.perf_counter()

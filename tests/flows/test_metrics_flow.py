@@ -174,6 +174,14 @@ def test_decisions_outcomes_and_rates_match_the_ground_truth(
         j: (n, n, 1.0, back[j]) for j, n in per_journey.items()
     }
     abandoned = Counter((s.journey, s.step) for s in lapsed(traffic))
+    failures = {  # a failure step ends an instance without success too (declined, rejected)
+        (j.name, t): s.name for j in CATALOG.journeys for s in j.steps if s.terminal == "failure"
+        for t in s.on
+    }  # fmt: skip
+    for e in input_events(traffic):
+        if (e.get("journey"), e["type"]) in failures:
+            abandoned[(e["journey"], failures[(e["journey"], e["type"])])] += 1
+    assert any(step in ("declined", "rejected") for _, step in abandoned)
     rows = got["9. Where clients give up: abandoned instances by step"]
     assert {(j, s): n for j, s, n in rows} == dict(abandoned)
 
