@@ -346,4 +346,8 @@ def test_a_resumed_live_run_generates_the_traffic_of_the_run_it_resumes(
     assert main(argv) == 0
     assert (recovery / "live_start_ms").read_text() == first
     runs = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line[:1] == "{"]
-    assert [r["late_events"] for r in runs] == [0, 0] and runs[1]["events"] >= runs[0]["events"]
+    # the resumed run reads on from where the first stopped, what fell due meanwhile and in
+    # its own second (about as much as the first read); from a new start it skipped as many
+    # events of the new traffic as the first had read, nearly all that were due
+    assert [r["late_events"] for r in runs] == [0, 0]
+    assert runs[1]["events"] > runs[0]["events"] // 2 > 0
