@@ -103,11 +103,6 @@ def truth_deadlines(traffic: GeneratedTraffic) -> dict[str, int]:
     }
 
 
-def read_ids(path: Path) -> set[str]:
-    """Intervention ids in a JSON-lines file."""
-    return set(read_deadlines(path))
-
-
 def read_deadlines(path: Path) -> dict[str, int]:
     """``deadline_ts`` of each intervention id in a JSON-lines file."""
     if not path.exists():
