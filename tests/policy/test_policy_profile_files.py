@@ -140,3 +140,18 @@ def test_loading_into_a_redis_that_never_answers_takes_the_settings_timeout(
         with pytest.raises(redis.TimeoutError):
             load_profiles_file(settings, path)
         assert time.monotonic() - started < 3
+
+
+def test_a_client_id_no_event_can_carry_is_a_bad_row(tmp_path: Path) -> None:
+    """The decode step refuses control characters in client ids, so a profile under such an
+    id could never be looked up (they loaded silently before)."""
+    path = tmp_path / "p.jsonl"
+    rows = ['{"client_id": "A\\u0000B", "segment": "senior"}',
+            '{"client_id": "C\\nD", "segment": "senior"}',
+            '{"client_id": "E\\u009bF", "segment": "senior"}',
+            '{"client_id": "ok", "segment": "senior"}']  # fmt: skip
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ProfileFileError) as bad:
+        read_profiles(path)
+    assert [e.split(": ", 1)[0] for e in bad.value.errors] == [f"{path}:{i}" for i in (1, 2, 3)]
+    assert all("control character" in e for e in bad.value.errors)
