@@ -129,3 +129,14 @@ EFFECT_STARTED = 2
 EFFECT_ADVANCED = 3  # moved an open instance to a non-terminal step
 EFFECT_COMPLETED = 4
 EFFECT_FAILED = 5
+
+# Idle clients are freed when the watermark passes a multiple of this (ms): the pass reads
+# every client slot, and run at each move of the watermark past the next expiry it read 21
+# slots for each client it freed. When a slot is freed changes no output: a client idle for
+# the TTL starts afresh at its next event, freed or not.
+CLIENT_SWEEP_MS = 6 * 3_600_000
+
+
+def client_sweep_time(watermark: int) -> int:
+    """Idle clients whose expiry is at or before this are freed at ``watermark``."""
+    return watermark - watermark % CLIENT_SWEEP_MS

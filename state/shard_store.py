@@ -55,6 +55,7 @@ from state.layout import (
     T_PROGRESS,
     T_STALLED_AT,
     T_START,
+    client_sweep_time,
 )
 
 INITIAL_CAPACITY = 1024
@@ -264,10 +265,12 @@ class NumbaShardStore(ShardStore):
         return records, effects
 
     def expire(self, watermark: int) -> Records:
-        """Settle instances with deadline <= ``watermark``; forget long-idle clients."""
-        if watermark >= self.meta[M_NEXT_CLIENT_EXPIRY]:
+        """Settle instances with deadline <= ``watermark``; forget clients idle for the TTL
+        by the last sweep time (:func:`~state.layout.client_sweep_time`)."""
+        sweep = client_sweep_time(watermark)
+        if sweep >= self.meta[M_NEXT_CLIENT_EXPIRY]:
             kernels.expire_clients(
-                watermark, self.client_ttl_ms, self.c_ht, self.ckey, self.cts, self.ci,
+                sweep, self.client_ttl_ms, self.c_ht, self.ckey, self.cts, self.ci,
                 self.c_free, self.meta,
             )  # fmt: skip
         if watermark < self.meta[M_NEXT_DEADLINE]:

@@ -25,6 +25,7 @@ from state.layout import (
     OUTCOME_FAILED,
     OUTCOME_LAPSED,
     OUTCOME_PROGRESSED,
+    client_sweep_time,
 )
 
 StallRecord = tuple[int | float, ...]  # ints per state.layout.O_*, then the two floats
@@ -221,11 +222,13 @@ class PyShard:
         return out
 
     def expire_clients(self, watermark: int) -> int:
-        """Forget clients with nothing open, idle for the client TTL."""
+        """Forget clients with nothing open, idle for the client TTL by the last sweep time
+        (:func:`~state.layout.client_sweep_time`)."""
+        sweep = client_sweep_time(watermark)
         idle = [
             k
             for k, c in self.clients.items()
-            if c.open == 0 and c.last_ts + self.client_ttl_ms <= watermark
+            if c.open == 0 and c.last_ts + self.client_ttl_ms <= sweep
         ]
         for k in idle:
             del self.clients[k]

@@ -15,7 +15,7 @@ from ato.columns import EventColumns, client_id_texts
 from state import kernels, shard_store
 from state.base import Effects, Records
 from state.hashing import hash_client_id_py, hash_client_ids, mix64_py
-from state.layout import O_CLIENT
+from state.layout import CLIENT_SWEEP_MS, O_CLIENT
 from state.shard_store import NumbaShardStore, order_events
 from state.twins import Effect, PyShard, StallRecord
 
@@ -529,16 +529,18 @@ def test_idle_client_is_forgotten_whether_or_not_it_was_freed() -> None:
     ttl = CATALOG.client_idle_ttl_ms
     call, start = CATALOG.type_codes["call_started"], CATALOG.type_codes["acct_open_start"]
     first = columns([("a", T0, 1, call, *decode(call, -1))])
-    later = columns([("a", T0 + ttl, 0, start, *decode(start, -1))])
+    # idle clients are freed at sweep times: the first one after the TTL ran out
+    back = -(-(T0 + ttl) // CLIENT_SWEEP_MS) * CLIENT_SWEEP_MS
+    later = columns([("a", back, 0, start, *decode(start, -1))])
     stalls = []
     for expire_between in (False, True):
         store, twin = NumbaShardStore(CATALOG), new_twin()
-        run_in_parallel([(first, [T0 + ttl if expire_between else T0])], store, twin)
+        run_in_parallel([(first, [T0 + ttl, back] if expire_between else [T0])], store, twin)
         assert store.sizes()["clients"] == (0 if expire_between else 1)
         store.apply(later)
         twin_apply(twin, later)
-        found = store.expire(T0 + ttl + DAY)
-        assert_same_stalls(found, twin_expire(twin, T0 + ttl + DAY))
+        found = store.expire(back + DAY)
+        assert_same_stalls(found, twin_expire(twin, back + DAY))
         stalls.append(store_records(found))
     assert stalls[0] == stalls[1] != []
     assert stalls[0][0][-2] == 0.0  # no recent calls: the call before the idle time is gone
