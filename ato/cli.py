@@ -2,7 +2,6 @@
 
 import argparse
 import math
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import orjson
 
 from ato.config import RedisSettings, Settings, load_settings, mask_url
 from ato.exceptions import AtoError, ConfigError
+from ato.process import Terminated, sigterm_interrupts
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
             " event when the wall clock reaches its arrival time"
         )
         raise ConfigError(msg)
-    with _run_lock(settings, args), _sigterm_interrupts():
+    with _run_lock(settings, args), sigterm_interrupts():
         if settings.processes > 1 and args.process_id is None:
             live = settings.engine.clock == "live"
             from_generator = not settings.kafka.enabled and not args.input
@@ -92,28 +92,6 @@ def _run_lock(settings: Settings, args: argparse.Namespace) -> Iterator[None]:
         yield
     finally:
         lock.close()
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, which ends a run as Ctrl-C does (exit code 143)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a supervisor's stop) raises :class:`Terminated` meanwhile, so a run stops
-    as on Ctrl-C: a cluster's parent stops its processes first."""
-    if threading.current_thread() is not threading.main_thread():  # only it can handle one
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_here(settings: Settings, args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from ato.catalog import load_catalog
 from ato.config import KafkaSettings
 from ato.devservers import Server, create_topics, start_broker
 from ato.exceptions import AtoError
+from ato.process import Terminated, sigterm_interrupts
 from load_tests import report
 from load_tests.monitor import QUIET, InterventionReader, ProcessWatch, children
 from load_tests.producers import DONE, FAILED, READY, ProducerJob, start_producers
@@ -65,10 +66,6 @@ class LoadTestError(AtoError):
 
 class BrokerError(LoadTestError):
     """The Kafka brokers could not be reached, or failed during a run."""
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: stop like on Ctrl-C."""
 
 
 def lag_growth(lag: list[int], t_s: list[float], window: tuple[float, float]) -> float:
@@ -716,11 +713,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise LoadTestError(msg)
 
 
-def _on_sigterm(_signum: int, _frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``ato loadtest``; print the result's headline figures as one JSON line.
 
@@ -728,17 +720,15 @@ def main(argv: list[str] | None = None) -> int:
     harness started."""
     args = build_parser().parse_args(argv)
     _check_options(args)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return _main(args)
-    except KeyboardInterrupt:
-        print("ato loadtest: interrupted; flow, producers and own broker stopped", file=sys.stderr)
-        return 130
+        with sigterm_interrupts():
+            return _main(args)
     except Terminated:
         print("ato loadtest: terminated; flow, producers and own broker stopped", file=sys.stderr)
         return 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt:
+        print("ato loadtest: interrupted; flow, producers and own broker stopped", file=sys.stderr)
+        return 130
 
 
 def _main(args: argparse.Namespace) -> int:
