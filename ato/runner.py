@@ -47,11 +47,19 @@ class RunResult:
     stats: RunStats
     seconds: float
     out_dir: Path | str
-    intervention_ids: set[str] | None  # None when they went to Kafka
-    truth_ids: set[str] | None
+    deadlines: dict[str, int] | None  # deadline_ts per written id (None: to Kafka)
+    truth_deadlines: dict[str, int] | None  # the deadline of each true stall's id
     decisions: dict[str, str] | None = None  # final decision per id (contact policy, files)
-    deadlines: dict[str, int] | None = None  # deadline_ts per written intervention id
-    truth_deadlines: dict[str, int] | None = None  # the deadline each true stall has
+
+    @property
+    def intervention_ids(self) -> set[str] | None:
+        """Ids of the interventions written (None when they went to Kafka)."""
+        return None if self.deadlines is None else set(self.deadlines)
+
+    @property
+    def truth_ids(self) -> set[str] | None:
+        """Ids the ground truth expects (None when it does not hold)."""
+        return None if self.truth_deadlines is None else set(self.truth_deadlines)
 
     def summary(self) -> dict[str, Any]:
         """Figures of the run (JSON-ready)."""
@@ -74,19 +82,19 @@ class RunResult:
             out["decisions"] = dict(sorted(Counter(self.decisions.values()).items()))
             out["redis_outages"] = s.redis_outages
             detected = set(self.decisions)
-        if self.truth_ids is not None and detected is not None:
+        truth = self.truth_deadlines
+        if truth is not None and detected is not None:
             # an id names the stall (client, journey, start, step, attempt), not its time:
             # one raised at another deadline (an abandon signal missed, say) is no hit
-            known, truth = self.deadlines or {}, self.truth_deadlines or {}
-            late_or_early = {
-                i for i in detected & self.truth_ids if i in known and known[i] != truth.get(i)
-            }
-            hits = len(detected & self.truth_ids) - len(late_or_early)
+            known = self.deadlines or {}
+            true_ids = detected & truth.keys()
+            late_or_early = {i for i in true_ids if i in known and known[i] != truth[i]}
+            hits = len(true_ids) - len(late_or_early)
             found = len(detected)
-            out["truth_stalls"] = len(self.truth_ids)
+            out["truth_stalls"] = len(truth)
             out["deadline_mismatches"] = len(late_or_early)
             out["precision"] = round(hits / found, 6) if found else 1.0
-            out["recall"] = round(hits / len(self.truth_ids), 6) if self.truth_ids else 1.0
+            out["recall"] = round(hits / len(truth), 6) if truth else 1.0
         return out
 
 
@@ -196,8 +204,7 @@ def _live_start(recovery_dir: Path | None, given: int | None, progress: TextIO |
     """Event time of the first event of live generated traffic: ``given`` or now, or, resumed
     from ``recovery_dir``, the start the run that made it recorded (the same traffic)."""
     start = wall_ms() if given is None else given
-    if recovery_dir is not None:
-        prepare_recovery_dir(recovery_dir)
+    if recovery_dir is not None:  # prepared by run() before
         start = recorded_start_ms(recovery_dir, start)
     if given is not None and start != given:
         msg = (
@@ -316,11 +323,9 @@ def run(
         stats,
         seconds,
         out,
-        None if deadlines is None else set(deadlines),
-        None if truth is None else set(truth),
+        deadlines,
+        truth,
         read_decisions(out / DECISIONS_FILE)
         if isinstance(out, Path) and settings.redis.enabled
         else None,
-        deadlines,
-        truth,
     )
