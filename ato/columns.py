@@ -1,11 +1,16 @@
 """Columnar event batches: what the decode step produces and the shards consume."""
 
 import dataclasses
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
 import numpy as np
+
+# Characters no client id may hold (C0, DEL and C1 controls): the decode step dead-letters an
+# event whose id has one, and a profile file may not name such a client.
+CLIENT_ID_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class RawBytes:

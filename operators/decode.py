@@ -10,7 +10,6 @@ A ``client_id`` that is only white space or holds a control character (C0, DEL, 
 names one of ``SEGMENTS``, becomes the event's segment code (anything else reads -1).
 """
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +23,7 @@ import numpy as np
 import orjson
 
 from ato.catalog import CHANNELS, SEGMENTS, Catalog
-from ato.columns import EventColumns, RawBytes, client_id_bytes
+from ato.columns import CLIENT_ID_CONTROL, EventColumns, RawBytes, client_id_bytes
 from ato.config import EngineSettings
 from ato.process import gc_paused
 from operators import scan
@@ -262,7 +261,7 @@ class Decoder:
             raise _SlowPath  # an empty or blank client_id
         if min(map(len, types)) == 0 or min(map(len, channels)) == 0:
             raise _SlowPath
-        if _CONTROL.search("".join(client_ids)):
+        if CLIENT_ID_CONTROL.search("".join(client_ids)):
             raise _SlowPath  # also: numpy str_ arrays would drop a trailing NUL
         ids = np.array(client_ids)
         if ids.dtype.itemsize // 4 > self.settings.max_client_id_len:
@@ -351,7 +350,7 @@ class Decoder:
             return None, ABSURD_TS, "ts does not fit in 64 bits"
         if not doc["client_id"].strip():
             return None, BAD_VALUE, "client_id is only white space"
-        if _CONTROL.search(doc["client_id"]):
+        if CLIENT_ID_CONTROL.search(doc["client_id"]):
             return None, BAD_VALUE, "client_id contains a control character"
         if len(doc["client_id"]) > self.settings.max_client_id_len:
             limit = self.settings.max_client_id_len
@@ -419,7 +418,6 @@ class Decoder:
 _TEXT_OR_NONE = {str, type(None)}
 _OBJECT_OR_NONE = {dict, type(None)}
 _BYTES_LIKE = {bytes, bytearray, memoryview}
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # control characters (C0, DEL, C1)
 _REQUIRED = itemgetter("client_id", "event_id", "type", "channel", "ts")
 
 

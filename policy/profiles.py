@@ -8,7 +8,6 @@ keeps contact barred unless its ``do_not_contact`` field reads as false or is ab
 """
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -19,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import redis
 
 from ato.catalog import SEGMENTS
+from ato.columns import CLIENT_ID_CONTROL
 from policy.exceptions import ProfileError
 from policy.pipelines import PendingReplies, bulk
 
@@ -167,9 +167,6 @@ def unreadable_values(stored_flag: bytes | None) -> ProfileValues:
     return (*DEFAULT_VALUES[:5], barred, False)
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # as the decode step refuses in client ids
-
-
 def parse_profile(row: Mapping[str, object]) -> Profile:
     """A profile from text fields (a CSV row, a JSON object, or the known fields of a Redis
     hash).
@@ -194,7 +191,7 @@ def parse_profile(row: Mapping[str, object]) -> Profile:
         if not values[name]:
             msg = f"field '{name}': a non-empty value is required"
             raise ProfileError(msg)
-    if _CONTROL.search(values["client_id"]):
+    if CLIENT_ID_CONTROL.search(values["client_id"]):
         msg = "field 'client_id': holds a control character, which no valid event's id can"
         raise ProfileError(msg)
     return Profile(
