@@ -29,6 +29,18 @@ LIVE_START_FILE = "live_start_ms"  # beside Bytewax's *.sqlite3 files, which it 
 GENERATOR_FILE = "generator.json"
 
 
+def _recorded(file: Path, value: bytes) -> bytes:
+    """What ``file`` holds; if it does not exist yet, ``value``, recorded in it first (whole:
+    the processes of a cluster may race to record the same value)."""
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        part = file.with_name(f"{file.name}.{os.getpid()}")
+        part.write_bytes(value)
+        os.replace(part, file)
+        return value
+
+
 def live_start_ms(path: Path, now_ms: int) -> int:
     """Event time of the first generated event of a live run recovering into ``path``: the
     one the run that made the directory recorded, else ``now_ms`` (recorded now). The
@@ -36,10 +48,7 @@ def live_start_ms(path: Path, now_ms: int) -> int:
     at the same events. ``path`` must be prepared (:func:`prepare_recovery_dir`)."""
     file = path / LIVE_START_FILE
     try:
-        return int(file.read_text())
-    except FileNotFoundError:
-        file.write_text(str(now_ms))
-        return now_ms
+        return int(_recorded(file, str(now_ms).encode()))
     except ValueError as exc:
         msg = f"{file}: not a start time ({exc}); remove it only with the whole directory"
         raise RecoveryError(msg) from exc
@@ -51,12 +60,7 @@ def check_generator_options(path: Path, options: dict[str, object]) -> None:
     positions would point into it (late events, missed stalls). ``path`` must be prepared."""
     file = path / GENERATOR_FILE
     try:
-        recorded = orjson.loads(file.read_bytes())
-    except FileNotFoundError:
-        part = path / f"{GENERATOR_FILE}.{os.getpid()}"  # the processes of a cluster race
-        part.write_bytes(orjson.dumps(options))
-        os.replace(part, file)
-        return
+        recorded = orjson.loads(_recorded(file, orjson.dumps(options)))
     except orjson.JSONDecodeError as exc:
         msg = f"{file}: not generator options ({exc}); remove it only with the whole directory"
         raise RecoveryError(msg) from exc
