@@ -135,17 +135,15 @@ class Catalog:
         """A digest of the names that journey, step and event-type codes number, in order:
         state saved under one catalog reads the same under another only if they agree."""
         names = [[j.name, [s.name for s in j.steps]] for j in self.journeys]
-        text = repr((names, self.type_names, sorted(self.step_name_codes.items())))
-        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
+        return _digest((names, self.type_names, sorted(self.step_name_codes.items())))
 
     def digest(self) -> str:
         """A digest of everything the catalog says (timeouts, graces, rules, names), not
         of where it was read from: generated traffic is the same only if they agree."""
-        text = repr((
+        return _digest((
             self.journeys, self.error_types, self.call_types, self.session_types,
             self.decay_half_life_ms, self.client_idle_ttl_ms, self.type_names,
         ))  # fmt: skip
-        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
 
     def step_names(self) -> list[list[str]]:
         """Step name by [journey code, step code], each journey's row padded to the longest
@@ -159,6 +157,11 @@ class Catalog:
         """The tier of the catalog ladder by [journey code, min(attempt, 3) - 1] (a ladder's
         last tier repeats)."""
         return [[j.tiers[min(a, len(j.tiers) - 1)] for a in range(3)] for j in self.journeys]
+
+
+def _digest(value: object) -> str:
+    """16 hex digits of the SHA-1 of ``value``'s repr (stable across processes)."""
+    return hashlib.sha1(repr(value).encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def default_catalog_path() -> Path:
