@@ -369,6 +369,21 @@ def _step_result(target: float, achieved: float, bounded: bool) -> dict[str, Any
     }
 
 
+def _search(scenario: Scenario, run_dir: Path, max_steps: int) -> dict[str, Any]:
+    """``find_max`` with a factor of 1.5 on a broker the faked ``run_scenario`` ignores."""
+    return harness.find_max(
+        scenario,
+        brokers="b",
+        run_dir=run_dir,
+        processes=1,
+        producers=None,
+        factor=1.5,
+        max_steps=max_steps,
+        progress=None,
+        broker_pid=None,
+    )
+
+
 def test_find_max_reports_the_peak_rate_and_survives_a_failed_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -387,17 +402,7 @@ def test_find_max_reports_the_peak_rate_and_survives_a_failed_step(
         return _step_result(step.peak_rate(), step.peak_rate(), bounded=True)
 
     monkeypatch.setattr(harness, "run_scenario", fake_run)
-    result = harness.find_max(
-        scenario,
-        brokers="b",
-        run_dir=tmp_path,
-        processes=1,
-        producers=None,
-        factor=1.5,
-        max_steps=3,
-        progress=None,
-        broker_pid=None,
-    )
+    result = _search(scenario, tmp_path, max_steps=3)
     steps = result["steps"]
     assert [s["base_rate"] for s in steps] == [300, 450, 375]
     assert [s["held"] for s in steps] == [True, False, False]
@@ -427,17 +432,7 @@ def test_find_max_ends_with_its_report_when_kafka_fails(
 
     monkeypatch.setattr(harness, "run_scenario", fake_run)
     with pytest.raises(harness.BrokerError):
-        harness.find_max(
-            scenario,
-            brokers="b",
-            run_dir=tmp_path,
-            processes=1,
-            producers=None,
-            factor=1.5,
-            max_steps=6,
-            progress=None,
-            broker_pid=None,
-        )
+        _search(scenario, tmp_path, max_steps=6)
     saved = orjson.loads((tmp_path / "report.json").read_bytes())
     assert len(saved["steps"]) == 2
     assert saved["max_sustainable_rate"] == 300
