@@ -30,7 +30,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from ato.config import KafkaSettings
 from ato.exceptions import AtoError
@@ -73,6 +73,14 @@ def split_part_name(name: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
+def cluster_metadata(settings: KafkaSettings) -> ClusterMetadata:
+    """The brokers' metadata, waited for at most :data:`REACH_TIMEOUT_S` (``KafkaException``
+    after that), with librdkafka logging only critical lines meanwhile, not one per failed
+    connection attempt."""
+    admin = AdminClient({**settings.client_config(), "log_level": 2})  # critical only
+    return admin.list_topics(timeout=REACH_TIMEOUT_S)
+
+
 def list_partitions(settings: KafkaSettings) -> list[str]:
     """Every partition of the input topics, as Bytewax partition names, sorted.
 
@@ -80,9 +88,8 @@ def list_partitions(settings: KafkaSettings) -> list[str]:
     :data:`REACH_TIMEOUT_S` are a clear error, without librdkafka's log line per connection
     attempt (hundreds in that time) before it.
     """
-    admin = AdminClient({**settings.client_config(), "log_level": 2})  # critical only
     try:
-        meta = admin.list_topics(timeout=REACH_TIMEOUT_S)
+        meta = cluster_metadata(settings)
     except Exception as exc:
         msg = f"cannot reach Kafka at {settings.brokers}: {exc}"
         raise KafkaSourceError(msg) from exc

@@ -39,6 +39,7 @@ from load_tests.traffic import (
     shifted,
     truth,
 )
+from sources import kafka as kafka_source
 
 
 def test_every_shipped_scenario_loads() -> None:
@@ -314,7 +315,7 @@ def test_asked_producers_are_used_as_given() -> None:
 def test_unreachable_brokers_are_one_line_and_exit_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(harness, "BROKER_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(kafka_source, "REACH_TIMEOUT_S", 2.0)
     code = cli_main(["loadtest", "smoke", "--brokers", "127.0.0.1:1", "--out", str(tmp_path)])
     err = capfd.readouterr().err
     assert code == 2
