@@ -70,12 +70,26 @@ def _run(args: argparse.Namespace) -> int:
             " event when the wall clock reaches its arrival time"
         )
         raise ConfigError(msg)
+    from_generator = not settings.kafka.enabled and not args.input
+    if from_generator and args.process_id is None:
+        _warn_of_disorder(settings)
     with _run_lock(settings, args), sigterm_interrupts():
         if settings.processes > 1 and args.process_id is None:
             live = settings.engine.clock == "live"
-            from_generator = not settings.kafka.enabled and not args.input
             return _run_cluster(settings.processes, args, live_generator=live and from_generator)
         return _run_here(settings, args)
+
+
+def _warn_of_disorder(settings: Settings) -> None:
+    """Say so when the generator shuffles events further than the watermark waits for."""
+    disorder, lateness = settings.generator.disorder_ms, settings.engine.allowed_lateness_ms
+    if disorder > lateness:
+        print(
+            f"ato run: warning: generator.disorder_ms ({disorder}) is above"
+            f" engine.allowed_lateness_ms ({lateness}): events shuffled further may arrive late"
+            " (counted, and in late_events.jsonl) and lower the recall against the ground truth",
+            file=sys.stderr,
+        )
 
 
 @contextmanager

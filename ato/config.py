@@ -136,7 +136,9 @@ class GeneratorSettings:
     resume_share: float = _knob(0.4, "Share of stalled instances that resume after the stall.")
     partitions: int = _knob(4, "Input partitions (clients dealt round-robin).")
     disorder_ms: int = _knob(
-        400, "Events arrive shuffled by up to this much (ms); keep < allowed lateness."
+        400,
+        "Events arrive shuffled by up to this much (ms); keep <= engine.allowed_lateness_ms"
+        " (`ato run` warns).",
     )
     rate: float = _knob(
         0.0,

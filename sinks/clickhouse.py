@@ -80,6 +80,8 @@ __all__ = [
 SCHEMA_DIR = Path(__file__).with_name("clickhouse_schema")
 INSERT_SETTINGS = {"optimize_on_insert": 0}  # duplicates collapse at merge / FINAL: 1.7x faster
 RETRY_FIRST_S = 0.1
+# what clickhouse-connect (and chDB's backend) append to a query's SQL; server errors quote it
+_DRIVER_FORMAT = re.compile(r"\s*FORMAT Native")
 RETRY_MAX_S = 5.0
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _TERMINATOR = re.compile(r";[ \t]*$", re.MULTILINE)
@@ -268,9 +270,13 @@ class ClickHouseStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _fail(self, what: str, exc: BaseException) -> ClickHouseError:
-        msg = f"ClickHouse {self.display_url}: {what}: {_message(exc, self._password)}"
-        return ClickHouseError(msg)
+    def _fail(self, what: str, exc: BaseException, sql: str = "") -> ClickHouseError:
+        """The error to raise; with ``sql``, the format clause the driver appended to it is
+        left out of the server's message, which quotes the statement it got."""
+        text = _message(exc, self._password)
+        if sql and not _DRIVER_FORMAT.search(sql):
+            text = _DRIVER_FORMAT.sub("", text)
+        return ClickHouseError(f"ClickHouse {self.display_url}: {what}: {text}")
 
     def _command(self, sql: str) -> Any:
         try:
@@ -455,7 +461,7 @@ class ClickHouseStore:
             result = self.client.query(sql)
         except (DriverError, OSError) as exc:
             what = "query failed"
-            raise self._fail(what, exc) from exc
+            raise self._fail(what, exc, sql) from exc
         names = list(result.column_names)
         if not names and not result.result_rows:
             names = self._result_names(sql)

@@ -26,6 +26,18 @@ def test_ato_run_generator_reports_perfect_detection(tmp_path: Path, capsys) -> 
     assert len(lines) == summary["interventions"]
 
 
+def test_a_generator_shuffling_past_the_lateness_is_warned_of(tmp_path: Path, capsys) -> None:
+    # small batches: events of one batch are never late to each other
+    args = ["run", "--clients", "2000", "--out", str(tmp_path), "--span-s", "600"]
+    args += ["--batch-size", "50"]
+    assert main([*args, "--lateness-ms", "400"]) == 0  # the default disorder: 400 ms
+    assert "warning" not in capsys.readouterr().err
+    assert main([*args, "--lateness-ms", "20"]) == 0
+    captured = capsys.readouterr()
+    assert "generator.disorder_ms (400) is above engine.allowed_lateness_ms (20)" in captured.err
+    assert orjson.loads(captured.out.strip().splitlines()[-1])["late_events"] > 0
+
+
 def test_ato_run_file_input_dead_letters_bad_lines(tmp_path: Path, capsys) -> None:
     good = {
         "event_id": "e1",

@@ -110,6 +110,9 @@ def test_sql_errors_exit_2_with_the_message_and_no_traceback(url: str, env: str,
     err = capsys.readouterr().err
     assert err.startswith(f"ato: error: ClickHouse {url}: query failed: ")
     assert "Unknown expression identifier `nope`" in err and "Traceback" not in err
+    assert main(["query", "SELEC 1", "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert "Syntax error" in err and "FORMAT" not in err  # the driver's own clause is not quoted
 
 
 def test_query_before_any_migration_says_what_to_do(url: str, env: str, tmp_path: Path, capsys):
