@@ -13,6 +13,12 @@ import numpy as np
 CLIENT_ID_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+def only_white_space(text: str) -> bool:
+    """True when ``text`` is empty or only white space as the event schema's pattern reads it
+    (JSON Schema's ``\\s`` is ECMAScript's: ``str.isspace()`` and U+FEFF)."""
+    return not text.replace("\ufeff", " ").strip()
+
+
 class RawBytes:
     """A column of original message bytes that copies nothing: row ``i`` is
     ``messages[rows[i]]`` of a list the batch holds anyway. Building one bytes object per

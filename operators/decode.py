@@ -23,7 +23,13 @@ import numpy as np
 import orjson
 
 from ato.catalog import CHANNELS, SEGMENTS, Catalog
-from ato.columns import CLIENT_ID_CONTROL, EventColumns, RawBytes, client_id_bytes
+from ato.columns import (
+    CLIENT_ID_CONTROL,
+    EventColumns,
+    RawBytes,
+    client_id_bytes,
+    only_white_space,
+)
 from ato.config import EngineSettings
 from ato.process import gc_paused
 from operators import scan
@@ -261,8 +267,11 @@ class Decoder:
             raise _SlowPath  # an empty or blank client_id
         if min(map(len, types)) == 0 or min(map(len, channels)) == 0:
             raise _SlowPath
-        if CLIENT_ID_CONTROL.search("".join(client_ids)):
+        joined = "".join(client_ids)
+        if CLIENT_ID_CONTROL.search(joined):
             raise _SlowPath  # also: numpy str_ arrays would drop a trailing NUL
+        if "\ufeff" in joined:
+            raise _SlowPath  # white space to the schema, not to str.strip
         ids = np.array(client_ids)
         if ids.dtype.itemsize // 4 > self.settings.max_client_id_len:
             raise _SlowPath
@@ -348,7 +357,7 @@ class Decoder:
             return None, BAD_TYPE, f"attrs is {type(attrs).__name__}, not object"
         if not -(2**63) <= doc["ts"] < 2**63:
             return None, ABSURD_TS, "ts does not fit in 64 bits"
-        if not doc["client_id"].strip():
+        if only_white_space(doc["client_id"]):
             return None, BAD_VALUE, "client_id is only white space"
         if CLIENT_ID_CONTROL.search(doc["client_id"]):
             return None, BAD_VALUE, "client_id contains a control character"

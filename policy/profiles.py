@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import redis
 
 from ato.catalog import SEGMENTS
-from ato.columns import CLIENT_ID_CONTROL
+from ato.columns import CLIENT_ID_CONTROL, only_white_space
 from policy.exceptions import ProfileError
 from policy.pipelines import PendingReplies, bulk
 
@@ -191,6 +191,9 @@ def parse_profile(row: Mapping[str, object]) -> Profile:
         if not values[name]:
             msg = f"field '{name}': a non-empty value is required"
             raise ProfileError(msg)
+    if only_white_space(values["client_id"]):
+        msg = "field 'client_id': only white space, which no valid event's id can be"
+        raise ProfileError(msg)
     if CLIENT_ID_CONTROL.search(values["client_id"]):
         msg = "field 'client_id': holds a control character, which no valid event's id can"
         raise ProfileError(msg)

@@ -220,6 +220,8 @@ BAD_CLIENT_IDS = {
     "\t": "client_id is only white space",
     " \r\n": "client_id is only white space",
     "\u3000": "client_id is only white space",
+    "\ufeff": "client_id is only white space",  # the schema's pattern (ECMAScript \\s) says so
+    " \ufeff\u00a0": "client_id is only white space",
     "c\x1f1": "client_id contains a control character",
     "c1\x7f": "client_id contains a control character",
     "\x00c1": "client_id contains a control character",

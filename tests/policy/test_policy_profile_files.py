@@ -149,9 +149,12 @@ def test_a_client_id_no_event_can_carry_is_a_bad_row(tmp_path: Path) -> None:
     rows = ['{"client_id": "A\\u0000B", "segment": "senior"}',
             '{"client_id": "C\\nD", "segment": "senior"}',
             '{"client_id": "E\\u009bF", "segment": "senior"}',
+            '{"client_id": " \\ufeff", "segment": "senior"}',
             '{"client_id": "ok", "segment": "senior"}']  # fmt: skip
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(ProfileFileError) as bad:
         read_profiles(path)
-    assert [e.split(": ", 1)[0] for e in bad.value.errors] == [f"{path}:{i}" for i in (1, 2, 3)]
-    assert all("control character" in e for e in bad.value.errors)
+    lines = [f"{path}:{i}" for i in (1, 2, 3, 4)]
+    assert [e.split(": ", 1)[0] for e in bad.value.errors] == lines
+    assert all("control character" in e for e in bad.value.errors[:3])
+    assert "only white space" in bad.value.errors[3]
