@@ -102,13 +102,22 @@ class Server:
                 env={**os.environ, "NO_COLOR": "1"},  # plain text in the log file
                 start_new_session=True,
             )
+        try:
+            self._wait_ready(ready_timeout_s)
+        except BaseException:  # a signal or Ctrl-C while waiting: no server left behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, ready_timeout_s: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + ready_timeout_s
         while True:
             code = self.process.poll()
             if code is not None:
                 self._fail(f"exited with code {code} during start")
             if _port_open(self.port) and self.probe(self.port):
-                return self
+                return
             if time.monotonic() > deadline:
                 self._fail(f"not ready after {ready_timeout_s:g}s")
             time.sleep(0.05)
