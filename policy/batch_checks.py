@@ -23,11 +23,12 @@ from policy.settings import Policy
 # reason codes: PASS goes on to the cooldown and caps, QUIET is deferred, the rest suppressed
 REASONS: tuple[str, ...] = (
     "", "do_not_contact", "resumed", "stale", "quiet_hours", "cooldown", "daily_cap",
-    "weekly_cap",
+    "weekly_cap", "history_pruned",
 )  # fmt: skip
 PASS, DO_NOT_CONTACT, RESUMED, STALE, QUIET = range(5)
-# the reason code of each policy.caps script code: 0 sent, 1 sent before, 2-4 cooldown and caps
-CAP_REASON = np.array([PASS, PASS, 5, 6, 7], np.int64)
+# the reason code of each policy.caps script code: 0 sent, 1 sent before, 2-4 cooldown and
+# caps, 5 history pruned
+CAP_REASON = np.array([PASS, PASS, 5, 6, 7, 8], np.int64)
 
 
 class ProfileTable:

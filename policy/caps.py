@@ -20,7 +20,8 @@ One read of the client's whole set per candidate (it holds a few sends: the caps
 it, and members older than the retention go) gives the replay check, the cooldown and both
 counts; a send prunes members older than the retention (a week plus a day, or the longest
 cooldown) when it saw one, and the key expires that long (wall clock) after its last
-write.
+write. The prune's cutoff stays in the set (:data:`HORIZON`): a candidate that would have
+to count sends before it is suppressed as ``history_pruned``, never sent.
 """
 
 from collections.abc import Sequence
@@ -39,39 +40,55 @@ RETAIN_MS = 8 * 86_400_000  # a week plus a day of local-time slack
 SENT_PREFIX = "ato:sent:"
 SEPARATOR = "\x1f"  # between journey and intervention id in a member
 
+# The member (journey left empty, so no send's) whose score is the newest cutoff a prune used:
+# sends before it are gone, so a candidate whose day, week or cooldown reaches back past it
+# cannot be counted (a flow more than the retention behind in event time, or a replay after
+# a later send pruned the set) and is suppressed, never sent.
+HORIZON = SEPARATOR
+
 # ARGV: retention and expiry (ms), per_day, per_week, and a JSON array with one [sent set key,
 # member (journey SEP id), journey SEP, now, day_start, day_end, week_start, week_end,
 # cooldown_ms] per candidate, in decision order (one JSON argument: the client library's
 # per-argument cost stays out of the flow; the keys are not declared, so a single Redis
 # only). Returns one code per candidate: 0 sent, 1 already sent (replay), 2 cooldown,
-# 3 daily cap, 4 weekly cap.
+# 3 daily cap, 4 weekly cap, 5 history pruned (its sends before HORIZON are gone).
 LUA = """
 local ttl, per_day, per_week = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local horizon_member = '\\031'
 local out = {}
 for i, c in ipairs(cjson.decode(ARGV[4])) do
   local sent, member, prefix, now = c[1], c[2], c[3], c[4]
   local day_start, day_end, week_start, week_end, cooldown = c[5], c[6], c[7], c[8], c[9]
   local code, replay, cooling, old = 0, false, false, false
-  local day, week = 0, 0
+  local day, week, horizon = 0, 0, nil
   local all = redis.call('ZRANGE', sent, 0, -1, 'WITHSCORES')
   for k = 1, #all, 2 do
     local score = tonumber(all[k + 1])
-    if all[k] == member then replay = true end
-    if score > now - cooldown and score < now + cooldown
-        and string.sub(all[k], 1, #prefix) == prefix then
-      cooling = true
+    if all[k] == horizon_member then
+      horizon = score
+    else
+      if all[k] == member then replay = true end
+      if score > now - cooldown and score < now + cooldown
+          and string.sub(all[k], 1, #prefix) == prefix then
+        cooling = true
+      end
+      if score >= day_start and score < day_end then day = day + 1 end
+      if score >= week_start and score < week_end then week = week + 1 end
+      if score < now - ttl then old = true end
     end
-    if score >= day_start and score < day_end then day = day + 1 end
-    if score >= week_start and score < week_end then week = week + 1 end
-    if score < now - ttl then old = true end
   end
   if replay then code = 1
+  elseif horizon and math.min(day_start, week_start, now - cooldown) < horizon then code = 5
   elseif cooling then code = 2
   elseif day >= per_day then code = 3
   elseif week >= per_week then code = 4
   else
     if old then
-      redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. string.format('%d', now - ttl))
+      local cutoff = now - ttl
+      redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. string.format('%d', cutoff))
+      if not horizon or cutoff > horizon then
+        redis.call('ZADD', sent, string.format('%d', cutoff), horizon_member)
+      end
     end
     redis.call('ZADD', sent, string.format('%d', now), member)
     redis.call('PEXPIRE', sent, ttl)
@@ -80,7 +97,7 @@ for i, c in ipairs(cjson.decode(ARGV[4])) do
 end
 return out
 """
-_REASONS = {2: "cooldown", 3: "daily_cap", 4: "weekly_cap"}
+_REASONS = {2: "cooldown", 3: "daily_cap", 4: "weekly_cap", 5: "history_pruned"}
 
 
 def sent_key(client_id: str) -> str:

@@ -13,6 +13,9 @@ replay repeats every decision. Checks run in this order, the first that fails de
 6. ``daily_cap`` / ``weekly_cap``: the client's local day / ISO week of ``now`` already has
    the capped number of sent interventions, before or after ``now`` (suppressed).
 
+:class:`policy.caps.CapStore` adds ``history_pruned`` (suppressed) for a candidate whose
+day, week or cooldown reaches back before sends its Redis history no longer holds.
+
 Sends after ``now`` in event time count too, so a cap holds however the sends were ordered
 (two flows at different event times, a retried pipeline); see :mod:`policy.caps` for why
 replays still decide the same way.
@@ -32,7 +35,9 @@ from policy.settings import Policy
 SENT, DEFERRED, SUPPRESSED = "sent", "deferred", "suppressed"
 OUTCOMES = (SENT, DEFERRED, SUPPRESSED)
 DEFER_REASONS = ("quiet_hours",)
-SUPPRESS_REASONS = ("do_not_contact", "resumed", "stale", "cooldown", "daily_cap", "weekly_cap")
+SUPPRESS_REASONS = (
+    "do_not_contact", "resumed", "stale", "cooldown", "daily_cap", "weekly_cap", "history_pruned",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from policy.caps import SEPARATOR, CapStore, sent_key
+from policy.caps import HORIZON, SEPARATOR, CapStore, sent_key
 from policy.profiles import Profile
 from policy.rules import SENT, SUPPRESSED, Candidate, decide, usage_of
 from policy.settings import Policy
@@ -139,10 +139,32 @@ def test_a_send_prunes_members_older_than_the_retention(r: redis.Redis) -> None:
     key = sent_key("C1")
     r.zadd(key, {f"loan{SEPARATOR}old": t - store.ttl_ms - 1, f"loan{SEPARATOR}kept": t - HOUR})
     assert outcomes(store, [cand("new", t)]) == [SENT]
-    assert sorted(r.zrange(key, 0, -1)) == [f"loan{SEPARATOR}kept".encode(), b"open_account\x1fnew"]
+    kept = [HORIZON.encode(), f"loan{SEPARATOR}kept".encode(), b"open_account\x1fnew"]
+    assert sorted(r.zrange(key, 0, -1)) == kept
+    assert r.zscore(key, HORIZON) == t - store.ttl_ms  # what the prune removed lay before it
     r.zadd(key, {f"loan{SEPARATOR}old": t - store.ttl_ms - 1})
     assert outcomes(store, [cand("new", t)]) == [SENT]  # a replay: nothing written, or pruned
-    assert r.zcard(key) == 3
+    assert r.zcard(key) == 4
+
+
+def test_a_decision_reaching_back_past_a_prune_is_suppressed_not_sent(
+    r: redis.Redis, at: At
+) -> None:
+    """A send 9 days later pruned the sends of day T: a candidate of day T (a flow that far
+    behind, or a replay after a restart) cannot be counted against them, so it is not sent
+    (before, the daily cap's second candidate went out on replay)."""
+    store = CapStore(r, Policy(quiet_default=None, per_day=1, per_week=9, cooldown_ms=0))
+    t = at("2026-01-05 10:00", TZ)
+    day = 24 * HOUR
+    first = [cand("x", t), cand("y", t + HOUR, journey="loan")]
+    assert outcomes(store, first) == [SENT, "daily_cap"]
+    assert outcomes(store, [cand("z", t + 9 * day, journey="card")]) == [SENT]
+    assert not r.zscore(sent_key("C1"), f"open_account{SEPARATOR}x")  # pruned
+    assert outcomes(store, [cand("y", t + HOUR, journey="loan")]) == ["history_pruned"]
+    assert outcomes(store, [cand("w", t + 2 * day, journey="fx")]) == ["history_pruned"]
+    assert outcomes(store, [cand("z", t + 9 * day, journey="card")]) == [SENT]  # a replay
+    assert outcomes(store, [cand("v", t + 9 * day + HOUR, journey="fx")]) == ["daily_cap"]
+    assert outcomes(store, [cand("u", t + 10 * day, journey="fx")]) == [SENT]
 
 
 def test_matches_the_pure_reference(r: redis.Redis) -> None:
