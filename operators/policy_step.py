@@ -289,6 +289,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         if not due.any():
             return sent, decisions
         todo = self.held.take(due)
+        paused_at: int | None = None  # when this call began to wait for Redis
         while True:
             try:
                 deferrals, later, capping = self._prepare(todo, known)
@@ -299,7 +300,8 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
                 self._failed(exc, len(todo))
                 if not wait:
                     return sent, decisions
-                self._pause(len(todo))
+                paused_at = self.ctx.now_ms() if paused_at is None else paused_at
+                self._pause(len(todo), paused_at)
                 known = None
         self._recovered(len(todo))
         self.held = Held.concat([self.held.take(~due), later])
@@ -496,14 +498,15 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
                 where(self.ctx.client), exc, count,
             )  # fmt: skip
 
-    def _pause(self, count: int) -> None:
-        """Sleep before the next attempt; fail once the outage is longer than allowed."""
-        since = self.outage_since_ms if self.outage_since_ms is not None else self.ctx.now_ms()
-        waited_s = (self.ctx.now_ms() - since) / 1000
+    def _pause(self, count: int, paused_at: int) -> None:
+        """Sleep before the next attempt; fail once the flow has waited (since ``paused_at``,
+        not since the outage began: the flow went on without Redis until then) longer than
+        allowed."""
+        waited_s = (self.ctx.now_ms() - paused_at) / 1000
         if waited_s >= self.ctx.outage_wait_s:
             msg = (
-                f"contact policy: Redis at {where(self.ctx.client)} did not answer for"
-                f" {waited_s:.0f} s with {count} decisions waiting (redis.outage_wait_s ="
+                f"contact policy: waited {waited_s:.0f} s for Redis at {where(self.ctx.client)}"
+                f" to answer, with {count} decisions waiting (redis.outage_wait_s ="
                 f" {self.ctx.outage_wait_s:g}); a run with recovery resumes them from its"
                 " last snapshot"
             )

@@ -19,6 +19,8 @@ import orjson
 import pytest
 import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ato.catalog import load_catalog
 from ato.config import GeneratorSettings, Settings, clickhouse_url
@@ -30,7 +32,10 @@ from operators.batches import RawBatch
 from operators.decode import Decoder
 from operators.policy_step import PolicyContext, PolicyLogic
 from operators.route import Router
+from operators.shard_step import ShardContext, ShardLogic
+from policy.backoff import RedisBackoff
 from policy.connection import client_name, connect
+from policy.exceptions import PolicyError
 from policy.generated import generated_profiles
 from policy.live_state import lookup
 from policy.localtime import periods
@@ -529,3 +534,52 @@ def test_one_workers_end_of_input_leaves_the_connections_others_use(
     assert busy.read_response() in (b"PONG", "PONG", True)  # still connected
     ctx.client.connection_pool.release(busy)
     ctx.client.close()
+
+
+class _Clock:
+    """An injected wall clock whose sleeps move it on."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self.sleeps = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += int(seconds * 1000)
+
+
+def test_a_full_buffer_late_in_a_long_outage_still_waits_before_failing() -> None:
+    """Redis has been down 400 s while the flow went on (``outage_wait_s`` = 300). When the
+    waiting candidates then pass ``max_deferred``, the step pauses and retries for up to
+    ``outage_wait_s`` from then (before, it failed at once: it measured from the outage's
+    start)."""
+    t0 = 1_767_600_000_000  # event time; noon in Shanghai is past every quiet window
+    clock = _Clock(t0)
+    shard = ShardLogic(ShardContext(CATALOG, Settings().engine, ["p0"], clock, policy=True), None)
+    dead = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    ctx = PolicyContext(
+        CATALOG, load_policy(None), dead, now_ms=clock, sleep=clock.sleep,
+        backoff=RedisBackoff(), max_waiting=3, outage_wait_s=300.0,
+    )  # fmt: skip
+    logic = PolicyLogic(ctx, None)
+    decoder = Decoder(CATALOG, Settings().engine, now_ms=lambda: t0 + 10**12)
+    router = Router(1)
+
+    def feed(events: list[bytes]) -> None:
+        ((_key, item),) = router(decoder.decode(RawBatch("p0", events)))
+        outputs, _ = shard.on_batch([item])
+        logic.on_batch(outputs)
+
+    noon = t0 + 4 * 3_600_000
+    feed([_event("K0", noon, "acct_open_start", 0)])
+    feed([_event("X0", noon + 700_000, "page_view", 1)])  # K0 stalls: its decision waits
+    assert logic.stats["outages"] == 1
+    clock.now += 400_000  # the outage has lasted 400 s of wall clock
+    stalls = [_event(f"K{i}", noon + 800_000, "acct_open_start", 1 + i) for i in range(1, 5)]
+    feed(stalls)
+    with pytest.raises(PolicyError, match="waited 300 s for Redis"):
+        feed([_event("X1", noon + 1_500_000, "page_view", 9)])  # 5 wait: more than 3
+    assert clock.sleeps == 300  # a second apart, for outage_wait_s
