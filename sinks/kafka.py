@@ -10,6 +10,7 @@ again, with the same deterministic intervention ids (consumers de-duplicate on
 ``intervention_id``).
 """
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from ato.config import KafkaSettings
 from sinks.exceptions import SinkError
 
 POLL_WHEN_FULL_S = 0.05
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,13 @@ def shared_producer(settings: KafkaSettings, topic: str) -> TopicProducer:
 
 
 def release(settings: KafkaSettings, producer: TopicProducer) -> None:
-    """One user fewer; the last one flushes and drops the producer (raising if undelivered)."""
+    """One user fewer; the last one flushes and drops the producer.
+
+    Never raises: Bytewax calls this as it drops a sink partition, also while it unwinds
+    from an error, where an exception aborts the process (and no message is printed). A
+    flow that ends normally has flushed at its last epoch's end (the snapshot), which
+    raises; what is left here is logged.
+    """
     key = (settings.brokers, producer.topic)
     with _PRODUCERS_LOCK:
         _, users = _PRODUCERS[key]
@@ -120,7 +128,10 @@ def release(settings: KafkaSettings, producer: TopicProducer) -> None:
             _PRODUCERS[key] = (producer, users - 1)
             return
         del _PRODUCERS[key]
-    producer.flush()
+    try:
+        producer.flush()
+    except SinkError as exc:
+        log.error("%s", exc)
 
 
 class _RecordPartition(StatefulSinkPartition[list[Record], None]):

@@ -1,11 +1,13 @@
 """The record sink against a real broker: keys, headers, order, and loud failure."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ato.config import KafkaSettings
-from ato.devservers import create_topics, start_broker
+from ato.devservers import create_topics, free_port, start_broker
 from sinks.exceptions import SinkError
 from sinks.kafka import Record, TopicProducer, release, shared_producer
 from tests.kafka.conftest import consume_all
@@ -70,3 +72,39 @@ def test_a_full_queue_with_the_broker_gone_fails_while_producing(tmp_path: Path)
     with pytest.raises(SinkError, match="topic out: delivery failed"):
         producer.produce(records)
     assert producer.delivered == 1
+
+
+FAILING_FLOW = """
+import sys
+from datetime import timedelta
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
+from ato.config import KafkaSettings
+from sinks.kafka import KafkaRecordSink, Record
+
+settings = KafkaSettings(brokers=sys.argv[1], flush_timeout_s=1.0)
+flow = Dataflow("undelivered")
+items = [("a", [Record(b"k", b"v", [])]), ("b", [Record(b"k", b"w", [])])]
+out = op.input("in", flow, TestingSource(items))
+op.output("out", out, KafkaRecordSink(settings, "t", ["a", "b"]))
+try:
+    run_main(flow, epoch_interval=timedelta(seconds=0.2))
+except Exception as exc:
+    print("raised:", exc, exc.__cause__)
+    sys.exit(1)
+"""
+
+
+def test_a_flow_whose_deliveries_fail_raises_the_error_instead_of_aborting() -> None:
+    """The epoch end's flush raises; as Bytewax then drops the sink partitions, their close
+    flushed again and raised a second time, which aborted the process (SIGABRT, nothing
+    printed; with chDB loaded, it hung instead)."""
+    nobody = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_FLOW, nobody],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2], check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "raised:" in done.stdout
+    assert "topic t: " in done.stdout + done.stderr
