@@ -28,11 +28,11 @@ from operators.interventions import intervention_id
 from operators.route import shard_key
 from sinks.clickhouse import ClickHouseSink, ClickHouseStore
 from sinks.jsonl import JsonLinesSink
-from sinks.kafka import KafkaRecordSink
+from sinks.kafka import KafkaRecordSink, check_producer_config
 from sinks.progress import ProgressSink, RunStats
 from sources.generator import GeneratorSource
 from sources.jsonl import JsonLinesSource
-from sources.kafka import KafkaSource
+from sources.kafka import KafkaSource, check_consumer_config
 
 INTERVENTIONS_FILE = "interventions.jsonl"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
@@ -249,6 +249,8 @@ def run(
             msg = "kafka.brokers is set: input comes from the Kafka topics, not files or traffic"
             raise ConfigError(msg)
         kafka = settings.kafka
+        check_consumer_config(kafka)
+        check_producer_config(kafka)
         source: Any = KafkaSource(kafka, engine.batch_size, duration_s)
         sinks = kafka_sinks(kafka, source.input_partitions(), engine.shards, stats, progress)
         out = f"kafka topics {kafka.interventions_topic}, {kafka.dead_letter_topic}"

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ato.config import KafkaSettings
+from ato.exceptions import ConfigError
 from sinks.exceptions import SinkError
 
 POLL_WHEN_FULL_S = 0.05
@@ -45,6 +46,16 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
         "message.timeout.ms": int(settings.flush_timeout_s * 1000),
         **settings.producer_config,
     }
+
+
+def check_producer_config(settings: KafkaSettings) -> None:
+    """Raise :class:`ConfigError` when librdkafka refuses the producer's properties (a
+    producer is otherwise made at the first output, which may be hours into a run)."""
+    try:
+        Producer(producer_config(settings))
+    except KafkaException as exc:
+        msg = f"kafka.producer_config: {exc.args[0].str()}"
+        raise ConfigError(msg) from exc
 
 
 class TopicProducer:

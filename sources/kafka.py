@@ -33,7 +33,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from ato.config import KafkaSettings
-from ato.exceptions import AtoError
+from ato.exceptions import AtoError, ConfigError
 from ato.process import gc_paused
 from operators.batches import DeadLetter, RawBatch
 from operators.decode import UNREADABLE, wall_ms
@@ -141,6 +141,16 @@ def committed_positions(
         return reader.read(parts)
     finally:
         reader.close()
+
+
+def check_consumer_config(settings: KafkaSettings) -> None:
+    """Raise :class:`ConfigError` when librdkafka refuses the consumer's properties (before
+    the flow starts, rather than as a worker builds its partitions)."""
+    try:
+        Consumer(consumer_config(settings)).close()
+    except KafkaException as exc:
+        msg = f"kafka.consumer_config: {exc.args[0].str()}"
+        raise ConfigError(msg) from exc
 
 
 def consumer_config(settings: KafkaSettings) -> dict[str, Any]:

@@ -325,6 +325,23 @@ def test_brokers_that_do_not_answer_are_one_clear_error(
     assert "rdkafka" not in err and len(err.splitlines()) <= 3
 
 
+@pytest.mark.parametrize("client", ["producer", "consumer"])
+def test_kafka_client_properties_librdkafka_refuses_are_an_error_at_start(
+    client: str, tmp_path: Path, capsys
+) -> None:
+    """Before, a bad producer property passed start-up and failed at the first output (hours
+    in, say) as a Bytewax traceback."""
+    config = tmp_path / "kafka.toml"
+    config.write_text(
+        f'out_dir = "{tmp_path}"\n[clickhouse]\nenabled = false\n'
+        f'[kafka]\nbrokers = "127.0.0.1:1"\n[kafka.{client}_config]\n"no.such.thing" = "1"\n'
+    )
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"ato: error: kafka.{client}_config: No such configuration property" in err
+    assert "no.such.thing" in err
+
+
 def test_a_cluster_summary_has_no_precision_when_any_process_cut_its_input() -> None:
     """Only a process that owns a cut partition knows of the cut; its word wins."""
     base = {"events": 10, "dead_letters": 0, "late_events": 0, "open_instances": 1,
