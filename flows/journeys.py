@@ -6,7 +6,6 @@ shard applies its piece with numba kernels. Outputs: interventions, dead letters
 (as JSON-lines bytes, keyed for single-writer sinks) and progress items.
 """
 
-import base64
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from bytewax.outputs import Sink
 from ato.catalog import CHANNELS, Catalog, load_catalog
 from ato.columns import EventColumns, client_id_texts
 from ato.config import Settings
-from operators.batches import DeadLetter, DecodedBatch, RawBatch, ShardOutput
+from operators.batches import DeadLetter, DecodedBatch, RawBatch, ShardOutput, raw_fields
 from operators.decode import Decoder, wall_ms
 from operators.funnel import FunnelLogic, FunnelUpdate
 from operators.interventions import SCHEMA
@@ -294,7 +293,7 @@ def late_docs(
             "partition": names[i],
             "offset": int(late.offset[i]),
             **_source_of(names[i]),
-            "raw_b64": None if late.raw is None else base64.b64encode(late.raw[i]).decode("ascii"),
+            **({"raw_b64": None} if late.raw is None else raw_fields(late.raw[i])),
         }
         for i in range(len(late))
     ]

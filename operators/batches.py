@@ -1,6 +1,7 @@
 """Items that travel through the journey flow: raw batches in, decoded batches, shard inputs."""
 
 import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,25 @@ from ato.columns import EventColumns, RawBytes, client_id_texts
 from operators.funnel import FunnelRows
 from policy.decision_columns import DecisionColumns
 from state.base import Records
+
+# Most original bytes a dead letter or late event carries (base64): a message of up to a few
+# MiB (an oversized one, an envelope) whole would pass the 1 MB a Kafka message may hold by
+# default and fail the run, again at each restart. A cut one names its length and SHA-256;
+# its partition and offset find it whole.
+RAW_KEPT_BYTES = 65_536
+
+
+def raw_fields(raw: bytes) -> dict[str, Any]:
+    """``raw_b64`` of ``raw``, or of its first :data:`RAW_KEPT_BYTES` with ``raw_truncated``,
+    ``raw_bytes`` and ``raw_sha256`` (of the whole) when it is longer."""
+    if len(raw) <= RAW_KEPT_BYTES:
+        return {"raw_b64": base64.b64encode(raw).decode("ascii")}
+    return {
+        "raw_b64": base64.b64encode(raw[:RAW_KEPT_BYTES]).decode("ascii"),
+        "raw_truncated": True,
+        "raw_bytes": len(raw),
+        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+    }
 
 
 @dataclass(frozen=True)
@@ -24,13 +44,13 @@ class DeadLetter:
     offset: int
 
     def to_doc(self) -> dict[str, Any]:
-        """JSON-ready document; the original bytes travel base64-encoded."""
+        """JSON-ready document; the original bytes travel base64-encoded (:func:`raw_fields`)."""
         return {
             "reason": self.reason,
             "detail": self.detail,
             "partition": self.partition,
             "offset": self.offset,
-            "raw_b64": base64.b64encode(self.raw).decode("ascii"),
+            **raw_fields(self.raw),
         }
 
 

@@ -91,6 +91,12 @@ class TopicProducer:
                     except BufferError:
                         self.producer.poll(POLL_WHEN_FULL_S)
                         self._raise_failures()
+                    except KafkaException as exc:  # one the producer refuses: too large, say
+                        msg = (
+                            f"topic {topic}: cannot produce a message of {len(r.value)} bytes:"
+                            f" {exc.args[0].str()}"
+                        )
+                        raise SinkError(msg) from exc
             self.producer.poll(0)
 
     def flush(self) -> None:

@@ -1,5 +1,7 @@
 """End to end on a real broker: generator -> input topic -> `ato run --config` -> topics."""
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,11 +15,17 @@ from ato.catalog import load_catalog
 from ato.config import GeneratorSettings, KafkaSettings
 from ato.generator import GeneratedTraffic, generate
 from ato.runner import truth_ids
+from operators.batches import RAW_KEPT_BYTES
 from operators.interventions import SCHEMA
 from tests.kafka.conftest import consume_all, produce
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "ato" / "schemas" / "intervention.schema.json"
-BAD = [b"{not json", b'{"event_id":"e1","client_id":"c1","ts":"soon","channel":"app","type":"x"}']
+HUGE = b"[" * 800_000  # whole, as base64 in a dead letter, it passed Kafka's 1 MB limit
+BAD = [
+    b"{not json",
+    b'{"event_id":"e1","client_id":"c1","ts":"soon","channel":"app","type":"x"}',
+    HUGE,
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +35,7 @@ def traffic() -> GeneratedTraffic:
 
 
 def load_input(settings: KafkaSettings, traffic: GeneratedTraffic) -> int:
-    """Generator partition i -> input partition i, then two bad messages on partition 0."""
+    """Generator partition i -> input partition i, then the bad messages on partition 0."""
     topic = settings.input_topics[0]
     rows = [(i, line) for i, lines in enumerate(traffic.partitions.values()) for line in lines]
     produce(settings.brokers, topic, rows + [(0, bad) for bad in BAD])
@@ -73,16 +81,19 @@ def test_ato_run_config_kafka_end_to_end(
     dead = [orjson.loads(m.value()) for m in consume_all(topics.brokers, topics.dead_letter_topic)]
     assert {
         _headers(m)["reason"] for m in consume_all(topics.brokers, topics.dead_letter_topic)
-    } == {
-        b"not_json",
-        b"bad_type",
-    }
+    } == {b"not_json", b"bad_type", b"oversized"}
     assert sorted((d["offset"], d["reason"]) for d in dead) == [
         (first_bad, "not_json"),
         (first_bad + 1, "bad_type"),
+        (first_bad + 2, "oversized"),
     ]
     for d in dead:
         assert d["source_topic"] == topics.input_topics[0] and d["source_partition"] == 0
+    (huge,) = [d for d in dead if d["reason"] == "oversized"]
+    assert huge["raw_truncated"] is True and huge["raw_bytes"] == len(HUGE)
+    assert huge["raw_sha256"] == hashlib.sha256(HUGE).hexdigest()
+    assert base64.b64decode(huge["raw_b64"]) == HUGE[:RAW_KEPT_BYTES]
+    assert all("raw_truncated" not in d for d in dead if d is not huge)
 
 
 def _headers(m: Message) -> dict[str, bytes]:

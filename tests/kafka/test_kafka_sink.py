@@ -108,3 +108,12 @@ def test_a_flow_whose_deliveries_fail_raises_the_error_instead_of_aborting() -> 
     assert done.returncode == 1, done.stderr[-2000:]
     assert "raised:" in done.stdout
     assert "topic t: " in done.stdout + done.stderr
+
+
+def test_a_message_the_producer_refuses_is_a_sink_error_naming_its_size() -> None:
+    settings = KafkaSettings(
+        brokers=f"127.0.0.1:{free_port()}", producer_config={"message.max.bytes": "1000"}
+    )
+    producer = TopicProducer(settings, "out")
+    with pytest.raises(SinkError, match="topic out: cannot produce a message of 5000 bytes: "):
+        producer.produce([Record(b"k", b"x" * 5000, [])])
