@@ -325,6 +325,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             if batch is None:
                 break
             batches.append(batch)
+        if not batches:
+            self._skip_markers()
         if not batches and self.end is not None and self.next_offset >= self.end:
             # At the end seen at start: wait a little for more before stopping, which also
             # covers brokers that under-report the end (Tansu: the last batch's first offset).
@@ -363,6 +365,18 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         except KafkaException as exc:
             log.warning("%s: cannot commit the read position: %s", self.name, exc)
 
+    def _skip_markers(self) -> None:
+        """Move the position past records the consumer passed over without returning them
+        (transaction markers, aborted transactions' records): a topic written by
+        transactional producers ends in a marker, and counting from the last message the
+        partition was never at its end (no heartbeat, and ``stop_at_end`` never stopped)."""
+        try:
+            (position,) = self.consumer.position([self.tp])
+        except KafkaException:
+            return
+        if position.offset > self.next_offset:
+            self.next_offset = int(position.offset)
+
     def _lag(self) -> int | None:
         """Messages between our position and the partition's end, as of the last fetch."""
         try:
@@ -383,6 +397,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if got is None:
             return None
         batch, self.next_offset = got
+        self._skip_markers()
         lag = self._lag()
         # caught up only when nothing is left at the partition's end as of the last fetch: a
         # short batch alone is no proof (a zero-timeout read returns what is queued locally)

@@ -10,7 +10,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import StatefulSourcePartition
 from bytewax.testing import TestingSink, cluster_main, run_main
-from confluent_kafka import Message
+from confluent_kafka import Message, Producer
 
 from ato.config import KafkaSettings
 from operators.batches import RawBatch
@@ -327,3 +327,35 @@ def test_batches_carry_the_time_their_messages_arrived(topics: KafkaSettings) ->
     for batch in batches:
         assert batch.arrived_ms is not None
         assert before - 1_000 <= batch.arrived_ms <= after + 1_000
+
+
+def test_a_topic_ending_in_a_transaction_marker_is_read_to_its_end(
+    topics: KafkaSettings,
+) -> None:
+    """A transactional producer's commit leaves a marker record after the messages: the
+    partition's end is one past it. Counting from the last message, the partition was never
+    caught up (no heartbeat) and ``stop_at_end`` never stopped; the next offset skips it."""
+    topic = topics.input_topics[0]
+    producer = Producer({"bootstrap.servers": topics.brokers, "transactional.id": topic})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(3):
+        producer.produce(topic, orjson.dumps({"i": i}), partition=0)
+    producer.commit_transaction(30)
+    endless = replace(topics, stop_at_end=False)
+    part = KafkaSource(endless, batch_size=100).build_part("in", part_name(topic, 0), None)
+    try:
+        assert [b.offset_array().tolist() for b in _until_messages(part)] == [[0, 1, 2]]
+        assert part.snapshot() == 4  # past the marker at offset 3
+        beat = _until_items(part, timeout_s=HEARTBEAT_S + 5)
+        assert [(b.messages, b.caught_up, b.lag) for b in beat] == [([], True, 0)]
+    finally:
+        part.close()
+    ending = replace(topics, stop_at_end=True, end_wait_ms=2_000)  # Tansu under-reports ends
+    part = KafkaSource(ending, batch_size=100).build_part("in", part_name(topic, 0), None)
+    try:
+        assert [b.offset_array().tolist() for b in _until_messages(part)] == [[0, 1, 2]]
+        with pytest.raises(StopIteration):
+            _until_items(part)
+    finally:
+        part.close()
