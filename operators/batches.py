@@ -70,6 +70,9 @@ class RawBatch:
     ``arrived_ms``: when the newest message of the batch reached the source system (Kafka's
     message timestamp), if known; with the replay clock a partition's event time counts at
     most up to it, as it counts at most up to the wall clock when live.
+    ``unsure``: an empty batch saying the source cannot tell whether the partition has more
+    (its broker does not answer): the partition is no longer caught up, whatever it said
+    before, and holds the watermark until it reports again.
     """
 
     partition: str
@@ -82,6 +85,7 @@ class RawBatch:
     unreadable: tuple[DeadLetter, ...] = ()
     cut: bool = False
     arrived_ms: int | None = None
+    unsure: bool = False
 
     def offset_array(self) -> np.ndarray:
         """Source offset of every message."""
@@ -104,6 +108,7 @@ class DecodedBatch:
     lag: int | None = None  # see RawBatch
     cut: bool = False  # see RawBatch
     arrived_ms: int | None = None  # see RawBatch
+    unsure: bool = False  # see RawBatch
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class ShardInput:
     raw_rows: np.ndarray | None = None
     cut: bool = False  # see RawBatch
     arrived_ms: int | None = None  # see RawBatch
+    unsure: bool = False  # see RawBatch
 
     def raw_of(self, rows: np.ndarray) -> RawBytes | np.ndarray | None:
         """Original bytes of ``events`` at ``rows`` (an index array or mask), if known."""
@@ -140,7 +146,8 @@ class ShardInput:
         if raw is not None and rows is not None:
             raw, rows = raw[rows], np.arange(len(rows))
         fields = (self.shard, self.partition, self.events, self.max_ts, self.read_wall_ms)
-        return ShardInput, (*fields, self.caught_up, raw, rows, self.cut, self.arrived_ms)
+        extra = (self.caught_up, raw, rows, self.cut, self.arrived_ms, self.unsure)
+        return ShardInput, (*fields, *extra)
 
 
 @dataclass(frozen=True)

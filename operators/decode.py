@@ -173,7 +173,7 @@ class Decoder:
         n_in = n + len(batch.unreadable)
         return DecodedBatch(
             batch.partition, events, dead, max_ts, batch.read_wall_ms, n_in, batch.caught_up,
-            batch.lag, batch.cut, batch.arrived_ms,
+            batch.lag, batch.cut, batch.arrived_ms, batch.unsure,
         )  # fmt: skip
 
     def _scan_chunks(

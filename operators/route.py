@@ -44,6 +44,7 @@ class Router:
                     rows[s],
                     batch.cut,
                     batch.arrived_ms,
+                    batch.unsure,
                 ),
             )
             for s in range(self.shards)

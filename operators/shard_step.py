@@ -142,8 +142,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
                     events = events.take(~late)
                 self.pending.add(events.without_raw())
             self.tracker.observe(
-                item.partition, item.max_ts, now, item.caught_up, arrived_ms=item.arrived_ms
-            )
+                item.partition, item.max_ts, now, item.caught_up, arrived_ms=item.arrived_ms,
+                unsure=item.unsure,
+            )  # fmt: skip
         outputs = self._advance(self.tracker.advance(now), late_parts, final=False)
         if late_from and outputs:
             outputs[0] = replace(outputs[0], late_partitions=tuple(late_from))

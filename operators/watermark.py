@@ -3,7 +3,8 @@
 ``watermark = min over active partitions of (partition max event time - allowed lateness)``.
 A partition is *idle*, and stops holding the watermark back, when it has delivered no valid
 event for ``idle_timeout_ms`` and either its source said it is caught up (it read everything
-there was: a live input with nothing new) or it keeps delivering only bad messages (for a
+there was: a live input with nothing new; an *unsure* report, a broker gone, undoes that) or
+it keeps delivering only bad messages (for a
 whole ``idle_timeout_ms``, the last of them within it). Silence
 alone never makes a partition idle: a source that is merely behind (another process catching
 up, a worker held back by Bytewax's epoch gating) still has events queued, and releasing the
@@ -89,12 +90,15 @@ class WatermarkTracker:
         now_ms: int,
         caught_up: bool = False,
         arrived_ms: int | None = None,
+        unsure: bool = False,
     ) -> None:
         """Record that ``partition`` delivered a batch whose greatest event time is ``max_ts``.
 
         ``caught_up``: the source had nothing more to read for it after this batch.
         ``arrived_ms``: when the batch's newest message reached the source system (Kafka's
         message timestamp), if known: replayed, event time counts at most up to it.
+        ``unsure``: an empty report that the source cannot tell whether more is there (its
+        broker does not answer): not caught up, and not bad input either.
         """
         idle_now = self.elapse(now_ms)
         part = self.parts.get(partition)
@@ -102,6 +106,9 @@ class WatermarkTracker:
             part = self.parts[partition] = _Partition(None, idle_now)
         part.last_report_ms = idle_now
         part.caught_up = caught_up
+        if unsure:
+            part.caught_up = False
+            return
         if max_ts is None:  # a batch without valid events is no sign of event-time progress
             if part.bad_since_ms is None and not caught_up:  # an empty read is not bad input
                 part.bad_since_ms = idle_now

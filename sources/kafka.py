@@ -16,11 +16,13 @@ the flow; the flow's outputs are deterministic, so replays repeat the same inter
 """
 
 import logging
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -56,6 +58,11 @@ RECORD_ERRORS = frozenset(
 METADATA_TIMEOUT_S = 30.0
 REACH_TIMEOUT_S = 10.0  # the start-up look at the input topics: brokers that do not answer
 HEARTBEAT_S = 0.1  # a caught-up partition says so at most this often
+# librdkafka's statistics, every this often, say whether the partition's leader is connected;
+# older than STATS_STALE_S, they say nothing
+STATS_INTERVAL_MS = 500
+STATS_STALE_S = 3.0
+CLOSE_WAIT_S = 2.0  # longest a partition's close waits for its consumer
 
 
 class KafkaSourceError(AtoError):
@@ -282,7 +289,16 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self.committed = -1
         self.stop_at = stop_at
         topic, partition = split_part_name(name)
-        self.consumer = Consumer(consumer_config(settings))
+        self.leader_up = False  # the last statistics saw the partition's leader connected
+        self.stats_at = -STATS_STALE_S  # monotonic time of the last statistics
+        self.fetched_at = -STATS_STALE_S  # monotonic time of the last read that got messages
+        self.said_caught_up = False  # what the partition's last batch said
+        config = {
+            **consumer_config(settings),
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self._on_stats,
+        }
+        self.consumer = Consumer(config)
         tp = self.tp = TopicPartition(topic, partition)
         try:
             low, high = self.consumer.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S)
@@ -341,12 +357,40 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         else:
             self.awake = datetime.now(UTC) + self.poll_interval  # read to the end: wait
         if batches:
+            self.said_caught_up = batches[-1].caught_up
             return batches
         lag = self._lag()
         if lag == 0 and now - self.last_beat >= HEARTBEAT_S:
             self.last_beat = now
+            self.said_caught_up = True
             return [RawBatch(self.name, [], self.next_offset, wall_ms(), caught_up=True, lag=0)]
+        if self.said_caught_up and not self._leader_answers(now):
+            # the end it saw may be old: the broker went away since
+            self.said_caught_up = False
+            log.warning("%s: its broker does not answer; it holds the watermark", self.name)
+            return [RawBatch(self.name, [], self.next_offset, wall_ms(), unsure=True)]
         return []  # nothing yet, or not known to be at the end: no news for the watermark
+
+    def _on_stats(self, text: str) -> None:
+        """librdkafka's statistics (JSON): is the partition's leader connected?"""
+        try:
+            stats = orjson.loads(text)
+            topic = stats["topics"][self.tp.topic]["partitions"][str(self.tp.partition)]
+            leader = topic["leader"]
+            self.leader_up = any(
+                b.get("nodeid") == leader and b.get("state") == "UP"
+                for b in stats["brokers"].values()
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            self.leader_up = False  # the partition is not known (yet): not shown connected
+        self.stats_at = time.monotonic()
+
+    def _leader_answers(self, now: float) -> bool:
+        """Whether recent statistics show the partition's leader connected; before the first
+        statistics, whether a read brought messages within the last second."""
+        if now - self.stats_at <= STATS_STALE_S:
+            return self.leader_up
+        return now - self.fetched_at <= 1.0
 
     def next_awake(self) -> datetime | None:
         """After a read that reached the partition's end: when to read again; else None (at
@@ -378,7 +422,11 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             self.next_offset = int(position.offset)
 
     def _lag(self) -> int | None:
-        """Messages between our position and the partition's end, as of the last fetch."""
+        """Messages between our position and the partition's end, as of the last fetch; None
+        when not known, or when the leader is not shown connected (the last fetch's end
+        would then look caught up for as long as the broker is away)."""
+        if not self._leader_answers(time.monotonic()):
+            return None
         try:
             _, high = self.consumer.get_watermark_offsets(self.tp, cached=True)
         except KafkaException:
@@ -392,6 +440,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout_s)
             if not messages:
                 return None
+            self.fetched_at = time.monotonic()
             got = consumed_batch(self.name, messages, wall_ms(), self.max_envelope_bytes)
             del messages  # freed before collections resume
         if got is None:
@@ -407,7 +456,15 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         return self.next_offset
 
     def close(self) -> None:
-        self.consumer.close()
+        """Close the consumer, waiting at most :data:`CLOSE_WAIT_S`: with the broker gone,
+        librdkafka waits for the last offset commit (up to a minute) before it lets go,
+        which held a stopping run (SIGTERM, a failed step) that long."""
+        closing = threading.Thread(target=self.consumer.close, name=f"close {self.name}")
+        closing.daemon = True
+        closing.start()
+        closing.join(CLOSE_WAIT_S)
+        if closing.is_alive():
+            log.warning("%s: the consumer is still closing (its broker does not answer)", self.name)
 
 
 _ENVELOPE_START = frozenset([b"[", b" ", b"\t", b"\n", b"\r"])

@@ -3,6 +3,7 @@
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import bytewax.operators as op
 import orjson
@@ -13,10 +14,12 @@ from bytewax.testing import TestingSink, cluster_main, run_main
 from confluent_kafka import Message, Producer
 
 from ato.config import KafkaSettings
+from ato.devservers import create_topics, start_broker
 from operators.batches import RawBatch
 from sources.envelopes import expand_envelopes
 from sources.kafka import (
     HEARTBEAT_S,
+    STATS_STALE_S,
     KafkaSource,
     KafkaSourceError,
     committed_positions,
@@ -359,3 +362,39 @@ def test_a_topic_ending_in_a_transaction_marker_is_read_to_its_end(
             _until_items(part)
     finally:
         part.close()
+
+
+def test_a_caught_up_partition_whose_broker_goes_away_says_it_is_unsure(
+    tmp_path: Path,
+) -> None:
+    """The end the last fetch saw stays in librdkafka's cache when the broker goes: the
+    partition went on beating ``caught_up`` (lag 0), so it went idle and a live watermark
+    followed the wall clock. Once the statistics show its leader gone it says it is unsure,
+    once, and beats no more."""
+    server = start_broker(None, tmp_path)
+    try:
+        create_topics(server.address, {"in": 1})
+        produce(server.address, "in", [(0, orjson.dumps({"i": i})) for i in range(3)])
+        settings = KafkaSettings(brokers=server.address, input_topics=("in",))
+        part = KafkaSource(settings, batch_size=100).build_part("in", part_name("in", 0), None)
+        assert [len(b.messages) for b in _until_messages(part)] == [3]
+        deadline = time.monotonic() + 10
+        while not any(b.caught_up for b in part.next_batch()):  # a heartbeat
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        server.stop()
+    seen: list[RawBatch] = []
+    deadline = time.monotonic() + 4 * STATS_STALE_S
+    while not any(b.unsure for b in seen):
+        assert time.monotonic() < deadline, seen
+        seen.extend(part.next_batch())
+        time.sleep(0.01)
+    later: list[RawBatch] = []
+    until = time.monotonic() + 1.0
+    while time.monotonic() < until:
+        later.extend(part.next_batch())
+        time.sleep(0.01)
+    part.close()
+    assert [(b.messages, b.unsure) for b in seen if not b.caught_up] == [([], True)]
+    assert later == []  # no heartbeat, and no second unsure report

@@ -80,6 +80,30 @@ def test_all_idle_live_follows_wall_clock() -> None:
     assert wm.advance(W0 + IDLE + 777) == W0 + IDLE + 777 - LATE
 
 
+def test_a_partition_whose_source_became_unsure_holds_the_live_watermark() -> None:
+    """p1 said it was caught up, then that its broker does not answer: it holds the
+    watermark however long it stays silent (before, silence after the last heartbeat made it
+    idle, and a live watermark followed the wall clock past deadlines nobody could see)."""
+    wm = tracker(live=True)
+    wm.observe("p0", 1_000, W0, caught_up=True)
+    wm.observe("p1", 2_000, W0, caught_up=True)
+    wm.observe("p1", None, W0 + 100, unsure=True)
+    assert wm.advance(W0 + 10 * IDLE) == 2_000 - LATE  # p0 is idle; p1 holds
+    wm.observe("p1", 2_500, W0 + 10 * IDLE, caught_up=True)  # it answers again
+    assert wm.advance(W0 + 12 * IDLE) == W0 + 12 * IDLE - LATE
+
+
+def test_an_unsure_report_is_not_bad_input() -> None:
+    """Repeated unsure reports (no messages) never make a partition idle the way a run of
+    bad messages does."""
+    wm = tracker(("p0",))
+    wm.observe("p0", 1_000, W0)
+    for k in range(1, 30):
+        wm.observe("p0", None, W0 + k * 1_000, unsure=True)
+    assert wm.advance(W0 + 30 * 1_000) == 1_000 - LATE
+    assert not wm.parts["p0"].idle(wm.idle_ms, IDLE)
+
+
 def test_all_idle_replay_stays_put() -> None:
     """Replay clock: idleness alone never moves the watermark."""
     wm = tracker(live=False)
