@@ -315,6 +315,8 @@ def run(
             worker_count_per_proc=settings.workers,
         )
     seconds = time.perf_counter() - started
+    if isinstance(sinks.metrics, ClickHouseSink):
+        sinks.metrics.raise_failure()  # the last metric rows could not be written
     if progress is not None:
         print(stats.line(), file=progress, flush=True)
     deadlines = read_deadlines(out / INTERVENTIONS_FILE) if isinstance(out, Path) else None

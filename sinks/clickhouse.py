@@ -670,9 +670,17 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         self.retry_at: dict[str, float] = {}
         self.backoff: dict[str, float] = {}
         self.last_flush = clock()
+        self.failure: ClickHouseError | None = None  # what failed the writer, if anything
 
     def write_batch(self, values: list[MetricBlock]) -> None:
         """Buffer the blocks; insert tables that are full, or all when the interval passed."""
+        try:
+            self._write(values)
+        except ClickHouseError as exc:
+            self.failure = exc
+            raise
+
+    def _write(self, values: list[MetricBlock]) -> None:
         self._collect(wait=False)
         for block in values:
             self.store.validate(block)  # a malformed block never succeeds: fail now
@@ -692,14 +700,28 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         """Epoch end: everything buffered is written before the snapshot (retrying); without
         ``epoch_flush`` (no recovery, so no snapshot) nothing waits."""
         if self.epoch_flush:
-            self.flush()
+            try:
+                self.flush()
+            except ClickHouseError as exc:
+                self.failure = exc
+                raise
 
     def close(self) -> None:
-        """Write what is left and close the database. The hour tables are not refreshed
-        here: a server refreshes them on its schedule, and an embedded database when it is
-        next read (:meth:`ClickHouseStore.query`)."""
+        """Write what is left and close the database; never raises.
+
+        Bytewax calls this as it drops the partition, also while it unwinds from an error
+        (this writer's own, say), where a second exception aborts the process with no
+        message. After a failure nothing more is tried; a final write that fails is kept
+        in :attr:`failure` (and logged), which :meth:`ClickHouseSink.raise_failure` raises
+        once the flow has ended. The hour tables are not refreshed here: a server refreshes
+        them on its schedule, and an embedded database when it is next read
+        (:meth:`ClickHouseStore.query`)."""
         try:
-            self.flush()
+            if self.failure is None:
+                self.flush()
+        except ClickHouseError as exc:
+            self.failure = exc
+            log.error("%s", exc)
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
@@ -861,6 +883,7 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
         self.epoch_flush = epoch_flush
         self.clock = clock
         self.sleep = sleep
+        self.built: list[ClickHouseSinkPartition] = []  # this process's writer, once built
 
     def list_parts(self) -> list[str]:
         """The single partition; every worker lists it and Bytewax gives it to one."""
@@ -884,6 +907,15 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
         except BaseException:
             store.close()
             raise
-        return ClickHouseSinkPartition(
+        part = ClickHouseSinkPartition(
             store, self.settings, self.clock, self.sleep, self.epoch_flush
         )
+        self.built.append(part)
+        return part
+
+    def raise_failure(self) -> None:
+        """Raise what failed a writer of this process, if anything did (a failure in its
+        last write, when the flow closed it, could not be raised then)."""
+        for part in self.built:
+            if part.failure is not None:
+                raise part.failure

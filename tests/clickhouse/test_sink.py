@@ -1,9 +1,12 @@
 """The ClickHouse sink partition on a real chDB: flush triggers, retries, loud failure."""
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -322,3 +325,88 @@ def test_blocks_with_different_numpy_dtypes_for_a_column_concatenate(
     _, [(n, first)] = part.store.query("SELECT count(), min(minute) FROM funnel_minute")
     assert n == 6
     assert int(first.timestamp() * 1000) == int(a.columns["minute"].min())
+
+
+def test_after_a_failure_close_neither_retries_nor_raises(url: str, database: str) -> None:
+    """Bytewax closes the partition while it unwinds from the failure: a second exception
+    there aborted the process (no message; chDB then hung it)."""
+    config = settings(database, flush_rows=1000, retry_timeout_s=0.3)
+    sink = ClickHouseSink(config, url)
+    part = sink.build_part("metrics", "clickhouse", None)
+    with ClickHouseStore(url, database) as admin:
+        admin.client.command(f"DETACH TABLE {database}.stalls")
+        part.write_batch([stall_block(30)])
+        with pytest.raises(ClickHouseError, match="stalls have failed") as failed:
+            part.snapshot()
+        started = time.monotonic()
+        part.close()
+        assert time.monotonic() - started < 0.3  # no second round of retries
+        with pytest.raises(ClickHouseError) as again:
+            sink.raise_failure()
+        assert again.value is failed.value
+        admin.client.command(f"ATTACH TABLE {database}.stalls")
+
+
+def test_a_final_write_that_fails_at_close_is_raised_after_the_flow(
+    url: str, database: str
+) -> None:
+    config = settings(database, flush_rows=1000, retry_timeout_s=0.3)
+    sink = ClickHouseSink(config, url, epoch_flush=False)
+    part = sink.build_part("metrics", "clickhouse", None)
+    sink.raise_failure()  # nothing failed yet
+    with ClickHouseStore(url, database) as admin:
+        admin.client.command(f"DETACH TABLE {database}.stalls")
+        part.write_batch([stall_block(30)])
+        part.close()  # the rows cannot be written: logged, kept, not raised here
+        with pytest.raises(ClickHouseError, match=r"stalls have failed .*30 rows not written"):
+            sink.raise_failure()
+        admin.client.command(f"ATTACH TABLE {database}.stalls")
+
+
+FAILING_FLOW = """
+import sys
+import time
+from datetime import timedelta
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
+from sinks.clickhouse import ClickHouseSink
+from tests.clickhouse.conftest import settings, stall_block
+
+url = f"chdb://{sys.argv[1]}"
+config = settings("ato", flush_rows=1000, retry_timeout_s=0.5)
+sink = ClickHouseSink(config, url)
+
+
+def slow(item):
+    # spreads the blocks over many epochs; the table goes away after the third
+    number, block = item
+    if number == 3:
+        sink.built[0].store.client.command("DETACH TABLE ato.stalls")
+    time.sleep(0.05)
+    return block
+
+
+flow = Dataflow("failing_metrics")
+items = op.input("in", flow, TestingSource([(s, stall_block(30, seed=s)) for s in range(40)]))
+blocks = op.map("slow", items, slow)
+op.output("out", op.key_on("key", blocks, lambda b: b.table), sink)
+try:
+    run_main(flow, epoch_interval=timedelta(seconds=0.1))
+    sink.raise_failure()
+except Exception as exc:
+    print("raised:", exc, exc.__cause__)
+    sys.exit(1)
+"""
+
+
+def test_a_flow_whose_metrics_fail_raises_the_error_instead_of_aborting(tmp_path: Path) -> None:
+    """The writer fails mid-flow (a table gone): the error reaches the caller. Before, the
+    partition's close raised it again as Bytewax unwound, which aborted the process, and
+    chDB's signal handler then hung it."""
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_FLOW, str(tmp_path / "clickhouse")],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2], check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "stalls have failed" in done.stdout
