@@ -295,7 +295,8 @@ class ClickHouseSettings:
     database: str = _knob("ato", "Database of the metric tables (created by the migrations).")
     flush_interval_s: float = _knob(
         5.0,
-        "Buffered rows are inserted at least this often (s), at every epoch end of a run with"
+        "Buffered rows are inserted at least this often (s; checked as rows arrive, so within"
+        " health_interval_s when the flow is quiet), at every epoch end of a run with"
         " recovery (which waits for them), and at the end.",
     )
     flush_rows: int = _knob(100_000, "A table's buffered rows are inserted once this many.")
@@ -303,7 +304,10 @@ class ClickHouseSettings:
         2_000_000, "More rows than this waiting (inserts failing) fail the run instead of growing."
     )
     retry_timeout_s: float = _knob(
-        60.0, "Failing inserts are retried (with backoff) this long (s); then the run fails."
+        60.0,
+        "Failing inserts are retried (with backoff) this long (s) from the first failed"
+        " attempt's start; then the run fails. Also the longest one request to a server may"
+        " take (at least 10 s).",
     )
     health_interval_s: float = _knob(10.0, "Wall-clock interval (s) of the flow_health rows.")
     background_inserts: bool = _knob(
@@ -313,6 +317,11 @@ class ClickHouseSettings:
     )
 
     def __post_init__(self) -> None:
+        try:
+            urlsplit(self.url).port  # noqa: B018 - a bad host or port raises
+        except ValueError as exc:
+            msg = f"clickhouse.url {mask_url(self.url)!r}: {exc}"
+            raise ConfigError(msg) from exc
         scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
         if self.url and scheme not in CLICKHOUSE_SCHEMES:
             msg = (
@@ -402,6 +411,11 @@ class RedisSettings:
     )
 
     def __post_init__(self) -> None:
+        try:
+            urlsplit(self.url).port  # noqa: B018 - a bad host or port raises
+        except ValueError as exc:
+            msg = f"clickhouse.url {mask_url(self.url)!r}: {exc}"
+            raise ConfigError(msg) from exc
         scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
         if self.url and scheme not in REDIS_SCHEMES:
             msg = (
@@ -449,7 +463,11 @@ class RedisSettings:
 
 def mask_url(url: str) -> str:
     """``url`` with the password of its user part replaced by ``***`` (for messages)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a bad port raises here too
+    except ValueError:  # not parsed: mask whatever sits between the user and the host
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
     if parts.password is None:
         return url
     user = parts.username or ""

@@ -26,7 +26,7 @@ from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
 from operators.interventions import intervention_id
 from operators.route import shard_key
-from sinks.clickhouse import ClickHouseSink, ClickHouseStore
+from sinks.clickhouse import ClickHouseSink, ClickHouseStore, request_timeout
 from sinks.jsonl import JsonLinesSink
 from sinks.kafka import KafkaRecordSink, check_producer_config
 from sinks.progress import ProgressSink, RunStats
@@ -179,7 +179,9 @@ def metrics_sink(
     """
     url = clickhouse_url(settings)
     if first_process:
-        store = ClickHouseStore(url, settings.clickhouse.database)
+        store = ClickHouseStore(
+            url, settings.clickhouse.database, timeout_s=request_timeout(settings.clickhouse)
+        )
         try:
             store.migrate()
         finally:

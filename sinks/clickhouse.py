@@ -80,6 +80,10 @@ __all__ = [
 SCHEMA_DIR = Path(__file__).with_name("clickhouse_schema")
 INSERT_SETTINGS = {"optimize_on_insert": 0}  # duplicates collapse at merge / FINAL: 1.7x faster
 RETRY_FIRST_S = 0.1
+# a server request's longest wait (clickhouse-connect's default, 300 s, held a run that long
+# on a server that took connections and never answered); the sink uses retry_timeout_s
+SERVER_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 10.0
 # what clickhouse-connect (and chDB's backend) append to a query's SQL; server errors quote it
 _DRIVER_FORMAT = re.compile(r"\s*FORMAT Native")
 RETRY_MAX_S = 5.0
@@ -196,11 +200,23 @@ class ClickHouseStore:
     database in its path (``/analytics``) overrides it.
     """
 
-    def __init__(self, url: str, database: str = "ato", schema_dir: Path = SCHEMA_DIR) -> None:
+    def __init__(
+        self,
+        url: str,
+        database: str = "ato",
+        schema_dir: Path = SCHEMA_DIR,
+        timeout_s: float = SERVER_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.display_url = mask_url(url)
         self.schema_dir = schema_dir
-        parts = urlsplit(url)
+        self.timeout_s = timeout_s
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - a bad host or port raises
+        except ValueError as exc:
+            msg = f"ClickHouse url {self.display_url!r}: {exc}"
+            raise ClickHouseError(msg) from exc
         self._password = parts.password
         scheme = parts.scheme.lower()
         if scheme == "chdb":
@@ -255,7 +271,12 @@ class ClickHouseStore:
 
     def _open_server(self, scheme: str, dsn: str) -> Any:
         try:
-            return clickhouse_connect.get_client(dsn=dsn, interface=scheme)
+            return clickhouse_connect.get_client(
+                dsn=dsn,
+                interface=scheme,
+                connect_timeout=min(CONNECT_TIMEOUT_S, self.timeout_s),
+                send_receive_timeout=self.timeout_s,
+            )
         except (DriverError, OSError, ValueError) as exc:
             msg = (
                 f"cannot connect to ClickHouse at {self.display_url}:"
@@ -669,6 +690,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         self.failing_since: dict[str, float] = {}
         self.retry_at: dict[str, float] = {}
         self.backoff: dict[str, float] = {}
+        self.attempt_started: dict[str, float] = {}
         self.last_flush = clock()
         self.failure: ClickHouseError | None = None  # what failed the writer, if anything
 
@@ -692,7 +714,8 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         if due:
             self.last_flush = now
         for table in list(self.buffers):
-            if due or self._stats(table).pending_rows >= self.settings.flush_rows:
+            full = self._stats(table).pending_rows >= self.settings.flush_rows
+            if due or full or table in self.failing_since:  # a failed one: at its retry time
                 self._try_insert(table, now, force=False)
         self._check_bounds()
 
@@ -760,6 +783,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
             return
         block = blocks[0] if len(blocks) == 1 else _concat(table, blocks, self.store.columns(table))
         del self.buffers[table]
+        self.attempt_started[table] = now
         future: Future[int]
         if self.pool is not None:
             future = self.pool.submit(self.store.insert, block, validated=True)
@@ -793,7 +817,8 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
                 stats.last_error = str(exc)
                 # concatenated once, retried as one insert (before blocks buffered since)
                 self.buffers[table] = [block, *self.buffers.get(table, [])]
-                self.failing_since.setdefault(table, now)
+                # failing since the first failed attempt began (it may have taken long)
+                self.failing_since.setdefault(table, self.attempt_started.get(table, now))
                 pause = min(self.backoff.get(table, RETRY_FIRST_S / 2) * 2, RETRY_MAX_S)
                 self.backoff[table] = pause
                 self.retry_at[table] = now + pause
@@ -857,6 +882,12 @@ def _concat(table: str, blocks: list[MetricBlock], types: dict[str, str]) -> Met
     return MetricBlock(table, columns)
 
 
+def request_timeout(settings: ClickHouseSettings) -> float:
+    """How long one request to a server may take: ``retry_timeout_s``, at least
+    :data:`CONNECT_TIMEOUT_S`."""
+    return max(settings.retry_timeout_s, CONNECT_TIMEOUT_S)
+
+
 class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
     """Writes ``(key, MetricBlock)`` items to ClickHouse through one partition.
 
@@ -884,6 +915,7 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
         self.clock = clock
         self.sleep = sleep
         self.built: list[ClickHouseSinkPartition] = []  # this process's writer, once built
+        self.timeout_s = request_timeout(settings)
 
     def list_parts(self) -> list[str]:
         """The single partition; every worker lists it and Bytewax gives it to one."""
@@ -897,7 +929,7 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
         self, step_id: str, for_part: str, resume_state: None
     ) -> ClickHouseSinkPartition:
         """Open the database (migrated unless ``migrate`` is False) for the writer."""
-        store = ClickHouseStore(self.url, self.settings.database)
+        store = ClickHouseStore(self.url, self.settings.database, timeout_s=self.timeout_s)
         try:
             if self.migrate:
                 store.migrate()

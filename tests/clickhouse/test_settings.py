@@ -43,6 +43,8 @@ def test_a_file_sets_the_section(tmp_path: Path) -> None:
         ({"flush_rows": 0}, "clickhouse.flush_rows: must be > 0"),
         ({"retry_timeout_s": -1.0}, "clickhouse.retry_timeout_s: must be >= 0"),
         ({"max_buffer_rows": 10, "flush_rows": 20}, "max_buffer_rows .* must be >= flush_rows"),
+        ({"url": "http://u:S3cret@[::1/x"}, r"clickhouse.url 'http://u:\*\*\*@\[::1/x': Invalid"),
+        ({"url": "http://h:99999"}, "clickhouse.url 'http://h:99999': Port out of range"),
     ],
 )
 def test_bad_values_name_the_key(values: dict[str, object], message: str) -> None:

@@ -202,6 +202,58 @@ def test_inserts_into_a_detached_table_are_retried_and_land_once(
         assert events == block.columns["events"].sum()
 
 
+def test_a_failed_table_is_retried_at_its_retry_time_not_only_at_the_interval(
+    url: str, database: str, clock: Clock
+) -> None:
+    """With ``flush_interval_s`` (60 s) above ``retry_timeout_s`` (10 s), a failed table waited
+    for the interval and the run failed at the timeout after one attempt, though the table
+    had come back at once."""
+    config = settings(database, flush_rows=100, flush_interval_s=60.0, retry_timeout_s=10.0)
+    part = ClickHouseSink(config, url, clock=clock).build_part("metrics", "clickhouse", None)
+    with ClickHouseStore(url, database) as admin:
+        admin.client.command(f"DETACH TABLE {database}.funnel_minute")
+        part.write_batch([funnel_block(50)])  # not full: waits for the interval
+        clock.now += 60.0
+        part.write_batch([])  # the interval: the insert fails
+        part.wait_for_inserts()
+        assert part.stats()["funnel_minute"].failed_inserts == 1
+        admin.client.command(f"ATTACH TABLE {database}.funnel_minute")
+        clock.now += 1.0  # past the backoff, long before the next interval
+        part.write_batch([])
+        part.wait_for_inserts()
+        assert part.stats()["funnel_minute"].inserted_rows == 50
+        assert count(admin, "funnel_minute") == 50
+    part.close()
+
+
+def test_the_retry_timeout_counts_from_the_start_of_the_first_failed_attempt(
+    part: ClickHouseSinkPartition, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that takes 8 s to fail counts those 8 s: with a 30 s timeout the run fails
+    30 s after it began, not 30 s after its failure was noticed."""
+    attempts = []
+
+    def slow_failure(block: object, validated: bool = False) -> int:
+        if not attempts:
+            clock.now += 8.0  # the first attempt takes 8 s; the retries fail at once
+        attempts.append(clock.now)
+        msg = "server went away"
+        raise ClickHouseError(msg)
+
+    monkeypatch.setattr(part.store, "insert", slow_failure)
+    started = clock.now
+    part.write_batch([funnel_block(120)])
+    part.wait_for_inserts()
+    assert clock.now == started + 8.0
+    clock.now = started + 29.9
+    part.write_batch([])  # retried: fails again
+    part.wait_for_inserts()
+    assert len(attempts) == 2
+    clock.now = started + 30.0
+    with pytest.raises(ClickHouseError, match="funnel_minute have failed for 30.0s"):
+        part.write_batch([])
+
+
 def test_an_epoch_end_waits_for_a_short_outage(url: str, database: str) -> None:
     config = settings(database, flush_rows=1000, retry_timeout_s=20.0)
     part = ClickHouseSink(config, url).build_part("metrics", "clickhouse", None)

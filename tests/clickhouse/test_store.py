@@ -1,6 +1,7 @@
 """ClickHouseStore on a real chDB: round trips, duplicates, rollups, URLs and chDB's limits."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -198,6 +199,26 @@ def test_a_bad_server_url_fails_at_open_with_the_password_masked() -> None:
     text = str(info.value)
     assert "cannot connect to ClickHouse at http://analyst:***@127.0.0.1:1/metrics" in text
     assert "s3cret" not in text and "check clickhouse.url" in text
+
+
+def test_a_url_that_does_not_parse_is_a_clear_error_with_the_password_masked() -> None:
+    """It was a Python traceback (``ato query --url``)."""
+    with pytest.raises(ClickHouseError, match="Invalid IPv6 URL") as info:
+        ClickHouseStore("http://u:S3cret@[::1/x", "ato")
+    assert "S3cret" not in str(info.value) and "u:***@" in str(info.value)
+
+
+def test_a_server_that_never_answers_fails_after_the_request_timeout() -> None:
+    """It takes the connection and says nothing: clickhouse-connect's own read timeout
+    (300 s) held a run's start that long."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # connections wait in the backlog, never answered
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(ClickHouseError, match="cannot connect to ClickHouse"):
+            ClickHouseStore(f"http://127.0.0.1:{port}", "ato", timeout_s=1.0)
+        assert time.monotonic() - started < 10
 
 
 def test_an_unknown_scheme_is_refused() -> None:
