@@ -318,6 +318,9 @@ class ClickHouseStore:
 
         A migration that was applied and has since changed, or an applied version this code
         does not know (the database is newer), is an error: add a new numbered file instead.
+        Each statement is recorded (``schema_migration_steps``) as it succeeds, so a
+        migration stopped half-way (a crash, a server gone) goes on from the statement that
+        failed: re-run whole, one that renames or drops a table failed for good.
         """
         db = self.database
         self._command(f"CREATE DATABASE IF NOT EXISTS {db}")
@@ -325,6 +328,11 @@ class ClickHouseStore:
             f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version String,"
             " checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC'))"
             " ENGINE = MergeTree ORDER BY version"
+        )
+        self._command(
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migration_steps (version String,"
+            " checksum String, step UInt32, applied_at DateTime64(3, 'UTC') DEFAULT"
+            " now64(3, 'UTC')) ENGINE = MergeTree ORDER BY (version, step)"
         )
         rows = self._rows(f"SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY 1")
         applied: dict[str, str] = {version: checksum for version, checksum in rows}
@@ -350,8 +358,21 @@ class ClickHouseStore:
                     )
                     raise ClickHouseError(msg)
                 continue
-            for statement in migration.statements(db):
+            done = {
+                int(step)
+                for (step,) in self._rows(
+                    f"SELECT step FROM {db}.schema_migration_steps WHERE version ="
+                    f" '{migration.version}' AND checksum = '{migration.checksum}'"
+                )
+            }
+            for step, statement in enumerate(migration.statements(db)):
+                if step in done:
+                    continue
                 self._command(statement)
+                self._command(
+                    f"INSERT INTO {db}.schema_migration_steps (version, checksum, step)"
+                    f" VALUES ('{migration.version}', '{migration.checksum}', {step})"
+                )
             self._command(
                 f"INSERT INTO {db}.schema_migrations (version, checksum)"
                 f" VALUES ('{migration.version}', '{migration.checksum}')"

@@ -22,7 +22,8 @@ def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, databa
             "0005_health_redis",
             "0006_funnel_advanced_comment",
         ]
-        assert set(store.tables()) == {"schema_migrations"} | ROW_TABLES | HOUR_TABLES | {
+        bookkeeping = {"schema_migrations", "schema_migration_steps"}
+        assert set(store.tables()) == bookkeeping | ROW_TABLES | HOUR_TABLES | {
             f"{t}_mv" for t in HOUR_TABLES
         }
         assert store.rollup_views() == sorted(f"{t}_mv" for t in HOUR_TABLES)
@@ -119,6 +120,42 @@ def test_funnel_rows_of_the_per_shard_table_are_summed_over_shards(
             "SELECT journey, events, started, advanced, abandoned FROM funnel_minute"
         )
         assert rows == [("open_account", 7, 1, 6, 1)]
+        assert "funnel_minute_by_shard" not in store.tables()
+
+
+def test_a_migration_stopped_half_way_goes_on_from_the_statement_that_failed(
+    url: str, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0003 renames funnel_minute, creates the new one, copies and drops. Stopped after the
+    rename, it was run again whole: the rename failed (the name was taken) at every start."""
+    schema = tmp_path / "schema"
+    schema.mkdir()
+    for name in ("0001_tables.sql", "0002_rollups.sql"):
+        shutil.copy(SCHEMA_DIR / name, schema / name)
+    with ClickHouseStore(url, database, schema_dir=schema) as store:
+        store.migrate()
+        key = "'2026-01-05 09:00:00', 'open_account', 'kyc', 'app', 'seniors'"
+        store.client.command(
+            f"INSERT INTO {database}.funnel_minute VALUES ({key}, 's00', 3, 1, 2, 0, 0),"
+            f" ({key}, 's01', 4, 0, 4, 0, 1)"
+        )
+    with ClickHouseStore(url, database) as store:
+        command = store._command
+
+        def server_gone_at_the_create(sql: str) -> object:
+            if sql.startswith(f"CREATE TABLE {database}.funnel_minute"):
+                msg = "server gone"
+                raise ClickHouseError(msg)
+            return command(sql)
+
+        monkeypatch.setattr(store, "_command", server_gone_at_the_create)
+        with pytest.raises(ClickHouseError, match="server gone"):
+            store.migrate()
+        monkeypatch.undo()
+        assert "funnel_minute" not in store.tables()  # renamed, not created yet
+        assert store.migrate()[0] == "0003_funnel_over_shards"
+        _, rows = store.query("SELECT journey, events, started, advanced FROM funnel_minute")
+        assert rows == [("open_account", 7, 1, 6)]
         assert "funnel_minute_by_shard" not in store.tables()
 
 
