@@ -411,11 +411,6 @@ class RedisSettings:
     )
 
     def __post_init__(self) -> None:
-        try:
-            urlsplit(self.url).port  # noqa: B018 - a bad host or port raises
-        except ValueError as exc:
-            msg = f"clickhouse.url {mask_url(self.url)!r}: {exc}"
-            raise ConfigError(msg) from exc
         scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
         if self.url and scheme not in REDIS_SCHEMES:
             msg = (
