@@ -52,7 +52,7 @@ def check_producer_config(settings: KafkaSettings) -> None:
     """Raise :class:`ConfigError` when librdkafka refuses the producer's properties (a
     producer is otherwise made at the first output, which may be hours into a run)."""
     try:
-        Producer(producer_config(settings))
+        Producer({**producer_config(settings), "log_level": 0})  # quiet: no broker yet
     except KafkaException as exc:
         msg = f"kafka.producer_config: {exc.args[0].str()}"
         raise ConfigError(msg) from exc

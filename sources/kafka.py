@@ -154,7 +154,7 @@ def check_consumer_config(settings: KafkaSettings) -> None:
     """Raise :class:`ConfigError` when librdkafka refuses the consumer's properties (before
     the flow starts, rather than as a worker builds its partitions)."""
     try:
-        Consumer(consumer_config(settings)).close()
+        Consumer({**consumer_config(settings), "log_level": 0}).close()  # quiet: no broker yet
     except KafkaException as exc:
         msg = f"kafka.consumer_config: {exc.args[0].str()}"
         raise ConfigError(msg) from exc
