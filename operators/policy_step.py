@@ -6,9 +6,10 @@ shard's watermark. A candidate is decided at event time ``due``: its stall deadl
 first, the end of the client's quiet hours after a deferral. It is decided once the shard's
 watermark has reached ``due``, so every event before ``due`` has been applied and every
 outcome before it seen: a progress, completion or failure before ``due`` makes it
-``resumed``. Candidates due together are decided in (due, id) order, and the caps count every
-send of the day and week, before or after ``due`` (``policy.caps``), so no ordering of sends
-lets a cap be exceeded, and a replay decides the same way. Their cap
+``resumed``. Candidates due together are decided in (due, priority from highest, id) order,
+and the caps count every send of the day and week, before or after ``due``
+(``policy.caps``), so no ordering of sends lets a cap be exceeded, and a replay decides the
+same way. Their cap
 scripts go out in one call and the replies are read in the next (:class:`Capping`), so the
 flow works while Redis runs them; a call reads the last call's replies before it sends its
 own scripts, which keeps the order. The profile lookups of the candidates due go out before
@@ -125,7 +126,8 @@ class Held:
 
 @dataclass(frozen=True)
 class Capping:
-    """Candidates to decide for good once their cap codes are read, in (due, id) order."""
+    """Candidates to decide for good once their cap codes are read, in (due, priority from
+    highest, id) order."""
 
     todo: Held
     profile: np.ndarray  # ProfileTable codes, aligned with todo
@@ -376,7 +378,8 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
 
         Deferrals come first: a candidate whose quiet hours end at or before the watermark
         is deferred and then decided again at their end, in the same call. The rest go to
-        the caps in (due, id) order, so sends count towards caps in event-time order (the
+        the caps in (due, priority from highest, id) order, so sends count towards caps in
+        event-time order, and at the same due the cap's last slot goes to the most urgent (the
         next call's scripts go out only after these replied). ``known``: profiles just read
         (:meth:`_prefetch`). Returns (deferral decisions, candidates deferred past the
         watermark, the candidates decided for good, waiting for their cap codes).
@@ -404,7 +407,9 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             todo = Held.concat([todo.take(~rows), again])
             profile = np.concatenate([profile[~rows], again_profile])
             checked = Checked.concat([checked.take(~rows), self._check(again, again_profile)])
-        order = np.lexsort((todo.ids.view("S36").ravel(), todo.due))
+        # due first; at the same due (deferrals ending together) the higher priority first,
+        # as it is the one a cap's last slot should go to
+        order = np.lexsort((todo.ids.view("S36").ravel(), -checked.priority, todo.due))
         todo, profile, checked = todo.take(order), profile[order], checked.take(order)
         passed = np.flatnonzero(checked.reason == PASS)
         codes = (

@@ -452,6 +452,40 @@ def test_only_events_on_the_resume_channels_count_as_a_resume(
     ]
 
 
+def test_candidates_competing_for_the_last_cap_slot_go_by_priority(
+    r: redis.Redis, redis_url: str, tmp_path: Path, at: Callable[[str, str], int]
+) -> None:
+    """Three clients each stall in four journeys at night; all are deferred to 08:00, where
+    the daily cap (1 here) leaves one slot each: it goes to the client's highest-priority
+    candidate (before, to the lowest intervention id, as good as at random)."""
+
+    def _ms(local_time: str) -> int:
+        return at(local_time, "Asia/Shanghai")
+
+    clients = ["P1", "P2", "P3"]
+    ProfileStore(r).load(Profile(c, "savvy_regular", tz="Asia/Shanghai") for c in clients)
+    starts = ["acct_open_start", "product_viewed", "loan_apply_start", "risk_quiz_start"]
+    night = _ms("2026-01-05 22:00")
+    events = [
+        _event(c, night, kind, 10 * i + k) for i, c in enumerate(clients)
+        for k, kind in enumerate(starts)
+    ]  # fmt: skip
+    events.append(_event("P9", _ms("2026-01-06 09:00"), "page_view", 99))  # event time on
+    text = default_policy_path().read_text()
+    assert "per_day = 2" in text
+    (tmp_path / "policy.toml").write_text(text.replace("per_day = 2", "per_day = 1"))
+    redis_settings = {"url": redis_url, "policy_file": str(tmp_path / "policy.toml")}
+    decisions, _ = _scripted(events, Settings().with_overrides("redis", **redis_settings))
+    for client in clients:
+        mine = [d for d in decisions if d["client_id"] == client]
+        deferred = {d["journey"]: d["priority"] for d in mine if d["outcome"] == "deferred"}
+        assert len(deferred) == 4 and len(set(deferred.values())) == 4
+        (sent,) = [d for d in mine if d["outcome"] == "sent"]
+        assert sent["priority"] == max(deferred.values())
+        capped = [d for d in mine if d["reason"] == "daily_cap"]
+        assert len(capped) == 3
+
+
 def test_scripted_journeys_quiet_hours_resume_and_breakpoints(
     r: redis.Redis, redis_url: str, at: Callable[[str, str], int]
 ) -> None:
