@@ -253,7 +253,7 @@ def run(
         kafka = settings.kafka
         check_consumer_config(kafka)
         check_producer_config(kafka)
-        source: Any = KafkaSource(kafka, engine.batch_size, duration_s)
+        source: Any = KafkaSource(kafka, engine.batch_size, duration_s, resuming=not fresh)
         sinks = kafka_sinks(kafka, source.input_partitions(), engine.shards, stats, progress)
         out = f"kafka topics {kafka.interventions_topic}, {kafka.dead_letter_topic}"
     else:

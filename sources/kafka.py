@@ -471,14 +471,26 @@ _ENVELOPE_START = frozenset([b"[", b" ", b"\t", b"\n", b"\r"])
 
 
 class KafkaSource(FixedPartitionedSource[RawBatch, int]):
-    """Raw batches from every partition of ``settings.input_topics``."""
+    """Raw batches from every partition of ``settings.input_topics``.
+
+    ``resuming``: the run resumes from a recovery directory. A partition without a resume
+    offset then is one added to its topic since (or never read): it starts at its earliest
+    offset, whatever ``kafka.start`` says, so what was written to it before the restart is
+    read, not skipped (partitions are listed once, at start: one added while a run goes on
+    is read from the next start).
+    """
 
     def __init__(
-        self, settings: KafkaSettings, batch_size: int, duration_s: float | None = None
+        self,
+        settings: KafkaSettings,
+        batch_size: int,
+        duration_s: float | None = None,
+        resuming: bool = False,
     ) -> None:
         self.settings = settings
         self.batch_size = batch_size
         self.duration_s = duration_s
+        self.resuming = resuming
         self.stop_at: float | None = None  # set when the first partition is built
         self._parts: list[str] | None = None
 
@@ -500,4 +512,8 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
         """
         if self.stop_at is None and self.duration_s is not None:
             self.stop_at = time.monotonic() + self.duration_s
-        return _KafkaPartition(self.settings, for_part, self.batch_size, resume_state, self.stop_at)
+        settings = self.settings
+        if self.resuming and resume_state is None and settings.start != "earliest":
+            log.warning("%s: no resume offset (a new partition?): read from its start", for_part)
+            settings = replace(settings, start="earliest")
+        return _KafkaPartition(settings, for_part, self.batch_size, resume_state, self.stop_at)

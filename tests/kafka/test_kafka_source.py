@@ -102,6 +102,31 @@ def test_start_latest_reads_nothing_already_there(topics: KafkaSettings) -> None
     assert _seen(_read(KafkaSettings(**{**_fields(topics), "start": "latest"}))) == {}
 
 
+def test_a_resumed_run_reads_a_partition_without_a_resume_offset_from_its_start(
+    topics: KafkaSettings,
+) -> None:
+    """A partition added to the topic since the snapshot has no resume offset; with
+    ``start = "latest"`` it skipped what was written to it before the restart."""
+    topic = topics.input_topics[0]
+    for i in range(3):  # one a request: Tansu's end is its last record batch's first offset
+        produce(topics.brokers, topic, [(1, orjson.dumps({"i": i}))])
+    latest = replace(topics, start="latest")
+    fresh = KafkaSource(latest, batch_size=100).build_part("in", part_name(topic, 1), None)
+    assert fresh.snapshot() == 3  # a fresh run: from the end
+    fresh.close()
+    source = KafkaSource(latest, batch_size=100, resuming=True)
+    added = source.build_part("in", part_name(topic, 1), None)
+    try:
+        assert [b.offset_array().tolist() for b in _until_messages(added)] == [[0, 1, 2]]
+    finally:
+        added.close()
+    kept = source.build_part("in", part_name(topic, 1), 2)  # a resume offset is kept
+    try:
+        assert [b.offset_array().tolist() for b in _until_messages(kept)] == [[2]]
+    finally:
+        kept.close()
+
+
 def test_start_at_a_timestamp(topics: KafkaSettings) -> None:
     """Starts at the first message at or after the time (Tansu: the time it stored it)."""
     topic = topics.input_topics[0]
