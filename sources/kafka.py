@@ -54,6 +54,17 @@ RECORD_ERRORS = frozenset(
         KafkaError._VALUE_DESERIALIZATION,  # noqa: SLF001
     ]
 )
+# errors of the partition no retry fixes: the run stops with them (librdkafka would retry,
+# and the partition hold the watermark, for ever)
+PERMANENT_ERRORS = frozenset(
+    [
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,  # noqa: SLF001
+    ]
+)
 
 METADATA_TIMEOUT_S = 30.0
 REACH_TIMEOUT_S = 10.0  # the start-up look at the input topics: brokers that do not answer
@@ -103,6 +114,11 @@ def list_partitions(settings: KafkaSettings) -> list[str]:
     names: list[str] = []
     for topic in settings.input_topics:
         found = meta.topics.get(topic)
+        if found is not None and found.error is not None:
+            error = found.error
+            if error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:  # not allowed, no leader, ...
+                msg = f"input topic {topic!r} on {settings.brokers}: {error.name()}: {error.str()}"
+                raise KafkaSourceError(msg)
         if found is None or found.error is not None or not found.partitions:
             msg = f"input topic {topic!r} does not exist on {settings.brokers}"
             raise KafkaSourceError(msg)
@@ -181,16 +197,16 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
 def split_errors(name: str, messages: list[Message]) -> tuple[list[Message], list[DeadLetter]]:
     """The readable messages of partition ``name``, and a dead letter (reason
     ``unreadable``, its bytes if any) per record that cannot be read (:data:`RECORD_ERRORS`).
-    A fatal error, or a topic or partition that does not exist, raises
-    :class:`KafkaSourceError`; other errors concern the partition, not a record, and are
-    logged (librdkafka retries)."""
+    A fatal error, or one no retry fixes (:data:`PERMANENT_ERRORS`: a topic or partition that
+    does not exist, access refused), raises :class:`KafkaSourceError`; other errors concern
+    the partition, not a record, and are logged (librdkafka retries)."""
     kept: list[Message] = []
     dead: list[DeadLetter] = []
     for m in messages:
         error = m.error()
         if error is None:
             kept.append(m)
-        elif error.fatal() or error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        elif error.fatal() or error.code() in PERMANENT_ERRORS:
             msg = f"{name}: {error}"
             raise KafkaSourceError(msg)
         elif error.code() in RECORD_ERRORS and (offset := m.offset()) is not None and offset >= 0:

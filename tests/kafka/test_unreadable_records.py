@@ -48,6 +48,16 @@ def test_a_fatal_error_stops_the_source() -> None:
         split_errors("in#0", [message(1), message(2, None, fatal)])
 
 
+@pytest.mark.parametrize(
+    "code", [KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.UNKNOWN_TOPIC_OR_PART]
+)
+def test_an_error_no_retry_fixes_stops_the_source(code: int) -> None:
+    """Access refused was logged at every read, for ever, while the partition held the
+    watermark."""
+    with pytest.raises(KafkaSourceError, match="in#0"):
+        split_errors("in#0", [message(1), message(-1001, None, KafkaError(code))])
+
+
 def test_the_decoder_passes_unreadable_records_on_in_offset_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
