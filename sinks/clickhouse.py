@@ -80,13 +80,13 @@ __all__ = [
 SCHEMA_DIR = Path(__file__).with_name("clickhouse_schema")
 INSERT_SETTINGS = {"optimize_on_insert": 0}  # duplicates collapse at merge / FINAL: 1.7x faster
 RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
 # a server request's longest wait (clickhouse-connect's default, 300 s, held a run that long
 # on a server that took connections and never answered); the sink uses retry_timeout_s
 SERVER_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 # what clickhouse-connect (and chDB's backend) append to a query's SQL; server errors quote it
 _DRIVER_FORMAT = re.compile(r"\s*FORMAT Native")
-RETRY_MAX_S = 5.0
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _TERMINATOR = re.compile(r";[ \t]*$", re.MULTILINE)
 _DTYPE_KINDS = {  # numpy dtype kinds a block may hold for each column type
