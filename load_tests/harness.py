@@ -450,8 +450,12 @@ def _figures(
     due = deadlines[measured] + scenario.allowed_lateness_ms
     ingest = topic_ms[measured] - _ingest_wall(outputs, due)
     deadline_latency = topic_ms[measured] - deadlines[measured]
-    truth = {i for out in outputs for i, deadline in out["truth"] if deadline <= end_wall}
-    detected = {i for i, d in zip(reader.ids, reader.deadlines, strict=True) if d <= end_wall}
+    # events up to disorder_ms before the end may arrive (be sent) after it, and are not
+    # sent: a stall due then may have missed the event that resolves it, so stalls due
+    # after this are scored on neither side
+    scored_until = end_wall - scenario.disorder_ms
+    truth = {i for out in outputs for i, deadline in out["truth"] if deadline <= scored_until}
+    detected = {i for i, d in zip(reader.ids, reader.deadlines, strict=True) if d <= scored_until}
     hits = len(truth & detected)
     input_rate = _window_rate(timeline["sent"], t_s, window)
     target = scenario.peak_rate()
