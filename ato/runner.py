@@ -1,5 +1,6 @@
 """Run the journey flow on the embedded inputs and outputs, and summarise it."""
 
+import logging
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -32,12 +33,14 @@ from sinks.kafka import KafkaRecordSink, check_producer_config
 from sinks.progress import ProgressSink, RunStats
 from sources.generator import GeneratorSource
 from sources.jsonl import JsonLinesSource
-from sources.kafka import KafkaSource, check_consumer_config
+from sources.kafka import KafkaSource, absent_topics, check_consumer_config
 
 INTERVENTIONS_FILE = "interventions.jsonl"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 LATE_FILE = "late_events.jsonl"
 DECISIONS_FILE = "decisions.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -255,6 +258,13 @@ def run(
         check_producer_config(kafka)
         source: Any = KafkaSource(kafka, engine.batch_size, duration_s, resuming=not fresh)
         sinks = kafka_sinks(kafka, source.input_partitions(), engine.shards, stats, progress)
+        outputs = [kafka.interventions_topic, kafka.dead_letter_topic]
+        for topic in absent_topics(kafka, outputs):
+            log.warning(
+                "ato run: output topic %r does not exist on %s: brokers that create topics"
+                " on first use will; others fail the run at the first output",
+                topic, kafka.brokers,
+            )  # fmt: skip
         out = f"kafka topics {kafka.interventions_topic}, {kafka.dead_letter_topic}"
     else:
         if inputs:

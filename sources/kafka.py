@@ -126,6 +126,16 @@ def list_partitions(settings: KafkaSettings) -> list[str]:
     return names
 
 
+def absent_topics(settings: KafkaSettings, topics: list[str]) -> list[str]:
+    """Those of ``topics`` the brokers' metadata does not list (reading it creates none)."""
+    try:
+        listed = cluster_metadata(settings).topics
+    except Exception as exc:
+        msg = f"cannot reach Kafka at {settings.brokers}: {exc}"
+        raise KafkaSourceError(msg) from exc
+    return [t for t in topics if t not in listed or listed[t].error is not None]
+
+
 class PositionReader:
     """Reads, per partition, the position committed to ``group_id`` (``None`` before the
     first commit) and the partition's end, through one consumer kept open between reads.

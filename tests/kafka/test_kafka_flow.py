@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -17,6 +18,7 @@ from ato.generator import GeneratedTraffic, generate
 from ato.runner import truth_ids
 from operators.batches import RAW_KEPT_BYTES
 from operators.interventions import SCHEMA
+from sources.kafka import absent_topics
 from tests.kafka.conftest import consume_all, produce
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "ato" / "schemas" / "intervention.schema.json"
@@ -98,3 +100,17 @@ def test_ato_run_config_kafka_end_to_end(
 
 def _headers(m: Message) -> dict[str, bytes]:
     return {k: v for k, v in (m.headers() or []) if isinstance(v, bytes)}
+
+
+def test_a_missing_output_topic_is_warned_of_at_start(
+    topics: KafkaSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that does not create topics on first use would fail the run at its first
+    output; the run says so at start. (Tansu creates them: the run goes on.)"""
+    assert absent_topics(topics, [topics.interventions_topic, "nobody.made.this"]) == [
+        "nobody.made.this"
+    ]
+    assert absent_topics(topics, ["nobody.made.this"]) == ["nobody.made.this"]  # none made
+    config = config_file(tmp_path, replace(topics, dead_letter_topic="nobody.made.dlq"))
+    assert cli.main(["run", "--config", str(config)]) == 0
+    assert "output topic 'nobody.made.dlq' does not exist" in caplog.text
