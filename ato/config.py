@@ -181,7 +181,9 @@ class KafkaSettings:
     interventions_topic: str = _knob("ato.interventions", "Where interventions are produced.")
     dead_letter_topic: str = _knob("ato.dead-letters", "Where bad input goes, with its reason.")
     start: str = _knob(
-        "earliest", "Where a fresh run starts: earliest, latest, or an epoch-ms timestamp."
+        "earliest",
+        "Where a fresh run starts: earliest, latest, or an epoch-ms timestamp (a resumed run"
+        " reads a partition its snapshot has no offset for from its earliest).",
     )
     stop_at_end: bool = _knob(
         False, "Stop when a read finds nothing past the end a partition had at start (backfills)."
