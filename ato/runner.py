@@ -33,7 +33,13 @@ from sinks.kafka import KafkaRecordSink, check_producer_config
 from sinks.progress import ProgressSink, RunStats
 from sources.generator import GeneratorSource
 from sources.jsonl import JsonLinesSource
-from sources.kafka import KafkaSource, absent_topics, check_consumer_config
+from sources.kafka import (
+    KafkaSource,
+    absent_topics,
+    check_consumer_config,
+    list_partitions,
+    reached_metadata,
+)
 
 INTERVENTIONS_FILE = "interventions.jsonl"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
@@ -256,10 +262,14 @@ def run(
         kafka = settings.kafka
         check_consumer_config(kafka)
         check_producer_config(kafka)
-        source: Any = KafkaSource(kafka, engine.batch_size, duration_s, resuming=not fresh)
-        sinks = kafka_sinks(kafka, source.input_partitions(), engine.shards, stats, progress)
+        meta = reached_metadata(kafka)  # one look at the brokers for inputs and outputs
+        parts = list_partitions(kafka, meta)
+        source: Any = KafkaSource(
+            kafka, engine.batch_size, duration_s, resuming=not fresh, partitions=parts
+        )
+        sinks = kafka_sinks(kafka, parts, engine.shards, stats, progress)
         outputs = [kafka.interventions_topic, kafka.dead_letter_topic]
-        for topic in absent_topics(kafka, outputs):
+        for topic in absent_topics(meta, outputs):
             log.warning(
                 "ato run: output topic %r does not exist on %s: brokers that create topics"
                 " on first use will; others fail the run at the first output",

@@ -99,18 +99,21 @@ def cluster_metadata(settings: KafkaSettings) -> ClusterMetadata:
     return admin.list_topics(timeout=REACH_TIMEOUT_S)
 
 
-def list_partitions(settings: KafkaSettings) -> list[str]:
-    """Every partition of the input topics, as Bytewax partition names, sorted.
-
-    This is the run's first contact with the brokers: brokers that do not answer within
-    :data:`REACH_TIMEOUT_S` are a clear error, without librdkafka's log line per connection
-    attempt (hundreds in that time) before it.
-    """
+def reached_metadata(settings: KafkaSettings) -> ClusterMetadata:
+    """:func:`cluster_metadata`, or :class:`KafkaSourceError` when the brokers do not answer
+    within :data:`REACH_TIMEOUT_S`: a run's first contact with them is a clear error, without
+    librdkafka's log line per connection attempt (hundreds in that time) before it."""
     try:
-        meta = cluster_metadata(settings)
+        return cluster_metadata(settings)
     except Exception as exc:
         msg = f"cannot reach Kafka at {settings.brokers}: {exc}"
         raise KafkaSourceError(msg) from exc
+
+
+def list_partitions(settings: KafkaSettings, meta: ClusterMetadata | None = None) -> list[str]:
+    """Every partition of the input topics, as Bytewax partition names, sorted; from ``meta``
+    when given, else from :func:`reached_metadata`."""
+    meta = reached_metadata(settings) if meta is None else meta
     names: list[str] = []
     for topic in settings.input_topics:
         found = meta.topics.get(topic)
@@ -126,13 +129,10 @@ def list_partitions(settings: KafkaSettings) -> list[str]:
     return names
 
 
-def absent_topics(settings: KafkaSettings, topics: list[str]) -> list[str]:
-    """Those of ``topics`` the brokers' metadata does not list (reading it creates none)."""
-    try:
-        listed = cluster_metadata(settings).topics
-    except Exception as exc:
-        msg = f"cannot reach Kafka at {settings.brokers}: {exc}"
-        raise KafkaSourceError(msg) from exc
+def absent_topics(meta: ClusterMetadata, topics: list[str]) -> list[str]:
+    """Those of ``topics`` the brokers' metadata ``meta`` does not list (reading it creates
+    none)."""
+    listed = meta.topics
     return [t for t in topics if t not in listed or listed[t].error is not None]
 
 
@@ -499,6 +499,7 @@ _ENVELOPE_START = frozenset([b"[", b" ", b"\t", b"\n", b"\r"])
 class KafkaSource(FixedPartitionedSource[RawBatch, int]):
     """Raw batches from every partition of ``settings.input_topics``.
 
+    ``partitions``: :func:`list_partitions` of the settings, when the caller has it.
     ``resuming``: the run resumes from a recovery directory. A partition without a resume
     offset then is one added to its topic since (or never read): it starts at its earliest
     offset, whatever ``kafka.start`` says, so what was written to it before the restart is
@@ -512,13 +513,14 @@ class KafkaSource(FixedPartitionedSource[RawBatch, int]):
         batch_size: int,
         duration_s: float | None = None,
         resuming: bool = False,
+        partitions: list[str] | None = None,
     ) -> None:
         self.settings = settings
         self.batch_size = batch_size
         self.duration_s = duration_s
         self.resuming = resuming
         self.stop_at: float | None = None  # set when the first partition is built
-        self._parts: list[str] | None = None
+        self._parts = partitions
 
     def input_partitions(self) -> list[str]:
         """Every Kafka partition the flow reads (the watermark waits for each)."""

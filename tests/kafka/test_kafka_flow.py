@@ -18,7 +18,7 @@ from ato.generator import GeneratedTraffic, generate
 from ato.runner import truth_ids
 from operators.batches import RAW_KEPT_BYTES
 from operators.interventions import SCHEMA
-from sources.kafka import absent_topics
+from sources.kafka import absent_topics, reached_metadata
 from tests.kafka.conftest import consume_all, produce
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "ato" / "schemas" / "intervention.schema.json"
@@ -107,10 +107,10 @@ def test_a_missing_output_topic_is_warned_of_at_start(
 ) -> None:
     """A broker that does not create topics on first use would fail the run at its first
     output; the run says so at start. (Tansu creates them: the run goes on.)"""
-    assert absent_topics(topics, [topics.interventions_topic, "nobody.made.this"]) == [
-        "nobody.made.this"
-    ]
-    assert absent_topics(topics, ["nobody.made.this"]) == ["nobody.made.this"]  # none made
+    outputs = [topics.interventions_topic, "nobody.made.this"]
+    assert absent_topics(reached_metadata(topics), outputs) == ["nobody.made.this"]
+    again = reached_metadata(topics)  # reading the metadata made none
+    assert absent_topics(again, ["nobody.made.this"]) == ["nobody.made.this"]
     config = config_file(tmp_path, replace(topics, dead_letter_topic="nobody.made.dlq"))
     assert cli.main(["run", "--config", str(config)]) == 0
     assert "output topic 'nobody.made.dlq' does not exist" in caplog.text
