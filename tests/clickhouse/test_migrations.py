@@ -93,21 +93,28 @@ def test_statements_split_at_line_ends_and_name_the_database() -> None:
     assert not any(s.rstrip().endswith(";") or "--" in s.split("\n")[0] for s in statements)
 
 
-def test_funnel_rows_of_the_per_shard_table_are_summed_over_shards(
-    url: str, database: str, tmp_path: Path
-) -> None:
-    """A database made before 0003 keeps its funnel counts, summed over shards."""
+KEY = "'2026-01-05 09:00:00', 'open_account', 'kyc', 'app', 'seniors'"  # a funnel row's
+
+
+def _database_before_0003(url: str, database: str, tmp_path: Path, rows: str) -> None:
+    """A database migrated to 0002 (funnel counts per shard), its funnel_minute holding
+    ``rows`` (SQL VALUES)."""
     schema = tmp_path / "schema"
     schema.mkdir()
     for name in ("0001_tables.sql", "0002_rollups.sql"):
         shutil.copy(SCHEMA_DIR / name, schema / name)
     with ClickHouseStore(url, database, schema_dir=schema) as store:
         store.migrate()
-        key = "'2026-01-05 09:00:00', 'open_account', 'kyc', 'app', 'seniors'"
-        store.client.command(
-            f"INSERT INTO {database}.funnel_minute VALUES ({key}, 's00', 3, 1, 2, 0, 0),"
-            f" ({key}, 's01', 4, 0, 4, 0, 1), ({key}, 's01', 4, 0, 4, 0, 1)"
-        )  # the last row is a replayed duplicate
+        store.client.command(f"INSERT INTO {database}.funnel_minute VALUES {rows}")
+
+
+def test_funnel_rows_of_the_per_shard_table_are_summed_over_shards(
+    url: str, database: str, tmp_path: Path
+) -> None:
+    """A database made before 0003 keeps its funnel counts, summed over shards."""
+    rows = f"({KEY}, 's00', 3, 1, 2, 0, 0), ({KEY}, 's01', 4, 0, 4, 0, 1)"
+    rows += f", ({KEY}, 's01', 4, 0, 4, 0, 1)"  # a replayed duplicate
+    _database_before_0003(url, database, tmp_path, rows)
     with ClickHouseStore(url, database) as store:
         assert store.migrate() == [
             "0003_funnel_over_shards",
@@ -128,17 +135,8 @@ def test_a_migration_stopped_half_way_goes_on_from_the_statement_that_failed(
 ) -> None:
     """0003 renames funnel_minute, creates the new one, copies and drops. Stopped after the
     rename, it was run again whole: the rename failed (the name was taken) at every start."""
-    schema = tmp_path / "schema"
-    schema.mkdir()
-    for name in ("0001_tables.sql", "0002_rollups.sql"):
-        shutil.copy(SCHEMA_DIR / name, schema / name)
-    with ClickHouseStore(url, database, schema_dir=schema) as store:
-        store.migrate()
-        key = "'2026-01-05 09:00:00', 'open_account', 'kyc', 'app', 'seniors'"
-        store.client.command(
-            f"INSERT INTO {database}.funnel_minute VALUES ({key}, 's00', 3, 1, 2, 0, 0),"
-            f" ({key}, 's01', 4, 0, 4, 0, 1)"
-        )
+    rows = f"({KEY}, 's00', 3, 1, 2, 0, 0), ({KEY}, 's01', 4, 0, 4, 0, 1)"
+    _database_before_0003(url, database, tmp_path, rows)
     with ClickHouseStore(url, database) as store:
         command = store._command
 
