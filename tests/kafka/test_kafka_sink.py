@@ -41,7 +41,11 @@ def test_undelivered_messages_fail_loudly_when_the_broker_is_gone(tmp_path: Path
     server = start_broker(None, tmp_path)
     try:
         create_topics(server.address, {"out": 1})
-        settings = KafkaSettings(brokers=server.address, flush_timeout_s=2.0)
+        # quiet: once the broker is gone the producer's failed connections would fill stderr,
+        # which other tests read, for as long as it lives
+        settings = KafkaSettings(
+            brokers=server.address, flush_timeout_s=2.0, producer_config={"log_level": "0"}
+        )
         producer = TopicProducer(settings, "out")
         producer.produce([Record(b"k", b"before", [])])
         producer.flush()  # delivered while the broker is up
@@ -61,7 +65,7 @@ def test_a_full_queue_with_the_broker_gone_fails_while_producing(tmp_path: Path)
         settings = KafkaSettings(
             brokers=server.address,
             flush_timeout_s=5.0,  # room for a slow first delivery on a loaded machine
-            producer_config={"queue.buffering.max.messages": 5, "linger.ms": 0},
+            producer_config={"queue.buffering.max.messages": 5, "linger.ms": 0, "log_level": "0"},
         )
         producer = TopicProducer(settings, "out")
         producer.produce([Record(b"k", b"before", [])])
@@ -111,9 +115,8 @@ def test_a_flow_whose_deliveries_fail_raises_the_error_instead_of_aborting() -> 
 
 
 def test_a_message_the_producer_refuses_is_a_sink_error_naming_its_size() -> None:
-    settings = KafkaSettings(
-        brokers=f"127.0.0.1:{free_port()}", producer_config={"message.max.bytes": "1000"}
-    )
+    quiet = {"message.max.bytes": "1000", "log_level": "0"}  # no broker there: quiet, as above
+    settings = KafkaSettings(brokers=f"127.0.0.1:{free_port()}", producer_config=quiet)
     producer = TopicProducer(settings, "out")
     with pytest.raises(SinkError, match="topic out: cannot produce a message of 5000 bytes: "):
         producer.produce([Record(b"k", b"x" * 5000, [])])
