@@ -26,6 +26,9 @@ from ato.config import GeneratorSettings
 
 TRAFFIC_VERSION = 2  # raised whenever the same options give other traffic (caches key on it)
 SEGMENT_WEIGHTS = (3, 1, 8, 14, 30, 16, 20, 8)
+# the type of a generated event that reaches a step no event type maps to (it names the
+# journey and step instead)
+STEP_EVENT_TYPE = "ato_step_reached"
 # journeys a segment favours (weight x3); others keep weight 1
 SEGMENT_FAVOURITES: dict[str, tuple[str, ...]] = {
     "executive": ("wealth_purchase", "large_transfer"),
@@ -108,7 +111,9 @@ class _Instance:
         self.start = t
         self.seq = 0
 
-    def emit(self, t: int, channel: str, event_type: str, journey: bool = True) -> None:
+    def emit(
+        self, t: int, channel: str, event_type: str, journey: bool = True, step: str = ""
+    ) -> None:
         self.seq += 1
         doc: dict[str, object] = {
             "event_id": f"{self.client}-{self.journey.index}-{self.seq}",
@@ -119,9 +124,19 @@ class _Instance:
         }
         if journey:
             doc["journey"] = self.journey.name
+        if step:
+            doc["step"] = step
         doc["session_id"] = f"{self.client}-s{self.journey.index}"
         doc["attrs"] = {"segment": self.segment}
         self.gen.events.append((t, self.client, _compact(orjson.dumps(doc))))
+
+    def reach(self, t: int, channel: str, step: Step) -> None:
+        """An event of ``step``: its first ``on`` type, or, for a step no type maps to, one
+        naming the step (``STEP_EVENT_TYPE``, with ``journey`` and ``step``)."""
+        if step.on:
+            self.emit(t, channel, step.on[0])
+        else:
+            self.emit(t, channel, STEP_EVENT_TYPE, step=step.name)
 
     def run(self) -> None:
         rng = self.gen.rng
@@ -134,7 +149,7 @@ class _Instance:
         attempt = 0  # stalls of this instance so far (a burst can add one before stall_at)
         if channel == "app" and rng.random() < 0.5:
             self.emit(t - 1, "app", "app_session_start", journey=False)
-        self.emit(t, channel, steps[0].on[0])
+        self.reach(t, channel, steps[0])
         for i, step in enumerate(steps):
             after = steps[i + 1] if i + 1 < len(steps) else success
             deadline = t + step.timeout_ms
@@ -143,10 +158,10 @@ class _Instance:
                 self._between(steps, i, t, gap, channel)
                 t += gap
                 if after is success and failure is not None and rng.random() < 0.2:
-                    self.emit(t, channel, _event_type(failure))  # declined: closed, no stall
+                    self.reach(t, channel, failure)  # declined: closed, no stall
                     return
                 # now and then the bot takes a step, in the app or beside an agent
-                self.emit(t, "ai" if rng.random() < 0.05 else channel, _event_type(after))
+                self.reach(t, "ai" if rng.random() < 0.05 else channel, after)
                 continue
             deadline = self._maybe_abandon(step, t, deadline)
             attempt += 1
@@ -163,7 +178,7 @@ class _Instance:
             self.gen.stalls.append(replace(stall, resumed_at=t, resume_channel=channel))
             if channel == "call":
                 self.emit(t - 1, "call", "call_started", journey=False)
-            self.emit(t, channel, _event_type(after))
+            self.reach(t, channel, after)
             if i + 1 < len(steps) and rng.random() < 0.3:  # stalls again further on
                 stall_at = rng.randrange(i + 1, len(steps))
 
@@ -187,7 +202,7 @@ class _Instance:
         elif roll < 0.45 and i > 1:  # not to the first step: its event starts an instance
             back = t + gap // 3
             if t < back and t + gap < back + steps[i - 1].timeout_ms:  # beats the old timeout
-                self.emit(back, channel, _event_type(steps[i - 1]))
+                self.reach(back, channel, steps[i - 1])
 
     def _in_burst(self, step: Step, t: int) -> bool:
         """Whether the shape's stall burst makes this instance stall at ``step``."""
@@ -205,10 +220,6 @@ class _Instance:
         channel = "call" if signal == "ivr_hangup" else "app"
         self.emit(at, channel, signal)
         return min(deadline, at + self.journey.abandon_ms[signal])
-
-
-def _event_type(step: Step) -> str:
-    return step.on[0]
 
 
 # segments that reach the bank through people more than through the app

@@ -452,8 +452,9 @@ class Vocabulary:
         self.shift = 64 - bits
         self.slots = np.full(size, -1, dtype=np.int64)  # index into words, -1 empty
         self.codes = np.array([codes[w.decode()] for w in words], dtype=np.int64)
-        self.starts = np.cumsum([0] + [len(w) for w in words[:-1]]).astype(np.int64)
         self.lens = np.array([len(w) for w in words], dtype=np.int64)
+        # one start per word (none for no words: the tables of the next field follow)
+        self.starts = (np.cumsum(self.lens) - self.lens).astype(np.int64)
         self.bytes = np.frombuffer(b"".join(words) or b"\0", dtype=np.uint8)
         self.default = default
         self.absent = absent

@@ -25,15 +25,16 @@ LATER_MS = 100 * 86_400_000  # past every deadline and client idle TTL of a sane
 def warm_up(catalog: Catalog, settings: EngineSettings) -> int:
     """Decode, route, apply and expire one stalling journey; return interventions built (1).
 
-    Uses the first journey whose first step has a timeout: one client enters it, a second
+    Uses the first journey (its first step always has a timeout): one client enters it, by
+    the step's first event type or, when no type maps to it, by naming the step; a second
     client's event much later moves the final watermark past its deadline and idle TTL.
     """
-    journey, step = next(
-        (j, j.steps[0]) for j in catalog.journeys if j.steps[0].timeout_ms > 0 and j.steps[0].on
-    )
+    journey = catalog.journeys[0]
+    step = journey.steps[0]
     later = WARM_UP_TS + max(LATER_MS, step.timeout_ms + catalog.client_idle_ttl_ms + 1)
+    enter = {"type": step.on[0]} if step.on else {"type": "warm_up", "step": step.name}
     events = [
-        {"client_id": "warm-up-a", "ts": WARM_UP_TS, "type": step.on[0], "journey": journey.name},
+        {"client_id": "warm-up-a", "ts": WARM_UP_TS, "journey": journey.name, **enter},
         {"client_id": "warm-up-b", "ts": later, "type": "warm_up"},
     ]
     messages = [

@@ -12,7 +12,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from reference import reference_ids
 
-from ato.catalog import load_catalog
+from ato.catalog import Catalog, load_catalog, parse_catalog
 from ato.columns import EventColumns
 from ato.config import GeneratorSettings, Settings
 from ato.generator import GeneratedTraffic, generate
@@ -48,6 +48,7 @@ def _run(
     workers: int = 1,
     recovery: RecoveryConfig | None = None,
     settings: Settings = SETTINGS,
+    catalog: Catalog = CATALOG,
 ) -> tuple[list[dict], list[bytes], list[bytes]]:
     interventions: list = []
     dead: list = []
@@ -56,7 +57,7 @@ def _run(
     sinks = FlowSinks(
         TestingSink(interventions), TestingSink(dead), TestingSink(late), TestingSink(progress)
     )
-    flow = build_flow(TestingSource(items), sinks, settings, CATALOG, partitions=partitions)
+    flow = build_flow(TestingSource(items), sinks, settings, catalog, partitions=partitions)
     epoch = timedelta(milliseconds=0) if recovery else timedelta(seconds=10)
     if workers == 1:
         run_main(flow, epoch_interval=epoch, recovery_config=recovery)
@@ -98,6 +99,33 @@ def test_flow_finds_exactly_the_generated_stalls(traffic: GeneratedTraffic) -> N
     assert dead == [] and late == []
     journeys = {d["journey"] for d in docs}
     assert journeys == {j.name for j in CATALOG.journeys}, "stalls in every catalog journey"
+
+
+def test_steps_no_event_type_maps_to() -> None:
+    """A step without ``on`` (events reach it by naming journey and step) is generated and
+    detected like any other: the generator used to crash on such a catalog."""
+    raw = {
+        "journeys": [
+            {
+                "name": "loan",
+                "abandon": {"app_bg": "1m"},
+                "steps": [
+                    {"name": "apply", "timeout": "10m"},
+                    {"name": "offer", "on": [], "timeout": "1h"},
+                    {"name": "sign", "on": ["loan_sign"], "timeout": "5m"},
+                    {"name": "done", "terminal": "success"},
+                ],
+            }
+        ]
+    }
+    catalog = parse_catalog(raw, "<no-on>")
+    cfg = GeneratorSettings(clients=300, seed=5, partitions=2, disorder_ms=400)
+    traffic = generate(catalog, cfg)
+    docs, dead, _ = _run(_batches(traffic), list(traffic.partitions), catalog=catalog)
+    truth = truth_ids(traffic)
+    assert {d["step"] for d in docs} == {"apply", "offer", "sign"}
+    assert _ids(docs) == truth and len(docs) == len(truth) > 20
+    assert dead == []
 
 
 def test_one_and_two_workers_give_identical_interventions(traffic: GeneratedTraffic) -> None:

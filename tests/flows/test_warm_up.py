@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from ato.catalog import load_catalog
+from ato.catalog import load_catalog, parse_catalog
 from ato.config import EngineSettings
 from operators.warm_up import warm_up
 
@@ -67,6 +67,22 @@ def test_warm_up_builds_one_intervention() -> None:
     catalog = load_catalog()
     assert warm_up(catalog, EngineSettings()) == 1
     assert warm_up(catalog, EngineSettings(decoder="orjson")) == 1
+
+
+def test_warm_up_of_a_first_step_no_type_maps_to() -> None:
+    """A first step without ``on`` is entered by naming it (the warm-up used to give up)."""
+    raw = {
+        "journeys": [
+            {
+                "name": "loan",
+                "steps": [
+                    {"name": "apply", "timeout": "10m"},
+                    {"name": "done", "terminal": "success"},
+                ],
+            }
+        ]
+    }
+    assert warm_up(parse_catalog(raw), EngineSettings()) == 1
 
 
 def test_a_flow_compiles_nothing_after_build() -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ato.catalog import SEGMENTS, load_catalog
+from ato.catalog import SEGMENTS, load_catalog, parse_catalog
 from ato.columns import EventColumns
 from ato.config import EngineSettings
 from operators import decode, scan
@@ -194,6 +194,25 @@ def test_scan_decoder_equals_orjson_decoder(messages: list[bytes]) -> None:
         patch.setattr(decode, "SCAN_CHUNK", 3)
         _same(scanned, parsed, messages)
         _same(one_thread, parsed, messages)
+
+
+def test_a_catalog_without_event_types() -> None:
+    """Steps reached only by naming them: the type vocabulary is empty, and the fields
+    looked up after it keep their own codes (the scanner read channels against a table
+    shifted by one word, so every event was a dead letter)."""
+    raw = {"journeys": [{"name": "loan", "steps": [
+        {"name": "apply", "timeout": "10m"}, {"name": "done", "terminal": "success"},
+    ]}]}  # fmt: skip
+    catalog = parse_catalog(raw)
+    doc = {"event_id": "e1", "client_id": "C1", "ts": NOW, "channel": "call", "type": "x",
+           "journey": "loan", "step": "done", "attrs": {"segment": "senior"}}  # fmt: skip
+    scanned = Decoder(catalog, EngineSettings(decoder="scan"), now_ms=lambda: NOW)
+    parsed = Decoder(catalog, EngineSettings(decoder="orjson"), now_ms=lambda: NOW)
+    _same(scanned, parsed, [orjson.dumps(doc)])
+    events = scanned(RawBatch("p", [orjson.dumps(doc)], 0)).events
+    assert (events.channel[0], events.journey[0]) == (1, 0)
+    assert events.step[0] == catalog.step_name_codes["done"]
+    assert SEGMENTS[events.segment[0]] == "senior"
 
 
 def test_common_events_take_the_scan_path() -> None:
