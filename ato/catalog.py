@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ato.columns import CLIENT_ID_CONTROL as CONTROL_CHARACTERS
 from ato.durations import parse_duration_ms
 from ato.exceptions import CatalogError
 
@@ -39,6 +40,8 @@ FLAG_SESSION = 4
 
 MAX_JOURNEYS = 1022  # the kernels' ordering key keeps journey + 1 in 10 bits
 MAX_STEPS = 62  # and step + 1 in 6 bits
+MAX_STEP_NAMES = 32_767  # distinct step names over all journeys: their codes are int16
+MAX_EVENT_TYPES = 32_766  # distinct event types: with "other", their codes fit in int16
 
 TERMINAL_NONE = 0
 TERMINAL_SUCCESS = 1
@@ -189,8 +192,9 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
 def parse_catalog(raw: dict[str, Any], source: str = "<catalog>") -> Catalog:
     """Validate a catalog already read into a dict; ``source`` names it in errors."""
     _Checker(source).check_keys(raw, {"version", "features", "journeys"}, "catalog")
-    if raw.get("version", 1) != 1:
-        msg = f"{source}: field 'version': only version 1 is supported, got {raw['version']!r}"
+    version = raw.get("version", 1)
+    if type(version) is not int or version != 1:
+        msg = f"{source}: field 'version': only version 1 is supported, got {version!r}"
         raise CatalogError(msg)
     features = raw.get("features", {})
     check = _Checker(source, "features")
@@ -219,8 +223,20 @@ def parse_catalog(raw: dict[str, Any], source: str = "<catalog>") -> Catalog:
             raise CatalogError(msg)
 
     type_names = _type_vocabulary(journeys, error_types, call_types, session_types, known_types)
+    if len(type_names) - 1 > MAX_EVENT_TYPES:
+        msg = (
+            f"{source}: field 'journeys': {len(type_names) - 1:,} distinct event types (steps'"
+            f" 'on', abandon signals and features), at most {MAX_EVENT_TYPES:,}"
+        )
+        raise CatalogError(msg)
     type_codes = {name: code for code, name in enumerate(type_names) if code > 0}
     step_names = sorted({s.name for j in journeys for s in j.steps})
+    if len(step_names) > MAX_STEP_NAMES:
+        msg = (
+            f"{source}: field 'journeys': {len(step_names):,} distinct step names, at most"
+            f" {MAX_STEP_NAMES:,}"
+        )
+        raise CatalogError(msg)
     step_name_codes = {name: code for code, name in enumerate(step_names)}
     journey_codes = {j.name: j.index for j in journeys}
     tables = _compile_tables(
@@ -267,36 +283,68 @@ class _Checker:
             raise self.fail(key, "a non-empty string is required")
         return value
 
+    def name(self, table: dict[str, Any], key: str) -> str:
+        """A journey or step name: :meth:`text` that events can match as written."""
+        value = self.text(table, key)
+        problem = name_problem(value)
+        if problem:
+            raise self.fail(key, problem)
+        return value
+
     def names(self, table: dict[str, Any], key: str) -> tuple[str, ...]:
         value = table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise self.fail(key, "expected a list of non-empty strings")
         if OTHER_TYPE in value:
             raise self.fail(key, RESERVED_TYPE)
+        for v in value:
+            problem = name_problem(v)
+            if problem:
+                raise self.fail(key, problem)
+            if value.count(v) > 1:
+                raise self.fail(key, f"{v!r} is listed more than once")
         return tuple(value)
 
     def duration(
-        self, table: dict[str, Any], key: str, default: str | None = None, positive: bool = False
+        self,
+        table: dict[str, Any],
+        key: str,
+        default: str | None = None,
+        positive: bool = False,
+        label: str | None = None,
     ) -> int:
+        """``table[key]`` in ms; errors name the field ``label`` (default: ``key``)."""
+        label = label or key
         value = table.get(key, default)
         if value is None:
-            raise self.fail(key, "a duration is required")
+            raise self.fail(label, "a duration is required")
         try:
             ms = parse_duration_ms(value)
         except ValueError as exc:
-            raise self.fail(key, str(exc)) from exc
+            raise self.fail(label, str(exc)) from exc
         if positive and ms <= 0:
-            raise self.fail(key, "must be longer than zero")
+            raise self.fail(label, "must be longer than zero")
         return ms
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a journey, step or event type name (None when it can): events
+    name them exactly, so white space around a name (a typo an event would never carry) and
+    control characters are refused."""
+    if name != name.strip():
+        return f"{name!r} has white space at its start or end"
+    if CONTROL_CHARACTERS.search(name):
+        return f"{name!r} holds a control character"
+    return None
 
 
 def _parse_journey(raw: object, index: int, source: str) -> Journey:
     name = raw.get("name") if isinstance(raw, dict) else None
-    label = f"journey '{name}'" if isinstance(name, str) else f"journeys[{index}]"
+    label = f"journey {name!r}" if isinstance(name, str) else f"journeys[{index}]"
     check = _Checker(source, label)
     check.check_keys(raw, _JOURNEY_KEYS, "journeys")
     assert isinstance(raw, dict)
-    name = check.text(raw, "name")
+    name = check.name(raw, "name")
     title = check.text(raw, "title", default=name)
     priority = raw.get("priority", 50)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 100:
@@ -316,7 +364,10 @@ def _parse_journey(raw: object, index: int, source: str) -> Journey:
     for signal in raw_abandon:
         if signal == OTHER_TYPE:
             raise check.fail("abandon", RESERVED_TYPE)
-        abandon[signal] = check.duration(raw_abandon, signal)
+        problem = "an event type cannot be empty" if not signal else name_problem(signal)
+        if problem:
+            raise check.fail("abandon", problem)
+        abandon[signal] = check.duration(raw_abandon, signal, label=f"abandon.{signal}")
     raw_steps = raw.get("steps")
     if not isinstance(raw_steps, list) or len(raw_steps) < 2:
         raise check.fail("steps", "at least two [[journeys.steps]] are required")
@@ -350,11 +401,11 @@ def _parse_journey(raw: object, index: int, source: str) -> Journey:
 
 def _parse_step(raw: object, index: int, source: str, journey_label: str) -> Step:
     name = raw.get("name") if isinstance(raw, dict) else None
-    label = f"step '{name}'" if isinstance(name, str) else f"steps[{index}]"
+    label = f"step {name!r}" if isinstance(name, str) else f"steps[{index}]"
     check = _Checker(source, f"{journey_label} {label}")
     check.check_keys(raw, _STEP_KEYS, "steps")
     assert isinstance(raw, dict)
-    name = check.text(raw, "name")
+    name = check.name(raw, "name")
     on = check.names(raw, "on")
     terminal = raw.get("terminal")
     if terminal is not None and terminal not in TERMINALS:

@@ -12,6 +12,7 @@ from ato.catalog import (
     TERMINAL_NONE,
     TERMINAL_SUCCESS,
     load_catalog,
+    parse_catalog,
 )
 from ato.exceptions import CatalogError
 
@@ -87,7 +88,13 @@ def bad_steps(
         (journey(extra="tiers = []"), "journey 'demo'", "tiers"),
         (journey(extra="priority = 101"), "journey 'demo'", "priority"),
         (journey(extra='close_after = "3 weeks"'), "journey 'demo'", "close_after"),
-        (journey(extra='abandon = { page_view = "soon" }'), "journey 'demo'", "page_view"),
+        (journey(extra='abandon = { page_view = "soon" }'), "journey 'demo'", "abandon.page_view"),
+        (journey(extra='abandon = { "" = "1m" }'), "journey 'demo'", "abandon"),
+        (journey(extra='abandon = { " page_view" = "1m" }'), "journey 'demo'", "abandon"),
+        (journey(extra='tiers = ["ai", "ai"]'), "journey 'demo'", "tiers"),
+        (bad_steps(done_on=" z"), "journey 'demo' step 'done'", "on"),
+        (bad_steps(done_on="z\\u0007"), "journey 'demo' step 'done'", "on"),
+        ("[features]\nerror_types = ['e', 'e']\n" + journey(), "features", "error_types"),
         (bad_steps(start=', timeout = "soon"'), "journey 'demo' step 'start'", "timeout"),
         (bad_steps(start=""), "journey 'demo' step 'start'", "timeout"),
         (bad_steps(start=', wait = "5m"'), "journey 'demo' step 'start'", "wait"),
@@ -114,6 +121,12 @@ def bad_steps(
         "bad-priority",
         "bad-duration",
         "bad-abandon-duration",
+        "empty-abandon-signal",
+        "abandon-signal-with-space",
+        "tier-twice",
+        "type-with-space",
+        "type-with-control-character",
+        "type-listed-twice",
         "bad-step-duration",
         "missing-step-timeout",
         "unknown-step-field",
@@ -234,3 +247,51 @@ def test_tables_for_a_type_shared_by_two_journeys(tmp_path: Path) -> None:
     assert t.type_flags[code["call_started"]] == FLAG_CALL
     assert t.type_flags[code["app_session_start"]] == FLAG_SESSION
     assert t.type_flags[0] == 0 and t.type_flags[otp] == 0
+
+
+@pytest.mark.parametrize("version", ["true", "1.0", "2"])
+def test_version_must_be_the_integer_1(tmp_path: Path, version: str) -> None:
+    """``true`` and ``1.0`` equal 1 in Python; they are not the format version 1."""
+    path = write(tmp_path, f"version = {version}\n" + journey())
+    with pytest.raises(CatalogError, match="field 'version'"):
+        load_catalog(path)
+
+
+@pytest.mark.parametrize(
+    ("journeys", "steps", "types_per_step", "problem"),
+    [(600, 60, 0, "36,000 distinct step names"), (2, 2, 8_192, "32,768 distinct event types")],
+    ids=["step-names", "event-types"],
+)
+def test_codes_must_fit_their_columns(
+    journeys: int, steps: int, types_per_step: int, problem: str
+) -> None:
+    """Step-name and event-type codes are int16 columns: a catalog with more distinct names
+    than they hold is refused at start-up (it used to load, then lose events or crash)."""
+    raw = {
+        "journeys": [
+            {
+                "name": f"j{j}",
+                "steps": [
+                    {
+                        "name": f"j{j}s{s}",
+                        "on": [f"j{j}s{s}t{t}" for t in range(types_per_step)],
+                        **({"terminal": "success"} if s == steps - 1 else {"timeout": "1m"}),
+                    }
+                    for s in range(steps)
+                ],
+            }
+            for j in range(journeys)
+        ]
+    }
+    with pytest.raises(CatalogError, match=f"<big>: field 'journeys': {problem}"):
+        parse_catalog(raw, "<big>")
+
+
+def test_names_must_be_matchable(tmp_path: Path) -> None:
+    """Journey and step names with white space around them or control characters are
+    refused (events could never name them); the error quotes the name visibly."""
+    with pytest.raises(CatalogError, match=r"journey ' demo': field 'name': ' demo' has white"):
+        load_catalog(write(tmp_path, journey(name=" demo")))
+    text = bad_steps().replace('name = "done"', 'name = "do\\nne"')
+    with pytest.raises(CatalogError, match=r"step 'do\\nne': field 'name': .* control character"):
+        load_catalog(write(tmp_path, text))
