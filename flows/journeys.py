@@ -32,7 +32,7 @@ from operators.shard_step import ShardContext, ShardLogic
 from operators.warm_up import warm_up
 from policy.connection import connect
 from policy.live_state import LiveStateWriter
-from policy.settings import check_names, load_policy
+from policy.settings import for_catalog, load_policy
 from sinks.clickhouse import MetricBlock
 from sinks.kafka import Record
 from sources.read_ahead import ReadAheadSource
@@ -162,8 +162,7 @@ def policy_context(
     settings = config.redis
     if not settings.enabled:
         return None
-    policy = load_policy(settings.policy_file or None)
-    check_names(policy, catalog)
+    policy = for_catalog(load_policy(settings.policy_file or None), catalog)
     return PolicyContext(
         catalog=catalog,
         policy=policy,

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from ato.catalog import TIERS
 from policy.profiles import Profile
 from policy.settings import Policy
 
@@ -56,8 +57,8 @@ def route_uncached(
 
     The first rule matching (journey, step, segment, value tier) gives the ladder: attempt n
     takes ``ladder[n - 1]``, the last entry repeating; with no match the candidate keeps
-    ``tier`` (its catalog ladder's). ``offline`` without an assigned RM becomes
-    ``policy.offline_without_rm``. Priority is ``priority`` plus the rule's adjustment, kept
+    ``tier`` (its catalog ladder's). The tier is then kept to those the journey allows
+    (:func:`allowed_tier`). Priority is ``priority`` plus the rule's adjustment, kept
     in 0..100. The channel is the profile's preferred one when the tier lists it, else the
     tier's first.
     """
@@ -66,6 +67,25 @@ def route_uncached(
         bool(profile.rm_id), profile.preferred_channel, tier,
     )  # fmt: skip
     return Route(tier, channel, min(max(priority + adjust, 0), 100), index)
+
+
+def allowed_tier(tier: str, allowed: tuple[str, ...], has_rm: bool, without_rm: str) -> str:
+    """``tier`` kept to the tiers a journey allows (its catalog ``tiers``).
+
+    A client without an RM gets no RM task: ``offline`` becomes ``without_rm`` (the policy's
+    ``offline_without_rm``), and ``offline`` is not among its allowed tiers (when it was the
+    only one, ``without_rm`` is). A tier not allowed becomes the highest allowed tier below
+    it in escalation order (ai, remote, offline), or the lowest allowed when none is below.
+    """
+    if tier == "offline" and not has_rm:
+        tier = without_rm
+    if not has_rm:
+        allowed = tuple(t for t in allowed if t != "offline") or (without_rm,)
+    if tier in allowed:
+        return tier
+    rank = TIERS.index(tier)
+    below = [t for t in allowed if TIERS.index(t) < rank]
+    return max(below, key=TIERS.index) if below else min(allowed, key=TIERS.index)
 
 
 def route_parts(
@@ -87,8 +107,7 @@ def route_parts(
             tier = rule.ladder[min(max(attempt, 1), len(rule.ladder)) - 1]
             index, adjust = rule.index, rule.priority
             break
-    if tier == "offline" and not has_rm:
-        tier = policy.offline_without_rm
+    tier = allowed_tier(tier, policy.allowed_tiers(journey), has_rm, policy.offline_without_rm)
     channels = policy.channels[tier]
     channel = preferred_channel if preferred_channel in channels else channels[0]
     return tier, channel, adjust, index

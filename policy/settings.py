@@ -5,6 +5,7 @@ The format, every key and its default are in ``docs/policy.md``; the shipped fil
 file and the field (``routing.rules[2].segment``).
 """
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -63,6 +64,9 @@ class Policy:
     max_delay_ms: int = 24 * 3_600_000
     resume_on: str = "progress"
     resume_channels: tuple[str, ...] = CHANNELS
+    # the tiers each journey's catalog entry allows (``for_catalog``); a journey not named
+    # here allows all three
+    journey_tiers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # routes already computed (policy.routing.route); not part of the policy's value, and
     # not an __init__ argument, so a dataclasses.replace copy starts with its own
     route_cache: dict[tuple[object, ...], Any] = field(
@@ -76,6 +80,10 @@ class Policy:
     def cooldown_for(self, journey: str) -> int:
         """The cooldown (ms) of a journey."""
         return self.cooldown_journeys.get(journey, self.cooldown_ms)
+
+    def allowed_tiers(self, journey: str) -> tuple[str, ...]:
+        """The tiers ``journey`` may be routed to (its catalog ``tiers``)."""
+        return self.journey_tiers.get(journey, TIERS)
 
 
 def default_policy_path() -> Path:
@@ -158,8 +166,9 @@ def parse_policy(raw: dict[str, Any], source: str = "<policy>") -> Policy:
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         check.fail(unknown[0], f"unknown field (allowed: {', '.join(sorted(_TOP_KEYS))})")
-    if raw.get("version", 1) != 1:
-        check.fail("version", f"only version 1 is supported, got {raw['version']!r}")
+    version = raw.get("version", 1)
+    if type(version) is not int or version != 1:
+        check.fail("version", f"only version 1 is supported, got {version!r}")
 
     routing = check.table(raw, "routing", {"offline_without_rm", "rules"})
     fallback = routing.get("offline_without_rm", defaults.offline_without_rm)
@@ -251,6 +260,8 @@ def _parse_rule(check: _Checker, raw: object, index: int) -> Rule:
     for key in _RULE_MATCH:
         value = raw.get(key, "*")
         names = check.names(value, f"{where}.{key}", None)
+        if "*" in names and len(names) > 1:
+            check.fail(f"{where}.{key}", '"*" matches everything: give it alone, not in a list')
         if "*" in names:
             match[key] = None
         else:
@@ -262,6 +273,13 @@ def _parse_rule(check: _Checker, raw: object, index: int) -> Rule:
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 100:
         check.fail(f"{where}.priority", f"expected an integer in -100..100, got {priority!r}")
     return Rule(index=index, ladder=ladder, priority=priority, **match)
+
+
+def for_catalog(policy: Policy, catalog: Catalog) -> Policy:
+    """``policy`` checked against ``catalog`` (:func:`check_names`) and bound to its
+    journeys' allowed tiers, which routing keeps to."""
+    check_names(policy, catalog)
+    return dataclasses.replace(policy, journey_tiers={j.name: j.tiers for j in catalog.journeys})
 
 
 def check_names(policy: Policy, catalog: Catalog) -> None:

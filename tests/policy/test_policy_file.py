@@ -34,6 +34,12 @@ def test_empty_file_gives_the_documented_defaults() -> None:
     [
         ("colour = 1", "colour"),
         ("version = 2", "version"),
+        ("version = true", "version"),
+        ("version = 1.0", "version"),
+        (
+            "[[routing.rules]]\njourney = ['*', 'nojourney']\nladder = ['ai']",
+            "routing.rules[0].journey",
+        ),
         ("[routing]\noffline_without_rm = 'offline'", "routing.offline_without_rm"),
         ("[[routing.rules]]\nsegment = 'pirates'\nladder = ['ai']", "routing.rules[0].segment"),
         ("[[routing.rules]]\nvalue_tier = []\nladder = ['ai']", "routing.rules[0].value_tier"),

@@ -8,8 +8,8 @@ import pytest
 
 from ato.catalog import SEGMENTS, load_catalog
 from policy.profiles import VALUE_TIERS, Profile
-from policy.routing import ROUTE_CACHE, route, route_uncached
-from policy.settings import load_policy, parse_policy
+from policy.routing import ROUTE_CACHE, allowed_tier, route, route_uncached
+from policy.settings import for_catalog, load_policy, parse_policy
 
 POLICY = parse_policy(
     tomllib.loads(
@@ -97,6 +97,41 @@ def test_default_policy_routes() -> None:
 
 
 CATALOG = load_catalog()
+
+
+def test_routing_keeps_to_the_tiers_the_catalog_allows() -> None:
+    """A rule's tier that the journey's catalog ``tiers`` leave out becomes the highest
+    allowed tier below it: the shipped policy gives platinum clients their RM at the third
+    stall, but card activation (tiers ai, remote) is never an RM task."""
+    policy = for_catalog(load_policy(), CATALOG)
+    platinum = Profile("C", "car_owner", "platinum", rm_id="RM9")
+    tiers = [route(policy, "card_activation", "pin", a, platinum, "ai", 60).tier for a in (1, 2, 3)]
+    assert tiers == ["ai", "remote", "remote"]
+    tiers = [
+        route(policy, "loan_application", "offer", a, platinum, "ai", 60).tier for a in (1, 2, 3)
+    ]
+    assert tiers == ["ai", "remote", "offline"]
+    # insurance trusts allow remote and offline: an AI rung is lifted to the lowest allowed
+    ai_only = replace(policy, rules=(replace(policy.rules[0], journey=None, ladder=("ai",)),))
+    assert route(ai_only, "insurance_trust", "x", 1, platinum, "ai", 60).tier == "remote"
+
+
+@pytest.mark.parametrize(
+    ("tier", "allowed", "has_rm", "expected"),
+    [
+        ("offline", ("ai", "remote", "offline"), True, "offline"),
+        ("offline", ("ai", "remote", "offline"), False, "remote"),  # offline_without_rm
+        ("offline", ("ai", "remote"), True, "remote"),
+        ("offline", ("ai",), True, "ai"),
+        ("remote", ("ai", "offline"), True, "ai"),
+        ("ai", ("remote", "offline"), True, "remote"),
+        ("ai", ("offline",), True, "offline"),
+        ("ai", ("offline",), False, "remote"),  # no RM, so no RM task even here
+        ("remote", ("ai", "offline"), False, "ai"),
+    ],
+)
+def test_allowed_tier(tier: str, allowed: tuple[str, ...], has_rm: bool, expected: str) -> None:
+    assert allowed_tier(tier, allowed, has_rm, "remote") == expected
 
 
 def test_remembered_routes_equal_fresh_ones() -> None:
