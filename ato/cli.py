@@ -71,6 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         raise ConfigError(msg)
     from_generator = not settings.kafka.enabled and not args.input
+    if from_generator and settings.engine.clock == "replay":
+        _check_generated_start(settings)
     if from_generator and args.process_id is None:
         _warn_of_disorder(settings)
     with _run_lock(settings, args), sigterm_interrupts():
@@ -78,6 +80,20 @@ def _run(args: argparse.Namespace) -> int:
             live = settings.engine.clock == "live"
             return _run_cluster(settings.processes, args, live_generator=live and from_generator)
         return _run_here(settings, args)
+
+
+def _check_generated_start(settings: Settings) -> None:
+    """Refuse a replay-clock generator start the decode step would dead-letter every event
+    of: before ``engine.min_event_ts_ms`` or past now + ``engine.max_future_ms``."""
+    start, engine = settings.generator.start_ms, settings.engine
+    latest = int(time.time() * 1000) + engine.max_future_ms
+    if not engine.min_event_ts_ms <= start <= latest:
+        msg = (
+            f"generator.start_ms ({start}) is outside the event times the engine accepts"
+            f" (engine.min_event_ts_ms {engine.min_event_ts_ms} to now + engine.max_future_ms,"
+            f" {latest}): every generated event would be a dead letter"
+        )
+        raise ConfigError(msg)
 
 
 def _warn_of_disorder(settings: Settings) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import redis
+
 from ato.exceptions import ConfigError
 
 CLOCKS = ("replay", "live")
@@ -33,6 +35,17 @@ def _knob(default: Any, doc: str, secret: bool = False) -> Any:
 
 def _default(f: Any) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
+
+
+INT64_MAX = 2**63 - 1  # integer settings end up in int64 arrays and librdkafka properties
+# upper bounds of engine settings whose larger values hang or overflow a run
+ENGINE_MAXIMA = {
+    "shards": 65_536,  # one key each: more take minutes to build before any event
+    "tick_ms": 86_400_000,
+    "epoch_interval_s": 86_400.0,
+    "max_message_bytes": 1 << 30,
+}
+MAX_SPAN_S = 100 * 365 * 86_400
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,10 @@ class EngineSettings:
             if getattr(self, name) < 0:
                 msg = f"engine.{name}: must be >= 0, got {getattr(self, name)!r}"
                 raise ConfigError(msg)
+        for name, most in ENGINE_MAXIMA.items():
+            if getattr(self, name) > most:
+                msg = f"engine.{name}: at most {most:,}, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
         if self.clock not in CLOCKS:
             msg = f"engine.clock: expected one of {CLOCKS}, got {self.clock!r}"
             raise ConfigError(msg)
@@ -151,6 +168,9 @@ class GeneratorSettings:
             if getattr(self, name) <= 0:
                 msg = f"generator.{name}: must be > 0, got {getattr(self, name)!r}"
                 raise ConfigError(msg)
+        if self.span_s > MAX_SPAN_S:
+            msg = f"generator.span_s: at most {MAX_SPAN_S:,} (100 years), got {self.span_s!r}"
+            raise ConfigError(msg)
         for name in ("stall_share", "resume_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 msg = f"generator.{name}: must be within [0, 1], got {getattr(self, name)!r}"
@@ -203,7 +223,9 @@ class KafkaSettings:
         " before the partition counts as finished.",
     )
     flush_timeout_s: float = _knob(
-        30.0, "Longest wait for delivery at an epoch end; undelivered messages then fail the run."
+        30.0,
+        "Longest wait for delivery at an epoch end; undelivered messages then fail the run. At"
+        " least 0.001.",
     )
     max_envelope_bytes: int = _knob(
         16 * 1024 * 1024,
@@ -233,7 +255,8 @@ class KafkaSettings:
         if not self.input_topics or not all(self.input_topics):
             msg = "kafka.input_topics: needs at least one non-empty topic name"
             raise ConfigError(msg)
-        if self.start not in START_POSITIONS and not self.start.isdigit():
+        digits = self.start.isascii() and self.start.isdigit()
+        if self.start not in START_POSITIONS and not (digits and int(self.start) <= INT64_MAX):
             msg = f"kafka.start: expected earliest, latest or epoch ms, got {self.start!r}"
             raise ConfigError(msg)
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -245,14 +268,15 @@ class KafkaSettings:
         if (
             self.poll_interval_ms < 0
             or self.end_wait_ms < 0
-            or self.flush_timeout_s <= 0
+            or self.flush_timeout_s < 0.001
             or self.catch_up_batches < 1
             or self.commit_interval_ms < 0
             or self.max_envelope_bytes < 1
         ):
             msg = (
                 "kafka.poll_interval_ms, end_wait_ms and commit_interval_ms must be >= 0,"
-                " kafka.flush_timeout_s > 0, kafka.catch_up_batches and max_envelope_bytes >= 1"
+                " kafka.flush_timeout_s >= 0.001, kafka.catch_up_batches and max_envelope_bytes"
+                " >= 1"
             )
             raise ConfigError(msg)
         if not self.group_id:
@@ -362,17 +386,27 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def _check_redis_address(url: str) -> None:
-    """Refuse a redis(s):// URL whose port or database number is not a number."""
-    parts = urlsplit(url)
+    """Refuse a redis(s):// URL that is malformed, whose port is not a port number or whose
+    database is not a number, or whose query names options redis-py does not take."""
     try:
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        parts = urlsplit(url)
+    except ValueError as exc:
+        msg = f"redis.url: malformed URL {mask_url(url)!r}: {exc}"
+        raise ConfigError(msg) from None
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a port number
     except ValueError:
-        msg = f"redis.url: the port is not a number in {mask_url(url)!r}"
+        msg = f"redis.url: the port is not a port number (0-65535) in {mask_url(url)!r}"
         raise ConfigError(msg) from None
     db = parts.path.strip("/")
     if db and not db.isdigit():
         msg = f"redis.url: the database after the port must be a number, got {mask_url(url)!r}"
         raise ConfigError(msg)
+    try:  # builds a connection object from the URL's options; connects to nothing
+        redis.ConnectionPool.from_url(url).make_connection()
+    except (TypeError, ValueError) as exc:
+        msg = f"redis.url: {mask_url(url)!r}: {exc}"
+        raise ConfigError(msg) from None
 
 
 @dataclass(frozen=True)
@@ -498,7 +532,9 @@ class Settings:
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     catalog: Path | None = _knob(None, "Journey catalog file; default: the shipped catalog.")
-    out_dir: Path = _knob(Path("runs/latest"), "Where a run writes its JSON-lines outputs.")
+    out_dir: Path = _knob(
+        Path("runs/latest"), "Where a run writes its JSON-lines outputs (one run at a time)."
+    )
     workers: int = _knob(1, "Bytewax worker threads in each process.")
     processes: int = _knob(1, "Processes of a local Bytewax cluster (ato run --processes).")
 
@@ -533,8 +569,8 @@ def toml_literal(value: Any) -> str:
         return "(unset)"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a TOML basic string
+    if isinstance(value, str | Path):
+        return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
     if isinstance(value, tuple | list):
         return "[" + ", ".join(toml_literal(v) for v in value) + "]"
     return str(value)
@@ -572,6 +608,9 @@ def load_settings(
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             msg = f"{path}: cannot read settings: {exc.strerror}"
+            raise ConfigError(msg) from exc
+        except UnicodeDecodeError as exc:
+            msg = f"{path}: cannot read settings: not UTF-8 ({exc})"
             raise ConfigError(msg) from exc
         except tomllib.TOMLDecodeError as exc:
             msg = f"{path}: not valid TOML: {exc}"
@@ -673,12 +712,18 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         value = Path(value) if ok else value
     elif hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and isinstance(value, int) and abs(value) > INT64_MAX:
+            msg = f"{where}: {value} is too large"
+            raise ConfigError(msg)
         value = float(value) if ok else value
         if ok and not math.isfinite(value):
             msg = f"{where}: expected a finite number, got {value!r}"
             raise ConfigError(msg)
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and abs(value) > INT64_MAX:
+            msg = f"{where}: {value} is too large (at most {INT64_MAX})"
+            raise ConfigError(msg)
     elif hint is str:
         ok = isinstance(value, str)
     else:

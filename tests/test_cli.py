@@ -131,6 +131,19 @@ def test_bad_run_options_are_clear_errors_before_the_flow_starts(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("start_ms", ["0", "4102444800000"])  # 1970, 2100
+def test_a_generator_start_every_event_of_which_is_absurd_is_refused(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, start_ms: str
+) -> None:
+    """Events before engine.min_event_ts_ms or far in the future are dead letters: a run
+    generating only such events is refused (it used to dead-letter them all and exit 0)."""
+    monkeypatch.setenv("ATO_GENERATOR_START_MS", start_ms)
+    assert main(["run", "--clients", "50", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"generator.start_ms ({start_ms}) is outside the event times" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_resuming_with_another_shard_count_is_refused_by_name(tmp_path: Path, capsys) -> None:
     """Clients hash into shards by the shard count: state saved under 8 shards would sit in
     shards the resumed run's clients no longer reach."""

@@ -64,6 +64,24 @@ def test_errors_name_the_source_and_the_key(
         load_settings(path, env)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"[engine]\n# caf\xe9\nshards = 4\n", r"cannot read settings: not UTF-8"),
+        (b"[engine]\nepoch_interval_s = " + b"1" * 400 + b"\n", r"epoch_interval_s: .* too large"),
+        (b"[engine]\nshards = " + b"1" * 30 + b"\n", r"engine.shards: .* too large"),
+    ],
+    ids=["not-utf-8", "huge-float", "huge-int"],
+)
+def test_file_contents_that_used_to_give_a_traceback(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    path = tmp_path / "s.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, {})
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.toml: cannot read settings"):
         load_settings(tmp_path / "nope.toml", {})
@@ -89,6 +107,14 @@ def test_start_accepts_a_timestamp() -> None:
         ({"ATO_CLICKHOUSE_ENABLED": "ture"}, r"ATO_CLICKHOUSE_ENABLED: expected bool, got 'ture'"),
         ({"ATO_OUT_DIR": ""}, r"ATO_OUT_DIR: expected Path, got ''"),
         ({"ATO_REDIS_LIVE_STATE": ""}, r"ATO_REDIS_LIVE_STATE: expected bool, got ''"),
+        ({"ATO_KAFKA_START": "²"}, r"kafka.start: expected earliest"),
+        ({"ATO_KAFKA_START": "9" * 23}, r"kafka.start: expected earliest"),
+        ({"ATO_KAFKA_FLUSH_TIMEOUT_S": "0.0004"}, r"kafka.flush_timeout_s >= 0.001"),
+        ({"ATO_ENGINE_TICK_MS": str(9 * 10**18)}, r"engine.tick_ms: at most 86,400,000"),
+        ({"ATO_ENGINE_SHARDS": "10000000"}, r"engine.shards: at most 65,536"),
+        ({"ATO_ENGINE_EPOCH_INTERVAL_S": "1e15"}, r"engine.epoch_interval_s: at most 86,400"),
+        ({"ATO_GENERATOR_SPAN_S": str(9 * 10**18)}, r"generator.span_s: at most"),
+        ({"ATO_ENGINE_MAX_MESSAGE_BYTES": str(10**20)}, r"MAX_MESSAGE_BYTES: .* is too large"),
     ],
 )
 def test_values_that_would_fail_deep_in_a_run_are_rejected_by_name(
@@ -114,7 +140,11 @@ def test_a_bad_value_names_the_variables_beside_the_file(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis://127.0.0.1:abc/0", "redis.url: the port is not a number"),
+        ("redis://127.0.0.1:abc/0", "redis.url: the port is not a port number"),
+        ("redis://127.0.0.1:99999/0", "redis.url: the port is not a port number"),
+        ("redis://[::1/0", "redis.url: malformed URL"),
+        ("redis://127.0.0.1:6379/0?foo=bar", "redis.url: .*foo"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=abc", "redis.url: .*socket_timeout"),
         ("redis://127.0.0.1:6379/notadb", "the database after the port must be a number"),
         ("http://127.0.0.1:6379/0", "expected redis://HOST:PORT/DB"),
     ],
