@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from ato.columns import only_white_space
 from ato.config import RedisSettings, Settings, load_settings, mask_url
 from ato.exceptions import AtoError, ConfigError
 from ato.process import Terminated, sigterm_interrupts
@@ -387,17 +388,23 @@ def _redis_errors(redis_settings: RedisSettings) -> Iterator[None]:
         raise AtoError(msg) from exc
 
 
+SHOWN_ERRORS = 100  # bad rows of a profile file printed one by one; the rest are counted
+
+
 def _profiles_load(args: argparse.Namespace) -> int:
     from policy import ProfileFileError, load_profiles_file  # noqa: PLC0415
 
     redis_settings = _redis_settings(args)
+    max_id_len = load_settings(args.config).engine.max_client_id_len
     try:
         with _redis_errors(redis_settings):
-            count = load_profiles_file(redis_settings, args.file)
+            count = load_profiles_file(redis_settings, args.file, max_id_len=max_id_len)
     except ProfileFileError as exc:
-        for line in exc.errors:
+        for line in exc.errors[:SHOWN_ERRORS]:
             print(line, file=sys.stderr)
-        print(f"ato: error: {len(exc.errors)} bad row(s), nothing loaded", file=sys.stderr)
+        if len(exc.errors) > SHOWN_ERRORS:
+            print(f"... and {len(exc.errors) - SHOWN_ERRORS:,} more", file=sys.stderr)
+        print(f"ato: error: {len(exc.errors):,} bad row(s), nothing loaded", file=sys.stderr)
         return 2
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"{args.file}: cannot read profiles: {exc}"
@@ -463,6 +470,14 @@ def _lookup(args: argparse.Namespace) -> int:
     else:
         print(format_lookup(args.client_id, state))
     return 0
+
+
+def _client_id_arg(text: str) -> str:
+    """A client id on the command line: not empty nor only white space (no event's is)."""
+    if only_white_space(text):
+        msg = "a client id is required (this one is empty or only white space)"
+        raise argparse.ArgumentTypeError(msg)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -569,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     lookup = sub.add_parser(
         "lookup", help="print a client's open journeys (live state in Redis, breakpoint resume)"
     )
-    lookup.add_argument("client_id", help="the client id")
+    lookup.add_argument("client_id", type=_client_id_arg, help="the client id")
     lookup.add_argument(
         "--redis-url",
         help="Redis url, e.g. redis://127.0.0.1:16379/0 (default: redis.url / ATO_REDIS_URL)",
@@ -613,7 +628,7 @@ def _add_profiles_parser(sub: Any) -> None:
     gen.add_argument("--config", type=Path, help=config_help)
     gen.set_defaults(handler=_profiles_generate)
     show = actions.add_parser("show", help="print a client's stored profile (or the defaults)")
-    show.add_argument("client_id", help="the client id")
+    show.add_argument("client_id", type=_client_id_arg, help="the client id")
     show.add_argument("--redis-url", help=url_help)
     show.add_argument("--config", type=Path, help=config_help)
     show.set_defaults(handler=_profiles_show)

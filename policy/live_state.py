@@ -275,7 +275,7 @@ def lookup(client: "redis.Redis", client_id: str) -> dict[str, dict[str, Any]]:
         raise _error(client, f"reading {key}", exc) from exc
     state: dict[str, dict[str, Any]] = {}
     for name, value in sorted(raw.items()):
-        journey = name.decode() if isinstance(name, bytes) else name
+        journey = name.decode(errors="backslashreplace") if isinstance(name, bytes) else name
         try:
             fields = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -292,6 +292,17 @@ def iso_utc(ms: int) -> str:
     return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+def time_text(value: Any) -> str:
+    """An epoch-ms field as :func:`iso_utc`; a value that is no such time (written by
+    something else than the flow) as it is, so that a lookup never fails on it."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MS:
+        return iso_utc(value)
+    return "" if value is None else repr(value)
+
+
 def format_lookup(client_id: str, state: dict[str, dict[str, Any]]) -> str:
     """``state`` (from :func:`lookup`) as aligned lines for people, one per journey."""
     if not state:
@@ -301,10 +312,10 @@ def format_lookup(client_id: str, state: dict[str, dict[str, Any]]) -> str:
         (
             journey,
             str(v.get("step", "")),
-            iso_utc(int(v.get("since_ms", 0))),
+            time_text(v.get("since_ms")),
             str(v.get("last_type", "")),
             str(v.get("last_channel", "")),
-            iso_utc(int(v.get("last_ms", 0))),
+            time_text(v.get("last_ms")),
             "yes" if v.get("stalled") else "no",
             str(v.get("attempt", "")),
         )

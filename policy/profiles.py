@@ -204,7 +204,7 @@ def parse_profile(row: Mapping[str, object]) -> Profile:
         rm_id=values["rm_id"],
         preferred_channel=values["preferred_channel"],
         tz=values["tz"] or DEFAULT_TZ,
-        do_not_contact=parse_bool(row.get("do_not_contact", ""), "do_not_contact"),
+        do_not_contact=parse_bool(row.get("do_not_contact") or "", "do_not_contact"),
     )
 
 

@@ -356,6 +356,23 @@ def test_a_field_that_is_json_but_not_an_object_is_a_clear_error(r: redis.Redis)
         lookup(r, "C-odd")
 
 
+def test_odd_values_written_by_something_else_are_shown_as_they_are(r: redis.Redis) -> None:
+    """Times that are not epoch ms and field names that are not UTF-8 (a hand-edited hash):
+    the lookup prints them instead of failing with a traceback."""
+    key = journey_key("C-hand")
+    r.hset(key, "open_account", b'{"step": "s", "since_ms": "abc", "last_ms": null}')
+    r.hset(key, "wealth_purchase", b'{"step": "t", "since_ms": 99999999999999999}')
+    r.hset(key, b"caf\xe9", b'{"step": "u", "since_ms": 0}')
+    state = lookup(r, "C-hand")
+    assert list(state) == ["caf\\xe9", "open_account", "wealth_purchase"]
+    lines = format_lookup("C-hand", state).splitlines()
+    assert "'abc'" in lines[3] and "99999999999999999" in lines[4]
+    assert "1970-01-01T00:00:00.000Z" in lines[2]
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error, before any Redis
+        main(["lookup", " ", "--redis-url", "redis://127.0.0.1:1/0"])
+    assert exited.value.code == 2
+
+
 def test_a_large_write_reads_every_reply(r: redis.Redis, writer: LiveStateWriter) -> None:
     """Replies come in several socket reads; the write waits for all of them."""
     rows = [row(f"F{i}", "open_account", "id_upload", T0 + i) for i in range(60_000)]

@@ -55,7 +55,7 @@ def test_csv_errors_name_file_line_and_field(tmp_path: Path) -> None:
 def test_csv_unknown_column_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "typo.csv"
     path.write_text("client_id,segmnet\nC1,senior\n")
-    with pytest.raises(ProfileFileError, match=r"typo.csv:2: field 'segmnet': unknown field"):
+    with pytest.raises(ProfileFileError, match=r"typo.csv:1: header: unknown column 'segmnet'"):
         read_profiles(path)
 
 
@@ -137,8 +137,9 @@ def test_loading_into_a_redis_that_never_answers_takes_the_settings_timeout(
         sock.listen(8)
         settings = RedisSettings(url=f"redis://127.0.0.1:{sock.getsockname()[1]}/0", timeout_s=0.3)
         started = time.monotonic()
-        with pytest.raises(redis.TimeoutError):
+        with pytest.raises(ProfileError, match="Redis failed after 0 of 1 profiles") as caught:
             load_profiles_file(settings, path)
+        assert isinstance(caught.value.__cause__, redis.TimeoutError)
         assert time.monotonic() - started < 3
 
 
@@ -158,3 +159,49 @@ def test_a_client_id_no_event_can_carry_is_a_bad_row(tmp_path: Path) -> None:
     assert [e.split(": ", 1)[0] for e in bad.value.errors] == lines
     assert all("control character" in e for e in bad.value.errors[:3])
     assert "only white space" in bad.value.errors[3]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("clientid,segment", "unknown column 'clientid'"),
+        ("client_id,segment,", "unknown column ''"),
+        ("client_id;segment", "unknown column 'client_id;segment'"),
+        ("client_id,tz", "column 'segment' is required"),
+    ],
+)
+def test_a_bad_csv_header_is_one_error_not_one_per_row(
+    tmp_path: Path, header: str, message: str
+) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(header + "\n" + "".join(f"C{i},senior\n" for i in range(500)))
+    with pytest.raises(ProfileFileError, match=message) as caught:
+        read_profiles(path)
+    assert len(caught.value.errors) == 1
+
+
+@pytest.mark.parametrize("name", ["p.csv", "p.jsonl"])
+def test_a_file_without_profiles_is_an_error(tmp_path: Path, name: str) -> None:
+    """Empty CSV and JSON-lines files alike (the JSON-lines one loaded 0 profiles, exit 0)."""
+    path = tmp_path / name
+    path.write_text("client_id,segment\n" if name.endswith(".csv") else "\n")
+    with pytest.raises(ProfileError, match="no profiles in the file"):
+        read_profiles(path)
+
+
+def test_json_lines_may_start_with_a_byte_order_mark_and_null_means_the_default(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"client_id": "C1", "segment": "senior", "do_not_contact": null}\n'
+    )
+    assert read_profiles(path) == [Profile("C1", "senior")]
+
+
+def test_a_client_id_longer_than_events_may_carry_is_a_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(f"client_id,segment\n{'C' * 64},senior\n{'D' * 65},senior\n")
+    with pytest.raises(ProfileFileError, match=r"p.csv:3: field 'client_id': longer than 64"):
+        read_profiles(path)
+    assert len(read_profiles(path, max_id_len=65)) == 2
