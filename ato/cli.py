@@ -355,7 +355,7 @@ def _db(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from ato import db  # noqa: PLC0415
 
-    columns, rows = db.query(_clickhouse_settings(args), args.sql)
+    columns, rows = db.query(_clickhouse_settings(args), args.sql, write=args.write)
     sys.stdout.write(db.render(columns, rows, args.format))
     return 0
 
@@ -568,6 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help='the SQL, e.g. "SELECT * FROM funnel_hour LIMIT 10"')
     query.add_argument("--config", type=Path, help="settings file ([clickhouse], out_dir)")
     query.add_argument("--url", help=url_help)
+    query.add_argument(
+        "--write",
+        action="store_true",
+        help="allow a statement that is not read-only (CREATE VIEW, INSERT, ...); without it"
+        " only SELECT, WITH, SHOW, DESCRIBE, EXPLAIN and EXISTS run",
+    )
     query.add_argument(
         "--format",
         choices=["table", "csv", "json"],

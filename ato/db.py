@@ -21,6 +21,61 @@ from sinks.exceptions import ClickHouseError
 
 FORMATS = ("table", "csv", "json")
 QUERY_SETTINGS = {"final": 1}  # every ReplacingMergeTree read as FINAL: duplicates count once
+# statements that read only: what `ato query` runs unless told it may write
+READ_ONLY_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of ``sql`` split at semicolons outside quotes and comments, each
+    stripped of its comments and white space (empty statements left out)."""
+    found: list[str] = []
+    current: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            end = i + 1
+            while end < n and sql[end] != c:
+                end += 2 if sql[end] == "\\" else 1
+            current.append(sql[i : end + 1])
+            i = end + 1
+        elif sql.startswith("--", i) or c == "#":
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+            current.append(" ")
+        elif c == ";":
+            found.append("".join(current).strip())
+            current = []
+            i += 1
+        else:
+            current.append(c)
+            i += 1
+    found.append("".join(current).strip())
+    return [statement for statement in found if statement]
+
+
+def check_sql(sql: str, write: bool = False) -> None:
+    """Refuse what ``ato query`` does not run: no statement, several, or (without ``write``)
+    one that is not read-only."""
+    found = statements(sql)
+    if not found:
+        msg = "no SQL to run (the statement is empty)"
+        raise ClickHouseError(msg)
+    if len(found) > 1:
+        msg = f"one statement at a time: this SQL holds {len(found)} (split at ';')"
+        raise ClickHouseError(msg)
+    words = found[0].lstrip("( \t\r\n").split(None, 1)
+    first = words[0].upper() if words else ""
+    if not write and first not in READ_ONLY_STATEMENTS:
+        msg = (
+            f"ato query runs read-only statements ({', '.join(READ_ONLY_STATEMENTS)}), not"
+            f" {first or found[0]!r}: pass --write to change the database (the tables and"
+            " views of the schema belong to `ato db migrate`)"
+        )
+        raise ClickHouseError(msg)
 
 
 def open_store(settings: Settings, must_exist: bool = False) -> ClickHouseStore:
@@ -28,10 +83,11 @@ def open_store(settings: Settings, must_exist: bool = False) -> ClickHouseStore:
     a new empty database."""
     url = clickhouse_url(settings)
     path = chdb_path(url)
-    if must_exist and path is not None and not path.is_dir():
+    if must_exist and path is not None and not (path / "metadata").is_dir():
+        what = "is not an embedded ClickHouse directory" if path.exists() else "does not exist"
         msg = (
-            f"no embedded ClickHouse at {path} (clickhouse.url {mask_url(url)}): run `ato run`"
-            " or `ato db migrate` first, or pass --url / --config"
+            f"{path} {what} (clickhouse.url {mask_url(url)}): run `ato run` or `ato db"
+            " migrate` first, or pass --url / --config"
         )
         raise ClickHouseError(msg)
     return ClickHouseStore(url, settings.clickhouse.database)
@@ -49,8 +105,12 @@ def migrate(settings: Settings) -> tuple[ClickHouseStore, list[str], list[str]]:
     return store, new, every
 
 
-def query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Column names and rows of ``sql`` run in the settings' database."""
+def query(
+    settings: Settings, sql: str, write: bool = False
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of ``sql`` run in the settings' database (one statement; a
+    read-only one unless ``write``: :func:`check_sql`)."""
+    check_sql(sql, write)
     store = open_store(settings, must_exist=True)
     try:
         return store.query(sql, settings=QUERY_SETTINGS)
@@ -59,21 +119,60 @@ def query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, ...]
 
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
-    """``rows`` as ``table`` (aligned, numbers right), ``csv`` or ``json`` (object per line)."""
+    """``rows`` as ``table`` (aligned, numbers right, floats to 6 decimals), ``csv`` (values
+    exact, quoted where CSV needs it) or ``json`` (an object per line, values exact)."""
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([["" if v is None else _text(v) for v in row] for row in rows])
+        writer.writerows([[_exact(v) for v in row] for row in rows])
         return out.getvalue()
     if fmt == "json":
+        twice = sorted({name for name in columns if list(columns).count(name) > 1})
+        if twice:
+            msg = (
+                f"--format json: column name(s) {', '.join(map(repr, twice))} repeat, and a JSON"
+                " object keeps one of each: name each column (AS ...)"
+            )
+            raise ClickHouseError(msg)
         option = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
         lines = [
-            orjson.dumps(dict(zip(columns, row, strict=True)), default=str, option=option)
+            orjson.dumps(
+                {name: _json_value(v) for name, v in zip(columns, row, strict=True)},
+                default=str,
+                option=option,
+            )
             for row in rows
         ]
         return b"".join(line + b"\n" for line in lines).decode()
     return format_table(columns, rows)
+
+
+INT_RANGE = (-(2**63), 2**64 - 1)  # what a JSON number of orjson holds
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as orjson can write it: integers past 64 bits as decimal strings (as
+    ClickHouse's own JSON output quotes 128- and 256-bit integers)."""
+    if isinstance(value, int) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _exact(value: Any) -> str:
+    """A CSV cell: the value as it is (empty for NULL), floats in full, times to the
+    microsecond with their zone offset when they have one, text unescaped."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -87,6 +87,13 @@ SERVER_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 # what clickhouse-connect (and chDB's backend) append to a query's SQL; server errors quote it
 _DRIVER_FORMAT = re.compile(r"\s*FORMAT Native")
+# the tables and views the migrations leave (a test checks a fresh database has exactly these)
+SCHEMA_TABLES = frozenset({
+    "decisions", "decisions_hour", "decisions_hour_mv", "flow_health", "flow_health_hour",
+    "flow_health_hour_mv", "funnel_hour", "funnel_hour_mv", "funnel_minute", "outcomes",
+    "outcomes_hour", "outcomes_hour_mv", "schema_migration_steps", "schema_migrations",
+    "stalls", "stalls_hour", "stalls_hour_mv",
+})  # fmt: skip
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _TERMINATOR = re.compile(r";[ \t]*$", re.MULTILINE)
 _DTYPE_KINDS = {  # numpy dtype kinds a block may hold for each column type
@@ -295,8 +302,13 @@ class ClickHouseStore:
         """The error to raise; with ``sql``, the format clause the driver appended to it is
         left out of the server's message, which quotes the statement it got."""
         text = _message(exc, self._password)
-        if sql and not _DRIVER_FORMAT.search(sql):
+        if sql and not re.search(r"\bFORMAT\b|\bNative\b", sql, re.IGNORECASE):
             text = _DRIVER_FORMAT.sub("", text)
+            if re.search(r"\bFORMAT\b|\bNative\b", text):  # read as part of the SQL
+                text += (
+                    " (the SQL seems to end early: the server read the driver's own"
+                    " 'FORMAT Native', which follows it, as part of the statement)"
+                )
         return ClickHouseError(f"ClickHouse {self.display_url}: {what}: {text}")
 
     def _command(self, sql: str) -> Any:
@@ -379,7 +391,21 @@ class ClickHouseStore:
             )
             new.append(migration.version)
         self._columns.clear()
+        if self.schema_dir == SCHEMA_DIR:
+            self._check_schema_tables()
         return new
+
+    def _check_schema_tables(self) -> None:
+        """Fail when a table or view the shipped migrations made is gone (dropped by hand):
+        the migrations count as applied, so running them again would not bring it back."""
+        missing = sorted(SCHEMA_TABLES - set(self.tables()))
+        if missing:
+            msg = (
+                f"ClickHouse {self.display_url} database {self.database} lacks"
+                f" {', '.join(missing)}, which its applied migrations made (dropped by hand?):"
+                " restore them from a backup, or use another database"
+            )
+            raise ClickHouseError(msg)
 
     def applied(self) -> list[tuple[str, str, Any]]:
         """``(version, checksum, applied_at)`` of every applied migration."""

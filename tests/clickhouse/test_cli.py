@@ -100,7 +100,7 @@ def test_an_empty_result_still_names_its_columns(url: str, env: str, capsys) -> 
     assert main(["query", sql, "--url", url]) == 0
     table = capsys.readouterr().out
     assert "journey" in table and "stalls" in table and "(0 rows)" in table
-    assert main(["query", "SYSTEM FLUSH LOGS", "--url", url]) == 0  # no columns to name
+    assert main(["query", "SYSTEM FLUSH LOGS", "--write", "--url", url]) == 0  # no columns
 
 
 def test_sql_errors_exit_2_with_the_message_and_no_traceback(url: str, env: str, capsys) -> None:
@@ -110,9 +110,11 @@ def test_sql_errors_exit_2_with_the_message_and_no_traceback(url: str, env: str,
     err = capsys.readouterr().err
     assert err.startswith(f"ato: error: ClickHouse {url}: query failed: ")
     assert "Unknown expression identifier `nope`" in err and "Traceback" not in err
-    assert main(["query", "SELEC 1", "--url", url]) == 2
+    assert main(["query", "SELECT , 1", "--url", url]) == 2
     err = capsys.readouterr().err
     assert "Syntax error" in err and "FORMAT" not in err  # the driver's own clause is not quoted
+    assert main(["query", "SELECT ((1", "--url", url]) == 2  # it ends in the driver's clause
+    assert "the SQL seems to end early" in capsys.readouterr().err
 
 
 def test_query_before_any_migration_says_what_to_do(url: str, env: str, tmp_path: Path, capsys):
@@ -120,8 +122,60 @@ def test_query_before_any_migration_says_what_to_do(url: str, env: str, tmp_path
     assert f"has no database {env} (run `ato db migrate`" in capsys.readouterr().err
     absent = tmp_path / "absent"
     assert main(["query", "SELECT 1", "--url", f"chdb://{absent}"]) == 2
-    assert f"no embedded ClickHouse at {absent}" in capsys.readouterr().err
+    assert f"{absent} does not exist" in capsys.readouterr().err
     assert not absent.exists()
+    other = tmp_path / "other"  # a directory, but not a database: nothing is written into it
+    other.mkdir()
+    assert main(["query", "SELECT 1", "--url", f"chdb://{other}"]) == 2
+    assert f"{other} is not an embedded ClickHouse directory" in capsys.readouterr().err
+    assert list(other.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("", "no SQL to run"),
+        (" ; -- nothing", "no SQL to run"),
+        ("SELECT 1; SELECT 2", "one statement at a time: this SQL holds 2"),
+        ("DROP TABLE outcomes", "runs read-only statements"),
+        ("INSERT INTO outcomes SELECT * FROM outcomes", "pass --write"),
+    ],
+)
+def test_what_ato_query_refuses(url: str, env: str, capsys, sql: str, message: str) -> None:
+    """No SQL, several statements (chDB ran them all and printed their rows as one result),
+    and statements that change the database without --write (a dropped table broke every
+    later query, and `ato db migrate` called the database up to date)."""
+    with ClickHouseStore(url, env) as store:
+        store.migrate()
+    assert main(["query", sql, "--url", url]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["query", "SELECT count() FROM outcomes", "--url", url]) == 0
+    assert main(["query", "SELECT ';' AS semi -- ; a comment", "--url", url]) == 0
+
+
+def test_csv_and_json_keep_values_exact(url: str, env: str, capsys) -> None:
+    with ClickHouseStore(url, env) as store:
+        store.migrate()
+    sql = (
+        "SELECT 'a\nb' AS s, 1e-7 AS f, 123456789.123456789 AS g,"
+        " toDateTime64('2026-01-01 00:00:00.123456', 6, 'UTC') AS t"
+    )
+    assert main(["query", sql, "--url", url, "--format", "csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[1][:4] == [
+        "a\nb",
+        "1e-07",
+        "123456789.12345679",
+        "2026-01-01 00:00:00.123456",
+    ]
+    sql = "SELECT toUInt256('1000000000000000000000000000000') AS big, 1 AS n"
+    assert main(["query", sql, "--url", url, "--format", "json"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == {"big": "1" + "0" * 30, "n": 1}
+    assert (
+        main(["query", "SELECT number, number FROM numbers(1)", "--url", url, "--format", "json"])
+        == 2
+    )
+    assert "column name(s) 'number' repeat" in capsys.readouterr().err
 
 
 def test_a_bad_url_is_a_config_error(capsys) -> None:

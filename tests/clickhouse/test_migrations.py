@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.clickhouse import SCHEMA_DIR, ClickHouseStore, migrations
+from sinks.clickhouse import SCHEMA_DIR, SCHEMA_TABLES, ClickHouseStore, migrations
 from sinks.exceptions import ClickHouseError
 
 ROW_TABLES = {"funnel_minute", "stalls", "decisions", "outcomes", "flow_health"}
@@ -26,6 +26,7 @@ def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, databa
         assert set(store.tables()) == bookkeeping | ROW_TABLES | HOUR_TABLES | {
             f"{t}_mv" for t in HOUR_TABLES
         }
+        assert set(store.tables()) == SCHEMA_TABLES
         assert store.rollup_views() == sorted(f"{t}_mv" for t in HOUR_TABLES)
         applied = store.applied()
         assert [(v, c) for v, c, _at in applied] == [(m.version, m.checksum) for m in migrations()]
@@ -57,6 +58,18 @@ def test_a_changed_applied_migration_is_a_clear_error(
         path.write_text(path.read_text() + "\n-- an edit\n")
         with pytest.raises(ClickHouseError, match=r"migration 0002_rollups.sql changed after"):
             store.migrate()
+
+
+def test_a_table_dropped_by_hand_is_an_error_not_up_to_date(url: str, database: str) -> None:
+    with ClickHouseStore(url, database) as store:
+        store.migrate()
+        store.client.command(f"DROP TABLE {database}.outcomes_hour_mv")
+        store.client.command(f"DROP TABLE {database}.outcomes")
+    with (
+        ClickHouseStore(url, database) as store,
+        pytest.raises(ClickHouseError, match="lacks outcomes, outcomes_hour_mv, which its"),
+    ):
+        store.migrate()
 
 
 def test_a_new_migration_is_applied_once(url: str, database: str, tmp_path: Path) -> None:
