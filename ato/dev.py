@@ -1,8 +1,11 @@
 """``ato dev up|down|status``: a local Tansu broker and Redis for trying the Kafka path.
 
-The servers run detached; their addresses and process ids live in ``DIR/servers.json``
-(default ``runs/dev``), which ``down`` and ``status`` read. ``up`` also creates the default
-topics, so ``ATO_KAFKA_BROKERS=<broker> ato run --config examples/kafka.toml`` works next.
+The servers run detached; their addresses, process ids and the processes' start times live
+in ``DIR/servers.json`` (default ``runs/dev``), which ``down`` and ``status`` read: a process
+counts as the server only while its pid runs with the start time recorded, so a pid the
+system gave to another process since (after a reboot, say) is never signalled. ``up`` also
+creates the default topics, so ``ATO_KAFKA_BROKERS=<broker> ato run --config
+examples/kafka.toml`` works next.
 """
 
 import os
@@ -29,6 +32,18 @@ def up(directory: Path, broker_port: int, redis_port: int, clients: int) -> dict
     traffic of ``clients`` clients (none if 0) into the input topic."""
     running = status(directory)
     if running and all(s["alive"] for s in running.values()):
+        wanted = {"tansu": broker_port, "redis": redis_port}
+        other = [
+            f"{name} on {server['address']}"
+            for name, server in running.items()
+            if wanted.get(name) and not server["address"].endswith(f":{wanted[name]}")
+        ]
+        if other:
+            msg = (
+                f"dev servers already run in {directory} ({', '.join(other)}), not on the ports"
+                " asked for: `ato dev down` first to start them on other ports"
+            )
+            raise DevServerError(msg)
         return running
     if running:
         down(directory)
@@ -44,7 +59,8 @@ def up(directory: Path, broker_port: int, redis_port: int, clients: int) -> dict
             "address": server.address,
             "log": str(server.log_path),
             "stop_signal": int(server.stop_signal),
-            "pid": server.detach(),
+            "pid": (pid := server.detach()),
+            "started": _start_time(pid),
         }
         for server in (broker, redis)
     }
@@ -74,9 +90,16 @@ def status(directory: Path) -> dict[str, Any]:
     path = directory / STATE_FILE
     if not path.exists():
         return {}
-    state: dict[str, Any] = orjson.loads(path.read_bytes())
-    for server in state.values():
-        server["alive"] = _alive(server["pid"])
+    try:
+        state: dict[str, Any] = orjson.loads(path.read_bytes())
+        for server in state.values():
+            server["alive"] = _alive(int(server["pid"]), server.get("started"))
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        msg = (
+            f"{path} is not a state file `ato dev up` wrote ({exc!r}): stop its servers by hand"
+            " if they run, then remove it"
+        )
+        raise DevServerError(msg) from exc
     return state
 
 
@@ -84,27 +107,38 @@ def down(directory: Path) -> list[str]:
     """Stop the servers ``up`` started; return the names of those that were running."""
     stopped = []
     for name, server in status(directory).items():
+        pid, started = server["pid"], server.get("started")
         if server["alive"]:
-            os.kill(server["pid"], server["stop_signal"])
+            os.kill(pid, server["stop_signal"])
             deadline = time.monotonic() + STOP_GRACE_S
-            while _alive(server["pid"]) and time.monotonic() < deadline:
+            while _alive(pid, started) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(server["pid"]):
-                os.kill(server["pid"], signal.SIGKILL)
+            if _alive(pid, started):
+                os.kill(pid, signal.SIGKILL)
             stopped.append(name)
     (directory / STATE_FILE).unlink(missing_ok=True)
     return stopped
 
 
-def _alive(pid: int) -> bool:
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: state, parent, ... (None: no such process)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), None when it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def _alive(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` runs (a zombie, exited and not yet reaped, counts as gone) and, when
+    ``started`` is given, is still the process that started then."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+    return started is None or int(fields[19]) == started
