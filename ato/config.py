@@ -313,7 +313,7 @@ class ClickHouseSettings:
     url: str = _knob(
         "",
         "chdb:///abs/path, chdb://rel/path or http(s)://user@host:port[/db]."
-        " Empty: chdb://<out_dir>/clickhouse.",
+        " Empty: chdb://<out_dir>/clickhouse. chdb://memory: in memory only, lost at exit.",
     )
     password: str = _knob(
         "", "Server password, instead of one in the url (never printed or logged).", secret=True
@@ -605,7 +605,8 @@ def load_settings(
     if path is not None:
         origin = str(path)
         try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            # utf-8-sig: a byte-order mark (some editors write one) is not TOML
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
         except OSError as exc:
             msg = f"{path}: cannot read settings: {exc.strerror}"
             raise ConfigError(msg) from exc
@@ -662,7 +663,8 @@ def _field_type(cls: type, key: str, where: str) -> Any:
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.name not in _SECTIONS]
     if key not in names:
-        msg = f"{where}: unknown setting (known: {', '.join(names)})"
+        known = ", ".join(names + ([f"[{s}]" for s in _SECTIONS] if cls is Settings else []))
+        msg = f"{where}: unknown setting (known: {known})"
         raise ConfigError(msg)
     return hints[key]
 

@@ -54,7 +54,10 @@ def check_producer_config(settings: KafkaSettings) -> None:
     try:
         Producer({**producer_config(settings), "log_level": 0})  # quiet: no broker yet
     except KafkaException as exc:
-        msg = f"kafka.producer_config: {exc.args[0].str()}"
+        msg = (
+            "librdkafka refuses the producer's properties (kafka.security_protocol, sasl_*,"
+            f" producer_config): {exc.args[0].str()}"
+        )
         raise ConfigError(msg) from exc
 
 

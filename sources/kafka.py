@@ -182,7 +182,10 @@ def check_consumer_config(settings: KafkaSettings) -> None:
     try:
         Consumer({**consumer_config(settings), "log_level": 0}).close()  # quiet: no broker yet
     except KafkaException as exc:
-        msg = f"kafka.consumer_config: {exc.args[0].str()}"
+        msg = (
+            "librdkafka refuses the consumer's properties (kafka.security_protocol, sasl_*,"
+            f" consumer_config): {exc.args[0].str()}"
+        )
         raise ConfigError(msg) from exc
 
 

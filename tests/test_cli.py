@@ -351,7 +351,8 @@ def test_kafka_client_properties_librdkafka_refuses_are_an_error_at_start(
     )
     assert main(["run", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert f"ato: error: kafka.{client}_config: No such configuration property" in err
+    assert f"ato: error: librdkafka refuses the {client}'s properties" in err
+    assert f"{client}_config): No such configuration property" in err
     assert "no.such.thing" in err
 
 

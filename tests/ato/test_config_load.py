@@ -82,6 +82,15 @@ def test_file_contents_that_used_to_give_a_traceback(
         load_settings(path, {})
 
 
+def test_a_byte_order_mark_and_a_misspelt_section(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_bytes(b"\xef\xbb\xbf[engine]\nshards = 4\n")
+    assert load_settings(path, {}).engine.shards == 4
+    path.write_text("[enigne]\nshards = 4\n")
+    with pytest.raises(ConfigError, match=r"enigne: unknown setting \(known: .*\[engine\]"):
+        load_settings(path, {})
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.toml: cannot read settings"):
         load_settings(tmp_path / "nope.toml", {})
