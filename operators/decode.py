@@ -163,7 +163,7 @@ class Decoder:
             chunk = others[start : start + DECODE_CHUNK]
             parts.append(self._decode_chunk(messages, chunk, offsets[chunk], batch.partition, dead))
         events = EventColumns.concat(parts)
-        if len(others) and len(rows):  # the two kinds back in input order
+        if len(others) and len(rows) and len(events):  # the two kinds back in input order
             # by input row, not offset: the events of one envelope share its offset
             assert isinstance(events.raw, RawBytes)  # rows over the batch's own list
             events = events.take(np.argsort(events.raw.rows, kind="stable"))

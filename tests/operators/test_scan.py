@@ -196,6 +196,20 @@ def test_scan_decoder_equals_orjson_decoder(messages: list[bytes]) -> None:
         _same(one_thread, parsed, messages)
 
 
+def test_a_batch_whose_every_message_is_bad_through_both_paths() -> None:
+    """The scanner takes one message (its value rules then dead-letter it), orjson the
+    other, and no event is left: the decode step crashed on putting the none back in input
+    order, which stopped the run."""
+    bad_channel = {"event_id": "e1", "client_id": "C1", "ts": NOW, "channel": "fax", "type": "x"}
+    messages = [b"not json at all", orjson.dumps(bad_channel)]
+    for decoder in ("scan", "orjson"):
+        out = Decoder(CATALOG, EngineSettings(decoder=decoder), now_ms=lambda: NOW)(
+            RawBatch("p", messages, 0)
+        )
+        assert len(out.events) == 0
+        assert [d.reason for d in out.dead] == ["not_json", "unknown_channel"]
+
+
 def test_a_catalog_without_event_types() -> None:
     """Steps reached only by naming them: the type vocabulary is empty, and the fields
     looked up after it keep their own codes (the scanner read channels against a table
