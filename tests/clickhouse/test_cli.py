@@ -30,10 +30,11 @@ def test_db_migrate_prints_the_versions_it_applied(url: str, env: str, capsys) -
         "applied 0004_decision_channel",
         "applied 0005_health_redis",
         "applied 0006_funnel_advanced_comment",
-        f"database {env} at {url}: 6 migrations applied, schema at 0006_funnel_advanced_comment",
+        "applied 0007_decision_channel_comment",
+        f"database {env} at {url}: 7 migrations applied, schema at 0007_decision_channel_comment",
     ]
     assert main(["db", "migrate", "--url", url]) == 0
-    up_to_date = f"database {env} at {url}: up to date, schema at 0006_funnel_advanced_comment\n"
+    up_to_date = f"database {env} at {url}: up to date, schema at 0007_decision_channel_comment\n"
     assert capsys.readouterr().out == up_to_date
 
 
@@ -43,7 +44,7 @@ def test_the_default_url_is_the_out_dir_database(
     config = tmp_path / "ato.toml"
     config.write_text(f'out_dir = "{chdb_dir.parent}"\n')
     assert main(["db", "migrate", "--config", str(config)]) == 0
-    assert f"database {env} at chdb://{chdb_dir}: 6 migrations" in capsys.readouterr().out
+    assert f"database {env} at chdb://{chdb_dir}: 7 migrations" in capsys.readouterr().out
 
 
 def test_query_prints_an_aligned_table(url: str, env: str, capsys) -> None:

@@ -21,6 +21,7 @@ def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, databa
             "0004_decision_channel",
             "0005_health_redis",
             "0006_funnel_advanced_comment",
+            "0007_decision_channel_comment",
         ]
         bookkeeping = {"schema_migrations", "schema_migration_steps"}
         assert set(store.tables()) == bookkeeping | ROW_TABLES | HOUR_TABLES | {
@@ -32,7 +33,7 @@ def test_migrate_from_empty_creates_every_table_then_is_a_no_op(url: str, databa
         assert [(v, c) for v, c, _at in applied] == [(m.version, m.checksum) for m in migrations()]
     with ClickHouseStore(url, database) as again:  # start-up of the next run
         assert again.migrate() == []
-        assert len(again.applied()) == 6
+        assert len(again.applied()) == 7
 
 
 def test_engines_and_keys_collapse_duplicates(store: ClickHouseStore) -> None:
@@ -134,6 +135,7 @@ def test_funnel_rows_of_the_per_shard_table_are_summed_over_shards(
             "0004_decision_channel",
             "0005_health_redis",
             "0006_funnel_advanced_comment",
+            "0007_decision_channel_comment",
         ]
         assert "shard" not in store.columns("funnel_minute")
         _, rows = store.query(
@@ -184,7 +186,11 @@ def test_flow_health_rows_of_an_older_database_keep_their_counts_and_roll_up(
         store.migrate()
         store.client.command(f"INSERT INTO {database}.flow_health VALUES ({old_row})")
     with ClickHouseStore(url, database) as store:
-        assert store.migrate() == ["0005_health_redis", "0006_funnel_advanced_comment"]
+        assert store.migrate() == [
+            "0005_health_redis",
+            "0006_funnel_advanced_comment",
+            "0007_decision_channel_comment",
+        ]
         store.client.command(
             f"INSERT INTO {database}.flow_health (interval_start, run_id, worker, events_in,"
             " redis_outages, decisions_waiting)"
@@ -206,3 +212,13 @@ def test_the_funnel_columns_say_what_they_count(store: ClickHouseStore) -> None:
         f" WHERE database = '{store.database}' AND table = 'funnel_minute' AND name = 'advanced'"
     )
     assert "back-steps" in comment and "already on" in comment
+
+
+def test_the_decision_channel_says_deferred_and_suppressed_ones_carry_it(
+    store: ClickHouseStore,
+) -> None:
+    _, [(comment,)] = store.query(
+        "SELECT comment FROM system.columns"
+        f" WHERE database = '{store.database}' AND table = 'decisions' AND name = 'channel'"
+    )
+    assert "would have gone" in comment
