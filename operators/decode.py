@@ -270,8 +270,8 @@ class Decoder:
         joined = "".join(client_ids)
         if CLIENT_ID_CONTROL.search(joined):
             raise _SlowPath  # also: numpy str_ arrays would drop a trailing NUL
-        if "\ufeff" in joined:
-            raise _SlowPath  # white space to the schema, not to str.strip
+        if "\ufeff" in joined and any(map(only_white_space, client_ids)):
+            raise _SlowPath  # an id of only white space, U+FEFF included (the schema's \s)
         ids = np.array(client_ids)
         if ids.dtype.itemsize // 4 > self.settings.max_client_id_len:
             raise _SlowPath

@@ -87,9 +87,15 @@ def _string(buf: np.ndarray, i: int, end: int) -> int:
     return -1
 
 
+# longer integers go to orjson, which reads them as floats (or refuses them past a double's
+# range, anywhere in a message): the scanner leaves every such message to it
+MAX_INT_DIGITS = 19
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _integer(buf: np.ndarray, i: int, end: int) -> int:
-    """Index after a JSON integer at ``i`` (no fraction, no exponent), or -1."""
+    """Index after a JSON integer at ``i`` (no fraction, no exponent, at most
+    ``MAX_INT_DIGITS`` digits), or -1."""
     if i < end and buf[i] == 45:
         i += 1
     if i >= end or buf[i] < 48 or buf[i] > 57:
@@ -97,8 +103,11 @@ def _integer(buf: np.ndarray, i: int, end: int) -> int:
     if buf[i] == 48:
         i += 1
     else:
+        first = i
         while i < end and 48 <= buf[i] <= 57:
             i += 1
+        if i - first > MAX_INT_DIGITS:
+            return -1
     if i < end and (buf[i] == 46 or buf[i] == 101 or buf[i] == 69):
         return -1  # a float: orjson's business
     return i
@@ -653,7 +662,7 @@ def _value_py(text: str, i: int, depth: int) -> tuple[object, int]:
     while k < len(text) and text[k].isdigit() and text[k].isascii():
         k += 1
     digits = text[j:k]
-    if not digits or (len(digits) > 1 and digits[0] == "0"):
+    if not digits or (len(digits) > 1 and digits[0] == "0") or len(digits) > MAX_INT_DIGITS:
         raise _Reject
     if k < len(text) and text[k] in ".eE":
         raise _Reject

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ato.catalog import SEGMENTS, load_catalog, parse_catalog
-from ato.columns import EventColumns
+from ato.columns import EventColumns, client_id_texts
 from ato.config import EngineSettings
 from operators import decode, scan
 from operators.batches import RawBatch
@@ -208,6 +208,32 @@ def test_a_batch_whose_every_message_is_bad_through_both_paths() -> None:
         )
         assert len(out.events) == 0
         assert [d.reason for d in out.dead] == ["not_json", "unknown_channel"]
+
+
+def test_client_ids_holding_a_byte_order_mark_among_other_characters() -> None:
+    """U+FEFF inside an id with other characters is an ordinary id (only an id of nothing but
+    white space, U+FEFF included, is refused): the decode step raised on it, losing the batch."""
+    good = {"event_id": "e0", "client_id": "C0", "ts": NOW, "channel": "app", "type": "x"}
+    ids = ["\ufeffa", "a\ufeff", "x\ufeffy", "\ufeff \ufeff"]
+    messages = [orjson.dumps(good)] + [orjson.dumps({**good, "client_id": i}) for i in ids]
+    for decoder in ("scan", "orjson"):
+        out = Decoder(CATALOG, EngineSettings(decoder=decoder), now_ms=lambda: NOW)(
+            RawBatch("p", messages, 0)
+        )
+        assert client_id_texts(out.events.client_id) == ["C0", *ids[:3]]
+        assert [(d.offset, d.reason) for d in out.dead] == [(4, "bad_value")]
+
+
+def test_integers_past_a_double_anywhere_are_read_as_orjson_reads_them() -> None:
+    """The scanner took any integer; orjson refuses one past a double's range: the two
+    decoders disagreed on such a message."""
+    doc = b'{"event_id":"e","client_id":"c","ts":%d,"channel":"app","type":"x","n":1%s}'
+    messages = [doc % (NOW, b"0" * 18), doc % (NOW, b"0" * 19), doc % (NOW, b"0" * 309)]
+    scanned = Decoder(CATALOG, EngineSettings(decoder="scan"), now_ms=lambda: NOW)
+    parsed = Decoder(CATALOG, EngineSettings(decoder="orjson"), now_ms=lambda: NOW)
+    _same(scanned, parsed, messages)
+    out = scanned(RawBatch("p", messages, 0))
+    assert len(out.events) == 2 and [d.reason for d in out.dead] == ["not_json"]
 
 
 def test_a_catalog_without_event_types() -> None:
