@@ -44,6 +44,13 @@ FLOW_READY_TIMEOUT_S = 300.0  # longest wait for the flow to start reading
 READY_DELAY_S = 1.0  # between the flow reading and the producers' release
 IDLE_TIMEOUT_MS = 2_000  # the flow's engine.idle_timeout_ms
 DRAIN_S = 8.0  # the flow keeps running this long after the live part
+FLOW_STOP_GRACE_S = 120.0  # a flow still running this long after its planned end is hung
+# option ceilings: above them a run starts more processes than any machine here can run
+MAX_RATE = 5_000_000.0
+MAX_PROCESSES = 64
+MAX_FACTOR = 10.0
+MAX_STEPS = 50
+MAX_DURATION_S = 86_400.0
 LAG_BOUND_S = 2.0  # "bounded": lag below this many seconds of input (see lag_bounded)
 LAG_GROWTH_SHARE = 0.4  # "bounded": the lag's trend over the window rises less than this x bound
 KEEP_UP = 0.95  # producers must reach this share of the target rate for a valid step
@@ -144,6 +151,12 @@ def _run(
 ) -> dict[str, Any]:
     say = _printer(progress)
     n_producers = _producers_for(scenario.peak_rate(), producers)
+    if n_producers > MAX_PROCESSES:
+        msg = (
+            f"{scenario.name}: a peak of {scenario.peak_rate():,.0f} events/s needs"
+            f" {n_producers} producer processes, more than {MAX_PROCESSES}: lower the rate"
+        )
+        raise LoadTestError(msg)
     catalog = load_catalog(scenario.catalog_path())
     clients = clients_needed(scenario, catalog)
     stem = f"lt.{run_dir.name}.{int(time.time())}"
@@ -179,13 +192,17 @@ def _run(
             watch.watch(f"producer-{i}", process.pid)
         if broker_pid is not None:
             watch.watch("broker", broker_pid)
-        timeline = _sample(positions, parts, handles, flow, watch, reader, release_ms / 1000, say)
+        timeline = _sample(
+            positions, parts, handles, flow, watch, reader, release_ms / 1000, say, run_dir,
+            flow_seconds,
+        )  # fmt: skip
         reader.drain()
         summary = _flow_summary(flow, run_dir)
         for process in handles.processes:
             process.join(120)
         if any(s == FAILED for s in handles.states()):
             raise LoadTestError(_producer_errors(run_dir))
+        _check_producers_done(handles, run_dir)
     finally:
         if flow is not None:
             stop_group(flow)
@@ -245,6 +262,17 @@ def _wait_ready(handles: Any, run_dir: Path, say: Any) -> None:
         time.sleep(0.2)
 
 
+def _check_producers_done(handles: Any, run_dir: Path) -> None:
+    """Fail when a producer process ended without finishing its traffic (killed, say)."""
+    for i, (process, state) in enumerate(zip(handles.processes, handles.states(), strict=True)):
+        if state != DONE and not process.is_alive():
+            msg = (
+                f"producer-{i} ended (exit code {process.exitcode}) before it sent all its"
+                f" traffic; no report (see {run_dir})"
+            )
+            raise LoadTestError(msg)
+
+
 def _producer_errors(run_dir: Path) -> str:
     errors = [p.read_text() for p in sorted(run_dir.glob("producer-*.error"))]
     return "producer failed: " + "; ".join(errors or ["(no error file)"])
@@ -257,13 +285,13 @@ def _wait_reading(
     started = time.monotonic()
     while True:
         if flow.poll() is not None:
-            msg = f"the flow exited with code {flow.returncode} while starting (see flow.err)"
+            msg = f"the flow exited with code {flow.returncode} while starting (see {_err(flow)})"
             raise LoadTestError(msg)
         if all(done is not None for done, _end in positions.read(parts).values()):
             say(f"flow reading after {time.monotonic() - started:.0f} s")
             return
         if time.monotonic() - started > FLOW_READY_TIMEOUT_S:
-            msg = f"the flow was not reading after {FLOW_READY_TIMEOUT_S:g} s (see flow.err)"
+            msg = f"the flow was not reading after {FLOW_READY_TIMEOUT_S:g} s (see {_err(flow)})"
             raise LoadTestError(msg)
         time.sleep(0.5)
 
@@ -300,9 +328,16 @@ def _start_flow(
     argv += ["--processes", str(processes), "--duration-s", f"{seconds:.1f}"]
     with (run_dir / "flow.out").open("wb") as out, (run_dir / "flow.err").open("wb") as err:
         # its own process group: stop_group reaches the cluster members of --processes N
-        return subprocess.Popen(  # noqa: S603 - our own command
+        flow = subprocess.Popen(  # noqa: S603 - our own command
             argv, stdout=out, stderr=err, start_new_session=True
         )
+    flow.err_path = run_dir / "flow.err"  # type: ignore[attr-defined]
+    return flow
+
+
+def _err(flow: "subprocess.Popen[bytes]") -> str:
+    """Where the flow's error output goes (its run directory's ``flow.err``)."""
+    return str(getattr(flow, "err_path", "flow.err"))
 
 
 def stop_group(process: "subprocess.Popen[bytes]") -> None:
@@ -321,8 +356,12 @@ def _sample(
     reader: InterventionReader,
     release_s: float,
     say: Any,
+    run_dir: Path,
+    flow_seconds: float,
 ) -> dict[str, Any]:
-    """Sample once a second until the flow exits; the timeline."""
+    """Sample once a second until the flow exits; the timeline. A producer that dies before
+    it finished, or a flow still running ``FLOW_STOP_GRACE_S`` after its planned end (hung),
+    fails the run."""
     t_s: list[float] = []
     sent: list[int] = []
     processed: list[int] = []
@@ -336,6 +375,13 @@ def _sample(
         for i, child in enumerate(children(flow.pid)):
             watch.watch(f"flow-{i}", child)
         watch.sample()
+        if now > flow_seconds + FLOW_STOP_GRACE_S:
+            msg = (
+                f"the flow was still running {now - flow_seconds:.0f} s after its planned end"
+                f" (hung?); stopped, no report (see {_err(flow)})"
+            )
+            raise LoadTestError(msg)
+        _check_producers_done(handles, run_dir)
         if now < 0:
             continue
         by_part = handles.sent_by_partition()
@@ -354,7 +400,7 @@ def _sample(
                 f" interventions {len(reader.ids):,}"
             )
     if flow.returncode != 0:
-        msg = f"the flow exited with code {flow.returncode} (see flow.err)"
+        msg = f"the flow exited with code {flow.returncode} (see {_err(flow)})"
         raise LoadTestError(msg)
     if not all(s == DONE for s in handles.states()):
         for process in handles.processes:
@@ -554,6 +600,7 @@ def find_max(
     started_at = datetime.now(UTC).isoformat()
     steps: list[dict[str, Any]] = []
     rate, best, bad = scenario.rate, 0.0, math.inf
+    ended = "interrupted"  # until the loop ends on its own
     try:
         for _ in range(max_steps):
             step_dir = run_dir / f"step-{len(steps) + 1:02d}-{rate:.0f}"
@@ -578,10 +625,13 @@ def find_max(
             best, bad = (max(best, rate), bad) if held else (best, min(bad, rate))
             next_rate = _next_rate(rate, best, bad, factor)
             if next_rate is None:
+                ended = "converged"
                 break
             rate = next_rate
+        else:
+            ended = "max_steps"
     finally:
-        out = _search_result(scenario, steps, started_at, processes, brokers, factor)
+        out = _search_result(scenario, steps, started_at, processes, brokers, factor, ended)
         report.write_report(out, run_dir)
     return out
 
@@ -593,11 +643,24 @@ def _search_result(
     processes: int,
     brokers: str,
     factor: float,
+    ended: str = "converged",
 ) -> dict[str, Any]:
-    """The capacity search's result: its steps and the best one that held."""
+    """The capacity search's result: its steps, the best one that held, and how the search
+    ended (``converged``, ``max_steps`` or ``interrupted``) with what the best rate then is:
+    ``bound`` ``lower`` when no higher step failed, else ``within`` the 10 % gap or ``gap``
+    (the ratio of the lowest failing rate to it, when the search stopped wider)."""
     held = [i for i, step in enumerate(steps) if step["held"]]
     best = max(held, key=lambda i: steps[i]["base_rate"]) if held else None
+    failing = [s["base_rate"] for s in steps if not s["held"]]
+    if best is None:
+        bound = None
+    else:
+        above = [r for r in failing if r > steps[best]["base_rate"]]
+        gap = min(above) / steps[best]["base_rate"] if above else None
+        bound = "lower" if gap is None else "within" if gap <= 1.1 else f"gap {gap:.2f}"
     return {
+        "ended": ended,
+        "bound": bound,
         "kind": "find_max",
         "scenario": scenario.describe(),
         "settings": {"processes": processes, "brokers": brokers, "factor": factor},
@@ -699,18 +762,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Every option's range, before anything starts."""
-    for name in ("rate", "duration"):
+    for name, most in (("rate", MAX_RATE), ("duration", MAX_DURATION_S)):
         value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            msg = f"--{name}: must be > 0, got {value}"
+        if value is not None and not (math.isfinite(value) and 0 < value <= most):
+            msg = f"--{name}: must be > 0 and at most {most:,.0f}, got {value}"
             raise LoadTestError(msg)
-    for name in ("processes", "producers", "max_steps"):
+    for name, most in (
+        ("processes", MAX_PROCESSES), ("producers", MAX_PROCESSES), ("max_steps", MAX_STEPS),
+    ):  # fmt: skip
         value = getattr(args, name)
-        if value is not None and value < 1:
-            msg = f"--{name.replace('_', '-')}: must be >= 1, got {value}"
+        if value is not None and not 1 <= value <= most:
+            msg = f"--{name.replace('_', '-')}: must be from 1 to {most}, got {value}"
             raise LoadTestError(msg)
-    if not (math.isfinite(args.factor) and args.factor > 1):
-        msg = f"--factor: must be > 1 (the capacity search's rate step), got {args.factor}"
+    if not (math.isfinite(args.factor) and 1 < args.factor <= MAX_FACTOR):
+        msg = (
+            f"--factor: must be > 1 and at most {MAX_FACTOR:g} (the capacity search's rate"
+            f" step), got {args.factor}"
+        )
+        raise LoadTestError(msg)
+    if args.brokers is not None and not args.brokers.strip():
+        msg = "--brokers: empty (leave it out for the dev servers or a Tansu of the run's own)"
         raise LoadTestError(msg)
 
 
@@ -729,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     except KeyboardInterrupt:
         print("ato loadtest: interrupted; flow, producers and own broker stopped", file=sys.stderr)
+        if args.find_max and getattr(args, "run_dir", None) is not None:
+            print(f"ato loadtest: the search's report so far: {args.run_dir / 'report.md'}")
         return 130
 
 
@@ -740,7 +813,12 @@ def _main(args: argparse.Namespace) -> int:
         scenario = scenario.with_duration(args.duration)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     run_dir = Path(args.out) / f"{stamp}-{scenario.name}{'-find-max' if args.find_max else ''}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    args.run_dir = run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"--out {args.out}: cannot create the run directory {run_dir}: {exc.strerror}"
+        raise LoadTestError(msg) from exc
     brokers, server, broker_pid = _broker(args, run_dir)
     try:
         if args.find_max:

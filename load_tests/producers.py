@@ -9,6 +9,7 @@ shared counters; at the end the process writes its truth and send-time samples t
 
 import gc
 import multiprocessing as mp
+import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
@@ -105,7 +106,9 @@ def start_producers(jobs: list[ProducerJob]) -> ProducerHandles:
 
 
 def producer_main(job: ProducerJob, counters: Any, release_ms: Any) -> None:
-    """Body of one producer process."""
+    """Body of one producer process. Ctrl-C reaches it with the harness (one process group):
+    it leaves the stopping to the harness, which kills it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     base = job.index * (HEAD + job.scenario.partitions)
     try:
         _produce(job, counters, base, release_ms)

@@ -321,12 +321,36 @@ def _image_links(images: list[str] | None, default: list[str]) -> list[str]:
 # Markdown: capacity search
 
 
+def _search_ending(result: dict[str, Any]) -> list[str]:
+    """What the way the search ended means for its figure (nothing when it converged)."""
+    steps = len(result.get("steps") or [])
+    ended, bound = result.get("ended"), result.get("bound")
+    notes = []
+    if ended == "interrupted":
+        notes.append(f"The search was interrupted after {steps} step(s): its steps so far.")
+    elif ended == "max_steps":
+        notes.append(f"The search stopped at its step limit (`--max-steps {steps}`).")
+    if bound == "lower":
+        notes.append(
+            "No step above it failed, so this is a lower bound: raise `--max-steps`, or start"
+            " higher with `--rate`."
+        )
+    elif isinstance(bound, str) and bound.startswith("gap"):
+        notes.append(
+            f"The lowest failing rate is {bound.split()[1]}x above it (the search narrows to"
+            " 1.1x when it has the steps)."
+        )
+    return [" ".join(notes), ""] if notes else []
+
+
 def _find_max_markdown(result: dict[str, Any], images: list[str] | None) -> str:
     name = _get(result, "scenario", "name") or "unnamed scenario"
     lines = [f"# Capacity search: {name} ({_date(result.get('started_at'))})", ""]
     best = result.get("max_sustainable_rate")
+    bound = result.get("bound")
     if _is_number(best):
-        conclusion = f"**Maximum sustainable rate: {_rate(best)}**"
+        at_least = "at least " if bound == "lower" else ""
+        conclusion = f"**Maximum sustainable rate: {at_least}{_rate(best)}**"
         if result.get("max_sustainable_step"):
             conclusion += f" (step {result['max_sustainable_step']}"
             achieved = result.get("max_sustainable_achieved_rate")
@@ -338,6 +362,7 @@ def _find_max_markdown(result: dict[str, Any], images: list[str] | None) -> str:
     else:
         conclusion = "**No step was sustainable: maximum sustainable rate n/a.**"
     lines += [conclusion, ""]
+    lines += _search_ending(result)
     if result.get("rule"):
         lines += [f"A step is sustainable (held) when: {result['rule']}", ""]
     lines += ["## Steps", "", *_steps_table(result.get("steps")), ""]

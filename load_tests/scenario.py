@@ -93,7 +93,14 @@ class Scenario:
             )
             raise ConfigError(msg)
         warmup_s = self.warmup_s if self.warmup_s < duration_s else duration_s / 3
-        return replace(self, duration_s=duration_s, warmup_s=warmup_s)
+        note = (
+            f" (this run: {duration_s:g} s live, figures over {warmup_s:g}-{duration_s:g} s)"
+            if duration_s != self.duration_s
+            else ""
+        )
+        return replace(
+            self, duration_s=duration_s, warmup_s=warmup_s, description=self.description + note
+        )
 
     def catalog_path(self) -> Path:
         """The catalog file: a bare name is one of ``load_tests/catalogs``."""

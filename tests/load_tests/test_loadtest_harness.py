@@ -21,7 +21,7 @@ from ato.cli import main as cli_main
 from ato.devservers import Server, create_topics, start_broker
 from ato.exceptions import ConfigError
 from ato.generator import TruthStall
-from load_tests import bench_kafka, harness, report
+from load_tests import bench_kafka, harness, producers, report
 from load_tests.harness import LoadTestError, _next_rate, lag_bounded, lag_growth, run_scenario
 from load_tests.harness import main as harness_main
 from load_tests.monitor import children
@@ -306,12 +306,17 @@ def test_more_bad_scenarios_name_the_file_and_key(raw: dict[str, object], key: s
 @pytest.mark.parametrize(
     ("args", "option"),
     [
-        (["--processes", "0"], "--processes: must be >= 1"),
-        (["--producers", "0"], "--producers: must be >= 1"),
+        (["--processes", "0"], "--processes: must be from 1 to 64"),
+        (["--producers", "0"], "--producers: must be from 1 to 64"),
+        (["--processes", "1000000"], "--processes: must be from 1 to 64"),
+        (["--rate", "1e9"], "--rate: must be > 0 and at most 5,000,000"),
+        (["--factor", "1e300"], "--factor: must be > 1 and at most 10"),
+        (["--max-steps", "1000"], "--max-steps: must be from 1 to 50"),
+        (["--brokers", " "], "--brokers: empty"),
         (["--factor", "1"], "--factor: must be > 1"),
         (["--factor", "0.5"], "--factor: must be > 1"),
         (["--factor", "nan"], "--factor: must be > 1"),
-        (["--max-steps", "0"], "--max-steps: must be >= 1"),
+        (["--max-steps", "0"], "--max-steps: must be from 1 to 50"),
         (["--rate", "inf"], "--rate: must be > 0"),
         (["--duration", "nan"], "--duration: must be > 0"),
     ],
@@ -322,6 +327,33 @@ def test_bad_options_are_clear_errors_before_anything_starts(
     with pytest.raises(LoadTestError, match=re.escape(option)):
         harness_main(["smoke", "--brokers", "127.0.0.1:1", "--out", str(tmp_path), *args])
     assert not list(tmp_path.iterdir())
+
+
+def test_an_out_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(LoadTestError, match="--out .*a-file: cannot create the run directory"):
+        harness_main(["smoke", "--brokers", "127.0.0.1:1", "--out", str(a_file)])
+
+
+def test_a_producer_that_died_unfinished_fails_the_run(tmp_path: Path) -> None:
+    """A producer killed mid-run stays SENDING in the shared counters: the run used to go on
+    and crash at the end on its missing output file."""
+
+    class Dead:
+        exitcode = -9
+
+        def is_alive(self) -> bool:
+            return False
+
+    class Handles:
+        processes = [Dead()]
+
+        def states(self) -> list[float]:
+            return [producers.SENDING]
+
+    with pytest.raises(LoadTestError, match=r"producer-0 ended \(exit code -9\) before it sent"):
+        harness._check_producers_done(Handles(), tmp_path)
 
 
 def test_asked_producers_are_used_as_given() -> None:
@@ -435,6 +467,32 @@ def test_find_max_reports_the_peak_rate_and_survives_a_failed_step(
     assert "| 2 | 900 | n/a | n/a | n/a | n/a | n/a | n/a | **no** |" in md
     assert "| 750 | 600 | 600 | 100 | 0 | yes | **no** | **no** |" in md  # producers short
     assert (tmp_path / "find_max.png").exists()
+    # 3 steps: 300 held, 450 failed, 375 failed: 450/300 = 1.5 > 1.1, stopped at the limit
+    assert (result["ended"], result["bound"]) == ("max_steps", "gap 1.25")
+    assert "The search stopped at its step limit (`--max-steps 3`)." in md
+    assert "The lowest failing rate is 1.25x above it" in md
+
+
+def test_a_search_that_never_failed_reports_a_lower_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step held: the best rate is only a lower bound (it was headlined as the
+    maximum)."""
+    scenario = Scenario(name="x", duration_s=10, warmup_s=4, rate=100)
+    monkeypatch.setattr(
+        harness,
+        "run_scenario",
+        lambda step, **_: _step_result(step.peak_rate(), step.peak_rate(), bounded=True),
+    )
+    result = _search(scenario, tmp_path, max_steps=2)
+    assert (result["ended"], result["bound"], result["max_sustainable_rate"]) == (
+        "max_steps",
+        "lower",
+        150,
+    )
+    md = (tmp_path / "report.md").read_text()
+    assert "**Maximum sustainable rate: at least 150 events/s**" in md
+    assert "this is a lower bound" in md
 
 
 def test_find_max_ends_with_its_report_when_kafka_fails(
