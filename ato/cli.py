@@ -541,18 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     dev = sub.add_parser("dev", help="local Tansu broker and Redis: up, down, status")
     dev.add_argument("action", choices=["up", "down", "status"])
-    dev.add_argument("--dir", type=Path, default=Path("runs/dev"), help="state and logs")
+    dev.add_argument(
+        "--dir", type=Path, default=Path("runs/dev"), help="state and logs (default: runs/dev)"
+    )
     dev.add_argument("--broker-port", type=int, default=19092, help="Kafka port (default: 19092)")
     dev.add_argument("--redis-port", type=int, default=16379, help="Redis port (default: 16379)")
     dev.add_argument(
         "--clients",
         type=int,
         default=100_000,
-        help="up: load generated traffic of this many clients into the input topic (0: none)",
+        help="up: load generated traffic of this many clients into the input topic (0: none;"
+        " default: 100000)",
     )
     dev.set_defaults(handler=_dev)
     feed = sub.add_parser("feed", help="write generated traffic into the input topic")
-    feed.add_argument("--config", type=Path, help="settings file (kafka.brokers, topics)")
+    feed.add_argument("--config", type=Path, help="settings file ([kafka], [generator], catalog)")
     feed.add_argument("--clients", type=int, help="generated clients (default: 100000)")
     feed.add_argument("--seed", type=int, help="generator seed (default: 7)")
     feed.set_defaults(handler=_feed)
@@ -609,14 +612,15 @@ def _add_profiles_parser(sub: Any) -> None:
         "profiles", help="client profiles in Redis: load a file, generate, show one"
     )
     actions = profiles.add_subparsers(dest="action", required=True)
-    config_help = "settings file ([redis], [generator], catalog)"
     url_help = "Redis url, e.g. redis://127.0.0.1:16379/0 (default: redis.url / ATO_REDIS_URL)"
     load = actions.add_parser(
         "load", help="import a CSV or JSON-lines file (all rows valid, else nothing is written)"
     )
     load.add_argument("file", type=Path, help=".csv with a header row, or .jsonl/.ndjson/.json")
     load.add_argument("--redis-url", help=url_help)
-    load.add_argument("--config", type=Path, help=config_help)
+    load.add_argument(
+        "--config", type=Path, help="settings file ([redis], engine.max_client_id_len)"
+    )
     load.set_defaults(handler=_profiles_load)
     gen = actions.add_parser(
         "generate", help="write the profiles of the generator's clients as JSON lines"
@@ -631,12 +635,12 @@ def _add_profiles_parser(sub: Any) -> None:
     )
     gen.add_argument("--catalog", type=Path, help="journey catalog TOML (default: shipped)")
     gen.add_argument("--out", type=Path, required=True, help="output file (.jsonl)")
-    gen.add_argument("--config", type=Path, help=config_help)
+    gen.add_argument("--config", type=Path, help="settings file ([generator], catalog)")
     gen.set_defaults(handler=_profiles_generate)
     show = actions.add_parser("show", help="print a client's stored profile (or the defaults)")
     show.add_argument("client_id", type=_client_id_arg, help="the client id")
     show.add_argument("--redis-url", help=url_help)
-    show.add_argument("--config", type=Path, help=config_help)
+    show.add_argument("--config", type=Path, help="settings file ([redis])")
     show.set_defaults(handler=_profiles_show)
 
 

@@ -746,17 +746,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ato loadtest", description="drive a scenario through the journey flow; report"
     )
-    parser.add_argument("scenario", nargs="?", default="steady", help="name or .toml path")
+    parser.add_argument(
+        "scenario", nargs="?", default="steady", help="name or .toml path (default: steady)"
+    )
     parser.add_argument("--rate", type=float, help="base events/s (default: the scenario's)")
     parser.add_argument("--duration", type=float, help="live seconds (default: the scenario's)")
     parser.add_argument("--processes", type=int, default=1, help="flow processes (default 1)")
     parser.add_argument("--producers", type=int, help="producer processes (default: by rate)")
     parser.add_argument("--brokers", help="Kafka brokers (default: dev servers, else a Tansu)")
-    parser.add_argument("--dev-dir", default="runs/dev", help="where `ato dev up` keeps state")
-    parser.add_argument("--out", default="runs/loadtest", help="reports go to OUT/<run id>/")
+    parser.add_argument(
+        "--dev-dir", default="runs/dev", help="where `ato dev up` keeps state (default: runs/dev)"
+    )
+    parser.add_argument(
+        "--out",
+        default="runs/loadtest",
+        help="reports go to OUT/<run id>/ (default: runs/loadtest)",
+    )
     parser.add_argument("--find-max", action="store_true", help="search the highest rate")
-    parser.add_argument("--factor", type=float, default=1.5, help="find-max rate step factor")
-    parser.add_argument("--max-steps", type=int, default=6, help="find-max steps at most")
+    parser.add_argument(
+        "--factor", type=float, default=1.5, help="find-max rate step factor (default: 1.5)"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=6, help="find-max steps at most (default: 6)"
+    )
     return parser
 
 
