@@ -7,7 +7,8 @@ Semantics (the twin in ``state/twins.py`` implements the same in plain Python):
   (back-steps allowed and counted) and sets ``deadline = ts + timeout(step)``; a terminal
   step closes the instance.
 * An event that maps to no step is attributed to the journey it names, else to the
-  client's instance that last progressed; it counts in the features, and an abandon signal
+  client's open instance that last progressed (when that one closes, the open instance that
+  progressed last before it takes its place); it counts in the features, and an abandon signal
   of that journey shortens the deadline to ``min(deadline, ts + grace)``.
 * The instance must progress strictly before its deadline. When any event of the client at
   ``ts >= deadline`` arrives (before that event counts anywhere), or the watermark reaches the
@@ -418,9 +419,13 @@ def _close(
     ci: np.ndarray,
     dl: np.ndarray,
     ii: np.ndarray,
+    it: np.ndarray,
     i_free: np.ndarray,
     meta: np.ndarray,
 ) -> None:
+    """Free instance ``slot``. When it was the client's last-progressed instance, that role
+    passes to the client's open instance that progressed last (ties: the higher journey
+    code, applied later), so events that name no journey still reach an open instance."""
     client = ii[slot, I_CLIENT]
     _unlink(ci, ii, client, slot)
     ii[slot, I_CLIENT] = -1
@@ -429,7 +434,13 @@ def _close(
     meta[M_I_FREE] += 1
     ci[client, C_OPEN] -= 1
     if ci[client, C_LAST_INST] == slot:
-        ci[client, C_LAST_INST] = -1
+        best = -1
+        cur = ci[client, C_FIRST]
+        while cur >= 0:  # in journey-code order: >= lets the higher code win a tie
+            if best < 0 or it[cur, T_PROGRESS] >= it[best, T_PROGRESS]:
+                best = cur
+            cur = ii[cur, I_NEXT]
+        ci[client, C_LAST_INST] = best
     if ci[client, C_OPEN] == 0:
         expiry = cts[client, C_LAST_TS] + client_ttl_ms
         meta[M_NEXT_CLIENT_EXPIRY] = min(meta[M_NEXT_CLIENT_EXPIRY], expiry)
@@ -474,7 +485,7 @@ def _settle(
     if deadline <= now:
         _emit_outcome(slot, OUTCOME_LAPSED, deadline, -1, it, ii, ih, out_i, out_f, n_out)
         n_out += 1
-        _close(slot, client_ttl_ms, cts, ci, dl, ii, i_free, meta)
+        _close(slot, client_ttl_ms, cts, ci, dl, ii, it, i_free, meta)
         counters[K_CLOSED] += 1
         return n_out, True
     return n_out, False
@@ -648,7 +659,7 @@ def apply_events(
             ci[cs, C_LAST_INST] = target
             if terminal != 0:
                 counters[K_COMPLETED if terminal == TERMINAL_SUCCESS else K_FAILED] += 1
-                _close(target, client_ttl_ms, cts, ci, dl, ii, i_free, meta)
+                _close(target, client_ttl_ms, cts, ci, dl, ii, it, i_free, meta)
             else:
                 deadline = t + step_timeout[j, s]
                 dl[target] = deadline

@@ -264,8 +264,10 @@ class PyShard:
         del self.instances[(inst.client, inst.journey)]
         client = self.clients[inst.client]
         client.open -= 1
-        if client.last_instance == (inst.client, inst.journey):
-            client.last_instance = None
+        if client.last_instance == (inst.client, inst.journey):  # to the latest still open
+            still_open = [i for i in self.instances.values() if i.client == inst.client]
+            latest = max(still_open, key=lambda i: (i.progress, i.journey), default=None)
+            client.last_instance = None if latest is None else (latest.client, latest.journey)
 
     def _record(self, inst: PyInstance) -> StallRecord:
         client = self.clients[inst.client]

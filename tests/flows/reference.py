@@ -18,6 +18,7 @@ class _Open:
     start: int
     step: int
     deadline: int
+    progress: int = 0  # event time of its last progress event
     attempt: int = 0
     stalled: bool = False
 
@@ -66,8 +67,11 @@ def reference_ids(messages: list[bytes], catalog: Catalog) -> set[str]:
 
     def close(key: tuple[str, int]) -> None:
         del open_[key]
-        if last.get(key[0]) == key:
+        if last.get(key[0]) == key:  # to the client's open instance that progressed last
             del last[key[0]]
+            still = [(i.progress, k[1]) for k, i in open_.items() if k[0] == key[0]]
+            if still:
+                last[key[0]] = (key[0], max(still)[1])
 
     for ts, j1, s1, _channel, _arrival, doc in events:
         client, j, s = doc["client_id"], j1 - 1, s1 - 1
@@ -84,7 +88,7 @@ def reference_ids(messages: list[bytes], catalog: Catalog) -> set[str]:
                 if terminal:
                     continue
                 inst = open_[(client, j)] = _Open(j, ts, s, 0)
-            inst.step, inst.stalled = s, False
+            inst.step, inst.stalled, inst.progress = s, False, ts
             last[client] = (client, j)
             if terminal:
                 close((client, j))

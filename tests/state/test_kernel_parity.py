@@ -15,7 +15,7 @@ from ato.columns import EventColumns, client_id_texts
 from state import kernels, shard_store
 from state.base import Effects, Records
 from state.hashing import hash_client_id_py, hash_client_ids, mix64_py
-from state.layout import CLIENT_SWEEP_MS, O_CLIENT
+from state.layout import CLIENT_SWEEP_MS, O_CLIENT, O_DEADLINE, O_JOURNEY
 from state.shard_store import NumbaShardStore, order_events
 from state.twins import Effect, PyShard, StallRecord
 
@@ -571,3 +571,26 @@ def test_client_whose_last_instance_lapses_is_forgotten_however_the_watermark_mo
         stalls.append(store_records(found))
     assert stalls[0] == stalls[1] != []
     assert stalls[1][0][-2] == 0.0  # the calls before the idle time are gone
+
+
+def test_an_event_naming_no_journey_reaches_the_open_instance_after_the_last_one_closed() -> None:
+    """A card activation and a transfer are open; the transfer (which progressed last)
+    completes; then an OTP failure naming no journey arrives. It shortens the card
+    activation's deadline (its 2-minute grace): before, the role of "last progressed" died
+    with the completed transfer and the signal counted nowhere."""
+    codes = CATALOG.type_codes
+    rows = [
+        ("a", T0, 0, codes["card_activation_start"]),
+        ("a", T0 + 1_000, 0, codes["transfer_start"]),
+        ("a", T0 + 2_000, 0, codes["transfer_completed"]),
+        ("a", T0 + 3_000, 0, codes["otp_failed"]),
+    ]
+    cols = columns([(*row, *decode(row[3], -1)) for row in rows])
+    store, twin = NumbaShardStore(CATALOG), new_twin()
+    run_in_parallel([(cols, [])], store, twin)
+    found = store.expire(T0 + DAY)
+    assert_same_stalls(found, twin_expire(twin, T0 + DAY))
+    card = CATALOG.journey_codes["card_activation"]
+    [stall] = [r for r in store_records(found) if r[O_JOURNEY] == card]
+    grace = CATALOG.journey("card_activation").abandon_ms["otp_failed"]
+    assert stall[O_DEADLINE] == T0 + 3_000 + grace
