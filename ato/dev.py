@@ -48,9 +48,9 @@ def up(directory: Path, broker_port: int, redis_port: int, clients: int) -> dict
     if running:
         down(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    broker = start_broker(broker_port, directory)
+    broker = start_broker(broker_port, directory, detach=True)
     try:
-        redis = start_redis(redis_port, directory)
+        redis = start_redis(redis_port, directory, detach=True)
     except DevServerError:
         broker.stop()
         raise

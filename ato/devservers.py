@@ -1,5 +1,6 @@
 """Start and stop real local servers (Tansu Kafka broker, Redis) for tests and `ato dev`."""
 
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -21,6 +22,13 @@ from confluent_kafka.cimpl import NewTopic  # where the type stubs declare it
 from ato.exceptions import AtoError
 
 HOST = "127.0.0.1"
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls it
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: be killed when the process that started it ends."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 class DevServerError(AtoError, RuntimeError):
@@ -81,6 +89,9 @@ class Server:
     probe: Callable[[int], bool]
     stop_signal: signal.Signals = signal.SIGTERM
     process: subprocess.Popen[bytes] | None = None
+    # killed with the process that started it, however that one ends (kill -9 too): a
+    # harness or a test session that dies leaves no broker holding gigabytes behind
+    die_with_parent: bool = True
 
     @property
     def address(self) -> str:
@@ -101,6 +112,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "NO_COLOR": "1"},  # plain text in the log file
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
             )
         try:
             self._wait_ready(ready_timeout_s)
@@ -188,23 +200,34 @@ def _redis_answers(port: int) -> bool:
         return False
 
 
-def start_broker(port: int | None, data_dir: Path, ready_timeout_s: float = 30.0) -> Server:
-    """Start an in-memory Tansu broker; its log goes to `data_dir/tansu.log`."""
+def start_broker(
+    port: int | None, data_dir: Path, ready_timeout_s: float = 30.0, detach: bool = False
+) -> Server:
+    """Start an in-memory Tansu broker; its log goes to `data_dir/tansu.log`. It dies with
+    the process that starts it, unless it is to be ``detach``-ed (``ato dev up``)."""
     port = port or free_port()
     url = f"tcp://{HOST}:{port}"
     flags = f"--listener-url {url} --advertised-listener-url {url} --storage-engine memory://tansu/"
     argv = [str(tansu_binary()), "broker", *flags.split()]
-    server = Server("tansu", argv, port, data_dir / "tansu.log", _kafka_answers, signal.SIGINT)
+    server = Server(
+        "tansu", argv, port, data_dir / "tansu.log", _kafka_answers, signal.SIGINT,
+        die_with_parent=not detach,
+    )  # fmt: skip
     return server.start(ready_timeout_s)
 
 
-def start_redis(port: int | None, data_dir: Path, ready_timeout_s: float = 30.0) -> Server:
-    """Start a non-persistent redis-server on 127.0.0.1; log in `data_dir/redis.log`."""
+def start_redis(
+    port: int | None, data_dir: Path, ready_timeout_s: float = 30.0, detach: bool = False
+) -> Server:
+    """Start a non-persistent redis-server on 127.0.0.1; log in `data_dir/redis.log`. It
+    dies with the process that starts it, unless it is to be ``detach``-ed."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     flags = f"--port {port} --bind {HOST} --appendonly no".split()
     argv = [str(redis_binary()), *flags, "--save", "", "--dir", str(data_dir)]
-    server = Server("redis", argv, port, data_dir / "redis.log", _redis_answers)
+    server = Server(
+        "redis", argv, port, data_dir / "redis.log", _redis_answers, die_with_parent=not detach
+    )
     return server.start(ready_timeout_s)
 
 
