@@ -17,7 +17,7 @@ import orjson
 from ato.columns import only_white_space
 from ato.config import RedisSettings, Settings, load_settings, mask_url
 from ato.exceptions import AtoError, ConfigError
-from ato.process import Terminated, sigterm_interrupts
+from ato.process import Terminated, die_with_parent, sigterm_interrupts
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -191,11 +191,15 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
     children: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(processes):
-            child = subprocess.Popen([*member, "--process-id", str(i)], stdout=subprocess.PIPE)
+            child = subprocess.Popen(
+                [*member, "--process-id", str(i)],
+                stdout=subprocess.PIPE,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - it calls only prctl
+            )
             children.append(child)
         outputs, failed = _wait_for(children)
-    finally:  # interrupted or terminated: the processes must not outlive this one
-        _stop(children)
+    finally:  # interrupted or terminated: the processes must not outlive this one (and if
+        _stop(children)  # this one is killed -9, die_with_parent stops them)
     if failed is not None:
         codes = [child.returncode for child in children]
         print(

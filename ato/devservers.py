@@ -1,6 +1,5 @@
 """Start and stop real local servers (Tansu Kafka broker, Redis) for tests and `ato dev`."""
 
-import ctypes
 import importlib.util
 import os
 import shutil
@@ -20,15 +19,9 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # where the type stubs declare it
 
 from ato.exceptions import AtoError
+from ato.process import die_with_parent
 
 HOST = "127.0.0.1"
-_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls it
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: be killed when the process that started it ends."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 class DevServerError(AtoError, RuntimeError):
@@ -112,7 +105,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "NO_COLOR": "1"},  # plain text in the log file
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
+                preexec_fn=die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
             )
         try:
             self._wait_ready(ready_timeout_s)

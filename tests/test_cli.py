@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -278,6 +279,50 @@ def test_sigterm_to_a_cluster_stops_its_processes(tmp_path: Path) -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_cluster_whose_parent_is_killed_leaves_no_process(tmp_path: Path) -> None:
+    """SIGKILL skips the parent's cleanup: its members ran on (re-parented to init), and a
+    resume then wrote the same outputs beside them (duplicate interventions). Now the
+    kernel kills them with their parent."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
+        "ATO_CLICKHOUSE_ENABLED": "false",
+    }
+    argv = [
+        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clock", "live",
+        "--clients", "200", "--span-s", "600", "--out", str(tmp_path),
+    ]  # fmt: skip
+    parent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    members: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(members) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            members = _members_of(parent.pid)
+        assert len(members) == 2
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _running(members) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(members)
+    finally:
+        for pid in _running(members):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that run (a zombie, exited but not reaped, does not)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
 
 
 def _members_of(parent: int) -> list[int]:
