@@ -398,6 +398,9 @@ def _check_redis_address(url: str) -> None:
     except ValueError:
         msg = f"redis.url: the port is not a port number (0-65535) in {mask_url(url)!r}"
         raise ConfigError(msg) from None
+    if parts.scheme.lower() in ("redis", "rediss") and not parts.hostname:
+        msg = f"redis.url: no host in {mask_url(url)!r} (expected redis://HOST:PORT/DB)"
+        raise ConfigError(msg)
     db = parts.path.strip("/")
     if db and not db.isdigit():
         msg = f"redis.url: the database after the port must be a number, got {mask_url(url)!r}"

@@ -53,9 +53,19 @@ _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"0", "false", "no", "n", ""}
 
 
+# names of the tz database that are no place's zone: the host's own (``localtime``), the
+# "zone unknown" placeholder, and the posix/right copies some hosts carry and others do not
+NOT_PLACES = ("localtime", "Factory", "posixrules")
+NOT_PLACE_PREFIXES = ("posix/", "right/")
+
+
 @cache
 def zone(name: str) -> ZoneInfo:
-    """The ``ZoneInfo`` of an IANA name; ``ProfileError`` naming ``tz`` if unknown."""
+    """The ``ZoneInfo`` of an IANA name; ``ProfileError`` naming ``tz`` if unknown, or if it
+    names no place (:data:`NOT_PLACES`: a profile would mean other times on other hosts)."""
+    if name in NOT_PLACES or name.startswith(NOT_PLACE_PREFIXES):
+        msg = f"field 'tz': {name!r} is no place's time zone (use an Area/City name)"
+        raise ProfileError(msg)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:

@@ -152,6 +152,8 @@ def test_a_bad_value_names_the_variables_beside_the_file(tmp_path: Path) -> None
         ("redis://127.0.0.1:abc/0", "redis.url: the port is not a port number"),
         ("redis://127.0.0.1:99999/0", "redis.url: the port is not a port number"),
         ("redis://[::1/0", "redis.url: malformed URL"),
+        ("redis://", "redis.url: no host"),
+        ("rediss:///0", "redis.url: no host"),
         ("redis://127.0.0.1:6379/0?foo=bar", "redis.url: .*foo"),
         ("redis://127.0.0.1:6379/0?socket_timeout=abc", "redis.url: .*socket_timeout"),
         ("redis://127.0.0.1:6379/notadb", "the database after the port must be a number"),

@@ -49,6 +49,9 @@ def test_default_profile_is_documented() -> None:
         ({"client_id": "C1", "segment": "pirates"}, "segment"),
         ({"client_id": "C1", "segment": "senior", "value_tier": "gold!"}, "value_tier"),
         ({"client_id": "C1", "segment": "senior", "tz": "Mars/Olympus"}, "tz"),
+        ({"client_id": "C1", "segment": "senior", "tz": "localtime"}, "tz"),  # the host's zone
+        ({"client_id": "C1", "segment": "senior", "tz": "Factory"}, "tz"),
+        ({"client_id": "C1", "segment": "senior", "tz": "right/UTC"}, "tz"),
         ({"client_id": "C1", "segment": "senior", "preferred_channel": "fax"}, "preferred_channel"),
         ({"client_id": "C1", "segment": "senior", "do_not_contact": "maybe"}, "do_not_contact"),
         ({"client_id": "", "segment": "senior"}, "client_id"),
