@@ -446,6 +446,13 @@ def _window_rate(values: list[int], t_s: list[float], window: tuple[float, float
     return (values[last] - values[first]) / (t_s[last] - t_s[first])
 
 
+def _window_p95(values: list[int], t_s: list[float], window: tuple[float, float]) -> float:
+    """The 95th percentile of ``values`` sampled inside the measured ``window`` (the warm-up
+    and the drain after the input would pull it towards 0); 0 without samples there."""
+    inside = [v for v, t in zip(values, t_s, strict=True) if window[0] <= t <= window[1]]
+    return float(np.percentile(inside, 95)) if inside else 0.0
+
+
 def _percentiles(values: np.ndarray) -> dict[str, float | int | None]:
     if not len(values):
         return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
@@ -532,7 +539,7 @@ def _figures(
             "max": max(timeline["lag"], default=0),
             "growth": round(lag_growth(timeline["lag"], t_s, window), 1),
             "final": timeline["lag"][-1] if timeline["lag"] else 0,
-            "p95": float(np.percentile(timeline["lag"], 95)) if timeline["lag"] else 0,
+            "p95": _window_p95(timeline["lag"], t_s, window),
         },
         "latency_ms": {
             "deadline": _percentiles(deadline_latency),
