@@ -21,6 +21,7 @@ from ato.catalog import load_catalog
 from ato.config import GeneratorSettings, KafkaSettings
 from ato.devservers import DevServerError, create_topics, start_broker, start_redis
 from ato.feed import feed_generated
+from ato.process import process_running, process_start_time
 
 STATE_FILE = "servers.json"
 INPUT_PARTITIONS = 8
@@ -60,7 +61,7 @@ def up(directory: Path, broker_port: int, redis_port: int, clients: int) -> dict
             "log": str(server.log_path),
             "stop_signal": int(server.stop_signal),
             "pid": (pid := server.detach()),
-            "started": _start_time(pid),
+            "started": process_start_time(pid),
         }
         for server in (broker, redis)
     }
@@ -93,7 +94,7 @@ def status(directory: Path) -> dict[str, Any]:
     try:
         state: dict[str, Any] = orjson.loads(path.read_bytes())
         for server in state.values():
-            server["alive"] = _alive(int(server["pid"]), server.get("started"))
+            server["alive"] = process_running(int(server["pid"]), server.get("started"))
     except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
         msg = (
             f"{path} is not a state file `ato dev up` wrote ({exc!r}): stop its servers by hand"
@@ -111,34 +112,10 @@ def down(directory: Path) -> list[str]:
         if server["alive"]:
             os.kill(pid, server["stop_signal"])
             deadline = time.monotonic() + STOP_GRACE_S
-            while _alive(pid, started) and time.monotonic() < deadline:
+            while process_running(pid, started) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(pid, started):
+            if process_running(pid, started):
                 os.kill(pid, signal.SIGKILL)
             stopped.append(name)
     (directory / STATE_FILE).unlink(missing_ok=True)
     return stopped
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/PID/stat`` after the command name: state, parent, ... (None: no such process)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _start_time(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks after boot), None when it is gone."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
-
-
-def _alive(pid: int, started: int | None = None) -> bool:
-    """Whether ``pid`` runs (a zombie, exited and not yet reaped, counts as gone) and, when
-    ``started`` is given, is still the process that started then."""
-    fields = _stat_fields(pid)
-    if fields is None or fields[0] == "Z":
-        return False
-    return started is None or int(fields[19]) == started

@@ -24,6 +24,30 @@ def die_with_parent() -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: state, parent, ... (None: no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), None when it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def process_running(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` runs (a zombie, exited and not yet reaped, counts as gone) and, when
+    ``started`` is given, is still the process that started then."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    return started is None or int(fields[19]) == started
+
+
 def tune_gc() -> None:
     """Collect reference cycles far less often than Python's defaults (``GC_THRESHOLDS``)."""
     gc.set_threshold(*GC_THRESHOLDS)

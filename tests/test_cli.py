@@ -13,6 +13,7 @@ import pytest
 
 from ato.catalog import default_catalog_path
 from ato.cli import _merge_summaries, main
+from ato.process import process_running
 
 
 def test_ato_run_generator_reports_perfect_detection(tmp_path: Path, capsys) -> None:
@@ -253,25 +254,35 @@ def test_a_second_run_in_the_same_out_dir_is_refused_before_it_touches_anything(
     assert main(["run", "--clients", "50", "--out", str(tmp_path)]) == 0  # released
 
 
-def test_sigterm_to_a_cluster_stops_its_processes(tmp_path: Path) -> None:
-    """A supervisor's SIGTERM to `ato run --processes 2` stops its processes too (they kept
-    running, re-parented, for as long as their traffic lasted) and exits 143."""
+def _live_cluster(out: Path) -> tuple["subprocess.Popen[bytes]", list[int]]:
+    """`ato run --processes 2` on live generated traffic (it runs for minutes), once both
+    its members run; the parent and the members' pids."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
         "ATO_CLICKHOUSE_ENABLED": "false",
     }
     argv = [
         sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clock", "live",
-        "--clients", "200", "--span-s", "600", "--out", str(tmp_path),
+        "--clients", "200", "--span-s", "600", "--out", str(out),
     ]  # fmt: skip
     parent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60
+    members = _members_of(parent.pid)
+    while len(members) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
         members = _members_of(parent.pid)
-        while len(members) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            members = _members_of(parent.pid)
-        assert len(members) == 2
+    if len(members) != 2:
+        parent.kill()
+        parent.wait()
+    assert len(members) == 2
+    return parent, members
+
+
+def test_sigterm_to_a_cluster_stops_its_processes(tmp_path: Path) -> None:
+    """A supervisor's SIGTERM to `ato run --processes 2` stops its processes too (they kept
+    running, re-parented, for as long as their traffic lasted) and exits 143."""
+    parent, members = _live_cluster(tmp_path)
+    try:
         time.sleep(2)  # the members are running their flows
         parent.terminate()
         assert parent.wait(timeout=30) == 143
@@ -285,22 +296,8 @@ def test_a_cluster_whose_parent_is_killed_leaves_no_process(tmp_path: Path) -> N
     """SIGKILL skips the parent's cleanup: its members ran on (re-parented to init), and a
     resume then wrote the same outputs beside them (duplicate interventions). Now the
     kernel kills them with their parent."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
-        "ATO_CLICKHOUSE_ENABLED": "false",
-    }
-    argv = [
-        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clock", "live",
-        "--clients", "200", "--span-s", "600", "--out", str(tmp_path),
-    ]  # fmt: skip
-    parent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    members: list[int] = []
+    parent, members = _live_cluster(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while len(members) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            members = _members_of(parent.pid)
-        assert len(members) == 2
         parent.kill()
         parent.wait(timeout=30)
         deadline = time.monotonic() + 10
@@ -314,15 +311,7 @@ def test_a_cluster_whose_parent_is_killed_leaves_no_process(tmp_path: Path) -> N
 
 def _running(pids: list[int]) -> list[int]:
     """Those of ``pids`` that run (a zombie, exited but not reaped, does not)."""
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
+    return [pid for pid in pids if process_running(pid)]
 
 
 def _members_of(parent: int) -> list[int]:

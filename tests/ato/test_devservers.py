@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ato.devservers import Server, free_port
+from ato.process import process_running
 
 
 class Interrupted(BaseException):
@@ -42,19 +43,11 @@ if sys.argv[2] != "detach":
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not _alive(pid)
+    return not process_running(pid)
 
 
 def test_a_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
@@ -65,7 +58,7 @@ def test_a_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     )
     assert starter.stdout is not None
     pid = int(starter.stdout.readline().split()[0])
-    assert _alive(pid)
+    assert process_running(pid)
     starter.kill()
     starter.wait()
     starter.stdout.close()
@@ -81,7 +74,7 @@ def test_a_detached_server_outlives_it(tmp_path: Path) -> None:
     pid = int(done.stdout.split()[0])
     try:
         time.sleep(0.3)
-        assert _alive(pid)
+        assert process_running(pid)
     finally:
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid)

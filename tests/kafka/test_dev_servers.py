@@ -8,6 +8,7 @@ import pytest
 
 from ato import cli, dev
 from ato.devservers import free_port
+from ato.process import process_start_time
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kafka.toml"
 
@@ -46,7 +47,7 @@ def test_a_pid_reused_by_another_process_is_left_alone(
     time): status calls the server gone and down signals nothing (it killed the process)."""
     other = subprocess.Popen(["sleep", "60"])
     try:
-        started = dev._start_time(other.pid)
+        started = process_start_time(other.pid)
         assert started is not None
         state = {"redis": {"address": "127.0.0.1:1", "log": "-", "stop_signal": 15,
                            "pid": other.pid, "started": started - 1}}  # fmt: skip

@@ -21,6 +21,7 @@ from ato.cli import main as cli_main
 from ato.devservers import Server, create_topics, start_broker
 from ato.exceptions import ConfigError
 from ato.generator import TruthStall
+from ato.process import process_running
 from load_tests import bench_kafka, harness, producers, report
 from load_tests.harness import LoadTestError, _next_rate, lag_bounded, lag_growth, run_scenario
 from load_tests.harness import main as harness_main
@@ -397,11 +398,7 @@ def _gone(pid: int, within_s: float = 5.0) -> bool:
     """Whether ``pid`` is gone (or a zombie) within ``within_s``."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state == "Z":
+        if not process_running(pid):
             return True
         time.sleep(0.1)
     return False
