@@ -297,12 +297,14 @@ class _Checker:
             raise self.fail(key, "expected a list of non-empty strings")
         if OTHER_TYPE in value:
             raise self.fail(key, RESERVED_TYPE)
+        seen: set[str] = set()
         for v in value:
             problem = name_problem(v)
             if problem:
                 raise self.fail(key, problem)
-            if value.count(v) > 1:
+            if v in seen:
                 raise self.fail(key, f"{v!r} is listed more than once")
+            seen.add(v)
         return tuple(value)
 
     def duration(

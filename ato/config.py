@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import redis
-
 from ato.exceptions import ConfigError
 
 CLOCKS = ("replay", "live")
@@ -405,6 +403,8 @@ def _check_redis_address(url: str) -> None:
     if db and not db.isdigit():
         msg = f"redis.url: the database after the port must be a number, got {mask_url(url)!r}"
         raise ConfigError(msg)
+    import redis  # noqa: PLC0415 - only for a Redis url: every ato command reads settings
+
     try:  # builds a connection object from the URL's options; connects to nothing
         redis.ConnectionPool.from_url(url).make_connection()
     except (TypeError, ValueError) as exc:
