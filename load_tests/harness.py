@@ -182,7 +182,7 @@ def _run(
         flow_seconds = READY_DELAY_S + scenario.lead_s + scenario.duration_s + DRAIN_S
         flow = _start_flow(scenario, settings, out_topic, dlq, processes, flow_seconds, run_dir)
         positions = PositionReader(settings, logger=QUIET)
-        _wait_reading(flow, positions, parts, say)
+        _wait_reading(flow, positions, parts, say, run_dir / "flow.err")
         release_ms = int((time.time() + READY_DELAY_S) * 1000)
         handles.release(release_ms)
         reader = InterventionReader(brokers, out_topic, OUT_PARTITIONS)
@@ -279,19 +279,24 @@ def _producer_errors(run_dir: Path) -> str:
 
 
 def _wait_reading(
-    flow: "subprocess.Popen[bytes]", positions: PositionReader, parts: list[str], say: Any
+    flow: "subprocess.Popen[bytes]",
+    positions: PositionReader,
+    parts: list[str],
+    say: Any,
+    flow_err: Path,
 ) -> None:
-    """Wait until the flow has committed a read position on every input partition."""
+    """Wait until the flow has committed a read position on every input partition (errors
+    point at the flow's error output, ``flow_err``)."""
     started = time.monotonic()
     while True:
         if flow.poll() is not None:
-            msg = f"the flow exited with code {flow.returncode} while starting (see {_err(flow)})"
+            msg = f"the flow exited with code {flow.returncode} while starting (see {flow_err})"
             raise LoadTestError(msg)
         if all(done is not None for done, _end in positions.read(parts).values()):
             say(f"flow reading after {time.monotonic() - started:.0f} s")
             return
         if time.monotonic() - started > FLOW_READY_TIMEOUT_S:
-            msg = f"the flow was not reading after {FLOW_READY_TIMEOUT_S:g} s (see {_err(flow)})"
+            msg = f"the flow was not reading after {FLOW_READY_TIMEOUT_S:g} s (see {flow_err})"
             raise LoadTestError(msg)
         time.sleep(0.5)
 
@@ -328,16 +333,9 @@ def _start_flow(
     argv += ["--processes", str(processes), "--duration-s", f"{seconds:.1f}"]
     with (run_dir / "flow.out").open("wb") as out, (run_dir / "flow.err").open("wb") as err:
         # its own process group: stop_group reaches the cluster members of --processes N
-        flow = subprocess.Popen(  # noqa: S603 - our own command
+        return subprocess.Popen(  # noqa: S603 - our own command
             argv, stdout=out, stderr=err, start_new_session=True
         )
-    flow.err_path = run_dir / "flow.err"  # type: ignore[attr-defined]
-    return flow
-
-
-def _err(flow: "subprocess.Popen[bytes]") -> str:
-    """Where the flow's error output goes (its run directory's ``flow.err``)."""
-    return str(getattr(flow, "err_path", "flow.err"))
 
 
 def stop_group(process: "subprocess.Popen[bytes]") -> None:
@@ -362,6 +360,7 @@ def _sample(
     """Sample once a second until the flow exits; the timeline. A producer that dies before
     it finished, or a flow still running ``FLOW_STOP_GRACE_S`` after its planned end (hung),
     fails the run."""
+    flow_err = run_dir / "flow.err"
     t_s: list[float] = []
     sent: list[int] = []
     processed: list[int] = []
@@ -378,7 +377,7 @@ def _sample(
         if now > flow_seconds + FLOW_STOP_GRACE_S:
             msg = (
                 f"the flow was still running {now - flow_seconds:.0f} s after its planned end"
-                f" (hung?); stopped, no report (see {_err(flow)})"
+                f" (hung?); stopped, no report (see {flow_err})"
             )
             raise LoadTestError(msg)
         _check_producers_done(handles, run_dir)
@@ -400,7 +399,7 @@ def _sample(
                 f" interventions {len(reader.ids):,}"
             )
     if flow.returncode != 0:
-        msg = f"the flow exited with code {flow.returncode} (see {_err(flow)})"
+        msg = f"the flow exited with code {flow.returncode} (see {flow_err})"
         raise LoadTestError(msg)
     if not all(s == DONE for s in handles.states()):
         for process in handles.processes:
