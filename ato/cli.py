@@ -364,9 +364,11 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_settings(args: argparse.Namespace) -> RedisSettings:
-    """``[redis]`` settings with ``--redis-url`` applied; a clear error without any url."""
-    redis_settings = load_settings(args.config).with_overrides("redis", url=args.redis_url).redis
+def _redis_settings(args: argparse.Namespace, settings: Settings | None = None) -> RedisSettings:
+    """``[redis]`` settings (of ``settings``, else of ``--config``) with ``--redis-url``
+    applied; a clear error without any url."""
+    settings = load_settings(args.config) if settings is None else settings
+    redis_settings = settings.with_overrides("redis", url=args.redis_url).redis
     if not redis_settings.enabled:
         msg = "no Redis: give --redis-url or set redis.url (settings file or ATO_REDIS_URL)"
         raise ConfigError(msg)
@@ -398,8 +400,9 @@ SHOWN_ERRORS = 100  # bad rows of a profile file printed one by one; the rest ar
 def _profiles_load(args: argparse.Namespace) -> int:
     from policy import ProfileFileError, load_profiles_file  # noqa: PLC0415
 
-    redis_settings = _redis_settings(args)
-    max_id_len = load_settings(args.config).engine.max_client_id_len
+    settings = load_settings(args.config)
+    redis_settings = _redis_settings(args, settings)
+    max_id_len = settings.engine.max_client_id_len
     try:
         with _redis_errors(redis_settings):
             count = load_profiles_file(redis_settings, args.file, max_id_len=max_id_len)
