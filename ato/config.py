@@ -44,6 +44,14 @@ ENGINE_MAXIMA = {
     "max_message_bytes": 1 << 30,
 }
 MAX_SPAN_S = 100 * 365 * 86_400
+REDIS_MAXIMA = {
+    # Redis turns an expiry into epoch ms: far larger ones overflow (6.2 then deletes the key)
+    "live_state_ttl_s": 10 * 365 * 86_400,
+    "profile_ttl_s": 86_400.0,
+    "timeout_s": 3_600.0,
+    "outage_wait_s": 7 * 86_400.0,
+    "live_state_interval_ms": 86_400_000,
+}
 
 
 @dataclass(frozen=True)
@@ -468,6 +476,10 @@ class RedisSettings:
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 msg = f"redis.{name}: must be > 0, got {getattr(self, name)!r}"
+                raise ConfigError(msg)
+        for name, most in REDIS_MAXIMA.items():
+            if getattr(self, name) > most:
+                msg = f"redis.{name}: at most {most:,}, got {getattr(self, name)!r}"
                 raise ConfigError(msg)
 
     @property

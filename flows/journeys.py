@@ -33,7 +33,7 @@ from operators.warm_up import warm_up
 from policy.connection import connect
 from policy.live_state import LiveStateWriter
 from policy.settings import for_catalog, load_policy
-from sinks.clickhouse import MetricBlock
+from sinks.clickhouse import ClickHouseSink, DeferredBlock, MetricBlock
 from sinks.kafka import Record
 from sources.read_ahead import ReadAheadSource
 
@@ -57,7 +57,7 @@ class FlowSinks:
     late: Sink[tuple[str, Any]]
     progress: Sink[dict[str, Any]]
     records: bool = False
-    metrics: Sink[tuple[str, MetricBlock]] | None = None  # ClickHouse; None: no metrics
+    metrics: ClickHouseSink | None = None  # None: no metrics
     decisions: Sink[tuple[str, Any]] | None = None  # contact-policy decisions as JSON lines
 
 
@@ -87,7 +87,10 @@ def build_flow(
     policy_ctx = policy_context(config, catalog, now_ms)
     live = None
     if policy_ctx is not None and config.redis.live_state:
-        live = LiveStateWriter(policy_ctx.client, config.redis.live_state_ttl_s)
+        redis_settings = config.redis
+        live = LiveStateWriter(
+            policy_ctx.client, redis_settings.live_state_ttl_s, redis_settings.outage_wait_s
+        )
     ctx = ShardContext(
         catalog,
         engine,
@@ -135,6 +138,7 @@ def build_flow(
     op.output("progress_out", progress, sinks.progress)
     if sinks.metrics is not None:
         rows = MetricRows(catalog)
+        sinks.metrics.bind(rows)  # the sink makes the blocks the rows step defers
         blocks = op.flat_map("metric_blocks", outputs, rows)
         updates = op.flat_map("funnel_updates", outputs, _funnel_update)
         funnel = op.stateful_batch(
@@ -195,7 +199,7 @@ def _funnel_update(out: ShardOutput) -> list[tuple[str, FunnelUpdate]]:
     return [(FUNNEL_KEY, update)]
 
 
-def _metric_item(block: MetricBlock) -> tuple[str, MetricBlock]:
+def _metric_item(block: MetricBlock | DeferredBlock) -> tuple[str, MetricBlock | DeferredBlock]:
     return (OUTPUT_KEY, block)
 
 

@@ -236,6 +236,6 @@ class ShardOutput:
     emitted_at_ms: int = 0
     latency_ms: float | None = None
     decisions: DecisionColumns | None = None  # the contact policy's; None: no policy
-    redis_outages: int = 0  # Redis outages the policy step met since its previous output
+    redis_outages: int = 0  # Redis outages live state and policy met since their last output
     redis_waiting: int = 0  # candidates due and waiting for Redis at this output
     paused: bool = False  # the shard's last output when the input was cut: its end is a pause

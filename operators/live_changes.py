@@ -11,14 +11,19 @@ The state is read on the flow's thread; the values are rendered and the commands
 (numba kernels that release the GIL) and sent on the writer's own thread (in submission
 order), so the flow goes on meanwhile; at most ``MAX_IN_FLIGHT`` writes per shard are on
 their way (while that many are, new marks wait: a Redis that hangs slows the writes, not
-the flow), and a snapshot waits for them. When Redis is unreachable, a failed write's marks
-are kept and written again after ``interval_ms``: the state read then is the newest, so
-nothing needs replaying. Other Redis errors (a key of the wrong type, say) are logged and
-counted, and those marks dropped.
+the flow). A snapshot does not wait for them: it holds their marks as well as the waiting
+ones, and writing a mark again is harmless (the state is read anew). When Redis is
+unreachable, a failed write's marks are kept and written again after ``interval_ms``: the
+state read then is the newest, so nothing needs replaying; each outage is counted (the
+run's ``redis_outages``). When input ends, the tracker writes every mark, retrying for at
+most the writer's ``outage_wait_s``, then fails the run: a run never ends with changes it
+did not write. Other Redis errors (a key of the wrong type, say) are logged, and those
+marks dropped.
 """
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +37,13 @@ from operators.interventions import InterventionBuilder
 from operators.render import INT, TEXT, Template, Vocabulary, render
 from policy.exceptions import LiveStateError
 from policy.live_commands import CLOSED, commands_of_rows
-from policy.live_state import KEY_PREFIX, LiveStateWriter
+from policy.live_state import KEY_PREFIX, LiveStateWriter, where
 from state.hashing import fibonacci_slot, table_bits
 from state.shard_store import NumbaShardStore
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 4  # writes handed to the writer's thread and not yet done, per shard
+RETRY_S = 1.0  # at end of input, pause between attempts while Redis does not answer
 
 
 @dataclass(frozen=True)
@@ -81,10 +87,15 @@ class LiveStateTracker:
     """Marks of changed instances and their periodic write (one per shard)."""
 
     def __init__(
-        self, names: InterventionBuilder, writer: LiveStateWriter, interval_ms: int
+        self,
+        names: InterventionBuilder,
+        writer: LiveStateWriter,
+        interval_ms: int,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.writer = writer
         self.interval_ms = interval_ms
+        self.sleep = sleep
         self.name_bytes = [str(name).encode() for name in names.journey_names]
         self.key_prefix = KEY_PREFIX.encode()
         self.width = names.step_names.shape[1]
@@ -101,7 +112,8 @@ class LiveStateTracker:
         self.next_write_ms = 0
         self.in_flight: list[InFlight] = []
         self.failing = False
-        self.stats = {"writes": 0, "rows": 0, "failures": 0, "errors": 0}
+        self.stats = {"writes": 0, "rows": 0, "failures": 0, "errors": 0, "outages": 0}
+        self.outages_reported = 0  # of stats["outages"], those already on a shard output
 
     def mark(
         self, keys: np.ndarray, journeys: np.ndarray, client_ids: Sequence[str] | np.ndarray
@@ -122,17 +134,52 @@ class LiveStateTracker:
 
     def maybe_write(self, store: NumbaShardStore, now_ms: int, force: bool = False) -> int:
         """Hand the marked instances' state to the writer's thread when ``interval_ms`` has
-        passed (or ``force``, at end of input: then wait until everything handed over is
-        written); return the rows handed over. Writes that
-        failed since the last call are marked again."""
+        passed (or ``force``, at end of input: see :meth:`_write_all`); return the rows
+        handed over. Writes that failed since the last call are marked again."""
         self._collect(wait=False)
-        if not self.keys or (not force and now_ms < self.next_write_ms):
-            if force:
-                self._collect(wait=True)
-                self.writer.flush()
+        if now_ms < self.next_write_ms - self.interval_ms:
+            self.next_write_ms = now_ms  # the clock went back: the interval counts from now
+        if force:
+            return self._write_all(store, now_ms)
+        if not self.keys or now_ms < self.next_write_ms:
             return 0
-        if not force and len(self.in_flight) >= MAX_IN_FLIGHT:
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
             return 0  # Redis is behind (or hangs): the marks wait for a later call, not the flow
+        return self._hand_over(store, now_ms)
+
+    def new_outages(self) -> int:
+        """Outages met since the last call (for the shard's next output)."""
+        new = self.stats["outages"] - self.outages_reported
+        self.outages_reported = self.stats["outages"]
+        return new
+
+    def _write_all(self, store: NumbaShardStore, now_ms: int) -> int:
+        """End of input: write every mark and wait; while Redis does not answer, try again
+        every :data:`RETRY_S` for at most the writer's ``outage_wait_s``, then raise
+        :class:`LiveStateError` (the changes would be lost silently otherwise)."""
+        started = time.monotonic()
+        handed = 0
+        while True:
+            if self.keys:
+                handed += self._hand_over(store, now_ms)
+            self._collect(wait=True)
+            if not self.keys:
+                self.writer.flush()
+                return handed
+            waited = time.monotonic() - started
+            limit = self.writer.outage_wait_s
+            if waited >= limit:
+                msg = (
+                    f"live state: waited {waited:.0f} s at end of input for Redis at"
+                    f" {where(self.writer.client)} to answer, {self.pending()} instance"
+                    f" changes not written (redis.outage_wait_s = {limit:g})"
+                )
+                self.writer.flush()  # no idle thread outlives the input
+                raise LiveStateError(msg, transient=False)
+            self.sleep(min(RETRY_S, limit - waited))
+
+    def _hand_over(self, store: NumbaShardStore, now_ms: int) -> int:
+        """Read the marked instances' state and hand its write to the writer's thread."""
         self.next_write_ms = now_ms + self.interval_ms
         keys, journeys, ids = self._unique()
         fields = self.value_fields(store, keys, journeys, now_ms)
@@ -148,9 +195,6 @@ class LiveStateTracker:
             )
         )
         self.in_flight.append(InFlight(write, keys, journeys, ids))
-        if force:  # input has ended
-            self._collect(wait=True)
-            self.writer.flush()
         return len(keys)
 
     def _collect(self, wait: bool, keep: int = 0) -> None:
@@ -170,6 +214,7 @@ class LiveStateTracker:
                     self.client_ids.insert(0, done.client_ids)
                     self.stats["failures"] += 1
                     if not self.failing:
+                        self.stats["outages"] += 1
                         log.warning(
                             "live state: %s; %d instances kept to retry", exc, len(done.keys)
                         )
@@ -258,13 +303,20 @@ class LiveStateTracker:
         self.keys, self.journeys, self.client_ids = [], [], []
 
     def snapshot(self) -> dict[str, Any]:
-        """The marks not yet written (after waiting for the writes handed over: a snapshot
-        must not lose marks whose write was still on its way)."""
-        self._collect(wait=True)
-        if not self.keys:
+        """The marks not yet written, those of the writes still on their way included (a
+        resumed run writes them again, harmlessly): never waits for a Redis that hangs."""
+        self._collect(wait=False)
+        keys = [*self.keys, *(w.keys for w in self.in_flight)]
+        if not keys:
             return {"keys": None}
-        keys, journeys, ids = self._unique()
-        return {"keys": keys, "journeys": journeys, "client_ids": ids}
+        journeys = [*self.journeys, *(w.journeys for w in self.in_flight)]
+        client_ids = [*self.client_ids, *(w.client_ids for w in self.in_flight)]
+        rows = unique_pairs(np.concatenate(keys), np.concatenate(journeys))
+        return {
+            "keys": np.concatenate(keys)[rows],
+            "journeys": np.concatenate(journeys)[rows],
+            "client_ids": np.concatenate(client_ids)[rows],
+        }
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Marks from :meth:`snapshot`."""

@@ -33,7 +33,7 @@ from policy.decision_columns import (
     TIER_NAMES,
     DecisionColumns,
 )
-from sinks.clickhouse import Column, MetricBlock
+from sinks.clickhouse import Column, DeferredBlock, MetricBlock
 from state.base import Records
 from state.layout import (
     O_ATTEMPT,
@@ -92,10 +92,20 @@ def fixed_strings(chars: np.ndarray) -> pa.Array:
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
 
 
+StallPart = tuple[Records, np.ndarray, int]  # stalls, their intervention ids, emitted at
+OutcomePart = tuple[Records, np.ndarray | None]  # outcomes, their ids if known
+
+
 class MetricRows:
-    """Column blocks of one catalog's names; one instance per flow."""
+    """Column blocks of one catalog's names; one instance per flow.
+
+    As the flow's step (:meth:`__call__`) it gives :class:`DeferredBlock` s, which the
+    ClickHouse sink (bound to this builder) turns into columns with :meth:`block` when it
+    inserts them: one conversion per insert of many shard outputs, on the insert thread.
+    """
 
     def __init__(self, catalog: Catalog) -> None:
+        self.source = f"ato.metrics/{catalog.codes_fingerprint}"
         self.builder = InterventionBuilder(catalog)
         names = self.builder
         self.journeys = Names([*names.journey_names.tolist(), ""])  # code -1: ""
@@ -111,21 +121,44 @@ class MetricRows:
         self.sent = Names(["sent"])
         self.no_reason = Names([""])
 
-    def __call__(self, out: ShardOutput) -> list[MetricBlock]:
-        """Every block a shard output holds (the flow's flat_map step)."""
-        blocks = []
-        if len(out.stalls):
-            ids = out.stall_ids if out.stall_ids is not None else self.builder.ids(out.stalls)
-            common = self._common(out.stalls, ids)
-            priority = self._priority(out.stalls)
-            blocks.append(self.stalls(out.stalls, out.emitted_at_ms, common, priority))
+    def __call__(self, out: ShardOutput) -> list[MetricBlock | DeferredBlock]:
+        """Every block a shard output holds (the flow's flat_map step): stalls, decisions
+        without a contact policy and outcomes deferred, the policy's decisions made now."""
+        blocks: list[MetricBlock | DeferredBlock] = []
+        stalls = out.stalls
+        if len(stalls):
+            ids = out.stall_ids if out.stall_ids is not None else self.builder.ids(stalls)
+            part: StallPart = (stalls, ids, out.emitted_at_ms)
+            blocks.append(DeferredBlock("stalls", "stalls", len(stalls), (part,), self.source))
             if out.decisions is None:
-                blocks.append(self.decisions(out.stalls, out.emitted_at_ms, common, priority))
+                blocks.append(
+                    DeferredBlock("decisions", "decisions", len(stalls), (part,), self.source)
+                )
         if out.decisions is not None and len(out.decisions):
             blocks.append(self.policy_decisions(out.decisions, out.emitted_at_ms))
-        if len(out.outcomes):
-            blocks.append(self.outcome_rows(out.outcomes, out.outcome_ids))
+        outcomes = out.outcomes
+        if len(outcomes):
+            done: OutcomePart = (outcomes, out.outcome_ids)
+            blocks.append(
+                DeferredBlock("outcomes", "outcomes", len(outcomes), (done,), self.source)
+            )
         return blocks
+
+    def block(self, kind: str, parts: list[Any]) -> MetricBlock:
+        """The block of a :class:`DeferredBlock`'s parts (the sink calls it at insert)."""
+        if kind == "outcomes":
+            outcomes = Records.concat([p[0] for p in parts])
+            known = [p[1] if p[1] is not None else self.builder.ids(p[0]) for p in parts]
+            return self.outcome_rows(outcomes, np.concatenate(known))
+        stalls = Records.concat([p[0] for p in parts])
+        ids = np.concatenate([p[1] for p in parts])
+        emitted = np.repeat(np.array([p[2] for p in parts], np.int64), [len(p[0]) for p in parts])
+        if kind == "stalls":
+            return self.stalls(stalls, emitted, self._common(stalls, ids))
+        if kind == "decisions":
+            return self.decisions(stalls, emitted, self._common(stalls, ids))
+        msg = f"no metric block of kind {kind!r}"
+        raise ValueError(msg)
 
     def funnel(self, rows: FunnelRows) -> MetricBlock:
         """``funnel_minute`` rows of closed minutes (the funnel step's output)."""
@@ -160,11 +193,12 @@ class MetricRows:
     def stalls(
         self,
         stalls: Records,
-        emitted_at_ms: int,
+        emitted_at_ms: int | np.ndarray,
         common: dict[str, Column] | None = None,
         priority: np.ndarray | None = None,
     ) -> MetricBlock:
-        """``stalls`` rows: one per stall with its breakpoint context and features."""
+        """``stalls`` rows: one per stall with its breakpoint context and features
+        (``emitted_at_ms``: one time for all, or one per stall)."""
         ints = stalls.ints
         deadline, start = ints[O_DEADLINE], ints[O_START]
         columns = dict(common or self._common(stalls, self.builder.ids(stalls)))
@@ -184,18 +218,19 @@ class MetricRows:
             elapsed_ms=deadline - start,
             recent_calls=stalls.floats[OF_CALLS],
             recent_sessions=stalls.floats[OF_SESSIONS],
-            emitted_at=np.full(len(stalls), emitted_at_ms, np.int64),
+            emitted_at=_per_row(emitted_at_ms, len(stalls)),
         )
         return MetricBlock("stalls", columns)
 
     def decisions(
         self,
         stalls: Records,
-        emitted_at_ms: int,
+        emitted_at_ms: int | np.ndarray,
         common: dict[str, Column] | None = None,
         priority: np.ndarray | None = None,
     ) -> MetricBlock:
-        """``decisions`` rows: without a contact policy every stall is sent."""
+        """``decisions`` rows: without a contact policy every stall is sent
+        (``emitted_at_ms``: one time for all, or one per stall)."""
         n = len(stalls)
         columns = dict(common or self._common(stalls, self.builder.ids(stalls)))
         columns.update(
@@ -205,7 +240,7 @@ class MetricRows:
             rm_id=pa.array([""] * n, pa.string()),
             priority=self._priority(stalls) if priority is None else priority,
             decided_at=stalls.ints[O_DEADLINE],
-            emitted_at=np.full(n, emitted_at_ms, np.int64),
+            emitted_at=_per_row(emitted_at_ms, n),
         )
         return MetricBlock("decisions", columns)
 
@@ -254,6 +289,13 @@ class MetricRows:
             recovery_channel=self.channels[ints[O_RESOLVE_CHANNEL]],
         )
         return MetricBlock("outcomes", columns)
+
+
+def _per_row(value: int | np.ndarray, n: int) -> np.ndarray:
+    """``value`` for each of ``n`` rows (an array of ``n`` is taken as it is), int64."""
+    if isinstance(value, np.ndarray):
+        return value.astype(np.int64, copy=False)
+    return np.full(n, value, np.int64)
 
 
 def worker_name() -> str:

@@ -226,7 +226,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             self.last, stalls=Records.empty(), stall_ids=None, outcomes=Records.empty(),
             outcome_ids=None,
             funnel=None, late=None, late_count=0, applied=0, latency_ms=None, final=False,
-            emitted_at_ms=self.ctx.now_ms(),
+            emitted_at_ms=self.ctx.now_ms(), redis_outages=0,
         )  # fmt: skip
         return [self._counted(quiet, interventions, decisions)]
 
@@ -237,7 +237,8 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         outages = self.stats["outages"] - self.outages_reported
         self.outages_reported = self.stats["outages"]
         return replace(
-            out, interventions=interventions, decisions=decisions, redis_outages=outages,
+            out, interventions=interventions, decisions=decisions,
+            redis_outages=out.redis_outages + outages,
             redis_waiting=self._waiting(),
         )  # fmt: skip
 

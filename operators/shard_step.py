@@ -247,7 +247,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         self.reported_watermark = watermark
         now = self.ctx.now_ms()
         stall_ids = self.builder.ids(stalls) if keep_records else None
-        outcome_ids = self.builder.ids(outcomes) if len(outcomes) else None
+        # the policy step wants them at once; the metrics sink hashes them when it inserts
+        outcome_ids = self.builder.ids(outcomes) if len(outcomes) and policy else None
         if policy:
             interventions = InterventionBatch.empty()  # the policy step builds the sent ones
         else:
@@ -272,5 +273,6 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
                 funnel=funnel,
                 final=final,
                 emitted_at_ms=now,
+                redis_outages=live.new_outages() if live is not None else 0,
             )
         ]

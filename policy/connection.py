@@ -36,7 +36,10 @@ _PASSING = (
 def is_transient(exc: BaseException) -> bool:
     """Connection errors and timeouts, and the error replies of a Redis that is loading its
     data, running a long script or failing over (``LOADING``, ``BUSY``, ``TRYAGAIN``,
-    ``MASTERDOWN``, ``READONLY``): the same call can succeed later."""
+    ``MASTERDOWN``, ``READONLY``): the same call can succeed later. A refused password or
+    user (redis-py makes them connection errors) is not: no retry fixes it."""
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
+        return False
     if isinstance(exc, _PASSING):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("BUSY ")

@@ -13,6 +13,7 @@ of the keys it sets fields of. See ``docs/policy.md`` ("Live journey state").
 """
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -23,6 +24,7 @@ import numpy as np
 import orjson
 import redis
 
+from policy.backoff import RedisBackoff
 from policy.connection import is_transient
 from policy.exceptions import LiveStateError
 from policy.live_commands import write_commands_py
@@ -156,14 +158,22 @@ class LiveStateWriter:
     in one piece; their replies (integers, or errors) are counted as bytes, not parsed one
     by one (:mod:`policy.pipelines`): the client library's per-command cost would dominate
     otherwise.
+
+    Once a write found Redis not answering, writes are tried again only after a pause that
+    doubles on each failure (:class:`policy.backoff.RedisBackoff`, 1 s up to 8 s); the
+    writes in between fail at once (transient), so a Redis that hangs costs one timeout per
+    pause, not one per write. ``outage_wait_s``: how long the flow retries at the end of its
+    input before it fails (``operators.live_changes``).
     """
 
-    def __init__(self, client: "redis.Redis", ttl_s: int) -> None:
+    def __init__(self, client: "redis.Redis", ttl_s: int, outage_wait_s: float = 300.0) -> None:
         if ttl_s <= 0:
             msg = f"ttl_s must be > 0, got {ttl_s!r}"
             raise ValueError(msg)
         self.client = client
         self.ttl_s = int(ttl_s)
+        self.outage_wait_s = outage_wait_s
+        self.backoff = RedisBackoff()
         self._thread: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # the shards of every worker thread share the writer
         self._unfinished = 0  # writes submitted and not done
@@ -192,11 +202,12 @@ class LiveStateWriter:
         thread outlives the flow's input. The shards of a process share the writer, and one
         shard's end of input is not the others': ending the thread under their writes (as
         this did) failed them."""
-        with self._lock:
+        with self._lock:  # submitted under the lock: no other flush can end the thread first
             thread = self._thread
-        if thread is None:
-            return
-        thread.submit(lambda: None).result()  # runs after every write submitted before it
+            if thread is None:
+                return
+            marker = thread.submit(lambda: None)  # runs after every write submitted before it
+        marker.result()
         with self._lock:
             idle = self._thread is thread and self._unfinished == 0
             if idle:
@@ -254,10 +265,21 @@ class LiveStateWriter:
         of one command does not stop the others."""
         if not count:
             return clients
+        now_ms = int(time.monotonic() * 1000)
+        if not self.backoff.may_try(now_ms):
+            msg = (
+                f"writing live journey state: Redis at {where(self.client)} failed last;"
+                " not tried again before its pause ends"
+            )
+            raise LiveStateError(msg, transient=True)
         try:
             first_error = send_counting_replies(self.client, commands, count)
         except redis.RedisError as exc:
-            raise _error(self.client, "writing live journey state", exc) from exc
+            error = _error(self.client, "writing live journey state", exc)
+            if error.transient:
+                self.backoff.failed(now_ms)
+            raise error from exc
+        self.backoff.answered()
         self.stats["round_trips"] += 1
         self.stats["commands"] += count
         if first_error:

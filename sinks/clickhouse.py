@@ -10,12 +10,16 @@ takes ``(key, MetricBlock)`` items, any key: a block is one table's rows as equa
 columns (timestamps as int64 epoch ms; ``-1`` in a ``Nullable`` integer column is NULL); a
 ``String`` column may also be an Arrow string array, or a dictionary array (codes into a few
 names: built without a Python object per row, and inserted into ``LowCardinality`` columns
-three times faster than plain strings).
+three times faster than plain strings). It also takes ``(key, DeferredBlock)`` items: the
+flow's own data for a table (stall and outcome records), which the builder the flow gave the
+sink (:meth:`ClickHouseSink.bind`) turns into a block only when it is inserted, so the blocks
+of many shard outputs become columns at once, on the insert thread.
 
 How it works: the sink has ONE partition, so exactly one worker of a cluster opens the
 database (chDB is in-process: one database directory per process, and a directory can be
 open in one process at a time). The partition buffers blocks per table, concatenates them and
-makes one Arrow insert per table per flush: when a table holds ``flush_rows`` rows, when
+makes one Arrow insert per table per flush (deferred blocks of a table are made into one
+block first, and checked then): when a table holds ``flush_rows`` rows, when
 ``flush_interval_s`` has passed (checked on each write), at every epoch end (``snapshot``)
 and at close. Inserts run on a background thread (``background_inserts``, one insert per
 table in flight), so the flow keeps working while ClickHouse takes a block. A failed insert
@@ -49,7 +53,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import clickhouse_connect
@@ -68,6 +72,7 @@ __all__ = [
     "ClickHouseSink",
     "ClickHouseSinkPartition",
     "ClickHouseStore",
+    "DeferredBlock",
     "MetricBlock",
     "Migration",
     "TableStats",
@@ -125,6 +130,41 @@ class MetricBlock:
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
+
+
+@dataclass(frozen=True)
+class DeferredBlock:
+    """Rows of one table as the flow made them, turned into a :class:`MetricBlock` by the
+    sink's :class:`BlockBuilder` only when they are inserted (on the insert thread, with
+    ``background_inserts``): the blocks of many shard outputs become columns at once, not one
+    output at a time on the flow's thread.
+
+    ``kind`` names what the builder makes of ``parts`` (picklable data, in order);
+    ``source`` is the builder's :attr:`BlockBuilder.source`, checked when the sink takes the
+    block (the codes in ``parts`` mean nothing to a builder of another catalog).
+    """
+
+    table: str
+    kind: str
+    rows: int
+    parts: tuple[Any, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+class BlockBuilder(Protocol):
+    """Makes the :class:`MetricBlock` of deferred parts (``operators.metrics.MetricRows``)."""
+
+    source: str
+
+    def block(self, kind: str, parts: list[Any]) -> MetricBlock:
+        """The rows of ``parts``, in order, as one block."""
+        ...
+
+
+SinkBlock: TypeAlias = MetricBlock | DeferredBlock
 
 
 @dataclass(frozen=True)
@@ -710,8 +750,11 @@ class TableStats:
     last_error: str = ""
 
 
-class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
-    """The one writer of a run's metrics: buffers, flushes, retries, fails loudly."""
+class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
+    """The one writer of a run's metrics: buffers, flushes, retries, fails loudly.
+
+    ``builder`` makes the blocks of :class:`DeferredBlock` items (none: they are refused).
+    """
 
     def __init__(
         self,
@@ -720,14 +763,16 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         epoch_flush: bool = True,
+        builder: BlockBuilder | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
         self.epoch_flush = epoch_flush
-        self.buffers: dict[str, list[MetricBlock]] = {}
-        self.in_flight: dict[str, tuple[Future[int], MetricBlock]] = {}
+        self.builder = builder
+        self.buffers: dict[str, list[SinkBlock]] = {}
+        self.in_flight: dict[str, tuple[Future[int], SinkBlock]] = {}
         self.pool = (
             ThreadPoolExecutor(1, thread_name_prefix="clickhouse-insert")
             if settings.background_inserts
@@ -741,7 +786,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
         self.last_flush = clock()
         self.failure: ClickHouseError | None = None  # what failed the writer, if anything
 
-    def write_batch(self, values: list[MetricBlock]) -> None:
+    def write_batch(self, values: list[SinkBlock]) -> None:
         """Buffer the blocks; insert tables that are full, or all when the interval passed."""
         try:
             self._write(values)
@@ -749,10 +794,13 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
             self.failure = exc
             raise
 
-    def _write(self, values: list[MetricBlock]) -> None:
+    def _write(self, values: list[SinkBlock]) -> None:
         self._collect(wait=False)
         for block in values:
-            self.store.validate(block)  # a malformed block never succeeds: fail now
+            if isinstance(block, DeferredBlock):
+                self._check_source(block)  # its block is checked when it is made
+            else:
+                self.store.validate(block)  # a malformed block never succeeds: fail now
             if len(block):
                 self.buffers.setdefault(block.table, []).append(block)
                 self._stats(block.table).pending_rows += len(block)
@@ -828,21 +876,58 @@ class ClickHouseSinkPartition(StatefulSinkPartition[MetricBlock, None]):
             return
         if not force and now < self.retry_at.get(table, 0.0):
             return
-        block = blocks[0] if len(blocks) == 1 else _concat(table, blocks, self.store.columns(table))
+        block = blocks[0] if len(blocks) == 1 else self._joined(table, blocks)
         del self.buffers[table]
         self.attempt_started[table] = now
         future: Future[int]
         if self.pool is not None:
-            future = self.pool.submit(self.store.insert, block, validated=True)
+            future = self.pool.submit(self._insert, block)
         else:
             future = Future()
             try:
-                future.set_result(self.store.insert(block, validated=True))
+                future.set_result(self._insert(block))
             except Exception as exc:  # as the background thread would: _collect sorts it out
                 future.set_exception(exc)
         self.in_flight[table] = (future, block)
         if self.pool is None:
             self._collect(wait=True)
+
+    def _check_source(self, block: DeferredBlock) -> None:
+        if self.builder is None or block.source != self.builder.source:
+            have = "none" if self.builder is None else self.builder.source
+            msg = (
+                f"deferred metric block for {block.table} from {block.source!r}:"
+                f" this sink's block builder is {have!r}"
+            )
+            raise ClickHouseError(msg)
+
+    def _made(self, block: SinkBlock) -> MetricBlock:
+        """``block``'s columns, checked (a deferred block is made now)."""
+        if not isinstance(block, DeferredBlock):
+            return block
+        assert self.builder is not None, "checked when the block was written"
+        made = self.builder.block(block.kind, list(block.parts))
+        try:
+            self.store.validate(made)
+        except ClickHouseError as exc:  # the builder's bug, not ClickHouse's: never retried
+            raise ValueError(str(exc)) from exc
+        return made
+
+    def _joined(self, table: str, blocks: list[SinkBlock]) -> SinkBlock:
+        """One block of ``blocks``: deferred ones of one kind stay deferred (their parts
+        joined), anything else is made and concatenated."""
+        first = blocks[0]
+        if isinstance(first, DeferredBlock) and all(
+            isinstance(b, DeferredBlock) and b.kind == first.kind for b in blocks
+        ):
+            parts = tuple(p for b in blocks if isinstance(b, DeferredBlock) for p in b.parts)
+            return replace(first, rows=sum(len(b) for b in blocks), parts=parts)
+        made = [self._made(b) for b in blocks]
+        return _concat(table, made, self.store.columns(table))
+
+    def _insert(self, block: SinkBlock) -> int:
+        """Insert ``block`` (made first if it is deferred); on the insert thread if any."""
+        return self.store.insert(self._made(block), validated=True)
 
     def wait_for_inserts(self) -> None:
         """Wait for the inserts in flight and account for them (failures are requeued)."""
@@ -935,13 +1020,15 @@ def request_timeout(settings: ClickHouseSettings) -> float:
     return max(settings.retry_timeout_s, CONNECT_TIMEOUT_S)
 
 
-class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
-    """Writes ``(key, MetricBlock)`` items to ClickHouse through one partition.
+class ClickHouseSink(FixedPartitionedSink[SinkBlock, None]):
+    """Writes ``(key, MetricBlock)`` and ``(key, DeferredBlock)`` items to ClickHouse
+    through one partition.
 
     One partition means one writer per cluster: the worker that owns it opens the database
     (and applies the migrations, a no-op after the runner's). ``epoch_flush``: wait for every
     buffered row at each epoch end (needed with recovery; see the module docstring).
-    ``clock`` and ``sleep`` are injected for tests.
+    ``clock`` and ``sleep`` are injected for tests. The flow that makes deferred blocks
+    gives the sink their builder with :meth:`bind` before the flow runs.
     """
 
     PART = "clickhouse"
@@ -963,6 +1050,14 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
         self.sleep = sleep
         self.built: list[ClickHouseSinkPartition] = []  # this process's writer, once built
         self.timeout_s = request_timeout(settings)
+        self.builder: BlockBuilder | None = None
+
+    def bind(self, builder: BlockBuilder) -> None:
+        """Make :class:`DeferredBlock` items with ``builder`` (one builder per sink)."""
+        if self.builder is not None and self.builder.source != builder.source:
+            msg = f"the sink's block builder is {self.builder.source!r}, not {builder.source!r}"
+            raise ClickHouseError(msg)
+        self.builder = builder
 
     def list_parts(self) -> list[str]:
         """The single partition; every worker lists it and Bytewax gives it to one."""
@@ -987,7 +1082,7 @@ class ClickHouseSink(FixedPartitionedSink[MetricBlock, None]):
             store.close()
             raise
         part = ClickHouseSinkPartition(
-            store, self.settings, self.clock, self.sleep, self.epoch_flush
+            store, self.settings, self.clock, self.sleep, self.epoch_flush, self.builder
         )
         self.built.append(part)
         return part

@@ -21,7 +21,7 @@ class RunStats:
     interventions: int = 0
     max_event_ts: int | None = None
     levels: ShardLevels = field(default_factory=ShardLevels)
-    redis_outages: int = 0  # outages of the contact policy's Redis (each shard's policy step)
+    redis_outages: int = 0  # Redis outages met by each shard's live state and policy step
     started: float = field(default_factory=time.perf_counter)  # the flow's start (set by the run)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

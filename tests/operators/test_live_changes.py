@@ -1,6 +1,7 @@
 """Live-state values rendered by the numba template equal the plain encoding, and marks."""
 
 import threading
+import time
 
 import numpy as np
 import orjson
@@ -22,6 +23,7 @@ from operators.live_changes import (
     unique_pairs,
     unique_pairs_twin,
 )
+from policy.exceptions import LiveStateError
 from policy.live_state import LiveStateWriter, encode_value, lookup
 from state.shard_store import NumbaShardStore, order_events
 
@@ -80,14 +82,20 @@ def test_marks_are_written_once_each_and_kept_while_redis_fails(
 ) -> None:
     store, events = store_and_events
     broken = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
-    tracker = LiveStateTracker(NAMES, LiveStateWriter(broken, 60), interval_ms=0)
+    tracker = LiveStateTracker(NAMES, LiveStateWriter(broken, 60, outage_wait_s=0.5), 0)
     effects_journey = np.zeros(len(events), np.int64)  # everyone in journey 0
     tracker.mark(events.client_key, effects_journey, events.client_id)
     tracker.mark(events.client_key, np.full(len(events), -1), events.client_id)  # ignored
     distinct = len(np.unique(events.client_key))
-    assert tracker.maybe_write(store, 1, force=True) == distinct  # handed over, then failed
-    assert tracker.stats["failures"] == 1
+    assert tracker.maybe_write(store, 1) == distinct  # handed over ...
+    tracker._collect(wait=True)  # ... and failed
+    assert tracker.stats["failures"] == 1 and tracker.new_outages() == 1
     assert tracker.pending() == distinct  # kept, deduplicated
+    started = time.monotonic()
+    with pytest.raises(LiveStateError, match=rf"waited \d+ s .*{distinct} instance changes not"):
+        tracker.maybe_write(store, 2, force=True)  # end of input: retried, then loud
+    assert 0.5 <= time.monotonic() - started < 15  # the last attempt may take a while
+    assert tracker.pending() == distinct and tracker.new_outages() == 0  # the same outage
     tracker.writer = LiveStateWriter(r, 60)
     assert tracker.maybe_write(store, 2, force=True) == distinct
     assert tracker.pending() == 0 and tracker.stats["writes"] == 1
@@ -119,6 +127,75 @@ def test_while_writes_hang_new_marks_wait_and_the_flow_does_not(
     gate.set()
     assert tracker.maybe_write(store, 100, force=True) == 2
     assert tracker.pending() == 0 and tracker.stats["writes"] == MAX_IN_FLIGHT + 1
+
+
+def test_end_of_input_waits_out_a_short_outage(
+    store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
+) -> None:
+    """A Redis that refuses the first final write and answers the next: everything is
+    written (after the writer's first pause, 1 s), nothing raised."""
+    store, events = store_and_events
+    writer = LiveStateWriter(r, 60, outage_wait_s=30)
+    real_send, calls = writer.send, []
+
+    def first_fails(*args: object) -> int:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            writer.backoff.failed(int(time.monotonic() * 1000))
+            refused = "refused"
+            raise LiveStateError(refused, transient=True)
+        return real_send(*args)  # type: ignore[arg-type]
+
+    writer.send = first_fails  # type: ignore[method-assign]
+    tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
+    tracker.mark(events.client_key[:5], np.zeros(5, np.int64), events.client_id[:5])
+    assert tracker.maybe_write(store, 1, force=True) == len(np.unique(events.client_key[:5])) * 2
+    assert tracker.pending() == 0 and tracker.stats["writes"] == 1
+    assert tracker.stats["outages"] == 1 and len(calls) >= 2
+
+
+def test_a_snapshot_holds_the_marks_of_writes_on_their_way_without_waiting(
+    store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
+) -> None:
+    store, events = store_and_events
+    writer = LiveStateWriter(r, 60)
+    gate = threading.Event()
+    real_send = writer.send
+    writer.send = lambda *a: real_send(*a) if gate.wait(10) else 0  # type: ignore[method-assign]
+    tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
+    keys, ids = events.client_key, events.client_id
+    tracker.mark(keys[:3], np.zeros(3, np.int64), ids[:3])
+    assert tracker.maybe_write(store, 0) == len(np.unique(keys[:3]))  # on its way, hanging
+    tracker.mark(keys[3:5], np.ones(2, np.int64), ids[3:5])  # waiting
+    started = time.monotonic()
+    snap = tracker.snapshot()
+    assert time.monotonic() - started < 1  # did not wait for the hanging write
+    got = set(zip(snap["keys"].tolist(), snap["journeys"].tolist(), strict=True))
+    want = {(k, 0) for k in keys[:3].tolist()} | {(k, 1) for k in keys[3:5].tolist()}
+    assert got == want
+    resumed = LiveStateTracker(NAMES, LiveStateWriter(r, 60), interval_ms=0)
+    resumed.restore(snap)
+    assert resumed.pending() == len(want)
+    gate.set()
+    tracker.maybe_write(store, 1, force=True)
+
+
+def test_a_clock_stepping_back_does_not_stop_the_writes(
+    store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
+) -> None:
+    store, events = store_and_events
+    tracker = LiveStateTracker(NAMES, LiveStateWriter(r, 60), interval_ms=1_000)
+    keys, ids = events.client_key, events.client_id
+    hour = 3_600_000
+    tracker.mark(keys[:1], np.zeros(1, np.int64), ids[:1])
+    assert tracker.maybe_write(store, 10 * hour) == 1
+    tracker.mark(keys[1:2], np.zeros(1, np.int64), ids[1:2])
+    assert tracker.maybe_write(store, 10 * hour + 500) == 0  # within the interval
+    assert tracker.maybe_write(store, 9 * hour) == 1  # an hour back: written, not held an hour
+    tracker.mark(keys[2:3], np.zeros(1, np.int64), ids[2:3])
+    assert tracker.maybe_write(store, 9 * hour + 500) == 0  # the interval counts from then
+    assert tracker.maybe_write(store, 9 * hour + 1_000) == 1
+    tracker.maybe_write(store, 9 * hour + 2_000, force=True)
 
 
 @settings(max_examples=200, deadline=None)

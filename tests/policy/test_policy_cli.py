@@ -206,7 +206,13 @@ def test_generated_profiles_are_deterministic_and_cover_every_segment() -> None:
         ("url", "http://localhost:6379"),
         ("profile_ttl_s", -1.0),
         ("live_state_ttl_s", 0),
+        ("live_state_ttl_s", 10 * 365 * 86_400 + 1),  # Redis would overflow the expiry
+        ("live_state_ttl_s", 2**63 - 1),
+        ("profile_ttl_s", 86_401.0),
         ("timeout_s", 0.0),
+        ("timeout_s", 3_601.0),
+        ("outage_wait_s", 8 * 86_400.0),
+        ("live_state_interval_ms", 86_400_001),
         ("max_deferred", 0),
     ],
 )

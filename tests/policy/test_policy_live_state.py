@@ -276,6 +276,38 @@ def test_unreachable_redis_is_a_transient_error_with_the_password_masked() -> No
         lookup(client, "C")
 
 
+def test_a_redis_that_hangs_is_tried_once_per_pause_not_once_per_write() -> None:
+    with socket.socket() as sock:  # accepts connections (backlog) but never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        client = redis.Redis(port=sock.getsockname()[1], socket_timeout=0.3, retry=None)
+        writer = LiveStateWriter(client, ttl_s=TTL)
+        started = time.monotonic()
+        messages = []
+        for _ in range(5):
+            with pytest.raises(LiveStateError) as err:
+                writer.write(batch([row("C", "j", "s", T0)]))
+            assert err.value.transient
+            messages.append(str(err.value))
+        assert time.monotonic() - started < 1.0  # one timeout, not five
+        assert "imeout" in messages[0]
+        assert sum("not tried again" in m for m in messages) == 4
+        client.close()
+
+
+def test_a_refused_password_is_not_transient(r: redis.Redis) -> None:
+    r.acl_setuser("ato-pw", enabled=True, passwords=["+right"], keys=["*"], commands=["+@all"])
+    kwargs = r.connection_pool.connection_kwargs
+    wrong = redis.Redis(host=kwargs["host"], port=kwargs["port"], username="ato-pw", password="no")
+    try:
+        with pytest.raises(LiveStateError, match="invalid username-password") as err:
+            LiveStateWriter(wrong, ttl_s=TTL).write(batch([row("C", "j", "s", T0)]))
+        assert not err.value.transient
+    finally:
+        wrong.close()
+        r.acl_deluser("ato-pw")
+
+
 def test_slow_redis_is_a_transient_error() -> None:
     with socket.socket() as sock:  # accepts connections (backlog) but never answers
         sock.bind(("127.0.0.1", 0))
