@@ -147,14 +147,15 @@ class _Instance:
         t = self.start
         channel = _start_channel(rng, self.segment)
         attempt = 0  # stalls of this instance so far (a burst can add one before stall_at)
-        if channel == "app" and rng.random() < 0.5:
-            self.emit(t - 1, "app", "app_session_start", journey=False)
+        if channel == "app" and rng.random() < 0.5 and self.gen.session_type:
+            self.emit(t - 1, "app", self.gen.session_type, journey=False)
         self.reach(t, channel, steps[0])
         for i, step in enumerate(steps):
             after = steps[i + 1] if i + 1 < len(steps) else success
             deadline = t + step.timeout_ms
-            if i != stall_at and not self._in_burst(step, t):
-                gap = int(step.timeout_ms * rng.uniform(0.05, 0.7))
+            # a step of under 2 ms always stalls: progress would share its millisecond
+            if i != stall_at and not self._in_burst(step, t) and step.timeout_ms >= 2:
+                gap = max(1, int(step.timeout_ms * rng.uniform(0.05, 0.7)))
                 self._between(steps, i, t, gap, channel)
                 t += gap
                 if after is success and failure is not None and rng.random() < 0.2:
@@ -168,7 +169,8 @@ class _Instance:
             stall = TruthStall(
                 self.client, self.journey.name, step.name, self.start, attempt, deadline
             )
-            if rng.random() >= self.gen.cfg.resume_share:
+            # resumes come within close_after: under 2 ms leaves no millisecond for one
+            if rng.random() >= self.gen.cfg.resume_share or self.journey.close_after_ms < 2:
                 self.gen.stalls.append(stall)
                 return
             # hand-off: the client comes back through an agent call or a branch visit (a
@@ -176,8 +178,8 @@ class _Instance:
             t = deadline + 1 + int((self.journey.close_after_ms - 2) * rng.uniform(0.05, 0.9))
             channel = _handoff_channel(rng, self.segment, channel)
             self.gen.stalls.append(replace(stall, resumed_at=t, resume_channel=channel))
-            if channel == "call":
-                self.emit(t - 1, "call", "call_started", journey=False)
+            if channel == "call" and self.gen.call_types:
+                self.emit(t - 1, "call", self.gen.call_types[0], journey=False)
             self.reach(t, channel, after)
             if i + 1 < len(steps) and rng.random() < 0.3:  # stalls again further on
                 stall_at = rng.randrange(i + 1, len(steps))
@@ -190,9 +192,11 @@ class _Instance:
         roll = rng.random()
         if roll < 0.25:
             noise = "ai_chat_message" if rng.random() < 0.3 else "page_view"
-            self.emit(t + gap // 2, "ai" if noise == "ai_chat_message" else channel, noise)
+            if noise not in self.gen.claimed:
+                self.emit(t + gap // 2, "ai" if noise == "ai_chat_message" else channel, noise)
         elif roll < 0.3:
-            self.emit(t + gap // 2, channel, "error")
+            if self.gen.error_type:
+                self.emit(t + gap // 2, channel, self.gen.error_type)
         elif roll < 0.4 and self.journey.abandon_ms:
             signal = rng.choice(sorted(self.journey.abandon_ms))
             grace = self.journey.abandon_ms[signal]
@@ -256,6 +260,15 @@ class _Generator:
             seg: [3 if j.name in SEGMENT_FAVOURITES.get(seg, ()) else 1 for j in catalog.journeys]
             for seg in SEGMENTS
         }
+        # the types of the noise, errors, calls and app sessions it sends: the catalog's own,
+        # and never one a journey maps to a step or an abandon signal (that would move
+        # journeys the ground truth does not know of; such events are left out)
+        self.claimed = {t for j in catalog.journeys for s in j.steps for t in s.on} | {
+            t for j in catalog.journeys for t in j.abandon_ms
+        }
+        self.error_type = next((t for t in catalog.error_types if t not in self.claimed), "")
+        self.call_types = [t for t in catalog.call_types if t not in self.claimed]
+        self.session_type = next((t for t in catalog.session_types if t not in self.claimed), "")
 
     def run(self) -> GeneratedTraffic:
         cfg, rng, shape = self.cfg, self.rng, self.shape
@@ -280,12 +293,15 @@ class _Generator:
         return self._partition(clients)
 
     def _background_call(self, client: str, segment: str, offset: int) -> None:
+        first = self.rng.random() < 0.7
+        if not self.call_types:
+            return
         doc = {
             "event_id": f"{client}-call-{offset}",
             "client_id": client,
             "ts": self.start_ms + offset,
             "channel": "call",
-            "type": "call_started" if self.rng.random() < 0.7 else "ivr_started",
+            "type": self.call_types[0 if first else min(1, len(self.call_types) - 1)],
             "attrs": {"segment": segment},
         }
         self.events.append((self.start_ms + offset, client, _compact(orjson.dumps(doc))))

@@ -59,6 +59,9 @@ class RunResult:
     deadlines: dict[str, int] | None  # deadline_ts per written id (None: to Kafka)
     truth_deadlines: dict[str, int] | None  # the deadline of each true stall's id
     decisions: dict[str, str] | None = None  # final decision per id (contact policy, files)
+    decided_at: dict[str, int] | None = None  # first decision's time per id (its deadline)
+    repeated: int = 0  # intervention lines beyond one per id (the file sink writes each once)
+    conflicting: frozenset[str] = frozenset()  # ids written with more than one deadline
 
     @property
     def intervention_ids(self) -> set[str] | None:
@@ -81,6 +84,7 @@ class RunResult:
                 s.interventions if self.intervention_ids is None else len(self.intervention_ids)
             ),
             "dead_letters": s.dead_letters,
+            **({"repeated_interventions": self.repeated} if self.deadlines is not None else {}),
             "late_events": s.late,
             "open_instances": s.levels.total_open(),
             "state_mb": round(s.levels.total_bytes() / 1e6, 1),
@@ -95,9 +99,11 @@ class RunResult:
         if truth is not None and detected is not None:
             # an id names the stall (client, journey, start, step, attempt), not its time:
             # one raised at another deadline (an abandon signal missed, say) is no hit
-            known = self.deadlines or {}
+            # a decision not sent is checked by its first decision's time: its deadline
+            known = {**(self.decided_at or {}), **(self.deadlines or {})}
             true_ids = detected & truth.keys()
-            late_or_early = {i for i in true_ids if i in known and known[i] != truth[i]}
+            wrong = {i for i in true_ids if i in known and known[i] != truth[i]}
+            late_or_early = wrong | (true_ids & self.conflicting)
             hits = len(true_ids) - len(late_or_early)
             found = len(detected)
             out["truth_stalls"] = len(truth)
@@ -120,30 +126,64 @@ def truth_deadlines(traffic: GeneratedTraffic) -> dict[str, int]:
     }
 
 
-def read_deadlines(path: Path) -> dict[str, int]:
-    """``deadline_ts`` of each intervention id in a JSON-lines file."""
+def check_generated_times(
+    traffic: GeneratedTraffic, earliest: int, max_future_ms: int, live: bool
+) -> None:
+    """Refuse generated traffic part of which the decode step would dead-letter: events
+    before ``earliest`` (``engine.min_event_ts_ms``) or, on the replay clock, past now +
+    ``max_future_ms`` (the live clock sends each event when its time comes). The ground truth
+    would still count their stalls."""
+    first = min((min(ts) for ts in traffic.arrival_ts.values() if ts), default=None)
+    if first is None:
+        return
+    latest = wall_ms() + max_future_ms
+    if first >= earliest and (live or traffic.end_ts <= latest):
+        return
+    msg = (
+        f"generated events run from {first} to {traffic.end_ts} (epoch ms; from"
+        " generator.start_ms over generator.span_s and the catalog's timeouts), outside the"
+        f" event times the engine accepts (engine.min_event_ts_ms {earliest} to now +"
+        f" engine.max_future_ms, {latest}): those events would be dead letters; choose"
+        " another start or a shorter span"
+    )
+    raise ConfigError(msg)
+
+
+def read_deadlines(path: Path) -> tuple[dict[str, int], int, frozenset[str]]:
+    """``deadline_ts`` of each intervention id in a JSON-lines file; the lines beyond one
+    per id; and the ids whose lines disagree on the deadline."""
     if not path.exists():
-        return {}
+        return {}, 0, frozenset()
     out: dict[str, int] = {}
+    repeated, conflicting = 0, set()
     with path.open("rb") as f:
         for line in f:
             if line.strip():
                 doc = orjson.loads(line)
-                out[doc["intervention_id"]] = doc["deadline_ts"]
-    return out
+                iid, deadline = doc["intervention_id"], doc["deadline_ts"]
+                if iid in out:
+                    repeated += 1
+                    if out[iid] != deadline:
+                        conflicting.add(iid)
+                out[iid] = deadline
+    return out, repeated, frozenset(conflicting)
 
 
-def read_decisions(path: Path) -> dict[str, str]:
+def read_decisions(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     """The last decision (sent, deferred, suppressed) per intervention id in a decisions
-    file, in file order (a deferred candidate's later decision follows its deferral)."""
+    file, in file order (a deferred candidate's later decision follows its deferral), and
+    the time of each id's first decision (``decided_at_ms``: its stall deadline)."""
     final: dict[str, str] = {}
+    first: dict[str, int] = {}
     if path.exists():
         with path.open("rb") as f:
             for line in f:
                 if line.strip():
                     doc = orjson.loads(line)
-                    final[doc["intervention_id"]] = doc["outcome"]
-    return final
+                    iid = doc["intervention_id"]
+                    final[iid] = doc["outcome"]
+                    first.setdefault(iid, doc["decided_at_ms"])
+    return final, first
 
 
 def start_outputs(out: Path, empty: bool) -> None:
@@ -292,6 +332,7 @@ def run(
                 if live:
                     start = _live_start(recovery_dir, live_start_ms, progress)
                 traffic = generate(catalog, settings.generator, start_ms=start)
+                check_generated_times(traffic, engine.min_event_ts_ms, engine.max_future_ms, live)
             source = GeneratorSource(
                 traffic, engine.batch_size, settings.generator.rate, live, duration_s
             )
@@ -341,17 +382,15 @@ def run(
         sinks.metrics.raise_failure()  # the last metric rows could not be written
     if progress is not None:
         print(stats.line(), file=progress, flush=True)
-    deadlines = read_deadlines(out / INTERVENTIONS_FILE) if isinstance(out, Path) else None
+    deadlines, repeated, conflicting = None, 0, frozenset[str]()
+    if isinstance(out, Path):
+        deadlines, repeated, conflicting = read_deadlines(out / INTERVENTIONS_FILE)
+    decisions = decided_at = None
+    if isinstance(out, Path) and settings.redis.enabled:
+        decisions, decided_at = read_decisions(out / DECISIONS_FILE)
     # ground truth only holds for traffic served to its end
     served = traffic is not None and not getattr(source, "cut", None)
     truth = truth_deadlines(traffic) if served and traffic is not None else None
     return RunResult(
-        stats,
-        seconds,
-        out,
-        deadlines,
-        truth,
-        read_decisions(out / DECISIONS_FILE)
-        if isinstance(out, Path) and settings.redis.enabled
-        else None,
+        stats, seconds, out, deadlines, truth, decisions, decided_at, repeated, conflicting
     )

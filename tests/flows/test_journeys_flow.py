@@ -128,6 +128,55 @@ def test_steps_no_event_type_maps_to() -> None:
     assert dead == []
 
 
+USER_CATALOGS = {
+    # the errors, calls and sessions it sends are types a journey gives a meaning to
+    "error_abandons": {
+        "features": {"error_types": ["error"], "call_types": ["call_started"]},
+        "journeys": [
+            {
+                "name": "card",
+                "abandon": {"error": "30s"},
+                "steps": [
+                    {"name": "apply", "on": ["card_apply"], "timeout": "10m"},
+                    {"name": "verify", "on": ["call_started"], "timeout": "1h"},
+                    {"name": "done", "on": ["card_done"], "terminal": "success"},
+                ],
+            }
+        ],
+    },
+    # steps of under 2 ms, and an attribution window of 1 ms: no resume fits in it
+    "tiny_times": {
+        "journeys": [
+            {
+                "name": "quick",
+                "close_after": "1ms",
+                "steps": [
+                    {"name": "a", "on": ["q_a"], "timeout": "1ms"},
+                    {"name": "b", "on": ["q_b"], "timeout": "5ms"},
+                    {"name": "ok", "on": ["q_ok"], "terminal": "success"},
+                    {"name": "c", "on": ["q_c"], "timeout": "3ms"},
+                ],
+            }
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(USER_CATALOGS))
+def test_the_ground_truth_holds_for_user_catalogs(name: str) -> None:
+    """The generator's truth (ids and deadlines) equals what the flow finds on catalogs
+    whose event types or times it used to get wrong: it sent ``error`` and ``call_started``
+    whatever the catalog made of them, and made progress within the same millisecond, or a
+    resume after the instance had closed."""
+    catalog = parse_catalog(USER_CATALOGS[name], f"<{name}>")
+    cfg = GeneratorSettings(clients=400, seed=5, partitions=2, disorder_ms=0)
+    traffic = generate(catalog, cfg)
+    docs, dead, _ = _run(_batches(traffic), list(traffic.partitions), catalog=catalog)
+    found = {d["intervention_id"]: d["deadline_ts"] for d in docs}
+    assert found == truth_deadlines(traffic) and len(found) > 20
+    assert dead == []
+
+
 def test_one_and_two_workers_give_identical_interventions(traffic: GeneratedTraffic) -> None:
     """Keying by shard, not by worker: the same documents whatever the worker count."""
     items = _batches(traffic)
