@@ -439,7 +439,9 @@ class RedisSettings:
         "", "Contact-policy TOML file. Empty: the shipped policy/default_policy.toml."
     )
     live_state_ttl_s: int = _knob(
-        7 * 86_400, "Live journey-state hashes expire this long (s) after their last field set."
+        30 * 86_400,
+        "Live journey-state hashes expire this long (s) after their last field set; keep it"
+        " above the catalog's longest step timeout and close_after (a warning says so).",
     )
     timeout_s: float = _knob(2.0, "Connect and command timeout (s) of every Redis call.")
     max_deferred: int = _knob(

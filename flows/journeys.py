@@ -6,6 +6,7 @@ shard applies its piece with numba kernels. Outputs: interventions, dead letters
 (as JSON-lines bytes, keyed for single-writer sinks) and progress items.
 """
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from sinks.clickhouse import ClickHouseSink, DeferredBlock, MetricBlock
 from sinks.kafka import Record
 from sources.read_ahead import ReadAheadSource
 
+log = logging.getLogger(__name__)
 OUTPUT_KEY = "out"  # single-writer sinks: every output line under one key
 FUNNEL_KEY = "funnel"  # the funnel step sums every shard's counts under one key
 
@@ -91,6 +93,7 @@ def build_flow(
         live = LiveStateWriter(
             policy_ctx.client, redis_settings.live_state_ttl_s, redis_settings.outage_wait_s
         )
+        warn_of_short_live_state_ttl(redis_settings.live_state_ttl_s, catalog)
     ctx = ShardContext(
         catalog,
         engine,
@@ -156,6 +159,22 @@ def build_flow(
         merged = op.merge("all_metrics", blocks, funnel_blocks, health_blocks)
         op.output("metrics", op.map("metric_items", merged, _metric_item), sinks.metrics)
     return flow
+
+
+def warn_of_short_live_state_ttl(ttl_s: int, catalog: Catalog) -> bool:
+    """Log a warning (and return True) when live-state keys can expire while an instance is
+    open: an instance is written at its events and its stall, then not until it closes."""
+    longest = max(
+        max([j.close_after_ms, *(s.timeout_ms for s in j.steps)]) for j in catalog.journeys
+    )
+    if ttl_s * 1000 >= longest:
+        return False
+    log.warning(
+        "redis.live_state_ttl_s (%d s) is shorter than the catalog's longest step timeout or"
+        " close_after (%d s): live state of an open instance may expire before it closes",
+        ttl_s, longest // 1000,
+    )  # fmt: skip
+    return True
 
 
 def policy_context(

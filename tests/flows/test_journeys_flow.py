@@ -17,7 +17,7 @@ from ato.columns import EventColumns
 from ato.config import GeneratorSettings, Settings
 from ato.generator import GeneratedTraffic, generate
 from ato.runner import truth_deadlines, truth_ids
-from flows.journeys import FlowSinks, build_flow, late_docs
+from flows.journeys import FlowSinks, build_flow, late_docs, warn_of_short_live_state_ttl
 from operators.batches import RawBatch
 
 CATALOG = load_catalog()
@@ -292,3 +292,15 @@ def test_a_run_cut_short_and_resumed_emits_the_uninterrupted_ids(
         late += _lines(lines)
     assert _ids(got) == _ids(clean)
     assert len(late) == len(clean_late)
+
+
+def test_a_live_state_ttl_shorter_than_an_instance_stays_open_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An instance is written at its stall, then not until it closes (the shipped catalog's
+    insurance journey: 14 days later): a shorter TTL lets its field expire while it is open."""
+    assert not warn_of_short_live_state_ttl(Settings().redis.live_state_ttl_s, CATALOG)
+    assert warn_of_short_live_state_ttl(7 * 86_400, CATALOG)
+    assert "shorter than the catalog's longest step timeout or close_after (1209600 s)" in (
+        caplog.text
+    )
