@@ -47,6 +47,7 @@ MINUTE_MS = 60_000
 SUM_FACTOR, SUM_MIN_ROWS = 4, 400_000
 MEASURES = ("events", "started", "advanced", "completed", "abandoned")
 _ABANDONED = MEASURES.index("abandoned")
+_N_MEASURES = len(MEASURES)
 
 
 # bit fields of a packed key, low to high: segment + 1 (4 bits), channel (4), step + 1 (6,
@@ -113,7 +114,55 @@ def event_rows(
     ts: np.ndarray, channel: np.ndarray, segment: np.ndarray, effects: Effects
 ) -> FunnelRows:
     """One row per applied event: its minute, the journey and step it counted in, and what it
-    did (not summed)."""
+    did (not summed); by the numba kernel :func:`event_rows_kernel` (twin:
+    :func:`event_rows_twin`)."""
+    keys, counts = event_rows_kernel(
+        np.ascontiguousarray(ts, np.int64), np.ascontiguousarray(effects.journey, np.int64),
+        np.ascontiguousarray(effects.step, np.int64), np.ascontiguousarray(channel, np.int64),
+        np.ascontiguousarray(segment, np.int64), np.ascontiguousarray(effects.effect, np.int64),
+    )  # fmt: skip
+    return FunnelRows(keys, counts)
+
+
+@njit(cache=True, nogil=True)
+def event_rows_kernel(
+    ts: np.ndarray,
+    journey: np.ndarray,
+    step: np.ndarray,
+    channel: np.ndarray,
+    segment: np.ndarray,
+    effect: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Packed keys (as :func:`pack`) and counts ``[n, len(MEASURES)]`` of applied events, in
+    one pass (numpy took a dozen passes over the columns, 34 ns an event)."""
+    n = len(ts)
+    keys = np.empty(n, np.int64)
+    counts = np.zeros((n, _N_MEASURES), np.int64)
+    for i in range(n):
+        keys[i] = (
+            ((ts[i] // MINUTE_MS) << MINUTE_SHIFT)
+            | ((journey[i] + 1) << _JOURNEY_SHIFT)
+            | ((step[i] + 1) << _STEP_SHIFT)
+            | (channel[i] << 4)
+            | (segment[i] + 1)
+        )
+        counts[i, 0] = 1
+        e = effect[i]
+        if e == EFFECT_STARTED:
+            counts[i, 1] = 1
+        elif e == EFFECT_ADVANCED:
+            counts[i, 2] = 1
+        elif e == EFFECT_COMPLETED:
+            counts[i, 3] = 1
+        elif e == EFFECT_FAILED:
+            counts[i, 4] = 1
+    return keys, counts
+
+
+def event_rows_twin(
+    ts: np.ndarray, channel: np.ndarray, segment: np.ndarray, effects: Effects
+) -> FunnelRows:
+    """Plain twin of :func:`event_rows` (numpy)."""
     keys = pack(ts // MINUTE_MS, effects.journey, effects.step, channel, segment)
     counts = np.zeros((len(ts), len(MEASURES)), np.int64)
     counts[:, 0] = 1

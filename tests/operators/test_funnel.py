@@ -18,6 +18,7 @@ from operators.funnel import (
     FunnelUpdate,
     FunnelWindows,
     event_rows,
+    event_rows_twin,
     outcome_rows,
     pack,
     sum_by_key,
@@ -309,3 +310,29 @@ def test_sum_by_key_equals_its_twin(rows: list[tuple[int, int]], width: int) -> 
     assert got[0].tolist() == want[0].tolist()
     assert got[1].tolist() == want[1].tolist()
     assert got[1].shape == (len(set(keys.tolist())), width)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**42),
+            st.integers(-1, 1021),
+            st.integers(-1, 61),
+            st.integers(0, 3),
+            st.integers(-1, 7),
+            st.integers(0, 5),
+        ),
+        max_size=300,
+    )
+)
+def test_event_rows_kernel_equals_its_twin(rows: list[tuple[int, ...]]) -> None:
+    """Keys and counts of the numba kernel equal the numpy twin's, for every effect, journey
+    and step -1 (an event in no instance), and the widest codes."""
+    columns = [np.array([row[c] for row in rows], np.int64) for c in range(6)]
+    ts, journey, step, channel, segment, effect = columns
+    effects = Effects(effect.astype(np.int8), journey.astype(np.int16), step.astype(np.int16))
+    got = event_rows(ts, channel.astype(np.int8), segment.astype(np.int8), effects)
+    want = event_rows_twin(ts, channel.astype(np.int8), segment.astype(np.int8), effects)
+    assert got.keys.tolist() == want.keys.tolist()
+    assert got.counts.tolist() == want.counts.tolist()

@@ -33,7 +33,7 @@ ENTRY_POINTS = {
     uuid5: ("uuid5_rows",),
     scan: ("_scan_events",),
     render: ("render_rows", "json_string_spans"),
-    funnel: ("sum_by_key",),
+    funnel: ("sum_by_key", "event_rows_kernel"),
     live_changes: ("unique_pairs",),
     envelopes: ("element_bounds",),
 }
