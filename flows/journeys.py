@@ -145,9 +145,11 @@ def build_flow(
         blocks = op.flat_map("metric_blocks", outputs, rows)
         updates = op.flat_map("funnel_updates", outputs, _funnel_update)
         funnel = op.stateful_batch(
-            "funnel", updates, lambda resume: FunnelLogic(router.keys, resume)
+            "funnel", updates, lambda resume: FunnelLogic(router.keys, resume, sum_closed=False)
         )
-        funnel_blocks = op.map("funnel_blocks", funnel, lambda key_rows: rows.funnel(key_rows[1]))
+        funnel_blocks = op.map(
+            "funnel_blocks", funnel, lambda key_rows: rows.funnel_later(key_rows[1])
+        )
         interval_ms = max(1, int(config.clickhouse.health_interval_s * 1000))
         run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
         health = op.stateful_batch(

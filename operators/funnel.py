@@ -13,7 +13,10 @@ funnel step's snapshot, so a restarted flow re-emits exactly the rows it would h
 one row per key instead of one per key and shard (2.8x fewer rows on the benchmark traffic).
 
 Keys are packed into one int64 (minute, journey+1, step+1, channel, segment+1) so that a batch
-is summed by one numba kernel (:func:`sum_by_key`). Rows come out in no particular order.
+is summed by one numba kernel (:func:`sum_by_key`). Rows come out in no particular order. In
+the flow the step keeps the rows it adds to open minutes summed, but hands on a closed
+minute's rows unsummed (``sum_closed=False``): the ClickHouse sink adds them up when it
+inserts them, off the flow's thread (``operators.metrics.MetricRows.block``).
 """
 
 from dataclasses import dataclass, field
@@ -200,8 +203,10 @@ class FunnelWindows:
         self.part_rows = 0
         self.first_minute: int | None = None  # earliest minute of any open row
 
-    def close(self, watermark: int, final: bool = False) -> FunnelRows:
-        """Remove and return the minutes that end at or before ``watermark`` (all if final)."""
+    def close(self, watermark: int, final: bool = False, summed: bool = True) -> FunnelRows:
+        """Remove and return the minutes that end at or before ``watermark`` (all if final);
+        without ``summed`` a key may come in several rows, to be added up by the caller
+        (every row of a closed minute comes in the one call that closes it)."""
         if self.first_minute is None or (
             not final and (self.first_minute + 1) * MINUTE_MS > watermark
         ):
@@ -212,10 +217,10 @@ class FunnelWindows:
         else:
             done = ((self.keys >> MINUTE_SHIFT) + 1) * MINUTE_MS <= watermark
             part_done = ((part_keys >> MINUTE_SHIFT) + 1) * MINUTE_MS <= watermark
-        keys, counts = _summed(
-            np.concatenate([self.keys[done], part_keys[part_done]]),
-            np.concatenate([self.counts[done], part_counts[part_done]]),
-        )
+        keys = np.concatenate([self.keys[done], part_keys[part_done]])
+        counts = np.concatenate([self.counts[done], part_counts[part_done]])
+        if summed:
+            keys, counts = _summed(keys, counts)
         self.keys, self.counts = self.keys[~done], self.counts[~done]
         if not part_done.all():
             self.parts = [(part_keys[~part_done], part_counts[~part_done])]
@@ -336,9 +341,16 @@ class FunnelUpdate:
 
 
 class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
-    """Sums every shard's funnel counts; emits the minutes every shard's watermark passed."""
+    """Sums every shard's funnel counts; emits the minutes every shard's watermark passed.
 
-    def __init__(self, shards: list[str], resume: dict[str, Any] | None) -> None:
+    ``sum_closed`` false: a closed minute's rows come out as they are, a key possibly in
+    several rows, for the ClickHouse sink to add up when it inserts them (off the flow's
+    thread); each output holds every row of the minutes it closes."""
+
+    def __init__(
+        self, shards: list[str], resume: dict[str, Any] | None, sum_closed: bool = True
+    ) -> None:
+        self.sum_closed = sum_closed
         self.shards = list(shards)
         self.paused = False  # a shard paused at the end of input (see ShardOutput.paused)
         self.windows = FunnelWindows()
@@ -357,7 +369,8 @@ class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
             self.watermarks[update.shard] = max(self.watermarks.get(update.shard, mark), mark)
         if any(shard not in self.watermarks for shard in self.shards):
             return [], self.RETAIN  # a shard not heard from yet may still count any minute
-        rows = self.windows.close(min(self.watermarks[s] for s in self.shards))
+        watermark = min(self.watermarks[s] for s in self.shards)
+        rows = self.windows.close(watermark, summed=self.sum_closed)
         return ([rows] if len(rows) else []), self.RETAIN
 
     def on_eof(self) -> tuple[list[FunnelRows], bool]:
@@ -367,7 +380,7 @@ class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
         first. (The shards' last outputs come before this end.)"""
         if self.paused:
             return [], self.RETAIN
-        rows = self.windows.close(0, final=True)
+        rows = self.windows.close(0, final=True, summed=self.sum_closed)
         return ([rows] if len(rows) else []), self.DISCARD
 
     def snapshot(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from ato.catalog import CHANNELS, SEGMENTS, Catalog
 from operators.batches import ShardOutput
-from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
+from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, sum_by_key, unpack
 from operators.interventions import InterventionBuilder
 from operators.shard_levels import ShardLevels
 from operators.watermark import MIN_WATERMARK
@@ -146,6 +146,16 @@ class MetricRows:
 
     def block(self, kind: str, parts: list[Any]) -> MetricBlock:
         """The block of a :class:`DeferredBlock`'s parts (the sink calls it at insert)."""
+        if kind == "funnel":  # each part holds every row of its minutes: summed apart
+            summed = [
+                sum_by_key(np.ascontiguousarray(p.keys), np.ascontiguousarray(p.counts))
+                for p in parts
+            ]
+            return self.funnel(
+                FunnelRows(
+                    np.concatenate([k for k, _ in summed]), np.concatenate([c for _, c in summed])
+                )
+            )
         if kind == "outcomes":
             outcomes = Records.concat([p[0] for p in parts])
             known = [p[1] if p[1] is not None else self.builder.ids(p[0]) for p in parts]
@@ -159,6 +169,11 @@ class MetricRows:
             return self.decisions(stalls, emitted, self._common(stalls, ids))
         msg = f"no metric block of kind {kind!r}"
         raise ValueError(msg)
+
+    def funnel_later(self, rows: FunnelRows) -> DeferredBlock:
+        """Closed funnel minutes (the funnel step's output, a key possibly in several rows)
+        for the sink to sum and make into ``funnel_minute`` rows when it inserts them."""
+        return DeferredBlock("funnel_minute", "funnel", len(rows), (rows,), self.source)
 
     def funnel(self, rows: FunnelRows) -> MetricBlock:
         """``funnel_minute`` rows of closed minutes (the funnel step's output)."""

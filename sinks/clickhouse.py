@@ -961,7 +961,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
                 raise ClickHouseError(msg) from exc
             stats.inserted_rows += rows
             stats.inserts += 1
-            stats.pending_rows -= rows
+            stats.pending_rows -= len(block)  # as buffered (a deferred block may make fewer)
             for state in (self.failing_since, self.retry_at, self.backoff):
                 state.pop(table, None)
 
