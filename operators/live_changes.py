@@ -17,7 +17,8 @@ unreachable, a failed write's marks are kept and written again after ``interval_
 state read then is the newest, so nothing needs replaying; each outage is counted (the
 run's ``redis_outages``). When input ends, the tracker writes every mark, retrying for at
 most the writer's ``outage_wait_s``, then fails the run: a run never ends with changes it
-did not write. Other Redis errors (a key of the wrong type, say) are logged, and those
+did not write. When input was cut in a run that resumes, it tries once and keeps what
+fails for the snapshot. Other Redis errors (a key of the wrong type, say) are logged, and those
 marks dropped.
 """
 
@@ -161,7 +162,7 @@ class LiveStateTracker:
         handed = 0
         while True:
             if self.keys:
-                handed += self._hand_over(store, now_ms)
+                handed += self._hand_over(store, now_ms, final=True)
             self._collect(wait=True)
             if not self.keys:
                 self.writer.flush()
@@ -178,8 +179,18 @@ class LiveStateTracker:
                 raise LiveStateError(msg, transient=False)
             self.sleep(min(RETRY_S, limit - waited))
 
-    def _hand_over(self, store: NumbaShardStore, now_ms: int) -> int:
-        """Read the marked instances' state and hand its write to the writer's thread."""
+    def write_before_pause(self, store: NumbaShardStore, now_ms: int) -> int:
+        """The input was cut in a run that resumes: try every mark once and wait for the
+        writes; what fails stays marked, for the snapshot (the resumed run writes it)."""
+        self._collect(wait=False)
+        handed = self._hand_over(store, now_ms, final=True) if self.keys else 0
+        self._collect(wait=True)
+        self.writer.flush()
+        return handed
+
+    def _hand_over(self, store: NumbaShardStore, now_ms: int, final: bool = False) -> int:
+        """Read the marked instances' state and hand its write to the writer's thread
+        (``final``: tried even while the writer pauses after a failure)."""
         self.next_write_ms = now_ms + self.interval_ms
         keys, journeys, ids = self._unique()
         fields = self.value_fields(store, keys, journeys, now_ms)
@@ -192,7 +203,8 @@ class LiveStateTracker:
                 journeys,
                 self.name_bytes,
                 *self.render_spans(fields),
-            )
+            ),
+            final=final,
         )
         self.in_flight.append(InFlight(write, keys, journeys, ids))
         return len(keys)

@@ -1,8 +1,10 @@
 """Metric rows for ClickHouse from what the shard steps emit: columns, never a row per event.
 
-:class:`MetricRows` turns a :class:`ShardOutput` into :class:`MetricBlock` s for the tables of
+:class:`MetricRows` turns a :class:`ShardOutput` into blocks for the tables of
 ``sinks/clickhouse_schema``: closed funnel minutes, one row per stall, one decision per stall
 (every stall is ``sent`` until the contact policy decides otherwise), and stall outcomes.
+Most are :class:`DeferredBlock` s: the ClickHouse sink, bound to the flow's ``MetricRows``,
+makes their columns (:meth:`MetricRows.block`) when it inserts them.
 :class:`HealthWindow` sums the flow's progress items into one ``flow_health`` row per worker
 per interval.
 """

@@ -174,9 +174,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             return self._advance(self.tracker.final(), [], final=True), self.RETAIN
         now = self.ctx.now_ms()
         outputs = self._advance(self.tracker.advance(now), [], final=False, force=True)
-        outputs[-1] = replace(outputs[-1], paused=True)
-        if self.live is not None:
-            self.live.maybe_write(self.store, now, force=True)
+        outages = 0
+        if self.live is not None:  # what fails stays marked, in the snapshot
+            self.live.write_before_pause(self.store, now)
+            outages = self.live.new_outages()
+        last = outputs[-1]
+        outputs[-1] = replace(last, paused=True, redis_outages=last.redis_outages + outages)
         return outputs, self.RETAIN
 
     def notify_at(self) -> datetime | None:

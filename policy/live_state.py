@@ -179,15 +179,18 @@ class LiveStateWriter:
         self._unfinished = 0  # writes submitted and not done
         self.stats = {"round_trips": 0, "commands": 0}
 
-    def submit(self, build: Callable[[], tuple[bytes, int, int]]) -> "Future[int]":
+    def submit(
+        self, build: Callable[[], tuple[bytes, int, int]], final: bool = False
+    ) -> "Future[int]":
         """:meth:`send` of the commands ``build`` returns (commands, count, clients), both
         on the writer's own thread (one per writer, so writes run in the order they are
         submitted): the flow goes on while the commands are written (a numba kernel that
-        releases the GIL) and Redis works. The future raises what :meth:`send` raises."""
+        releases the GIL) and Redis works. The future raises what :meth:`send` raises
+        (``final``: see :meth:`send`)."""
         with self._lock:
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="ato-live-state")
-            future = self._thread.submit(lambda: self.send(*build()))
+            future = self._thread.submit(lambda: self.send(*build(), final=final))
             self._unfinished += 1
         future.add_done_callback(self._finished)
         return future
@@ -259,14 +262,16 @@ class LiveStateWriter:
         commands, count = write_commands_py(self.ttl_s, KEY_PREFIX.encode(), clients)
         return self.send(commands, count, len(clients))
 
-    def send(self, commands: bytes, count: int, clients: int) -> int:
+    def send(self, commands: bytes, count: int, clients: int, final: bool = False) -> int:
         """Send ``count`` commands (built by :mod:`policy.live_commands`) in one write and
         wait for their replies; return ``clients``. Errors as :meth:`write`; an error reply
-        of one command does not stop the others."""
+        of one command does not stop the others. While the writer pauses after a failure it
+        raises at once (transient), unless ``final`` (the writes at the end of input, which
+        the flow retries itself)."""
         if not count:
             return clients
         now_ms = int(time.monotonic() * 1000)
-        if not self.backoff.may_try(now_ms):
+        if not final and not self.backoff.may_try(now_ms):
             msg = (
                 f"writing live journey state: Redis at {where(self.client)} failed last;"
                 " not tried again before its pause ends"

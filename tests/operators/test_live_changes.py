@@ -115,7 +115,7 @@ def test_while_writes_hang_new_marks_wait_and_the_flow_does_not(
     writer = LiveStateWriter(r, 60)
     gate = threading.Event()
     real_send = writer.send
-    writer.send = lambda *a: real_send(*a) if gate.wait(10) else 0  # type: ignore[method-assign]
+    writer.send = lambda *a, **k: real_send(*a, **k) if gate.wait(10) else 0  # type: ignore[method-assign]
     tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
     keys, ids = events.client_key, events.client_id
     for now in range(MAX_IN_FLIGHT):
@@ -133,25 +133,59 @@ def test_end_of_input_waits_out_a_short_outage(
     store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
 ) -> None:
     """A Redis that refuses the first final write and answers the next: everything is
-    written (after the writer's first pause, 1 s), nothing raised."""
+    written (a second after the first try), nothing raised."""
     store, events = store_and_events
     writer = LiveStateWriter(r, 60, outage_wait_s=30)
     real_send, calls = writer.send, []
 
-    def first_fails(*args: object) -> int:
+    def first_fails(*args: object, **kwargs: object) -> int:
         calls.append(time.monotonic())
         if len(calls) == 1:
-            writer.backoff.failed(int(time.monotonic() * 1000))
             refused = "refused"
             raise LiveStateError(refused, transient=True)
-        return real_send(*args)  # type: ignore[arg-type]
+        return real_send(*args, **kwargs)  # type: ignore[arg-type]
 
     writer.send = first_fails  # type: ignore[method-assign]
     tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
     tracker.mark(events.client_key[:5], np.zeros(5, np.int64), events.client_id[:5])
     assert tracker.maybe_write(store, 1, force=True) == len(np.unique(events.client_key[:5])) * 2
     assert tracker.pending() == 0 and tracker.stats["writes"] == 1
-    assert tracker.stats["outages"] == 1 and len(calls) >= 2
+    assert tracker.stats["outages"] == 1 and len(calls) == 2
+    assert 0.9 < calls[1] - calls[0] < 3  # the flow's own pause between final tries
+
+
+def test_a_cut_input_tries_its_marks_once_and_keeps_what_fails_for_the_snapshot(
+    store_and_events: tuple[NumbaShardStore, EventColumns],
+) -> None:
+    """Input cut in a run that resumes: no retrying for outage_wait_s and no error (the
+    run pauses, as the policy step does); the marks go into the snapshot."""
+    store, events = store_and_events
+    broken = redis.Redis(port=1, socket_connect_timeout=0.2, retry=None)
+    tracker = LiveStateTracker(NAMES, LiveStateWriter(broken, 60, outage_wait_s=300), 0)
+    tracker.mark(events.client_key[:4], np.zeros(4, np.int64), events.client_id[:4])
+    distinct = len(np.unique(events.client_key[:4]))
+    started = time.monotonic()
+    assert tracker.write_before_pause(store, 1) == distinct
+    assert time.monotonic() - started < 5 and tracker.new_outages() == 1
+    assert len(tracker.snapshot()["keys"]) == distinct
+
+
+def test_the_final_writes_do_not_wait_for_the_writers_pause(
+    store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
+) -> None:
+    """After earlier outages the writer pauses up to 8 s between tries; at end of input the
+    flow retries itself, so a Redis that answers again is written at once (it used to fail
+    the run, saying Redis did not answer, when outage_wait_s was under the pause)."""
+    store, events = store_and_events
+    writer = LiveStateWriter(r, 60, outage_wait_s=3)
+    for _ in range(4):
+        writer.backoff.failed(int(time.monotonic() * 1000))  # pausing 8 s now
+    tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
+    tracker.mark(events.client_key[:3], np.zeros(3, np.int64), events.client_id[:3])
+    started = time.monotonic()
+    tracker.maybe_write(store, 1, force=True)
+    assert time.monotonic() - started < 1
+    assert tracker.pending() == 0 and writer.stats["round_trips"] == 1
 
 
 def test_a_snapshot_holds_the_marks_of_writes_on_their_way_without_waiting(
@@ -161,7 +195,7 @@ def test_a_snapshot_holds_the_marks_of_writes_on_their_way_without_waiting(
     writer = LiveStateWriter(r, 60)
     gate = threading.Event()
     real_send = writer.send
-    writer.send = lambda *a: real_send(*a) if gate.wait(10) else 0  # type: ignore[method-assign]
+    writer.send = lambda *a, **k: real_send(*a, **k) if gate.wait(10) else 0  # type: ignore[method-assign]
     tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
     keys, ids = events.client_key, events.client_id
     tracker.mark(keys[:3], np.zeros(3, np.int64), ids[:3])

@@ -435,7 +435,7 @@ def test_one_shards_end_of_input_leaves_the_shared_writer_working(r: redis.Redis
     with "cannot schedule new futures after shutdown")."""
     writer = LiveStateWriter(r, 60)
     gate = threading.Event()
-    writer.send = lambda _commands, _count, clients: clients if gate.wait(5) else -1  # type: ignore[method-assign]
+    writer.send = lambda _commands, _count, clients, **_: clients if gate.wait(5) else -1  # type: ignore[method-assign]
     first = writer.submit(lambda: (b"", 0, 1))
     ending = threading.Thread(target=writer.flush)
     ending.start()
