@@ -191,6 +191,9 @@ class GeneratorSettings:
 
 
 START_POSITIONS = ("earliest", "latest")
+DAY_MS = 86_400_000
+MIN_FLUSH_TIMEOUT_S = 0.01
+MAX_FLUSH_TIMEOUT_S = 2_147_483.0
 SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 
 
@@ -230,8 +233,8 @@ class KafkaSettings:
     )
     flush_timeout_s: float = _knob(
         30.0,
-        "Longest wait for delivery at an epoch end; undelivered messages then fail the run. At"
-        " least 0.001.",
+        "Longest wait for delivery at an epoch end; undelivered messages then fail the run."
+        " From 0.01 to 2,147,483.",
     )
     max_envelope_bytes: int = _knob(
         16 * 1024 * 1024,
@@ -274,17 +277,38 @@ class KafkaSettings:
         if (
             self.poll_interval_ms < 0
             or self.end_wait_ms < 0
-            or self.flush_timeout_s < 0.001
             or self.catch_up_batches < 1
             or self.commit_interval_ms < 0
             or self.max_envelope_bytes < 1
         ):
             msg = (
                 "kafka.poll_interval_ms, end_wait_ms and commit_interval_ms must be >= 0,"
-                " kafka.flush_timeout_s >= 0.001, kafka.catch_up_batches and max_envelope_bytes"
-                " >= 1"
+                " kafka.catch_up_batches and max_envelope_bytes >= 1"
             )
             raise ConfigError(msg)
+        for name in ("poll_interval_ms", "end_wait_ms", "commit_interval_ms"):
+            if getattr(self, name) > DAY_MS:
+                msg = f"kafka.{name}: at most a day ({DAY_MS:,}), got {getattr(self, name)!r}"
+                raise ConfigError(msg)
+        if not MIN_FLUSH_TIMEOUT_S <= self.flush_timeout_s <= MAX_FLUSH_TIMEOUT_S:
+            msg = (
+                f"kafka.flush_timeout_s: from {MIN_FLUSH_TIMEOUT_S} (above the producer's"
+                f" linger.ms of 5) to {MAX_FLUSH_TIMEOUT_S:,} (librdkafka's message.timeout.ms"
+                f" is a 32-bit count of ms), got {self.flush_timeout_s!r}"
+            )
+            raise ConfigError(msg)
+        outputs = {"interventions_topic": self.interventions_topic}
+        outputs["dead_letter_topic"] = self.dead_letter_topic
+        for name, topic in outputs.items():
+            if not topic:
+                msg = f"kafka.{name}: must not be empty"
+                raise ConfigError(msg)
+            if topic in self.input_topics:
+                msg = (
+                    f"kafka.{name}: {topic!r} is also an input topic: the flow would read"
+                    " its own output (a dead letter of a dead letter, without end)"
+                )
+                raise ConfigError(msg)
         if not self.group_id:
             msg = "kafka.group_id: must not be empty"
             raise ConfigError(msg)
@@ -560,6 +584,14 @@ class Settings:
             if getattr(self, name) < 1:
                 msg = f"{name}: must be >= 1, got {getattr(self, name)}"
                 raise ConfigError(msg)
+        envelope, message = self.kafka.max_envelope_bytes, self.engine.max_message_bytes
+        if envelope < message:
+            msg = (
+                f"kafka.max_envelope_bytes ({envelope:,}) must be at least"
+                f" engine.max_message_bytes ({message:,}): an envelope too large to split must"
+                " be too large to read, so that it is dead-lettered as oversized"
+            )
+            raise ConfigError(msg)
 
     def with_overrides(self, section: str, **values: Any) -> "Settings":
         """Return a copy with ``values`` replaced in ``section`` ("engine", "generator", "")."""

@@ -111,6 +111,19 @@ def resume_epoch(path: Path) -> int | None:
     return min(max(started_at, fronts.get((last, w), started_at)) for w in range(workers))
 
 
+def has_snapshots(path: Path) -> bool:
+    """Whether any partition file of ``path`` holds a snapshot: a run that resumes from it
+    resumes something. (An execution is recorded when a run starts, so a run killed before
+    its first epoch end leaves executions and no snapshot: the next run starts afresh.)"""
+    if not path.is_dir():
+        return False
+    for part in part_files(path):
+        with _open(part) as db:
+            if db.execute("SELECT 1 FROM snaps LIMIT 1").fetchone() is not None:
+                return True
+    return False
+
+
 def drop_unfinished_snapshots(path: Path) -> int:
     """Delete the snapshots of epochs no worker finished (at or after the resume epoch) from
     every partition file of ``path``; returns how many were deleted. Call it once before a

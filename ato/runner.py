@@ -20,6 +20,7 @@ from ato.process import tune_gc
 from ato.recovery_dir import (
     check_generator_options,
     drop_unfinished_snapshots,
+    has_snapshots,
     prepare_recovery_dir,
 )
 from ato.recovery_dir import live_start_ms as recorded_start_ms
@@ -294,7 +295,9 @@ def run(
     live = engine.clock == "live"
     stats = RunStats()
     out: Path | str
-    fresh = recovery_dir is None or not recovery_dir.exists()  # before anything creates it
+    # a recovery directory without snapshots (made for a cluster's processes, or left by a
+    # run killed before its first epoch end) resumes nothing: the run is fresh
+    fresh = recovery_dir is None or not has_snapshots(recovery_dir)
     if settings.kafka.enabled:
         if inputs or traffic is not None:
             msg = "kafka.brokers is set: input comes from the Kafka topics, not files or traffic"

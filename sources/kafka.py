@@ -377,6 +377,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             # covers brokers that under-report the end (Tansu: the last batch's first offset).
             batch = self._read(timeout_s=self.end_wait_s)
             if batch is None:
+                if self.commit_every_s:
+                    self._commit(now)  # the last position too, or tools show it as lag
                 raise StopIteration
             batches.append(batch)
         if self.commit_every_s and now - self.last_commit >= self.commit_every_s:
@@ -488,6 +490,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         """Close the consumer, waiting at most :data:`CLOSE_WAIT_S`: with the broker gone,
         librdkafka waits for the last offset commit (up to a minute) before it lets go,
         which held a stopping run (SIGTERM, a failed step) that long."""
+        if self.commit_every_s:
+            self._commit(time.monotonic())  # close waits for it (within CLOSE_WAIT_S)
         closing = threading.Thread(target=self.consumer.close, name=f"close {self.name}")
         closing.daemon = True
         closing.start()

@@ -15,6 +15,7 @@ from ato.exceptions import RecoveryError
 from ato.recovery_dir import (
     LIVE_START_FILE,
     drop_unfinished_snapshots,
+    has_snapshots,
     live_start_ms,
     prepare_recovery_dir,
     resume_epoch,
@@ -40,6 +41,26 @@ def test_a_new_directory_has_no_resume_epoch_and_nothing_to_drop(tmp_path: Path)
     prepare_recovery_dir(tmp_path / "rec")
     assert resume_epoch(tmp_path / "rec") is None
     assert drop_unfinished_snapshots(tmp_path / "rec") == 0
+
+
+def test_only_a_snapshot_makes_a_directory_one_to_resume(tmp_path: Path) -> None:
+    """An execution is recorded when a run starts: one killed before its first epoch end
+    (or a directory made for a cluster's processes) resumes nothing."""
+    assert not has_snapshots(tmp_path / "none")
+    init_db_dir(tmp_path, 2)
+    assert not has_snapshots(tmp_path)
+    _insert(
+        tmp_path / "part-1.sqlite3",
+        "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)",
+        [(0, 1, 1)],
+    )
+    assert not has_snapshots(tmp_path)
+    _insert(
+        tmp_path / "part-1.sqlite3",
+        "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
+        [("s", "a", 1, b"x")],
+    )
+    assert has_snapshots(tmp_path)
 
 
 def test_snapshots_at_or_after_the_resume_epoch_are_dropped_from_every_part(

@@ -15,6 +15,7 @@ from ato import cli
 from ato.catalog import load_catalog
 from ato.config import GeneratorSettings, KafkaSettings
 from ato.generator import GeneratedTraffic, generate
+from ato.recovery_dir import prepare_recovery_dir
 from ato.runner import truth_ids
 from operators.batches import RAW_KEPT_BYTES
 from operators.interventions import SCHEMA
@@ -114,3 +115,21 @@ def test_a_missing_output_topic_is_warned_of_at_start(
     config = config_file(tmp_path, replace(topics, dead_letter_topic="nobody.made.dlq"))
     assert cli.main(["run", "--config", str(config)]) == 0
     assert "output topic 'nobody.made.dlq' does not exist" in caplog.text
+
+
+def test_start_latest_holds_with_a_recovery_directory_that_has_no_snapshot(
+    topics: KafkaSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recovery directory made before the run (as a cluster's parent makes it for its
+    processes) or left by a run killed before its first epoch end resumes nothing: the run
+    starts at ``kafka.start``. It used to count as a resume and read every partition from
+    its start, here the messages written before the run."""
+    for bad in BAD:  # one per request: Tansu's end of a partition is its last batch's start
+        produce(topics.brokers, topics.input_topics[0], [(0, bad)])
+    recovery = tmp_path / "rec"
+    prepare_recovery_dir(recovery)
+    config = config_file(tmp_path, topics)
+    config.write_text(config.read_text() + 'start = "latest"\n')
+    assert cli.main(["run", "--config", str(config), "--recovery-dir", str(recovery)]) == 0
+    summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["events"] == 0 and summary["dead_letters"] == 0, summary

@@ -271,6 +271,18 @@ def test_batches_report_the_partition_lag(topics: KafkaSettings) -> None:
     assert any(lag for n, lag in lags if n)  # the first batches see messages left
 
 
+def test_a_finished_partition_commits_its_last_position(topics: KafkaSettings) -> None:
+    """A backfill (``stop_at_end``) shorter than ``commit_interval_ms`` committed nothing,
+    and a longer one not its last second: Kafka tools showed what it read as lag."""
+    topic = topics.input_topics[0]
+    for i in range(5):  # one per request: Tansu's end of a partition is its last batch's start
+        produce(topics.brokers, topic, [(0, orjson.dumps({"i": i}))])
+    settings = replace(topics, group_id=f"{topic}.end", commit_interval_ms=60_000)
+    _read(settings)
+    done = committed_positions(settings, [part_name(topic, p) for p in range(3)])
+    assert [done[part_name(topic, p)][0] for p in range(3)] == [5, 0, 0]
+
+
 def test_read_position_is_committed_for_lag_monitoring(topics: KafkaSettings) -> None:
     """Kafka tools see the flow's lag: the source commits its position to ``group_id``."""
     topic = topics.input_topics[0]
