@@ -16,7 +16,7 @@ resume can load none of them, and the resumed execution writes again every one i
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from ato.exceptions import RecoveryError
 
 LIVE_START_FILE = "live_start_ms"  # beside Bytewax's *.sqlite3 files, which it never opens
 GENERATOR_FILE = "generator.json"
+KAFKA_TOPICS_FILE = "kafka_topics.json"
 
 
 def _recorded(file: Path, value: bytes) -> bytes:
@@ -35,9 +36,7 @@ def _recorded(file: Path, value: bytes) -> bytes:
     try:
         return file.read_bytes()
     except FileNotFoundError:
-        part = file.with_name(f"{file.name}.{os.getpid()}")
-        part.write_bytes(value)
-        os.replace(part, file)
+        _replace(file, value)
         return value
 
 
@@ -75,6 +74,39 @@ def check_generator_options(path: Path, options: dict[str, object]) -> None:
             " with the same generator options, or use a new --recovery-dir"
         )
         raise RecoveryError(msg)
+
+
+def check_input_topics(path: Path, topics: Sequence[str], fresh: bool) -> None:
+    """Record the Kafka input topics of a run over ``path`` (a ``fresh`` one, or one that
+    reads more topics than recorded), or refuse a resumed run that reads fewer: Bytewax
+    cannot resume the snapshot of a partition no worker lists (it stopped with a panic).
+    The partitions of a topic added on resume are read from their earliest offsets."""
+    file = path / KAFKA_TOPICS_FILE
+    wanted = sorted(set(topics))
+    if fresh:
+        _replace(file, orjson.dumps(wanted))
+        return
+    try:
+        recorded = orjson.loads(_recorded(file, orjson.dumps(wanted)))
+    except orjson.JSONDecodeError as exc:
+        msg = f"{file}: not a list of topics ({exc}); remove it only with the whole directory"
+        raise RecoveryError(msg) from exc
+    missing = sorted(set(recorded) - set(wanted))
+    if missing:
+        msg = (
+            f"{path} holds the read positions of topics {missing}, which kafka.input_topics"
+            " no longer lists; resume with them, or use a new --recovery-dir"
+        )
+        raise RecoveryError(msg)
+    if wanted != sorted(recorded):
+        _replace(file, orjson.dumps(wanted))
+
+
+def _replace(file: Path, value: bytes) -> None:
+    """Write ``file`` whole (through a file of this process's own, then a rename)."""
+    part = file.with_name(f"{file.name}.{os.getpid()}")
+    part.write_bytes(value)
+    os.replace(part, file)
 
 
 def prepare_recovery_dir(path: Path) -> None:

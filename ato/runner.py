@@ -19,6 +19,7 @@ from ato.generator import GeneratedTraffic, generate
 from ato.process import tune_gc
 from ato.recovery_dir import (
     check_generator_options,
+    check_input_topics,
     drop_unfinished_snapshots,
     has_snapshots,
     prepare_recovery_dir,
@@ -305,6 +306,9 @@ def run(
         kafka = settings.kafka
         check_consumer_config(kafka)
         check_producer_config(kafka)
+        if recovery_dir is not None:
+            prepare_recovery_dir(recovery_dir)
+            check_input_topics(recovery_dir, kafka.input_topics, fresh)
         meta = reached_metadata(kafka)  # one look at the brokers for inputs and outputs
         parts = list_partitions(kafka, meta)
         source: Any = KafkaSource(

@@ -14,6 +14,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from ato.exceptions import RecoveryError
 from ato.recovery_dir import (
     LIVE_START_FILE,
+    check_input_topics,
     drop_unfinished_snapshots,
     has_snapshots,
     live_start_ms,
@@ -61,6 +62,19 @@ def test_only_a_snapshot_makes_a_directory_one_to_resume(tmp_path: Path) -> None
         [("s", "a", 1, b"x")],
     )
     assert has_snapshots(tmp_path)
+
+
+def test_a_resume_that_drops_an_input_topic_is_refused_by_name(tmp_path: Path) -> None:
+    """Bytewax stopped with a panic on a snapshot of a partition no worker lists."""
+    prepare_recovery_dir(tmp_path / "rec")
+    rec = tmp_path / "rec"
+    check_input_topics(rec, ["a", "b"], fresh=True)
+    check_input_topics(rec, ["b", "a"], fresh=False)  # the same topics
+    check_input_topics(rec, ["a", "b", "c"], fresh=False)  # one more: read from its start
+    with pytest.raises(RecoveryError, match=r"topics \['c'\], which kafka.input_topics"):
+        check_input_topics(rec, ["a", "b"], fresh=False)
+    check_input_topics(rec, ["x"], fresh=True)  # nothing to resume: recorded anew
+    check_input_topics(rec, ["x"], fresh=False)
 
 
 def test_snapshots_at_or_after_the_resume_epoch_are_dropped_from_every_part(
