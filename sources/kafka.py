@@ -337,6 +337,12 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self.end = int(high) if settings.stop_at_end else None
         if resume is None:
             resume = self._start_offset(settings.start, tp, int(low), int(high))
+        elif resume < low:
+            log.warning(
+                "%s: resumes at offset %d, but the partition now starts at %d (retention or a"
+                " deleted topic): %d messages were lost before they were read",
+                name, resume, low, low - resume,
+            )  # fmt: skip
         self.next_offset = resume
         self.consumer.assign([TopicPartition(topic, partition, resume)])
         self.last_call = self.last_commit = time.monotonic()
@@ -353,6 +359,9 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         except KafkaException as exc:
             msg = f"{self.name}: cannot find the first offset at {start} ms: {exc}"
             raise KafkaSourceError(msg) from exc
+        if found.error is not None:  # else an error would start it at the end, silently
+            msg = f"{self.name}: cannot find the first offset at {start} ms: {found.error}"
+            raise KafkaSourceError(msg)
         return int(found.offset) if found.offset >= 0 else high
 
     def next_batch(self) -> list[RawBatch]:
