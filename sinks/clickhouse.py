@@ -772,7 +772,9 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
         self.epoch_flush = epoch_flush
         self.builder = builder
         self.buffers: dict[str, list[SinkBlock]] = {}
-        self.in_flight: dict[str, tuple[Future[int], SinkBlock]] = {}
+        # per table: the insert, its block, and the rows buffered for it (a joined block a
+        # deferred one was made into may hold fewer: summed funnel rows)
+        self.in_flight: dict[str, tuple[Future[int], SinkBlock, int]] = {}
         self.pool = (
             ThreadPoolExecutor(1, thread_name_prefix="clickhouse-insert")
             if settings.background_inserts
@@ -877,6 +879,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
         if not force and now < self.retry_at.get(table, 0.0):
             return
         block = blocks[0] if len(blocks) == 1 else self._joined(table, blocks)
+        buffered = sum(len(b) for b in blocks)
         del self.buffers[table]
         self.attempt_started[table] = now
         future: Future[int]
@@ -888,7 +891,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
                 future.set_result(self._insert(block))
             except Exception as exc:  # as the background thread would: _collect sorts it out
                 future.set_exception(exc)
-        self.in_flight[table] = (future, block)
+        self.in_flight[table] = (future, block, buffered)
         if self.pool is None:
             self._collect(wait=True)
 
@@ -935,7 +938,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
 
     def _collect(self, wait: bool) -> None:
         """Account for finished inserts (all in flight if ``wait``); requeue failed ones."""
-        for table, (future, block) in list(self.in_flight.items()):
+        for table, (future, block, buffered) in list(self.in_flight.items()):
             if not wait and not future.done():
                 continue
             del self.in_flight[table]
@@ -949,6 +952,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
                 stats.last_error = str(exc)
                 # concatenated once, retried as one insert (before blocks buffered since)
                 self.buffers[table] = [block, *self.buffers.get(table, [])]
+                stats.pending_rows += len(block) - buffered  # it waits as the block it is now
                 # failing since the first failed attempt began (it may have taken long)
                 self.failing_since.setdefault(table, self.attempt_started.get(table, now))
                 pause = min(self.backoff.get(table, RETRY_FIRST_S / 2) * 2, RETRY_MAX_S)
@@ -961,7 +965,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
                 raise ClickHouseError(msg) from exc
             stats.inserted_rows += rows
             stats.inserts += 1
-            stats.pending_rows -= len(block)  # as buffered (a deferred block may make fewer)
+            stats.pending_rows -= buffered
             for state in (self.failing_since, self.retry_at, self.backoff):
                 state.pop(table, None)
 

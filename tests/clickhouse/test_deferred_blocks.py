@@ -15,6 +15,7 @@ from operators.interventions import InterventionBatch
 from operators.metrics import MetricRows
 from sinks.clickhouse import (
     ClickHouseSink,
+    ClickHouseStore,
     DeferredBlock,
     MetricBlock,
     _arrow_column,
@@ -260,5 +261,37 @@ def test_deferred_funnel_minutes_are_summed_by_the_sink(url: str, database: str)
             zip(*as_lists(want, types).values(), strict=True)
         )
         assert list(as_lists(got, types))[: len(key)] == list(key)
+    finally:
+        part.close()
+
+
+def test_mixed_funnel_blocks_retried_after_a_failure_leave_nothing_pending(
+    url: str, database: str
+) -> None:
+    """A deferred funnel block makes fewer rows than it was buffered as (they are summed);
+    joined with an eager block, failed and retried, the rows waiting still end at none."""
+    rows = MetricRows(CATALOG)
+    updates = funnel_updates(4)
+    summing, leaving = FunnelLogic(["0", "1"], None), FunnelLogic(["0", "1"], None, False)
+    once = [*summing.on_batch(updates[:2])[0], *summing.on_eof()[0]]
+    later = [*leaving.on_batch(updates[:2])[0], *leaving.on_eof()[0]]
+    far = pack(*(np.array([v]) for v in (T0 // MINUTE_MS + 99, 0, 0, 0, 0)))  # a key of its own
+    eager = rows.funnel(FunnelRows(far, np.ones((1, 5), np.int64)))
+    sink = ClickHouseSink(settings(database, flush_rows=10**6, retry_timeout_s=60.0), url)
+    sink.bind(rows)
+    part = sink.build_part("metrics", "clickhouse", None)
+    try:
+        part.write_batch([eager, *(rows.funnel_later(r) for r in later)])
+        with ClickHouseStore(url, database) as admin:
+            admin.client.command(f"DETACH TABLE {database}.funnel_minute")
+            part._try_insert("funnel_minute", part.clock(), force=True)
+            part.wait_for_inserts()
+            stats = part.stats()["funnel_minute"]
+            assert stats.failed_inserts == 1 and stats.pending_rows == 1 + sum(map(len, once))
+            admin.client.command(f"ATTACH TABLE {database}.funnel_minute")
+        part.flush()
+        stats = part.stats()["funnel_minute"]
+        assert (stats.inserts, stats.pending_rows) == (1, 0)
+        assert stats.inserted_rows == 1 + sum(map(len, once))
     finally:
         part.close()
