@@ -24,6 +24,7 @@ on, for at most ``outage_wait_s``, then fails with an error.
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,9 @@ from state.layout import (
 
 log = logging.getLogger(__name__)
 RETRY_MS = 1_000  # wall-clock pause between attempts while Redis does not answer
+# a restart resumes from one of the last this many snapshots (Bytewax's resume epoch is the
+# slowest worker's: its epochs trail the others' by one at most)
+SAFE_SNAPSHOTS = 3
 NEVER = np.iinfo(np.int64).max  # no progress seen after the stall
 _OFFLINE = TIERS.index("offline")
 
@@ -144,6 +148,9 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         self.builder = InterventionBuilder(ctx.catalog)
         self.shard = resume["shard"] if resume is not None else ""
         self.watermark = resume["watermark"] if resume is not None else np.iinfo(np.int64).min
+        # the watermarks of the last snapshots: a restart resumes from one of them, so no
+        # candidate due at or before the oldest is decided again (see CapStore.send)
+        self.snapshot_marks: deque[int] = deque([int(self.watermark)], maxlen=SAFE_SNAPSHOTS)
         self.held = resume["held"] if resume is not None else Held.empty()
         self.profiles = ProfileStore(
             ctx.client, ctx.profile_ttl_s, max_entries=max(1, ctx.profile_cache)
@@ -214,6 +221,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
         held = self.held
         if self.capping is not None:
             held = Held.concat([held, self.capping.todo])
+        self.snapshot_marks.append(int(self.watermark))
         return {"shard": self.shard, "watermark": self.watermark, "held": held}
 
     def _quiet(
@@ -453,7 +461,7 @@ class PolicyLogic(StatefulBatchLogic[ShardOutput, ShardOutput, dict[str, Any]]):
             day_start.tolist(), day_end.tolist(), week_start.tolist(), week_end.tolist(),
             self.checks.cooldown[j].tolist(),
         )  # fmt: skip
-        return self.caps.send(rows)
+        return self.caps.send(rows, safe_ms=self.snapshot_marks[0])
 
     def _decision_list(
         self,

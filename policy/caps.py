@@ -37,6 +37,7 @@ from policy.scripts import Call, Script, ScriptReplies
 from policy.settings import Policy
 
 RETAIN_MS = 8 * 86_400_000  # a week plus a day of local-time slack
+NO_REPLAY = 2**62  # safe_ms of a caller whose decisions are never made again
 SENT_PREFIX = "ato:sent:"
 SEPARATOR = "\x1f"  # between journey and intervention id in a member
 
@@ -46,7 +47,8 @@ SEPARATOR = "\x1f"  # between journey and intervention id in a member
 # a later send pruned the set) and is suppressed, never sent.
 HORIZON = SEPARATOR
 
-# ARGV: retention and expiry (ms), per_day, per_week, and a JSON array with one [sent set key,
+# ARGV: retention and expiry (ms), per_day, per_week, the latest time a prune may count from
+# (ms: see CapStore.send), and a JSON array with one [sent set key,
 # member (journey SEP id), journey SEP, now, day_start, day_end, week_start, week_end,
 # cooldown_ms] per candidate, in decision order (one JSON argument: the client library's
 # per-argument cost stays out of the flow; the keys are not declared, so a single Redis
@@ -54,13 +56,15 @@ HORIZON = SEPARATOR
 # 3 daily cap, 4 weekly cap, 5 history pruned (its sends before HORIZON are gone).
 LUA = """
 local ttl, per_day, per_week = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local safe = tonumber(ARGV[4])
 local horizon_member = '\\031'
 local out = {}
-for i, c in ipairs(cjson.decode(ARGV[4])) do
+for i, c in ipairs(cjson.decode(ARGV[5])) do
   local sent, member, prefix, now = c[1], c[2], c[3], c[4]
   local day_start, day_end, week_start, week_end, cooldown = c[5], c[6], c[7], c[8], c[9]
   local code, replay, cooling, old = 0, false, false, false
   local day, week, horizon = 0, 0, nil
+  local cutoff = math.min(now, safe) - ttl
   local all = redis.call('ZRANGE', sent, 0, -1, 'WITHSCORES')
   for k = 1, #all, 2 do
     local score = tonumber(all[k + 1])
@@ -74,7 +78,7 @@ for i, c in ipairs(cjson.decode(ARGV[4])) do
       end
       if score >= day_start and score < day_end then day = day + 1 end
       if score >= week_start and score < week_end then week = week + 1 end
-      if score < now - ttl then old = true end
+      if score < cutoff then old = true end
     end
   end
   if replay then code = 1
@@ -84,7 +88,6 @@ for i, c in ipairs(cjson.decode(ARGV[4])) do
   elseif week >= per_week then code = 4
   else
     if old then
-      local cutoff = now - ttl
       redis.call('ZREMRANGEBYSCORE', sent, '-inf', '(' .. string.format('%d', cutoff))
       if not horizon or cutoff > horizon then
         redis.call('ZADD', sent, string.format('%d', cutoff), horizon_member)
@@ -124,11 +127,12 @@ class CapStore:
         self,
         items: Sequence[tuple[Candidate, Profile]],
         prechecked: Sequence[tuple[Route, Decision | None]] | None = None,
+        safe_ms: int = NO_REPLAY,
     ) -> list[Decision]:
         """Decisions for ``items`` in order. Those that pass the pure checks (``prechecked``:
         :func:`policy.rules.precheck` of each item, when the caller has it) go through the
         script ``chunk`` at a time, all calls in one pipeline. Sent ones are recorded
-        (idempotent per id)."""
+        (idempotent per id). ``safe_ms``: see :meth:`send`."""
         if prechecked is None:
             prechecked = [precheck(c, profile, self.policy) for c, profile in items]
         out: list[Decision | None] = []
@@ -137,7 +141,7 @@ class CapStore:
             out.append(early)
             if early is None:
                 pending.append((i, c, profile, r))
-        codes = self.codes([self._row(c, profile) for _, c, profile, _ in pending])
+        codes = self.codes([self._row(c, profile) for _, c, profile, _ in pending], safe_ms)
         for (i, c, profile, r), code in zip(pending, codes, strict=True):
             if code in _REASONS:
                 out[i] = decision(c, profile, r, SUPPRESSED, _REASONS[code])
@@ -145,15 +149,21 @@ class CapStore:
                 out[i] = decision(c, profile, r, SENT, replayed=code == 1)
         return [d for d in out if d is not None]
 
-    def codes(self, rows: Sequence[Sequence[str | int]]) -> list[int]:
+    def codes(self, rows: Sequence[Sequence[str | int]], safe_ms: int = NO_REPLAY) -> list[int]:
         """The script's code of each row (:meth:`rows`), in order: 0 sent, 1 sent before
         (a replay), 2 cooldown, 3 daily cap, 4 weekly cap. One pipeline."""
-        return self.send(rows).read()
+        return self.send(rows, safe_ms).read()
 
-    def send(self, rows: Sequence[Sequence[str | int]]) -> "CapCodes":
+    def send(self, rows: Sequence[Sequence[str | int]], safe_ms: int = NO_REPLAY) -> "CapCodes":
         """:meth:`codes` in two halves: the pipeline goes out now, the codes are read by the
-        result's :meth:`~CapCodes.read` (the sends are recorded as Redis runs the script)."""
-        scalars = [self.ttl_ms, self.policy.per_day, self.policy.per_week]
+        result's :meth:`~CapCodes.read` (the sends are recorded as Redis runs the script).
+
+        ``safe_ms``: no candidate decided at or before this will be decided again (a flow
+        with recovery: its watermark some snapshots ago). A send prunes sends older than
+        the retention before the earlier of its own time and this one, so a replay after a
+        restart still finds the ids it re-decides, and every send its windows count, even
+        when the crashed run had gone on days of event time past its last snapshot."""
+        scalars = [self.ttl_ms, self.policy.per_day, self.policy.per_week, safe_ms]
         calls: list[Call] = [
             ([], [*scalars, orjson.dumps(rows[start : start + self.chunk])])
             for start in range(0, len(rows), self.chunk)

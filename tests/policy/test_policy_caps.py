@@ -167,6 +167,34 @@ def test_a_decision_reaching_back_past_a_prune_is_suppressed_not_sent(
     assert outcomes(store, [cand("u", t + 10 * day, journey="fx")]) == [SENT]
 
 
+def test_a_replay_finds_what_the_crashed_run_sent_before_it_went_days_further(
+    r: redis.Redis, at: At
+) -> None:
+    """The crashed run decided x (sent) and y (daily cap), then, days of event time on and
+    before its next snapshot (a catch-up run's final flush), z: z's send pruned x, so the
+    resumed run, deciding x again, suppressed it as history_pruned (an intervention sent
+    before the crash, lost when it had not been delivered yet). With the watermark of the
+    snapshot it resumes from as ``safe_ms``, nothing it re-decides is pruned."""
+    store = CapStore(r, Policy(quiet_default=None, per_day=1, per_week=9, cooldown_ms=0))
+    t = at("2026-01-05 10:00", TZ)
+    safe = t - HOUR  # the snapshot's watermark: x, y and z are decided after it
+    x, y, z = cand("x", t), cand("y", t + HOUR, journey="loan"), cand("z", t + 9 * 24 * HOUR)
+    decide = store.decide
+    assert [d.reason or d.outcome for d in decide([(x, PROFILE), (y, PROFILE)], None, safe)] == [
+        SENT, "daily_cap",
+    ]  # fmt: skip
+    assert [d.outcome for d in decide([(z, PROFILE)], None, safe)] == [SENT]
+    assert r.zscore(sent_key("C1"), f"open_account{SEPARATOR}x")  # kept
+    again = decide([(x, PROFILE), (y, PROFILE), (z, PROFILE)], None, safe)  # the resumed run
+    assert [(d.reason or d.outcome, d.replayed) for d in again] == [
+        (SENT, True), ("daily_cap", False), (SENT, True),
+    ]  # fmt: skip
+    later = t + 9 * 24 * HOUR  # a later snapshot: the sends before it - 8 days may go
+    w = cand("w", later + 24 * HOUR)  # the next day: within the caps
+    assert [d.outcome for d in decide([(w, PROFILE)], None, later)] == [SENT]
+    assert not r.zscore(sent_key("C1"), f"open_account{SEPARATOR}x")  # pruned now
+
+
 def test_matches_the_pure_reference(r: redis.Redis) -> None:
     policy = Policy(quiet_default=None, per_day=2, per_week=4, cooldown_ms=5 * HOUR)
     store = CapStore(r, policy)
