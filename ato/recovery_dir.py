@@ -144,14 +144,18 @@ def resume_epoch(path: Path) -> int | None:
 
 
 def has_snapshots(path: Path) -> bool:
-    """Whether any partition file of ``path`` holds a snapshot: a run that resumes from it
-    resumes something. (An execution is recorded when a run starts, so a run killed before
-    its first epoch end leaves executions and no snapshot: the next run starts afresh.)"""
-    if not path.is_dir():
+    """Whether a partition file of ``path`` holds a snapshot a resume keeps (of an epoch
+    before :func:`resume_epoch`; :func:`drop_unfinished_snapshots` drops the others): a run
+    that resumes from it resumes something. A run killed before its first epoch was
+    finished leaves an execution, perhaps snapshots of that epoch, and nothing to resume:
+    the next run starts afresh."""
+    epoch = resume_epoch(path) if path.is_dir() else None
+    if epoch is None:
         return False
     for part in part_files(path):
         with _open(part) as db:
-            if db.execute("SELECT 1 FROM snaps LIMIT 1").fetchone() is not None:
+            kept = db.execute("SELECT 1 FROM snaps WHERE snap_epoch < ? LIMIT 1", (epoch,))
+            if kept.fetchone() is not None:
                 return True
     return False
 

@@ -44,23 +44,23 @@ def test_a_new_directory_has_no_resume_epoch_and_nothing_to_drop(tmp_path: Path)
     assert drop_unfinished_snapshots(tmp_path / "rec") == 0
 
 
-def test_only_a_snapshot_makes_a_directory_one_to_resume(tmp_path: Path) -> None:
-    """An execution is recorded when a run starts: one killed before its first epoch end
-    (or a directory made for a cluster's processes) resumes nothing."""
+def test_only_a_kept_snapshot_makes_a_directory_one_to_resume(tmp_path: Path) -> None:
+    """An execution is recorded when a run starts: one killed before its first epoch was
+    finished (or a directory made for a cluster's processes) resumes nothing, even when it
+    wrote snapshots of that epoch (a resume drops them)."""
     assert not has_snapshots(tmp_path / "none")
     init_db_dir(tmp_path, 2)
     assert not has_snapshots(tmp_path)
+    part = tmp_path / "part-1.sqlite3"
     _insert(
-        tmp_path / "part-1.sqlite3",
-        "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)",
-        [(0, 1, 1)],
+        part, "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)", [(0, 1, 1)]
     )
     assert not has_snapshots(tmp_path)
-    _insert(
-        tmp_path / "part-1.sqlite3",
-        "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
-        [("s", "a", 1, b"x")],
-    )
+    snaps = "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)"
+    _insert(part, snaps, [("s", "a", 1, b"x")])
+    assert not has_snapshots(tmp_path)  # epoch 1 was not finished: dropped on resume
+    fronts = "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)"
+    _insert(part, fronts, [(0, 0, 2)])
     assert has_snapshots(tmp_path)
 
 
