@@ -110,10 +110,23 @@ def _replace(file: Path, value: bytes) -> None:
 
 
 def prepare_recovery_dir(path: Path) -> None:
-    """Create and initialise a Bytewax recovery directory unless it exists."""
+    """Create and initialise a Bytewax recovery directory unless it is one already. An
+    existing empty directory is initialised (Bytewax failed on it: "no recovery
+    partitions"); a file, or a directory of other files, is refused."""
     if not path.exists():
         path.mkdir(parents=True)
-        init_db_dir(path, 1)
+    elif not path.is_dir():
+        msg = f"{path}: not a directory; give --recovery-dir a new or empty directory"
+        raise RecoveryError(msg)
+    elif part_files(path):
+        return
+    elif any(path.iterdir()):
+        msg = (
+            f"{path}: holds files but no recovery partitions (*.sqlite3): not a recovery"
+            " directory; give --recovery-dir a new or empty directory"
+        )
+        raise RecoveryError(msg)
+    init_db_dir(path, 1)
 
 
 def part_files(path: Path) -> list[Path]:

@@ -18,6 +18,7 @@ from ato.recovery_dir import (
     drop_unfinished_snapshots,
     has_snapshots,
     live_start_ms,
+    part_files,
     prepare_recovery_dir,
     resume_epoch,
 )
@@ -62,6 +63,22 @@ def test_only_a_kept_snapshot_makes_a_directory_one_to_resume(tmp_path: Path) ->
     fronts = "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)"
     _insert(part, fronts, [(0, 0, 2)])
     assert has_snapshots(tmp_path)
+
+
+def test_an_empty_directory_is_initialised_and_one_of_other_files_refused(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "empty").mkdir()
+    prepare_recovery_dir(tmp_path / "empty")  # Bytewax failed on it: no recovery partitions
+    assert part_files(tmp_path / "empty")
+    prepare_recovery_dir(tmp_path / "empty")  # one already: left as it is
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(RecoveryError, match="no recovery partitions"):
+        prepare_recovery_dir(tmp_path / "other")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RecoveryError, match="not a directory"):
+        prepare_recovery_dir(tmp_path / "file")
 
 
 def test_a_resume_that_drops_an_input_topic_is_refused_by_name(tmp_path: Path) -> None:
