@@ -102,6 +102,10 @@ class FunnelRows:
         """No rows."""
         return FunnelRows(np.empty(0, np.int64), np.empty((0, len(MEASURES)), np.int64))
 
+    def summed(self) -> "FunnelRows":
+        """Each key once, its counts added up (in the order keys first appear)."""
+        return FunnelRows(*_summed(self.keys, self.counts))
+
     @staticmethod
     def concat(parts: "list[FunnelRows]") -> "FunnelRows":
         """The rows of ``parts``, in order (not summed)."""

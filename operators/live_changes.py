@@ -306,10 +306,7 @@ class LiveStateTracker:
 
     def _unique(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The marked (client, journey) pairs once each, a client's rows adjacent."""
-        keys = np.concatenate(self.keys)
-        journeys = np.concatenate(self.journeys)
-        rows = unique_pairs(keys, journeys)
-        return keys[rows], journeys[rows], np.concatenate(self.client_ids)[rows]
+        return _unique_marks(self.keys, self.journeys, self.client_ids)
 
     def _clear(self) -> None:
         self.keys, self.journeys, self.client_ids = [], [], []
@@ -323,18 +320,23 @@ class LiveStateTracker:
             return {"keys": None}
         journeys = [*self.journeys, *(w.journeys for w in self.in_flight)]
         client_ids = [*self.client_ids, *(w.client_ids for w in self.in_flight)]
-        rows = unique_pairs(np.concatenate(keys), np.concatenate(journeys))
-        return {
-            "keys": np.concatenate(keys)[rows],
-            "journeys": np.concatenate(journeys)[rows],
-            "client_ids": np.concatenate(client_ids)[rows],
-        }
+        keys_once, journeys_once, ids_once = _unique_marks(keys, journeys, client_ids)
+        return {"keys": keys_once, "journeys": journeys_once, "client_ids": ids_once}
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Marks from :meth:`snapshot`."""
         if snap.get("keys") is not None:
             self.keys, self.journeys = [snap["keys"]], [snap["journeys"]]
             self.client_ids = [client_id_bytes(snap["client_ids"])]
+
+
+def _unique_marks(
+    keys: list[np.ndarray], journeys: list[np.ndarray], client_ids: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (client, journey) pairs of parts of marks once each, a client's rows adjacent."""
+    all_keys, all_journeys = np.concatenate(keys), np.concatenate(journeys)
+    rows = unique_pairs(all_keys, all_journeys)
+    return all_keys[rows], all_journeys[rows], np.concatenate(client_ids)[rows]
 
 
 @njit(cache=True, nogil=True)

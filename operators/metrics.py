@@ -23,7 +23,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from ato.catalog import CHANNELS, SEGMENTS, Catalog
 from operators.batches import ShardOutput
-from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, sum_by_key, unpack
+from operators.funnel import MEASURES, MINUTE_MS, FunnelRows, unpack
 from operators.interventions import InterventionBuilder
 from operators.shard_levels import ShardLevels
 from operators.watermark import MIN_WATERMARK
@@ -149,15 +149,7 @@ class MetricRows:
     def block(self, kind: str, parts: list[Any]) -> MetricBlock:
         """The block of a :class:`DeferredBlock`'s parts (the sink calls it at insert)."""
         if kind == "funnel":  # each part holds every row of its minutes: summed apart
-            summed = [
-                sum_by_key(np.ascontiguousarray(p.keys), np.ascontiguousarray(p.counts))
-                for p in parts
-            ]
-            return self.funnel(
-                FunnelRows(
-                    np.concatenate([k for k, _ in summed]), np.concatenate([c for _, c in summed])
-                )
-            )
+            return self.funnel(FunnelRows.concat([p.summed() for p in parts]))
         if kind == "outcomes":
             outcomes = Records.concat([p[0] for p in parts])
             known = [p[1] if p[1] is not None else self.builder.ids(p[0]) for p in parts]

@@ -106,16 +106,22 @@ def test_marks_are_written_once_each_and_kept_while_redis_fails(
     assert len(opened) == int((slots >= 0).sum())
 
 
+def hanging_writer(r: redis.Redis) -> tuple[LiveStateWriter, threading.Event]:
+    """A writer whose sends wait (up to 10 s) until the event is set: a Redis that hangs."""
+    writer = LiveStateWriter(r, 60)
+    gate = threading.Event()
+    real_send = writer.send
+    writer.send = lambda *a, **k: real_send(*a, **k) if gate.wait(10) else 0  # type: ignore[method-assign]
+    return writer, gate
+
+
 def test_while_writes_hang_new_marks_wait_and_the_flow_does_not(
     store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
 ) -> None:
     """With MAX_IN_FLIGHT writes of a shard on their way (a Redis that hangs), a new write
     is not handed over and nothing waits for the old ones: the marks wait for a later call."""
     store, events = store_and_events
-    writer = LiveStateWriter(r, 60)
-    gate = threading.Event()
-    real_send = writer.send
-    writer.send = lambda *a, **k: real_send(*a, **k) if gate.wait(10) else 0  # type: ignore[method-assign]
+    writer, gate = hanging_writer(r)
     tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
     keys, ids = events.client_key, events.client_id
     for now in range(MAX_IN_FLIGHT):
@@ -192,10 +198,7 @@ def test_a_snapshot_holds_the_marks_of_writes_on_their_way_without_waiting(
     store_and_events: tuple[NumbaShardStore, EventColumns], r: redis.Redis
 ) -> None:
     store, events = store_and_events
-    writer = LiveStateWriter(r, 60)
-    gate = threading.Event()
-    real_send = writer.send
-    writer.send = lambda *a, **k: real_send(*a, **k) if gate.wait(10) else 0  # type: ignore[method-assign]
+    writer, gate = hanging_writer(r)
     tracker = LiveStateTracker(NAMES, writer, interval_ms=0)
     keys, ids = events.client_key, events.client_id
     tracker.mark(keys[:3], np.zeros(3, np.int64), ids[:3])
