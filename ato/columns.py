@@ -187,6 +187,14 @@ def client_id_bytes(ids: np.ndarray | Sequence[str]) -> np.ndarray:
         return np.array([t.encode() for t in texts.tolist()], dtype="S")
 
 
+def narrowest_ids(ids: np.ndarray) -> np.ndarray:
+    """An ``S`` column of client ids in the width of its longest id (at least 1): a column
+    that lost rows keeps the width its longest dropped id gave it, which would make the
+    dtype depend on which rows were dropped."""
+    width = max(int(np.strings.str_len(ids).max()) if len(ids) else 1, 1)
+    return ids if ids.dtype.itemsize == width else ids.astype(f"S{width}")
+
+
 def client_id_texts(ids: np.ndarray) -> list[str]:
     """A ``client_id`` column back as ``str``."""
     return [b.decode() for b in ids.tolist()]

@@ -28,6 +28,7 @@ from ato.columns import (
     EventColumns,
     RawBytes,
     client_id_bytes,
+    narrowest_ids,
     only_white_space,
 )
 from ato.config import EngineSettings
@@ -59,6 +60,9 @@ UNKNOWN_CHANNEL = "unknown_channel"
 UNKNOWN_JOURNEY = "unknown_journey"
 UNKNOWN_STEP = "unknown_step"
 
+# dead letters as they are found, each with its message's row in the batch (-1: one the
+# source could not read), which orders those of one offset
+Dead = list[tuple[int, DeadLetter]]
 
 DECODE_CHUNK = 1_000  # messages decoded together: their dicts stay in cache across the fields
 # messages scanned together: their joined bytes (~2 MB) stay in cache while the scan reads
@@ -145,7 +149,7 @@ class Decoder:
         messages = batch.messages
         offsets = batch.offset_array()
         n = len(messages)
-        dead: list[DeadLetter] = list(batch.unreadable)
+        dead: Dead = [(-1, letter) for letter in batch.unreadable]
         parts = []
         if self.settings.decoder == "scan" and n:
             scanned = self._scan_chunks(messages, offsets)
@@ -167,12 +171,14 @@ class Decoder:
             # by input row, not offset: the events of one envelope share its offset
             assert isinstance(events.raw, RawBytes)  # rows over the batch's own list
             events = events.take(np.argsort(events.raw.rows, kind="stable"))
-        # whichever path found them, and the source's own: in offset order
-        dead.sort(key=lambda d: d.offset)
+        # whichever path found them, and the source's own: in offset order, and at one
+        # offset (the messages of one envelope) in input order
+        dead.sort(key=lambda row_letter: (row_letter[1].offset, row_letter[0]))
         max_ts = int(events.ts.max()) if len(events) else None
         n_in = n + len(batch.unreadable)
+        letters = [letter for _, letter in dead]
         return DecodedBatch(
-            batch.partition, events, dead, max_ts, batch.read_wall_ms, n_in, batch.caught_up,
+            batch.partition, events, letters, max_ts, batch.read_wall_ms, n_in, batch.caught_up,
             batch.lag, batch.cut, batch.arrived_ms, batch.unsure,
         )  # fmt: skip
 
@@ -223,7 +229,7 @@ class Decoder:
         rows: np.ndarray,
         offsets: np.ndarray,
         partition: str,
-        dead: list[DeadLetter],
+        dead: Dead,
     ) -> EventColumns:
         """orjson's decoding of ``batch_messages[rows]`` (their ``raw`` keeps the batch's
         row numbers, which order the events in the end)."""
@@ -237,7 +243,7 @@ class Decoder:
             docs = [loads(m) for m in messages]
             columns = self._columns(docs, RawBytes(batch_messages, rows), offsets)
         except (orjson.JSONDecodeError, _SlowPath, KeyError, TypeError):
-            docs, keep = self._check_each(messages, offsets, partition, dead)
+            docs, keep = self._check_each(messages, rows, offsets, partition, dead)
             raw = RawBytes(batch_messages, rows[np.array(keep, np.int64)])
             columns = self._columns(docs, raw, offsets[keep])
         return self._check_values(columns, partition, dead)
@@ -309,15 +315,22 @@ class Decoder:
     # ------------------------------------------------------------------ slow path
 
     def _check_each(
-        self, messages: list[bytes], offsets: np.ndarray, partition: str, dead: list[DeadLetter]
+        self,
+        messages: list[bytes],
+        rows: np.ndarray,
+        offsets: np.ndarray,
+        partition: str,
+        dead: Dead,
     ) -> tuple[list[dict[str, Any]], list[int]]:
-        """Check each message alone; dead-letter the bad ones; return the good docs."""
+        """Check each message alone (``rows``: their rows in the batch); dead-letter the bad
+        ones; return the good docs and their indices in ``messages``."""
         docs: list[dict[str, Any]] = []
         keep: list[int] = []
         for i, message in enumerate(messages):
             doc, reason, detail = self._check_one(message)
             if reason:
-                dead.append(DeadLetter(reason, detail, message, partition, int(offsets[i])))
+                letter = DeadLetter(reason, detail, message, partition, int(offsets[i]))
+                dead.append((int(rows[i]), letter))
             else:
                 docs.append(doc)
                 keep.append(i)
@@ -368,9 +381,7 @@ class Decoder:
 
     # ------------------------------------------------------------------ value rules
 
-    def _check_values(
-        self, cols: EventColumns, partition: str, dead: list[DeadLetter]
-    ) -> EventColumns:
+    def _check_values(self, cols: EventColumns, partition: str, dead: Dead) -> EventColumns:
         """Dead-letter events with bad values; resolve journey and step codes."""
         if len(cols) == 0:
             return cols
@@ -403,10 +414,11 @@ class Decoder:
         )
         bad = np.zeros(len(cols), dtype=np.bool_)
         raw = cols.raw
-        assert raw is not None  # decode output always carries the original bytes
+        assert isinstance(raw, RawBytes)  # decode output: rows over the batch's own list
         for mask, reason, detail in rules:
             for i in np.flatnonzero(mask & ~bad):
-                dead.append(DeadLetter(reason, detail, raw[i], partition, int(cols.offset[i])))
+                letter = DeadLetter(reason, detail, raw[i], partition, int(cols.offset[i]))
+                dead.append((int(raw.rows[i]), letter))
             bad |= mask
         resolved = EventColumns(
             cols.client_key,
@@ -421,7 +433,10 @@ class Decoder:
             cols.offset,
             cols.segment,
         )
-        return resolved.take(~bad) if bad.any() else resolved
+        if not bad.any():
+            return resolved
+        kept = resolved.take(~bad)
+        return replace(kept, client_id=narrowest_ids(kept.client_id))
 
 
 _TEXT_OR_NONE = {str, type(None)}

@@ -389,3 +389,38 @@ def test_both_decoders_keep_input_order_of_dead_letters_and_of_an_envelopes_even
     _same(scanned, plain, [escaped, second], offsets=[42, 42])
     events = scanned(RawBatch("p", [escaped, second], offsets=[42, 42])).events
     assert list(events.raw) == [escaped, second]
+
+
+def test_dead_letters_of_one_envelope_keep_input_order_whichever_check_finds_them() -> None:
+    """Messages of one envelope share its offset: their dead letters come out in input
+    order, not grouped by the check that found them (the scan path listed value rules
+    first, the orjson path parse failures first)."""
+    scanned = Decoder(CATALOG, EngineSettings(decoder="scan"), now_ms=lambda: NOW)
+    plain = Decoder(CATALOG, EngineSettings(decoder="orjson"), now_ms=lambda: NOW)
+    absurd = HEAD.replace(f'"ts":{NOW}', '"ts":0').encode() + b"}"
+    bad_channel = HEAD.replace('"channel":"app"', '"channel":"fax"').encode() + b"}"
+    for messages in ([absurd, b"0"], [b"0", absurd], [bad_channel, absurd, b"x"]):
+        _same(scanned, plain, messages, offsets=[7] * len(messages))
+        for decoder in (scanned, plain):
+            dead = decoder(RawBatch("p", messages, offsets=[7] * len(messages))).dead
+            assert [d.raw for d in dead] == messages
+
+
+def test_client_id_column_is_as_wide_as_its_longest_kept_id() -> None:
+    """A message dead-lettered by a value rule does not leave its longer client id's width
+    on the column (the width depended on how the messages fell between the two paths)."""
+    scanned = Decoder(CATALOG, EngineSettings(decoder="scan"), now_ms=lambda: NOW)
+    plain = Decoder(CATALOG, EngineSettings(decoder="orjson"), now_ms=lambda: NOW)
+    short = HEAD.replace('"C1"', '"C2"').encode() + b"}"
+    long_bad = (
+        HEAD.replace('"e1"', '"e\\u0032"')  # an escape: the orjson path
+        .replace('"C1"', '"C0123456789"')
+        .replace('"channel":"app"', '"channel":"fax"')
+        .encode()
+        + b"}"
+    )
+    for messages in ([short, long_bad], [long_bad, short]):
+        _same(scanned, plain, messages)
+        for decoder in (scanned, plain):
+            events = decoder(RawBatch("p", messages, 100)).events
+            assert events.client_id.dtype == np.dtype("S2")
