@@ -238,8 +238,10 @@ class KafkaSettings:
     )
     max_envelope_bytes: int = _knob(
         16 * 1024 * 1024,
-        "A JSON-array message (a collector's envelope of events) larger than this is not split:"
-        " it is dead-lettered whole as oversized (it bounds what one message costs to parse).",
+        "A JSON-array message (a collector's envelope of events: a Kafka record, or a line of"
+        " an input file) larger than this is not split: it is dead-lettered whole as"
+        " oversized (it bounds what one message costs to parse). Input-file lines longer than"
+        " this and engine.max_message_bytes are dead-lettered without being held whole.",
     )
     group_id: str = _knob(
         "ato-stream", "Consumer group the read position is committed under (monitoring only)."

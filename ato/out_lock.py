@@ -1,5 +1,6 @@
 """One run at a time in an output directory: a lock file held for the whole run."""
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -28,8 +29,14 @@ def lock_out_dir(out: Path) -> IO[str]:
         file.close()
         msg = f"out_dir {out}: another ato run (pid {holder}) is writing there; give another --out"
         raise ConfigError(msg) from None
-    file.seek(0)
-    file.truncate()
-    file.write(str(os.getpid()))
-    file.flush()
+    try:
+        file.seek(0)
+        file.truncate()
+        file.write(str(os.getpid()))
+        file.flush()
+    except OSError as exc:  # a full disk
+        with contextlib.suppress(OSError):  # its flush fails again
+            file.close()
+        msg = f"out_dir {out}: cannot write the run's outputs there: {exc}"
+        raise ConfigError(msg) from exc
     return file

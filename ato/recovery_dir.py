@@ -14,6 +14,7 @@ ahead of the shards' own, and closed the same minutes twice.
 resume can load none of them, and the resumed execution writes again every one it needs.
 """
 
+import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,10 @@ from ato.exceptions import RecoveryError
 LIVE_START_FILE = "live_start_ms"  # beside Bytewax's *.sqlite3 files, which it never opens
 GENERATOR_FILE = "generator.json"
 KAFKA_TOPICS_FILE = "kafka_topics.json"
+INPUT_FILES_FILE = "input_files.json"
+# the record each kind of input keeps in a recovery directory
+INPUT_RECORDS = {"files": INPUT_FILES_FILE, "generator": GENERATOR_FILE, "kafka": KAFKA_TOPICS_FILE}
+HEAD_BYTES = 65_536  # an input file is known again by the SHA-256 of its first bytes
 
 
 def _recorded(file: Path, value: bytes) -> bytes:
@@ -100,6 +105,78 @@ def check_input_topics(path: Path, topics: Sequence[str], fresh: bool) -> None:
         raise RecoveryError(msg)
     if wanted != sorted(recorded):
         _replace(file, orjson.dumps(wanted))
+
+
+def check_input_kind(path: Path, kind: str, fresh: bool) -> None:
+    """Refuse to resume a run of ``kind`` input (``files``, ``generator``, ``kafka``) from
+    ``path`` when it holds a run of another kind (Bytewax stopped with a panic on the
+    snapshots of partitions this run does not list); a ``fresh`` run drops the records of
+    other kinds, which it does not resume. ``path`` must be prepared."""
+    others = {other: path / name for other, name in INPUT_RECORDS.items() if other != kind}
+    if fresh:
+        for file in others.values():
+            file.unlink(missing_ok=True)
+        return
+    held = sorted(other for other, file in others.items() if file.exists())
+    if held and not (path / INPUT_RECORDS[kind]).exists():
+        msg = (
+            f"{path} holds a run that read {held[0]} input, and this run reads {kind} input;"
+            " resume it with the same input, or use a new --recovery-dir"
+        )
+        raise RecoveryError(msg)
+
+
+def file_head_sha256(file: Path, size: int = HEAD_BYTES) -> tuple[int, str]:
+    """How many of ``file``'s first ``size`` bytes it holds, and their SHA-256."""
+    with file.open("rb") as f:
+        head = f.read(size)
+    return len(head), hashlib.sha256(head).hexdigest()
+
+
+def check_input_files(path: Path, files: Sequence[Path], fresh: bool) -> None:
+    """Record the input files of a ``fresh`` run over ``path`` (their names and the SHA-256 of
+    their first bytes), or refuse a resumed run that lacks one of them (Bytewax stopped with
+    a panic) or whose file of a recorded name starts otherwise (replaced or rotated: the
+    snapshots' byte offsets would point into other lines). A file added on resume is read
+    from its start, as a fresh input."""
+    file = path / INPUT_FILES_FILE
+    heads = {}
+    for input_file in files:
+        size, digest = file_head_sha256(input_file)
+        heads[input_file.name] = {"head_bytes": size, "head_sha256": digest}
+    if fresh:
+        _replace(file, orjson.dumps(heads))
+        return
+    try:
+        recorded = orjson.loads(_recorded(file, orjson.dumps(heads)))
+        names = {
+            str(name): (int(h["head_bytes"]), str(h["head_sha256"])) for name, h in recorded.items()
+        }
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        msg = (
+            f"{file}: not a record of input files ({exc!r}); remove it only with the whole"
+            " directory"
+        )
+        raise RecoveryError(msg) from exc
+    missing = sorted(set(names) - set(heads))
+    if missing:
+        msg = (
+            f"{path} holds the read positions of input files {missing}, which this run does not"
+            " read; resume with them, or use a new --recovery-dir"
+        )
+        raise RecoveryError(msg)
+    by_name = {f.name: f for f in files}
+    for name, (size, digest) in sorted(names.items()):
+        if file_head_sha256(by_name[name], size) != (size, digest):
+            msg = (
+                f"input file {by_name[name]} does not start as the file {name} the run in"
+                f" {path} read (its first {size:,} bytes differ): it was replaced or"
+                " rotated, so the run's read positions would point into other lines; resume"
+                " with the file it read, or use a new --recovery-dir"
+            )
+            raise RecoveryError(msg)
+    if set(heads) != set(names):
+        _replace(file, orjson.dumps({**heads, **recorded}))
 
 
 def _replace(file: Path, value: bytes) -> None:

@@ -1,6 +1,7 @@
 """Run the journey flow on the embedded inputs and outputs, and summarise it."""
 
 import logging
+import resource
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -19,6 +20,8 @@ from ato.generator import GeneratedTraffic, generate
 from ato.process import tune_gc
 from ato.recovery_dir import (
     check_generator_options,
+    check_input_files,
+    check_input_kind,
     check_input_topics,
     drop_unfinished_snapshots,
     has_snapshots,
@@ -188,6 +191,35 @@ def read_decisions(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     return final, first
 
 
+OPEN_FILES_MARGIN = 512  # open files a run needs besides its input files (sockets, chDB)
+
+
+def check_input_files_readable(paths: list[Path]) -> None:
+    """Refuse input files that are missing, not files or unreadable, before the run touches
+    its outputs; raise the process's open-file limit if one file per input (Bytewax opens
+    every partition at start) would pass it, and refuse when the hard limit is too low."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        msg = f"input file not found (or not a file): {', '.join(missing)}"
+        raise ConfigError(msg)
+    for path in paths:
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            msg = f"input file {path}: cannot read it: {exc.strerror or exc}"
+            raise ConfigError(msg) from exc
+    needed = len(paths) + OPEN_FILES_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            msg = (
+                f"{len(paths)} input files need about {needed} open files, and this process"
+                f" may open at most {hard} (ulimit -Hn): raise the limit, or join the files"
+            )
+            raise ConfigError(msg)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def start_outputs(out: Path, empty: bool) -> None:
     """Create the output directory; with ``empty`` (a fresh run, not a resume) start every
     output file empty, so none keeps an earlier run's lines when this run writes none."""
@@ -308,6 +340,7 @@ def run(
         check_producer_config(kafka)
         if recovery_dir is not None:
             prepare_recovery_dir(recovery_dir)
+            check_input_kind(recovery_dir, "kafka", fresh)
             check_input_topics(recovery_dir, kafka.input_topics, fresh)
         meta = reached_metadata(kafka)  # one look at the brokers for inputs and outputs
         parts = list_partitions(kafka, meta)
@@ -325,16 +358,24 @@ def run(
         out = f"kafka topics {kafka.interventions_topic}, {kafka.dead_letter_topic}"
     else:
         if inputs:
-            missing = [str(p) for p in inputs if not Path(p).is_file()]
-            if missing:
-                msg = f"input file not found (or not a file): {', '.join(missing)}"
-                raise ConfigError(msg)
-            source = JsonLinesSource(inputs, engine.batch_size)
+            paths = [Path(p) for p in inputs]
+            check_input_files_readable(paths)
+            source = JsonLinesSource(
+                inputs,
+                engine.batch_size,
+                max(engine.max_message_bytes, settings.kafka.max_envelope_bytes),
+                settings.kafka.max_envelope_bytes,
+            )
+            if recovery_dir is not None:
+                prepare_recovery_dir(recovery_dir)
+                check_input_kind(recovery_dir, "files", fresh)
+                check_input_files(recovery_dir, paths, fresh)
         else:
             if traffic is None:
                 start = None
                 if recovery_dir is not None:
                     prepare_recovery_dir(recovery_dir)
+                    check_input_kind(recovery_dir, "generator", fresh)
                     check_generator_options(recovery_dir, _traffic_options(settings, catalog))
                 if live:
                     start = _live_start(recovery_dir, live_start_ms, progress)
@@ -356,8 +397,6 @@ def run(
         sinks = replace(
             sinks, metrics=metrics_sink(settings, first, recovery=recovery_dir is not None)
         )
-    if isinstance(out, Path):  # after ClickHouse opened: a refused run leaves them as they are
-        start_outputs(out, empty=fresh and (not cluster or cluster[1] == 0))
     flow = build_flow(source, sinks, settings, catalog, snapshots=recovery_dir is not None)
     recovery = None
     if recovery_dir is not None:
@@ -370,6 +409,9 @@ def run(
                 note = f"dropped {dropped} snapshots of epochs the last run did not finish"
                 print(f"ato run: {recovery_dir}: {note}", file=progress)
         recovery = RecoveryConfig(str(recovery_dir))
+    if isinstance(out, Path):  # after every check (and ClickHouse opened): a refused run
+        # leaves the outputs as they are
+        start_outputs(out, empty=fresh and (not cluster or cluster[1] == 0))
     epoch = timedelta(seconds=engine.epoch_interval_s)
     started = stats.started = time.perf_counter()  # progress lines count from here too
     if settings.workers == 1 and not cluster:
@@ -387,6 +429,9 @@ def run(
     seconds = time.perf_counter() - started
     if isinstance(sinks.metrics, ClickHouseSink):
         sinks.metrics.raise_failure()  # the last metric rows could not be written
+    for sink in (sinks.interventions, sinks.dead_letters, sinks.late, sinks.decisions):
+        if isinstance(sink, JsonLinesSink):
+            sink.raise_failure()  # the last lines could not be written
     if progress is not None:
         print(stats.line(), file=progress, flush=True)
     deadlines, repeated, conflicting = None, 0, frozenset[str]()

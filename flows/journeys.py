@@ -277,7 +277,7 @@ def _late_records(out: ShardOutput) -> list[tuple[str, list[Record]]]:
         return []
     records = [
         Record(doc["client_id"].encode(), orjson.dumps(doc), [("reason", b"late")])
-        for doc in late_docs(out.late, out.watermark, out.late_partitions)
+        for doc in late_docs(out.late, out.watermark, out.late_partitions, kafka=True)
     ]
     return [(out.shard, records)]
 
@@ -298,11 +298,15 @@ def _source_of(partition: str) -> dict[str, Any]:
 
 
 def late_docs(
-    late: EventColumns, watermark: int, partitions: tuple[tuple[str, int], ...] = ()
+    late: EventColumns,
+    watermark: int,
+    partitions: tuple[tuple[str, int], ...] = (),
+    kafka: bool = False,
 ) -> list[dict[str, Any]]:
     """Late events as documents: where they came from (``partitions``: the input partition of
-    each run of rows, see :attr:`ShardOutput.late_partitions`), their time, and the original
-    bytes."""
+    each run of rows, see :attr:`ShardOutput.late_partitions`; with ``kafka``, partitions are
+    Kafka's and name ``source_topic`` and ``source_partition`` too), their time, and the
+    original bytes."""
     client_ids = client_id_texts(late.client_id)
     names = [name for name, count in partitions for _ in range(count)]
     if len(names) != len(late):
@@ -316,7 +320,7 @@ def late_docs(
             "watermark_after": watermark,
             "partition": names[i],
             "offset": int(late.offset[i]),
-            **_source_of(names[i]),
+            **(_source_of(names[i]) if kafka else {}),
             **({"raw_b64": None} if late.raw is None else raw_fields(late.raw[i])),
         }
         for i in range(len(late))

@@ -20,17 +20,26 @@ from state.base import Records
 RAW_KEPT_BYTES = 65_536
 
 
-def raw_fields(raw: bytes) -> dict[str, Any]:
+def raw_fields(raw: bytes, whole: "WholeMessage | None" = None) -> dict[str, Any]:
     """``raw_b64`` of ``raw``, or of its first :data:`RAW_KEPT_BYTES` with ``raw_truncated``,
-    ``raw_bytes`` and ``raw_sha256`` (of the whole) when it is longer."""
-    if len(raw) <= RAW_KEPT_BYTES:
+    ``raw_bytes`` and ``raw_sha256`` (of the whole) when it is longer; ``whole``: ``raw`` is
+    only the start of a message the source did not read whole, and these are the whole's."""
+    if whole is None and len(raw) <= RAW_KEPT_BYTES:
         return {"raw_b64": base64.b64encode(raw).decode("ascii")}
     return {
         "raw_b64": base64.b64encode(raw[:RAW_KEPT_BYTES]).decode("ascii"),
         "raw_truncated": True,
-        "raw_bytes": len(raw),
-        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "raw_bytes": len(raw) if whole is None else whole.size,
+        "raw_sha256": hashlib.sha256(raw).hexdigest() if whole is None else whole.sha256,
     }
+
+
+@dataclass(frozen=True)
+class WholeMessage:
+    """Length and SHA-256 of a message a source did not hold whole (a line too long to read)."""
+
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class DeadLetter:
     raw: bytes
     partition: str
     offset: int
+    whole: WholeMessage | None = None  # set when ``raw`` is only the message's start
 
     def to_doc(self) -> dict[str, Any]:
         """JSON-ready document; the original bytes travel base64-encoded (:func:`raw_fields`)."""
@@ -50,7 +60,7 @@ class DeadLetter:
             "detail": self.detail,
             "partition": self.partition,
             "offset": self.offset,
-            **raw_fields(self.raw),
+            **raw_fields(self.raw, self.whole),
         }
 
 

@@ -226,14 +226,14 @@ def test_late_events_are_counted_and_routed(traffic: GeneratedTraffic) -> None:
 
 
 def test_late_documents_name_the_partition_of_each_event() -> None:
-    """Late rows of several partitions in one output each name their own; a Kafka partition
-    (``topic#N``) also gives topic and number, as dead letters do."""
+    """Late rows of several partitions in one output each name their own; on the Kafka path a
+    partition (``topic#N``) also gives topic and number, as dead letters do."""
     events = EventColumns(
         np.arange(3, dtype=np.uint64), np.array([b"a", b"b", b"c"]), np.array([5, 6, 7]),
         np.zeros(3, np.int8), np.zeros(3, np.int32), np.full(3, -1, np.int16),
         np.full(3, -1, np.int16), np.zeros(3, np.int8), None, np.array([10, 11, 40]),
     )  # fmt: skip
-    docs = late_docs(events, 100, (("events#0", 2), ("events#3", 1)))
+    docs = late_docs(events, 100, (("events#0", 2), ("events#3", 1)), kafka=True)
     assert [(d["partition"], d["offset"], d["client_id"]) for d in docs] == [
         ("events#0", 10, "a"), ("events#0", 11, "b"), ("events#3", 40, "c"),
     ]  # fmt: skip
@@ -241,6 +241,8 @@ def test_late_documents_name_the_partition_of_each_event() -> None:
         ("events", 0), ("events", 0), ("events", 3),
     ]  # fmt: skip
     assert "source_topic" not in late_docs(events, 100, (("file.jsonl", 3),))[0]
+    # a file named like a Kafka partition is no Kafka partition (the file outputs)
+    assert "source_topic" not in late_docs(events, 100, (("events#7", 3),))[0]
 
 
 def test_recovery_after_abort_emits_the_uninterrupted_ids(
