@@ -134,23 +134,32 @@ def file_head_sha256(file: Path, size: int = HEAD_BYTES) -> tuple[int, str]:
 
 
 def check_input_files(path: Path, files: Sequence[Path], fresh: bool) -> None:
-    """Record the input files of a ``fresh`` run over ``path`` (their names and the SHA-256 of
-    their first bytes), or refuse a resumed run that lacks one of them (Bytewax stopped with
-    a panic) or whose file of a recorded name starts otherwise (replaced or rotated: the
-    snapshots' byte offsets would point into other lines). A file added on resume is read
-    from its start, as a fresh input."""
+    """Refuse a resumed run over ``path`` that lacks an input file whose read position the
+    snapshots hold (Bytewax stopped with a panic), or whose file of that name starts
+    otherwise than the file the run read (replaced or rotated: the positions would point
+    into other lines). Files are known by the SHA-256 of their first bytes, recorded when a
+    run first reads them (``input_files.json``); a file added on resume is read from its
+    start. ``path`` must be prepared."""
     file = path / INPUT_FILES_FILE
-    heads = {}
-    for input_file in files:
-        size, digest = file_head_sha256(input_file)
-        heads[input_file.name] = {"head_bytes": size, "head_sha256": digest}
+    heads = {f.name: dict(zip(("head_bytes", "head_sha256"), file_head_sha256(f), strict=True))
+             for f in files}  # fmt: skip
     if fresh:
         _replace(file, orjson.dumps(heads))
         return
+    read = input_positions(path)
+    missing = sorted(read - set(heads))
+    if missing:
+        msg = (
+            f"{path} holds the read positions of input files {missing}, which this run does not"
+            " read; resume with them, or use a new --recovery-dir"
+        )
+        raise RecoveryError(msg)
     try:
-        recorded = orjson.loads(_recorded(file, orjson.dumps(heads)))
-        names = {
-            str(name): (int(h["head_bytes"]), str(h["head_sha256"])) for name, h in recorded.items()
+        recorded = orjson.loads(file.read_bytes()) if file.exists() else {}
+        known = {
+            str(name): (int(h["head_bytes"]), str(h["head_sha256"]))
+            for name, h in recorded.items()
+            if name in read
         }
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
         msg = (
@@ -158,15 +167,8 @@ def check_input_files(path: Path, files: Sequence[Path], fresh: bool) -> None:
             " directory"
         )
         raise RecoveryError(msg) from exc
-    missing = sorted(set(names) - set(heads))
-    if missing:
-        msg = (
-            f"{path} holds the read positions of input files {missing}, which this run does not"
-            " read; resume with them, or use a new --recovery-dir"
-        )
-        raise RecoveryError(msg)
     by_name = {f.name: f for f in files}
-    for name, (size, digest) in sorted(names.items()):
+    for name, (size, digest) in sorted(known.items()):
         if file_head_sha256(by_name[name], size) != (size, digest):
             msg = (
                 f"input file {by_name[name]} does not start as the file {name} the run in"
@@ -175,8 +177,33 @@ def check_input_files(path: Path, files: Sequence[Path], fresh: bool) -> None:
                 " with the file it read, or use a new --recovery-dir"
             )
             raise RecoveryError(msg)
-    if set(heads) != set(names):
-        _replace(file, orjson.dumps({**heads, **recorded}))
+    # files read before keep their record; the others are (again) read from their start
+    now = {**heads, **{name: recorded[name] for name in known}}
+    if now != recorded:
+        _replace(file, orjson.dumps(now))
+
+
+INPUT_STEP = "journeys.input"  # the flow's input step, whose state keys are the partitions
+
+
+def input_positions(path: Path) -> set[str]:
+    """Input partitions whose read position a resume from ``path`` loads: the newest
+    snapshot of the input step's key before :func:`resume_epoch` holds a state (not a
+    discarded one)."""
+    epoch = resume_epoch(path)
+    if epoch is None:
+        return set()
+    keys: set[str] = set()
+    for part in part_files(path):
+        with _open(part) as db:
+            rows = db.execute(
+                "SELECT state_key, ser_change IS NOT NULL FROM snaps AS s"
+                " WHERE step_id = ? AND snap_epoch = (SELECT max(snap_epoch) FROM snaps"
+                " WHERE step_id = s.step_id AND state_key = s.state_key AND snap_epoch < ?)",
+                (INPUT_STEP, epoch),
+            )
+            keys.update(str(key) for key, held in rows if held)
+    return keys
 
 
 def _replace(file: Path, value: bytes) -> None:

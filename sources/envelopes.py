@@ -15,6 +15,9 @@ import numpy as np
 import orjson
 from numba import njit
 
+# first bytes of a message that may be an envelope (white space before the array is JSON's)
+MAY_START_ENVELOPE = frozenset([b"[", b" ", b"\t", b"\n", b"\r"])
+
 _QUOTE, _BACKSLASH, _COMMA = 0x22, 0x5C, 0x2C
 _OPEN_ARRAY, _CLOSE_ARRAY, _OPEN_OBJECT, _CLOSE_OBJECT = 0x5B, 0x5D, 0x7B, 0x7D
 _SPACE, _TAB, _LF, _CR = 0x20, 0x09, 0x0A, 0x0D

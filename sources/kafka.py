@@ -39,7 +39,7 @@ from ato.exceptions import AtoError, ConfigError
 from ato.process import gc_paused
 from operators.batches import DeadLetter, RawBatch
 from operators.decode import UNREADABLE, wall_ms
-from sources.envelopes import expand_envelopes
+from sources.envelopes import MAY_START_ENVELOPE, expand_envelopes
 
 log = logging.getLogger(__name__)
 # errors of one record (corrupt, or compressed in a way that cannot be read): librdkafka moves
@@ -244,7 +244,7 @@ def consumed_batch(
     offsets: list[int] | None = None
     if messages:
         first, last, offsets = message_offsets(messages)
-        if any([v[:1] in _ENVELOPE_START for v in values]):
+        if any([v[:1] in MAY_START_ENVELOPE for v in values]):
             listed = offsets if offsets is not None else list(range(first, last + 1))
             values, offsets = expand_envelopes(values, listed, max_envelope_bytes)
     elif unreadable:
@@ -507,9 +507,6 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         closing.join(CLOSE_WAIT_S)
         if closing.is_alive():
             log.warning("%s: the consumer is still closing (its broker does not answer)", self.name)
-
-
-_ENVELOPE_START = frozenset([b"[", b" ", b"\t", b"\n", b"\r"])
 
 
 class KafkaSource(FixedPartitionedSource[RawBatch, int]):

@@ -113,3 +113,32 @@ def test_a_resume_past_the_end_of_its_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(event(0) + b"\n")
     with pytest.raises(RecoveryError, match=r"reads on from byte 1,000, but the file holds"):
         JsonLinesSource([path], 100).build_part("in", "in.jsonl", 1_000)
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b""])
+def test_a_line_exactly_at_the_bound_is_read_whole_whatever_its_line_ending(
+    tmp_path: Path, ending: bytes
+) -> None:
+    """A CRLF line at the bound was cut after its CR and dead-lettered; a byte order mark
+    does not count towards the first line's length."""
+    line = event(0)
+    path = tmp_path / "in.jsonl"
+    for head in (b"", BOM):
+        path.write_bytes(head + line + ending)
+        source = JsonLinesSource([path], 100, max_line_bytes=len(line))
+        batches = read_all(source, "in.jsonl")
+        assert [m for b in batches for m in b.messages] == [line]
+        assert [d for b in batches for d in b.unreadable] == []
+        path.write_bytes(head + line + b"x" + ending)  # one byte past the bound
+        letters = [d for b in read_all(source, "in.jsonl") for d in b.unreadable]
+        assert [d.whole.size for d in letters if d.whole] == [len(line) + 1]
+        assert letters[0].raw == line + b"x"
+
+
+def test_an_envelope_after_a_carriage_return_is_split_alone_or_not(tmp_path: Path) -> None:
+    """Whether a line starting with white space before its array is split did not depend
+    on the line alone: only when another line of the batch started like an envelope."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\r[" + event(1) + b"," + event(2) + b"]\n")
+    events, dead = decode(read_all(JsonLinesSource([path], 100), "in.jsonl"))
+    assert events == [0, 0] and dead == []
