@@ -33,6 +33,7 @@ INPUT_FILES_FILE = "input_files.json"
 # the record each kind of input keeps in a recovery directory
 INPUT_RECORDS = {"files": INPUT_FILES_FILE, "generator": GENERATOR_FILE, "kafka": KAFKA_TOPICS_FILE}
 HEAD_BYTES = 65_536  # an input file is known again by the SHA-256 of its first bytes
+INPUT_STEP = "journeys.input"  # the flow's input step, whose state keys are the partitions
 
 
 def _recorded(file: Path, value: bytes) -> bytes:
@@ -141,8 +142,10 @@ def check_input_files(path: Path, files: Sequence[Path], fresh: bool) -> None:
     run first reads them (``input_files.json``); a file added on resume is read from its
     start. ``path`` must be prepared."""
     file = path / INPUT_FILES_FILE
-    heads = {f.name: dict(zip(("head_bytes", "head_sha256"), file_head_sha256(f), strict=True))
-             for f in files}  # fmt: skip
+    heads = {}
+    for input_file in files:
+        size, digest = file_head_sha256(input_file)
+        heads[input_file.name] = {"head_bytes": size, "head_sha256": digest}
     if fresh:
         _replace(file, orjson.dumps(heads))
         return
@@ -181,9 +184,6 @@ def check_input_files(path: Path, files: Sequence[Path], fresh: bool) -> None:
     now = {**heads, **{name: recorded[name] for name in known}}
     if now != recorded:
         _replace(file, orjson.dumps(now))
-
-
-INPUT_STEP = "journeys.input"  # the flow's input step, whose state keys are the partitions
 
 
 def input_positions(path: Path) -> set[str]:

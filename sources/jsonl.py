@@ -121,7 +121,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
         (``kept``), and its length and SHA-256 (``whole``: the line, or those already)."""
         if isinstance(whole, bytes):
             whole = WholeMessage(len(whole), hashlib.sha256(whole).hexdigest())
-        detail = f"line of {whole.size} bytes > {self.max_line_bytes} (read no further)"
+        detail = f"line of {whole.size} bytes > {self.max_line_bytes}, the longest read whole"
         kept = kept[:RAW_KEPT_BYTES]
         return DeadLetter(OVERSIZED, detail, kept, self.path.name, start, whole)
 
