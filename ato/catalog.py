@@ -214,8 +214,18 @@ def parse_catalog(raw: dict[str, Any], source: str = "<catalog>") -> Catalog:
         msg = f"{source}: field 'journeys': at most {MAX_JOURNEYS} journeys"
         raise CatalogError(msg)
     journeys: list[Journey] = []
+    problems: list[str] = []  # every invalid journey's first problem, not only the first's
     for index, raw_journey in enumerate(raw_journeys):
-        journeys.append(_parse_journey(raw_journey, index, source))
+        try:
+            journeys.append(_parse_journey(raw_journey, index, source))
+        except CatalogError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise CatalogError(problems[0])
+    if problems:
+        listed = "\n".join(f"  {problem}" for problem in problems)
+        msg = f"{source}: {len(problems)} journeys are invalid:\n{listed}"
+        raise CatalogError(msg)
     names = [j.name for j in journeys]
     for name in names:
         if names.count(name) > 1:

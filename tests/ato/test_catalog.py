@@ -152,6 +152,25 @@ def test_validation_error_names_file_journey_and_field(
     assert f"field '{field}'" in message
 
 
+def test_every_invalid_journey_is_named_at_once(tmp_path: Path) -> None:
+    """A catalog with several broken journeys names each (it named only the first, so a
+    user fixed them one run at a time)."""
+    text = (
+        journey("good")
+        + journey("slow", 'close_after = "soon"')
+        + '[[journeys]]\nname = "no_steps"\n'
+        + journey("fast", "close_after = inf")
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{path}: 3 journeys are invalid:"
+    assert [line.split(": ")[1] for line in lines[1:]] == [
+        "journey 'slow'", "journey 'no_steps'", "journey 'fast'",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("value", ["inf", "nan", '"999999999999d"'])
 def test_absurd_duration_is_a_catalog_error(tmp_path: Path, value: str) -> None:
     """Durations that do not fit the int64 tables are validation errors, not crashes."""
