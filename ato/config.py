@@ -54,6 +54,14 @@ REDIS_MAXIMA = {
 }
 
 
+def report_timeout_ms(engine: "EngineSettings") -> int:
+    """Longest silence (ms) of a caught-up input partition that still counts it as caught up
+    (and so idle once it has had no events for ``idle_timeout_ms``); also the most one gap
+    between two shard calls counts towards idleness. Bytewax calls every shard at least
+    every ``tick_ms`` while the worker is free."""
+    return max(1_000, 5 * engine.tick_ms)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """How the journey flow batches, keys and times its work."""
@@ -592,6 +600,14 @@ class Settings:
                 f"kafka.max_envelope_bytes ({envelope:,}) must be at least"
                 f" engine.max_message_bytes ({message:,}): an envelope too large to split must"
                 " be too large to read, so that it is dead-lettered as oversized"
+            )
+            raise ConfigError(msg)
+        poll, reports = self.kafka.poll_interval_ms, report_timeout_ms(self.engine)
+        if poll * 2 > reports:
+            msg = (
+                f"kafka.poll_interval_ms ({poll:,}) must be at most half of {reports:,} ms"
+                " (the larger of 1,000 and 5 x engine.tick_ms): a caught-up partition that"
+                " reports less often than that holds the watermark, as one held back would"
             )
             raise ConfigError(msg)
 

@@ -83,6 +83,9 @@ class RawBatch:
     ``unsure``: an empty batch saying the source cannot tell whether the partition has more
     (its broker does not answer): the partition is no longer caught up, whatever it said
     before, and holds the watermark until it reports again.
+    ``ended``: the last batch of the partition (with ``caught_up``): the source reads nothing
+    more from it. A caught-up partition idles only while it keeps reporting; an ended one
+    stops reporting, and idles for good.
     """
 
     partition: str
@@ -96,6 +99,7 @@ class RawBatch:
     cut: bool = False
     arrived_ms: int | None = None
     unsure: bool = False
+    ended: bool = False
 
     def offset_array(self) -> np.ndarray:
         """Source offset of every message."""
@@ -119,6 +123,7 @@ class DecodedBatch:
     cut: bool = False  # see RawBatch
     arrived_ms: int | None = None  # see RawBatch
     unsure: bool = False  # see RawBatch
+    ended: bool = False  # see RawBatch
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ class ShardInput:
     cut: bool = False  # see RawBatch
     arrived_ms: int | None = None  # see RawBatch
     unsure: bool = False  # see RawBatch
+    ended: bool = False  # see RawBatch
 
     def raw_of(self, rows: np.ndarray) -> RawBytes | np.ndarray | None:
         """Original bytes of ``events`` at ``rows`` (an index array or mask), if known."""
@@ -156,7 +162,7 @@ class ShardInput:
         if raw is not None and rows is not None:
             raw, rows = raw[rows], np.arange(len(rows))
         fields = (self.shard, self.partition, self.events, self.max_ts, self.read_wall_ms)
-        extra = (self.caught_up, raw, rows, self.cut, self.arrived_ms, self.unsure)
+        extra = (self.caught_up, raw, rows, self.cut, self.arrived_ms, self.unsure, self.ended)
         return ShardInput, (*fields, *extra)
 
 

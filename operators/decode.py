@@ -179,7 +179,7 @@ class Decoder:
         letters = [letter for _, letter in dead]
         return DecodedBatch(
             batch.partition, events, letters, max_ts, batch.read_wall_ms, n_in, batch.caught_up,
-            batch.lag, batch.cut, batch.arrived_ms, batch.unsure,
+            batch.lag, batch.cut, batch.arrived_ms, batch.unsure, batch.ended,
         )  # fmt: skip
 
     def _scan_chunks(

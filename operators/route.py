@@ -45,6 +45,7 @@ class Router:
                     batch.cut,
                     batch.arrived_ms,
                     batch.unsure,
+                    batch.ended,
                 ),
             )
             for s in range(self.shards)

@@ -17,7 +17,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from ato.catalog import Catalog
 from ato.columns import EventColumns
-from ato.config import EngineSettings
+from ato.config import EngineSettings, report_timeout_ms
 from ato.exceptions import ConfigError
 from operators.batches import InterventionBatch, ShardInput, ShardOutput
 from operators.decode import wall_ms
@@ -38,7 +38,7 @@ def max_idle_gap_ms(settings: EngineSettings) -> int:
     Bytewax calls every shard at least every ``tick_ms`` while the worker is free, so a longer
     gap means the worker was busy elsewhere and the shard could not have heard from its inputs.
     """
-    return max(1_000, 5 * settings.tick_ms)
+    return report_timeout_ms(settings)
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             s.clock == "live",
             now,
             max_gap_ms=max_idle_gap_ms(s),
+            report_timeout_ms=report_timeout_ms(s),
         )
         self.pending = PendingEvents()
         self.reported_minute: int | None = None  # watermark minute the last output carried
@@ -143,7 +144,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
                 self.pending.add(events.without_raw())
             self.tracker.observe(
                 item.partition, item.max_ts, now, item.caught_up, arrived_ms=item.arrived_ms,
-                unsure=item.unsure,
+                unsure=item.unsure, ended=item.ended,
             )  # fmt: skip
         outputs = self._advance(self.tracker.advance(now), late_parts, final=False)
         if late_from and outputs:

@@ -3,12 +3,14 @@
 ``watermark = min over active partitions of (partition max event time - allowed lateness)``.
 A partition is *idle*, and stops holding the watermark back, when it has delivered no valid
 event for ``idle_timeout_ms`` and either its source said it is caught up (it read everything
-there was: a live input with nothing new; an *unsure* report, a broker gone, undoes that) or
-it keeps delivering only bad messages (for a
+there was: a live input with nothing new; an *unsure* report, a broker gone, undoes that)
+and keeps saying so (its last report within ``report_timeout_ms``, unless it said it
+*ended*: it reads nothing more), or it keeps delivering only bad messages (for a
 whole ``idle_timeout_ms``, the last of them within it). Silence
 alone never makes a partition idle: a source that is merely behind (another process catching
 up, a worker held back by Bytewax's epoch gating) still has events queued, and releasing the
-watermark past them would make them late. A partition never heard of holds the watermark.
+watermark past them would make them late; a caught-up source held back that way stops
+reporting, so it holds the watermark again. A partition never heard of holds the watermark.
 When every partition is idle, a live clock lets the watermark follow the wall clock (minus
 the lateness); a replay clock keeps it where it is. The watermark never goes back. With a
 live clock a partition's event time counts at most up to the wall clock when it reports, so
@@ -38,12 +40,15 @@ class _Partition:
     caught_up: bool = False  # what the source said with its last batch
     bad_since_ms: int | None = None  # idle clock of the first batch of only bad messages
     # since the last valid event (None: none since)
+    ended: bool = False  # its source reads nothing more from it
 
-    def idle(self, idle_now: int, timeout: int) -> bool:
+    def idle(self, idle_now: int, timeout: int, report_timeout: int | None = None) -> bool:
         if self.last_report_ms is None or idle_now - self.last_valid_ms < timeout:
             return False
-        if self.caught_up:
+        if self.ended:
             return True
+        if self.caught_up:  # and still saying so: not a source held back since it said it
+            return report_timeout is None or idle_now - self.last_report_ms < report_timeout
         # only bad messages for a whole timeout, the last of them within it: one bad batch
         # and then silence is a source that is behind, not one that keeps sending bad input
         return (
@@ -64,11 +69,14 @@ class WatermarkTracker:
         live: bool,
         now_ms: int,
         max_gap_ms: int | None = None,
+        report_timeout_ms: int | None = None,
     ) -> None:
         self.lateness = allowed_lateness_ms
         self.idle_timeout = idle_timeout_ms
         self.live = live
         self.max_gap = max_gap_ms
+        # a caught-up partition idles only while it reported within this (None: for ever)
+        self.report_timeout = report_timeout_ms
         self.idle_ms = 0  # the idle clock
         self.last_wall_ms = now_ms
         self.parts = {p: _Partition(None, 0) for p in partitions}
@@ -91,6 +99,7 @@ class WatermarkTracker:
         caught_up: bool = False,
         arrived_ms: int | None = None,
         unsure: bool = False,
+        ended: bool = False,
     ) -> None:
         """Record that ``partition`` delivered a batch whose greatest event time is ``max_ts``.
 
@@ -99,6 +108,7 @@ class WatermarkTracker:
         message timestamp), if known: replayed, event time counts at most up to it.
         ``unsure``: an empty report that the source cannot tell whether more is there (its
         broker does not answer): not caught up, and not bad input either.
+        ``ended``: the source's last batch of the partition: it reads nothing more from it.
         """
         idle_now = self.elapse(now_ms)
         part = self.parts.get(partition)
@@ -106,6 +116,7 @@ class WatermarkTracker:
             part = self.parts[partition] = _Partition(None, idle_now)
         part.last_report_ms = idle_now
         part.caught_up = caught_up
+        part.ended = part.ended or ended
         if unsure:
             part.caught_up = False
             return
@@ -131,7 +142,8 @@ class WatermarkTracker:
     def advance(self, now_ms: int) -> int:
         """Recompute the watermark at wall time ``now_ms`` and return it."""
         idle_now = self.elapse(now_ms)
-        active = [p for p in self.parts.values() if not p.idle(idle_now, self.idle_timeout)]
+        timeouts = (self.idle_timeout, self.report_timeout)
+        active = [p for p in self.parts.values() if not p.idle(idle_now, *timeouts)]
         if active:
             if all(p.max_ts is not None for p in active):
                 candidate = min(p.max_ts for p in active if p.max_ts is not None) - self.lateness

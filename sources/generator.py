@@ -15,6 +15,8 @@ from ato.generator import GeneratedTraffic
 from operators.batches import RawBatch
 from operators.decode import wall_ms
 
+HEARTBEAT_MS = 100  # a live partition waiting for its next event says it is caught up this often
+
 
 class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(
@@ -50,7 +52,7 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
             # once, at the end (an empty partition too): caught up, so the watermark stops
             # waiting for this partition once it has been idle, instead of until all input ends
             self.ended = True
-            return [RawBatch(self.name, [], self.position, wall_ms(), caught_up=True)]
+            return [RawBatch(self.name, [], self.position, wall_ms(), caught_up=True, ended=True)]
         if self.stop_at is not None and time.monotonic() >= self.stop_at:
             if self.ended:
                 raise StopIteration
@@ -66,7 +68,9 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, int]):
                 end = self.position + (end - self.position) // 2
             caught_up = end == len(self.lines) or self.arrival_ts[end] > now
             if end == self.position:
-                wait_ms = self.arrival_ts[self.position] - now
+                # until the next event, saying it is caught up at least every HEARTBEAT_MS: a
+                # partition that stops saying so holds the watermark (it may be held back)
+                wait_ms = min(self.arrival_ts[self.position] - now, HEARTBEAT_MS)
                 self.awake = datetime.now(UTC) + timedelta(milliseconds=max(wait_ms, 1))
                 return [RawBatch(self.name, [], self.position, now, caught_up=True)]
         elif self.rate > 0:

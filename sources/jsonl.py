@@ -84,7 +84,9 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
             # once, at the end (an empty file too): caught up, so the watermark stops waiting
             # for this partition once it has been idle, instead of until every input ends
             self.ended = True
-            return [RawBatch(self.path.name, [], self.offset, wall_ms(), caught_up=True)]
+            return [
+                RawBatch(self.path.name, [], self.offset, wall_ms(), caught_up=True, ended=True)
+            ]
         if any([line[:1] in MAY_START_ENVELOPE for line in lines]):
             lines, offsets = expand_envelopes(lines, offsets, self.max_envelope_bytes)
         first = min(offsets[:1] + [d.offset for d in too_long[:1]], default=self.offset)

@@ -307,6 +307,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
     ) -> None:
         self.name = name
         self.cut = False  # the duration ran out and the cut batch was sent
+        self.ended = False  # stop_at_end: the end was reached and the ended batch sent
         self.max_envelope_bytes = settings.max_envelope_bytes
         self.batch_size = batch_size
         self.poll_interval = timedelta(milliseconds=settings.poll_interval_ms)
@@ -373,6 +374,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             # the duration ran out: a pause, not the end of the topic; say so (once), then stop
             self.cut = True
             return [RawBatch(self.name, [], self.next_offset, wall_ms(), cut=True)]
+        if self.ended:  # it said so: nothing more is read
+            raise StopIteration
         batches: list[RawBatch] = []
         for _ in range(self.catch_up if waited >= 1.0 else 1):
             batch = self._read(timeout_s=0.0)
@@ -388,7 +391,10 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             if batch is None:
                 if self.commit_every_s:
                     self._commit(now)  # the last position too, or tools show it as lag
-                raise StopIteration
+                self.ended = True  # say so once: it reads nothing more, so it stops reporting
+                return [
+                    RawBatch(self.name, [], self.next_offset, wall_ms(), caught_up=True, ended=True)
+                ]
             batches.append(batch)
         if self.commit_every_s and now - self.last_commit >= self.commit_every_s:
             self._commit(now)

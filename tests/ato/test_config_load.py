@@ -127,6 +127,7 @@ def test_start_accepts_a_timestamp() -> None:
         ({"ATO_KAFKA_INTERVENTIONS_TOPIC": "ato.events"}, r"interventions_topic: 'ato.events'"),
         ({"ATO_KAFKA_INTERVENTIONS_TOPIC": ""}, r"interventions_topic: must not be empty"),
         ({"ATO_KAFKA_MAX_ENVELOPE_BYTES": "100"}, r"max_envelope_bytes \(100\) must be at"),
+        ({"ATO_KAFKA_POLL_INTERVAL_MS": "600"}, r"poll_interval_ms \(600\) must be at most half"),
         ({"ATO_ENGINE_TICK_MS": str(9 * 10**18)}, r"engine.tick_ms: at most 86,400,000"),
         ({"ATO_ENGINE_SHARDS": "10000000"}, r"engine.shards: at most 65,536"),
         ({"ATO_ENGINE_EPOCH_INTERVAL_S": "1e15"}, r"engine.epoch_interval_s: at most 86,400"),

@@ -459,23 +459,55 @@ def test_no_snapshot_without_recovery() -> None:
 
 
 def test_live_clock_idle_inputs_let_watermark_follow_wall_clock() -> None:
-    """Live, all partitions idle: on_notify moves the watermark to wall clock - lateness."""
+    """Live, all partitions idle (caught up, and saying so as sources do while they wait):
+    the watermark follows wall clock - lateness."""
     clock = Clock(T0)
     shard = logic(clock, partitions=("p0", "p1"), clock="live", idle_timeout_ms=1_000)
     first = replace(batch([("c1", T0, "order_confirm_viewed")], "p0"), caught_up=True)
     assert run(shard, [first, heartbeat("p1")]) == []
-    clock.now = T0 + 999
-    assert shard.on_notify() == ([], shard.RETAIN)  # p1 has not been silent long enough
-    clock.now = T0 + 1_000
-    (out,), _ = shard.on_notify()
+
+    def beat(at: int) -> list[ShardOutput]:
+        clock.now = at
+        return run(shard, [heartbeat("p0"), heartbeat("p1")])
+
+    assert beat(T0 + 999) == []  # p0 has not been silent long enough
+    (out,) = beat(T0 + 1_000)
     assert (out.watermark, out.applied, len(out.interventions)) == (T0 + 1_000 - LATE, 1, 0)
-    clock.now = T0 + CONFIRM + LATE - 1
-    assert interventions(shard.on_notify()[0]) == []
-    clock.now = T0 + CONFIRM + LATE
-    (out,), _ = shard.on_notify()
+    for at in range(T0 + 1_500, T0 + CONFIRM + LATE, 500):  # caught up, and saying so
+        assert interventions(beat(at)) == []
+    (out,) = beat(T0 + CONFIRM + LATE)
     assert ids([out]) == [stall_id("c1", "wealth_purchase", T0, "confirm")]
     assert out.interventions.docs()[0]["emitted_at_ms"] == T0 + CONFIRM + LATE
     assert shard.on_notify() == ([], shard.RETAIN)  # nothing moved
+
+
+def test_live_a_caught_up_partition_that_stops_reporting_holds_the_watermark() -> None:
+    """A source held back (Bytewax lets a worker read only once every worker's sources left
+    the epoch) stops reporting; it said it was caught up, but its next events are due: the
+    watermark no longer follows the wall clock past them (with two workers, live, they came
+    late: false stalls and lost abandon signals). A partition that ended idles for good."""
+    clock = Clock(T0)
+    shard = logic(clock, partitions=("p0", "p1"), clock="live", idle_timeout_ms=1_000)
+    assert run(shard, [heartbeat("p0"), heartbeat("p1")]) == []
+    clock.now = T0 + 2_000
+    run(shard, [heartbeat("p0"), heartbeat("p1")])
+    assert shard.tracker.current == T0 + 2_000 - LATE  # both idle: the wall clock
+    for at in range(T0 + 2_200, T0 + 4_001, 200):  # p1 keeps saying so, p0 is held back
+        clock.now = at
+        run(shard, [heartbeat("p1")])
+        shard.on_notify()
+    assert shard.tracker.current < T0 + 3_500 - LATE  # held where p0 stopped reporting
+    held = shard.tracker.current
+    clock.now = T0 + 4_100
+    out = run(shard, [batch([("c1", T0 + 3_900, "product_viewed")], "p0")])
+    assert held <= T0 + 3_900 - LATE  # the held-back partition's event is on time
+    assert sum(o.late_count for o in out) == 0 and len(shard.pending) == 1
+    ended = replace(heartbeat("p0"), ended=True)
+    clock.now = T0 + 9_000
+    run(shard, [ended])
+    clock.now = T0 + 20_000  # p0 ended: silent, and idle for good
+    run(shard, [heartbeat("p1")])
+    assert shard.tracker.current == T0 + 20_000 - LATE
 
 
 def test_live_an_event_stamped_an_hour_ahead_makes_nothing_late() -> None:

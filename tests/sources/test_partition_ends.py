@@ -30,6 +30,7 @@ def test_a_file_ends_with_one_caught_up_batch_and_an_empty_file_too(tmp_path: Pa
     source = JsonLinesSource([tmp_path / "a.jsonl", tmp_path / "empty.jsonl"], batch_size=2)
     a = drain(source.build_part("in", "a.jsonl", None))
     assert [(len(b.messages), b.caught_up) for b in a] == [(2, False), (1, False), (0, True)]
+    assert [b.ended for b in a] == [False, False, True]  # its end: it idles for good
     assert a[-1].first_offset == len(b'{"x": 1}\n{"x": 2}\n{"x": 3}\n')
     empty = drain(source.build_part("in", "empty.jsonl", None))
     assert [(len(b.messages), b.caught_up) for b in empty] == [(0, True)]
@@ -42,7 +43,7 @@ def test_a_generator_partition_ends_with_one_caught_up_batch() -> None:
     source = GeneratorSource(traffic, 10_000, 0.0, False, None)
     for name in source.list_parts():
         batches = drain(source.build_part("in", name, None))
-        assert batches[-1].messages == [] and batches[-1].caught_up
+        assert batches[-1].messages == [] and batches[-1].caught_up and batches[-1].ended
         assert sum(len(b.messages) for b in batches) == len(traffic.partitions[name])
 
 
