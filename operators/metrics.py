@@ -421,7 +421,12 @@ class HealthLogic(StatefulBatchLogic[dict[str, Any], MetricBlock, None]):
         return self._roll(), self.RETAIN
 
     def on_notify(self) -> tuple[list[MetricBlock], bool]:
-        """The interval ended without items."""
+        """The interval ended without items. A logic that never had an item is a worker's of
+        an earlier process, restored from a snapshot (its key names that process): it goes,
+        instead of writing a row of zeros for a worker named '' each interval for ever (one
+        more after every restart)."""
+        if not self.worker:
+            return [], self.DISCARD
         return self._roll(), self.RETAIN
 
     def on_eof(self) -> tuple[list[MetricBlock], bool]:

@@ -110,3 +110,18 @@ def test_redis_outages_sum_per_interval_and_waiting_decisions_hold_per_shard() -
     clock.now += 10_000
     (block,), _ = logic.on_notify()
     assert (block.columns["redis_outages"][0], block.columns["decisions_waiting"][0]) == (0, 30)
+
+
+def test_the_logic_of_an_earlier_process_goes_at_its_first_notify() -> None:
+    """The step is keyed by host:pid:thread, and Bytewax restores every key it snapshotted:
+    after each crash or restart the old process's key came back as a logic that never gets
+    an item, and wrote a row of zeros for worker '' each interval for ever."""
+    clock = Clock()
+    ghost = HealthLogic("run", 10_000, clock)  # restored: no item ever comes to it
+    clock.now += 10_000
+    assert ghost.on_notify() == ([], ghost.DISCARD)
+    live = HealthLogic("run", 10_000, clock)
+    live.on_batch([_item(**{"in": 5, "dead": 0, "max_ts": 1})])
+    clock.now += 10_000
+    (block,), retain = live.on_notify()
+    assert retain == live.RETAIN and block.columns["worker"][0] == "host:1:w0"
