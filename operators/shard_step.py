@@ -32,15 +32,6 @@ from state.layout import O_JOURNEY
 from state.shard_store import NumbaShardStore, order_events
 
 
-def max_idle_gap_ms(settings: EngineSettings) -> int:
-    """Longest gap between two calls that counts fully towards a partition's idleness.
-
-    Bytewax calls every shard at least every ``tick_ms`` while the worker is free, so a longer
-    gap means the worker was busy elsewhere and the shard could not have heard from its inputs.
-    """
-    return report_timeout_ms(settings)
-
-
 @dataclass(frozen=True)
 class ShardContext:
     """What every shard of a flow shares."""
@@ -97,7 +88,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             s.idle_timeout_ms,
             s.clock == "live",
             now,
-            max_gap_ms=max_idle_gap_ms(s),
+            # a longer gap between two calls means the worker was busy elsewhere, and the
+            # shard could not have heard from its inputs: it counts at most this much
+            max_gap_ms=report_timeout_ms(s),
             report_timeout_ms=report_timeout_ms(s),
         )
         self.pending = PendingEvents()

@@ -73,7 +73,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
                 continue
             body = line.rstrip(b"\r\n")
             if len(body) > self.max_line_bytes:  # held, only just: the bound is the bound
-                too_long.append(self._too_long(body, body, start))
+                whole = WholeMessage(len(body), hashlib.sha256(body).hexdigest())
+                too_long.append(self._too_long(body, whole, start))
                 continue
             if body.strip():  # blank lines are no events
                 lines.append(body)
@@ -116,15 +117,14 @@ class _FilePartition(StatefulSourcePartition[RawBatch, int]):
             chunk = self.file.readline(READ_CHUNK)
             rest += len(chunk)
         whole = WholeMessage(size, digest.hexdigest())
-        return rest, self._too_long(head[: min(size, RAW_KEPT_BYTES)], whole, start)
+        return rest, self._too_long(head[:size], whole, start)
 
-    def _too_long(self, kept: bytes, whole: "bytes | WholeMessage", start: int) -> DeadLetter:
-        """The ``oversized`` dead letter of a line past ``max_line_bytes``: its first bytes
-        (``kept``), and its length and SHA-256 (``whole``: the line, or those already)."""
-        if isinstance(whole, bytes):
-            whole = WholeMessage(len(whole), hashlib.sha256(whole).hexdigest())
+    def _too_long(self, head: bytes, whole: WholeMessage, start: int) -> DeadLetter:
+        """The ``oversized`` dead letter of a line past ``max_line_bytes``: the first bytes of
+        ``head`` (the line's start, without its line ending), and the line's length and
+        SHA-256."""
         detail = f"line of {whole.size} bytes > {self.max_line_bytes}, the longest read whole"
-        kept = kept[:RAW_KEPT_BYTES]
+        kept = head[:RAW_KEPT_BYTES]
         return DeadLetter(OVERSIZED, detail, kept, self.path.name, start, whole)
 
     def snapshot(self) -> int:
