@@ -41,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
         "engine",
         clock=args.clock,
         shards=args.shards,
+        lanes=args.lanes,
         batch_size=args.batch_size,
         allowed_lateness_ms=args.lateness_ms,
     )
@@ -521,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--addresses", help="host:port of every cluster process, comma-separated, same order"
     )
     run.add_argument("--shards", type=int, help="state shards (default: 16)")
+    run.add_argument(
+        "--lanes", type=int, help="lanes of each shard updated side by side (default: 1)"
+    )
     run.add_argument("--batch-size", type=int, help="messages per source batch (default: 50000)")
     run.add_argument("--lateness-ms", type=int, help="allowed lateness in ms (default: 500)")
     run.add_argument("--clients", type=int, help="generated clients (default: 100000)")

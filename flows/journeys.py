@@ -85,7 +85,7 @@ def build_flow(
     engine = config.engine
     warm_up(catalog, engine)  # compile now, not while the first batches wait
     decoder = Decoder(catalog, engine, now_ms)
-    router = Router(engine.shards)
+    router = Router(engine.shards, engine.lanes)
     policy_ctx = policy_context(config, catalog, now_ms)
     live = None
     if policy_ctx is not None and config.redis.live_state:

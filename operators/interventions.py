@@ -13,6 +13,7 @@ import orjson
 
 from ato.catalog import CHANNELS, SEGMENTS, TIERS, Catalog
 from ato.columns import client_id_texts
+from ato.threads import in_halves
 from operators.batches import InterventionBatch
 from operators.render import (
     FIXED4,
@@ -275,12 +276,18 @@ class InterventionBuilder:
         ints = np.ascontiguousarray(records.ints)  # a take of records may leave it F-ordered
         j = ints[O_JOURNEY]
         clients = records.client_id
-        uuid5_rows(
-            _NAMESPACE_ARRAY, clients.view(np.uint8).reshape(n, clients.dtype.itemsize),
-            np.strings.str_len(clients), self.name_bytes, self.name_start, self.name_len, j,
-            len(self.journey_names) + j * self.width + ints[O_STEP], ints[O_START],
-            ints[O_ATTEMPT], out,
-        )  # fmt: skip
+        chars = clients.view(np.uint8).reshape(n, clients.dtype.itemsize)
+        lengths = np.strings.str_len(clients)
+        steps = len(self.journey_names) + j * self.width + ints[O_STEP]
+        starts, attempts = ints[O_START], ints[O_ATTEMPT]
+
+        def rows(a: int, b: int) -> None:
+            uuid5_rows(
+                _NAMESPACE_ARRAY, chars[a:b], lengths[a:b], self.name_bytes, self.name_start,
+                self.name_len, j[a:b], steps[a:b], starts[a:b], attempts[a:b], out[a:b],
+            )  # fmt: skip
+
+        in_halves(n, rows)
         return out
 
     def build(

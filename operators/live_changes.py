@@ -40,7 +40,7 @@ from policy.exceptions import LiveStateError
 from policy.live_commands import CLOSED, commands_of_rows
 from policy.live_state import KEY_PREFIX, LiveStateWriter, where
 from state.hashing import fibonacci_slot, table_bits
-from state.shard_store import NumbaShardStore
+from state.lanes import LanedStore
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 4  # writes handed to the writer's thread and not yet done, per shard
@@ -133,7 +133,7 @@ class LiveStateTracker:
         """Marks waiting (duplicates included)."""
         return sum(len(k) for k in self.keys)
 
-    def maybe_write(self, store: NumbaShardStore, now_ms: int, force: bool = False) -> int:
+    def maybe_write(self, store: LanedStore, now_ms: int, force: bool = False) -> int:
         """Hand the marked instances' state to the writer's thread when ``interval_ms`` has
         passed (or ``force``, at end of input: see :meth:`_write_all`); return the rows
         handed over. Writes that failed since the last call are marked again."""
@@ -154,7 +154,7 @@ class LiveStateTracker:
         self.outages_reported = self.stats["outages"]
         return new
 
-    def _write_all(self, store: NumbaShardStore, now_ms: int) -> int:
+    def _write_all(self, store: LanedStore, now_ms: int) -> int:
         """End of input: write every mark and wait; while Redis does not answer, try again
         every :data:`RETRY_S` for at most the writer's ``outage_wait_s``, then raise
         :class:`LiveStateError` (the changes would be lost silently otherwise)."""
@@ -179,7 +179,7 @@ class LiveStateTracker:
                 raise LiveStateError(msg, transient=False)
             self.sleep(min(RETRY_S, limit - waited))
 
-    def write_before_pause(self, store: NumbaShardStore, now_ms: int) -> int:
+    def write_before_pause(self, store: LanedStore, now_ms: int) -> int:
         """The input was cut in a run that resumes: try every mark once and wait for the
         writes; what fails stays marked, for the snapshot (the resumed run writes it)."""
         self._collect(wait=False)
@@ -188,7 +188,7 @@ class LiveStateTracker:
         self.writer.flush()
         return handed
 
-    def _hand_over(self, store: NumbaShardStore, now_ms: int, final: bool = False) -> int:
+    def _hand_over(self, store: LanedStore, now_ms: int, final: bool = False) -> int:
         """Read the marked instances' state and hand its write to the writer's thread
         (``final``: tried even while the writer pauses after a failure)."""
         self.next_write_ms = now_ms + self.interval_ms
@@ -242,7 +242,7 @@ class LiveStateTracker:
             self.stats["rows"] += n
 
     def values(
-        self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
+        self, store: LanedStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
     ) -> list[str | None]:
         """The JSON value of each (client, journey) pair's open instance in the store, None
         where none is open (``policy.live_state.encode_value`` of the same state)."""
@@ -253,24 +253,22 @@ class LiveStateTracker:
         ]
 
     def value_spans(
-        self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
+        self, store: LanedStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`values` as spans of one buffer, rendered by the numba template kernel:
         (buffer, start, length), length ``CLOSED`` where no instance is open."""
         return self.render_spans(self.value_fields(store, keys, journeys, now_ms))
 
     def value_fields(
-        self, store: NumbaShardStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
+        self, store: LanedStore, keys: np.ndarray, journeys: np.ndarray, now_ms: int
     ) -> "ValueFields":
         """What :meth:`render_spans` renders, read from the store (on the flow's thread:
         the store changes with the next call)."""
-        slots = store.find_instances(keys, journeys)
-        rows = np.flatnonzero(slots >= 0)
+        rows, f = store.open_fields(keys, journeys)
         n = len(rows)
         if not n:
             empty = np.zeros((0, 0), np.int64)
             return ValueFields(len(keys), rows, empty, empty)
-        f = store.instance_fields(slots[rows])
         j = journeys[rows]
         ints = np.stack(
             [f["since_ms"], f["last_ms"], f["attempt"], np.full(n, now_ms, np.int64)]

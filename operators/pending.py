@@ -58,3 +58,22 @@ class PendingEvents:
             rest = [_part(EventColumns.concat([events for events, _, _ in rest]))]
         self.parts = rest
         return EventColumns.concat(ready)
+
+
+class LanedPending:
+    """The pending events of each lane of a shard (see :class:`state.lanes.LanedStore`)."""
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = [PendingEvents() for _ in range(lanes)]
+
+    def __len__(self) -> int:
+        return sum(len(lane) for lane in self.lanes)
+
+    def add(self, parts: list[EventColumns]) -> None:
+        """Hold each lane's events (``parts[k]`` for lane k)."""
+        for lane, events in zip(self.lanes, parts, strict=True):
+            lane.add(events)
+
+    def all(self) -> EventColumns:
+        """Every pending event, lane by lane, in arrival order within a lane (left pending)."""
+        return EventColumns.concat([lane.all() for lane in self.lanes])

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from ato.threads import in_halves
+
 LITERAL = -1  # a template part with no hole (only its literal)
 INT = 0
 FIXED4 = 1
@@ -237,15 +239,25 @@ def render(
     span_len: np.ndarray,
 ) -> tuple[bytes, np.ndarray]:
     """Lines of the rows in ``order``, and the end offset of each line."""
-    room = len(order) * template.max_line(vocabulary) + int(span_len[:, order].sum())
-    out = np.empty(room, np.uint8)
+    widest = template.max_line(vocabulary)
     ends = np.empty(len(order), np.int64)
-    used = render_rows(
-        order, template.literals, template.lit_start, template.lit_len, template.kinds,
-        template.index, ints, fixed, codes, vocabulary.buf, vocabulary.start, vocabulary.length,
-        span_buf, span_start, span_len, out, ends,
-    )  # fmt: skip
-    return out[:used].tobytes(), ends
+
+    def rows(a: int, b: int) -> bytes:
+        """Lines of ``order[a:b]``; their ends, counted from the first, into ``ends[a:b]``."""
+        room = (b - a) * widest + int(span_len[:, order[a:b]].sum())
+        out = np.empty(room, np.uint8)
+        used = render_rows(
+            order[a:b], template.literals, template.lit_start, template.lit_len,
+            template.kinds, template.index, ints, fixed, codes, vocabulary.buf,
+            vocabulary.start, vocabulary.length, span_buf, span_start, span_len, out,
+            ends[a:b],
+        )  # fmt: skip
+        return out[:used].tobytes()
+
+    parts = in_halves(len(order), rows)
+    if len(parts) == 2:
+        ends[len(order) // 2 :] += len(parts[0])
+    return b"".join(parts), ends
 
 
 # ---------------------------------------------------------------- plain-Python twins

@@ -12,10 +12,12 @@ def shard_key(shard: int) -> str:
 
 
 class Router:
-    """Splits batches by ``mix64(client hash) % shards``; every shard gets an item per batch."""
+    """Splits batches by ``mix64(client hash) % shards``; every shard gets an item per batch,
+    its events grouped by lane (``state.lanes``) in arrival order within a lane."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, lanes: int = 1) -> None:
         self.shards = shards
+        self.lanes = lanes
         self.keys = [shard_key(s) for s in range(shards)]
 
     def __call__(self, batch: DecodedBatch) -> list[tuple[str, ShardInput]]:
@@ -26,7 +28,7 @@ class Router:
             rows = [np.empty(0, np.int64)] * self.shards
         else:
             # the original bytes stay where they are (see ShardInput.raw)
-            order, bounds = shard_order(events.client_key, self.shards)
+            order, bounds = shard_order(events.client_key, self.shards, self.lanes)
             ordered = events.without_raw().take(order)
             parts = [ordered.take(slice(bounds[s], bounds[s + 1])) for s in range(self.shards)]
             rows = [order[bounds[s] : bounds[s + 1]] for s in range(self.shards)]

@@ -45,7 +45,7 @@ def warm_up(catalog: Catalog, settings: EngineSettings) -> int:
     ctx = ShardContext(catalog, settings, ["warm-up"], now_ms=lambda: later)
     shard: ShardLogic | None = None
     built = 0
-    for _, item in Router(1)(decoder(RawBatch("warm-up", messages))):
+    for _, item in Router(1, settings.lanes)(decoder(RawBatch("warm-up", messages))):
         shard = shard or ShardLogic(ctx, None)
         outputs, _ = shard.on_batch([item])
         built += sum(len(out.interventions) for out in outputs)

@@ -93,6 +93,17 @@ class Effects:
         """Effects of no events."""
         return Effects(np.empty(0, np.int8), np.empty(0, np.int16), np.empty(0, np.int16))
 
+    @staticmethod
+    def concat(parts: "list[Effects]") -> "Effects":
+        """The effects of ``parts``, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        return Effects(
+            np.concatenate([p.effect for p in parts]),
+            np.concatenate([p.journey for p in parts]),
+            np.concatenate([p.step for p in parts]),
+        )
+
 
 class ShardStore(ABC):
     """Journey instances of the clients of one shard."""

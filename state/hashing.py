@@ -102,29 +102,59 @@ def shard_of_py(client_hash: int, n_shards: int) -> int:
     return mix64_py(client_hash) % n_shards
 
 
+# A lane is taken from the mixed hash's top byte: the shard takes its low bits and the client
+# index of a lane its buckets from bits 32 and up (see ``state.kernels._home``), so the
+# clients of one lane of one shard still spread over all of those.
+LANE_SHIFT = 56
+
+
 @njit(cache=True, nogil=True)
-def shard_order(hashes: np.ndarray, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows grouped by shard, arrival order kept within a shard (a counting sort): returns
-    (row order, bounds) where shard s has ``order[bounds[s]:bounds[s + 1]]``."""
+def lane_of(hashes: np.ndarray, n_lanes: int) -> np.ndarray:
+    """Lane (``int8``, below ``n_lanes`` <= 127) of each client hash within its shard."""
+    out = np.empty(len(hashes), dtype=np.int8)
+    n = np.uint64(n_lanes)
+    shift = np.uint64(LANE_SHIFT)
+    for i in range(len(hashes)):
+        out[i] = np.int8((mix64(hashes[i]) >> shift) % n)
+    return out
+
+
+def lane_of_py(client_hash: int, n_lanes: int) -> int:
+    """Plain-Python twin of :func:`lane_of` for one hash."""
+    return (mix64_py(client_hash) >> LANE_SHIFT) % n_lanes
+
+
+@njit(cache=True, nogil=True)
+def shard_order(
+    hashes: np.ndarray, n_shards: int, n_lanes: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by shard and, within a shard, by lane, arrival order kept within a lane
+    (a counting sort): returns (row order, bounds) where shard s has
+    ``order[bounds[s]:bounds[s + 1]]``."""
     n = len(hashes)
     shard = shard_of(hashes, n_shards)
-    bounds = np.zeros(n_shards + 1, np.int64)
+    lane = lane_of(hashes, n_lanes)
+    groups = n_shards * n_lanes
+    starts = np.zeros(groups + 1, np.int64)
     for i in range(n):
-        bounds[shard[i] + 1] += 1
-    for s in range(n_shards):
-        bounds[s + 1] += bounds[s]
-    fill = bounds[:-1].copy()
+        starts[shard[i] * n_lanes + lane[i] + 1] += 1
+    for g in range(groups):
+        starts[g + 1] += starts[g]
+    fill = starts[:-1].copy()
     order = np.empty(n, np.int64)
     for i in range(n):
-        s = shard[i]
-        order[fill[s]] = i
-        fill[s] += 1
-    return order, bounds
+        g = shard[i] * n_lanes + lane[i]
+        order[fill[g]] = i
+        fill[g] += 1
+    return order, starts[::n_lanes].copy()
 
 
-def shard_order_py(hashes: list[int], n_shards: int) -> tuple[list[int], list[int]]:
+def shard_order_py(
+    hashes: list[int], n_shards: int, n_lanes: int = 1
+) -> tuple[list[int], list[int]]:
     """Plain-Python twin of :func:`shard_order`."""
     shards = [shard_of_py(h, n_shards) for h in hashes]
-    order = sorted(range(len(hashes)), key=lambda i: shards[i])  # sorted() is stable
+    groups = [(s, lane_of_py(h, n_lanes)) for s, h in zip(shards, hashes, strict=True)]
+    order = sorted(range(len(hashes)), key=lambda i: groups[i])  # sorted() is stable
     bounds = [sum(1 for s in shards if s < limit) for limit in range(n_shards + 1)]
     return order, bounds

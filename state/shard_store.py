@@ -347,6 +347,15 @@ class NumbaShardStore(ShardStore):
         )  # fmt: skip
         return out
 
+    def open_fields(
+        self, client_keys: np.ndarray, journeys: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Rows of the (client hash, journey code) pairs with an open instance, ascending,
+        and those instances' :meth:`instance_fields`."""
+        slots = self.find_instances(client_keys, journeys)
+        rows = np.flatnonzero(slots >= 0)
+        return rows, self.instance_fields(slots[rows])
+
     def instance_fields(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """Live-state fields of open instance ``slots``: step, since (entered), last event
         type, channel and time, stalled, attempt."""

@@ -187,6 +187,22 @@ def test_one_and_two_workers_give_identical_interventions(traffic: GeneratedTraf
     )
 
 
+def test_two_lanes_side_by_side_give_identical_interventions(
+    traffic: GeneratedTraffic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards in two lanes, updated side by side on every call, also with two workers (which
+    share the process's helper threads): the documents of one lane."""
+    monkeypatch.setattr("operators.shard_step.SIDE_BY_SIDE_EVENTS", 0)
+    items = _batches(traffic)
+    laned = SETTINGS.with_overrides("engine", lanes=2)
+    one, _, _ = _run(items, list(traffic.partitions))
+    for workers in (1, 2):
+        two, _, _ = _run(items, list(traffic.partitions), workers=workers, settings=laned)
+        assert sorted(map(_stable, one), key=lambda d: d["intervention_id"]) == sorted(
+            map(_stable, two), key=lambda d: d["intervention_id"]
+        )
+
+
 def test_stream_equals_batch_reference_with_shuffled_arrival() -> None:
     """Arrival shuffled within the allowed lateness: same ids as the batch reference detector."""
     traffic = _traffic(clients=1200, seed=11, partitions=3)
@@ -259,6 +275,24 @@ def test_recovery_after_abort_emits_the_uninterrupted_ids(
     first, _, _ = _run(with_abort, partitions, recovery=recovery)
     assert 0 < len(first) < len(clean)
     second, _, _ = _run(with_abort, partitions, recovery=recovery)
+    assert _ids(first) | _ids(second) == _ids(clean)
+
+
+def test_recovery_with_lanes_emits_the_uninterrupted_ids(
+    tmp_path: Path, traffic: GeneratedTraffic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The abort-and-resume test with shards in two lanes side by side."""
+    monkeypatch.setattr("operators.shard_step.SIDE_BY_SIDE_EVENTS", 0)
+    laned = SETTINGS.with_overrides("engine", lanes=2)
+    items = _batches(traffic, size=400)
+    partitions = list(traffic.partitions)
+    clean, _, _ = _run(items, partitions)
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path))
+    with_abort = [*items[: len(items) // 2], TestingSource.ABORT(), *items[len(items) // 2 :]]
+    first, _, _ = _run(with_abort, partitions, recovery=recovery, settings=laned)
+    assert 0 < len(first) < len(clean)
+    second, _, _ = _run(with_abort, partitions, recovery=recovery, settings=laned)
     assert _ids(first) | _ids(second) == _ids(clean)
 
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ato.catalog import CHANNELS, SEGMENTS, TIERS, load_catalog
+from ato.threads import SPLIT_MIN_ROWS
 from operators.interventions import (
     ID_NAMESPACE,
     InterventionBuilder,
@@ -98,6 +99,25 @@ def test_id_kernel_matches_its_twin(items: list[tuple[str, int, int, int, int]])
         for c, j, s, start, attempt in items
     ]
     assert got == expected
+
+
+def test_ids_of_a_large_batch_in_two_halves_match_the_twin() -> None:
+    """At SPLIT_MIN_ROWS records and more, two threads hash a half each."""
+    rng = np.random.default_rng(5)
+    n = SPLIT_MIN_ROWS * 2 + 3
+    ints = np.zeros((N_OUT, n), np.int64)
+    ints[O_JOURNEY] = rng.integers(0, len(CATALOG.journeys), n)
+    ints[O_STEP] = rng.integers(0, WIDTH, n)
+    ints[O_START] = rng.integers(0, 2**45, n)
+    ints[O_ATTEMPT] = rng.integers(1, 4, n)
+    clients = [f"client-{k}" * int(1 + k % 5) for k in range(n)]
+    records = Records(np.zeros(n, np.uint64), clients, ints, np.zeros((N_OUT_F, n)))
+    got = BUILDER.ids(records).view("S36").ravel().astype("U36").tolist()
+    rows = ints[[O_JOURNEY, O_STEP, O_START, O_ATTEMPT]].T.tolist()
+    assert got == [
+        intervention_id(c, BUILDER.journey_names[j], t, BUILDER.step_names[j, s], a)
+        for c, (j, s, t, a) in zip(clients, rows, strict=True)
+    ]
 
 
 @settings(max_examples=100, deadline=None)

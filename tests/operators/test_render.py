@@ -5,6 +5,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ato.threads import SPLIT_MIN_ROWS
 from operators.render import (
     FIXED4,
     INT,
@@ -95,3 +96,21 @@ def test_fixed4_boundaries() -> None:
     got = [orjson.loads(line)["b"] for line in lines.splitlines()]
     assert [orjson.dumps(g) for g in got] == [orjson.dumps(round(v / 10_000, 4)) for v in values]
     assert b'"b":0.0001,' in lines and b'"b":0.0,' in lines and b'"b":1.25,' in lines
+
+
+def test_a_large_render_in_two_halves_equals_twin() -> None:
+    """At SPLIT_MIN_ROWS rows and more, two threads render a half each: the same bytes and
+    line ends as the twin, in one block."""
+    rng = np.random.default_rng(3)
+    n = SPLIT_MIN_ROWS * 2 + 1
+    ints = rng.integers(-(2**40), 2**40, (2, n))
+    fixed = rng.integers(0, 10**9, (1, n))
+    codes = rng.integers(0, len(WORDS), (1, n))
+    buf, start, length = _spans([f"t{k}" * int(k % 7) for k in range(n)])
+    order = rng.permutation(n)
+    lines, ends = render(TEMPLATE, VOCABULARY, order, ints, fixed, codes, buf, start, length)
+    twin_lines, twin_ends = render_rows_py(
+        TEMPLATE, VOCABULARY, order, ints, fixed, codes, buf, start, length
+    )
+    assert lines == twin_lines
+    assert ends.tolist() == twin_ends

@@ -9,6 +9,8 @@ from state.hashing import (
     FNV_OFFSET,
     hash_client_id_py,
     hash_client_ids,
+    lane_of,
+    lane_of_py,
     mix64,
     mix64_py,
     shard_of,
@@ -70,6 +72,23 @@ def test_shard_of_matches_twin(hashes: list[int], n_shards: int) -> None:
 
 
 @SETTINGS
+@given(hashes=st.lists(HASHES, max_size=50), n_lanes=st.integers(1, 8))
+def test_lane_of_matches_twin(hashes: list[int], n_lanes: int) -> None:
+    lanes = lane_of(np.array(hashes, dtype=np.uint64), n_lanes)
+    assert lanes.dtype == np.int8
+    assert lanes.tolist() == [lane_of_py(h, n_lanes) for h in hashes]
+
+
+def test_lanes_split_a_shard_evenly() -> None:
+    """The clients of one shard spread evenly over its lanes, whatever its number."""
+    keys = hash_client_ids(np.array([f"client-{i}" for i in range(64_000)]))
+    for shard in (0, 5):
+        mine = keys[shard_of(keys, 16) == shard]
+        counts = np.bincount(lane_of(mine, 2), minlength=2)
+        assert counts.min() > 0.45 * len(mine)
+
+
+@SETTINGS
 @given(x=HASHES)
 def test_mix64_matches_twin(x: int) -> None:
     assert int(mix64(np.uint64(x))) == mix64_py(x)
@@ -83,11 +102,11 @@ def test_shards_are_balanced() -> None:
 
 
 @SETTINGS
-@given(hashes=st.lists(HASHES, max_size=60), n_shards=st.integers(1, 9))
-def test_shard_order_matches_twin(hashes: list[int], n_shards: int) -> None:
-    """The counting sort groups rows by shard in arrival order, like the twin."""
-    order, bounds = shard_order(np.array(hashes, dtype=np.uint64), n_shards)
-    expected_order, expected_bounds = shard_order_py(hashes, n_shards)
+@given(hashes=st.lists(HASHES, max_size=60), n_shards=st.integers(1, 9), n_lanes=st.integers(1, 4))
+def test_shard_order_matches_twin(hashes: list[int], n_shards: int, n_lanes: int) -> None:
+    """The counting sort groups rows by shard, then lane, in arrival order, like the twin."""
+    order, bounds = shard_order(np.array(hashes, dtype=np.uint64), n_shards, n_lanes)
+    expected_order, expected_bounds = shard_order_py(hashes, n_shards, n_lanes)
     assert order.tolist() == expected_order
     assert bounds.tolist() == expected_bounds
 

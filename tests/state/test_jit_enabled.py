@@ -28,7 +28,7 @@ ENTRY_POINTS = {
         "expire_instances",
         "expire_clients",
     ),
-    hashing: ("mix64", "hash_codepoints", "shard_of", "shard_order"),
+    hashing: ("mix64", "hash_codepoints", "shard_of", "lane_of", "shard_order"),
     client_ids: ("_gather",),
     uuid5: ("uuid5_rows",),
     scan: ("_scan_events",),
@@ -92,7 +92,8 @@ def exercise_entry_points() -> None:
         np.array([5, -1], np.int8),
     )
     store = NumbaShardStore(catalog, capacity=1)  # the second client forces a regrowth
-    store.apply(events)
+    _, effects = store.apply(events)
+    assert len(funnel.event_rows(events.ts, events.channel, events.segment, effects)) == 2
     store.find_instances(events.client_key, np.zeros(2, np.int64))
     records = store.expire(100 * 86_400_000)  # stalls, closes (lapsed), forgets "c2"
     assert (len(records.stalls()), len(records.outcomes())) == (1, 1)
@@ -107,6 +108,7 @@ def exercise_entry_points() -> None:
     kernels.ht_rebuild(table, slot_keys, np.ones(2, np.bool_))
     hashing.mix64(np.uint64(1))
     hashing.shard_of(np.array([1, 2], np.uint64), 4)
+    hashing.lane_of(np.array([1, 2], np.uint64), 2)
     hashing.shard_order(np.array([1, 2], np.uint64), 4)
     spans = np.empty((2, 1), np.int64)  # client ids that need escaping take this path
     render.json_string_spans(np.frombuffer(b'["a\\"b"]', np.uint8), spans[0], spans[1])
