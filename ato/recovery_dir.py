@@ -83,29 +83,24 @@ def check_generator_options(path: Path, options: dict[str, object]) -> None:
 
 
 def check_input_topics(path: Path, topics: Sequence[str], fresh: bool) -> None:
-    """Record the Kafka input topics of a run over ``path`` (a ``fresh`` one, or one that
-    reads more topics than recorded), or refuse a resumed run that reads fewer: Bytewax
-    cannot resume the snapshot of a partition no worker lists (it stopped with a panic).
-    The partitions of a topic added on resume are read from their earliest offsets."""
-    file = path / KAFKA_TOPICS_FILE
+    """Refuse a resumed run over ``path`` that does not read a topic whose partitions' read
+    positions the snapshots hold: Bytewax cannot resume the snapshot of a partition no
+    worker lists (it stopped with a panic). The partitions of a topic added on resume are
+    read from their earliest offsets. Records the topics (``kafka_topics.json``, which tells
+    a Kafka run's directory from the others'). ``path`` must be prepared."""
     wanted = sorted(set(topics))
-    if fresh:
-        _replace(file, orjson.dumps(wanted))
-        return
-    try:
-        recorded = orjson.loads(_recorded(file, orjson.dumps(wanted)))
-    except orjson.JSONDecodeError as exc:
-        msg = f"{file}: not a list of topics ({exc}); remove it only with the whole directory"
-        raise RecoveryError(msg) from exc
-    missing = sorted(set(recorded) - set(wanted))
-    if missing:
-        msg = (
-            f"{path} holds the read positions of topics {missing}, which kafka.input_topics"
-            " no longer lists; resume with them, or use a new --recovery-dir"
-        )
-        raise RecoveryError(msg)
-    if wanted != sorted(recorded):
-        _replace(file, orjson.dumps(wanted))
+    if not fresh:
+        # a partition's key is "topic#N", and topic names hold no "#"
+        held = {key.rsplit("#", 1)[0] for key in input_positions(path)}
+        missing = sorted(held - set(wanted))
+        if missing:
+            msg = (
+                f"{path} holds the read positions of topics {missing}, which"
+                " kafka.input_topics no longer lists; resume with them, or use a new"
+                " --recovery-dir"
+            )
+            raise RecoveryError(msg)
+    _replace(path / KAFKA_TOPICS_FILE, orjson.dumps(wanted))
 
 
 def check_input_kind(path: Path, kind: str, fresh: bool) -> None:

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import bytewax.operators as op
+import orjson
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -13,6 +14,8 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from ato.exceptions import RecoveryError
 from ato.recovery_dir import (
+    INPUT_STEP,
+    KAFKA_TOPICS_FILE,
     LIVE_START_FILE,
     check_input_topics,
     drop_unfinished_snapshots,
@@ -82,16 +85,36 @@ def test_an_empty_directory_is_initialised_and_one_of_other_files_refused(
 
 
 def test_a_resume_that_drops_an_input_topic_is_refused_by_name(tmp_path: Path) -> None:
-    """Bytewax stopped with a panic on a snapshot of a partition no worker lists."""
-    prepare_recovery_dir(tmp_path / "rec")
+    """Bytewax stopped with a panic on a snapshot of a partition no worker lists. Only the
+    topics whose read positions the snapshots hold count: a topic a refused or failed resume
+    added, and no snapshot holds, binds no later resume."""
     rec = tmp_path / "rec"
+    prepare_recovery_dir(rec)
     check_input_topics(rec, ["a", "b"], fresh=True)
+    part = part_files(rec)[0]
+    _insert(
+        part, "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)", [(0, 1, 1)]
+    )
+    _insert(
+        part,
+        "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)",
+        [(0, 0, 5)],
+    )
+    snaps = "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)"
+    _insert(part, snaps, [(INPUT_STEP, "a#0", 3, b"x"), (INPUT_STEP, "b#1", 3, b"x")])
+    _insert(part, snaps, [("journeys.shards", "c#0", 3, b"x")])  # not the input step's
     check_input_topics(rec, ["b", "a"], fresh=False)  # the same topics
     check_input_topics(rec, ["a", "b", "c"], fresh=False)  # one more: read from its start
-    with pytest.raises(RecoveryError, match=r"topics \['c'\], which kafka.input_topics"):
-        check_input_topics(rec, ["a", "b"], fresh=False)
-    check_input_topics(rec, ["x"], fresh=True)  # nothing to resume: recorded anew
-    check_input_topics(rec, ["x"], fresh=False)
+    assert orjson.loads((rec / KAFKA_TOPICS_FILE).read_bytes()) == ["a", "b", "c"]
+    check_input_topics(rec, ["a", "b"], fresh=False)  # c has no positions: it may go again
+    with pytest.raises(RecoveryError, match=r"topics \['b'\], which kafka.input_topics"):
+        check_input_topics(rec, ["a"], fresh=False)
+    _insert(part, snaps, [(INPUT_STEP, "b#1", 4, None)])  # b's partition discarded since
+    check_input_topics(rec, ["a"], fresh=False)
+    _insert(part, snaps, [(INPUT_STEP, "a#0", 6, None)])  # at the resume epoch: not loaded
+    with pytest.raises(RecoveryError, match=r"topics \['a'\]"):
+        check_input_topics(rec, ["x"], fresh=False)
+    check_input_topics(rec, ["x"], fresh=True)  # nothing to resume
 
 
 def test_snapshots_at_or_after_the_resume_epoch_are_dropped_from_every_part(
