@@ -139,7 +139,8 @@ def _run_here(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"ato run: {feed}"
         f" | clock {settings.engine.clock} | workers {settings.workers}"
-        f" | shards {settings.engine.shards} | out {settings.out_dir}",
+        f" | shards {settings.engine.shards} x {settings.engine.lanes} lanes"
+        f" | batches of {settings.engine.batch_size:,} | out {settings.out_dir}",
         file=sys.stderr,
     )
     cluster = None

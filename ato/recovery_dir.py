@@ -29,6 +29,7 @@ from ato.exceptions import RecoveryError
 LIVE_START_FILE = "live_start_ms"  # beside Bytewax's *.sqlite3 files, which it never opens
 GENERATOR_FILE = "generator.json"
 KAFKA_TOPICS_FILE = "kafka_topics.json"
+STATE_LAYOUT_FILE = "state_layout.json"  # engine.shards, engine.lanes, the catalog's codes
 INPUT_FILES_FILE = "input_files.json"
 # the record each kind of input keeps in a recovery directory
 INPUT_RECORDS = {"files": INPUT_FILES_FILE, "generator": GENERATOR_FILE, "kafka": KAFKA_TOPICS_FILE}
@@ -78,6 +79,41 @@ def check_generator_options(path: Path, options: dict[str, object]) -> None:
         msg = (
             f"{path} holds a run of other generated traffic ({', '.join(differ)}); resume it"
             " with the same generator options, or use a new --recovery-dir"
+        )
+        raise RecoveryError(msg)
+
+
+def check_state_layout(path: Path, layout: dict[str, object], fresh: bool) -> None:
+    """Record the layout of a ``fresh`` run's shard state in ``path`` (``shards``, ``lanes``
+    and the catalog's codes fingerprint, ``catalog``), or refuse a resumed run whose layout
+    differs, before its flow starts. Each shard refuses such a snapshot too, but in a
+    cluster that refusal ended in Bytewax panics naming nothing. A directory from before
+    this record is left to the shards' own check. ``path`` must be prepared."""
+    file = path / STATE_LAYOUT_FILE
+    if fresh:
+        _replace(file, orjson.dumps(layout))
+        return
+    try:
+        recorded = orjson.loads(file.read_bytes())
+    except FileNotFoundError:
+        return
+    except orjson.JSONDecodeError as exc:
+        msg = f"{file}: not a state layout ({exc}); remove it only with the whole directory"
+        raise RecoveryError(msg) from exc
+    for name in ("shards", "lanes"):
+        taken = recorded.get(name)
+        if taken != layout[name]:
+            msg = (
+                f"{path} holds a run with engine.{name} = {taken}, this run has"
+                f" {layout[name]}: resume with the same {name} (--{name} {taken}), or use a"
+                " new --recovery-dir"
+            )
+            raise RecoveryError(msg)
+    if recorded.get("catalog") != layout["catalog"]:
+        msg = (
+            f"{path} holds a run of another journey catalog (its journeys, steps or event"
+            " types differ from this run's): resume with that catalog, or use a new"
+            " --recovery-dir"
         )
         raise RecoveryError(msg)
 

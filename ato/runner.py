@@ -23,6 +23,7 @@ from ato.recovery_dir import (
     check_input_files,
     check_input_kind,
     check_input_topics,
+    check_state_layout,
     drop_unfinished_snapshots,
     has_snapshots,
     prepare_recovery_dir,
@@ -401,6 +402,8 @@ def run(
     recovery = None
     if recovery_dir is not None:
         prepare_recovery_dir(recovery_dir)
+        layout = {"shards": engine.shards, "lanes": engine.lanes}
+        check_state_layout(recovery_dir, {**layout, "catalog": catalog.codes_fingerprint}, fresh)
         if not cluster or cluster[1] == 0:
             # before Bytewax starts: the other processes of a cluster wait for this one
             # to join before any of them writes a snapshot

@@ -17,7 +17,9 @@ from ato.recovery_dir import (
     INPUT_STEP,
     KAFKA_TOPICS_FILE,
     LIVE_START_FILE,
+    STATE_LAYOUT_FILE,
     check_input_topics,
+    check_state_layout,
     drop_unfinished_snapshots,
     has_snapshots,
     live_start_ms,
@@ -115,6 +117,29 @@ def test_a_resume_that_drops_an_input_topic_is_refused_by_name(tmp_path: Path) -
     with pytest.raises(RecoveryError, match=r"topics \['a'\]"):
         check_input_topics(rec, ["x"], fresh=False)
     check_input_topics(rec, ["x"], fresh=True)  # nothing to resume
+
+
+def test_a_resume_with_another_state_layout_is_refused_before_the_flow(tmp_path: Path) -> None:
+    """Shards, lanes and catalog codes of the snapshots, recorded by the fresh run; a
+    directory from before the record is left to each shard's own check."""
+    rec = tmp_path / "rec"
+    prepare_recovery_dir(rec)
+    layout = {"shards": 16, "lanes": 2, "catalog": "abc"}
+    check_state_layout(rec, {"shards": 16, "lanes": 2, "catalog": "abc"}, fresh=False)
+    assert not (rec / STATE_LAYOUT_FILE).exists()  # nothing recorded: nothing to compare
+    check_state_layout(rec, layout, fresh=True)
+    check_state_layout(rec, layout, fresh=False)
+    with pytest.raises(RecoveryError, match=r"engine.lanes = 2, this run has 1: .*--lanes 2"):
+        check_state_layout(rec, {**layout, "lanes": 1}, fresh=False)
+    with pytest.raises(RecoveryError, match=r"engine.shards = 16, this run has 8"):
+        check_state_layout(rec, {**layout, "shards": 8}, fresh=False)
+    with pytest.raises(RecoveryError, match="another journey catalog"):
+        check_state_layout(rec, {**layout, "catalog": "abd"}, fresh=False)
+    check_state_layout(rec, {**layout, "lanes": 1}, fresh=True)  # nothing to resume
+    check_state_layout(rec, {**layout, "lanes": 1}, fresh=False)
+    (rec / STATE_LAYOUT_FILE).write_text("{")
+    with pytest.raises(RecoveryError, match="not a state layout"):
+        check_state_layout(rec, layout, fresh=False)
 
 
 def test_snapshots_at_or_after_the_resume_epoch_are_dropped_from_every_part(
