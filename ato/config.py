@@ -81,8 +81,9 @@ class EngineSettings:
     )
     batch_size: int = _knob(
         50_000,
-        "Most raw messages a source hands over as one batch. Catch-up replays run faster with"
-        " 400000 (and 2 lanes): fewer, larger shard calls; more memory per batch.",
+        "Most raw messages a source hands over as one batch. A long catch-up replay (many"
+        " batches per partition) runs faster with 400000 (and 2 lanes): fewer, larger shard"
+        " calls; more memory per batch.",
     )
     allowed_lateness_ms: int = _knob(
         500, "Watermark = per-partition max event time minus this (ms)."
