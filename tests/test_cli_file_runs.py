@@ -119,13 +119,12 @@ def test_resumes_of_a_file_run_with_other_input_are_refused_by_name(tmp_path: Pa
 def test_a_refused_resume_with_an_added_file_does_not_bind_later_resumes(
     tmp_path: Path, capsys
 ) -> None:
-    """A file added on a resume that was then refused (here: by the shards, with another
-    shard count) was recorded as read, and the right resume without it was refused ever
-    after."""
+    """A file added on a resume that was then refused (here: with another shard count)
+    was recorded as read, and the right resume without it was refused ever after."""
     a = events_file(tmp_path / "a.jsonl", 20)
     c = events_file(tmp_path / "c.jsonl", 5, start=900)
     base = ["--out", str(tmp_path / "out"), "--recovery-dir", str(tmp_path / "recovery")]
     assert main(["run", "--input", str(a), *base]) == 0
     assert main(["run", "--input", str(a), str(c), *base, "--shards", "4"]) == 2
-    assert "was taken with engine.shards = 16, this run has 4" in capsys.readouterr().err
+    assert "holds a run with engine.shards = 16, this run has 4" in capsys.readouterr().err
     assert main(["run", "--input", str(a), *base]) == 0
