@@ -62,6 +62,7 @@ INITIAL_CAPACITY = 1024
 GROWTH = 1.5  # capacity factor when slots run out
 MAX_LOAD = 0.7  # client index: most entries per bucket before it doubles
 EXPIRE_CHUNK = 4_096  # most records one expire kernel call writes
+APPLY_CHUNK = 65_536  # most events one reservation of room is made for
 SNAPSHOT_VERSION = 4
 LAZY_MIN_BYTES = 1 << 20  # smaller arrays come from numpy's allocator
 
@@ -231,36 +232,43 @@ class NumbaShardStore(ShardStore):
     # ------------------------------------------------------------------ work
 
     def apply(self, events: EventColumns) -> tuple[Records, Effects]:
-        """Apply events (already ordered with :func:`order_events`)."""
+        """Apply events (already ordered with :func:`order_events`), :data:`APPLY_CHUNK` at a
+        time: room is made for a new client and a new instance per event of a chunk, so a
+        call of millions of events (a resumed run's first flush) does not size the arrays
+        and the client index for millions of clients at once."""
         n = len(events)
         if n == 0:
             return Records.empty(), Effects.empty()
-        self._reserve(n)
         t = self.tables
         e_cslot = np.empty(n, np.int32)
         e_new = np.empty(n, np.bool_)
         effects = Effects(np.empty(n, np.int8), np.empty(n, np.int16), np.empty(n, np.int16))
-        room = n + 2 * t.step_timeout.shape[0] + 1
+        room = min(n, APPLY_CHUNK) + 2 * t.step_timeout.shape[0] + 1
         parts_i, parts_f = [], []
-        start = 0
-        while start < n:
-            out_i = np.empty((N_OUT, room), np.int64)
-            out_f = np.empty((N_OUT_F, room), np.float64)
-            n_out, start = kernels.apply_events(
-                events.client_key, events.ts, events.channel, events.type_code, events.journey,
-                events.step, events.flags, events.segment, t.step_timeout, t.step_terminal,
-                t.abandon_grace,
-                t.close_after, self.half_life_ms, self.client_ttl_ms,
-                self.c_ht, self.ckey, self.cts, self.cf, self.ci, self.c_free,
-                self.it, self.dl, self.ii, self.ih, self.i_free, self.meta, self.counters_,
-                e_cslot, e_new, effects.effect, effects.journey, effects.step, out_i, out_f,
-                start,
-            )  # fmt: skip
-            parts_i.append(out_i[:, :n_out])
-            parts_f.append(out_f[:, :n_out])
-        new = np.flatnonzero(e_new)
-        if len(new):
-            self._store_ids(e_cslot[new], events.client_id[new])
+        for first in range(0, n, APPLY_CHUNK):
+            end = min(first + APPLY_CHUNK, n)
+            self._reserve(end - first)
+            part = events.take(slice(0, end))  # views: the kernel goes from ``start`` to the end
+            start = first
+            while start < end:
+                out_i = np.empty((N_OUT, room), np.int64)
+                out_f = np.empty((N_OUT_F, room), np.float64)
+                n_out, start = kernels.apply_events(
+                    part.client_key, part.ts, part.channel, part.type_code, part.journey,
+                    part.step, part.flags, part.segment, t.step_timeout, t.step_terminal,
+                    t.abandon_grace,
+                    t.close_after, self.half_life_ms, self.client_ttl_ms,
+                    self.c_ht, self.ckey, self.cts, self.cf, self.ci, self.c_free,
+                    self.it, self.dl, self.ii, self.ih, self.i_free, self.meta, self.counters_,
+                    e_cslot[:end], e_new[:end], effects.effect[:end], effects.journey[:end],
+                    effects.step[:end], out_i, out_f, start,
+                )  # fmt: skip
+                parts_i.append(out_i[:, :n_out])
+                parts_f.append(out_f[:, :n_out])
+            # before the next chunk's room is made: a repacked id arena keeps known ids only
+            new = first + np.flatnonzero(e_new[first:end])
+            if len(new):
+                self._store_ids(e_cslot[new], events.client_id[new])
         records = self._records(np.concatenate(parts_i, axis=1), np.concatenate(parts_f, axis=1))
         return records, effects
 

@@ -252,6 +252,29 @@ def test_store_matches_twin(steps: list[Step], capacity: int) -> None:
     run_in_parallel(steps, NumbaShardStore(CATALOG, capacity), new_twin())
 
 
+@SETTINGS
+@given(steps=scenarios(), chunk=st.sampled_from([1, 3]))
+def test_store_applying_in_small_chunks_matches_twin(steps: list[Step], chunk: int) -> None:
+    """A call's events applied a few at a time, room made (and ids stored, the id arena
+    repacked) between chunks: the same records, effects and state."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shard_store, "APPLY_CHUNK", chunk)
+        run_in_parallel(steps, NumbaShardStore(CATALOG, 1), new_twin())
+
+
+def test_a_huge_call_of_few_clients_makes_room_for_a_chunk_only() -> None:
+    """Room is made for a new client per event of a chunk, not of the whole call: a resumed
+    run's first flush of millions of events grew every store for millions of clients."""
+    view = CATALOG.type_codes["page_view"]
+    n = 3 * shard_store.APPLY_CHUNK + 5
+    rows = [(f"c{i % 50}", T0 + i, 0, view, *decode(view, -1)) for i in range(n)]
+    store, twin = NumbaShardStore(CATALOG), new_twin()
+    run_in_parallel([(columns(rows), [])], store, twin)
+    assert store.sizes()["clients"] == 50
+    assert store.client_cap < 2 * shard_store.APPLY_CHUNK
+    assert len(store.c_ht) <= shard_store.table_size(shard_store.APPLY_CHUNK + 50)
+
+
 def test_scenario_reaches_every_outcome() -> None:
     """A fixed run through completion, abandon signals, stalls at an event and at the
     watermark exactly on the deadline, closing and forgetting clients."""
