@@ -62,7 +62,7 @@ INITIAL_CAPACITY = 1024
 GROWTH = 1.5  # capacity factor when slots run out
 MAX_LOAD = 0.7  # client index: most entries per bucket before it doubles
 EXPIRE_CHUNK = 4_096  # most records one expire kernel call writes
-APPLY_CHUNK = 65_536  # most events one reservation of room is made for
+APPLY_CHUNK = 8_192  # most events one reservation of room is made for (see apply)
 SNAPSHOT_VERSION = 4
 LAZY_MIN_BYTES = 1 << 20  # smaller arrays come from numpy's allocator
 
