@@ -402,8 +402,12 @@ def run(
     recovery = None
     if recovery_dir is not None:
         prepare_recovery_dir(recovery_dir)
-        layout = {"shards": engine.shards, "lanes": engine.lanes}
-        check_state_layout(recovery_dir, {**layout, "catalog": catalog.codes_fingerprint}, fresh)
+        layout = {
+            "shards": engine.shards,
+            "lanes": engine.lanes,
+            "catalog": catalog.codes_fingerprint,
+        }
+        check_state_layout(recovery_dir, layout, fresh)
         if not cluster or cluster[1] == 0:
             # before Bytewax starts: the other processes of a cluster wait for this one
             # to join before any of them writes a snapshot

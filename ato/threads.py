@@ -7,7 +7,7 @@ calling thread, the others on the process's helper threads. Work handed to a hel
 itself wait for helpers.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from typing import TypeVar
@@ -25,7 +25,7 @@ def helper_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(MAX_HELPERS, thread_name_prefix="ato-helper")
 
 
-def run_parts(parts: list[Callable[[], T]]) -> list[T]:
+def run_parts(parts: Sequence[Callable[[], T]]) -> list[T]:
     """Each part's result, in order: the first computed on this thread, the others on
     helper threads. Every part has finished when this returns or raises (the first error
     is raised)."""

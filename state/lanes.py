@@ -9,6 +9,7 @@ thread as with a plain shard store.
 """
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -50,7 +51,7 @@ class LanedStore:
         """``work(lane, store)`` of every lane, in lane order: with ``side_by_side``, the
         lanes at once (:func:`ato.threads.run_parts`), else one after another on this thread.
         ``work`` must touch nothing shared with another lane."""
-        parts = [_bind(work, k, store) for k, store in enumerate(self.stores)]
+        parts = [partial(work, k, store) for k, store in enumerate(self.stores)]
         return run_parts(parts) if side_by_side else [part() for part in parts]
 
     # ------------------------------------------------------------------ inspection
@@ -62,13 +63,6 @@ class LanedStore:
             for name, count in store.counters().items():
                 total[name] = total.get(name, 0) + count
         return total
-
-    def open_instances(self) -> dict[tuple[str, int], dict[str, Any]]:
-        """Every open instance of every lane (all of a client's are in one lane)."""
-        out: dict[tuple[str, int], dict[str, Any]] = {}
-        for store in self.stores:
-            out.update(store.open_instances())
-        return out
 
     def open_fields(
         self, client_keys: np.ndarray, journeys: np.ndarray
@@ -92,10 +86,6 @@ class LanedStore:
             for name in field_parts[0]
         }
         return rows[ascending], fields
-
-    def known_clients(self) -> set[int]:
-        """Hashes of every client of every lane."""
-        return set().union(*(store.known_clients() for store in self.stores))
 
     def sizes(self) -> dict[str, int]:
         """Open instances, known clients and bytes of every lane, summed."""
@@ -122,9 +112,3 @@ class LanedStore:
 def snapshot_lanes(snap: dict[str, Any]) -> int:
     """How many lanes a :meth:`LanedStore.snapshot` (or an older store snapshot) holds."""
     return len(snap["lanes"]) if "lanes" in snap else 1
-
-
-def _bind(
-    work: Callable[[int, NumbaShardStore], T], lane: int, store: NumbaShardStore
-) -> Callable[[], T]:
-    return lambda: work(lane, store)

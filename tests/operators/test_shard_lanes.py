@@ -173,7 +173,7 @@ def test_open_fields_of_lanes_match_one_store() -> None:
         rows, fields = shard.store.open_fields(keys, journeys)
         found[lanes] = (rows.tolist(), {k: v.tolist() for k, v in fields.items()})
         found[-lanes] = (shard.store.counters(), shard.store.sizes()["instances"])
-        assert [len(s.known_clients()) for s in shard.store.stores] != [0, 0]
+        assert all(s.known_clients() for s in shard.store.stores)  # every lane holds some
     assert found[2] == found[1] and len(found[1][0]) == 41
     assert found[-2] == found[-1] and found[-1][1] == 42
 
