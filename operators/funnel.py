@@ -44,9 +44,10 @@ from state.layout import (
 
 MINUTE_MS = 60_000
 # the rows added to the open minutes are summed into them once they outnumber them
-# SUM_FACTOR times (and SUM_MIN_ROWS): each sum reads the summed rows again, so a larger
-# factor reads fewer rows in all (benchmark, 6.7 M rows added: 9.6 M read with a factor of 1
-# and 100,000, 7.0 M with 4 and 400,000) at the cost of holding more rows unsummed
+# SUM_FACTOR times (and SUM_MIN_ROWS), checked after the closed minutes are taken out: each
+# sum reads the summed rows again, so a larger factor reads fewer rows in all (benchmark,
+# 6.7 M rows added: 9.6 M read with a factor of 1 and 100,000, 7.0 M with 4 and 400,000) at
+# the cost of holding more rows unsummed
 SUM_FACTOR, SUM_MIN_ROWS = 4, 400_000
 MEASURES = ("events", "started", "advanced", "completed", "abandoned")
 _ABANDONED = MEASURES.index("abandoned")
@@ -214,6 +215,7 @@ class FunnelWindows:
         if self.first_minute is None or (
             not final and (self.first_minute + 1) * MINUTE_MS > watermark
         ):
+            self.compact()
             return FunnelRows.empty()
         part_keys, part_counts = self._take_parts()
         if final:
@@ -230,18 +232,23 @@ class FunnelWindows:
             self.parts = [(part_keys[~part_done], part_counts[~part_done])]
             self.part_rows = len(self.parts[0][0])
         self._find_first_minute()
+        self.compact()
         return FunnelRows(keys, counts)
 
     def add_rows(self, rows: FunnelRows) -> None:
-        """Add counts made elsewhere (another call, another shard)."""
-        if len(rows):
-            self._merge(rows.keys, rows.counts)
-
-    def _merge(self, keys: np.ndarray, counts: np.ndarray) -> None:
-        self.parts.append((keys, counts))
-        self.part_rows += len(keys)
-        first = int(keys.min()) >> MINUTE_SHIFT
+        """Add counts made elsewhere (another call, another shard); they stay unsummed until
+        :meth:`compact` or :meth:`close`."""
+        if not len(rows):
+            return
+        self.parts.append((rows.keys, rows.counts))
+        self.part_rows += len(rows.keys)
+        first = int(rows.keys.min()) >> MINUTE_SHIFT
         self.first_minute = first if self.first_minute is None else min(self.first_minute, first)
+
+    def compact(self) -> None:
+        """Sum the rows added since into the summed ones once they outgrow them (see
+        SUM_FACTOR). :meth:`close` calls it after taking the closed minutes, so rows that
+        close in the call that adds them are never summed here."""
         if self.part_rows > max(SUM_FACTOR * len(self.keys), SUM_MIN_ROWS):
             self._sum()
 
@@ -372,6 +379,7 @@ class FunnelLogic(StatefulBatchLogic[FunnelUpdate, FunnelRows, dict[str, Any]]):
             mark = FINAL_WATERMARK if update.final else update.watermark
             self.watermarks[update.shard] = max(self.watermarks.get(update.shard, mark), mark)
         if any(shard not in self.watermarks for shard in self.shards):
+            self.windows.compact()
             return [], self.RETAIN  # a shard not heard from yet may still count any minute
         watermark = min(self.watermarks[s] for s in self.shards)
         rows = self.windows.close(watermark, summed=self.sum_closed)

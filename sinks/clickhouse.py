@@ -50,7 +50,8 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
@@ -980,13 +981,9 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
                     f" {stats.pending_rows} rows not written; last error: {stats.last_error}"
                 )
                 raise ClickHouseError(msg)
-        waiting = sum(s.pending_rows for s in self.table_stats.values())
-        if waiting > self.settings.max_buffer_rows:
-            self._collect(wait=True)
-            for table in list(self.buffers):
-                self._try_insert(table, now, force=True)
-            self._collect(wait=True)
-            waiting = sum(s.pending_rows for s in self.table_stats.values())
+        if self._waiting_rows() > self.settings.max_buffer_rows:
+            self._wait_below_bound(now)
+            waiting = self._waiting_rows()
             if waiting > self.settings.max_buffer_rows:
                 errors = "; ".join(
                     f"{t}: {s.last_error}" for t, s in self.table_stats.items() if s.last_error
@@ -997,6 +994,26 @@ class ClickHouseSinkPartition(StatefulSinkPartition[SinkBlock, None]):
                     f" last errors: {errors}"
                 )
                 raise ClickHouseError(msg)
+
+    def _waiting_rows(self) -> int:
+        return sum(s.pending_rows for s in self.table_stats.values())
+
+    def _wait_below_bound(self, now: float) -> None:
+        """More than ``max_buffer_rows`` rows waiting: start every buffered table's insert
+        (a failing one too, once), then wait for inserts one at a time, starting a table's
+        next insert as its last one ends, until the rows waiting are within the bound or
+        nothing is in flight (inserts failing: the caller fails the run). The flow waits no
+        longer than the bound needs: draining every table stalled it for inserts it need not
+        wait for (benchmark: 1.5-2 s of a 7.5 s round)."""
+        for table in list(self.buffers):
+            self._try_insert(table, now, force=True)
+        while self._waiting_rows() > self.settings.max_buffer_rows and self.in_flight:
+            futures_wait(
+                [future for future, _, _ in self.in_flight.values()], return_when=FIRST_COMPLETED
+            )
+            self._collect(wait=False)
+            for table in list(self.buffers):
+                self._try_insert(table, self.clock(), force=False)  # a failed one: backoff
 
 
 def _concat(table: str, blocks: list[MetricBlock], types: dict[str, str]) -> MetricBlock:

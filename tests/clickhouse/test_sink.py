@@ -300,6 +300,46 @@ def test_more_rows_waiting_than_max_buffer_rows_fail_loudly(
     part.store.close()
 
 
+def test_over_max_buffer_rows_the_flow_waits_only_until_within_it(
+    url: str, database: str, clock: Clock
+) -> None:
+    """Over the bound the flow waits for inserts only until the rows waiting are within it,
+    not for every insert in flight (here a held funnel insert)."""
+    config = settings(database, flush_rows=100, max_buffer_rows=250)
+    part = ClickHouseSink(config, url, clock=clock).build_part("metrics", "clickhouse", None)
+    held = {"stalls": threading.Event(), "funnel_minute": threading.Event()}
+    insert = part._insert
+
+    def held_insert(block: MetricBlock) -> int:
+        held[block.table].wait(30)
+        return insert(block)
+
+    part._insert = held_insert  # type: ignore[method-assign]
+    timers = [
+        threading.Timer(0.5, held["stalls"].set),
+        threading.Timer(15, held["funnel_minute"].set),
+    ]
+    for timer in timers:
+        timer.start()
+    try:
+        part.write_batch([stall_block(200)])  # in flight, held for 0.5 s
+        started = time.monotonic()
+        part.write_batch([funnel_block(100)])  # 300 waiting: once the stalls are in, 100
+        assert time.monotonic() - started < 10
+        assert sum(s.pending_rows for s in part.stats().values()) == 100  # still in flight
+        held["funnel_minute"].set()
+        part.close()
+        assert part.failure is None
+        with ClickHouseStore(url, database) as store:
+            assert count(store, "stalls") == 200
+            assert count(store, "funnel_minute") == 100
+    finally:
+        for event in held.values():
+            event.set()
+        for timer in timers:
+            timer.cancel()
+
+
 def test_a_flow_writes_keyed_blocks_through_one_partition(url: str, database: str) -> None:
     from bytewax import operators as op
     from bytewax.dataflow import Dataflow

@@ -153,6 +153,22 @@ def test_merges_across_batches_and_closes_only_ended_minutes() -> None:
     assert len(w.keys) == 0
 
 
+def test_rows_closed_by_the_call_that_adds_them_are_not_summed_there() -> None:
+    """The funnel step hands closed rows on unsummed (the sink sums them off the flow's
+    thread); only rows left open are summed once they outgrow the summed ones."""
+    keys = pack(
+        np.array([T0 // MINUTE_MS] * 6 + [T0 // MINUTE_MS + 5] * 4), *[np.zeros(10, np.int64)] * 4
+    )
+    counts = np.ones((10, len(MEASURES)), np.int64)
+    with mock.patch.multiple(funnel, SUM_FACTOR=1, SUM_MIN_ROWS=2):
+        step = FunnelLogic(["a"], None, sum_closed=False)
+        rows = FunnelRows(keys, counts)
+        (closed,), _ = step.on_batch([FunnelUpdate("a", T0 + 2 * MINUTE_MS, rows)])
+        assert len(closed) == 6  # the first minute, unsummed
+        assert len(step.windows.keys) == 1  # the open minute, summed after the close
+        assert step.windows.counts.tolist() == [[4] * len(MEASURES)]
+
+
 def test_snapshot_restore_is_an_independent_copy() -> None:
     w = FunnelWindows()
     one = effects((EFFECT_ADVANCED, 2, 1))
@@ -273,6 +289,7 @@ def check_windows(ops: list[tuple[str, Any]]) -> None:
             keys = pack(minutes, zeros, steps, zeros, zeros)
             counts = np.ones((len(arg), len(MEASURES)), np.int64)
             w.add_rows(FunnelRows(keys, counts))
+            w.compact()
             for key in keys.tolist():
                 reference.setdefault(key, [0] * len(MEASURES))
                 reference[key] = [c + 1 for c in reference[key]]
