@@ -68,6 +68,7 @@ class RunResult:
     decided_at: dict[str, int] | None = None  # first decision's time per id (its deadline)
     repeated: int = 0  # intervention lines beyond one per id (the file sink writes each once)
     conflicting: frozenset[str] = frozenset()  # ids written with more than one deadline
+    engine: dict[str, int] | None = None  # shards, lanes and batch size the run used
 
     @property
     def intervention_ids(self) -> set[str] | None:
@@ -95,6 +96,7 @@ class RunResult:
             "open_instances": s.levels.total_open(),
             "state_mb": round(s.levels.total_bytes() / 1e6, 1),
             "outputs": str(self.out_dir),
+            **(self.engine or {}),
         }
         detected = self.intervention_ids
         if self.decisions is not None:  # with the policy, every stall has a decision
@@ -450,6 +452,7 @@ def run(
     # ground truth only holds for traffic served to its end
     served = traffic is not None and not getattr(source, "cut", None)
     truth = truth_deadlines(traffic) if served and traffic is not None else None
+    used = {"shards": engine.shards, "lanes": engine.lanes, "batch_size": engine.batch_size}
     return RunResult(
-        stats, seconds, out, deadlines, truth, decisions, decided_at, repeated, conflicting
+        stats, seconds, out, deadlines, truth, decisions, decided_at, repeated, conflicting, used
     )

@@ -212,15 +212,19 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
 
     def _lane(
         self, ready: EventColumns, store: NumbaShardStore, watermark: int
-    ) -> tuple[EventColumns, Records, Effects]:
+    ) -> tuple[EventColumns, Records, Effects, FunnelRows]:
         """One lane's part of :meth:`_advance` (maybe side by side with the other lanes'):
         apply its ``ready`` events in event-time order, then expire its deadlines. Returns
-        the events applied, their records and the expiry's, and their effects."""
+        the events applied, their records and the expiry's, their effects, and with metrics
+        their funnel counts (made here, so the lanes' events need no joining for them)."""
         if not len(ready):
-            return ready, store.expire(watermark), Effects.empty()
+            return ready, store.expire(watermark), Effects.empty(), FunnelRows.empty()
         ordered = ready.take(order_events(ready))
         applied, effects = store.apply(ordered)
-        return ordered, Records.concat([applied, store.expire(watermark)]), effects
+        funnel = FunnelRows.empty()
+        if self.ctx.metrics:
+            funnel = event_rows(ordered.ts, ordered.channel, ordered.segment, effects)
+        return ordered, Records.concat([applied, store.expire(watermark)]), effects, funnel
 
     def _advance(
         self, watermark: int, late_parts: list[EventColumns], final: bool, force: bool = False
@@ -234,18 +238,13 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
             lambda lane, store: self._lane(ready[lane], store, watermark),
             side_by_side=sum(map(len, ready)) >= SIDE_BY_SIDE_EVENTS,
         )
-        records = [found for _, found, _ in lanes]
-        applied = sum(len(ordered) for ordered, _, _ in lanes)
-        funnel_parts: list[FunnelRows] = []
-        if applied and (metrics or live is not None):
-            ordered = EventColumns.concat([ordered for ordered, _, _ in lanes])
-            effects = Effects.concat([effects for _, _, effects in lanes])
-            if metrics:
-                funnel_parts.append(
-                    event_rows(ordered.ts, ordered.channel, ordered.segment, effects)
-                )
-            if live is not None:
-                live.mark(ordered.client_key, effects.journey, ordered.client_id)
+        records = [found for _, found, _, _ in lanes]
+        applied = sum(len(ordered) for ordered, _, _, _ in lanes)
+        funnel_parts = [funnel for _, _, _, funnel in lanes]
+        if applied and live is not None:
+            ordered = EventColumns.concat([ordered for ordered, _, _, _ in lanes])
+            effects = Effects.concat([effects for _, _, effects, _ in lanes])
+            live.mark(ordered.client_key, effects.journey, ordered.client_id)
         late = EventColumns.concat(late_parts)
         found = Records.concat(records)
         if live is not None:

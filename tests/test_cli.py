@@ -320,14 +320,16 @@ def _members_of(parent: int) -> list[int]:
 
 def test_a_resume_with_other_lanes_is_refused_before_the_flow(tmp_path: Path, capsys) -> None:
     """Refused by name before Bytewax starts (in a cluster, the shards' own refusal ended in
-    Bytewax panics naming nothing), the outputs left as they were."""
+    Bytewax panics naming nothing), the outputs left as they were. The summary names the
+    lanes a run used."""
     out = tmp_path / "out"
     argv = ["run", "--clients", "300", "--span-s", "3600", "--out", str(out),
             "--recovery-dir", str(tmp_path / "recovery"), "--lanes", "2"]  # fmt: skip
     assert main(argv) == 0
-    capsys.readouterr()
     before = (out / "interventions.jsonl").read_bytes()
     assert before
+    summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["lanes"] == 2 and summary["shards"] >= 1 and summary["batch_size"] > 0
     assert main([*argv, "--lanes", "1"]) == 2
     err = capsys.readouterr().err
     assert "engine.lanes = 2, this run has 1: resume with the same lanes (--lanes 2)" in err

@@ -327,6 +327,9 @@ def test_sum_by_key_equals_its_twin(rows: list[tuple[int, int]], width: int) -> 
     assert got[0].tolist() == want[0].tolist()
     assert got[1].tolist() == want[1].tolist()
     assert got[1].shape == (len(set(keys.tolist())), width)
+    small = sum_by_key(keys, counts.astype(np.int8))  # single events' rows count in int8
+    assert small[0].tolist() == want[0].tolist() and small[1].tolist() == want[1].tolist()
+    assert small[1].dtype == np.int64
 
 
 @settings(max_examples=200, deadline=None)
