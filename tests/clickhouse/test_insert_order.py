@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sinks.clickhouse import ClickHouseStore, MetricBlock
-from sinks.insert_order import in_key_order, key_ranks, sorted_order
+from sinks.insert_order import (
+    in_key_order,
+    key_ranks,
+    radix_argsort,
+    radix_argsort_twin,
+    sorted_order,
+)
 from tests.clickhouse.conftest import BLOCKS
 
 NAMES = ["kyc", "confirm", "Zeta", "", "é-step", "ä", "z", "confirm2", "日本"]
@@ -54,6 +60,16 @@ def test_order_is_a_stable_sort_by_utf8_bytes(rows: list[tuple[str, str, int, st
         if "ts" in keys:
             columns[0] = number
         assert got.tolist() == _expected(columns)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 64), st.lists(st.integers(0, 2**64 - 1), max_size=300))
+def test_radix_argsort_equals_its_twin(bits: int, values: list[int]) -> None:
+    """The numba radix sort and numpy's stable sort give the same order, with repeats (kept in
+    row order), keys of every width up to 64 bits, and several passes."""
+    keys = np.array([v % (1 << bits) for v in values + values[:5]], np.uint64)  # repeats
+    got = radix_argsort(keys, bits)
+    assert got.tolist() == radix_argsort_twin(keys, bits).tolist()
 
 
 def test_keys_too_wide_to_pack_are_sorted_all_the_same() -> None:

@@ -11,6 +11,7 @@ from operators import funnel, live_changes, render, scan, uuid5
 from operators.batches import RawBatch
 from operators.decode import Decoder
 from operators.interventions import InterventionBuilder
+from sinks import insert_order
 from sources import envelopes
 from state import client_ids, hashing, kernels
 from state.shard_store import NumbaShardStore
@@ -36,6 +37,7 @@ ENTRY_POINTS = {
     funnel: ("sum_by_key", "event_rows_kernel"),
     live_changes: ("unique_pairs",),
     envelopes: ("element_bounds",),
+    insert_order: ("radix_argsort",),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
@@ -121,6 +123,7 @@ def exercise_entry_points() -> None:
     pairs = live_changes.unique_pairs(np.array([9, 9], np.uint64), np.array([1, 1], np.int64))
     assert pairs.tolist() == [0]
     assert envelopes.split_envelope(b'[{"a":1}, 2]') == [b'{"a":1}', b"2"]
+    assert insert_order.radix_argsort(np.array([3, 1], np.uint64), 2).tolist() == [1, 0]
 
 
 def test_jit_is_enabled() -> None:
