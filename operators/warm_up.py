@@ -13,10 +13,11 @@ from ato.catalog import Catalog
 from ato.config import EngineSettings
 from operators.batches import RawBatch
 from operators.decode import Decoder
-from operators.funnel import MEASURES, sum_by_key
+from operators.funnel import MEASURES, event_rows_kernel, sum_by_key
 from operators.live_changes import unique_pairs
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
+from sinks.insert_order import radix_argsort
 
 WARM_UP_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 LATER_MS = 100 * 86_400_000  # past every deadline and client idle TTL of a sane catalog
@@ -52,7 +53,12 @@ def warm_up(catalog: Catalog, settings: EngineSettings) -> int:
     if shard is not None:
         outputs, _ = shard.on_eof()
         built += sum(len(out.interventions) for out in outputs)
-    # the funnel step's and the live-state writes' kernels, with the types they get there
-    sum_by_key(np.zeros(1, np.int64), np.zeros((1, len(MEASURES)), np.int64))
-    unique_pairs(np.zeros(1, np.uint64), np.zeros(1, np.int64))
+    # the kernels of metrics and live-state writes, with the types they get there: funnel
+    # rows of events (int8 counts), their sums (of events' rows, and of sums), insert order
+    ints = np.zeros(1, np.int64)
+    event_rows_kernel(ints, ints, ints, ints, ints, ints)
+    sum_by_key(ints, np.zeros((1, len(MEASURES)), np.int8))
+    sum_by_key(ints, np.zeros((1, len(MEASURES)), np.int64))
+    radix_argsort(np.zeros(1, np.uint64), 1)
+    unique_pairs(np.zeros(1, np.uint64), ints)
     return built

@@ -14,21 +14,24 @@ from operators.warm_up import warm_up
 # not use would compile (or load from cache) a new signature while batches wait.
 PROBE = textwrap.dedent(
     """
-    import json
+    import json, tempfile
     from numba.core.registry import CPUDispatcher
     from bytewax.testing import TestingSink, TestingSource, run_main
     from ato.catalog import load_catalog
     from ato.config import GeneratorSettings, Settings
     from ato.generator import generate
+    from ato.runner import metrics_sink
     from flows.journeys import FlowSinks, build_flow
-    from operators import render, scan, uuid5
+    from operators import funnel, live_changes, render, scan, uuid5
     from operators.batches import RawBatch
+    from sinks import insert_order
     from state import client_ids, hashing, kernels
 
     def signatures():
         return {
             f"{m.__name__}.{name}": len(f.signatures)
-            for m in (kernels, hashing, scan, render, uuid5, client_ids)
+            for m in (kernels, hashing, scan, render, uuid5, client_ids, funnel, live_changes,
+                      insert_order)
             for name, f in vars(m).items()
             if isinstance(f, CPUDispatcher)
         }
@@ -40,6 +43,11 @@ PROBE = textwrap.dedent(
              for p, lines in traffic.partitions.items() for i in range(0, len(lines), 500)]
     out = []
     sinks = FlowSinks(TestingSink(out), TestingSink([]), TestingSink([]), TestingSink([]))
+    if {metrics}:  # the ClickHouse sink's kernels run on its insert thread
+        url = "chdb://" + tempfile.mkdtemp()
+        settings = settings.with_overrides("clickhouse", url=url)
+        sinks = FlowSinks(TestingSink(out), TestingSink([]), TestingSink([]), TestingSink([]),
+                          metrics=metrics_sink(settings, recovery=False))
     flow = build_flow(TestingSource(items), sinks, settings, catalog,
                       partitions=list(traffic.partitions))
     before = signatures()
@@ -60,6 +68,11 @@ HOT_PATH = {
     },
 }
 HOT_PATH["scan"] = HOT_PATH["orjson"] | {"operators.scan._scan_events"}
+METRICS_PATH = {
+    "operators.funnel.event_rows_kernel",
+    "operators.funnel.sum_by_key",
+    "sinks.insert_order.radix_argsort",
+}
 
 
 def test_warm_up_builds_one_intervention() -> None:
@@ -86,14 +99,17 @@ def test_warm_up_of_a_first_step_no_type_maps_to() -> None:
 
 
 def test_a_flow_compiles_nothing_after_build() -> None:
-    """Every kernel signature a real run needs exists once ``build_flow`` returns."""
-    for decoder in ("scan", "orjson"):
-        probe = PROBE.replace("{decoder}", decoder).replace("{{", "{").replace("}}", "}")
+    """Every kernel signature a real run needs exists once ``build_flow`` returns; with
+    metrics also those of the funnel step and of the ClickHouse sink's insert thread."""
+    for decoder, metrics in (("scan", True), ("orjson", False)):
+        probe = PROBE.replace("{decoder}", decoder).replace("{metrics}", str(metrics))
+        probe = probe.replace("{{", "{").replace("}}", "}")
         done = subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, text=True, check=True
         )
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["blocks"] > 0
-        assert result["after"] == result["before"], decoder
+        added = {k: v - result["before"][k] for k, v in result["after"].items()}
+        assert not any(added.values()), (decoder, {k: v for k, v in added.items() if v})
         compiled = {name for name, count in result["before"].items() if count}
-        assert HOT_PATH[decoder] <= compiled
+        assert HOT_PATH[decoder] | (METRICS_PATH if metrics else set()) <= compiled
