@@ -380,7 +380,9 @@ class ClickHouseSettings:
     )
     flush_rows: int = _knob(100_000, "A table's buffered rows are inserted once this many.")
     max_buffer_rows: int = _knob(
-        2_000_000, "More rows than this waiting (inserts failing) fail the run instead of growing."
+        2_000_000,
+        "Rows waiting for ClickHouse beyond this make the flow wait for inserts; if they stay"
+        " beyond it with nothing in flight (inserts failing), the run fails instead of growing.",
     )
     retry_timeout_s: float = _knob(
         60.0,

@@ -26,10 +26,11 @@ table in flight), so the flow keeps working while ClickHouse takes a block. A fa
 keeps its rows and is retried with backoff on later writes; an epoch end waits (retrying)
 until everything buffered is written, because rows emitted before a snapshot must be durable
 before it. A flow without recovery takes no snapshots, and its sink (``epoch_flush=False``)
-lets epoch ends pass without waiting; close still writes everything. Inserts failing for
-longer than
-``retry_timeout_s``, or more than ``max_buffer_rows`` rows waiting, fail the flow with
-:class:`ClickHouseError`: nothing is dropped silently.
+lets epoch ends pass without waiting; close still writes everything. More than
+``max_buffer_rows`` rows waiting make the flow wait for inserts until they are within it.
+Inserts failing for longer than ``retry_timeout_s``, or more than ``max_buffer_rows`` rows
+waiting with no insert in flight, fail the flow with :class:`ClickHouseError`: nothing is
+dropped silently.
 
 Delivery guarantee: at least once into the row tables, exactly once for readers. Every row
 table is a ReplacingMergeTree keyed by its duplicate key, so rows a replay, a restart or a
