@@ -201,15 +201,15 @@ def outcome_rows(outcomes: Records) -> FunnelRows:
 class _Part:
     """Rows added in one call, not summed, with their first and last minute."""
 
-    keys: np.ndarray
-    counts: np.ndarray
+    rows: FunnelRows
     first: int
     last: int
 
     @staticmethod
-    def of(keys: np.ndarray, counts: np.ndarray) -> "_Part":
+    def of(rows: FunnelRows) -> "_Part":
         # the minute is in a key's top bits: the smallest key holds the first minute
-        return _Part(keys, counts, int(keys.min()) >> MINUTE_SHIFT, int(keys.max()) >> MINUTE_SHIFT)
+        keys = rows.keys
+        return _Part(rows, int(keys.min()) >> MINUTE_SHIFT, int(keys.max()) >> MINUTE_SHIFT)
 
 
 def _ended(minute: int, watermark: int) -> bool:
@@ -262,15 +262,15 @@ class FunnelWindows:
             self.keys, self.counts = still_open.keys, still_open.counts
         for part in self.parts:
             if final or _ended(part.last, watermark):
-                done.append(FunnelRows(part.keys, part.counts))
+                done.append(part.rows)
             elif not _ended(part.first, watermark):
                 kept.append(part)
             else:
-                ended, still_open = _split(FunnelRows(part.keys, part.counts), watermark)
+                ended, still_open = _split(part.rows, watermark)
                 done.append(ended)
-                kept.append(_Part.of(still_open.keys, still_open.counts))
+                kept.append(_Part.of(still_open))
         self.parts = kept
-        self.part_rows = sum(len(p.keys) for p in kept)
+        self.part_rows = sum(len(p.rows) for p in kept)
         rows = FunnelRows.concat(done)
         if summed:
             rows = rows.summed()
@@ -283,9 +283,9 @@ class FunnelWindows:
         :meth:`compact` or :meth:`close`."""
         if not len(rows):
             return
-        part = _Part.of(rows.keys, rows.counts)
+        part = _Part.of(rows)
         self.parts.append(part)
-        self.part_rows += len(rows.keys)
+        self.part_rows += len(rows)
         if self.first_minute is None or part.first < self.first_minute:
             self.first_minute = part.first
 
@@ -300,8 +300,8 @@ class FunnelWindows:
         """Sum the rows added since into the summed ones."""
         if not self.parts:
             return
-        keys = np.concatenate([self.keys, *(p.keys for p in self.parts)])
-        counts = np.concatenate([self.counts, *(p.counts for p in self.parts)])
+        keys = np.concatenate([self.keys, *(p.rows.keys for p in self.parts)])
+        counts = np.concatenate([self.counts, *(p.rows.counts for p in self.parts)])
         self.parts, self.part_rows = [], 0
         self.keys, self.counts = _summed(keys, counts)
 

@@ -77,3 +77,7 @@ class LanedPending:
     def all(self) -> EventColumns:
         """Every pending event, lane by lane, in arrival order within a lane (left pending)."""
         return EventColumns.concat([lane.all() for lane in self.lanes])
+
+    def pop(self, watermark: int, final: bool) -> list[EventColumns]:
+        """Each lane's events the watermark passed (every one when ``final``), removed."""
+        return [lane.pop_all() if final else lane.pop_ready(watermark) for lane in self.lanes]

@@ -232,8 +232,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, dict[str, Any] | No
         """Apply the events the watermark passed and expire deadlines; the output, if there is
         news (always with ``final`` or ``force``)."""
         metrics, policy, live = self.ctx.metrics, self.ctx.policy, self.live
-        pending = self.pending.lanes
-        ready = [p.pop_all() if final else p.pop_ready(watermark) for p in pending]
+        ready = self.pending.pop(watermark, final)
         lanes = self.store.run(
             lambda lane, store: self._lane(ready[lane], store, watermark),
             side_by_side=sum(map(len, ready)) >= SIDE_BY_SIDE_EVENTS,
