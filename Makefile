@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help setup run test lint bench bench-kafka loadtest dev-up dev-down run-kafka clean
+.PHONY: help setup run test lint bench bench-metrics-floor bench-kafka loadtest dev-up dev-down run-kafka clean
 
 help: ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -42,6 +42,9 @@ test: lint ## lint, then the whole test suite
 
 bench: $(STAMP) ## in-process benchmark (prints a JSON line)
 	$(PY) -m load_tests.bench_inprocess
+
+bench-metrics-floor: $(STAMP) ## least CPU live metrics cost here, against a 10 % budget (JSON line)
+	$(PY) -m load_tests.bench_metrics_floor
 
 bench-kafka: $(STAMP) ## Kafka benchmark on a local Tansu broker (prints a JSON line)
 	$(PY) -m load_tests.bench_kafka
