@@ -16,7 +16,7 @@ import orjson
 
 from ato.columns import only_white_space
 from ato.config import RedisSettings, Settings, load_settings, mask_url
-from ato.exceptions import AtoError, ConfigError
+from ato.exceptions import AtoError, ConfigError, cause_of
 from ato.process import Terminated, die_with_parent, sigterm_interrupts
 
 
@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ato: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # Bytewax wraps what a step raised in its own error
-        cause = _cause(exc, (AtoError, KeyboardInterrupt))
+        cause = cause_of(exc, (AtoError, KeyboardInterrupt))
         if isinstance(cause, AtoError):
             print(f"ato: error: {cause}", file=sys.stderr)
             return 2
@@ -692,18 +692,6 @@ INTERRUPTED = (
     "ato: interrupted; the output files hold whole lines (with --recovery-dir, the same"
     " command resumes from the last snapshot)"
 )
-
-
-def _cause(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of ``kinds`` in the chain of causes of ``exc``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kinds):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 if __name__ == "__main__":

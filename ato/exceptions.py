@@ -15,3 +15,22 @@ class ConfigError(AtoError):
 
 class RecoveryError(AtoError):
     """A recovery directory cannot be read or prepared; the message names the file."""
+
+
+def cause_of(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc``'s chain of causes (``exc`` included):
+    Bytewax wraps what a step raised in errors of its own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def reported_by_ato(exc: BaseException) -> bool:
+    """Whether ``ato``'s command line reports ``exc`` in a line of its own: an error of
+    ato's (possibly wrapped by Bytewax) or an interrupt."""
+    return cause_of(exc, (AtoError, KeyboardInterrupt)) is not None

@@ -15,8 +15,9 @@ from bytewax.testing import cluster_main, run_main
 
 from ato.catalog import Catalog, load_catalog
 from ato.config import KafkaSettings, Settings, clickhouse_url
-from ato.exceptions import ConfigError
+from ato.exceptions import ConfigError, reported_by_ato
 from ato.generator import GeneratedTraffic, generate
+from ato.panic_text import panic_text_dropped
 from ato.process import tune_gc
 from ato.recovery_dir import (
     check_generator_options,
@@ -423,18 +424,19 @@ def run(
         start_outputs(out, empty=fresh and (not cluster or cluster[1] == 0))
     epoch = timedelta(seconds=engine.epoch_interval_s)
     started = stats.started = time.perf_counter()  # progress lines count from here too
-    if settings.workers == 1 and not cluster:
-        run_main(flow, epoch_interval=epoch, recovery_config=recovery)
-    else:
-        addresses, process_id = cluster or ([], 0)
-        cluster_main(
-            flow,
-            addresses,
-            process_id,
-            epoch_interval=epoch,
-            recovery_config=recovery,
-            worker_count_per_proc=settings.workers,
-        )
+    with panic_text_dropped(reported_by_ato):  # Bytewax's panic text before ato's error
+        if settings.workers == 1 and not cluster:
+            run_main(flow, epoch_interval=epoch, recovery_config=recovery)
+        else:
+            addresses, process_id = cluster or ([], 0)
+            cluster_main(
+                flow,
+                addresses,
+                process_id,
+                epoch_interval=epoch,
+                recovery_config=recovery,
+                worker_count_per_proc=settings.workers,
+            )
     seconds = time.perf_counter() - started
     if isinstance(sinks.metrics, ClickHouseSink):
         sinks.metrics.raise_failure()  # the last metric rows could not be written

@@ -14,6 +14,8 @@ import pytest
 from ato.catalog import default_catalog_path
 from ato.cli import _merge_summaries, main
 from ato.process import process_running
+from sinks.exceptions import SinkError
+from sinks.progress import _ProgressPartition
 
 
 def test_ato_run_generator_reports_perfect_detection(tmp_path: Path, capsys) -> None:
@@ -80,6 +82,25 @@ def test_live_clock_run_stops_after_its_duration(tmp_path: Path, capsys) -> None
     assert summary["events"] > 0
     assert summary["seconds"] < 20
     assert "precision" not in summary  # the ground truth assumes the whole traffic
+
+
+def test_a_run_failing_mid_flow_prints_ato_error_without_bytewax_panic_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A step raising ato's own error stops the flow by a Bytewax panic, whose Rust text (a
+    backtrace with RUST_BACKTRACE set) used to come before ato's one line."""
+    monkeypatch.setenv("RUST_BACKTRACE", "1")
+
+    def fail(self: _ProgressPartition, items: list[object]) -> None:
+        msg = "the progress sink failed (a clear message)"
+        raise SinkError(msg)
+
+    monkeypatch.setattr(_ProgressPartition, "write_batch", fail)
+    assert main(["run", "--clients", "200", "--out", str(tmp_path)]) == 2
+    err = capfd.readouterr().err
+    assert "panicked at" not in err
+    assert "backtrace" not in err
+    assert err.strip().splitlines()[-1] == "ato: error: the progress sink failed (a clear message)"
 
 
 def test_a_new_run_starts_every_output_empty(tmp_path: Path, capsys) -> None:

@@ -1,0 +1,143 @@
+"""Bytewax's Rust panic text, kept off stderr when ``ato`` reports the error itself.
+
+Bytewax stops a flow whose step raised by panicking in Rust. Rust's panic hook then writes
+``thread '...' panicked at src/....rs:...`` and a payload line (``Box<dyn Any>``) to stderr,
+then a hint to set ``RUST_BACKTRACE`` or, when it is set, a backtrace, all before the
+exception reaches ``ato``, which prints one clear ``ato: error:`` line. None of that text
+helps an operator, and its hint misleads.
+
+:func:`panic_text_dropped` routes the process's stderr (file descriptor 2) through a pipe
+while the flow runs. Lines pass through as they come until a panic's first line; from there
+they are held, and when the flow ends they are written out, less the panics' own lines if
+``quiet(error)`` says that ``ato`` reports the error (an error of its own, an interrupt).
+Any other failure keeps every line, for a Bytewax bug's panic is the only trace of it.
+"""
+
+import fcntl
+import os
+import re
+import select
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+PANIC_START = re.compile(rb"^thread '[^']*' panicked at ")
+PANIC_TAIL = re.compile(  # lines a panic's text goes on with
+    rb"^(stack backtrace:|note: run with `RUST_BACKTRACE|note: Some details are omitted"
+    rb"|\s+\d+: |\s+at )"
+)
+PIPE_BYTES = 1 << 20  # room for a panic's text while the relay waits for the GIL
+READ_BYTES = 1 << 16
+POLL_S = 0.1
+
+
+def without_panics(text: bytes) -> bytes:
+    """``text`` less each panic's lines: its first line, the payload line after it, the hint
+    or backtrace lines that follow, and the blank line that ends them."""
+    kept: list[bytes] = []
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        if PANIC_START.match(lines[i]):
+            i += 2  # the panic's location, then its payload
+            while i < len(lines) and PANIC_TAIL.match(lines[i]):
+                i += 1
+            if i < len(lines) and not lines[i].strip():
+                i += 1
+            continue
+        kept.append(lines[i])
+        i += 1
+    return b"".join(kept)
+
+
+class _Relay(threading.Thread):
+    """Copies the pipe to the real stderr line by line until a panic begins, then holds."""
+
+    def __init__(self, read_fd: int, out_fd: int) -> None:
+        super().__init__(name="ato-stderr", daemon=True)
+        self.read_fd = read_fd
+        self.out_fd = out_fd
+        self.partial = b""
+        self.held = b""
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.read_fd], [], [], POLL_S)
+            if not ready:
+                if self.stop.is_set():
+                    return  # drained (a child may still hold the pipe open: not waited for)
+                continue
+            chunk = os.read(self.read_fd, READ_BYTES)
+            if not chunk:
+                return
+            self._take(chunk)
+
+    def _take(self, chunk: bytes) -> None:
+        if self.held:
+            self.held += chunk
+            return
+        data = self.partial + chunk
+        end = data.rfind(b"\n") + 1
+        self.partial = data[end:]
+        lines = data[:end].splitlines(keepends=True)
+        for n, line in enumerate(lines):
+            if PANIC_START.match(line):
+                self.held = b"".join(lines[n:]) + self.partial
+                self.partial = b""
+                write_all(self.out_fd, b"".join(lines[:n]))
+                return
+        write_all(self.out_fd, data[:end])
+
+    def finish(self) -> bytes:
+        """Stop once the pipe is drained; the text not written yet."""
+        self.stop.set()
+        self.join()
+        return self.held + self.partial
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd`` (stderr: a closed one is not an error of the flow)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except OSError:
+            return
+
+
+@contextmanager
+def panic_text_dropped(quiet: Callable[[BaseException], bool]) -> Iterator[None]:
+    """Run the block with stderr relayed; drop the panic text if it fails and
+    ``quiet(error)`` (see the module's docstring)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep tidy
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    try:
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:  # above the system's limit: the default size still works
+        pass
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    relay = _Relay(read_fd, saved)
+    relay.start()
+    failure: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        rest = relay.finish()
+        os.close(read_fd)
+        if failure is not None and quiet(failure):
+            rest = without_panics(rest)
+        write_all(saved, rest)
+        os.close(saved)
