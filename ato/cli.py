@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -361,8 +362,12 @@ def _db(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from ato import db  # noqa: PLC0415
 
-    columns, rows = db.query(_clickhouse_settings(args), args.sql, write=args.write)
-    sys.stdout.write(db.render(columns, rows, args.format))
+    with db.query(_clickhouse_settings(args), args.sql, write=args.write) as (columns, blocks):
+        try:
+            db.write_result(columns, blocks, args.format, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # a reader that stops early (`| head`) is not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -3,15 +3,16 @@
 Both open the database the settings name (``clickhouse.url``, default the embedded chDB
 directory ``<out_dir>/clickhouse``) through :class:`sinks.clickhouse.ClickHouseStore`.
 ``ato query`` reads every table as with ``FINAL`` (setting ``final = 1``), so rows a replay
-wrote twice count once, and prints an aligned table, CSV, or one JSON object per line.
+wrote twice count once, and prints an aligned table, CSV, or one JSON object per line (CSV
+and JSON as the rows stream in, so a large result need not fit in memory).
 """
 
 import csv
-import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -105,47 +106,55 @@ def migrate(settings: Settings) -> tuple[ClickHouseStore, list[str], list[str]]:
     return store, new, every
 
 
+@contextmanager
 def query(
     settings: Settings, sql: str, write: bool = False
-) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Column names and rows of ``sql`` run in the settings' database (one statement; a
-    read-only one unless ``write``: :func:`check_sql`)."""
+) -> Iterator[tuple[list[str], Iterator[Sequence[Sequence[Any]]]]]:
+    """Column names and blocks of rows of ``sql`` run in the settings' database (one
+    statement; a read-only one unless ``write``: :func:`check_sql`). ``SELECT`` and ``WITH``
+    rows stream as ClickHouse sends them."""
     check_sql(sql, write)
     store = open_store(settings, must_exist=True)
     try:
-        return store.query(sql, settings=QUERY_SETTINGS)
+        with store.query_blocks(sql, settings=QUERY_SETTINGS) as (columns, blocks):
+            yield columns, blocks
     finally:
         store.close()
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
-    """``rows`` as ``table`` (aligned, numbers right, floats to 6 decimals), ``csv`` (values
-    exact, quoted where CSV needs it) or ``json`` (an object per line, values exact)."""
+def write_result(
+    columns: Sequence[str], blocks: Iterable[Sequence[Sequence[Any]]], fmt: str, out: TextIO
+) -> None:
+    """Write rows to ``out`` as ``table`` (aligned, numbers right, floats to 6 decimals,
+    after the last row), ``csv`` (values exact, quoted where CSV needs it) or ``json`` (an
+    object per line, values exact); CSV and JSON block by block, as the rows come."""
+    if fmt == "table":
+        out.write(format_table(columns, [row for block in blocks for row in block]))
+        return
     if fmt == "csv":
-        out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([[_exact(v) for v in row] for row in rows])
-        return out.getvalue()
-    if fmt == "json":
-        twice = sorted({name for name in columns if list(columns).count(name) > 1})
-        if twice:
-            msg = (
-                f"--format json: column name(s) {', '.join(map(repr, twice))} repeat, and a JSON"
-                " object keeps one of each: name each column (AS ...)"
-            )
-            raise ClickHouseError(msg)
-        option = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
+        for block in blocks:
+            writer.writerows([[_exact(v) for v in row] for row in block])
+        return
+    twice = sorted({name for name in columns if list(columns).count(name) > 1})
+    if twice:
+        msg = (
+            f"--format json: column name(s) {', '.join(map(repr, twice))} repeat, and a JSON"
+            " object keeps one of each: name each column (AS ...)"
+        )
+        raise ClickHouseError(msg)
+    option = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
+    for block in blocks:
         lines = [
             orjson.dumps(
                 {name: _json_value(v) for name, v in zip(columns, row, strict=True)},
                 default=str,
                 option=option,
             )
-            for row in rows
+            for row in block
         ]
-        return b"".join(line + b"\n" for line in lines).decode()
-    return format_table(columns, rows)
+        out.write(b"".join(line + b"\n" for line in lines).decode())
 
 
 INT_RANGE = (-(2**63), 2**64 - 1)  # what a JSON number of orjson holds

@@ -63,9 +63,16 @@ class _Relay(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        try:
+            self._relay()
+        except Exception:  # never leave the pipe unread: once full, it would stop the flow
+            self._copy_until_closed()
+
+    def _relay(self) -> None:
+        poller = select.poll()  # not select(): a busy process has fds past FD_SETSIZE
+        poller.register(self.read_fd, select.POLLIN)
         while True:
-            ready, _, _ = select.select([self.read_fd], [], [], POLL_S)
-            if not ready:
+            if not poller.poll(POLL_S * 1000):
                 if self.stop.is_set():
                     return  # drained (a child may still hold the pipe open: not waited for)
                 continue
@@ -73,6 +80,12 @@ class _Relay(threading.Thread):
             if not chunk:
                 return
             self._take(chunk)
+
+    def _copy_until_closed(self) -> None:
+        write_all(self.out_fd, self.held + self.partial)
+        self.held = self.partial = b""
+        while chunk := os.read(self.read_fd, READ_BYTES):
+            write_all(self.out_fd, chunk)
 
     def _take(self, chunk: bytes) -> None:
         if self.held:

@@ -50,7 +50,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, replace
@@ -85,6 +85,8 @@ __all__ = [
 ]
 
 SCHEMA_DIR = Path(__file__).with_name("clickhouse_schema")
+QUERY_FAILED = "query failed"
+STREAMED = re.compile(r"(SELECT|WITH)\b", re.IGNORECASE)  # what chDB can stream
 INSERT_SETTINGS = {"optimize_on_insert": 0}  # duplicates collapse at merge / FINAL: 1.7x faster
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
@@ -562,20 +564,58 @@ class ClickHouseStore:
         ``settings`` hold for this and later queries of the store (session settings, so
         they stay out of the SQL that error messages quote).
         """
+        self._before_query(settings)
+        try:
+            result = self.client.query(sql)
+        except (DriverError, OSError) as exc:
+            raise self._fail(QUERY_FAILED, exc, sql) from exc
+        names = list(result.column_names)
+        if not names and not result.result_rows:
+            names = self._result_names(sql)
+        return names, [tuple(row) for row in result.result_rows]
+
+    @contextlib.contextmanager
+    def query_blocks(
+        self, sql: str, settings: dict[str, Any] | None = None
+    ) -> Iterator[tuple[list[str], Iterator[Sequence[Sequence[Any]]]]]:
+        """As :meth:`query`, but the rows come in blocks as ClickHouse sends them, so a
+        result need not fit in memory. Only ``SELECT`` and ``WITH`` statements stream (chDB
+        streams nothing else); the others come as one block."""
+        if not STREAMED.match(sql.lstrip("( \t\r\n")):
+            names, rows = self.query(sql, settings)
+            yield names, iter([rows] if rows else [])
+            return
+        self._before_query(settings)
+        with contextlib.ExitStack() as open_stream:
+            try:
+                stream = open_stream.enter_context(self.client.query_row_block_stream(sql))
+                names = list(stream.source.column_names)
+                first = next(iter(stream), None)
+            except (DriverError, OSError) as exc:
+                raise self._fail(QUERY_FAILED, exc, sql) from exc
+            if first is None:  # nothing streams: chDB may have left out the names too
+                open_stream.close()
+                yield names or self._result_names(sql), iter([])
+                return
+            yield names, self._blocks(first, stream, sql)
+
+    def _blocks(
+        self, first: Sequence[Sequence[Any]], stream: Iterable[Sequence[Sequence[Any]]], sql: str
+    ) -> Iterator[Sequence[Sequence[Any]]]:
+        """``first``, then the stream's other blocks (a failure as a ClickHouseError)."""
+        yield first
+        try:
+            yield from stream
+        except (DriverError, OSError) as exc:
+            raise self._fail(QUERY_FAILED, exc, sql) from exc
+
+    def _before_query(self, settings: dict[str, Any] | None) -> None:
+        """Into the database, hour tables current (embedded), ``settings`` set."""
         self._use_database()
         if self.embedded:
             self.refresh_stale_rollups()
         for name, value in (settings or {}).items():
             self.client.set_client_setting(name, value)
-        try:
-            result = self.client.query(sql)
-        except (DriverError, OSError) as exc:
-            what = "query failed"
-            raise self._fail(what, exc, sql) from exc
-        names = list(result.column_names)
-        if not names and not result.result_rows:
-            names = self._result_names(sql)
-        return names, [tuple(row) for row in result.result_rows]
 
     def _result_names(self, sql: str) -> list[str]:
         """The column names ``sql`` would give (chDB leaves them out of an empty result);

@@ -1,6 +1,7 @@
 """Bytewax's panic text kept off stderr when ato reports the error itself."""
 
 import os
+import resource
 import sys
 import time
 
@@ -107,3 +108,20 @@ def test_a_real_bytewax_panic_leaves_only_the_error(
     err = capfd.readouterr().err
     assert "panicked at" not in err
     assert "backtrace" not in err
+
+
+def test_a_process_with_many_open_files_still_relays(capfd: pytest.CaptureFixture[str]) -> None:
+    """The relay's pipe past fd 1024, where select() refused it (the full test suite holds
+    that many files open by its end) and the relay thread died."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:  # room for them (as ato run makes room for its files)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with pytest.raises(RuntimeError), panic_text_dropped(reported_by_ato):
+            os.write(2, b"before\n" + HINT_PANIC)
+            raise RuntimeError from AtoError("clear")
+    finally:
+        for fd in spare:
+            os.close(fd)
+    assert capfd.readouterr().err == "before\n"

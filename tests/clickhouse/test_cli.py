@@ -3,6 +3,8 @@
 import csv
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -182,3 +184,28 @@ def test_csv_and_json_keep_values_exact(url: str, env: str, capsys) -> None:
 def test_a_bad_url_is_a_config_error(capsys) -> None:
     assert main(["query", "SELECT 1", "--url", "mysql://x"]) == 2
     assert "clickhouse.url: expected chdb://PATH" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
+    """`ato query --format csv ... | head`: the rows stream out, and the closed pipe ends
+    the command quietly."""
+    url = f"chdb://{tmp_path / 'clickhouse'}"
+    cli = [sys.executable, "-m", "ato.cli"]
+    root = Path(__file__).parents[2]
+    migrated = subprocess.run(
+        [*cli, "db", "migrate", "--url", url], capture_output=True, cwd=root, check=False
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    sql = "SELECT number AS n FROM numbers(2000000)"
+    query = subprocess.Popen(
+        [*cli, "query", sql, "--format", "csv", "--url", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root,
+    )  # fmt: skip
+    assert query.stdout is not None and query.stderr is not None
+    assert query.stdout.readline() == b"n\n"
+    assert query.stdout.readline() == b"0\n"
+    query.stdout.close()
+    assert query.wait(60) == 0
+    with query.stderr:
+        err = query.stderr.read().decode()
+    assert "Traceback" not in err and "Error" not in err, err

@@ -256,3 +256,28 @@ def test_error_messages_leave_out_chdbs_stack_trace() -> None:
     text = _message(error, None)
     assert text.endswith('No such file or directory ["/proc/x"].')
     assert "Stack trace" not in text and "arrow::" not in text
+
+
+def test_query_blocks_stream_a_select_block_by_block(store: ClickHouseStore) -> None:
+    sql = "SELECT number AS n, toString(number) AS s FROM numbers(300000) ORDER BY n"
+    with store.query_blocks(sql) as (names, blocks):
+        got = list(blocks)
+    assert names == ["n", "s"]
+    assert len(got) > 1  # not one result held whole
+    assert [tuple(row) for block in got for row in block] == store.query(sql)[1]
+
+
+def test_query_blocks_of_empty_results_and_statements_that_do_not_stream(
+    store: ClickHouseStore,
+) -> None:
+    with store.query_blocks("SELECT 1 AS x WHERE 0") as (names, blocks):
+        assert names == ["x"]  # chDB leaves the names out of an empty stream
+        assert list(blocks) == []
+    with store.query_blocks("SHOW TABLES") as (names, blocks):  # chDB streams only SELECT, WITH
+        tables = [row[0] for block in blocks for row in block]
+    assert {"stalls", "funnel_minute"} <= set(tables)
+    with (
+        pytest.raises(ClickHouseError, match="query failed: .*`nope`"),
+        store.query_blocks("SELECT nope FROM stalls"),
+    ):
+        pass
