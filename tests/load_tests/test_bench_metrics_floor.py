@@ -50,6 +50,7 @@ def test_small_run_reports_every_figure(tmp_path: Path, monkeypatch: pytest.Monk
     assert result["event_keys"] >= result["events"]  # an event's row, or an outcome's alone
     assert result["ingest_cpu_s"] > 0
     assert result["budget_cpu_s"] == result["budget_cpu_s_all"][0]
-    assert result["floor_share"] > 0
+    low, high = result["floor_share_range"]
+    assert 0 < low <= result["floor_share"] <= high
     assert 0 <= result["floor_cost"] < 1
     assert np.isfinite(result["metrics_cost"])
