@@ -10,7 +10,9 @@ helps an operator, and its hint misleads.
 while the flow runs. Lines pass through as they come until a panic's first line; from there
 they are held, and when the flow ends they are written out, less the panics' own lines if
 ``quiet(error)`` says that ``ato`` reports the error (an error of its own, an interrupt).
-Any other failure keeps every line, for a Bytewax bug's panic is the only trace of it.
+Any other failure keeps every line, for a Bytewax bug's panic is the only trace of it. A
+flow still running ``HOLD_S`` after its panic (a slow teardown, a hang) gets the held lines
+written out then, so that a kill or a hang never hides them.
 """
 
 import fcntl
@@ -19,6 +21,7 @@ import re
 import select
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -30,6 +33,7 @@ PANIC_TAIL = re.compile(  # lines a panic's text goes on with
 PIPE_BYTES = 1 << 20  # room for a panic's text while the relay waits for the GIL
 READ_BYTES = 1 << 16
 POLL_S = 0.1
+HOLD_S = 3.0  # a flow stops within this of its panic (else the held lines are written)
 
 
 def without_panics(text: bytes) -> bytes:
@@ -60,6 +64,8 @@ class _Relay(threading.Thread):
         self.out_fd = out_fd
         self.partial = b""
         self.held = b""
+        self.held_since = 0.0
+        self.released = False  # held too long: everything written as it comes
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -72,7 +78,10 @@ class _Relay(threading.Thread):
         poller = select.poll()  # not select(): a busy process has fds past FD_SETSIZE
         poller.register(self.read_fd, select.POLLIN)
         while True:
-            if not poller.poll(POLL_S * 1000):
+            ready = poller.poll(POLL_S * 1000)
+            if self.held and time.monotonic() - self.held_since > HOLD_S:
+                self._release()
+            if not ready:
                 if self.stop.is_set():
                     return  # drained (a child may still hold the pipe open: not waited for)
                 continue
@@ -81,6 +90,11 @@ class _Relay(threading.Thread):
                 return
             self._take(chunk)
 
+    def _release(self) -> None:
+        write_all(self.out_fd, self.held)
+        self.held = b""
+        self.released = True
+
     def _copy_until_closed(self) -> None:
         write_all(self.out_fd, self.held + self.partial)
         self.held = self.partial = b""
@@ -88,6 +102,9 @@ class _Relay(threading.Thread):
             write_all(self.out_fd, chunk)
 
     def _take(self, chunk: bytes) -> None:
+        if self.released:
+            write_all(self.out_fd, chunk)
+            return
         if self.held:
             self.held += chunk
             return
@@ -98,6 +115,7 @@ class _Relay(threading.Thread):
         for n, line in enumerate(lines):
             if PANIC_START.match(line):
                 self.held = b"".join(lines[n:]) + self.partial
+                self.held_since = time.monotonic()
                 self.partial = b""
                 write_all(self.out_fd, b"".join(lines[:n]))
                 return
@@ -124,6 +142,9 @@ def write_all(fd: int, data: bytes) -> None:
 def panic_text_dropped(quiet: Callable[[BaseException], bool]) -> Iterator[None]:
     """Run the block with stderr relayed; drop the panic text if it fails and
     ``quiet(error)`` (see the module's docstring)."""
+    if sys.stderr is None:  # started without stderr: fd 2 may be any file opened since
+        yield
+        return
     sys.stderr.flush()
     try:
         saved = os.dup(2)
@@ -148,9 +169,12 @@ def panic_text_dropped(quiet: Callable[[BaseException], bool]) -> Iterator[None]
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
-        rest = relay.finish()
-        os.close(read_fd)
-        if failure is not None and quiet(failure):
-            rest = without_panics(rest)
-        write_all(saved, rest)
-        os.close(saved)
+        try:
+            rest = relay.finish()
+            if failure is not None and quiet(failure):
+                rest = without_panics(rest)
+            write_all(saved, rest)
+        finally:
+            if not relay.is_alive():  # a second interrupt in finish(): left to the exit
+                os.close(read_fd)
+                os.close(saved)

@@ -2,8 +2,10 @@
 
 import os
 import resource
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import bytewax.operators as op
 import pytest
@@ -11,6 +13,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 
+from ato import panic_text
 from ato.exceptions import AtoError, reported_by_ato
 from ato.panic_text import panic_text_dropped, without_panics
 
@@ -125,3 +128,36 @@ def test_a_process_with_many_open_files_still_relays(capfd: pytest.CaptureFixtur
         for fd in spare:
             os.close(fd)
     assert capfd.readouterr().err == "before\n"
+
+
+def test_lines_held_too_long_are_written_while_the_flow_runs(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow that neither ends nor fails soon after its panic (a slow teardown, a hang, a
+    kill to come) gets the panic text written out: nothing waits on the flow's end."""
+    monkeypatch.setattr(panic_text, "HOLD_S", 0.2)
+    with pytest.raises(RuntimeError), panic_text_dropped(reported_by_ato):
+        os.write(2, b"before\n" + HINT_PANIC)
+        time.sleep(0.6)
+        assert capfd.readouterr().err == "before\n" + HINT_PANIC.decode()
+        os.write(2, b"later\n")
+        raise RuntimeError from AtoError("clear")
+    assert capfd.readouterr().err == "later\n"
+
+
+def test_a_process_started_without_stderr_runs_as_before() -> None:
+    """With fd 2 closed, Python has no sys.stderr and fd 2 is whatever file opened next
+    (ato run's lock file): nothing is relayed into it."""
+    code = (
+        "import os\n"
+        "from ato.panic_text import panic_text_dropped\n"
+        "taken = os.open(os.devnull, os.O_WRONLY)\n"  # fd 2, as ato run's lock file took it
+        "with panic_text_dropped(lambda error: True):\n"
+        "    print('inside', taken)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False,
+        cwd=Path(__file__).parents[1], preexec_fn=lambda: os.close(2),  # noqa: PLW1509
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout == "inside 2\n"
