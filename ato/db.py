@@ -8,6 +8,7 @@ and JSON as the rows stream in, so a large result need not fit in memory).
 """
 
 import csv
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -23,6 +24,8 @@ from sinks.exceptions import ClickHouseError
 FORMATS = ("table", "csv", "json")
 QUERY_SETTINGS = {"final": 1}  # every ReplacingMergeTree read as FINAL: duplicates count once
 # statements that read only: what `ato query` runs unless told it may write
+STREAMED = re.compile(r"(SELECT|WITH)\b", re.IGNORECASE)
+INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 READ_ONLY_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 
 
@@ -79,6 +82,12 @@ def check_sql(sql: str, write: bool = False) -> None:
         raise ClickHouseError(msg)
 
 
+def streams(statement: str) -> bool:
+    """Whether ``statement`` (stripped of comments) can stream its rows: a ``SELECT`` or
+    ``WITH`` (all chDB streams) not writing them ``INTO OUTFILE`` (a stream drops that)."""
+    return bool(STREAMED.match(statement.lstrip("( \t\r\n"))) and not INTO_OUTFILE.search(statement)
+
+
 def open_store(settings: Settings, must_exist: bool = False) -> ClickHouseStore:
     """The store of ``settings``; ``must_exist``: an absent chDB directory is an error, not
     a new empty database."""
@@ -116,7 +125,8 @@ def query(
     check_sql(sql, write)
     store = open_store(settings, must_exist=True)
     try:
-        with store.query_blocks(sql, settings=QUERY_SETTINGS) as (columns, blocks):
+        stream = streams(statements(sql)[0])
+        with store.query_blocks(sql, QUERY_SETTINGS, stream) as (columns, blocks):
             yield columns, blocks
     finally:
         store.close()

@@ -11,8 +11,8 @@ while the flow runs. Lines pass through as they come until a panic's first line;
 they are held, and when the flow ends they are written out, less the panics' own lines if
 ``quiet(error)`` says that ``ato`` reports the error (an error of its own, an interrupt).
 Any other failure keeps every line, for a Bytewax bug's panic is the only trace of it. A
-flow still running ``HOLD_S`` after its panic (a slow teardown, a hang) gets the held lines
-written out then, so that a kill or a hang never hides them.
+flow still running ``HOLD_S`` (10 s) after its panic (a slow teardown, a hang) gets the held
+lines written out then, so that a hang, or a kill after that, never hides them.
 """
 
 import fcntl
@@ -33,7 +33,8 @@ PANIC_TAIL = re.compile(  # lines a panic's text goes on with
 PIPE_BYTES = 1 << 20  # room for a panic's text while the relay waits for the GIL
 READ_BYTES = 1 << 16
 POLL_S = 0.1
-HOLD_S = 3.0  # a flow stops within this of its panic (else the held lines are written)
+HOLD_S = 10.0  # a flow stops within this of its panic (sinks' closes included), else the
+# held lines are written: a hang, or a kill within it, would otherwise hide them
 
 
 def without_panics(text: bytes) -> bytes:
@@ -69,10 +70,12 @@ class _Relay(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        try:
-            self._relay()
-        except Exception:  # never leave the pipe unread: once full, it would stop the flow
-            self._copy_until_closed()
+        for _attempt in range(2):
+            try:
+                self._relay()
+                return
+            except Exception:  # never leave the pipe unread: once full, it stops the flow
+                self._release()  # from here every line as it comes
 
     def _relay(self) -> None:
         poller = select.poll()  # not select(): a busy process has fds past FD_SETSIZE
@@ -91,15 +94,9 @@ class _Relay(threading.Thread):
             self._take(chunk)
 
     def _release(self) -> None:
-        write_all(self.out_fd, self.held)
-        self.held = b""
-        self.released = True
-
-    def _copy_until_closed(self) -> None:
         write_all(self.out_fd, self.held + self.partial)
         self.held = self.partial = b""
-        while chunk := os.read(self.read_fd, READ_BYTES):
-            write_all(self.out_fd, chunk)
+        self.released = True
 
     def _take(self, chunk: bytes) -> None:
         if self.released:

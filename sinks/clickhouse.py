@@ -86,7 +86,6 @@ __all__ = [
 
 SCHEMA_DIR = Path(__file__).with_name("clickhouse_schema")
 QUERY_FAILED = "query failed"
-STREAMED = re.compile(r"(SELECT|WITH)\b", re.IGNORECASE)  # what chDB can stream
 INSERT_SETTINGS = {"optimize_on_insert": 0}  # duplicates collapse at merge / FINAL: 1.7x faster
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
@@ -576,12 +575,13 @@ class ClickHouseStore:
 
     @contextlib.contextmanager
     def query_blocks(
-        self, sql: str, settings: dict[str, Any] | None = None
+        self, sql: str, settings: dict[str, Any] | None = None, streamable: bool = False
     ) -> Iterator[tuple[list[str], Iterator[Sequence[Sequence[Any]]]]]:
         """As :meth:`query`, but the rows come in blocks as ClickHouse sends them, so a
-        result need not fit in memory. Only ``SELECT`` and ``WITH`` statements stream (chDB
-        streams nothing else); the others come as one block."""
-        if not STREAMED.match(sql.lstrip("( \t\r\n")):
+        result need not fit in memory. ``streamable``: ``sql`` is a query ClickHouse can stream
+        (chDB streams only ``SELECT`` and ``WITH``, and a stream drops ``INTO OUTFILE``);
+        else its rows come as one block."""
+        if not streamable:
             names, rows = self.query(sql, settings)
             yield names, iter([rows] if rows else [])
             return

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from ato import db
 from ato.cli import main
 from sinks.clickhouse import ClickHouseStore
 from tests.clickhouse.conftest import funnel_block, outcome_block
@@ -209,3 +210,31 @@ def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
     with query.stderr:
         err = query.stderr.read().decode()
     assert "Traceback" not in err and "Error" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("sql", "streamed"),
+    [
+        ("SELECT 1", True),
+        ("select 1", True),
+        ("-- an export\nSELECT 1", True),
+        ("/* c */ (SELECT 1) UNION ALL (SELECT 2)", True),
+        ("WITH 1 AS x SELECT x", True),
+        ("SELECT 1 INTO OUTFILE '/tmp/x.csv'", False),  # a stream would drop the file
+        ("SHOW TABLES", False),
+        ("DESCRIBE TABLE stalls", False),
+        ("EXPLAIN SELECT 1", False),
+    ],
+)
+def test_what_streams(sql: str, streamed: bool) -> None:
+    assert db.streams(db.statements(sql)[0]) is streamed
+
+
+def test_into_outfile_writes_the_whole_result(url: str, env: str, tmp_path: Path, capsys) -> None:
+    """Streamed, the file came out empty (the stream drops INTO OUTFILE)."""
+    with ClickHouseStore(url, env) as store:
+        store.migrate()
+    out = tmp_path / "numbers.bin"
+    sql = f"SELECT number FROM numbers(100000) INTO OUTFILE '{out}'"
+    assert main(["query", sql, "--url", url]) == 0
+    assert out.stat().st_size >= 100000 * 8  # the driver's format (Native): 8 bytes a number

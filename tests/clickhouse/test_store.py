@@ -260,7 +260,7 @@ def test_error_messages_leave_out_chdbs_stack_trace() -> None:
 
 def test_query_blocks_stream_a_select_block_by_block(store: ClickHouseStore) -> None:
     sql = "SELECT number AS n, toString(number) AS s FROM numbers(300000) ORDER BY n"
-    with store.query_blocks(sql) as (names, blocks):
+    with store.query_blocks(sql, streamable=True) as (names, blocks):
         got = list(blocks)
     assert names == ["n", "s"]
     assert len(got) > 1  # not one result held whole
@@ -270,7 +270,7 @@ def test_query_blocks_stream_a_select_block_by_block(store: ClickHouseStore) -> 
 def test_query_blocks_of_empty_results_and_statements_that_do_not_stream(
     store: ClickHouseStore,
 ) -> None:
-    with store.query_blocks("SELECT 1 AS x WHERE 0") as (names, blocks):
+    with store.query_blocks("SELECT 1 AS x WHERE 0", streamable=True) as (names, blocks):
         assert names == ["x"]  # chDB leaves the names out of an empty stream
         assert list(blocks) == []
     with store.query_blocks("SHOW TABLES") as (names, blocks):  # chDB streams only SELECT, WITH
@@ -278,6 +278,6 @@ def test_query_blocks_of_empty_results_and_statements_that_do_not_stream(
     assert {"stalls", "funnel_minute"} <= set(tables)
     with (
         pytest.raises(ClickHouseError, match="query failed: .*`nope`"),
-        store.query_blocks("SELECT nope FROM stalls"),
+        store.query_blocks("SELECT nope FROM stalls", streamable=True),
     ):
         pass
