@@ -238,3 +238,19 @@ def test_into_outfile_writes_the_whole_result(url: str, env: str, tmp_path: Path
     sql = f"SELECT number FROM numbers(100000) INTO OUTFILE '{out}'"
     assert main(["query", sql, "--url", url]) == 0
     assert out.stat().st_size >= 100000 * 8  # the driver's format (Native): 8 bytes a number
+
+
+def test_a_query_failing_partway_exits_2_after_the_rows_before_it(
+    url: str, env: str, capsys
+) -> None:
+    with ClickHouseStore(url, env) as store:
+        store.migrate()
+    sql = "SELECT number AS n, throwIf(number = 300000) AS t FROM numbers(1000000)"
+    assert main(["query", sql, "--format", "csv", "--url", url]) == 2
+    out, err = capsys.readouterr()
+    rows = out.splitlines()
+    assert rows[0] == "n,t"
+    assert 1 < len(rows) <= 300001  # streamed before the failure: never a row past it
+    assert err.startswith(f"ato: error: ClickHouse {url}: query failed: ")
+    assert main(["query", sql, "--url", url]) == 2  # a table: nothing printed
+    assert capsys.readouterr().out == ""
