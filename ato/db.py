@@ -23,9 +23,9 @@ from sinks.exceptions import ClickHouseError
 
 FORMATS = ("table", "csv", "json")
 QUERY_SETTINGS = {"final": 1}  # every ReplacingMergeTree read as FINAL: duplicates count once
+STREAMED = re.compile(r"(SELECT|WITH)\b", re.IGNORECASE)  # what chDB streams
+INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)  # what a stream drops
 # statements that read only: what `ato query` runs unless told it may write
-STREAMED = re.compile(r"(SELECT|WITH)\b", re.IGNORECASE)
-INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 READ_ONLY_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 
 
