@@ -403,13 +403,10 @@ def run(
         )
     flow = build_flow(source, sinks, settings, catalog, snapshots=recovery_dir is not None)
     recovery = None
+    shape = {"shards": engine.shards, "lanes": engine.lanes}  # what a resume must keep
     if recovery_dir is not None:
         prepare_recovery_dir(recovery_dir)
-        layout = {
-            "shards": engine.shards,
-            "lanes": engine.lanes,
-            "catalog": catalog.codes_fingerprint,
-        }
+        layout = {**shape, "catalog": catalog.codes_fingerprint}
         check_state_layout(recovery_dir, layout, fresh)
         if not cluster or cluster[1] == 0:
             # before Bytewax starts: the other processes of a cluster wait for this one
@@ -454,7 +451,7 @@ def run(
     # ground truth only holds for traffic served to its end
     served = traffic is not None and not getattr(source, "cut", None)
     truth = truth_deadlines(traffic) if served and traffic is not None else None
-    used = {"shards": engine.shards, "lanes": engine.lanes, "batch_size": engine.batch_size}
+    used = {**shape, "batch_size": engine.batch_size}
     return RunResult(
         stats, seconds, out, deadlines, truth, decisions, decided_at, repeated, conflicting, used
     )

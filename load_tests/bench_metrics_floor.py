@@ -57,11 +57,12 @@ from ato.process import tune_gc
 from load_tests.bench_inprocess import (
     CATCH_UP_BATCH_SIZE,
     CATCH_UP_LANES,
+    drop_database,
     load_messages,
     raw_batches,
     run_full,
 )
-from operators.funnel import sum_by_key
+from operators.funnel import MEASURES, sum_by_key
 from sinks.clickhouse import INSERT_SETTINGS, ClickHouseStore
 
 TARGET_COST = 0.10
@@ -178,8 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         db = replace(settings, clickhouse=replace(settings.clickhouse, database=f"run_{i}"))
         on.append(run_full(batches, partitions, db, catalog, metrics_url=url))
         if i < args.repeat - 1:
-            with ClickHouseStore(url, db.clickhouse.database) as store:
-                store.client.command(f"DROP DATABASE {db.clickhouse.database} SYNC")
+            drop_database(url, db.clickhouse.database)
     last = f"run_{args.repeat - 1}"
     rows = read_rows(url, last)
     counts = {table: block.num_rows for table, block in rows.items()}
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shutil.rmtree(chdb_dir, ignore_errors=True)
 
     keys = event_keys(rows["funnel_minute"], args.seed)
-    counts_per_event = np.zeros((len(keys), 5), np.int8)
+    counts_per_event = np.zeros((len(keys), len(MEASURES)), np.int8)
     counts_per_event[:, 0] = 1
     sum_by_key(keys[:1000], counts_per_event[:1000])  # compiled before it is timed
 
