@@ -36,6 +36,9 @@ def key_ranks(column: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
         value_ranks = pc.rank(array.dictionary, sort_keys="ascending", tiebreaker="dense")
         return np.asarray(value_ranks.to_numpy(), np.int64)[array.indices.to_numpy()]
     if _is_text(kind):
+        halves = uuid_halves(array)
+        if halves is not None:  # intervention ids: 3x cheaper than ranking them as text
+            return pair_ranks(*halves)
         ranks = pc.rank(array, sort_keys="ascending", tiebreaker="dense")
         return np.asarray(ranks.to_numpy(), np.int64)
     if pa.types.is_timestamp(kind) or pa.types.is_integer(kind):
@@ -52,6 +55,101 @@ def _is_text(kind: pa.DataType) -> bool:
         or pa.types.is_binary(kind)
         or pa.types.is_large_binary(kind)
     )
+
+
+UUID_TEXT_LENGTH = 36
+_DASHES = (8, 13, 18, 23)
+
+
+def uuid_halves(array: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """The high and low 64 bits of each value when every value of the text ``array`` is a
+    UUID in lower-case hex with dashes (``8-4-4-4-12``), else None.
+
+    Such text orders by its bytes as the 128-bit numbers order, since ``0-9`` come before
+    ``a-f`` in ASCII; upper case would not (``B`` comes before ``a``).
+    """
+    n = len(array)
+    if not n or not (pa.types.is_string(array.type) or pa.types.is_binary(array.type)):
+        return None
+    _, offsets_buffer, data_buffer = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int32)[array.offset : array.offset + n + 1]
+    if data_buffer is None or not bool(np.all(np.diff(offsets) == UUID_TEXT_LENGTH)):
+        return None
+    data = np.frombuffer(data_buffer, np.uint8)[offsets[0] : offsets[-1]]
+    hi = np.empty(n, np.uint64)
+    lo = np.empty(n, np.uint64)
+    if not parse_uuids(data.reshape(n, UUID_TEXT_LENGTH), hi, lo):
+        return None
+    return hi, lo
+
+
+_HEX_VALUE = np.full(256, 255, np.uint8)  # byte -> its lower-case hex digit's value, else 255
+_HEX_VALUE[48:58] = np.arange(10)  # 0-9
+_HEX_VALUE[97:103] = np.arange(10, 16)  # a-f
+_HEX_AT = np.array([p for p in range(UUID_TEXT_LENGTH) if p not in _DASHES], np.int64)
+
+
+def parse_uuids(chars: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> bool:
+    """Fill ``hi`` and ``lo`` with the 128-bit numbers of the UUID text rows of ``chars``
+    (uint8 ``[n, 36]``); False when a row is not lower-case ``8-4-4-4-12`` hex."""
+    if not bool(np.all(chars[:, list(_DASHES)] == ord("-"))):
+        return False
+    return _hex_halves(chars, _HEX_AT, _HEX_VALUE, hi, lo)
+
+
+@njit(cache=True, nogil=True)
+def _hex_halves(
+    chars: np.ndarray, at: np.ndarray, value_of: np.ndarray, hi: np.ndarray, lo: np.ndarray
+) -> bool:
+    """The numba kernel of :func:`parse_uuids`: the 32 hex digits of each row at ``at``.
+    Twin: :func:`parse_uuids_twin`."""
+    four = np.uint64(4)
+    for i in range(chars.shape[0]):
+        high = np.uint64(0)
+        low = np.uint64(0)
+        bad = np.uint8(0)
+        for k in range(16):
+            v = value_of[chars[i, at[k]]]
+            bad |= v
+            high = (high << four) | np.uint64(v)
+        for k in range(16, 32):
+            v = value_of[chars[i, at[k]]]
+            bad |= v
+            low = (low << four) | np.uint64(v)
+        if bad > 15:
+            return False
+        hi[i] = high
+        lo[i] = low
+    return True
+
+
+def parse_uuids_twin(chars: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> bool:
+    """Plain twin of :func:`parse_uuids`."""
+    for i, row in enumerate(chars):
+        text = bytes(row).decode("ascii", errors="replace")
+        parts = text.split("-")
+        if [len(part) for part in parts] != [8, 4, 4, 4, 12]:
+            return False
+        digits = "".join(parts)
+        if any(c not in "0123456789abcdef" for c in digits):
+            return False
+        hi[i] = int(digits[:16], 16)
+        lo[i] = int(digits[16:], 16)
+    return True
+
+
+def pair_ranks(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Dense ranks (int64) of the pairs ``(hi, lo)`` of uint64, as 128-bit numbers."""
+    order = radix_argsort(hi, 64)
+    sorted_hi = hi[order]
+    if bool(np.any(sorted_hi[1:] == sorted_hi[:-1])):  # repeated ids: sort by both halves
+        order = np.lexsort((lo, hi))
+        sorted_hi = hi[order]
+    sorted_lo = lo[order]
+    new = (sorted_hi[1:] != sorted_hi[:-1]) | (sorted_lo[1:] != sorted_lo[:-1])
+    ranks = np.empty(len(hi), np.int64)
+    ranks[order] = np.concatenate(([0], np.cumsum(new)))
+    return ranks
 
 
 def sorted_order(table: pa.Table, keys: list[str]) -> np.ndarray | None:

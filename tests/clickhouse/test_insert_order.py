@@ -1,7 +1,11 @@
 """Rows put in a table's sorting-key order before insert: the order, and ClickHouse's view."""
 
+import re
+import uuid
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,9 +14,12 @@ from sinks.clickhouse import ClickHouseStore, MetricBlock
 from sinks.insert_order import (
     in_key_order,
     key_ranks,
+    parse_uuids,
+    parse_uuids_twin,
     radix_argsort,
     radix_argsort_twin,
     sorted_order,
+    uuid_halves,
 )
 from tests.clickhouse.conftest import BLOCKS
 
@@ -72,6 +79,57 @@ def test_radix_argsort_equals_its_twin(bits: int, values: list[int]) -> None:
     assert got.tolist() == radix_argsort_twin(keys, bits).tolist()
 
 
+UUID_TEXT = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _uuid_rows(values: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(values), np.uint8).reshape(len(values), 36)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=30),
+    st.integers(0, 35),
+    st.sampled_from([None, *b"-0af9gAFz "]),
+)
+def test_parse_uuids_equals_its_twin(raw: list[bytes], at: int, char: int | None) -> None:
+    """The numba parse and its twin agree on UUID text, and on text with one byte changed
+    (upper case, a non-hex letter, a dash moved or missing: not UUID text)."""
+    texts = [str(uuid.UUID(bytes=b)).encode() for b in raw]
+    if char is not None:
+        last = bytearray(texts[-1])
+        last[at] = char
+        texts[-1] = bytes(last)
+    rows = _uuid_rows(texts)
+    hi, lo = np.zeros(len(texts), np.uint64), np.zeros(len(texts), np.uint64)
+    twin_hi, twin_lo = hi.copy(), lo.copy()
+    ok = parse_uuids(rows, hi, lo)
+    assert ok == parse_uuids_twin(rows, twin_hi, twin_lo)
+    valid = all(UUID_TEXT.fullmatch(t) for t in texts)
+    assert ok == valid
+    if ok:
+        assert hi.tolist() == twin_hi.tolist() and lo.tolist() == twin_lo.tolist()
+        assert [(h << 64) | lw for h, lw in zip(hi.tolist(), lo.tolist(), strict=True)] == [
+            uuid.UUID(t.decode()).int for t in texts
+        ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=40), st.integers(0, 5))
+def test_uuid_text_ranks_as_text_does(raw: list[bytes], start: int) -> None:
+    """Lower-case UUID text (repeats and an array that starts inside its buffer among the
+    cases) ranks from its numbers as it ranks compared as bytes; other text is not parsed."""
+    values = [str(uuid.UUID(bytes=b)) for b in raw + raw[:3]]
+    array = pa.array(["x" * 36] * start + values).slice(start)
+    assert uuid_halves(array) is not None
+    ranks = key_ranks(array)
+    assert ranks is not None
+    as_text = np.asarray(pc.rank(array, sort_keys="ascending", tiebreaker="dense").to_numpy())
+    assert (ranks - ranks.min()).tolist() == (as_text - as_text.min()).tolist()
+    for other in ([v[:-1] + "A" for v in values], [v + "0" for v in values], [*values, "x"]):
+        assert uuid_halves(pa.array(other)) is None
+
+
 def test_keys_too_wide_to_pack_are_sorted_all_the_same() -> None:
     wide = np.array([2**62, -(2**62), 0, 2**62, 5], np.int64)
     other = np.array([3, 1, 2, 0, 4], np.int64)
@@ -127,6 +185,26 @@ def test_clickhouse_finds_every_inserted_block_sorted(store: ClickHouseStore, ta
     assert already_after - already == blocks_after - blocks
     assert blocks_after - blocks == 1  # one partition: one block
     _, [(count,)] = store.query(f"SELECT count() FROM {table}")
+    assert count == 500
+
+
+@pytest.mark.parametrize("table", ["stalls", "decisions", "outcomes"])
+def test_blocks_keyed_by_uuid_text_reach_clickhouse_sorted(
+    store: ClickHouseStore, table: str
+) -> None:
+    """Intervention ids as the flow makes them (UUID text), some repeated, ranked from
+    their numbers: ClickHouse still finds the shuffled block sorted."""
+    block = _shuffled(BLOCKS[table](500, seed=5), seed=6)
+    rng = np.random.default_rng(7)
+    ids = [str(uuid.UUID(bytes=rng.bytes(16))) for _ in range(500)]
+    ids[::9] = ids[1::9][: len(ids[::9])]
+    block.columns["intervention_id"] = np.array(ids, object)
+    blocks, already = _sorted_blocks(store)
+    assert store.insert(block) == 500
+    blocks_after, already_after = _sorted_blocks(store)
+    assert blocks_after - blocks == 1
+    assert already_after - already == 1
+    _, [(count,)] = store.query(f"SELECT count() FROM {table} SETTINGS final = 0")
     assert count == 500
 
 

@@ -37,7 +37,7 @@ ENTRY_POINTS = {
     funnel: ("sum_by_key", "event_rows_kernel"),
     live_changes: ("unique_pairs",),
     envelopes: ("element_bounds",),
-    insert_order: ("radix_argsort",),
+    insert_order: ("radix_argsort", "_hex_halves"),
 }
 # Called only from other kernels; numba links them into their callers, and when the callers
 # come from the on-disk cache the helpers themselves are never compiled, so only their type
@@ -124,6 +124,9 @@ def exercise_entry_points() -> None:
     assert pairs.tolist() == [0]
     assert envelopes.split_envelope(b'[{"a":1}, 2]') == [b'{"a":1}', b"2"]
     assert insert_order.radix_argsort(np.array([3, 1], np.uint64), 2).tolist() == [1, 0]
+    uuid_text = np.frombuffer(b"00000000-0000-0000-0000-00000000000a", np.uint8).reshape(1, 36)
+    hi, lo = np.empty(1, np.uint64), np.empty(1, np.uint64)
+    assert insert_order.parse_uuids(uuid_text, hi, lo) and (hi[0], lo[0]) == (0, 10)
 
 
 def test_jit_is_enabled() -> None:
