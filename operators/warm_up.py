@@ -17,7 +17,7 @@ from operators.funnel import MEASURES, event_rows_kernel, sum_by_key
 from operators.live_changes import unique_pairs
 from operators.route import Router
 from operators.shard_step import ShardContext, ShardLogic
-from sinks.insert_order import radix_argsort
+from sinks.insert_order import parse_uuids, radix_argsort
 
 WARM_UP_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 LATER_MS = 100 * 86_400_000  # past every deadline and client idle TTL of a sane catalog
@@ -55,10 +55,13 @@ def warm_up(catalog: Catalog, settings: EngineSettings) -> int:
         built += sum(len(out.interventions) for out in outputs)
     # the kernels of metrics and live-state writes, with the types they get there: funnel
     # rows of events (int8 counts), their sums (of events' rows, and of sums), insert order
+    # (intervention ids parsed as numbers)
     ints = np.zeros(1, np.int64)
     event_rows_kernel(ints, ints, ints, ints, ints, ints)
     sum_by_key(ints, np.zeros((1, len(MEASURES)), np.int8))
     sum_by_key(ints, np.zeros((1, len(MEASURES)), np.int64))
     radix_argsort(np.zeros(1, np.uint64), 1)
+    uuid_text = np.frombuffer(bytearray(b"0" * 8 + b"-0000" * 3 + b"-" + b"0" * 12), np.uint8)
+    parse_uuids(uuid_text.reshape(1, 36), np.zeros(1, np.uint64), np.zeros(1, np.uint64))
     unique_pairs(np.zeros(1, np.uint64), ints)
     return built

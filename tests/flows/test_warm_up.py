@@ -72,6 +72,7 @@ METRICS_PATH = {
     "operators.funnel.event_rows_kernel",
     "operators.funnel.sum_by_key",
     "sinks.insert_order.radix_argsort",
+    "sinks.insert_order._hex_halves",
 }
 
 
