@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -18,6 +19,7 @@ import orjson
 from ato.columns import only_white_space
 from ato.config import RedisSettings, Settings, load_settings, mask_url
 from ato.exceptions import AtoError, ConfigError, cause_of
+from ato.panic_text import exit_after_report_asked, reported
 from ato.process import Terminated, die_with_parent, sigterm_interrupts
 
 
@@ -678,15 +680,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args))
     except AtoError as exc:
         print(f"ato: error: {exc}", file=sys.stderr)
+        reported(2)
         return 2
     except Exception as exc:  # Bytewax wraps what a step raised in its own error
         cause = cause_of(exc, (AtoError, KeyboardInterrupt))
         if isinstance(cause, AtoError):
             print(f"ato: error: {cause}", file=sys.stderr)
+            reported(2)
             return 2
         if isinstance(cause, KeyboardInterrupt):
             print(INTERRUPTED, file=sys.stderr)
             return 143 if isinstance(cause, Terminated) else 130
+        if exit_after_report_asked():  # a failed cluster process: its traceback, then exit
+            traceback.print_exc()
+            reported(1)
         raise
     except KeyboardInterrupt as exc:
         print(INTERRUPTED, file=sys.stderr)

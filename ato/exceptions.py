@@ -17,6 +17,11 @@ class RecoveryError(AtoError):
     """A recovery directory cannot be read or prepared; the message names the file."""
 
 
+class ClusterError(AtoError):
+    """A process of a cluster lost its connection to another one (which failed or was
+    stopped, and says why itself)."""
+
+
 def cause_of(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
     """The first exception of ``kinds`` in ``exc``'s chain of causes (``exc`` included):
     Bytewax wraps what a step raised in errors of its own."""

@@ -13,8 +13,16 @@ they are held, and when the flow ends they are written out, less the panics' own
 Any other failure keeps every line, for a Bytewax bug's panic is the only trace of it. A
 flow still running ``HOLD_S`` (10 s) after its panic (a slow teardown, a hang) gets the held
 lines written out then, so that a hang, or a kill after that, never hides them.
+
+A process of a cluster whose flow failed has more to hide: its threads that talk to the other
+processes panic later, as those processes stop, and their panic hook (which takes the GIL)
+prints ``MergeQueue poisoned`` or, during the interpreter's exit, aborts the process with
+``FATAL: exception not rethrown`` (exit code -6). Such a process ends at once once ``ato``
+has reported its error (:func:`exit_after_report`, :func:`reported`): Bytewax has closed its
+sink partitions (flushed their files) by then, and its threads are beyond use.
 """
 
+import contextlib
 import fcntl
 import os
 import re
@@ -133,6 +141,31 @@ def write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
         except OSError:
             return
+
+
+_exit_after_report = threading.Event()
+
+
+def exit_after_report() -> None:
+    """Have :func:`reported` end the process at once, without the interpreter's exit."""
+    _exit_after_report.set()
+
+
+def exit_after_report_asked() -> bool:
+    """Whether :func:`exit_after_report` was called."""
+    return _exit_after_report.is_set()
+
+
+def reported(code: int) -> None:
+    """``ato`` has reported the error it exits with ``code`` for: if :func:`exit_after_report`
+    was called, flush the standard streams and end the process now (``os._exit``)."""
+    if not _exit_after_report.is_set():
+        return
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+    os._exit(code)
 
 
 @contextmanager

@@ -15,9 +15,9 @@ from bytewax.testing import cluster_main, run_main
 
 from ato.catalog import Catalog, load_catalog
 from ato.config import KafkaSettings, Settings, clickhouse_url
-from ato.exceptions import ConfigError, reported_by_ato
+from ato.exceptions import ClusterError, ConfigError, reported_by_ato
 from ato.generator import GeneratedTraffic, generate
-from ato.panic_text import panic_text_dropped
+from ato.panic_text import exit_after_report, panic_text_dropped
 from ato.process import tune_gc
 from ato.recovery_dir import (
     check_generator_options,
@@ -30,6 +30,7 @@ from ato.recovery_dir import (
     prepare_recovery_dir,
 )
 from ato.recovery_dir import live_start_ms as recorded_start_ms
+from flows import first_error
 from flows.journeys import FlowSinks, build_flow
 from operators.decode import wall_ms
 from operators.interventions import intervention_id
@@ -255,6 +256,22 @@ def kafka_sinks(
     )
 
 
+def cluster_failure(exc: BaseException, first: Exception | None) -> BaseException:
+    """What a failed ``cluster_main`` should raise: ``exc``, unless it is the panic of the
+    threads that talk to the other processes (``PanicException: Send thread panic``), which
+    Bytewax 0.21.1 raises in place of the error that stopped the flow. Then the first error
+    a step of this process raised (``first``, :mod:`flows.first_error`), or, when no step
+    here failed, a :class:`ClusterError`: another process failed or was stopped."""
+    if type(exc).__name__ != "PanicException" or "thread panic" not in str(exc):
+        return exc
+    if first is not None:
+        return first
+    return ClusterError(
+        f"the connection to another process of the cluster broke ({exc}): that process"
+        " failed or was stopped, and its own message says why"
+    )
+
+
 def metrics_sink(
     settings: Settings, first_process: bool = True, recovery: bool = True
 ) -> ClickHouseSink:
@@ -426,14 +443,25 @@ def run(
             run_main(flow, epoch_interval=epoch, recovery_config=recovery)
         else:
             addresses, process_id = cluster or ([], 0)
-            cluster_main(
-                flow,
-                addresses,
-                process_id,
-                epoch_interval=epoch,
-                recovery_config=recovery,
-                worker_count_per_proc=settings.workers,
-            )
+            first_error.take()  # an earlier flow's, in this process: not this run's
+            failure: BaseException | None = None
+            try:
+                cluster_main(
+                    flow,
+                    addresses,
+                    process_id,
+                    epoch_interval=epoch,
+                    recovery_config=recovery,
+                    worker_count_per_proc=settings.workers,
+                )
+            except BaseException as exc:  # Bytewax's PanicException is a BaseException
+                failure = cluster_failure(exc, first_error.take())
+                if failure is exc:
+                    raise
+            if failure is not None:  # raised here, not while handling Bytewax's panic
+                if addresses:  # its threads to the other processes panic as they stop
+                    exit_after_report()
+                raise failure
     seconds = time.perf_counter() - started
     if isinstance(sinks.metrics, ClickHouseSink):
         sinks.metrics.raise_failure()  # the last metric rows could not be written

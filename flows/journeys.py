@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, Source
@@ -22,6 +21,7 @@ from bytewax.outputs import Sink
 from ato.catalog import CHANNELS, Catalog, load_catalog
 from ato.columns import EventColumns, client_id_texts
 from ato.config import Settings
+from flows import ops as op
 from operators.batches import DeadLetter, DecodedBatch, RawBatch, ShardOutput, raw_fields
 from operators.decode import Decoder, wall_ms
 from operators.funnel import FunnelLogic, FunnelUpdate

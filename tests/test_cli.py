@@ -220,6 +220,61 @@ def test_a_cluster_run_cut_short_pauses_in_a_process_without_input(tmp_path: Pat
     assert resumed["recall"] == 1.0 and resumed["precision"] == 1.0
 
 
+FAIL_IN_PROCESS_0 = """
+import sys
+
+from sinks.exceptions import SinkError
+from sinks.progress import _ProgressPartition
+
+original = _ProgressPartition.write_batch
+
+
+def write_batch(self, items):
+    if sys.argv[-2:] != ["--process-id", "0"]:
+        return original(self, items)
+    if KIND == "ato":
+        raise SinkError("the progress sink failed (a clear message)")
+    raise RuntimeError("a bug in the progress sink")
+
+
+_ProgressPartition.write_batch = write_batch
+"""
+
+
+@pytest.mark.parametrize("kind", ["ato", "bug"])
+def test_a_cluster_process_failing_says_why_and_the_others_say_they_lost_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """A step failing in one process of `ato run --processes 2` shows its own error: an ato
+    error's one line, a bug's traceback. Before, Bytewax lost it: each process printed
+    `PanicException: Send thread panic` and one aborted with `FATAL: exception not
+    rethrown`. The parent names the process that failed first (and stops the other, which
+    may say first that it lost its connection: a race)."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(f"KIND = {kind!r}\n{FAIL_IN_PROCESS_0}")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
+        "ATO_CLICKHOUSE_ENABLED": "false",
+        "PYTHONPATH": str(inject),
+    }
+    argv = [
+        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clients", "2000",
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
+    err = done.stderr
+    assert done.returncode == 1, err[-2_000:]
+    if kind == "ato":
+        assert "ato: error: the progress sink failed (a clear message)\n" in err
+    else:
+        assert "Traceback" in err and "RuntimeError: a bug in the progress sink\n" in err
+    code = 2 if kind == "ato" else 1
+    assert f"ato: error: cluster process 0 exited with {code};" in err
+    for noise in ("PanicException", "FATAL", "panicked", "poisoned"):
+        assert noise not in err, err[-2_000:]
+
+
 def test_a_live_cluster_generates_one_traffic_from_one_start(tmp_path: Path) -> None:
     """Live, without a recovery directory, every process of a cluster generates its traffic
     from the start its parent took (each took its own wall clock before, so the processes'
