@@ -198,6 +198,7 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
         for i in range(processes):
             child = subprocess.Popen(
                 [*member, "--process-id", str(i)],
+                env={**os.environ, CLUSTER_MEMBER_ENV: "1"},
                 stdout=subprocess.PIPE,
                 preexec_fn=die_with_parent,  # noqa: PLW1509 - it calls only prctl
             )
@@ -689,17 +690,24 @@ def main(argv: list[str] | None = None) -> int:
             reported(2)
             return 2
         if isinstance(cause, KeyboardInterrupt):
-            print(INTERRUPTED, file=sys.stderr)
-            return 143 if isinstance(cause, Terminated) else 130
+            return _interrupted(cause)
         if exit_after_report_asked():  # a failed cluster process: its traceback, then exit
             traceback.print_exc()
             reported(1)
         raise
     except KeyboardInterrupt as exc:
+        return _interrupted(exc)
+
+
+def _interrupted(exc: BaseException) -> int:
+    """Say the run was interrupted (a process of a cluster its parent started leaves that
+    to the parent: Ctrl-C reaches them all), and return its exit code."""
+    if not os.environ.get(CLUSTER_MEMBER_ENV):
         print(INTERRUPTED, file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+    return 143 if isinstance(exc, Terminated) else 130
 
 
+CLUSTER_MEMBER_ENV = "_ATO_CLUSTER_MEMBER"  # set for the processes `--processes N` starts
 INTERRUPTED = (
     "ato: interrupted; the output files hold whole lines (with --recovery-dir, the same"
     " command resumes from the last snapshot)"

@@ -366,6 +366,35 @@ def test_sigterm_to_a_cluster_stops_its_processes(tmp_path: Path) -> None:
             parent.kill()
 
 
+def test_ctrl_c_to_a_cluster_says_interrupted_once(tmp_path: Path) -> None:
+    """Ctrl-C reaches the parent and its processes (one process group): the parent says the
+    run was interrupted, once (each process said it too before), and exits 130."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
+        "ATO_CLICKHOUSE_ENABLED": "false",
+    }
+    argv = [
+        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clock", "live",
+        "--clients", "200", "--span-s", "600", "--out", str(tmp_path),
+    ]  # fmt: skip
+    parent = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_members_of(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the members are running their flows
+        os.killpg(parent.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+        _, err = parent.communicate(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert parent.returncode == 130, err[-2_000:]
+    assert err.decode().count("ato: interrupted") == 1, err[-2_000:]
+
+
 def test_a_cluster_whose_parent_is_killed_leaves_no_process(tmp_path: Path) -> None:
     """SIGKILL skips the parent's cleanup: its members ran on (re-parented to init), and a
     resume then wrote the same outputs beside them (duplicate interventions). Now the
