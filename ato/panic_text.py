@@ -17,7 +17,7 @@ lines written out then, so that a hang, or a kill after that, never hides them.
 A process of a cluster whose flow failed has more to hide: its threads that talk to the other
 processes panic later, as those processes stop, and their panic hook (which takes the GIL)
 prints ``MergeQueue poisoned`` or, during the interpreter's exit, aborts the process with
-``FATAL: exception not rethrown`` (exit code -6). Such a process ends at once once ``ato``
+``FATAL: exception not rethrown`` (exit code -6). Such a process ends as soon as ``ato``
 has reported its error (:func:`exit_after_report`, :func:`reported`): Bytewax has closed its
 sink partitions (flushed their files) by then, and its threads are beyond use.
 """
