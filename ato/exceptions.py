@@ -24,14 +24,16 @@ class ClusterError(AtoError):
 
 def cause_of(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
     """The first exception of ``kinds`` in ``exc``'s chain of causes (``exc`` included):
-    Bytewax wraps what a step raised in errors of its own."""
+    Bytewax wraps what a step raised in errors of its own (``raise ... from``). An error
+    raised while another was being handled (``__context__``) is not caused by it: a bug in
+    a handler of an ato error is a bug, not that error."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, kinds):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return None
 
 
