@@ -157,6 +157,7 @@ def _run_here(settings: Settings, args: argparse.Namespace) -> int:
         duration_s=args.duration_s,
         cluster=cluster,
         live_start_ms=args.live_start_ms,
+        run_id=os.environ.get(CLUSTER_RUN_ID_ENV) or None,
     )
     _print_summary(result.summary())
     return 0
@@ -180,6 +181,7 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
     """Start ``processes`` copies of this command as one Bytewax cluster on this machine."""
     from ato.devservers import free_port  # noqa: PLC0415
     from ato.recovery_dir import live_start_ms, prepare_recovery_dir  # noqa: PLC0415
+    from ato.run_id import new_run_id  # noqa: PLC0415
     from operators.decode import wall_ms  # noqa: PLC0415
 
     start: int | None = None
@@ -193,12 +195,13 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
     addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     print(f"ato run: cluster of {processes} processes at {addresses}", file=sys.stderr)
     member = _member_argv(args.argv, addresses, start)
+    run_id = new_run_id()  # one for the whole cluster run, in its flow_health rows
     children: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(processes):
             child = subprocess.Popen(
                 [*member, "--process-id", str(i)],
-                env={**os.environ, CLUSTER_MEMBER_ENV: "1"},
+                env={**os.environ, CLUSTER_MEMBER_ENV: "1", CLUSTER_RUN_ID_ENV: run_id},
                 stdout=subprocess.PIPE,
                 preexec_fn=die_with_parent,  # noqa: PLW1509 - it calls only prctl
             )
@@ -708,6 +711,7 @@ def _interrupted(exc: BaseException) -> int:
 
 
 CLUSTER_MEMBER_ENV = "_ATO_CLUSTER_MEMBER"  # set for the processes `--processes N` starts
+CLUSTER_RUN_ID_ENV = "_ATO_CLUSTER_RUN_ID"  # their run_id, the same for all of them
 INTERRUPTED = (
     "ato: interrupted; the output files hold whole lines (with --recovery-dir, the same"
     " command resumes from the last snapshot)"

@@ -333,6 +333,7 @@ def run(
     duration_s: float | None = None,
     cluster: tuple[list[str], int] | None = None,
     live_start_ms: int | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
     """Run the journey flow on files (``inputs``) or generated traffic, to JSON-lines files.
 
@@ -341,7 +342,8 @@ def run(
     and recall are then not reported, as the ground truth assumes the whole traffic.
     ``cluster`` is (addresses of every process, this process's index) for a Bytewax cluster.
     ``live_start_ms`` is the event time of the first generated event with the live clock
-    (default: now), which every process of a cluster must share.
+    (default: now), which every process of a cluster must share. ``run_id`` names the run
+    in its ``flow_health`` rows (default: one of this process's own).
     """
     tune_gc()
     catalog = catalog if catalog is not None else load_catalog(settings.catalog)
@@ -418,7 +420,9 @@ def run(
         sinks = replace(
             sinks, metrics=metrics_sink(settings, first, recovery=recovery_dir is not None)
         )
-    flow = build_flow(source, sinks, settings, catalog, snapshots=recovery_dir is not None)
+    flow = build_flow(
+        source, sinks, settings, catalog, snapshots=recovery_dir is not None, run_id=run_id
+    )
     recovery = None
     shape = {"shards": engine.shards, "lanes": engine.lanes}  # what a resume must keep
     if recovery_dir is not None:

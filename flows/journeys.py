@@ -7,10 +7,8 @@ shard applies its piece with numba kernels. Outputs: interventions, dead letters
 """
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,6 +19,7 @@ from bytewax.outputs import Sink
 from ato.catalog import CHANNELS, Catalog, load_catalog
 from ato.columns import EventColumns, client_id_texts
 from ato.config import Settings
+from ato.run_id import new_run_id
 from flows import ops as op
 from operators.batches import DeadLetter, DecodedBatch, RawBatch, ShardOutput, raw_fields
 from operators.decode import Decoder, wall_ms
@@ -71,12 +70,14 @@ def build_flow(
     partitions: list[str] | None = None,
     now_ms: Callable[[], int] = wall_ms,
     snapshots: bool = True,
+    run_id: str | None = None,
 ) -> Dataflow:
     """Assemble the journey flow.
 
     ``partitions`` names the input partitions the watermark waits for (default: the
     source's ``input_partitions()`` if it has one). ``snapshots=False`` (a run without
-    recovery) spares the shards copying their state at every epoch end.
+    recovery) spares the shards copying their state at every epoch end. ``run_id`` names
+    the run in its ``flow_health`` rows (default: :func:`ato.run_id.new_run_id`).
     """
     catalog = catalog if catalog is not None else load_catalog(config.catalog)
     if partitions is None:
@@ -151,7 +152,7 @@ def build_flow(
             "funnel_blocks", funnel, lambda key_rows: rows.funnel_later(key_rows[1])
         )
         interval_ms = max(1, int(config.clickhouse.health_interval_s * 1000))
-        run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+        run_id = run_id or new_run_id()
         health = op.stateful_batch(
             "health",
             op.map("health_items", progress, health_item),

@@ -275,6 +275,24 @@ def test_a_cluster_process_failing_says_why_and_the_others_say_they_lost_it(
         assert noise not in err, err[-2_000:]
 
 
+def test_the_processes_of_a_cluster_run_share_its_run_id(tmp_path: Path) -> None:
+    """Their flow_health rows carry one run_id, the parent's (each process made its own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATO_")}
+    out = tmp_path / "out"
+    argv = [
+        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clients", "2000",
+        "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-2_000:]
+    sql = "SELECT uniqExact(run_id), uniqExact(splitByChar(':', worker)[2]) FROM flow_health"
+    query = [sys.executable, "-m", "ato.cli", "query", sql, "--format", "csv",
+             "--url", f"chdb://{out / 'clickhouse'}"]  # fmt: skip
+    done = subprocess.run(query, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2_000:]
+    assert done.stdout.strip().splitlines()[-1] == "1,2"  # one run, two processes
+
+
 def test_a_live_cluster_generates_one_traffic_from_one_start(tmp_path: Path) -> None:
     """Live, without a recovery directory, every process of a cluster generates its traffic
     from the start its parent took (each took its own wall clock before, so the processes'
