@@ -422,9 +422,9 @@ def _profiles_load(args: argparse.Namespace) -> int:
     except ProfileFileError as exc:
         for line in exc.errors[:SHOWN_ERRORS]:
             print(line, file=sys.stderr)
-        if len(exc.errors) > SHOWN_ERRORS:
-            print(f"... and {len(exc.errors) - SHOWN_ERRORS:,} more", file=sys.stderr)
-        print(f"ato: error: {len(exc.errors):,} bad row(s), nothing loaded", file=sys.stderr)
+        if exc.count > SHOWN_ERRORS:
+            print(f"... and {exc.count - SHOWN_ERRORS:,} more", file=sys.stderr)
+        print(f"ato: error: {exc.count:,} bad row(s), nothing loaded", file=sys.stderr)
         return 2
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"{args.file}: cannot read profiles: {exc}"

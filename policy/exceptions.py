@@ -12,17 +12,19 @@ class ProfileError(AtoError):
 
 
 class ProfileFileError(ProfileError):
-    """A profile file has bad rows; ``errors`` lists each as ``file:line: field 'x': problem``.
+    """A profile file has bad rows; ``errors`` lists each as ``file:line: field 'x': problem``
+    (the first of them, when there are very many: ``count`` counts all).
 
     Nothing of such a file is loaded: fix the rows and load it again.
     """
 
-    def __init__(self, path: str, errors: list[str]) -> None:
+    def __init__(self, path: str, errors: list[str], count: int | None = None) -> None:
         self.path = path
         self.errors = errors
+        self.count = len(errors) if count is None else count  # bad rows, named or not
         shown = "\n  ".join(errors[:20])
-        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        super().__init__(f"{path}: {len(errors)} bad row(s), nothing loaded:\n  {shown}{more}")
+        more = f"\n  ... and {self.count - 20} more" if self.count > 20 else ""
+        super().__init__(f"{path}: {self.count} bad row(s), nothing loaded:\n  {shown}{more}")
 
 
 class LiveStateError(AtoError):
