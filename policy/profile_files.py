@@ -45,14 +45,13 @@ def check_profiles(path: Path | str, max_id_len: int = MAX_CLIENT_ID_LEN) -> int
 
     Blank lines are ignored; a client id listed twice, or longer than ``max_id_len``
     (``engine.max_client_id_len``: events with longer ids are dead letters), is an error, and
-    so is a file with no profile at all. The file is read as a stream, holding 16 bytes a
-    profile (a hash of its id and its line) to find ids listed twice: a file larger than
-    memory loads too.
+    so is a file with no profile at all. The file is read as a stream, holding 8 bytes a
+    profile (a hash of its id) to find ids listed twice: a file larger than memory loads too.
     """
     path = Path(path)
     errors: list[tuple[int, str]] = []
     bad = 0
-    id_hashes, id_lines = array("q"), array("q")
+    id_hashes = array("q")
     for line, item in _checked(path, max_id_len):
         if isinstance(item, str):
             bad += 1
@@ -60,17 +59,16 @@ def check_profiles(path: Path | str, max_id_len: int = MAX_CLIENT_ID_LEN) -> int
                 errors.append((line, item))
             continue
         id_hashes.append(hash(item.client_id))
-        id_lines.append(line)
     repeated = _repeated_ids(path, max_id_len, np.frombuffer(id_hashes, np.int64))
     bad += len(repeated)
     errors = sorted(errors + repeated[:KEPT_ERRORS])[:KEPT_ERRORS]
     if bad:
         named = [f"{path}:{line}: {error}" for line, error in errors]
         raise ProfileFileError(str(path), named, bad)
-    if not id_lines:
+    if not id_hashes:
         msg = f"{path}: no profiles in the file"
         raise ProfileError(msg)
-    return len(id_lines)
+    return len(id_hashes)
 
 
 def _repeated_ids(path: Path, max_id_len: int, id_hashes: np.ndarray) -> list[tuple[int, str]]:

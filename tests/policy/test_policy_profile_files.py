@@ -241,7 +241,7 @@ def test_very_many_bad_rows_are_counted_and_the_first_named(
 
 
 def test_checking_a_file_holds_little_of_it_in_memory(tmp_path: Path) -> None:
-    """200,000 profiles: a peak of about 5 MB (16 bytes a profile to find repeated ids),
+    """200,000 profiles: a peak of about 3 MB (8 bytes a profile to find repeated ids),
     where reading them into a list took 140 MB."""
     path = tmp_path / "p.jsonl"
     with path.open("w") as out:
