@@ -31,6 +31,7 @@ GENERATOR_FILE = "generator.json"
 KAFKA_TOPICS_FILE = "kafka_topics.json"
 STATE_LAYOUT_FILE = "state_layout.json"  # engine.shards, engine.lanes, the catalog's codes
 INPUT_FILES_FILE = "input_files.json"
+OUT_DIR_FILE = "out_dir"  # the output directory a run's snapshots cover
 # the record each kind of input keeps in a recovery directory
 INPUT_RECORDS = {"files": INPUT_FILES_FILE, "generator": GENERATOR_FILE, "kafka": KAFKA_TOPICS_FILE}
 HEAD_BYTES = 65_536  # an input file is known again by the SHA-256 of its first bytes
@@ -114,6 +115,29 @@ def check_state_layout(path: Path, layout: dict[str, object], fresh: bool) -> No
             f"{path} holds a run of another journey catalog (its journeys, steps or event"
             " types differ from this run's): resume with that catalog, or use a new"
             " --recovery-dir"
+        )
+        raise RecoveryError(msg)
+
+
+def check_out_dir(path: Path, out: Path | None, fresh: bool) -> None:
+    """Record the output directory of a ``fresh`` run (``out``; None: outputs elsewhere, as
+    Kafka topics), or refuse a resumed run that writes to another: the resume cuts each
+    output file back to its snapshot's size, and a file that was still empty then has no
+    bytes to tell another run's file by, so a wrong ``--out`` emptied another run's files.
+    A directory from before this record is not checked. ``path`` must be prepared."""
+    file = path / OUT_DIR_FILE
+    where = str(out.resolve()) if out is not None else ""
+    if fresh:
+        _replace(file, where.encode())
+        return
+    if not file.exists():
+        return
+    recorded = file.read_text(errors="replace")
+    if recorded != where:
+        msg = (
+            f"{path} holds a run whose outputs went to {recorded or 'Kafka topics'}, not to"
+            f" {where or 'Kafka topics'} as this run's do: resume with the same --out, or use"
+            " a new --recovery-dir"
         )
         raise RecoveryError(msg)
 

@@ -24,6 +24,7 @@ from ato.recovery_dir import (
     check_input_files,
     check_input_kind,
     check_input_topics,
+    check_out_dir,
     check_state_layout,
     drop_unfinished_snapshots,
     has_snapshots,
@@ -429,6 +430,7 @@ def run(
         prepare_recovery_dir(recovery_dir)
         layout = {**shape, "catalog": catalog.codes_fingerprint}
         check_state_layout(recovery_dir, layout, fresh)
+        check_out_dir(recovery_dir, out if isinstance(out, Path) else None, fresh)
         if not cluster or cluster[1] == 0:
             # before Bytewax starts: the other processes of a cluster wait for this one
             # to join before any of them writes a snapshot

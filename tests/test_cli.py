@@ -460,6 +460,26 @@ def test_a_resume_with_other_lanes_is_refused_before_the_flow(tmp_path: Path, ca
     assert main(argv) == 0
 
 
+def test_a_resume_into_another_out_dir_is_refused_before_it_cuts_anything(
+    tmp_path: Path, capsys
+) -> None:
+    """A resume cuts each output file back to its snapshot's size; a file still empty at
+    the snapshot (no late events, say) has nothing to tell another run's file by, so a
+    resume with a wrong --out emptied that run's file. Now the directory is recorded."""
+    recovery = tmp_path / "recovery"
+    argv = ["run", "--clients", "300", "--span-s", "3600", "--recovery-dir", str(recovery)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / "late_events.jsonl").write_bytes(b'{"from": "another run"}\n')
+    assert main([*argv, "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"outputs went to {tmp_path / 'a'}, not to {other}" in err
+    assert (other / "late_events.jsonl").read_bytes() == b'{"from": "another run"}\n'
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+
+
 def test_a_resume_with_other_generator_options_is_refused(tmp_path: Path, capsys) -> None:
     """Resumed, the generator makes its traffic again; with other options it is other
     traffic, and the snapshots' positions point into it (898 late events and recall 0.82
