@@ -18,7 +18,7 @@ import orjson
 
 from ato.columns import only_white_space
 from ato.config import RedisSettings, Settings, load_settings, mask_url
-from ato.exceptions import AtoError, ConfigError, cause_of
+from ato.exceptions import CLUSTER_ERROR_EXIT, AtoError, ClusterError, ConfigError, cause_of
 from ato.panic_text import exit_after_report_asked, reported
 from ato.process import Terminated, die_with_parent, sigterm_interrupts
 
@@ -212,8 +212,8 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
     if failed is not None:
         codes = [child.returncode for child in children]
         print(
-            f"ato: error: cluster process {failed} exited with {codes[failed]}; the others were"
-            f" stopped (exit codes {codes})",
+            f"ato: error: cluster process {failed} exited with {codes[failed]}; the others ended"
+            f" or were stopped (exit codes {codes})",
             file=sys.stderr,
         )
         return 1
@@ -246,13 +246,22 @@ def _wait_for(children: list[subprocess.Popen[bytes]]) -> tuple[list[bytes], int
         reader.start()
 
     def first_failed() -> int | None:
-        return next((i for i, c in enumerate(children) if c.returncode not in (None, 0)), None)
+        """The first child that failed, one that failed itself before one that only lost
+        its connection to another (exit code CLUSTER_ERROR_EXIT)."""
+        codes = [c.returncode for c in children]
+        failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
+        itself = [i for i in failed if codes[i] != CLUSTER_ERROR_EXIT]
+        chosen = itself or failed
+        return chosen[0] if chosen else None
 
     while any(child.poll() is None for child in children) and first_failed() is None:
         time.sleep(0.1)
-    failed = first_failed()
-    if failed is not None:
+    if first_failed() is not None:  # the others end on their own, saying why, or are stopped
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
         _stop(children)
+    failed = first_failed()
     for reader in readers:
         reader.join()
     return outputs, failed
@@ -683,23 +692,28 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv
         return int(args.handler(args))
     except AtoError as exc:
-        print(f"ato: error: {exc}", file=sys.stderr)
-        reported(2)
-        return 2
+        return _ato_error(exc, exc)
     except Exception as exc:  # Bytewax wraps what a step raised in its own error
         cause = cause_of(exc, (AtoError, KeyboardInterrupt))
         if isinstance(cause, AtoError):
-            print(f"ato: error: {cause}", file=sys.stderr)
-            reported(2)
-            return 2
+            return _ato_error(cause, exc)
         if isinstance(cause, KeyboardInterrupt):
             return _interrupted(cause)
-        if exit_after_report_asked():  # a failed cluster process: its traceback, then exit
+        if exit_after_report_asked(exc):  # a failed cluster process: its traceback, then exit
             traceback.print_exc()
-            reported(1)
+            reported(exc, 1)
         raise
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
+
+
+def _ato_error(error: AtoError, raised: BaseException) -> int:
+    """Print ``error`` in one line; return its exit code (2; 3 when a process of a cluster
+    lost its connection to another)."""
+    print(f"ato: error: {error}", file=sys.stderr)
+    code = CLUSTER_ERROR_EXIT if isinstance(error, ClusterError) else 2
+    reported(raised, code)
+    return code
 
 
 def _interrupted(exc: BaseException) -> int:
@@ -710,6 +724,7 @@ def _interrupted(exc: BaseException) -> int:
     return 143 if isinstance(exc, Terminated) else 130
 
 
+STOP_GRACE_S = 1.0  # after a process of a cluster failed, the others' time to end on their own
 CLUSTER_MEMBER_ENV = "_ATO_CLUSTER_MEMBER"  # set for the processes `--processes N` starts
 CLUSTER_RUN_ID_ENV = "_ATO_CLUSTER_RUN_ID"  # their run_id, the same for all of them
 INTERRUPTED = (

@@ -19,7 +19,11 @@ class RecoveryError(AtoError):
 
 class ClusterError(AtoError):
     """A process of a cluster lost its connection to another one (which failed or was
-    stopped, and says why itself)."""
+    stopped, and says why itself). ``ato`` exits with :data:`CLUSTER_ERROR_EXIT` for it, so
+    that the parent of a cluster names the process that failed first."""
+
+
+CLUSTER_ERROR_EXIT = 3
 
 
 def cause_of(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:

@@ -18,7 +18,8 @@ A process of a cluster whose flow failed has more to hide: its threads that talk
 processes panic later, as those processes stop, and their panic hook (which takes the GIL)
 prints ``MergeQueue poisoned`` or, during the interpreter's exit, aborts the process with
 ``FATAL: exception not rethrown`` (exit code -6). Such a process ends as soon as ``ato``
-has reported its error (:func:`exit_after_report`, :func:`reported`): Bytewax has closed its
+has reported its error (:func:`exit_after_report` marks the error, :func:`reported` exits):
+Bytewax has closed its
 sink partitions (flushed their files) by then, and its threads are beyond use.
 """
 
@@ -143,23 +144,24 @@ def write_all(fd: int, data: bytes) -> None:
             return
 
 
-_exit_after_report = threading.Event()
+EXIT_AFTER_REPORT = "ato_exit_after_report"  # attribute of an error that asks it
 
 
-def exit_after_report() -> None:
-    """Have :func:`reported` end the process at once, without the interpreter's exit."""
-    _exit_after_report.set()
+def exit_after_report(error: BaseException) -> None:
+    """Mark ``error`` so that :func:`reported` ends the process once ``ato`` reported it."""
+    setattr(error, EXIT_AFTER_REPORT, True)
 
 
-def exit_after_report_asked() -> bool:
-    """Whether :func:`exit_after_report` was called."""
-    return _exit_after_report.is_set()
+def exit_after_report_asked(error: BaseException) -> bool:
+    """Whether ``error`` was marked by :func:`exit_after_report`."""
+    return bool(getattr(error, EXIT_AFTER_REPORT, False))
 
 
-def reported(code: int) -> None:
-    """``ato`` has reported the error it exits with ``code`` for: if :func:`exit_after_report`
-    was called, flush the standard streams and end the process now (``os._exit``)."""
-    if not _exit_after_report.is_set():
+def reported(error: BaseException, code: int) -> None:
+    """``ato`` has reported ``error``, which it exits with ``code`` for: if the error was
+    marked (:func:`exit_after_report`), flush the standard streams and end the process now
+    (``os._exit``)."""
+    if not exit_after_report_asked(error):
         return
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:

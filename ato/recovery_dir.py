@@ -31,7 +31,7 @@ GENERATOR_FILE = "generator.json"
 KAFKA_TOPICS_FILE = "kafka_topics.json"
 STATE_LAYOUT_FILE = "state_layout.json"  # engine.shards, engine.lanes, the catalog's codes
 INPUT_FILES_FILE = "input_files.json"
-OUT_DIR_FILE = "out_dir"  # the output directory a run's snapshots cover
+OUT_DIR_FILE = "out_dir"  # + ".<process id>": the output directory a run's snapshots cover
 # the record each kind of input keeps in a recovery directory
 INPUT_RECORDS = {"files": INPUT_FILES_FILE, "generator": GENERATOR_FILE, "kafka": KAFKA_TOPICS_FILE}
 HEAD_BYTES = 65_536  # an input file is known again by the SHA-256 of its first bytes
@@ -119,13 +119,15 @@ def check_state_layout(path: Path, layout: dict[str, object], fresh: bool) -> No
         raise RecoveryError(msg)
 
 
-def check_out_dir(path: Path, out: Path | None, fresh: bool) -> None:
-    """Record the output directory of a ``fresh`` run (``out``; None: outputs elsewhere, as
-    Kafka topics), or refuse a resumed run that writes to another: the resume cuts each
-    output file back to its snapshot's size, and a file that was still empty then has no
-    bytes to tell another run's file by, so a wrong ``--out`` emptied another run's files.
-    A directory from before this record is not checked. ``path`` must be prepared."""
-    file = path / OUT_DIR_FILE
+def check_out_dir(path: Path, out: Path | None, fresh: bool, process_id: int = 0) -> None:
+    """Record the output directory of a ``fresh`` run's process ``process_id`` (``out``;
+    None: outputs elsewhere, as Kafka topics), or refuse a resumed run whose process writes
+    to another: the resume cuts each output file back to its snapshot's size, and a file
+    that was still empty then has no bytes to tell another run's file by, so a wrong
+    ``--out`` emptied another run's files. One record per process (``out_dir.<id>``): the
+    processes of a cluster on several machines may write to different paths. A directory
+    from before this record is not checked. ``path`` must be prepared."""
+    file = path / f"{OUT_DIR_FILE}.{process_id}"
     where = str(out.resolve()) if out is not None else ""
     if fresh:
         _replace(file, where.encode())

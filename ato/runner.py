@@ -262,14 +262,15 @@ def cluster_failure(exc: BaseException, first: Exception | None) -> BaseExceptio
     threads that talk to the other processes (``PanicException: Send thread panic``), which
     Bytewax 0.21.1 raises in place of the error that stopped the flow. Then the first error
     a step of this process raised (``first``, :mod:`flows.first_error`), or, when no step
-    here failed, a :class:`ClusterError`: another process failed or was stopped."""
+    here failed, a :class:`ClusterError`: another process failed or was stopped (or
+    Bytewax itself failed, which it does not say)."""
     if type(exc).__name__ != "PanicException" or "thread panic" not in str(exc):
         return exc
     if first is not None:
         return first
     return ClusterError(
-        f"the connection to another process of the cluster broke ({exc}): that process"
-        " failed or was stopped, and its own message says why"
+        f"the connection to another process of the cluster broke ({exc}): another process"
+        " failed or was stopped (its own message says why), or Bytewax failed here"
     )
 
 
@@ -430,7 +431,8 @@ def run(
         prepare_recovery_dir(recovery_dir)
         layout = {**shape, "catalog": catalog.codes_fingerprint}
         check_state_layout(recovery_dir, layout, fresh)
-        check_out_dir(recovery_dir, out if isinstance(out, Path) else None, fresh)
+        process_id = cluster[1] if cluster else 0
+        check_out_dir(recovery_dir, out if isinstance(out, Path) else None, fresh, process_id)
         if not cluster or cluster[1] == 0:
             # before Bytewax starts: the other processes of a cluster wait for this one
             # to join before any of them writes a snapshot
@@ -466,7 +468,7 @@ def run(
                     raise
             if failure is not None:  # raised here, not while handling Bytewax's panic
                 if addresses:  # its threads to the other processes panic as they stop
-                    exit_after_report()
+                    exit_after_report(failure)
                 raise failure
     seconds = time.perf_counter() - started
     if isinstance(sinks.metrics, ClickHouseSink):

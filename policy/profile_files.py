@@ -45,10 +45,14 @@ def check_profiles(path: Path | str, max_id_len: int = MAX_CLIENT_ID_LEN) -> int
 
     Blank lines are ignored; a client id listed twice, or longer than ``max_id_len``
     (``engine.max_client_id_len``: events with longer ids are dead letters), is an error, and
-    so is a file with no profile at all. The file is read as a stream, holding 8 bytes a
-    profile (a hash of its id) to find ids listed twice: a file larger than memory loads too.
+    so is a file with no profile at all, or one that is not a regular file (a pipe). The
+    file is read as a stream, holding 16 bytes a profile at most (a hash of its id, and a
+    sorted copy) to find ids listed twice: a file larger than memory loads too.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a pipe could not be read twice
+        msg = f"{path}: not a regular file (profiles are read twice: checked, then loaded)"
+        raise ProfileError(msg)
     errors: list[tuple[int, str]] = []
     bad = 0
     id_hashes = array("q")

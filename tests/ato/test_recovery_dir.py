@@ -19,6 +19,7 @@ from ato.recovery_dir import (
     LIVE_START_FILE,
     STATE_LAYOUT_FILE,
     check_input_topics,
+    check_out_dir,
     check_state_layout,
     drop_unfinished_snapshots,
     has_snapshots,
@@ -260,3 +261,18 @@ def test_a_live_run_keeps_its_start_time_for_the_runs_that_resume_it(tmp_path: P
     (tmp_path / "r" / LIVE_START_FILE).write_text("soon")
     with pytest.raises(RecoveryError, match="not a start time"):
         live_start_ms(tmp_path / "r", 9_999)
+
+
+def test_each_process_of_a_cluster_records_its_own_out_dir(tmp_path: Path) -> None:
+    """Processes on several machines may share a recovery directory and write to different
+    paths: each is held to its own (one record for all refused every resume but one)."""
+    path = tmp_path / "recovery"
+    prepare_recovery_dir(path)
+    first, second = tmp_path / "machine0" / "out", tmp_path / "machine1" / "out"
+    check_out_dir(path, first, fresh=True, process_id=0)
+    check_out_dir(path, second, fresh=True, process_id=1)
+    check_out_dir(path, first, fresh=False, process_id=0)
+    check_out_dir(path, second, fresh=False, process_id=1)
+    with pytest.raises(RecoveryError, match="outputs went to .*machine0/out, not to"):
+        check_out_dir(path, second, fresh=False, process_id=0)
+    check_out_dir(path, None, fresh=False, process_id=2)  # no record (an older directory)

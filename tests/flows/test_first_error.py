@@ -127,3 +127,15 @@ def test_a_cluster_panic_gives_the_step_error_or_a_lost_peer() -> None:
     assert cluster_failure(other, step) is other  # not the lost error: kept as it is
     plain = RuntimeError("Bytewax's own error")
     assert cluster_failure(plain, step) is plain
+
+
+def test_the_exit_after_a_report_is_asked_by_the_error_itself() -> None:
+    """The mark travels with the error: a later error of the same process (another run,
+    a test) does not end the process."""
+    from ato.panic_text import exit_after_report, exit_after_report_asked, reported
+
+    marked, other = ValueError("a failed cluster run"), ValueError("later")
+    exit_after_report(marked)
+    assert exit_after_report_asked(marked)
+    assert not exit_after_report_asked(other)
+    reported(other, 2)  # returns: the process goes on
