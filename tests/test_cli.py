@@ -347,9 +347,12 @@ def test_a_second_run_in_the_same_out_dir_is_refused_before_it_touches_anything(
     assert main(["run", "--clients", "50", "--out", str(tmp_path)]) == 0  # released
 
 
-def _live_cluster(out: Path) -> tuple["subprocess.Popen[bytes]", list[int]]:
+def _live_cluster(
+    out: Path, stderr: int = subprocess.DEVNULL, own_group: bool = False
+) -> tuple["subprocess.Popen[bytes]", list[int]]:
     """`ato run --processes 2` on live generated traffic (it runs for minutes), once both
-    its members run; the parent and the members' pids."""
+    its members run; the parent and the members' pids. ``own_group``: the parent leads a
+    process group of its own, as a terminal's foreground job does."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
         "ATO_CLICKHOUSE_ENABLED": "false",
@@ -358,7 +361,9 @@ def _live_cluster(out: Path) -> tuple["subprocess.Popen[bytes]", list[int]]:
         sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clock", "live",
         "--clients", "200", "--span-s", "600", "--out", str(out),
     ]  # fmt: skip
-    parent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=own_group
+    )
     deadline = time.monotonic() + 60
     members = _members_of(parent.pid)
     while len(members) < 2 and time.monotonic() < deadline:
@@ -388,21 +393,8 @@ def test_sigterm_to_a_cluster_stops_its_processes(tmp_path: Path) -> None:
 def test_ctrl_c_to_a_cluster_says_interrupted_once(tmp_path: Path) -> None:
     """Ctrl-C reaches the parent and its processes (one process group): the parent says the
     run was interrupted, once (each process said it too before), and exits 130."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ATO_")},
-        "ATO_CLICKHOUSE_ENABLED": "false",
-    }
-    argv = [
-        sys.executable, "-m", "ato.cli", "run", "--processes", "2", "--clock", "live",
-        "--clients", "200", "--span-s", "600", "--out", str(tmp_path),
-    ]  # fmt: skip
-    parent = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+    parent, _ = _live_cluster(tmp_path, stderr=subprocess.PIPE, own_group=True)
     try:
-        deadline = time.monotonic() + 60
-        while len(_members_of(parent.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
         time.sleep(3)  # the members are running their flows
         os.killpg(parent.pid, signal.SIGINT)  # as a terminal's Ctrl-C
         _, err = parent.communicate(timeout=60)
