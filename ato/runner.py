@@ -417,10 +417,11 @@ def run(
             progress=ProgressSink(stats, progress),
             decisions=JsonLinesSink(out / DECISIONS_FILE) if settings.redis.enabled else None,
         )
+    addresses, process_id = cluster or ([], 0)
     if settings.clickhouse.enabled:
-        first = not cluster or cluster[1] == 0
         sinks = replace(
-            sinks, metrics=metrics_sink(settings, first, recovery=recovery_dir is not None)
+            sinks,
+            metrics=metrics_sink(settings, process_id == 0, recovery=recovery_dir is not None),
         )
     flow = build_flow(
         source, sinks, settings, catalog, snapshots=recovery_dir is not None, run_id=run_id
@@ -431,9 +432,8 @@ def run(
         prepare_recovery_dir(recovery_dir)
         layout = {**shape, "catalog": catalog.codes_fingerprint}
         check_state_layout(recovery_dir, layout, fresh)
-        process_id = cluster[1] if cluster else 0
         check_out_dir(recovery_dir, out if isinstance(out, Path) else None, fresh, process_id)
-        if not cluster or cluster[1] == 0:
+        if process_id == 0:
             # before Bytewax starts: the other processes of a cluster wait for this one
             # to join before any of them writes a snapshot
             dropped = drop_unfinished_snapshots(recovery_dir)
@@ -443,14 +443,13 @@ def run(
         recovery = RecoveryConfig(str(recovery_dir))
     if isinstance(out, Path):  # after every check (and ClickHouse opened): a refused run
         # leaves the outputs as they are
-        start_outputs(out, empty=fresh and (not cluster or cluster[1] == 0))
+        start_outputs(out, empty=fresh and process_id == 0)
     epoch = timedelta(seconds=engine.epoch_interval_s)
     started = stats.started = time.perf_counter()  # progress lines count from here too
     with panic_text_dropped(reported_by_ato):  # Bytewax's panic text before ato's error
         if settings.workers == 1 and not cluster:
             run_main(flow, epoch_interval=epoch, recovery_config=recovery)
         else:
-            addresses, process_id = cluster or ([], 0)
             first_error.take()  # an earlier flow's, in this process: not this run's
             failure: BaseException | None = None
             try:
