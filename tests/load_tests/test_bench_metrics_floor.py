@@ -54,3 +54,6 @@ def test_small_run_reports_every_figure(tmp_path: Path, monkeypatch: pytest.Monk
     assert 0 < low <= result["floor_share"] <= high
     assert 0 <= result["floor_cost"] < 1
     assert np.isfinite(result["metrics_cost"])
+    assert result["beside_round_s"] > 0  # its rows were copied whole, or main() raised
+    assert result["beside_cost"] < 1
+    assert len(result["beside_cost_all"]) == 1
