@@ -148,21 +148,33 @@ def ingest_round(url: str, source: str, rows: dict[str, pa.Table], n: int) -> di
 
 
 def load_memory_tables(client: Any, source: str, rows: dict[str, pa.Table]) -> list[str]:
-    """``rows`` into chDB ``Memory`` tables shaped like ``source``'s (database ``held``);
-    returns the ``INSERT ... SELECT`` statements (``{db}`` to fill) that copy them out, a
-    statement per ``INSERT_ROWS`` rows."""
+    """``rows`` into chDB ``Memory`` tables shaped like ``source``'s (database ``held``), one
+    table per ``INSERT_ROWS`` rows of a table (a ``LIMIT ... OFFSET`` read of one large table
+    does not keep the rows' order); returns the ``INSERT ... SELECT`` statements (``{db}`` to
+    fill) that copy them out, one per held table."""
     client.command("CREATE DATABASE held")
     copies = []
     for table, block in rows.items():
-        client.command(f"CREATE TABLE held.{table} AS {source}.{table} ENGINE = Memory")
-        for start in range(0, block.num_rows, INSERT_ROWS):
+        for k, start in enumerate(range(0, block.num_rows, INSERT_ROWS)):
+            held = f"{table}_{k}"
+            client.command(f"CREATE TABLE held.{held} AS {source}.{table} ENGINE = Memory")
             part = block.slice(start, INSERT_ROWS)
-            client.insert_arrow(table, part, database="held", settings=INSERT_SETTINGS)
-            copies.append(
-                f"INSERT INTO {{db}}.{table} SELECT * FROM held.{table}"
-                f" LIMIT {INSERT_ROWS} OFFSET {start}"
-            )
+            client.insert_arrow(held, part, database="held", settings=INSERT_SETTINGS)
+            copies.append(f"INSERT INTO {{db}}.{table} SELECT * FROM held.{held}")
     return copies
+
+
+def written_blocks(client: Any) -> tuple[int, int]:
+    """MergeTree blocks chDB has written in this process, and how many of them came sorted."""
+    rows = client.query(
+        "SELECT event, value FROM system.events"
+        " WHERE event IN ('MergeTreeDataWriterBlocks', 'MergeTreeDataWriterBlocksAlreadySorted')"
+    ).result_rows
+    found = dict(rows)
+    return (
+        int(found.get("MergeTreeDataWriterBlocks", 0)),
+        int(found.get("MergeTreeDataWriterBlocksAlreadySorted", 0)),
+    )
 
 
 def beside_round(
@@ -176,7 +188,8 @@ def beside_round(
 ) -> float:
     """Seconds until both ``run`` (the flow without metrics) and chDB's copies of the held
     rows into fresh tables, spread evenly over ``spread_s`` s, have ended. The copies must
-    come out with ``counts`` rows per table."""
+    come out with ``counts`` rows per table, each in its table's key order (as the sink's
+    inserts come)."""
     database = f"beside_{n}"
     client.command(f"CREATE DATABASE {database}")
     for table in TABLES:
@@ -195,6 +208,7 @@ def beside_round(
             failed.append(exc)
 
     gc.collect()
+    blocks_before, sorted_before = written_blocks(client)
     copier = threading.Thread(target=copy_rows, name="beside-copies")
     t0 = time.perf_counter()
     copier.start()
@@ -206,6 +220,10 @@ def beside_round(
     copied = {t: int(client.command(f"SELECT count() FROM {database}.{t}")) for t in TABLES}
     if copied != counts:
         msg = f"the beside inserts copied {copied} rows, not {counts}"
+        raise RuntimeError(msg)
+    blocks_after, sorted_after = written_blocks(client)
+    if blocks_after - blocks_before != sorted_after - sorted_before:
+        msg = "the beside inserts did not all come in their tables' key order"
         raise RuntimeError(msg)
     print(f"  flow beside chDB's inserts: {seconds:.2f}s", file=sys.stderr)
     client.command(f"DROP DATABASE {database} SYNC")
@@ -280,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             beside.append(
                 beside_round(store.client, "shape", copies, counts, spread, without_metrics, i)
             )
-        store.client.command("DROP DATABASE held SYNC")
+        store.client.command("DROP DATABASE held SYNC")  # the held rows' memory
     ingest = []
     for i in range(args.repeat):
         spent = ingest_round(url, "shape", rows, i)
