@@ -398,11 +398,10 @@ class ClickHouseSettings:
     )
 
     def __post_init__(self) -> None:
-        try:
-            urlsplit(self.url).port  # noqa: B018 - a bad host or port raises
-        except ValueError as exc:
-            msg = f"clickhouse.url {mask_url(self.url)!r}: {exc}"
-            raise ConfigError(msg) from exc
+        problem = url_address_problem(self.url)
+        if problem:
+            msg = f"clickhouse.url {mask_url(self.url)!r}: {problem}"
+            raise ConfigError(msg)
         scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
         if self.url and scheme not in CLICKHOUSE_SCHEMES:
             msg = (
@@ -443,16 +442,11 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 def _check_redis_address(url: str) -> None:
     """Refuse a redis(s):// URL that is malformed, whose port is not a port number or whose
     database is not a number, or whose query names options redis-py does not take."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        msg = f"redis.url: malformed URL {mask_url(url)!r}: {exc}"
-        raise ConfigError(msg) from None
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a port number
-    except ValueError:
-        msg = f"redis.url: the port is not a port number (0-65535) in {mask_url(url)!r}"
-        raise ConfigError(msg) from None
+    problem = url_address_problem(url)
+    if problem:
+        msg = f"redis.url {mask_url(url)!r}: {problem}"
+        raise ConfigError(msg)
+    parts = urlsplit(url)
     if parts.scheme.lower() in ("redis", "rediss") and not parts.hostname:
         msg = f"redis.url: no host in {mask_url(url)!r} (expected redis://HOST:PORT/DB)"
         raise ConfigError(msg)
@@ -558,13 +552,36 @@ class RedisSettings:
         return f"RedisSettings({', '.join(shown)})"
 
 
-def mask_url(url: str) -> str:
-    """``url`` with the password of its user part replaced by ``***`` (for messages)."""
+NETWORK_SCHEMES = ("http", "https", "redis", "rediss")  # URLs with a host (not chdb:// or unix://)
+_ENCODE_HINT = (
+    "a '/', '?', '#' or '@' in the user or password must be percent-encoded, e.g. '/' as %2F"
+)
+
+
+def url_address_problem(url: str) -> str | None:
+    """What is wrong with the host and port of ``url``, in words that show no part of its
+    password, or None. A password holding an unencoded ``/``, ``?`` or ``#`` ends the address
+    early: what follows its ``:`` is read as the port, and the rest of it as the path."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - a bad port raises here too
-    except ValueError:  # not parsed: mask whatever sits between the user and the host
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    except ValueError as exc:  # "Invalid IPv6 URL": names no part of the URL
+        return str(exc)
+    hint = f"; {_ENCODE_HINT}" if "@" in url else ""
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a port number
+    except ValueError:  # its message quotes the "port", which may be a piece of the password
+        return f"the port is not a port number (0-65535){hint}"
+    after = url.partition("://")[2][len(parts.netloc) :]  # a path, query or fragment
+    if parts.scheme.lower() in NETWORK_SCHEMES and "@" in after:
+        return f"an '@' after the host and port{hint}"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***`` (for messages)."""
+    if url_address_problem(url):  # not parsed as given: mask between the user and the last @
+        return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+    parts = urlsplit(url)
     if parts.password is None:
         return url
     user = parts.username or ""

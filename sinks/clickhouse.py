@@ -64,7 +64,7 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from clickhouse_connect.driver.exceptions import Error as DriverError
 
-from ato.config import ClickHouseSettings, clickhouse_url, mask_url
+from ato.config import ClickHouseSettings, clickhouse_url, mask_url, url_address_problem
 from sinks.exceptions import ClickHouseError
 from sinks.insert_order import in_key_order
 
@@ -261,12 +261,11 @@ class ClickHouseStore:
         self.display_url = mask_url(url)
         self.schema_dir = schema_dir
         self.timeout_s = timeout_s
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - a bad host or port raises
-        except ValueError as exc:
-            msg = f"ClickHouse url {self.display_url!r}: {exc}"
-            raise ClickHouseError(msg) from exc
+        problem = url_address_problem(url)
+        if problem:
+            msg = f"ClickHouse url {self.display_url!r}: {problem}"
+            raise ClickHouseError(msg)
+        parts = urlsplit(url)
         self._password = parts.password
         scheme = parts.scheme.lower()
         if scheme == "chdb":

@@ -158,9 +158,9 @@ def test_a_bad_value_names_the_variables_beside_the_file(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis://127.0.0.1:abc/0", "redis.url: the port is not a port number"),
-        ("redis://127.0.0.1:99999/0", "redis.url: the port is not a port number"),
-        ("redis://[::1/0", "redis.url: malformed URL"),
+        ("redis://127.0.0.1:abc/0", "redis.url '.*': the port is not a port number"),
+        ("redis://127.0.0.1:99999/0", "redis.url '.*': the port is not a port number"),
+        ("redis://[::1/0", "redis.url '.*': Invalid IPv6 URL"),
         ("redis://", "redis.url: no host"),
         ("rediss:///0", "redis.url: no host"),
         ("redis://127.0.0.1:6379/0?foo=bar", "redis.url: .*foo"),
@@ -172,6 +172,17 @@ def test_a_bad_value_names_the_variables_beside_the_file(tmp_path: Path) -> None
 def test_a_malformed_redis_url_is_a_clear_error(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings().with_overrides("redis", url=url)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:Tr0ub4dor/xyz@127.0.0.1:6379/0", "redis://:1234/Tr0ub4dor@h:6379/0"]
+)
+def test_a_password_with_an_unencoded_slash_is_refused_without_showing_it(url: str) -> None:
+    """Before, the first said the port was bad and the second named no host; their messages
+    (or a later one's URL) showed the password."""
+    with pytest.raises(ConfigError, match="must be percent-encoded") as info:
+        Settings().with_overrides("redis", url=url)
+    assert "Tr0ub4dor" not in str(info.value) and "1234" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -44,9 +44,35 @@ def test_a_file_sets_the_section(tmp_path: Path) -> None:
         ({"retry_timeout_s": -1.0}, "clickhouse.retry_timeout_s: must be >= 0"),
         ({"max_buffer_rows": 10, "flush_rows": 20}, "max_buffer_rows .* must be >= flush_rows"),
         ({"url": "http://u:S3cret@[::1/x"}, r"clickhouse.url 'http://u:\*\*\*@\[::1/x': Invalid"),
-        ({"url": "http://h:99999"}, "clickhouse.url 'http://h:99999': Port out of range"),
+        ({"url": "http://h:99999"}, "clickhouse.url 'http://h:99999': the port is not a port"),
     ],
 )
 def test_bad_values_name_the_key(values: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ClickHouseSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://analyst:Tr0ub4dor/xyz@ch.example.com:8443",  # the "port" was 'Tr0ub4dor'
+        "https://analyst:1234/Tr0ub4dor@ch.example.com:8443",  # port 1234, host 'analyst'
+        "https://analyst:Tr0ub4dor?x@ch.example.com:8443",
+        "https://analyst:Tr0ub4dor#x@ch.example.com:8443",
+    ],
+)
+def test_a_password_with_an_unencoded_slash_is_refused_without_showing_it(url: str) -> None:
+    """Python's URL parser ends the address at the first '/', '?' or '#': the message quoted
+    a piece of the password as the port, or the URL passed with the password in its path
+    and was shown unmasked."""
+    with pytest.raises(ConfigError, match="must be percent-encoded, e.g. '/' as %2F") as info:
+        ClickHouseSettings(url=url)
+    text = str(info.value)
+    assert "Tr0ub4dor" not in text and "1234" not in text
+    assert "analyst:***@ch.example.com:8443" in text
+    assert "Tr0ub4dor" not in mask_url(url)
+
+
+def test_a_password_holding_an_at_sign_is_masked_whole() -> None:
+    assert mask_url("http://bob:p@ss@h:8123/db") == "http://bob:***@h:8123/db"
+    assert mask_url("chdb:///tmp/a@b") == "chdb:///tmp/a@b"  # a path, not a user part

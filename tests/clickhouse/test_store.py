@@ -208,6 +208,13 @@ def test_a_url_that_does_not_parse_is_a_clear_error_with_the_password_masked() -
     assert "S3cret" not in str(info.value) and "u:***@" in str(info.value)
 
 
+def test_a_password_with_an_unencoded_slash_is_a_clear_error_that_does_not_show_it() -> None:
+    """``ato query --url`` named a piece of the password as the port."""
+    with pytest.raises(ClickHouseError, match="percent-encoded") as info:
+        ClickHouseStore("https://analyst:Tr0ub4dor/xyz@127.0.0.1:1", "ato")
+    assert "Tr0ub4dor" not in str(info.value) and "analyst:***@" in str(info.value)
+
+
 def test_a_server_that_never_answers_fails_after_the_request_timeout() -> None:
     """It takes the connection and says nothing: clickhouse-connect's own read timeout
     (300 s) held a run's start that long."""
