@@ -371,7 +371,11 @@ class ClickHouseSettings:
     password: str = _knob(
         "", "Server password, instead of one in the url (never printed or logged).", secret=True
     )
-    database: str = _knob("ato", "Database of the metric tables (created by the migrations).")
+    database: str = _knob(
+        "ato",
+        "Database of the metric tables (created by the migrations); a server url's /db path"
+        " overrides it. `ato query` runs in it: queries name its tables without a database.",
+    )
     flush_interval_s: float = _knob(
         5.0,
         "Buffered rows are inserted at least this often (s; checked as rows arrive, so within"

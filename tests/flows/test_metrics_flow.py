@@ -54,6 +54,8 @@ def loaded(
     """Run the flow once and answer every example query."""
     settings = Settings().with_overrides("", out_dir=tmp_path_factory.mktemp("metrics") / "run")
     settings = settings.with_overrides("engine", shards=4, batch_size=2000)
+    # not the default "ato": the documented queries name no database
+    settings = settings.with_overrides("clickhouse", database="analytics")
     summary = _run(settings, traffic)
     assert summary["precision"] == summary["recall"] == 1.0
     yield settings, answers(settings)
