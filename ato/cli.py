@@ -216,7 +216,7 @@ def _run_cluster(processes: int, args: argparse.Namespace, live_generator: bool 
             f" or were stopped (exit codes {codes})",
             file=sys.stderr,
         )
-        return 1
+        return codes[failed] if codes[failed] > 0 else 1  # as that process would alone
     summaries = [orjson.loads(out.splitlines()[-1]) for out in outputs]
     _print_summary(_merge_summaries(summaries) | {"processes": processes})
     return 0
@@ -260,21 +260,24 @@ def _wait_for(children: list[subprocess.Popen[bytes]]) -> tuple[list[bytes], int
         deadline = time.monotonic() + STOP_GRACE_S
         while any(child.poll() is None for child in children) and time.monotonic() < deadline:
             time.sleep(0.05)
-        _stop(children)
+        # a process still waiting for the failed one to connect is in Bytewax's Rust code,
+        # where a Python signal handler does not run: SIGTERM alone would wait out 10 s
+        _stop(children, wait_s=STOP_AFTER_FAILURE_S)
     failed = first_failed()
     for reader in readers:
         reader.join()
     return outputs, failed
 
 
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
-    """Terminate the children still running; kill those that do not end within 10 s."""
+def _stop(children: list[subprocess.Popen[bytes]], wait_s: float = 10.0) -> None:
+    """Terminate the children still running; kill those that do not end within ``wait_s``."""
     for child in children:
         if child.poll() is None:
             child.terminate()
+    deadline = time.monotonic() + wait_s
     for child in children:
         try:
-            child.wait(timeout=10)
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
@@ -725,6 +728,7 @@ def _interrupted(exc: BaseException) -> int:
 
 
 STOP_GRACE_S = 1.0  # after a process of a cluster failed, the others' time to end on their own
+STOP_AFTER_FAILURE_S = 3.0  # then, from SIGTERM to SIGKILL (nothing of theirs is left to save)
 CLUSTER_MEMBER_ENV = "_ATO_CLUSTER_MEMBER"  # set for the processes `--processes N` starts
 CLUSTER_RUN_ID_ENV = "_ATO_CLUSTER_RUN_ID"  # their run_id, the same for all of them
 INTERRUPTED = (
