@@ -48,6 +48,7 @@ import fcntl
 import functools
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -216,7 +217,8 @@ def chdb_path(url: str) -> Path | None:
 
 
 def _lock_holder(path: Path) -> str | None:
-    """Who holds chDB's lock on ``path`` (its status file), if another process does."""
+    """Who holds chDB's lock on ``path`` (its status file), if another process does (this
+    one may open a directory it has open again)."""
     status = path / "status"
     try:
         with open(status, "rb") as file:
@@ -225,6 +227,8 @@ def _lock_holder(path: Path) -> str | None:
             except BlockingIOError:
                 text = file.read(200).decode(errors="replace")
                 pid = re.search(r"PID:\s*(\d+)", text)
+                if pid and int(pid.group(1)) == os.getpid():
+                    return None
                 return f"process {pid.group(1)}" if pid else "another process"
             fcntl.flock(file, fcntl.LOCK_UN)
     except OSError:
@@ -297,18 +301,17 @@ class ClickHouseStore:
         path = chdb_path(self.url)
         query = urlsplit(self.url).query
         dsn = f"chdb://{path if path is not None else 'memory'}" + (f"?{query}" if query else "")
+        holder = _lock_holder(path) if path is not None else None
+        if holder is not None:  # asked first: chDB would print its own error to stderr
+            raise ClickHouseError(self._in_use(holder))
         try:
             return clickhouse_connect.get_client(dsn=dsn)
         except (DriverError, OSError) as exc:
             text = _message(exc, None)
             holder = _lock_holder(path) if path is not None else None
-            if holder is not None:
-                hint = (
-                    f"the directory is in use by {holder} (a running `ato run`?); chDB lets one"
-                    " process open a database directory at a time: wait until it ends, or"
-                    " point clickhouse.url at a ClickHouse server"
-                )
-            elif "already initialized with path" in text:
+            if holder is not None:  # taken since
+                raise ClickHouseError(self._in_use(holder)) from exc
+            if "already initialized with path" in text:
                 hint = (
                     "this process already has another chDB directory open (chDB runs one"
                     f" directory per process): close it first ({text})"
@@ -317,6 +320,14 @@ class ClickHouseStore:
                 hint = f"{text}; check clickhouse.url and that the directory is writable"
             msg = f"cannot open the embedded ClickHouse {self.display_url}: {hint}"
             raise ClickHouseError(msg) from exc
+
+    def _in_use(self, holder: str) -> str:
+        return (
+            f"cannot open the embedded ClickHouse {self.display_url}: the directory is in use"
+            f" by {holder} (a running `ato run`?); chDB lets one process open a database"
+            " directory at a time: wait until it ends, or point clickhouse.url at a"
+            " ClickHouse server"
+        )
 
     def _open_server(self, scheme: str, dsn: str) -> Any:
         try:

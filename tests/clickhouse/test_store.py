@@ -252,6 +252,13 @@ def test_another_process_cannot_open_a_directory_this_one_holds(store: ClickHous
     assert done.returncode == 2
     assert f"in use by process {os.getpid()}" in done.stderr
     assert "Traceback" not in done.stderr
+    # the one line: chDB's own "Cannot lock file" message came before it
+    assert done.stderr.startswith("ato: error: cannot open the embedded"), done.stderr
+
+
+def test_this_process_may_open_a_directory_it_holds_again(store: ClickHouseStore) -> None:
+    with ClickHouseStore(store.url, store.database) as again:
+        assert again.query("SELECT 1")[1] == [(1,)]
 
 
 def test_error_messages_leave_out_chdbs_stack_trace() -> None:
