@@ -1,5 +1,6 @@
 """`ato profiles load|generate|show` against the test redis-server, and generated profiles."""
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +110,24 @@ def test_generate_load_show_round_trip(
         assert shown["value_tier"] == profile.value_tier
         assert shown["rm_id"] == (profile.rm_id or "-")
         assert shown["tz"] == profile.tz
+
+
+def test_the_documented_profiles_example_holds(
+    tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/policy.md's generate, load and show, as a user would run them (the example
+    went stale when the generator changed: it showed another segment for its client)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
+    generated = re.search(r"\$ ato profiles generate --clients (\d+) --seed (\d+) ", doc)
+    show = re.search(r"\$ ato profiles show (\S+)\n(\S+: stored profile)\n((?:  .*\n)+)", doc)
+    assert generated and show, "docs/policy.md lost its profiles example"
+    out = tmp_path / "profiles.jsonl"
+    argv = ["--clients", generated[1], "--seed", generated[2], "--out", str(out)]
+    assert main(["profiles", "generate", *argv]) == 0
+    assert main(["profiles", "load", str(out), "--redis-url", redis_url]) == 0
+    capsys.readouterr()
+    documented = {"title": show[2]} | dict(row.split(maxsplit=1) for row in show[3].splitlines())
+    assert _show(redis_url, show[1], capsys) == documented
 
 
 def test_generate_needs_a_json_lines_name(
