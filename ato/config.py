@@ -413,6 +413,13 @@ class ClickHouseSettings:
                 f" got {mask_url(self.url)!r}"
             )
             raise ConfigError(msg)
+        if scheme == "chdb" and not self.url.split("://", 1)[1].split("?", 1)[0]:
+            msg = (
+                f"clickhouse.url {self.url!r} names no directory: chdb:///abs/path or"
+                " chdb://rel/path (chdb://memory for a database lost at exit; empty url:"
+                " chdb://<out_dir>/clickhouse)"
+            )
+            raise ConfigError(msg)
         if not _IDENTIFIER.match(self.database):
             msg = f"clickhouse.database: expected a plain identifier, got {self.database!r}"
             raise ConfigError(msg)

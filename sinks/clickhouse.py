@@ -211,7 +211,10 @@ def chdb_path(url: str) -> Path | None:
     if parts.scheme.lower() != "chdb":
         return None
     location = url.split("://", 1)[1].split("?", 1)[0]
-    if location in ("", "memory", ":memory:"):
+    if not location:  # chDB would take it for memory: a mistyped path would lose the rows
+        msg = f"ClickHouse url {url!r} names no directory (chdb://memory for a database in memory)"
+        raise ClickHouseError(msg)
+    if location in ("memory", ":memory:"):
         return None
     return Path(location).resolve()  # chdb:///abs/path keeps its leading slash
 

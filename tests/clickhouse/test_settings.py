@@ -45,6 +45,8 @@ def test_a_file_sets_the_section(tmp_path: Path) -> None:
         ({"max_buffer_rows": 10, "flush_rows": 20}, "max_buffer_rows .* must be >= flush_rows"),
         ({"url": "http://u:S3cret@[::1/x"}, r"clickhouse.url 'http://u:\*\*\*@\[::1/x': Invalid"),
         ({"url": "http://h:99999"}, "clickhouse.url 'http://h:99999': the port is not a port"),
+        ({"url": "chdb://"}, "clickhouse.url 'chdb://' names no directory"),
+        ({"url": "chdb://?x=1"}, "clickhouse.url 'chdb://\\?x=1' names no directory"),
     ],
 )
 def test_bad_values_name_the_key(values: dict[str, object], message: str) -> None:

@@ -228,6 +228,12 @@ def test_a_server_that_never_answers_fails_after_the_request_timeout() -> None:
         assert time.monotonic() - started < 10
 
 
+def test_a_chdb_url_without_a_directory_is_refused() -> None:
+    """chDB opened it in memory: a path from an unset variable lost every row."""
+    with pytest.raises(ClickHouseError, match="names no directory"):
+        ClickHouseStore("chdb://", "ato")
+
+
 def test_an_unknown_scheme_is_refused() -> None:
     with pytest.raises(ClickHouseError, match="expected chdb:///abs/path"):
         ClickHouseStore("clickhouse://host:9000", "ato")
