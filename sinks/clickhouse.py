@@ -643,10 +643,13 @@ class ClickHouseStore:
         if self._in_database:
             return
         if not self._command(f"EXISTS DATABASE {self.database}"):
-            msg = (
-                f"ClickHouse {self.display_url} has no database {self.database}"
-                " (run `ato db migrate`, or `ato run` with clickhouse.enabled)"
+            hint = (
+                "a chdb://memory database lives only in the process that made it: no other"
+                " command can read a run's"
+                if self.embedded and chdb_path(self.url) is None
+                else "run `ato db migrate`, or `ato run` with clickhouse.enabled"
             )
+            msg = f"ClickHouse {self.display_url} has no database {self.database} ({hint})"
             raise ClickHouseError(msg)
         self.client.database = self.database
         self._in_database = True

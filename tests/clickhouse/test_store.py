@@ -228,6 +228,20 @@ def test_a_server_that_never_answers_fails_after_the_request_timeout() -> None:
         assert time.monotonic() - started < 10
 
 
+def test_query_on_a_memory_database_does_not_advise_a_migration() -> None:
+    """`ato db migrate` on chdb://memory is lost when it exits: the advice could not work."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ato.cli", "query", "SELECT 1", "--url", "chdb://memory"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "lives only in the process that made it" in done.stderr
+    assert "migrate" not in done.stderr
+
+
 def test_a_chdb_url_without_a_directory_is_refused() -> None:
     """chDB opened it in memory: a path from an unset variable lost every row."""
     with pytest.raises(ClickHouseError, match="names no directory"):
