@@ -27,6 +27,12 @@ STREAMED = re.compile(r"(SELECT|WITH)\b", re.IGNORECASE)  # what chDB streams
 INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)  # what a stream drops
 # statements that read only: what `ato query` runs unless told it may write
 READ_ONLY_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
+# the first words of ClickHouse's other statements; any other first word is refused as a typo
+WRITE_STATEMENTS = frozenset(
+    "INSERT CREATE ALTER DELETE UPDATE DROP UNDROP TRUNCATE RENAME EXCHANGE OPTIMIZE SYSTEM"
+    " ATTACH DETACH MOVE GRANT REVOKE SET USE KILL CHECK WATCH BACKUP RESTORE BEGIN COMMIT"
+    " ROLLBACK FROM VALUES".split()
+)
 
 
 def statements(sql: str) -> list[str]:
@@ -73,6 +79,12 @@ def check_sql(sql: str, write: bool = False) -> None:
         raise ClickHouseError(msg)
     words = found[0].lstrip("( \t\r\n").split(None, 1)
     first = words[0].upper() if words else ""
+    if first not in READ_ONLY_STATEMENTS and first not in WRITE_STATEMENTS:
+        msg = (
+            f"{first or found[0]!r} does not start a ClickHouse statement (a typo?); ato query"
+            f" runs read-only statements ({', '.join(READ_ONLY_STATEMENTS)})"
+        )
+        raise ClickHouseError(msg)
     if not write and first not in READ_ONLY_STATEMENTS:
         msg = (
             f"ato query runs read-only statements ({', '.join(READ_ONLY_STATEMENTS)}), not"

@@ -143,6 +143,7 @@ def test_query_before_any_migration_says_what_to_do(url: str, env: str, tmp_path
         ("SELECT 1; SELECT 2", "one statement at a time: this SQL holds 2"),
         ("DROP TABLE outcomes", "runs read-only statements"),
         ("INSERT INTO outcomes SELECT * FROM outcomes", "pass --write"),
+        ("SELEC 1", "'SELEC' does not start a ClickHouse statement (a typo?)"),  # not --write
     ],
 )
 def test_what_ato_query_refuses(url: str, env: str, capsys, sql: str, message: str) -> None:
