@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -331,11 +332,19 @@ def _start_flow(
     )
     argv = [sys.executable, "-m", "ato.cli", "run", "--config", str(config)]
     argv += ["--processes", str(processes), "--duration-s", f"{seconds:.1f}"]
+    env = flow_env(os.environ)
     with (run_dir / "flow.out").open("wb") as out, (run_dir / "flow.err").open("wb") as err:
         # its own process group: stop_group reaches the cluster members of --processes N
         return subprocess.Popen(  # noqa: S603 - our own command
-            argv, stdout=out, stderr=err, start_new_session=True
+            argv, stdout=out, stderr=err, env=env, start_new_session=True
         )
+
+
+def flow_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The flow's environment: ``environ`` without the ``ATO_*`` settings, which would
+    override ``flow.toml`` (an ``ATO_REDIS_URL`` exported for ``ato profiles`` turned the
+    contact policy on, an ``ATO_KAFKA_INPUT_TOPICS`` read another topic)."""
+    return {name: value for name, value in environ.items() if not name.startswith("ATO_")}
 
 
 def stop_group(process: "subprocess.Popen[bytes]") -> None:

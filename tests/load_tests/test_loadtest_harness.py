@@ -2,6 +2,7 @@
 smoke run against the real broker (so the harness never rots)."""
 
 import math
+import os
 import re
 import resource
 import signal
@@ -18,6 +19,7 @@ import pytest
 
 from ato.catalog import load_catalog
 from ato.cli import main as cli_main
+from ato.config import KafkaSettings
 from ato.devservers import Server, create_topics, start_broker
 from ato.exceptions import ConfigError
 from ato.generator import TruthStall
@@ -593,3 +595,17 @@ def test_lag_p95_is_taken_over_the_measured_window() -> None:
     lag = [0, 0, 100, 200, 300, 400, 500, 0, 0, 0]
     assert harness._window_p95(lag, t_s, (2.0, 6.0)) == pytest.approx(480.0)
     assert harness._window_p95(lag, t_s, (20.0, 30.0)) == 0.0
+
+
+def test_the_flow_runs_on_its_config_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATO_* settings of the harness's environment would override flow.toml (an exported
+    ATO_REDIS_URL turned the contact policy on)."""
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(harness.subprocess, "Popen", lambda argv, **kw: started.append(kw))
+    monkeypatch.setenv("ATO_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("_ATO_INTERNAL", "1")
+    kafka = KafkaSettings(brokers="127.0.0.1:1", input_topics=("in",))
+    harness._start_flow(load_scenario("smoke"), kafka, "out", "dlq", 1, 1.0, tmp_path)
+    [env] = [kw["env"] for kw in started]
+    assert "ATO_REDIS_URL" not in env and env["_ATO_INTERNAL"] == "1"
+    assert env["PATH"] == os.environ["PATH"]
