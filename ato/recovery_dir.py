@@ -165,6 +165,27 @@ def check_input_topics(path: Path, topics: Sequence[str], fresh: bool) -> None:
     _replace(path / KAFKA_TOPICS_FILE, orjson.dumps(wanted))
 
 
+def check_input_partitions(path: Path, partitions: Sequence[str], fresh: bool) -> None:
+    """Refuse a resumed run over ``path`` whose input topics no longer have every partition
+    (``topic#N``) whose read position the snapshots hold: a topic made again with fewer
+    partitions stopped Bytewax with a panic ("not in this worker's routing map")."""
+    if fresh:
+        return
+    gone = sorted(input_positions(path) - set(partitions), key=_partition_order)
+    if gone:
+        msg = (
+            f"{path} holds the read positions of partitions {gone}, which the input topics"
+            " no longer have (a topic made again with fewer partitions?); use a new"
+            " --recovery-dir"
+        )
+        raise RecoveryError(msg)
+
+
+def _partition_order(key: str) -> tuple[str, int]:
+    topic, _, number = key.rpartition("#")
+    return topic, int(number) if number.isdigit() else -1
+
+
 def check_input_kind(path: Path, kind: str, fresh: bool) -> None:
     """Refuse to resume a run of ``kind`` input (``files``, ``generator``, ``kafka``) from
     ``path`` when it holds a run of another kind (Bytewax stopped with a panic on the

@@ -23,6 +23,7 @@ from ato.recovery_dir import (
     check_generator_options,
     check_input_files,
     check_input_kind,
+    check_input_partitions,
     check_input_topics,
     check_out_dir,
     check_state_layout,
@@ -369,6 +370,8 @@ def run(
             check_input_topics(recovery_dir, kafka.input_topics, fresh)
         meta = reached_metadata(kafka)  # one look at the brokers for inputs and outputs
         parts = list_partitions(kafka, meta)
+        if recovery_dir is not None:
+            check_input_partitions(recovery_dir, parts, fresh)
         source: Any = KafkaSource(
             kafka, engine.batch_size, duration_s, resuming=not fresh, partitions=parts
         )

@@ -18,6 +18,7 @@ from ato.recovery_dir import (
     KAFKA_TOPICS_FILE,
     LIVE_START_FILE,
     STATE_LAYOUT_FILE,
+    check_input_partitions,
     check_input_topics,
     check_out_dir,
     check_state_layout,
@@ -118,6 +119,31 @@ def test_a_resume_that_drops_an_input_topic_is_refused_by_name(tmp_path: Path) -
     with pytest.raises(RecoveryError, match=r"topics \['a'\]"):
         check_input_topics(rec, ["x"], fresh=False)
     check_input_topics(rec, ["x"], fresh=True)  # nothing to resume
+
+
+def test_a_resume_whose_topic_lost_partitions_is_refused_by_name(tmp_path: Path) -> None:
+    """A topic made again with fewer partitions: Bytewax stopped with a panic ("Key
+    StateKey("t#4") is not in this worker's routing map") and a Rust backtrace."""
+    rec = tmp_path / "rec"
+    prepare_recovery_dir(rec)
+    part = part_files(rec)[0]
+    _insert(
+        part, "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)", [(0, 1, 1)]
+    )
+    _insert(
+        part,
+        "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)",
+        [(0, 0, 5)],
+    )
+    snaps = "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)"
+    held = [(INPUT_STEP, f"t#{n}", 3, b"x") for n in (0, 1, 4, 10)]
+    _insert(part, snaps, held)
+    every = [f"t#{n}" for n in range(12)]
+    check_input_partitions(rec, every, fresh=False)
+    check_input_partitions(rec, [*every, "u#0"], fresh=False)  # more: read from the start
+    with pytest.raises(RecoveryError, match=r"partitions \['t#4', 't#10'\], which the input"):
+        check_input_partitions(rec, [f"t#{n}" for n in range(4)], fresh=False)
+    check_input_partitions(rec, ["t#0"], fresh=True)  # nothing to resume
 
 
 def test_a_resume_with_another_state_layout_is_refused_before_the_flow(tmp_path: Path) -> None:
