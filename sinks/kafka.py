@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ato.config import KafkaSettings
 from ato.exceptions import ConfigError
+from ato.kafka_log import LIBRDKAFKA_LOG
 from sinks.exceptions import SinkError
 
 POLL_WHEN_FULL_S = 0.05
@@ -39,6 +40,7 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     """Idempotent, acks from all replicas, small batching delay."""
     return {
         **settings.client_config(),
+        "logger": LIBRDKAFKA_LOG,  # its log lines, at most one a minute per kind
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -61,6 +63,9 @@ def check_producer_config(settings: KafkaSettings) -> None:
         raise ConfigError(msg) from exc
 
 
+MAX_LISTED_ERRORS = 10  # distinct delivery errors a failure names
+
+
 class TopicProducer:
     """One producer for one topic, shared by the sink partitions of a process."""
 
@@ -69,16 +74,19 @@ class TopicProducer:
         self.timeout_s = settings.flush_timeout_s
         self.producer = Producer(producer_config(settings))
         self.lock = threading.Lock()
-        self.failures: list[str] = []
+        self.brokers = settings.brokers
+        self.failed = 0  # deliveries that failed
+        self.failures: dict[str, str] = {}  # up to 10 distinct errors: the first key of each
         self.delivered = 0
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
             self.delivered += 1
-        elif len(self.failures) < 10:
-            self.failures.append(f"{error} (key {message.key()!r})")
-        else:
-            self.failures[-1] = f"... and more; last: {error}"
+            return
+        self.failed += 1
+        text = str(error)
+        if text not in self.failures and len(self.failures) < MAX_LISTED_ERRORS:
+            self.failures[text] = repr(message.key())
 
     def produce(self, records: list[Record]) -> None:
         """Queue ``records``; waits for room when the local queue is full, and raises as soon
@@ -115,8 +123,12 @@ class TopicProducer:
         self._raise_failures()
 
     def _raise_failures(self) -> None:
-        if self.failures:
-            msg = f"topic {self.topic}: delivery failed: {'; '.join(self.failures)}"
+        if self.failed:
+            errors = "; ".join(f"{error} (first key {key})" for error, key in self.failures.items())
+            msg = (
+                f"topic {self.topic}: delivery failed for {self.failed} messages (brokers"
+                f" {self.brokers}): {errors}"
+            )
             raise SinkError(msg)
 
 

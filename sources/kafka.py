@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from ato.config import KafkaSettings
 from ato.exceptions import AtoError, ConfigError
+from ato.kafka_log import LIBRDKAFKA_LOG
 from ato.process import gc_paused
 from operators.batches import DeadLetter, RawBatch
 from operators.decode import UNREADABLE, wall_ms
@@ -193,6 +194,7 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
     """Consumer properties: explicit assignment, no auto-commit, low fetch back-off and wait."""
     return {
         **settings.client_config(),
+        "logger": LIBRDKAFKA_LOG,  # its log lines, at most one a minute per kind
         "group.id": settings.group_id,  # commits are for monitoring; recovery uses snapshots
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

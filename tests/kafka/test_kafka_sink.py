@@ -56,6 +56,36 @@ def test_undelivered_messages_fail_loudly_when_the_broker_is_gone(tmp_path: Path
         producer.flush()
 
 
+def test_a_broker_gone_makes_a_few_log_lines_and_one_counted_error(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """librdkafka wrote a line per failed connection (about 2,800 in a run whose broker
+    died), and the error listed the same error once per message, uncounted."""
+    server = start_broker(None, tmp_path)
+    try:
+        create_topics(server.address, {"out": 1})
+        # deliveries time out (1 s) well before the flush gives up (5 s)
+        config = {"message.timeout.ms": "1000"}
+        settings = KafkaSettings(
+            brokers=server.address, flush_timeout_s=5.0, producer_config=config
+        )
+        producer = TopicProducer(settings, "out")
+        producer.produce([Record(b"k", b"before", [])])
+        producer.flush()
+    finally:
+        server.stop()
+    capfd.readouterr()
+    producer.produce([Record(b"k%d" % i, b"after", []) for i in range(50)])
+    with pytest.raises(SinkError) as info:
+        producer.flush()
+    err = capfd.readouterr().err
+    assert "%3|" not in err and "%4|" not in err  # none straight from librdkafka
+    assert len(err.splitlines()) <= 10, err
+    text = str(info.value)
+    assert f"delivery failed for 50 messages (brokers {server.address})" in text
+    assert text.count("first key") == len(producer.failures) <= 10
+
+
 def test_a_full_queue_with_the_broker_gone_fails_while_producing(tmp_path: Path) -> None:
     """The local queue fills when the broker is gone; produce raises once a delivery has
     failed, rather than queueing the rest of its records first."""
