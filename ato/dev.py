@@ -45,6 +45,11 @@ def up(directory: Path, broker_port: int, redis_port: int, clients: int) -> dict
                 " asked for: `ato dev down` first to start them on other ports"
             )
             raise DevServerError(msg)
+        if clients:
+            print(
+                f"dev servers already run in {directory}: no traffic loaded (`ato dev down`,"
+                " then `ato dev up`, loads it anew)"
+            )
         return running
     if running:
         down(directory)

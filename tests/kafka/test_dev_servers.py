@@ -24,6 +24,9 @@ def test_dev_up_run_down(
         state = dev.status(servers)
         assert {name: s["alive"] for name, s in state.items()} == {"tansu": True, "redis": True}
         assert "loaded" in capsys.readouterr().out
+        same_ports = argv[argv.index("--broker-port") :]
+        assert cli.main(["dev", "up", "--dir", str(servers), "--clients", "5", *same_ports]) == 0
+        assert "already run in" in capsys.readouterr().out  # it said nothing, loaded nothing
         other_ports = ["--broker-port", str(free_port()), "--redis-port", str(free_port())]
         assert cli.main(["dev", "up", "--dir", str(servers), *other_ports]) == 2
         assert "not on the ports asked for: `ato dev down` first" in capsys.readouterr().err
