@@ -413,7 +413,7 @@ class ClickHouseSettings:
                 f" got {mask_url(self.url)!r}"
             )
             raise ConfigError(msg)
-        if scheme == "chdb" and not self.url.split("://", 1)[1].split("?", 1)[0]:
+        if scheme == "chdb" and not chdb_location(self.url):
             msg = (
                 f"clickhouse.url {self.url!r} names no directory: chdb:///abs/path or"
                 " chdb://rel/path (chdb://memory for a database lost at exit; empty url:"
@@ -586,6 +586,12 @@ def url_address_problem(url: str) -> str | None:
     if parts.scheme.lower() in NETWORK_SCHEMES and "@" in after:
         return f"an '@' after the host and port{hint}"
     return None
+
+
+def chdb_location(url: str) -> str:
+    """What a ``chdb://`` URL names after its scheme, without a query: a directory,
+    ``memory``, or nothing."""
+    return url.split("://", 1)[1].split("?", 1)[0]
 
 
 def mask_url(url: str) -> str:

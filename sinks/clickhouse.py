@@ -65,7 +65,13 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from clickhouse_connect.driver.exceptions import Error as DriverError
 
-from ato.config import ClickHouseSettings, clickhouse_url, mask_url, url_address_problem
+from ato.config import (
+    ClickHouseSettings,
+    chdb_location,
+    clickhouse_url,
+    mask_url,
+    url_address_problem,
+)
 from sinks.exceptions import ClickHouseError
 from sinks.insert_order import in_key_order
 
@@ -210,7 +216,7 @@ def chdb_path(url: str) -> Path | None:
     parts = urlsplit(url)
     if parts.scheme.lower() != "chdb":
         return None
-    location = url.split("://", 1)[1].split("?", 1)[0]
+    location = chdb_location(url)
     if not location:  # chDB would take it for memory: a mistyped path would lose the rows
         msg = f"ClickHouse url {url!r} names no directory (chdb://memory for a database in memory)"
         raise ClickHouseError(msg)

@@ -37,6 +37,18 @@ def _insert(part: Path, sql: str, rows: list[tuple]) -> None:
     db.close()
 
 
+def _resumes_at_epoch_5(part: Path) -> None:
+    """One execution of one worker, whose frontier reached epoch 5: a resume starts there."""
+    _insert(
+        part, "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)", [(0, 1, 1)]
+    )
+    _insert(
+        part,
+        "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)",
+        [(0, 0, 5)],
+    )
+
+
 def _snap_epochs(path: Path) -> list[int]:
     epochs = []
     for part in sorted(path.glob("*.sqlite3")):
@@ -96,14 +108,7 @@ def test_a_resume_that_drops_an_input_topic_is_refused_by_name(tmp_path: Path) -
     prepare_recovery_dir(rec)
     check_input_topics(rec, ["a", "b"], fresh=True)
     part = part_files(rec)[0]
-    _insert(
-        part, "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)", [(0, 1, 1)]
-    )
-    _insert(
-        part,
-        "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)",
-        [(0, 0, 5)],
-    )
+    _resumes_at_epoch_5(part)
     snaps = "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)"
     _insert(part, snaps, [(INPUT_STEP, "a#0", 3, b"x"), (INPUT_STEP, "b#1", 3, b"x")])
     _insert(part, snaps, [("journeys.shards", "c#0", 3, b"x")])  # not the input step's
@@ -127,14 +132,7 @@ def test_a_resume_whose_topic_lost_partitions_is_refused_by_name(tmp_path: Path)
     rec = tmp_path / "rec"
     prepare_recovery_dir(rec)
     part = part_files(rec)[0]
-    _insert(
-        part, "INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (?, ?, ?)", [(0, 1, 1)]
-    )
-    _insert(
-        part,
-        "INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, ?, ?)",
-        [(0, 0, 5)],
-    )
+    _resumes_at_epoch_5(part)
     snaps = "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)"
     held = [(INPUT_STEP, f"t#{n}", 3, b"x") for n in (0, 1, 4, 10)]
     _insert(part, snaps, held)
